@@ -1,0 +1,1 @@
+"""Pure analyses over store data, one module per analysis; they never import a model."""

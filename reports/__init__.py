@@ -1,0 +1,1 @@
+"""Charts (DataFrame -> Altair chart) and self-contained HTML pages; no computation."""

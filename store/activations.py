@@ -1,0 +1,295 @@
+"""Activation vectors: a streaming, crash-safe shard writer and manifest-driven readers.
+
+Commit protocol (why a kill at any point loses nothing and duplicates nothing):
+1. every buffered (hook, layer) block is written to ``part-N.parquet.tmp`` (and fsynced);
+2. one DuckDB transaction records the shards, the finished prompts and their tokens;
+3. the ``.tmp`` files are renamed to ``.parquet``.
+A ``.tmp`` whose shard is in the manifest was committed (finish the rename); any other
+``.tmp`` was not (delete it). The view only matches ``*.parquet``, so readers never see
+uncommitted data, and ``run_prompts``' primary key rejects a second copy of a prompt.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from store.db import HIVE_TYPES, SHARD_SCHEMA, Store, StoreError
+
+
+@dataclass
+class Block:
+    """Vectors of one (hook, layer) for some prompts, all made by the same reduction."""
+
+    hook: str
+    layer: int
+    reduce: str
+    prompt_ids: list[str]
+    vec: np.ndarray                 # (n, d) float32
+    pos: np.ndarray | None = None   # (n,) token index, None for mean
+    head: np.ndarray | None = None  # (n,) head index for z
+
+    def table(self) -> pa.Table:
+        n, d = self.vec.shape
+        values = pa.array(np.ascontiguousarray(self.vec, dtype=np.float32).reshape(-1))
+        offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
+        return pa.table({
+            "prompt_id": pa.array(self.prompt_ids, pa.string()),
+            "reduce": pa.array([self.reduce] * n, pa.string()),
+            "pos": pa.array(self.pos, pa.int32()) if self.pos is not None else pa.nulls(n, pa.int32()),
+            "head": pa.array(self.head, pa.int16()) if self.head is not None else pa.nulls(n, pa.int16()),
+            "vec": pa.ListArray.from_arrays(offsets, values),
+        }, schema=SHARD_SCHEMA)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def recover(store: Store) -> dict[str, int]:
+    """Finish or discard what an interrupted writer left behind. Call under the write lock."""
+    if not store.shard_dir.exists():
+        return {"renamed": 0, "deleted": 0}
+    tmps = list(store.shard_dir.rglob("*.parquet.tmp"))
+    if not tmps:
+        return {"renamed": 0, "deleted": 0}
+    with store.connect() as con:
+        committed = {r[0] for r in con.execute("SELECT path FROM shards").fetchall()}
+    renamed = deleted = 0
+    for tmp in tmps:
+        rel = str(tmp.relative_to(store.shard_dir))[: -len(".tmp")]
+        if rel in committed:
+            os.replace(tmp, store.shard_dir / rel)
+            renamed += 1
+        else:
+            tmp.unlink()
+            deleted += 1
+    return {"renamed": renamed, "deleted": deleted}
+
+
+class ActivationWriter:
+    """Buffers blocks and commits them in the background every ``flush_bytes`` or ``flush_seconds``.
+
+    At most one commit is in flight and one buffer is filling, so memory stays flat
+    whatever the dataset size. Call ``close()`` (or use as a context manager) to commit
+    the rest; ``abort()`` drops what is not committed.
+    """
+
+    def __init__(self, store: Store, run_id: int, *, flush_bytes: int = 128 << 20,
+                 flush_seconds: float = 30.0, threads: int = 2, durable: bool = True):
+        self.store, self.run_id = store, run_id
+        self.flush_bytes, self.flush_seconds, self.durable = flush_bytes, flush_seconds, durable
+        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="shard")
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="commit")
+        self._pending: Future | None = None
+        self._lock = threading.Lock()
+        with store.connect() as con:
+            last = con.execute("SELECT max(part) FROM shards WHERE run_id = ?", [run_id]).fetchone()[0]
+        self._part = 0 if last is None else last + 1
+        self.stats = {"commits": 0, "rows": 0, "bytes": 0, "write_s": 0.0}
+        self._reset()
+
+    def _reset(self) -> None:
+        self._blocks: dict[tuple[str, int], list[Block]] = {}
+        self._prompts: list[tuple[str, int, int]] = []
+        self._tokens: list[pd.DataFrame] = []
+        self._bytes = 0
+        self._since = time.monotonic()
+
+    def add(self, prompts: list[tuple[str, int, int]], tokens: pd.DataFrame, blocks: list[Block]) -> None:
+        """Buffer the complete results of some prompts: (prompt_id, n_tokens, truncated) rows,
+        their tokens (prompt_id, pos, token_id, token) and every block of vectors."""
+        self._check()
+        for b in blocks:
+            self._blocks.setdefault((b.hook, b.layer), []).append(b)
+            self._bytes += b.vec.nbytes
+        self._prompts += prompts
+        self._tokens.append(tokens)
+        if self._bytes >= self.flush_bytes or time.monotonic() - self._since >= self.flush_seconds:
+            self.commit()
+
+    def commit(self) -> None:
+        """Hand the buffer to the background committer (waiting for the previous commit)."""
+        if not self._prompts:
+            return
+        self._wait()
+        job = (self._blocks, self._prompts, self._tokens, self._part)
+        self._part += 1
+        self._reset()
+        self._pending = self._committer.submit(self._commit, *job)
+
+    def close(self) -> None:
+        try:
+            self.commit()
+            self._wait()
+        finally:
+            self._shutdown()
+
+    def abort(self) -> None:
+        """Drop the uncommitted buffer but let an in-flight commit finish cleanly."""
+        self._reset()
+        try:
+            self._wait()
+        finally:
+            self._shutdown()
+
+    def __enter__(self) -> "ActivationWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None or exc_type is KeyboardInterrupt:
+            self.close()  # on Ctrl-C keep the prompts already finished
+        else:
+            self.abort()
+
+    def _shutdown(self) -> None:
+        self._committer.shutdown(wait=True)
+        self._pool.shutdown(wait=True)
+
+    def _check(self) -> None:
+        if self._pending is not None and self._pending.done():
+            self._wait()
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()  # re-raises a failed commit in the caller's thread
+
+    def _write_shard(self, key: tuple[str, int], blocks: list[Block], part: int) -> tuple:
+        hook, layer = key
+        rel = f"run_id={self.run_id}/hook={hook}/layer={layer}/part-{part:06d}.parquet"
+        tmp = self.store.shard_dir / (rel + ".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        table = pa.concat_tables([b.table() for b in blocks])
+        pq.write_table(table, tmp, compression="none", use_dictionary=["prompt_id", "reduce"],
+                       write_statistics=["prompt_id", "reduce", "pos", "head"])
+        if self.durable:
+            _fsync(tmp)
+        return hook, layer, part, rel, table.num_rows, tmp.stat().st_size
+
+    def _commit(self, blocks, prompts, tokens, part) -> None:
+        t0 = time.perf_counter()
+        shards = list(self._pool.map(lambda kv: self._write_shard(kv[0], kv[1], part), blocks.items()))
+        shard_df = pd.DataFrame(shards, columns=["hook", "layer", "part", "path", "n_rows", "n_bytes"])
+        shard_df.insert(0, "run_id", self.run_id)
+        prompt_df = pd.DataFrame(prompts, columns=["prompt_id", "n_tokens", "truncated"])
+        prompt_df.insert(0, "run_id", self.run_id)
+        token_df = pd.concat(tokens, ignore_index=True)
+        token_df.insert(0, "run_id", self.run_id)
+        with self.store.connect() as con:
+            con.execute("BEGIN")
+            try:
+                con.execute("INSERT INTO shards SELECT * FROM shard_df")
+                con.execute("INSERT INTO run_prompts (run_id, prompt_id, n_tokens, truncated) "
+                            "SELECT * FROM prompt_df")
+                con.execute("INSERT INTO tokens SELECT run_id, prompt_id, pos, token_id, token FROM token_df")
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+        for rel in shard_df["path"]:
+            os.replace(self.store.shard_dir / (rel + ".tmp"), self.store.shard_dir / rel)
+        self.stats["commits"] += 1
+        self.stats["rows"] += int(shard_df["n_rows"].sum())
+        self.stats["bytes"] += int(shard_df["n_bytes"].sum())
+        self.stats["write_s"] += time.perf_counter() - t0
+
+
+# --- readers -------------------------------------------------------------------------------
+
+
+def shard_files(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, hook: str,
+                layers: list[int] | None = None) -> list[str]:
+    sql = "SELECT path FROM shards WHERE run_id = ? AND hook = ?"
+    params: list = [run_id, hook]
+    if layers is not None:
+        sql += f" AND layer IN ({', '.join('?' * len(layers))})"
+        params += list(layers)
+    return [str(store.shard_dir / r[0]) for r in con.execute(sql + " ORDER BY layer, part", params).fetchall()]
+
+
+def _to_numpy(col: pa.ChunkedArray) -> np.ndarray:
+    arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    if len(arr) == 0:
+        return np.zeros((0, 0), np.float32)
+    flat = arr.flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(len(arr), -1)
+
+
+def read_vectors(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, hook: str,
+                 layers: list[int] | None = None, reduce: str = "last",
+                 prompt_ids: list[str] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """Vectors of a run's hook as (meta, X): meta has layer, prompt_id, pos, head; X is (rows, d).
+
+    Rows are ordered by layer, prompt_id, pos, head. If the run stored every position
+    (``all``), ``last`` and ``mean`` are derived from those rows.
+    """
+    files = shard_files(con, store, run_id, hook, layers)
+    if not files:
+        raise StoreError(f"run {run_id} has no '{hook}' vectors{f' for layers {layers}' if layers else ''}: "
+                         "capture them with `invoke cache --hooks ...`")
+    stored = {r[0] for r in con.execute(
+        f"SELECT DISTINCT reduce FROM read_parquet(?, hive_partitioning = true, hive_types = {HIVE_TYPES})",
+        [files]).fetchall()}
+    source = reduce if reduce in stored else "all" if "all" in stored else None
+    if source is None:
+        raise StoreError(f"run {run_id} stored '{hook}' as {sorted(stored)}, not '{reduce}'")
+    where, params = "a.reduce = ?", [files, source]
+    if prompt_ids is not None:
+        con.register("wanted_prompts", pd.DataFrame({"prompt_id": list(prompt_ids)}))
+        where += " AND a.prompt_id IN (SELECT prompt_id FROM wanted_prompts)"
+    join = ""
+    if reduce == "last" and source == "all":
+        join = "JOIN run_prompts rp ON rp.run_id = ? AND rp.prompt_id = a.prompt_id AND a.pos = rp.n_tokens - 1"
+        params = [files, run_id, source]
+    table = con.execute(
+        f"SELECT a.layer, a.prompt_id, a.pos, a.head, a.vec FROM read_parquet(?, hive_partitioning = true, "
+        f"hive_types = {HIVE_TYPES}) a {join} WHERE {where} ORDER BY a.layer, a.prompt_id, a.pos, a.head",
+        params,
+    ).to_arrow_table()
+    if prompt_ids is not None:
+        con.unregister("wanted_prompts")
+    meta = table.drop_columns(["vec"]).to_pandas()
+    X = _to_numpy(table.column("vec"))
+    if reduce == "mean" and source == "all":
+        meta, X = _mean_over_positions(meta, X)
+    return meta, X
+
+
+def _mean_over_positions(meta: pd.DataFrame, X: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    keys = meta[["layer", "prompt_id", "head"]].astype(str).agg("|".join, axis=1)
+    codes, uniq = pd.factorize(keys, sort=False)
+    sums = np.zeros((len(uniq), X.shape[1]), np.float64)
+    np.add.at(sums, codes, X)
+    counts = np.bincount(codes, minlength=len(uniq))[:, None]
+    first = meta.groupby(codes, sort=True).first().reset_index(drop=True)
+    first["pos"] = pd.NA
+    return first, (sums / counts).astype(np.float32)
+
+
+def layer_stack(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, hook: str = "resid_post",
+                reduce: str = "last", layers: list[int] | None = None) -> tuple[list[str], list[int], np.ndarray]:
+    """Per-prompt vectors of every layer as (prompt_ids, layers, X) with X (layer, prompt, d)."""
+    meta, X = read_vectors(con, store, run_id, hook, layers, reduce)
+    if meta["head"].notna().any():
+        raise StoreError(f"'{hook}' is per head: use read_vectors for it")
+    got_layers = sorted(meta["layer"].unique().tolist())
+    prompts = meta.loc[meta["layer"] == got_layers[0], "prompt_id"].tolist()
+    if len(meta) != len(got_layers) * len(prompts):
+        raise StoreError(f"run {run_id} '{hook}' does not have every prompt at every layer: "
+                         "resume the cache run to complete it")
+    return prompts, got_layers, X.reshape(len(got_layers), len(prompts), -1)

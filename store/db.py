@@ -1,0 +1,181 @@
+"""Opening a store: one DuckDB file plus a directory of Parquet activation shards.
+
+``Store(path).connect()`` creates or migrates the schema and (re)points the
+``activations`` view at the shard directory; ``connect(read_only=True)`` never writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+SCHEMA_SQL = Path(__file__).with_name("schema.sql")
+DEFAULT_STORE = "interp.duckdb"
+
+# Every shard file has these columns; run_id, hook and layer come from the directory names.
+SHARD_SCHEMA = pa.schema([
+    ("prompt_id", pa.string()),
+    ("reduce", pa.string()),      # last | mean | all
+    ("pos", pa.int32()),          # token index (null for mean)
+    ("head", pa.int16()),         # attention head for z, else null
+    ("vec", pa.list_(pa.float32())),
+])
+HIVE_TYPES = "{'run_id': INTEGER, 'hook': VARCHAR, 'layer': INTEGER}"
+
+# Migrations from version k to k+1, applied in order inside one transaction.
+MIGRATIONS: dict[int, list[str]] = {}
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be used as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Store:
+    path: Path
+
+    def __init__(self, path: str | Path = DEFAULT_STORE):
+        object.__setattr__(self, "path", Path(path).expanduser().resolve())
+
+    @property
+    def shard_dir(self) -> Path:
+        return self.path.with_name(self.path.name.removesuffix(".duckdb") + ".shards")
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    @contextlib.contextmanager
+    def connect(self, read_only: bool = False, wait_s: float = 30.0) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection; read-only ones fail if the store does not exist yet."""
+        if read_only and not self.path.exists():
+            raise StoreError(f"no store at {self.path}: run `invoke cache` first or pass --store PATH")
+        con = _open(self.path, read_only, wait_s)
+        try:
+            if read_only:
+                check_version(con, self.path)
+            else:
+                ensure_schema(con, self)
+            yield con
+        finally:
+            con.close()
+
+    @contextlib.contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Exclusive right to add shards; a second writer gets a clear error, not a race."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.lock_path, "a+")
+        try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreError(
+                    f"store {self.path} is being written by another process: wait for it to finish"
+                ) from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
+
+
+def _open(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnection:
+    """Open the file, waiting briefly while another process holds DuckDB's file lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as e:
+            msg = str(e)
+            if "lock" in msg.lower() and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            raise StoreError(f"cannot open store {path}: {msg.splitlines()[0]}") from None
+        except duckdb.Error as e:
+            raise StoreError(
+                f"{path} is not a readable interp store ({str(e).splitlines()[0]}): "
+                "pass another --store or move the file away"
+            ) from None
+
+
+def _stored_version(con: duckdb.DuckDBPyConnection) -> int | None:
+    has_meta = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'"
+    ).fetchone()[0]
+    if not has_meta:
+        return None
+    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else None
+
+
+def check_version(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    version = _stored_version(con)
+    if version is None:
+        raise StoreError(f"{path} is a DuckDB file but not an interp store (no schema_version)")
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"store {path} has schema version {version}, newer than this interp ({SCHEMA_VERSION}): "
+            "upgrade interp"
+        )
+    if version < SCHEMA_VERSION:
+        raise StoreError(
+            f"store {path} has schema version {version}; open it once for writing (e.g. `invoke runs`) "
+            f"to migrate it to {SCHEMA_VERSION}"
+        )
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection, store: Store) -> None:
+    version = _stored_version(con)
+    if version is None:
+        tables = con.execute("SELECT count(*) FROM information_schema.tables").fetchone()[0]
+        if tables:
+            raise StoreError(f"{store.path} is a DuckDB file with other tables, not an interp store")
+        con.execute("BEGIN")
+        con.execute(SCHEMA_SQL.read_text())
+        con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        con.execute("COMMIT")
+    elif version > SCHEMA_VERSION:
+        check_version(con, store.path)
+    elif version < SCHEMA_VERSION:
+        con.execute("BEGIN")
+        for v in range(version, SCHEMA_VERSION):
+            for stmt in MIGRATIONS[v]:
+                con.execute(stmt)
+        con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
+        con.execute("COMMIT")
+    _point_view(con, store)
+
+
+def _point_view(con: duckdb.DuckDBPyConnection, store: Store) -> None:
+    """(Re)create the ``activations`` view over this store's shard directory.
+
+    A zero-row shard fixes the column types so the view works before any capture.
+    """
+    schema_file = store.shard_dir / "run_id=0" / "hook=_schema" / "layer=0" / "part-000000.parquet"
+    if not schema_file.exists():
+        schema_file.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(SHARD_SCHEMA.empty_table(), schema_file)
+    pattern = str(store.shard_dir / "**" / "*.parquet").replace("'", "''")
+    current = con.execute("SELECT value FROM meta WHERE key = 'shard_glob'").fetchone()
+    if current and current[0] == pattern:
+        return
+    con.execute(
+        "CREATE OR REPLACE VIEW activations AS SELECT run_id, hook, layer, prompt_id, reduce, pos, head, vec "
+        f"FROM read_parquet('{pattern}', hive_partitioning = true, hive_types = {HIVE_TYPES}) "
+        "WHERE run_id > 0"
+    )
+    con.execute("INSERT OR REPLACE INTO meta VALUES ('shard_glob', ?)", [pattern])

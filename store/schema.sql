@@ -1,0 +1,87 @@
+-- interp activation store, schema version 1.
+-- Scalars live in this DuckDB file; activation vectors live in Parquet shards beside it
+-- (<store>.shards/run_id=R/hook=H/layer=L/part-N.parquet), listed in `shards` and read
+-- through the `activations` view. See BENCHMARKS.md for why.
+
+CREATE TABLE IF NOT EXISTS meta (
+    key   VARCHAR PRIMARY KEY,
+    value VARCHAR NOT NULL
+);
+
+CREATE SEQUENCE IF NOT EXISTS run_id_seq START 1;
+
+-- One row per run of anything (cache, eval, sweep): how every stored number was made.
+CREATE TABLE IF NOT EXISTS runs (
+    run_id       INTEGER PRIMARY KEY DEFAULT nextval('run_id_seq'),
+    kind         VARCHAR NOT NULL,            -- cache | eval | layers | weights | heads | safety
+    model        VARCHAR NOT NULL,            -- hub id or local path
+    revision     VARCHAR NOT NULL,            -- commit hash, file hash or local fingerprint
+    dtype        VARCHAR NOT NULL,
+    device       VARCHAR NOT NULL,
+    backend      VARCHAR,                     -- tl | nnsight | torch (capture runs)
+    n_layers     INTEGER NOT NULL,
+    d_model      INTEGER NOT NULL,
+    config       JSON NOT NULL,               -- the run's full config, as given
+    config_hash  VARCHAR NOT NULL,            -- identity used to resume the same run
+    code_version VARCHAR NOT NULL,            -- interp version + git commit (+dirty)
+    status       VARCHAR NOT NULL DEFAULT 'running',  -- running | complete
+    created      TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    finished     TIMESTAMP
+);
+
+-- Prompts are shared by runs; ids are stable (derived from source file and line).
+CREATE TABLE IF NOT EXISTS prompts (
+    prompt_id VARCHAR PRIMARY KEY,
+    dataset   VARCHAR NOT NULL,               -- prompt-set name: harmful, toxic, neutral, ...
+    source    VARCHAR NOT NULL,               -- harmbench, donotanswer, realtoxicityprompts, interp, file
+    label     VARCHAR NOT NULL,
+    category  VARCHAR,
+    text      VARCHAR NOT NULL
+);
+
+-- Which prompts a run has finished; written in the same transaction as their vectors,
+-- so a prompt is either wholly stored or not at all.
+CREATE TABLE IF NOT EXISTS run_prompts (
+    run_id    INTEGER NOT NULL,
+    prompt_id VARCHAR NOT NULL,
+    n_tokens  INTEGER NOT NULL,               -- tokens the model saw (after any truncation)
+    truncated INTEGER NOT NULL,               -- tokens cut from the front to fit the context
+    split     VARCHAR,                        -- train | test, when the study fixes one
+    PRIMARY KEY (run_id, prompt_id)
+);
+
+-- The exact tokens of each prompt in a run (chat template applied as recorded in runs.config).
+CREATE TABLE IF NOT EXISTS tokens (
+    run_id    INTEGER NOT NULL,
+    prompt_id VARCHAR NOT NULL,
+    pos       INTEGER NOT NULL,
+    token_id  INTEGER NOT NULL,
+    token     VARCHAR NOT NULL
+);
+
+-- Manifest of activation shards. Only shards listed here are part of the store.
+CREATE TABLE IF NOT EXISTS shards (
+    run_id  INTEGER NOT NULL,
+    hook    VARCHAR NOT NULL,
+    layer   INTEGER NOT NULL,
+    part    INTEGER NOT NULL,
+    path    VARCHAR NOT NULL,                 -- relative to the shard directory
+    n_rows  BIGINT NOT NULL,
+    n_bytes BIGINT NOT NULL,
+    PRIMARY KEY (run_id, hook, layer, part)
+);
+
+-- Generic long-form results every study writes: one number per row, with its error.
+CREATE TABLE IF NOT EXISTS results (
+    run_id       INTEGER NOT NULL,
+    study        VARCHAR NOT NULL,            -- layers | weights | heads | safety | eval
+    analysis     VARCHAR NOT NULL,            -- e.g. cosine, angular_distance, perplexity
+    key          JSON NOT NULL,               -- what the number is about, e.g. {"layer_a":3,"layer_b":7}
+    metric       VARCHAR NOT NULL,
+    value        DOUBLE,
+    stderr       DOUBLE,
+    n            BIGINT,
+    intervention JSON,                        -- the intervention spec in effect, or null for the base model
+    dataset      JSON,                        -- the dataset spec the number was measured on
+    created      TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
