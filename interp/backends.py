@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Iterator
 
 import torch
@@ -104,11 +105,16 @@ def transformer_bridge(loaded: Loaded) -> Iterator[object]:
     from transformer_lens.model_bridge import TransformerBridge
 
     model = loaded.model
+    # The bridge re-loads the tokenizer by name (a hub or disk round trip) unless it already
+    # adds BOS. We always pass token ids, so give it a copy marked that way.
+    tokenizer = copy.deepcopy(loaded.tokenizer)
+    tokenizer.init_kwargs["add_bos_token"] = True
+    tokenizer.init_kwargs.setdefault("name_or_path", loaded.name)
     children = {m: dict(m._modules) for m in model.modules()}
     attn_impl = getattr(model.config, "_attn_implementation", None)
     try:
         yield TransformerBridge.boot_transformers(
-            loaded.name, hf_model=model, tokenizer=loaded.tokenizer, dtype=next(model.parameters()).dtype,
+            loaded.name, hf_model=model, tokenizer=tokenizer, dtype=next(model.parameters()).dtype,
         )
     finally:
         for module, kids in children.items():

@@ -197,3 +197,17 @@ def load_model(spec: str | ModelCfg = DEFAULT_MODEL, **overrides) -> Loaded:
         model=model, tokenizer=tokenizer, cfg=cfg, name=name, revision=str(revision),
         arch=arch_for(hf_config.model_type), info={"load_seconds": round(time.perf_counter() - t0, 2)},
     )
+
+
+def wrap(model: nn.Module, tokenizer, name: str = "in-memory", revision: str = "in-memory",
+         dtype: str = "float32") -> Loaded:
+    """A ``Loaded`` around a model built in code (tests, notebooks)."""
+    model_type = model.config.model_type
+    if model_type not in ARCHITECTURES:
+        raise ModelLoadError(unsupported_architecture_message(model_type))
+    model.eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Loaded(model=model, tokenizer=tokenizer, cfg=ModelCfg(spec=name, dtype=dtype), name=name,
+                  revision=revision, arch=arch_for(model_type))

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 1
-SCHEMA_SQL = Path(__file__).with_name("schema.sql")
+SCHEMA_DIR = Path(__file__).with_name("schema")
 DEFAULT_STORE = "interp.duckdb"
 
 # Every shard file has these columns; run_id, hook and layer come from the directory names.
@@ -133,30 +133,38 @@ def check_version(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         )
     if version < SCHEMA_VERSION:
         raise StoreError(
-            f"store {path} has schema version {version}; open it once for writing (e.g. `invoke runs`) "
+            f"store {path} has schema version {version}; open it with any writing task (e.g. `invoke cache`) "
             f"to migrate it to {SCHEMA_VERSION}"
         )
 
 
+def schema_sql() -> list[str]:
+    """The schema scripts in name order (core first, then one per study)."""
+    return [p.read_text() for p in sorted(SCHEMA_DIR.glob("*.sql"))]
+
+
 def ensure_schema(con: duckdb.DuckDBPyConnection, store: Store) -> None:
+    """Create, migrate, or top up the schema; idempotent, so it runs on every write-open."""
     version = _stored_version(con)
     if version is None:
         tables = con.execute("SELECT count(*) FROM information_schema.tables").fetchone()[0]
         if tables:
             raise StoreError(f"{store.path} is a DuckDB file with other tables, not an interp store")
-        con.execute("BEGIN")
-        con.execute(SCHEMA_SQL.read_text())
-        con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
-        con.execute("COMMIT")
     elif version > SCHEMA_VERSION:
         check_version(con, store.path)
-    elif version < SCHEMA_VERSION:
-        con.execute("BEGIN")
-        for v in range(version, SCHEMA_VERSION):
-            for stmt in MIGRATIONS[v]:
-                con.execute(stmt)
-        con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
+    con.execute("BEGIN")
+    try:
+        if version is not None and version < SCHEMA_VERSION:
+            for v in range(version, SCHEMA_VERSION):
+                for stmt in MIGRATIONS[v]:
+                    con.execute(stmt)
+        for script in schema_sql():
+            con.execute(script)
+        con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
     _point_view(con, store)
 
 

@@ -1,4 +1,6 @@
--- interp activation store, schema version 1.
+-- interp store, core tables (schema version 1). Files in store/schema/ run in name order
+-- on every write-open; each uses CREATE ... IF NOT EXISTS, so a study's new tables appear in
+-- older stores automatically. Changing an existing table needs a migration in store/db.py.
 -- Scalars live in this DuckDB file; activation vectors live in Parquet shards beside it
 -- (<store>.shards/run_id=R/hook=H/layer=L/part-N.parquet), listed in `shards` and read
 -- through the `activations` view. See BENCHMARKS.md for why.
@@ -69,19 +71,4 @@ CREATE TABLE IF NOT EXISTS shards (
     n_rows  BIGINT NOT NULL,
     n_bytes BIGINT NOT NULL,
     PRIMARY KEY (run_id, hook, layer, part)
-);
-
--- Generic long-form results every study writes: one number per row, with its error.
-CREATE TABLE IF NOT EXISTS results (
-    run_id       INTEGER NOT NULL,
-    study        VARCHAR NOT NULL,            -- layers | weights | heads | safety | eval
-    analysis     VARCHAR NOT NULL,            -- e.g. cosine, angular_distance, perplexity
-    key          JSON NOT NULL,               -- what the number is about, e.g. {"layer_a":3,"layer_b":7}
-    metric       VARCHAR NOT NULL,
-    value        DOUBLE,
-    stderr       DOUBLE,
-    n            BIGINT,
-    intervention JSON,                        -- the intervention spec in effect, or null for the base model
-    dataset      JSON,                        -- the dataset spec the number was measured on
-    created      TIMESTAMP NOT NULL DEFAULT current_timestamp
 );

@@ -1,0 +1,77 @@
+"""Interventions are values: frozen dataclasses that describe an edit, can be stored as
+JSON, compared, and applied with ``with spec.apply(loaded): ...``. Applying never leaves
+the model modified: every edit is undone in ``finally``.
+
+Each study adds its own kinds (layer drops, pruning specs, head masks, directions) in
+a module of this package and registers them with ``@register``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+from interp.provenance import canonical_json, to_jsonable
+
+
+class Intervention(Protocol):
+    kind: ClassVar[str]
+
+    def apply(self, loaded) -> contextlib.AbstractContextManager[None]:
+        """Enter to edit the model; exit restores it exactly."""
+
+    def label(self) -> str:
+        """Short readable name used as the sweep point, e.g. 'drop[20-27]'."""
+
+
+REGISTRY: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    """Class decorator: make an intervention kind loadable from its stored JSON."""
+    REGISTRY[cls.kind] = cls
+    return cls
+
+
+def describe(spec: Intervention) -> dict:
+    """JSON-able description with its kind; stored in evals.intervention."""
+    return {"kind": spec.kind, **to_jsonable(spec)}
+
+
+def to_json(spec: Intervention) -> str:
+    return canonical_json(describe(spec))
+
+
+def from_json(text: str | dict) -> Intervention:
+    data = json.loads(text) if isinstance(text, str) else dict(text)
+    kind = data.pop("kind")
+    if kind not in REGISTRY:
+        raise ValueError(f"unknown intervention kind '{kind}': known kinds are {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[kind].from_dict(data) if hasattr(REGISTRY[kind], "from_dict") else REGISTRY[kind](**data)
+
+
+@register
+@dataclass(frozen=True)
+class Base:
+    """No intervention: the unedited model, evaluated in every sweep as the baseline."""
+
+    kind: ClassVar[str] = "base"
+
+    @contextlib.contextmanager
+    def apply(self, loaded) -> Iterator[None]:
+        yield
+
+    def label(self) -> str:
+        return "base"
+
+
+@contextlib.contextmanager
+def applied(loaded, specs: list[Intervention]) -> Iterator[None]:
+    """Apply several interventions at once (innermost last)."""
+    with contextlib.ExitStack() as stack:
+        for spec in specs:
+            stack.enter_context(spec.apply(loaded))
+        yield

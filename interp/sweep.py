@@ -1,0 +1,79 @@
+"""Sweeps: evaluate the base model and a list of interventions in one run, resumably.
+
+Every study's sweep goes through ``run_sweep``: the base model is always evaluated in the
+same run, each point's scores land in ``evals`` in one transaction, and re-running the
+same sweep skips the points already stored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from interp.evals import EvalCfg, Score, evaluate, make_reference
+from interp.interventions import Base, Intervention, describe, to_json
+from interp.models import Loaded
+from interp.provenance import canonical_json, code_version, config_hash
+from store import Store
+from store.evals import done_points, write_evals
+from store.runs import finish_run, start_run
+
+
+def start_study_run(loaded: Loaded, store: Store, study: str, config: dict) -> tuple[int, str]:
+    """Create (or find, for resume) the run of a study with this model and config."""
+    with store.connect() as con:
+        run = start_run(con, kind=study, model=loaded.describe(), backend=None,
+                        config=canonical_json(config), config_hash=config_hash(config),
+                        code_version=code_version())
+    return run.run_id, run.status
+
+
+def score_rows(run_id: int, study: str, spec: Intervention, scores: Sequence[Score]) -> list[dict]:
+    return [{
+        "run_id": run_id, "study": study, "point": spec.label(), "intervention": to_json(spec),
+        "task": s.task, "metric": s.metric, "value": s.value, "stderr": s.stderr, "n": s.n,
+        "chance": s.chance, "dataset": canonical_json(s.dataset), "seconds": s.seconds,
+    } for s in scores]
+
+
+def run_sweep(loaded: Loaded, store: Store, *, study: str, config: dict, points: Sequence[Intervention],
+              eval_cfg: EvalCfg, progress: bool = True, run_id: int | None = None,
+              on_point: Callable[[Intervention, list[Score]], None] | None = None) -> int:
+    """Evaluate ``Base()`` then every point; returns the run id.
+
+    ``config`` is the study's own config (it becomes the run's identity together with
+    the points and the evaluation config). Pass ``run_id`` to add points to a run the
+    study already started.
+    """
+    specs: list[Intervention] = [Base(), *[p for p in points if not isinstance(p, Base)]]
+    if run_id is None:
+        full = {**config, "eval": eval_cfg.describe(), "points": [describe(p) for p in specs]}
+        run_id, status = start_study_run(loaded, store, study, full)
+        if status == "complete":
+            return run_id
+    with store.connect() as con:
+        done = done_points(con, run_id)
+    todo = [p for p in specs if to_json(p) not in done]
+    if not todo:
+        with store.connect() as con:
+            finish_run(con, run_id)
+        return run_id
+    reference = make_reference(loaded, eval_cfg)  # unedited model, for KL; None if not asked
+    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), unit="point",
+               desc=f"{study} run {run_id}", disable=not progress)
+    for spec in todo:
+        t0 = time.perf_counter()
+        with spec.apply(loaded):
+            scores = evaluate(loaded, eval_cfg, reference=reference)
+        with store.connect() as con:
+            write_evals(con, score_rows(run_id, study, spec, scores))
+        if on_point is not None:
+            on_point(spec, scores)
+        bar.set_postfix_str(f"{spec.label()} {time.perf_counter() - t0:.0f}s")
+        bar.update(1)
+    bar.close()
+    with store.connect() as con:
+        finish_run(con, run_id)
+    return run_id

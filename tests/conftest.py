@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny random-init models built in code (fast unit tests) and the real
+embedded model (integration tests, loaded once per session)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def byte_tokenizer(chat: bool = True):
+    """A byte-level tokenizer built in code: 256 byte tokens plus specials, no files needed."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    for s in specials:
+        vocab[s] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", bos_token="<|im_start|>",
+                                   pad_token="<|endoftext|>", additional_special_tokens=specials)
+    if chat:
+        fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_llama(n_layers: int = 4, d_model: int = 64, n_heads: int = 4, n_kv: int = 2, seed: int = 0,
+               vocab: int = 259):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=d_model, intermediate_size=2 * d_model,
+                      num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_kv,
+                      max_position_embeddings=256, tie_word_embeddings=True, pad_token_id=256,
+                      bos_token_id=257, eos_token_id=258)
+    return LlamaForCausalLM(cfg)
+
+
+def tiny_gpt2(n_layers: int = 3, d_model: int = 64, n_heads: int = 4, seed: int = 0, vocab: int = 259):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=vocab, n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_positions=256,
+                     pad_token_id=256, bos_token_id=257, eos_token_id=258)
+    return GPT2LMHeadModel(cfg)
+
+
+@pytest.fixture
+def tiny():
+    """A 4-layer grouped-query Llama (4 query heads, 2 KV heads) with a byte tokenizer."""
+    from interp.models import wrap
+
+    return wrap(tiny_llama(), byte_tokenizer(), name="tiny-llama", revision="seed0")
+
+
+@pytest.fixture
+def tiny_gpt():
+    from interp.models import wrap
+
+    return wrap(tiny_gpt2(), byte_tokenizer(chat=False), name="tiny-gpt2", revision="seed0")
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """The real embedded model (SmolLM2-135M-Instruct), loaded once per session."""
+    from interp.models import load_model
+
+    return load_model("smollm2-135m-instruct")
+
+
+@pytest.fixture
+def store(tmp_path):
+    from store import Store
+
+    return Store(tmp_path / "test.duckdb")
