@@ -1,0 +1,47 @@
+"""Pure tensor edits used by interventions. No hooks, no models: property-tested in isolation.
+
+Shapes: ``h`` is any (..., d) activation; directions ``r`` are (d,) and need not be unit
+norm unless said so (we normalise where the maths needs it).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def unit(r: torch.Tensor) -> torch.Tensor:
+    n = r.norm()
+    if n == 0:
+        raise ValueError("direction has zero norm")
+    return r / n
+
+
+def project_out(h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Remove the component of ``h`` along ``r``: h - (h . r^) r^ (leaves zero component)."""
+    ru = unit(r).to(h.dtype)
+    return h - (h @ ru).unsqueeze(-1) * ru
+
+
+def add(h: torch.Tensor, r: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Activation addition: h + alpha * r (alpha < 0 subtracts)."""
+    return h + alpha * r.to(h.dtype)
+
+
+def mean_ablate(h: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """Replace ``h`` by the mean activation ``mu`` (broadcast over leading dims)."""
+    return mu.to(h.dtype).expand_as(h).clone()
+
+
+def zero_ablate(h: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(h)
+
+
+def orthogonalize_rows(W: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """W with its output (row) space made orthogonal to ``r``: (I - r^ r^T) W for W (d, k)."""
+    ru = unit(r).to(W.dtype)
+    return W - torch.outer(ru, ru @ W)
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Cosine similarity along the last dim."""
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(eps)
