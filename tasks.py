@@ -33,18 +33,20 @@ HELP_COMMON = {
     "device": "cpu, cuda, cuda:1, ...",
     "device_map": "accelerate device map, e.g. auto, for models larger than one device",
     "revision": "hub branch/tag/commit",
+    "flush_mb": "commit to the store every N MB of vectors (smaller: finer-grained resume)",
 })
 @user_errors
 def cache(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, prompts="harmful,neutral", hooks="resid_post",
           positions="last", backend="tl", batch_size=8, limit=None, chat=None, dtype="float32",
-          device="cpu", device_map=None, revision=None):
+          device="cpu", device_map=None, revision=None, flush_mb=128):
     """Run prompts through the model and store activations (resumes an interrupted run)."""
     from interp.capture import CaptureCfg, capture
     from interp.models import ModelCfg, load_model
     from store import Store
 
     cfg = CaptureCfg(prompts=prompts, hooks=hooks, positions=positions, backend=backend,
-                     batch_size=int(batch_size), limit=opt_int(limit), chat=opt_bool(chat))
+                     batch_size=int(batch_size), limit=opt_int(limit), chat=opt_bool(chat),
+                     flush_mb=int(flush_mb))
     loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
     run_id = capture(loaded, Store(store), cfg)
     print(f"run {run_id}: cached into {Store(store).path}")

@@ -17,9 +17,9 @@ from tqdm.auto import tqdm
 from interp.backends import BACKENDS, open_backend
 from interp.batching import Batch, context_length, encode, last_index, pad
 from interp.models import Loaded
-from interp.prompts import Prompt, load_prompts
+from interp.prompts import Prompt, check_prompt_specs, load_prompts
 from interp.provenance import canonical_json, code_version, config_hash
-from interp.sites import Site, parse_sites
+from interp.sites import Site, check_hook_names, parse_sites
 from store import Store, StoreError
 from store.activations import ActivationWriter, Block, recover
 from store.prompts import add_prompts, done_prompt_ids
@@ -57,6 +57,8 @@ class CaptureCfg:
         bad = [p for p in self.position_list if p not in POSITIONS]
         if bad or not self.position_list:
             raise ValueError(f"unknown position '{','.join(bad) or self.positions}': use last, mean or all")
+        check_hook_names(self.hooks)
+        check_prompt_specs(self.prompts)
         if self.batch_size < 1:
             raise ValueError("batch size must be at least 1")
         if self.limit is not None and self.limit < 1:

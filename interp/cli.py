@@ -58,7 +58,8 @@ def print_table(df: pd.DataFrame, title: str | None = None, max_rows: int = 200,
         table.add_column(str(col), overflow="fold")
     for row in df.head(max_rows).itertuples(index=False):
         table.add_row(*[_cell(v) for v in row])
-    console = Console(width=max(100, Console().width))
+    # Piped output (files, CI logs, tests) gets room for whole words instead of folded cells.
+    console = Console(width=None if sys.stdout.isatty() else 220)
     console.print(table)
     if len(df) > max_rows:
         console.print(f"... {len(df) - max_rows} more rows (use --format csv for all)")

@@ -148,12 +148,25 @@ def embedded_model_dir() -> Path:
 
 
 def _is_valid(target: Path) -> bool:
-    """The cached conversion is trusted only if its weights match the recorded size and hash."""
+    """The cached conversion is trusted only if its weights match the recorded size and hash.
+
+    The full sha256 is recomputed whenever the file's size or mtime differs from the last
+    verification, so an unchanged file loads in about a second and a changed one is caught.
+    """
     manifest = target / "interp_manifest.json"
     weights = target / "model.safetensors"
     if not (manifest.exists() and weights.exists()):
         return False
     meta = json.loads(manifest.read_text())
-    if weights.stat().st_size != meta.get("weights_size"):
+    st = weights.stat()
+    if st.st_size != meta.get("weights_size"):
         return False
-    return sha256_file(weights) == meta.get("weights_sha256")
+    if meta.get("verified_mtime_ns") == st.st_mtime_ns:
+        return True
+    if sha256_file(weights) != meta.get("weights_sha256"):
+        return False
+    meta["verified_mtime_ns"] = st.st_mtime_ns
+    tmp = manifest.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, manifest)
+    return True

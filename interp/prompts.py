@@ -164,11 +164,27 @@ def sample(prompts: list[Prompt], limit: int | None, seed: int = 0) -> list[Prom
     return [prompts[i] for i in idx]
 
 
-def load_prompts(spec: str | list[str], limit: int | None = None, seed: int = 0) -> list[Prompt]:
-    """Prompt sets by name (``harmful,neutral``) or path (``my.jsonl``), ``limit`` per set."""
+def check_prompt_specs(spec: str | list[str]) -> list[str]:
+    """Validate prompt-set names and file paths without reading them (fails fast, before a model loads)."""
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not names:
         raise PromptSetError("no prompt sets given: pass e.g. --prompts harmful,neutral")
+    for name in names:
+        if name in PROMPT_SETS:
+            continue
+        if name.endswith((".jsonl", ".csv")) or Path(name).expanduser().exists():
+            if not Path(name).expanduser().exists():
+                raise PromptSetError(f"prompt file '{name}' does not exist")
+            continue
+        raise PromptSetError(
+            f"unknown prompt set '{name}': use one of {', '.join(PROMPT_SETS)} or a .jsonl/.csv file"
+        )
+    return names
+
+
+def load_prompts(spec: str | list[str], limit: int | None = None, seed: int = 0) -> list[Prompt]:
+    """Prompt sets by name (``harmful,neutral``) or path (``my.jsonl``), ``limit`` per set."""
+    names = check_prompt_specs(spec)
     out: list[Prompt] = []
     for name in names:
         if name in PROMPT_SETS:

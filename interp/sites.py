@@ -118,7 +118,10 @@ def all_tl_names(n_layers: int) -> list[str]:
 
 
 def _nearest(name: str, n_layers: int) -> str:
-    pool = list(HOOKS) + all_tl_names(n_layers)
+    """Closest valid names: short names, plus full names at the layer the user typed (or 0)."""
+    m = re.search(r"blocks\.(\d+)", name)
+    layer = int(m.group(1)) if m and int(m.group(1)) < n_layers else 0
+    pool = list(HOOKS) + [t.format(layer=layer) for t in HOOKS.values()]
     near = difflib.get_close_matches(name, pool, n=3, cutoff=0.5)
     return ", ".join(near) if near else ", ".join(HOOKS)
 
@@ -163,6 +166,11 @@ def parse_sites(specs: str | list[str], n_layers: int, layers: list[int] | None 
                 )
             sites.update(Site(hook, l) for l in range(lo, hi + 1))
     return sorted(sites)
+
+
+def check_hook_names(specs: str | list[str]) -> None:
+    """Validate hook names before a model is loaded (layer ranges are checked later)."""
+    parse_sites(specs, n_layers=10_000)
 
 
 def get_module(root: nn.Module, path: str) -> nn.Module:

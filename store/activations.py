@@ -271,11 +271,11 @@ def read_vectors(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, hook
 
 
 def _mean_over_positions(meta: pd.DataFrame, X: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
-    keys = meta[["layer", "prompt_id", "head"]].astype(str).agg("|".join, axis=1)
-    codes, uniq = pd.factorize(keys, sort=False)
-    sums = np.zeros((len(uniq), X.shape[1]), np.float64)
+    codes = meta.groupby(["layer", "prompt_id", "head"], dropna=False, sort=False).ngroup().to_numpy()
+    n_groups = codes.max() + 1 if len(codes) else 0
+    sums = np.zeros((n_groups, X.shape[1]), np.float64)
     np.add.at(sums, codes, X)
-    counts = np.bincount(codes, minlength=len(uniq))[:, None]
+    counts = np.bincount(codes, minlength=n_groups)[:, None]
     first = meta.groupby(codes, sort=True).first().reset_index(drop=True)
     first["pos"] = pd.NA
     return first, (sums / counts).astype(np.float32)

@@ -104,6 +104,11 @@ def _open(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnecti
             if "lock" in msg.lower() and time.monotonic() < deadline:
                 time.sleep(0.05)
                 continue
+            if "not a valid duckdb" in msg.lower():
+                raise StoreError(
+                    f"{path} is not a readable interp store (not a valid DuckDB file): "
+                    "pass another --store or move the file away"
+                ) from None
             raise StoreError(f"cannot open store {path}: {msg.splitlines()[0]}") from None
         except duckdb.Error as e:
             raise StoreError(

@@ -58,7 +58,7 @@ def list_runs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
         "SELECT r.run_id, r.kind, r.model, r.dtype, r.backend, r.status, "
         "(SELECT count(*) FROM run_prompts p WHERE p.run_id = r.run_id) AS prompts, "
         "(SELECT coalesce(sum(n_rows), 0) FROM shards s WHERE s.run_id = r.run_id) AS vectors, "
-        "r.created, r.code_version FROM runs r ORDER BY r.run_id"
+        "strftime(r.created, '%Y-%m-%d %H:%M') AS created, r.code_version FROM runs r ORDER BY r.run_id"
     ).df()
 
 
