@@ -4,19 +4,16 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 import sys
 
-from invoke import task
+from invoke import Task, task
 
 from interp.cli import opt_bool, opt_int, print_table, user_errors
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
-DEFAULT_STORE = "interp.duckdb"
-HELP_COMMON = {
-    "model": "smollm2-135m-instruct (embedded default), a local model directory, or a hub id",
-    "store": "DuckDB store file (default interp.duckdb in the working directory)",
-}
+from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, HELP_COMMON
 
 
 @task(help={
@@ -91,3 +88,17 @@ def test(c, quick=False, k=None):
     if k:
         args += ["-k", k]
     c.run(" ".join(args), pty=False, env={"PYTHONUNBUFFERED": "1", **os.environ})
+
+
+def _load_study_commands() -> None:
+    """Expose every Task defined in interp/commands/*.py as a top-level task."""
+    import interp.commands as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        mod = importlib.import_module(f"interp.commands.{info.name}")
+        for name, obj in vars(mod).items():
+            if isinstance(obj, Task):
+                globals()[name] = obj
+
+
+_load_study_commands()

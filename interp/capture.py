@@ -96,19 +96,17 @@ class _Collector:
             self.out[(site, how)] = y.detach().to("cpu", torch.float32)
 
 
-def _blocks(col: _Collector, ids: list[str], lengths: list[int], side: str) -> list[Block]:
+def _blocks(col: _Collector, ids: list[str], lengths: list[int]) -> list[Block]:
     blocks = []
-    width = col.batch.input_ids.shape[1]
+    mask = col.batch.attention_mask.bool().cpu()
+    real = mask.numpy()                                   # (batch, pos)
+    row_of = np.nonzero(real)[0]                          # batch row of every real token, in order
+    pos_all = (mask.cumsum(1) - 1).numpy()[real].astype(np.int32)
+    ids_all = [ids[i] for i in row_of]
     for (site, how), t in col.out.items():
         arr = t.numpy()
-        if how == "all":  # (batch, pos, ...) -> one row per real token, positions from 0
-            rows, pos, pids = [], [], []
-            for i, n in enumerate(lengths):
-                start = 0 if side == "right" else width - n
-                rows.append(arr[i, start:start + n])
-                pos.append(np.arange(n, dtype=np.int32))
-                pids += [ids[i]] * n
-            arr, pos_arr = np.concatenate(rows), np.concatenate(pos)
+        if how == "all":  # one row per real token, positions from 0 whatever the padding side
+            arr, pids, pos_arr = arr[real], ids_all, pos_all
         else:
             pids = list(ids)
             pos_arr = None if how == "mean" else np.array([n - 1 for n in lengths], np.int32)
@@ -178,6 +176,6 @@ def _capture_prompts(loaded: Loaded, store: Store, cfg: CaptureCfg, config: dict
             backend.run(batch, sites, col)
             lengths = [len(s) for s in seqs]
             writer.add([(pid, n, encoded[i].truncated) for pid, n, i in zip(ids, lengths, idx)],
-                       _token_frame(tok, ids, seqs), _blocks(col, ids, lengths, cfg.padding_side))
+                       _token_frame(tok, ids, seqs), _blocks(col, ids, lengths))
             bar.update(len(idx))
     bar.close()
