@@ -22,6 +22,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from store.db import HIVE_TYPES, SHARD_SCHEMA, Store, StoreError
@@ -230,6 +231,27 @@ def _to_numpy(col: pa.ChunkedArray) -> np.ndarray:
     return flat.reshape(len(arr), -1)
 
 
+def _shard_rows(con: duckdb.DuckDBPyConnection, run_id: int, hook: str,
+                layers: list[int] | None) -> list[tuple[int, str]]:
+    sql = "SELECT layer, path FROM shards WHERE run_id = ? AND hook = ?"
+    params: list = [run_id, hook]
+    if layers is not None:
+        sql += f" AND layer IN ({', '.join('?' * len(layers))})"
+        params += list(layers)
+    return con.execute(sql + " ORDER BY layer, part", params).fetchall()
+
+
+def _read_shard(store: Store, layer: int, rel: str) -> pa.Table:
+    path = store.shard_dir / rel
+    try:
+        table = pq.read_table(path, columns=["prompt_id", "reduce", "pos", "head", "vec"], use_threads=False)
+    except FileNotFoundError:
+        raise StoreError(f"shard {path} is listed in the store but missing on disk: "
+                         "run `invoke check`, then re-run the cache task to rebuild it") from None
+    n = table.num_rows
+    return table.append_column("layer", pa.array(np.full(n, layer, np.int32)))
+
+
 def read_vectors(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, hook: str,
                  layers: list[int] | None = None, reduce: str = "last",
                  prompt_ids: list[str] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
@@ -237,34 +259,41 @@ def read_vectors(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, hook
 
     Rows are ordered by layer, prompt_id, pos, head. If the run stored every position
     (``all``), ``last`` and ``mean`` are derived from those rows.
+
+    Shards are read with pyarrow in parallel (the list column goes to NumPy without a
+    copy per row); only the small metadata is sorted, then the vectors are gathered once.
     """
-    files = shard_files(con, store, run_id, hook, layers)
-    if not files:
+    rows = _shard_rows(con, run_id, hook, layers)
+    if not rows:
         raise StoreError(f"run {run_id} has no '{hook}' vectors{f' for layers {layers}' if layers else ''}: "
                          "capture them with `invoke cache --hooks ...`")
-    stored = {r[0] for r in con.execute(
-        f"SELECT DISTINCT reduce FROM read_parquet(?, hive_partitioning = true, hive_types = {HIVE_TYPES})",
-        [files]).fetchall()}
+    with ThreadPoolExecutor(max_workers=min(4, len(rows))) as pool:
+        tables = list(pool.map(lambda r: _read_shard(store, r[0], r[1]), rows))
+    table = pa.concat_tables(tables)
+    stored = set(pc.unique(table.column("reduce")).to_pylist())
     source = reduce if reduce in stored else "all" if "all" in stored else None
     if source is None:
         raise StoreError(f"run {run_id} stored '{hook}' as {sorted(stored)}, not '{reduce}'")
-    where, params = "a.reduce = ?", [files, source]
+    mask = pc.equal(table.column("reduce"), source)
     if prompt_ids is not None:
-        con.register("wanted_prompts", pd.DataFrame({"prompt_id": list(prompt_ids)}))
-        where += " AND a.prompt_id IN (SELECT prompt_id FROM wanted_prompts)"
-    join = ""
+        mask = pc.and_(mask, pc.is_in(table.column("prompt_id").cast(pa.string()),
+                                      value_set=pa.array(list(prompt_ids), pa.string())))
+    table = table.filter(mask)
+    meta = pd.DataFrame({
+        "layer": table.column("layer").to_numpy(),
+        "prompt_id": table.column("prompt_id").cast(pa.string()).to_numpy(zero_copy_only=False),
+        "pos": table.column("pos").to_pandas(),
+        "head": table.column("head").to_pandas(),
+    })
     if reduce == "last" and source == "all":
-        join = "JOIN run_prompts rp ON rp.run_id = ? AND rp.prompt_id = a.prompt_id AND a.pos = rp.n_tokens - 1"
-        params = [files, run_id, source]
-    table = con.execute(
-        f"SELECT a.layer, a.prompt_id, a.pos, a.head, a.vec FROM read_parquet(?, hive_partitioning = true, "
-        f"hive_types = {HIVE_TYPES}) a {join} WHERE {where} ORDER BY a.layer, a.prompt_id, a.pos, a.head",
-        params,
-    ).to_arrow_table()
-    if prompt_ids is not None:
-        con.unregister("wanted_prompts")
-    meta = table.drop_columns(["vec"]).to_pandas()
+        n_tok = dict(con.execute("SELECT prompt_id, n_tokens FROM run_prompts WHERE run_id = ?", [run_id]).fetchall())
+        keep = (meta["pos"] == meta["prompt_id"].map(n_tok) - 1).fillna(False).to_numpy(bool)
+        meta = meta[keep]
+    # meta's index is the row number in ``table``, so sorting it gives the gather order
+    order = meta.sort_values(["layer", "prompt_id", "pos", "head"], kind="stable").index.to_numpy()
     X = _to_numpy(table.column("vec"))
+    X = X[order] if len(order) else np.zeros((0, X.shape[1] if X.ndim == 2 else 0), np.float32)
+    meta = meta.loc[order].reset_index(drop=True)
     if reduce == "mean" and source == "all":
         meta, X = _mean_over_positions(meta, X)
     return meta, X

@@ -49,6 +49,50 @@ def test_roundtrip_last_and_derived_from_all(store):
         assert con.execute("SELECT count(*) FROM tokens WHERE run_id = ?", [run]).fetchone()[0] == 6
 
 
+def test_reader_equals_the_sql_view_over_many_shards(store):
+    """read_vectors (pyarrow fast path) against a plain SQL query of the activations view:
+    several commits per layer, unequal lengths, per-head rows, a prompt filter."""
+    run = _run(store)
+    rng = np.random.default_rng(1)
+    lengths = {f"q{i:02d}": int(n) for i, n in enumerate(rng.integers(1, 5, 9))}
+    ids = list(lengths)[::-1]  # written out of order on purpose
+    with ActivationWriter(store, run, durable=False, flush_bytes=1) as w:  # one shard per add
+        for chunk in (ids[:3], ids[3:7], ids[7:]):
+            rows = [(p, t) for p in chunk for t in range(lengths[p])]
+            blocks = []
+            for l in range(2):
+                blocks.append(Block("resid_post", l, "all", [p for p, _ in rows],
+                                    rng.standard_normal((len(rows), 4)).astype(np.float32),
+                                    np.array([t for _, t in rows], np.int32)))
+                blocks.append(Block("z", l, "last", [p for p in chunk for _ in range(3)],
+                                    rng.standard_normal((3 * len(chunk), 4)).astype(np.float32),
+                                    np.array([lengths[p] - 1 for p in chunk for _ in range(3)], np.int32),
+                                    np.tile(np.arange(3, dtype=np.int16), len(chunk))))
+            w.add([(p, lengths[p], 0) for p in chunk], _tokens(chunk, 0), blocks)
+    with store.connect(read_only=True) as con:
+        def view(sql, params=()):
+            return con.execute(sql, [run, *params]).fetchnumpy()["vec"]
+
+        _, X = read_vectors(con, store, run, "resid_post", None, "all")
+        ref = view("SELECT vec FROM activations WHERE run_id = ? AND hook = 'resid_post' ORDER BY layer, prompt_id, pos")
+        np.testing.assert_array_equal(X, np.stack(ref))
+        meta, X = read_vectors(con, store, run, "resid_post", [1], "last")
+        ref = view("SELECT a.vec FROM activations a JOIN run_prompts r USING (run_id, prompt_id) WHERE a.run_id = ? "
+                   "AND hook = 'resid_post' AND layer = 1 AND a.pos = r.n_tokens - 1 ORDER BY prompt_id")
+        np.testing.assert_array_equal(X, np.stack(ref))
+        assert meta["prompt_id"].tolist() == sorted(ids)
+        _, X = read_vectors(con, store, run, "resid_post", [0], "mean")
+        ref = con.execute("SELECT prompt_id, [avg(vec[1]), avg(vec[2]), avg(vec[3]), avg(vec[4])] FROM activations "
+                          "WHERE run_id = ? AND hook = 'resid_post' AND layer = 0 GROUP BY prompt_id "
+                          "ORDER BY prompt_id", [run]).fetchall()
+        np.testing.assert_allclose(X, np.array([r[1] for r in ref]), rtol=1e-5, atol=1e-6)
+        meta, X = read_vectors(con, store, run, "z", [1], "last", prompt_ids=["q03", "q07"])
+        ref = view("SELECT vec FROM activations WHERE run_id = ? AND hook = 'z' AND layer = 1 "
+                   "AND prompt_id IN ('q03', 'q07') ORDER BY prompt_id, head")
+        np.testing.assert_array_equal(X, np.stack(ref))
+        assert meta["head"].tolist() == [0, 1, 2, 0, 1, 2]
+
+
 def test_interrupted_commit_is_finished_or_discarded(store):
     run = _run(store)
     with ActivationWriter(store, run, durable=False) as w:
