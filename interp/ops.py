@@ -45,3 +45,17 @@ def orthogonalize_rows(W: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 def cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Cosine similarity along the last dim."""
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(eps)
+
+
+def gate_heads(z: torch.Tensor, gates: torch.Tensor, fill: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-head gating of ``z`` (batch, pos, head, d_head): z * g + (1 - g) * fill.
+
+    ``gates`` broadcasts against (batch, pos, head): (head,), (batch, 1, head) or
+    (batch, pos, head). A gate of 1 keeps the head, 0 replaces it by ``fill`` (zero when
+    None; a (head, d_head) mean for mean ablation, or (batch, 1, head, d_head) per row).
+    Gates in {0, 1} give exact results; fractional gates interpolate (gradient importance).
+    """
+    g = gates.to(z.dtype).unsqueeze(-1)
+    if fill is None:
+        return z * g
+    return z * g + (1 - g) * fill.to(z.dtype)
