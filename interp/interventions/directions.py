@@ -1,0 +1,247 @@
+"""Edits along one residual-stream direction: directional ablation (hooks), the same edit made
+permanent by orthogonalising the weights that write to the residual stream, and activation
+addition at one layer.
+
+All three are values (frozen dataclasses holding the direction as floats), so a sweep point
+stored in ``evals.intervention`` rebuilds exactly with ``interventions.from_json``. Applying
+never leaves the model modified: hooks are removed and original parameters put back in
+``finally``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from interp import ops
+from interp.hooks import hooked
+from interp.interventions import register
+from interp.sites import Site
+
+EXTRA_WRITERS: dict[str, tuple[str, ...]] = {"gpt2": ("transformer.wpe",)}
+"""model_type -> further modules (from the root) whose weights add to the residual stream,
+beyond the token embedding and every block's attention and MLP output projections."""
+
+
+class DirectionError(ValueError):
+    """A direction that cannot be used: empty, not finite, zero, or the wrong width."""
+
+
+def _as_tuple(direction: Sequence[float]) -> tuple[float, ...]:
+    return tuple(float(x) for x in (direction.tolist() if hasattr(direction, "tolist") else direction))
+
+
+def _check_direction(direction: tuple[float, ...]) -> None:
+    if not direction:
+        raise DirectionError("direction is empty: pass one float per model dimension")
+    if not all(math.isfinite(x) for x in direction):
+        raise DirectionError("direction has NaN or infinite values: recompute it from finite activations")
+    if math.fsum(x * x for x in direction) == 0.0:
+        raise DirectionError("direction has zero norm: the two classes have the same mean here")
+
+
+def unit_direction(direction: Sequence[float], loaded) -> torch.Tensor:
+    """The direction as a unit float32 vector on the model's device, after a width check."""
+    r = torch.tensor(direction, dtype=torch.float64)
+    if r.shape[0] != loaded.d_model:
+        raise DirectionError(f"direction has {r.shape[0]} values but {loaded.name} has d_model {loaded.d_model}: "
+                             "use a direction computed from this model's activations")
+    return ops.unit(r).to(torch.float32).to(loaded.device)
+
+
+def _from_dict(cls, data: dict):
+    return cls(**{**data, "direction": tuple(data["direction"])})
+
+
+@register
+@dataclass(frozen=True)
+class DirectionalAblation:
+    """Remove the component along ``direction`` from the residual stream entering every block
+    and from every attention and MLP output: x <- x - (x . r^) r^ at all positions."""
+
+    direction: tuple[float, ...]
+    """The direction (any norm; it is normalised when applied), one float per model dimension."""
+    name: str = "direction"
+    """Readable name used in the point label, e.g. 'harmful@resid_pre12/last'."""
+    kind: ClassVar[str] = "direction_ablation"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "direction", _as_tuple(self.direction))
+        _check_direction(self.direction)
+
+    from_dict = classmethod(_from_dict)
+
+    def label(self) -> str:
+        return f"ablate[{self.name}]"
+
+    def sites(self, n_layers: int) -> list[Site]:
+        return [Site(h, l) for l in range(n_layers) for h in ("resid_pre", "attn_out", "mlp_out")]
+
+    @contextlib.contextmanager
+    def apply(self, loaded) -> Iterator[None]:
+        r = unit_direction(self.direction, loaded)
+        fn = lambda h: ops.project_out(h, r.to(h.device))  # noqa: E731
+        with hooked(loaded.model, loaded.arch, {s: fn for s in self.sites(loaded.n_layers)}, loaded.n_heads):
+            yield
+
+
+def residual_writers(loaded) -> list[tuple[str, nn.Module]]:
+    """(path, module) of every module whose output is added to the residual stream."""
+    model, arch = loaded.model, loaded.arch
+    paths = [arch.embed, *EXTRA_WRITERS.get(model.config.model_type, ())]
+    for l in range(loaded.n_layers):
+        paths += [f"{arch.layers}.{l}.{arch.o_proj}", f"{arch.layers}.{l}.{arch.proj['down']}"]
+    return [(p, model.get_submodule(p)) for p in paths]
+
+
+def _orthogonal_params(module: nn.Module, r: torch.Tensor) -> dict[str, torch.Tensor]:
+    """New weight (and bias) of ``module`` whose outputs have no component along unit ``r``.
+
+    nn.Linear stores (out, in): its output space is the rows' index, so W <- (I - r r^T) W.
+    Embeddings and GPT-2 Conv1D store output vectors as rows: W <- W (I - r r^T).
+    Computed in float32 (or wider) and cast back to the parameter's dtype.
+    """
+    w = module.weight
+    work = w.detach().to(torch.promote_types(w.dtype, torch.float32))
+    ru = r.to(work.device, work.dtype)
+    if isinstance(module, nn.Linear):
+        new = {"weight": ops.orthogonalize_rows(work, ru)}
+    else:
+        if work.shape[-1] != ru.shape[0]:
+            raise DirectionError(f"cannot orthogonalise {type(module).__name__} with weight {tuple(w.shape)}: "
+                                 f"its rows are not d_model={ru.shape[0]} vectors")
+        new = {"weight": ops.project_out(work, ru)}
+    if getattr(module, "bias", None) is not None:
+        new["bias"] = ops.project_out(module.bias.detach().to(work.dtype), ru)
+    return {k: v.to(getattr(module, k).dtype) for k, v in new.items()}
+
+
+def _tied(loaded) -> bool:
+    head = loaded.model.get_submodule(loaded.arch.lm_head)
+    embed = loaded.model.get_submodule(loaded.arch.embed)
+    return head.weight is embed.weight or head.weight.data_ptr() == embed.weight.data_ptr()
+
+
+@register
+@dataclass(frozen=True)
+class OrthogonalizedWeights:
+    """Directional ablation made a weight edit: the token embedding (and position embedding,
+    where there is one) and every attention and MLP output projection are orthogonalised
+    to ``direction``, so nothing written to the residual stream has a component along it.
+
+    With tied input/output embeddings (SmolLM2, the tiny test Llama) only the input side is
+    edited: the unembedding keeps the original matrix (the tie is undone while applied and
+    restored on exit), so the output vocabulary projection does not change.
+    """
+
+    direction: tuple[float, ...]
+    """The direction (any norm; normalised when applied), one float per model dimension."""
+    name: str = "direction"
+    """Readable name used in the point label."""
+    kind: ClassVar[str] = "direction_orthogonalized"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "direction", _as_tuple(self.direction))
+        _check_direction(self.direction)
+
+    from_dict = classmethod(_from_dict)
+
+    def label(self) -> str:
+        return f"orth[{self.name}]"
+
+    @contextlib.contextmanager
+    def apply(self, loaded) -> Iterator[None]:
+        r = unit_direction(self.direction, loaded)
+        saved: list[tuple[nn.Module, str, nn.Parameter]] = []
+        try:
+            with torch.no_grad():
+                for _path, module in residual_writers(loaded):
+                    for attr, value in _orthogonal_params(module, r).items():
+                        saved.append((module, attr, getattr(module, attr)))
+                        # A new Parameter object: the original tensor (and anything tied to it,
+                        # such as a tied lm_head) is never written to.
+                        setattr(module, attr, nn.Parameter(value, requires_grad=False))
+            yield
+        finally:
+            for module, attr, param in reversed(saved):
+                setattr(module, attr, param)
+
+
+def orthogonalize_model(loaded, direction: Sequence[float]) -> None:
+    """Permanently orthogonalise ``loaded``'s residual writers to ``direction`` (for saving an
+    edited model). Tied embeddings are untied first: the lm_head gets its own copy of the
+    original matrix and ``config.tie_word_embeddings`` is set to False, so the output
+    projection stays exactly as it was."""
+    r = unit_direction(_as_tuple(direction), loaded)
+    model = loaded.model
+    with torch.no_grad():
+        if _tied(loaded):
+            head = model.get_submodule(loaded.arch.lm_head)
+            head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+            model.config.tie_word_embeddings = False
+            if hasattr(model.config, "get_text_config"):
+                model.config.get_text_config().tie_word_embeddings = False
+        for _path, module in residual_writers(loaded):
+            for attr, value in _orthogonal_params(module, r).items():
+                getattr(module, attr).copy_(value)
+
+
+ADD_HOOKS = ("resid_pre", "resid_post", "attn_out", "mlp_out")
+
+
+@register
+@dataclass(frozen=True)
+class ActivationAddition:
+    """x <- x + alpha * scale * r^ at one site (every position); alpha < 0 subtracts.
+
+    ``scale`` fixes the unit of ``alpha``: with scale = |mean(harmful) - mean(neutral)| at that
+    layer, alpha = 1 adds exactly the class-mean difference.
+    """
+
+    direction: tuple[float, ...]
+    """The direction (any norm; normalised when applied), one float per model dimension."""
+    layer: int
+    """Block index of the site."""
+    alpha: float
+    """Coefficient in units of ``scale``; 0 leaves the model unchanged."""
+    scale: float = 1.0
+    """Length of alpha = 1 in residual-stream units."""
+    hook: str = "resid_pre"
+    """resid_pre (input of the block), resid_post, attn_out or mlp_out."""
+    name: str = "direction"
+    """Readable name used in the point label."""
+    kind: ClassVar[str] = "activation_addition"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "direction", _as_tuple(self.direction))
+        _check_direction(self.direction)
+        if self.hook not in ADD_HOOKS:
+            raise DirectionError(f"activation addition hook '{self.hook}' is not one of {', '.join(ADD_HOOKS)}")
+        if self.layer < 0:
+            raise DirectionError(f"layer must be >= 0, not {self.layer}")
+        if not (math.isfinite(self.alpha) and math.isfinite(self.scale)) or self.scale <= 0:
+            raise DirectionError(f"alpha must be finite and scale positive (got alpha={self.alpha}, "
+                                 f"scale={self.scale})")
+        object.__setattr__(self, "alpha", float(self.alpha))
+        object.__setattr__(self, "scale", float(self.scale))
+
+    from_dict = classmethod(_from_dict)
+
+    def label(self) -> str:
+        return f"actadd[{self.name} {self.alpha:+g}]"
+
+    @contextlib.contextmanager
+    def apply(self, loaded) -> Iterator[None]:
+        if self.layer >= loaded.n_layers:
+            raise DirectionError(f"layer {self.layer} out of range: {loaded.name} has layers 0..{loaded.n_layers - 1}")
+        r = unit_direction(self.direction, loaded) * self.scale
+        site = Site(self.hook, self.layer)
+        fn = lambda h: ops.add(h, r.to(h.device), self.alpha)  # noqa: E731
+        with hooked(loaded.model, loaded.arch, {site: fn}, loaded.n_heads):
+            yield
