@@ -223,12 +223,20 @@ def shard_files(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, hook:
     return [str(store.shard_dir / r[0]) for r in con.execute(sql + " ORDER BY layer, part", params).fetchall()]
 
 
-def _to_numpy(col: pa.ChunkedArray) -> np.ndarray:
-    arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-    if len(arr) == 0:
+def _gather(col: pa.ChunkedArray, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` of a list<float> column as one (len(rows), d) float32 array.
+
+    Zero-copy views of each chunk, then one contiguous concatenation and one ``take``:
+    both are memcpy-speed, unlike a scattered assignment (``out[idx] = ...``), which is
+    several times slower.
+    """
+    views = [c.flatten().to_numpy(zero_copy_only=False).reshape(len(c), -1) for c in col.chunks if len(c)]
+    if not views:
         return np.zeros((0, 0), np.float32)
-    flat = arr.flatten().to_numpy(zero_copy_only=False)
-    return flat.reshape(len(arr), -1)
+    full = views[0] if len(views) == 1 else np.concatenate(views)
+    if len(rows) == len(full) and np.array_equal(rows, np.arange(len(full))):
+        return full if len(views) > 1 else full.copy()
+    return np.take(full, rows, axis=0)
 
 
 def _shard_rows(con: duckdb.DuckDBPyConnection, run_id: int, hook: str,
@@ -274,26 +282,24 @@ def read_vectors(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, hook
     source = reduce if reduce in stored else "all" if "all" in stored else None
     if source is None:
         raise StoreError(f"run {run_id} stored '{hook}' as {sorted(stored)}, not '{reduce}'")
-    mask = pc.equal(table.column("reduce"), source)
+    keep = pc.equal(table.column("reduce"), source)
     if prompt_ids is not None:
-        mask = pc.and_(mask, pc.is_in(table.column("prompt_id").cast(pa.string()),
+        keep = pc.and_(keep, pc.is_in(table.column("prompt_id").cast(pa.string()),
                                       value_set=pa.array(list(prompt_ids), pa.string())))
-    table = table.filter(mask)
     meta = pd.DataFrame({
         "layer": table.column("layer").to_numpy(),
         "prompt_id": table.column("prompt_id").cast(pa.string()).to_numpy(zero_copy_only=False),
         "pos": table.column("pos").to_pandas(),
         "head": table.column("head").to_pandas(),
-    })
+    })[keep.to_numpy(zero_copy_only=False)]
     if reduce == "last" and source == "all":
         n_tok = dict(con.execute("SELECT prompt_id, n_tokens FROM run_prompts WHERE run_id = ?", [run_id]).fetchall())
-        keep = (meta["pos"] == meta["prompt_id"].map(n_tok) - 1).fillna(False).to_numpy(bool)
-        meta = meta[keep]
-    # meta's index is the row number in ``table``, so sorting it gives the gather order
+        meta = meta[(meta["pos"] == meta["prompt_id"].map(n_tok) - 1).fillna(False).to_numpy(bool)]
+    # meta's index is the row number in ``table``: sorting it gives the gather order, and the
+    # vectors are copied once, straight from the Arrow buffers into the output
     order = meta.sort_values(["layer", "prompt_id", "pos", "head"], kind="stable").index.to_numpy()
-    X = _to_numpy(table.column("vec"))
-    X = X[order] if len(order) else np.zeros((0, X.shape[1] if X.ndim == 2 else 0), np.float32)
     meta = meta.loc[order].reset_index(drop=True)
+    X = _gather(table.column("vec"), order)
     if reduce == "mean" and source == "all":
         meta, X = _mean_over_positions(meta, X)
     return meta, X
