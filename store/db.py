@@ -2,6 +2,8 @@
 
 ``Store(path).connect()`` creates or migrates the schema and (re)points the
 ``activations`` view at the shard directory; ``connect(read_only=True)`` never writes.
+Shards may live on S3-compatible object storage instead (``Store(path, shards="s3://b/p")``
+or ``INTERP_SHARDS``; see store/remote.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from store import remote
 
 SCHEMA_VERSION = 1
 SCHEMA_DIR = Path(__file__).with_name("schema")
@@ -34,6 +38,8 @@ HIVE_TYPES = "{'run_id': INTEGER, 'hook': VARCHAR, 'layer': INTEGER}"
 
 # Migrations from version k to k+1, applied in order inside one transaction.
 MIGRATIONS: dict[int, list[str]] = {}
+# Oldest schema version this code can migrate from (stores older than this are refused).
+OLDEST_MIGRATABLE = 1
 
 
 class StoreError(RuntimeError):
@@ -43,13 +49,39 @@ class StoreError(RuntimeError):
 @dataclass(frozen=True)
 class Store:
     path: Path
+    shards: str | None = None
+    """Where the shards live: None for ``<name>.shards`` beside the file, or ``s3://bucket/prefix``
+    (default: the ``INTERP_SHARDS`` environment variable)."""
 
-    def __init__(self, path: str | Path = DEFAULT_STORE):
+    def __init__(self, path: str | Path = DEFAULT_STORE, shards: str | None = None):
         object.__setattr__(self, "path", Path(path).expanduser().resolve())
+        shards = shards or os.environ.get("INTERP_SHARDS") or None
+        if shards is not None and not remote.is_remote(shards):
+            shards = str(Path(shards).expanduser().resolve())
+        object.__setattr__(self, "shards", shards.rstrip("/") if shards else None)
+
+    @property
+    def is_remote(self) -> bool:
+        """True when the shards live on object storage (s3://...)."""
+        return self.shards is not None and remote.is_remote(self.shards)
 
     @property
     def shard_dir(self) -> Path:
+        """The local shard directory (only for stores whose shards are on local disk)."""
+        if self.is_remote:
+            raise StoreError(f"the shards of {self.path} are at {self.shards}, not on local disk")
+        if self.shards is not None:
+            return Path(self.shards)
         return self.path.with_name(self.path.name.removesuffix(".duckdb") + ".shards")
+
+    @property
+    def shard_root(self) -> str:
+        """The shard location as a string: a local directory or an s3:// URL."""
+        return self.shards if self.is_remote else str(self.shard_dir)
+
+    def shard_url(self, rel: str) -> str:
+        """Where the shard at manifest path ``rel`` lives (local path or URL)."""
+        return remote.join(self.shards, rel) if self.is_remote else str(self.shard_dir / rel)
 
     @property
     def lock_path(self) -> Path:
@@ -62,8 +94,11 @@ class Store:
             raise StoreError(f"no store at {self.path}: run `invoke cache` first or pass --store PATH")
         con = _open(self.path, read_only, wait_s)
         try:
+            if self.is_remote:
+                remote.configure(con)
             if read_only:
                 check_version(con, self.path)
+                check_shard_root(con, self)
             else:
                 ensure_schema(con, self)
             yield con
@@ -136,6 +171,11 @@ def check_version(con: duckdb.DuckDBPyConnection, path: Path) -> None:
             f"store {path} has schema version {version}, newer than this interp ({SCHEMA_VERSION}): "
             "upgrade interp"
         )
+    if version < OLDEST_MIGRATABLE:
+        raise StoreError(
+            f"store {path} has schema version {version}, older than this interp can migrate "
+            f"(oldest {OLDEST_MIGRATABLE}): re-create it with this interp (e.g. `invoke cache` into a new --store)"
+        )
     if version < SCHEMA_VERSION:
         raise StoreError(
             f"store {path} has schema version {version}; open it with any writing task (e.g. `invoke cache`) "
@@ -155,8 +195,9 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, store: Store) -> None:
         tables = con.execute("SELECT count(*) FROM information_schema.tables").fetchone()[0]
         if tables:
             raise StoreError(f"{store.path} is a DuckDB file with other tables, not an interp store")
-    elif version > SCHEMA_VERSION:
+    elif version > SCHEMA_VERSION or version < OLDEST_MIGRATABLE:
         check_version(con, store.path)
+    check_shard_root(con, store)
     con.execute("BEGIN")
     try:
         if version is not None and version < SCHEMA_VERSION:
@@ -166,6 +207,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, store: Store) -> None:
         for script in schema_sql():
             con.execute(script)
         con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        con.execute("INSERT OR REPLACE INTO meta VALUES ('shard_root', ?)", [store.shard_root])
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
@@ -173,11 +215,40 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, store: Store) -> None:
     _point_view(con, store)
 
 
+def check_shard_root(con: duckdb.DuckDBPyConnection, store: Store) -> None:
+    """Refuse to use a store whose shards were written to object storage with another location.
+
+    Local stores may move (the view is re-pointed on the next write-open); shards on object
+    storage cannot be found from the file's location, so both sides must agree.
+    """
+    has_meta = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'"
+    ).fetchone()[0]
+    if not has_meta:
+        return
+    row = con.execute("SELECT value FROM meta WHERE key = 'shard_root'").fetchone()
+    stored = row[0] if row else None
+    if stored is None or stored == store.shard_root:
+        return
+    if remote.is_remote(stored) or store.is_remote:
+        has_shards = con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'shards'"
+        ).fetchone()[0] and con.execute("SELECT count(*) FROM shards").fetchone()[0]
+        if has_shards:
+            raise StoreError(
+                f"store {store.path} keeps its shards at {stored}, not {store.shard_root}: "
+                f"set INTERP_SHARDS={stored} (or pass shards=) to use it"
+            )
+
+
 def _point_view(con: duckdb.DuckDBPyConnection, store: Store) -> None:
     """(Re)create the ``activations`` view over this store's shard directory.
 
     A zero-row shard fixes the column types so the view works before any capture.
     """
+    if store.is_remote:
+        _point_remote_view(con, store)
+        return
     schema_file = store.shard_dir / "run_id=0" / "hook=_schema" / "layer=0" / "part-000000.parquet"
     if not schema_file.exists():
         schema_file.parent.mkdir(parents=True, exist_ok=True)
@@ -190,5 +261,28 @@ def _point_view(con: duckdb.DuckDBPyConnection, store: Store) -> None:
         "CREATE OR REPLACE VIEW activations AS SELECT run_id, hook, layer, prompt_id, reduce, pos, head, vec "
         f"FROM read_parquet('{pattern}', hive_partitioning = true, hive_types = {HIVE_TYPES}) "
         "WHERE run_id > 0"
+    )
+    con.execute("INSERT OR REPLACE INTO meta VALUES ('shard_glob', ?)", [pattern])
+
+
+def _point_remote_view(con: duckdb.DuckDBPyConnection, store: Store) -> None:
+    """The view over shards on object storage: only objects listed in the manifest are read,
+    since an interrupted commit may leave an object behind (objects cannot be renamed)."""
+    schema_url = store.shard_url("run_id=0/hook=_schema/layer=0/part-000000.parquet")
+    try:
+        present = remote.list_objects(store.shards, "run_id=0/hook=_schema/layer=0/*.parquet")
+    except remote.RemoteError as e:
+        raise StoreError(str(e)) from None
+    if not present:
+        remote.write_table(SHARD_SCHEMA.empty_table(), schema_url)
+    pattern = remote.join(store.shards, "**/*.parquet").replace("'", "''")
+    root = (store.shards.rstrip("/") + "/").replace("'", "''")
+    current = con.execute("SELECT value FROM meta WHERE key = 'shard_glob'").fetchone()
+    if current and current[0] == pattern:
+        return
+    con.execute(
+        "CREATE OR REPLACE VIEW activations AS SELECT run_id, hook, layer, prompt_id, reduce, pos, head, vec "
+        f"FROM read_parquet('{pattern}', hive_partitioning = true, hive_types = {HIVE_TYPES}, filename = true) "
+        f"WHERE run_id > 0 AND filename IN (SELECT '{root}' || path FROM shards)"
     )
     con.execute("INSERT OR REPLACE INTO meta VALUES ('shard_glob', ?)", [pattern])
