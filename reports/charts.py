@@ -1,0 +1,129 @@
+"""Chart shapes shared by the study pages: DataFrame in, Altair chart out, tooltips on every mark.
+
+No computation happens here: the data arrives aggregated from store/reports.py. Field
+names are passed in so the same shape serves every study.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import altair as alt
+import pandas as pd
+
+WIDTH = 300
+HEIGHT = 220
+
+
+def _tooltip(df: pd.DataFrame, fields: Sequence[str]) -> list[alt.Tooltip]:
+    """Tooltips typed from the data: numbers formatted, everything else as text."""
+    out = []
+    for f in fields:
+        if f not in df.columns:
+            raise KeyError(f"tooltip field '{f}' is not a column of the chart data ({', '.join(df.columns)})")
+        if pd.api.types.is_float_dtype(df[f]):
+            out.append(alt.Tooltip(f"{f}:Q", format=".4g"))
+        elif pd.api.types.is_numeric_dtype(df[f]):
+            out.append(alt.Tooltip(f"{f}:Q"))
+        else:
+            out.append(alt.Tooltip(f"{f}:N"))
+    return out
+
+
+def _check(df: pd.DataFrame, *fields: str | None) -> None:
+    missing = [f for f in fields if f and f not in df.columns]
+    if missing:
+        raise KeyError(f"chart data lacks columns {missing}: it has {list(df.columns)}")
+
+
+def heatmap(df: pd.DataFrame, *, x: str, y: str, color: str, title: str, x_title: str, y_title: str,
+            color_title: str, tooltip: Sequence[str], scheme: str = "viridis",
+            domain: tuple[float, float] | None = None, diverging: bool = False,
+            size: int = 360) -> alt.Chart:
+    """A grid of rects; x and y are ordinal (layers, heads), colour quantitative."""
+    _check(df, x, y, color)
+    scale = alt.Scale(scheme="redblue" if diverging else scheme, domain=list(domain) if domain else alt.Undefined,
+                      domainMid=0 if diverging else alt.Undefined, reverse=diverging)
+    return alt.Chart(df, title=title).mark_rect().encode(
+        x=alt.X(f"{x}:O", title=x_title, sort="ascending"),
+        y=alt.Y(f"{y}:O", title=y_title, sort="ascending"),
+        color=alt.Color(f"{color}:Q", title=color_title, scale=scale),
+        tooltip=_tooltip(df, tooltip),
+    ).properties(width=size, height=size)
+
+
+def curves(df: pd.DataFrame, *, x: str, y: str, series: str | None, title: str, x_title: str, y_title: str,
+           tooltip: Sequence[str], facet: str | None = None, baseline: str | None = None,
+           columns: int = 3, log_y: bool = False, x_type: str = "Q", band: str | None = None,
+           series_title: str | None = None) -> alt.Chart:
+    """Lines with points per ``series`` (optionally one panel per ``facet`` value, each with its
+    own y scale) and a dashed rule at the ``baseline`` column (the unedited model's value)."""
+    _check(df, x, y, series, facet, baseline, band)
+    base = alt.Chart(df)
+    color = (alt.Color(f"{series}:N", title=series_title or series) if series else alt.value("#3662a8"))
+    y_scale = alt.Scale(type="log") if log_y else alt.Scale(zero=False)
+    enc = dict(x=alt.X(f"{x}:{x_type}", title=x_title), y=alt.Y(f"{y}:Q", title=y_title, scale=y_scale),
+               color=color, tooltip=_tooltip(df, tooltip))
+    layers = [base.mark_line(strokeWidth=1.6).encode(**enc), base.mark_point(filled=True, size=36).encode(**enc)]
+    if band:  # stderr as an error bar around each point
+        layers.append(base.transform_calculate(lo=f"datum.{y} - datum.{band}", hi=f"datum.{y} + datum.{band}")
+                      .mark_rule(opacity=0.5).encode(x=enc["x"], y="lo:Q", y2="hi:Q", color=color,
+                                                      tooltip=_tooltip(df, tooltip)))
+    if baseline:
+        layers.append(base.mark_rule(strokeDash=[5, 4], color="#444").encode(
+            y=alt.Y(f"mean({baseline}):Q"),
+            tooltip=[alt.Tooltip(f"mean({baseline}):Q", title="base model", format=".4g")]))
+    chart = alt.layer(*layers).properties(width=WIDTH, height=HEIGHT)
+    if facet:
+        return chart.facet(facet=alt.Facet(f"{facet}:N", title=None), columns=columns, title=title) \
+            .resolve_scale(y="independent")
+    return chart.properties(title=title)
+
+
+def bars(df: pd.DataFrame, *, x: str, y: str, title: str, x_title: str, y_title: str, tooltip: Sequence[str],
+         color: str | None = None, facet: str | None = None, columns: int = 3, baseline: str | None = None,
+         horizontal: bool = False, sort: str | list | None = None, width: int = WIDTH,
+         color_title: str | None = None) -> alt.Chart:
+    """Bars of ``y`` per category ``x`` (grouped by ``color`` when given), optional baseline rule."""
+    _check(df, x, y, color, facet, baseline)
+    base = alt.Chart(df)
+    cat = alt.X(f"{x}:N", title=x_title, sort=sort) if not horizontal else alt.Y(f"{x}:N", title=x_title, sort=sort)
+    val = alt.Y(f"{y}:Q", title=y_title) if not horizontal else alt.X(f"{y}:Q", title=y_title)
+    enc = {"x": cat, "y": val} if not horizontal else {"y": cat, "x": val}
+    if color:
+        enc["color"] = alt.Color(f"{color}:N", title=color_title or color)
+        if not horizontal:
+            enc["xOffset"] = alt.XOffset(f"{color}:N")
+        else:
+            enc["yOffset"] = alt.YOffset(f"{color}:N")
+    layers = [base.mark_bar().encode(**enc, tooltip=_tooltip(df, tooltip))]
+    if baseline:
+        rule_enc = {("x" if horizontal else "y"): alt.X(f"mean({baseline}):Q") if horizontal
+                    else alt.Y(f"mean({baseline}):Q")}
+        layers.append(base.mark_rule(strokeDash=[5, 4], color="#444").encode(
+            **rule_enc, tooltip=[alt.Tooltip(f"mean({baseline}):Q", title="base model", format=".4g")]))
+    chart = alt.layer(*layers).properties(width=width, height=HEIGHT)
+    if facet:
+        return chart.facet(facet=alt.Facet(f"{facet}:N", title=None), columns=columns, title=title) \
+            .resolve_scale(y="independent", x="independent")
+    return chart.properties(title=title)
+
+
+def points_vs_base(df: pd.DataFrame, *, title: str) -> alt.Chart:
+    """Every evaluated point of a sweep as a dot, one panel per task/metric, base model as a rule.
+
+    Expects columns point, panel, value, base_value (eval_points_sql plus a panel label).
+    """
+    _check(df, "point", "panel", "value", "base_value")
+    tips = _tooltip(df, [c for c in ("point", "panel", "value", "stderr", "base_value", "delta") if c in df])
+    base = alt.Chart(df)
+    dots = base.mark_point(filled=True, size=40).encode(
+        x=alt.X("value:Q", title="value", scale=alt.Scale(zero=False)),
+        y=alt.Y("point:N", title=None, sort=None),
+        color=alt.condition("datum.point == 'base'", alt.value("#c0392b"), alt.value("#3662a8")),
+        tooltip=tips)
+    rule = base.mark_rule(strokeDash=[5, 4], color="#444").encode(
+        x=alt.X("mean(base_value):Q"),
+        tooltip=[alt.Tooltip("mean(base_value):Q", title="base model", format=".4g")])
+    return alt.layer(dots, rule).properties(width=240, height=alt.Step(14)).facet(
+        facet=alt.Facet("panel:N", title=None), columns=3, title=title).resolve_scale(x="independent")

@@ -1,0 +1,30 @@
+"""Sections every study page has: the sweep's evaluated points against the base model."""
+
+from __future__ import annotations
+
+from reports.charts import points_vs_base
+from reports.html import ChartBlock, Note, Section, TableBlock
+from store.reports import eval_points_sql, fetch
+
+MAX_DOT_POINTS = 60
+"""Above this many points a sweep is shown as a table only (a dot per point stops being readable)."""
+
+
+def sweep_section(con, run_id: int, title: str = "Every evaluated point") -> Section:
+    """All points of the run's sweep with the base model's value beside them."""
+    sql = eval_points_sql(run_id)
+    df = fetch(con, sql)
+    if df.empty:
+        return Section(title, (Note(f"Run {run_id} has no evaluations yet: rerun the study to resume it.",
+                                    kind="warn"),))
+    blocks = []
+    n_points = df["point"].nunique()
+    if n_points <= MAX_DOT_POINTS:
+        data = df.assign(panel=df["task"] + " / " + df["metric"])
+        blocks.append(ChartBlock(
+            "Each point against the base model", points_vs_base(data, title="value per sweep point"), sql,
+            caption="Red: the unedited model; dashed rule: its value. One panel per task and metric."))
+    blocks.append(TableBlock("Evaluations", df, sql, max_rows=40,
+                             caption=f"{n_points} points x {df.groupby(['task', 'metric']).ngroups} "
+                                     "task/metric pairs; delta = value - base value."))
+    return Section(title, tuple(blocks))

@@ -1,0 +1,104 @@
+"""Report queries: every chart's data, aggregated in SQL so no chart needs more than a few
+thousand rows. Each function returns the literal SQL (run ids are inlined integers), so the
+report can show it and a user can rerun it unchanged with `invoke sql`. Report SQL never
+contains double quotes (it is shown inside a double-quoted shell argument).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import duckdb
+import pandas as pd
+
+from store.db import Store, StoreError
+
+STUDIES = ("layers", "weights", "heads", "safety")
+"""The studies that get a report page, in page order."""
+
+MAX_CELLS = 4900
+"""Most rows a heat-map query returns (Altair refuses more than 5000 inline rows)."""
+
+
+@contextlib.contextmanager
+def open_report_store(store: Store) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Read-only connection to an interp store that holds at least one run."""
+    with store.connect(read_only=True) as con:
+        if not con.execute("SELECT count(*) FROM runs").fetchone()[0]:
+            raise StoreError(f"store {store.path} holds no runs yet: run `invoke demo` (or any study) first")
+        yield con
+
+
+def fetch(con: duckdb.DuckDBPyConnection, sql: str) -> pd.DataFrame:
+    return con.execute(sql).df()
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0])
+
+
+def has_rows(con: duckdb.DuckDBPyConnection, table: str, run_id: int | None = None) -> bool:
+    if not table_exists(con, table):
+        return False
+    where = f" WHERE run_id = {int(run_id)}" if run_id is not None else ""
+    return con.execute(f"SELECT EXISTS (SELECT 1 FROM {table}{where})").fetchone()[0]
+
+
+def bucket(n: int, other: int = 1) -> int:
+    """Smallest bucket width so an n x n (or n x other) grid fits in MAX_CELLS cells."""
+    per_axis = math.sqrt(MAX_CELLS / max(other, 1)) if other == 1 else MAX_CELLS / max(other, 1)
+    return max(1, math.ceil(n / max(per_axis, 1)))
+
+
+# --- provenance ---------------------------------------------------------------------------
+
+def runs_sql() -> str:
+    return """SELECT run_id, kind, model, left(revision, 12) AS revision, dtype, device, status,
+       strftime(created, '%Y-%m-%d %H:%M') AS created, code_version
+FROM runs ORDER BY run_id"""
+
+
+def run_configs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    return fetch(con, "SELECT run_id, kind, config FROM runs ORDER BY run_id")
+
+
+def study_run(con: duckdb.DuckDBPyConnection, study: str) -> int | None:
+    """The run a study page shows: the newest complete run of that kind, else the newest one."""
+    row = con.execute(
+        "SELECT run_id FROM runs WHERE kind = ? ORDER BY status = 'complete' DESC, run_id DESC LIMIT 1",
+        [study]).fetchone()
+    return row[0] if row else None
+
+
+def other_runs(con: duckdb.DuckDBPyConnection, study: str, shown: int) -> list[int]:
+    return [r[0] for r in con.execute(
+        "SELECT run_id FROM runs WHERE kind = ? AND run_id <> ? ORDER BY run_id", [study, shown]).fetchall()]
+
+
+def run_model(con: duckdb.DuckDBPyConnection, run_id: int) -> dict:
+    row = con.execute("SELECT model, n_layers, d_model, status FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    return {"model": row[0], "n_layers": row[1], "d_model": row[2], "status": row[3]}
+
+
+# --- evaluations (every study's sweep) ----------------------------------------------------
+
+def eval_points_sql(run_id: int) -> str:
+    """Every point of a sweep with the base model's value of the same task and metric."""
+    return f"""WITH base AS (
+  SELECT task, metric, value AS base_value FROM evals WHERE run_id = {int(run_id)} AND point = 'base')
+SELECT e.point, e.task, e.metric, e.value, e.stderr, e.n, b.base_value,
+       e.value - b.base_value AS delta
+FROM evals e LEFT JOIN base b USING (task, metric)
+WHERE e.run_id = {int(run_id)}
+ORDER BY e.task, e.metric, e.point = 'base' DESC, e.point"""
+
+
+def eval_summary_sql() -> str:
+    """The base model's scores in every run that evaluated it (one row per run, task, metric)."""
+    return """SELECT r.run_id, r.kind AS study, r.model, e.task, e.metric, e.value, e.stderr, e.n, e.chance
+FROM evals e JOIN runs r USING (run_id)
+WHERE e.point = 'base'
+ORDER BY r.run_id, e.task, e.metric"""
