@@ -47,10 +47,12 @@ def has_rows(con: duckdb.DuckDBPyConnection, table: str, run_id: int | None = No
     return con.execute(f"SELECT EXISTS (SELECT 1 FROM {table}{where})").fetchone()[0]
 
 
-def bucket(n: int, other: int = 1) -> int:
-    """Smallest bucket width so an n x n (or n x other) grid fits in MAX_CELLS cells."""
-    per_axis = math.sqrt(MAX_CELLS / max(other, 1)) if other == 1 else MAX_CELLS / max(other, 1)
-    return max(1, math.ceil(n / max(per_axis, 1)))
+def bucket(n: int, other: int | None = None) -> int:
+    """Smallest bucket width k so an n x n grid (or n x ``other``) of ceil(n/k) buckets fits in MAX_CELLS."""
+    k = 1
+    while (-(-n // k)) * (other if other else -(-n // k)) > MAX_CELLS and k < n:
+        k += 1
+    return k
 
 
 # --- provenance ---------------------------------------------------------------------------

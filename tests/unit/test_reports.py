@@ -1,0 +1,165 @@
+"""Report framework: chart encodings from fixed DataFrames, page assembly, partial and bad stores."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import altair as alt
+import duckdb
+import pandas as pd
+import pytest
+
+from reports import charts
+from reports.html import ChartBlock, Note, Page, Section, TableBlock, render_page, sql_command
+from store import Store, StoreError
+from store.reports import MAX_CELLS, bucket
+
+
+def unit_specs(spec: dict):
+    """Every spec node that draws a mark (walks layers, facets, concats)."""
+    if "mark" in spec:
+        yield spec
+    for key in ("layer", "hconcat", "vconcat", "concat"):
+        for sub in spec.get(key, []):
+            yield from unit_specs(sub)
+    if "spec" in spec:
+        yield from unit_specs(spec["spec"])
+
+
+def assert_tooltips(chart: alt.TopLevelMixin) -> list[dict]:
+    units = list(unit_specs(chart.to_dict()))
+    assert units, "chart draws no marks"
+    for u in units:
+        assert u.get("encoding", {}).get("tooltip"), f"mark {u['mark']} has no tooltip"
+    return units
+
+
+def mark_type(u: dict) -> str:
+    return u["mark"]["type"] if isinstance(u["mark"], dict) else u["mark"]
+
+
+def test_heatmap_encodings():
+    df = pd.DataFrame({"a": [0, 0, 1, 1], "b": [0, 1, 0, 1], "cos": [1.0, 0.5, 0.5, 1.0]})
+    ch = charts.heatmap(df, x="a", y="b", color="cos", title="t", x_title="layer a", y_title="layer b",
+                        color_title="cosine", tooltip=["a", "b", "cos"], domain=(0, 1))
+    (u,) = assert_tooltips(ch)
+    enc = u["encoding"]
+    assert mark_type(u) == "rect"
+    assert (enc["x"]["field"], enc["x"]["type"]) == ("a", "ordinal")
+    assert (enc["y"]["field"], enc["y"]["type"]) == ("b", "ordinal")
+    assert (enc["color"]["field"], enc["color"]["type"]) == ("cos", "quantitative")
+    assert enc["color"]["scale"]["domain"] == [0, 1]
+    assert [t["field"] for t in enc["tooltip"]] == ["a", "b", "cos"]
+    assert enc["tooltip"][2]["type"] == "quantitative" and enc["tooltip"][0]["type"] == "quantitative"
+
+
+def test_curves_with_baseline_facet_and_band():
+    df = pd.DataFrame({"n": [1, 2, 1, 2], "v": [1.0, 2.0, 1.5, 2.5], "strategy": ["a", "a", "b", "b"],
+                       "panel": ["ppl"] * 4, "base": [0.9] * 4, "se": [0.1] * 4})
+    ch = charts.curves(df, x="n", y="v", series="strategy", facet="panel", baseline="base", band="se",
+                       title="t", x_title="n", y_title="v", tooltip=["strategy", "n", "v"])
+    spec = ch.to_dict()
+    assert spec["facet"]["field"] == "panel" and spec["resolve"]["scale"]["y"] == "independent"
+    units = assert_tooltips(ch)
+    assert [mark_type(u) for u in units] == ["line", "point", "rule", "rule"]
+    line = units[0]["encoding"]
+    assert line["x"]["field"] == "n" and line["y"]["field"] == "v" and line["color"]["field"] == "strategy"
+    base_rule = units[3]["encoding"]
+    assert base_rule["y"]["aggregate"] == "mean" and base_rule["y"]["field"] == "base"
+
+
+def test_bars_grouped_with_baseline():
+    df = pd.DataFrame({"edit": ["x", "x", "y", "y"], "value": [0.1, 0.2, 0.3, 0.4], "when": ["a", "b", "a", "b"],
+                       "base": [0.25] * 4})
+    ch = charts.bars(df, x="edit", y="value", color="when", baseline="base", title="t", x_title="edit",
+                     y_title="value", tooltip=["edit", "when", "value"])
+    units = assert_tooltips(ch)
+    bar = units[0]["encoding"]
+    assert mark_type(units[0]) == "bar" and bar["xOffset"]["field"] == "when" and bar["color"]["field"] == "when"
+    assert mark_type(units[1]) == "rule"
+
+
+def test_points_vs_base_and_missing_columns():
+    df = pd.DataFrame({"point": ["base", "p"], "panel": ["ppl / perplexity"] * 2, "value": [2.0, 3.0],
+                       "base_value": [2.0, 2.0], "delta": [0.0, 1.0]})
+    units = assert_tooltips(charts.points_vs_base(df, title="t"))
+    assert [mark_type(u) for u in units] == ["point", "rule"]
+    with pytest.raises(KeyError, match="lacks columns"):
+        charts.heatmap(df, x="nope", y="point", color="value", title="", x_title="", y_title="",
+                       color_title="", tooltip=["value"])
+    with pytest.raises(KeyError, match="tooltip field 'nope'"):
+        charts.bars(df, x="point", y="value", title="", x_title="", y_title="", tooltip=["nope"])
+
+
+def test_altair_row_limit_is_what_sql_aggregation_avoids():
+    df = pd.DataFrame({"a": range(5001), "b": 0, "v": 1.0})
+    ch = charts.heatmap(df, x="a", y="b", color="v", title="", x_title="", y_title="", color_title="",
+                        tooltip=["v"])
+    with pytest.raises(alt.MaxRowsError):
+        ch.to_dict()
+
+
+@pytest.mark.parametrize("n", [1, 4, 30, 70, 71, 80, 200, 1000])
+def test_bucket_keeps_square_grids_under_the_limit(n):
+    k = bucket(n)
+    cells = (-(-n // k)) ** 2  # ceil(n / k) squared
+    assert cells <= MAX_CELLS
+    assert k == 1 or (-(-n // (k - 1))) ** 2 > MAX_CELLS  # smallest such width
+    other = 64
+    k2 = bucket(n, other)
+    assert (-(-n // k2)) * other <= MAX_CELLS
+
+
+def _page(n_charts: int) -> Page:
+    df = pd.DataFrame({"x": [1, 2], "y": [0.5, 0.25], "label": ["</script><script>alert(1)</script>", "b"]})
+    blocks = [ChartBlock(f"chart {i}", charts.bars(df, x="label", y="y", title="t", x_title="x", y_title="y",
+                                                   tooltip=["label", "y"]), f"SELECT {i} AS x")
+              for i in range(n_charts)]
+    blocks.append(TableBlock("table", df, "SELECT 'x' AS label"))
+    blocks.append(Note("a <b>note</b>"))
+    return Page(slug="p", title="P & Q", intro="intro", sections=(Section("S", tuple(blocks)),),
+                nav=(("index", "Overview"), ("p", "P")))
+
+
+def test_page_inlines_vega_once_and_escapes_data():
+    text = render_page(_page(3), "my.duckdb")
+    assert text.count("window.vegaEmbed=") == 1  # the bundle, once for three charts
+    assert "cdn" not in text.lower().split("<script type='module'>")[0]  # no external scripts in the markup
+    assert not re.search(r"<script[^>]+src=", text)
+    assert text.count("<details class='sql'>") == 4  # three charts and one table
+    assert text.count("<div class='chart' id='chart-") == 3
+    assert "<script><script>alert" not in text and "&lt;/script&gt;" in text  # table cell escaped
+    specs = json.loads(re.search(r"id='interp-specs'>(.*?)</script>", text, re.S).group(1))
+    assert sorted(specs) == ["chart-1", "chart-2", "chart-3"]
+    assert specs["chart-1"]["datasets"]  # data travels inline
+    assert "invoke sql --store my.duckdb &quot;SELECT 0 AS x&quot;" in text
+    assert "P &amp; Q" in text and "class='here'" in text
+
+
+def test_page_without_charts_has_no_bundle():
+    page = Page(slug="i", title="i", intro="", sections=(Section("s", (Note("n"),)),))
+    text = render_page(page, "s.duckdb")
+    assert "vegaEmbed" not in text and "finished: true" in text
+
+
+def test_sql_command_is_one_line():
+    assert sql_command("SELECT a,\n  b\nFROM t", "x.duckdb") == 'invoke sql --store x.duckdb "SELECT a, b FROM t"'
+
+
+def test_bad_stores_give_clear_errors(tmp_path):
+    from reports.build import build_report
+
+    out = tmp_path / "out"
+    (tmp_path / "empty.duckdb").write_bytes(b"")
+    (tmp_path / "text.duckdb").write_text("not a database")
+    duckdb.connect(str(tmp_path / "foreign.duckdb")).execute("CREATE TABLE t (a INT)").close()
+    with Store(tmp_path / "norun.duckdb").connect():
+        pass
+    cases = {"missing.duckdb": "no store at", "empty.duckdb": "not a readable interp store",
+             "text.duckdb": "not a readable interp store", "foreign.duckdb": "not an interp store",
+             "norun.duckdb": "holds no runs yet"}
+    for name, msg in cases.items():
+        with pytest.raises(StoreError, match=msg):
+            build_report(Store(tmp_path / name), out)
+    assert not out.exists()
