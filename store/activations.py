@@ -7,10 +7,15 @@ Commit protocol (why a kill at any point loses nothing and duplicates nothing):
 A ``.tmp`` whose shard is in the manifest was committed (finish the rename); any other
 ``.tmp`` was not (delete it). The view only matches ``*.parquet``, so readers never see
 uncommitted data, and ``run_prompts``' primary key rejects a second copy of a prompt.
+The renames happen while the writer still holds the DuckDB file, so another process
+never sees a committed manifest whose files are still ``.tmp``.
+Shards on object storage (store/remote.py) are written under their final keys instead,
+and the view there reads only objects listed in the manifest.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -25,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from store import remote
 from store.db import HIVE_TYPES, SHARD_SCHEMA, Store, StoreError
 
 
@@ -62,8 +68,12 @@ def _fsync(path: Path) -> None:
 
 
 def recover(store: Store) -> dict[str, int]:
-    """Finish or discard what an interrupted writer left behind. Call under the write lock."""
-    if not store.shard_dir.exists():
+    """Finish or discard what an interrupted writer left behind. Call under the write lock.
+
+    Object storage has no ``.tmp`` step: an uncommitted object is invisible (the view reads
+    the manifest) and is overwritten when the run resumes, so there is nothing to do.
+    """
+    if store.is_remote or not store.shard_dir.exists():
         return {"renamed": 0, "deleted": 0}
     tmps = list(store.shard_dir.rglob("*.parquet.tmp"))
     if not tmps:
@@ -173,6 +183,10 @@ class ActivationWriter:
     def _write_shard(self, key: tuple[str, int], blocks: list[Block], part: int) -> tuple:
         hook, layer = key
         rel = f"run_id={self.run_id}/hook={hook}/layer={layer}/part-{part:06d}.parquet"
+        if self.store.is_remote:
+            n_rows, n_bytes = remote.write_table(pa.concat_tables([b.table() for b in blocks]),
+                                                 self.store.shard_url(rel))
+            return hook, layer, part, rel, n_rows, n_bytes
         tmp = self.store.shard_dir / (rel + ".tmp")
         tmp.parent.mkdir(parents=True, exist_ok=True)
         table = pa.concat_tables([b.table() for b in blocks])
@@ -184,7 +198,13 @@ class ActivationWriter:
 
     def _commit(self, blocks, prompts, tokens, part) -> None:
         t0 = time.perf_counter()
-        shards = list(self._pool.map(lambda kv: self._write_shard(kv[0], kv[1], part), blocks.items()))
+        try:
+            shards = list(self._pool.map(lambda kv: self._write_shard(kv[0], kv[1], part), blocks.items()))
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreError(f"disk full while writing shards to {self.store.shard_root}: free space and "
+                                 "rerun the same command to resume (finished prompts are kept)") from None
+            raise StoreError(f"cannot write shards to {self.store.shard_root}: {e}") from None
         shard_df = pd.DataFrame(shards, columns=["hook", "layer", "part", "path", "n_rows", "n_bytes"])
         shard_df.insert(0, "run_id", self.run_id)
         prompt_df = pd.DataFrame(prompts, columns=["prompt_id", "n_tokens", "truncated"])
@@ -202,8 +222,9 @@ class ActivationWriter:
             except Exception:
                 con.execute("ROLLBACK")
                 raise
-        for rel in shard_df["path"]:
-            os.replace(self.store.shard_dir / (rel + ".tmp"), self.store.shard_dir / rel)
+            if not self.store.is_remote:  # still holding the file: no reader sees a half-renamed commit
+                for rel in shard_df["path"]:
+                    os.replace(self.store.shard_dir / (rel + ".tmp"), self.store.shard_dir / rel)
         self.stats["commits"] += 1
         self.stats["rows"] += int(shard_df["n_rows"].sum())
         self.stats["bytes"] += int(shard_df["n_bytes"].sum())
@@ -220,7 +241,7 @@ def shard_files(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, hook:
     if layers is not None:
         sql += f" AND layer IN ({', '.join('?' * len(layers))})"
         params += list(layers)
-    return [str(store.shard_dir / r[0]) for r in con.execute(sql + " ORDER BY layer, part", params).fetchall()]
+    return [store.shard_url(r[0]) for r in con.execute(sql + " ORDER BY layer, part", params).fetchall()]
 
 
 def _gather(col: pa.ChunkedArray, rows: np.ndarray) -> np.ndarray:
@@ -250,14 +271,52 @@ def _shard_rows(con: duckdb.DuckDBPyConnection, run_id: int, hook: str,
 
 
 def _read_shard(store: Store, layer: int, rel: str) -> pa.Table:
-    path = store.shard_dir / rel
+    path = store.shard_url(rel)
+    columns = ["prompt_id", "reduce", "pos", "head", "vec"]
     try:
-        table = pq.read_table(path, columns=["prompt_id", "reduce", "pos", "head", "vec"], use_threads=False)
+        if store.is_remote:
+            table = remote.read_table(path, columns)
+        else:
+            table = pq.read_table(path, columns=columns, use_threads=False)
+    except remote.RemoteError as e:
+        raise StoreError(str(e)) from None
     except FileNotFoundError:
         raise StoreError(f"shard {path} is listed in the store but missing on disk: "
                          "run `invoke check`, then re-run the cache task to rebuild it") from None
     n = table.num_rows
     return table.append_column("layer", pa.array(np.full(n, layer, np.int32)))
+
+
+def _nothing_stored(con: duckdb.DuckDBPyConnection, run_id: int, hook: str, layers: list[int] | None) -> str:
+    """Why a read found no shards, naming what the run does have (nearest names first)."""
+    import difflib
+
+    stored = con.execute("SELECT hook, list(DISTINCT layer ORDER BY layer) FROM shards WHERE run_id = ? "
+                         "GROUP BY hook ORDER BY hook", [run_id]).fetchall()
+    if not stored:
+        return f"run {run_id} has no vectors: `invoke runs` lists the runs, `invoke cache --hooks ...` makes one"
+    have = dict(stored)
+    if hook not in have:
+        near = difflib.get_close_matches(hook, list(have), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(near)}? " if near else ""
+        return (f"run {run_id} has no '{hook}' vectors: {hint}stored: {', '.join(have)} "
+                "(capture others with `invoke cache --hooks ...`)")
+    got = have[hook]
+    spans = _spans(got)
+    return (f"run {run_id} has no '{hook}' vectors for layers {layers}: stored layers: {spans} "
+            f"(capture others with `invoke cache --hooks {hook}:LO-HI`)")
+
+
+def _spans(values: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    out, start = [], None
+    for i, v in enumerate(values):
+        if start is None:
+            start = v
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            out.append(str(start) if start == v else f"{start}-{v}")
+            start = None
+    return ", ".join(out)
 
 
 def read_vectors(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, hook: str,
@@ -273,8 +332,7 @@ def read_vectors(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, hook
     """
     rows = _shard_rows(con, run_id, hook, layers)
     if not rows:
-        raise StoreError(f"run {run_id} has no '{hook}' vectors{f' for layers {layers}' if layers else ''}: "
-                         "capture them with `invoke cache --hooks ...`")
+        raise StoreError(_nothing_stored(con, run_id, hook, layers))
     with ThreadPoolExecutor(max_workers=min(4, len(rows))) as pool:
         tables = list(pool.map(lambda r: _read_shard(store, r[0], r[1]), rows))
     table = pa.concat_tables(tables)
