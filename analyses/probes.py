@@ -1,0 +1,197 @@
+"""Per-layer linear probes (scikit-learn logistic regression) with controls.
+
+For every (hook, layer, position) and problem in ``safety_data.PROBLEMS``:
+- ``cv``: stratified k-fold cross-validation on the balanced train split (pairs kept in one
+  fold): accuracy and ROC-AUC, mean and std over folds;
+- ``shuffled``: the same cross-validation with permuted labels (should sit at chance);
+- ``held_out``: fitted on the whole balanced train split, scored on the balanced test split;
+- for harmful_vs_neutral, cross-source generalisation ``cross:A->B`` (fit on source A's
+  train split, score on source B's test split) beside ``within:B`` (fit and score on B).
+Vectors stream from the store one layer at a time; no model is imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
+
+from analyses.safety_data import HARMFUL_SOURCES, PROBLEMS, SafetyDataError, balanced, iter_layers, xy
+
+METRICS = ("accuracy", "roc_auc")
+ROW = ["problem", "hook", "layer", "position", "setting", "metric", "mean", "std", "n", "folds"]
+
+
+@dataclass(frozen=True)
+class ProbeCfg:
+    """How probes are fitted and checked."""
+
+    folds: int = 5
+    """Cross-validation folds (stratified; stereotype pairs kept within one fold)."""
+    C: float = 0.1
+    """Inverse L2 strength of the logistic regression (on standardised features)."""
+    shuffles: int = 1
+    """Shuffled-label control repeats per layer (each a full cross-validation)."""
+    seed: int = 0
+    """Seed for folds, label shuffles and class balancing."""
+    max_iter: int = 2000
+    """lbfgs iteration cap."""
+    problems: tuple[str, ...] = tuple(PROBLEMS)
+    """Which problems to probe (names from safety_data.PROBLEMS)."""
+
+    def __post_init__(self) -> None:
+        if self.folds < 2:
+            raise ValueError(f"probe folds must be at least 2, not {self.folds}")
+        if self.C <= 0:
+            raise ValueError(f"probe C must be positive, not {self.C}")
+        if self.shuffles < 1:
+            raise ValueError("shuffled-label controls must be at least 1 per layer")
+        bad = [p for p in self.problems if p not in PROBLEMS]
+        if bad or not self.problems:
+            raise ValueError(f"unknown probe problem '{','.join(bad)}': use some of {', '.join(PROBLEMS)}")
+        object.__setattr__(self, "problems", tuple(self.problems))
+
+
+def make_probe(cfg: ProbeCfg):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=cfg.C, max_iter=cfg.max_iter))
+
+
+def fold_indices(y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified folds that never split a group; fewer folds when a class is too small."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    k = min(folds, int(np.bincount(y).min()))
+    if k < 2:
+        raise SafetyDataError("a class has fewer than 2 examples: too few prompts to cross-validate")
+    return list(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y, groups))
+
+
+def scores(model, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Accuracy and ROC-AUC (one-vs-rest macro for more than two classes)."""
+    from sklearn.metrics import roc_auc_score
+
+    proba = model.predict_proba(X)
+    acc = float(np.mean(model.classes_[proba.argmax(1)] == y))
+    present = [i for i, c in enumerate(model.classes_) if 0 < np.sum(y == c) < len(y)]
+    if len(model.classes_) == 2:
+        auc = roc_auc_score(y == model.classes_[1], proba[:, 1]) if present else np.nan
+    else:  # one-vs-rest macro average over the classes this test set has
+        aucs = [roc_auc_score(y == model.classes_[i], proba[:, i]) for i in present]
+        auc = float(np.mean(aucs)) if aucs else np.nan
+    return {"accuracy": acc, "roc_auc": float(auc)}
+
+
+def cross_validate(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: ProbeCfg,
+                   folds: list[tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, list[float]]:
+    """Per-fold accuracy and ROC-AUC of a freshly fitted probe on each fold."""
+    folds = folds if folds is not None else fold_indices(y, groups, cfg.folds, cfg.seed)
+    out: dict[str, list[float]] = {m: [] for m in METRICS}
+    with threadpool_limits(1):  # many small fits: threads only add overhead
+        for train, test in folds:
+            s = scores(make_probe(cfg).fit(X[train], y[train]), X[test], y[test])
+            for m in METRICS:
+                out[m].append(s[m])
+    return out
+
+
+def _rows(key: tuple, setting: str, per_fold: dict[str, list[float]], n: int) -> list[list]:
+    return [[*key, setting, m, float(np.mean(v)), float(np.std(v)) if len(v) > 1 else None, n, len(v)]
+            for m, v in per_fold.items()]
+
+
+def _fit_score(cfg: ProbeCfg, train: tuple, test: tuple) -> dict[str, list[float]]:
+    with threadpool_limits(1):
+        s = scores(make_probe(cfg).fit(train[0], train[1]), test[0], test[1])
+    return {m: [s[m]] for m in METRICS}
+
+
+def probe_layer(vectors: tuple[list[str], np.ndarray], data: pd.DataFrame, key: tuple, cfg: ProbeCfg) -> list[list]:
+    """Rows (see ``ROW``) for one (hook, layer, position) from its vectors."""
+    rows: list[list] = []
+    for problem in cfg.problems:
+        classes = PROBLEMS[problem]
+        k = (problem, *key)
+        train = balanced(data, classes, "train", cfg.seed)
+        X, y, g = xy(vectors, train, classes)
+        folds = fold_indices(y, g, cfg.folds, cfg.seed)
+        rows += _rows(k, "cv", cross_validate(X, y, g, cfg, folds), len(y))
+        shuffled: dict[str, list[float]] = {m: [] for m in METRICS}
+        for i in range(cfg.shuffles):
+            perm = np.random.default_rng([cfg.seed, 1 + i]).permutation(len(y))
+            for m, v in cross_validate(X, y[perm], g, cfg, folds).items():
+                shuffled[m] += v
+        rows += _rows(k, "shuffled", shuffled, len(y))
+        test = balanced(data, classes, "test", cfg.seed)
+        Xt, yt, _ = xy(vectors, test, classes)
+        rows += _rows(k, "held_out", _fit_score(cfg, (X, y), (Xt, yt)), len(yt))
+        if problem == "harmful_vs_neutral":
+            rows += _cross_source(vectors, data, k, cfg)
+    return rows
+
+
+def _cross_source(vectors, data: pd.DataFrame, k: tuple, cfg: ProbeCfg) -> list[list]:
+    classes = PROBLEMS["harmful_vs_neutral"]
+    present = set(data.loc[data["cls"] == "harmful", "source"])
+    rows: list[list] = []
+    for src in HARMFUL_SOURCES:
+        for dst in HARMFUL_SOURCES:
+            if src not in present or dst not in present:
+                continue
+            try:
+                train = balanced(data, classes, "train", cfg.seed, {"harmful": src})
+                test = balanced(data, classes, "test", cfg.seed, {"harmful": dst})
+            except SafetyDataError:
+                continue  # too few prompts of one source (tiny budgets): no cross-source rows
+            X, y, _ = xy(vectors, train, classes)
+            Xt, yt, _ = xy(vectors, test, classes)
+            setting = f"within:{dst}" if src == dst else f"cross:{src}->{dst}"
+            rows += _rows(k, setting, _fit_score(cfg, (X, y), (Xt, yt)), len(yt))
+    return rows
+
+
+def run(con, store, cache_run_id: int, data: pd.DataFrame, cfg: ProbeCfg, hooks: list[str], positions: list[str],
+        layers: list[int], progress: bool = True) -> pd.DataFrame:
+    """Probe every (hook, layer, position), streaming one layer's vectors at a time."""
+    rows: list[list] = []
+    total = len(hooks) * len(layers) * len(positions)
+    it = iter_layers(con, store, cache_run_id, hooks, positions, layers)
+    for hook, layer, position, vectors in tqdm(it, total=total, desc="probes", unit="site", disable=not progress):
+        rows += probe_layer(vectors, data, (hook, layer, position), cfg)
+    return pd.DataFrame(rows, columns=ROW)
+
+
+def best_layers(df: pd.DataFrame) -> pd.DataFrame:
+    """The best-separating layer per (problem, hook, position) and its margins over the controls.
+
+    Rule: highest cross-validated ROC-AUC, ties broken by CV accuracy, then held-out AUC and
+    accuracy, then the earlier layer. margin_* = CV value minus the shuffled-label control at
+    that layer; for harmful_vs_neutral the mean cross-source accuracy/AUC is reported too.
+    """
+    wide = df.pivot_table(index=["problem", "hook", "position", "layer"], columns=["setting", "metric"],
+                          values="mean").sort_index()
+    wide.columns = [f"{s}_{m}" for s, m in wide.columns]
+    wide = wide.reset_index()
+    out = []
+    for (problem, hook, position), g in wide.groupby(["problem", "hook", "position"]):
+        keys = ["cv_roc_auc", "cv_accuracy", "held_out_roc_auc", "held_out_accuracy"]
+        g = g.sort_values([*keys, "layer"], ascending=[False] * len(keys) + [True])
+        best = g.iloc[0]
+        row = {"problem": problem, "hook": hook, "position": position, "layer": int(best["layer"]),
+               "cv_accuracy": best["cv_accuracy"], "cv_roc_auc": best["cv_roc_auc"],
+               "shuffled_accuracy": best["shuffled_accuracy"], "shuffled_roc_auc": best["shuffled_roc_auc"],
+               "margin_accuracy": best["cv_accuracy"] - best["shuffled_accuracy"],
+               "margin_roc_auc": best["cv_roc_auc"] - best["shuffled_roc_auc"],
+               "held_out_accuracy": best["held_out_accuracy"], "held_out_roc_auc": best["held_out_roc_auc"]}
+        cross = [c for c in g.columns if c.startswith("cross:")]
+        for m in METRICS:
+            cols = [c for c in cross if c.endswith(f"_{m}")]
+            row[f"cross_source_{m}"] = float(np.nanmean(best[cols].astype(float))) if cols else np.nan
+        out.append(row)
+    return pd.DataFrame(out)

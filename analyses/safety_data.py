@@ -1,0 +1,139 @@
+"""The labelled safety dataset: classes, fixed seeded splits, balanced subsets, and per-layer
+vectors streamed from the store. Pure: prompts and store rows in, DataFrames and arrays out.
+
+Classes (``cls``): harmful (HarmBench and Do-Not-Answer, kept apart by ``source``), toxic
+(RealToxicityPrompts openings), biased (stereotype-bearing prompts) and counterpart (their
+minimal-pair neutral rewrites), neutral (hand-written neutral prompts).
+
+Splits: ``heldout`` (prompts an evaluation task uses: never fitted), then a seeded ``test``
+fraction per (dataset, source) stratum, ``train`` for the rest. Stereotype pairs share a split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+
+PROBLEMS: dict[str, tuple[str, ...]] = {
+    "harmful_vs_neutral": ("harmful", "neutral"),
+    "toxic_vs_neutral": ("toxic", "neutral"),
+    "biased_vs_counterpart": ("biased", "counterpart"),
+    "multiclass": ("harmful", "toxic", "biased", "neutral"),
+}
+"""Probe problems: name -> classes (binary problems: positive class first)."""
+
+CONCEPTS: dict[str, tuple[str, str]] = {"harmful": ("harmful", "neutral"), "toxic": ("toxic", "neutral")}
+"""Directions: concept -> (positive class, negative class); direction = mean(pos) - mean(neg)."""
+
+HARMFUL_SOURCES = ("harmbench", "donotanswer")
+COLUMNS = ["prompt_id", "cls", "source", "dataset", "grp", "split"]
+
+
+class SafetyDataError(ValueError):
+    """A dataset that cannot support the requested analysis (a class missing or too small)."""
+
+
+def prompt_class(dataset: str, label: str) -> str | None:
+    """The probe class of a stored prompt, or None when it belongs to no class."""
+    if dataset == "stereotypes":
+        return "biased" if label == "biased" else "counterpart"
+    return {"harmful": "harmful", "harmbench": "harmful", "donotanswer": "harmful", "toxic": "toxic",
+            "neutral": "neutral"}.get(dataset)
+
+
+def _stable_seed(seed: int, *parts: str) -> int:
+    digest = hashlib.sha256("\x1f".join([str(seed), *parts]).encode()).hexdigest()
+    return int(digest[:12], 16)
+
+
+def assign_splits(frame: pd.DataFrame, test_frac: float, seed: int, heldout: Iterable[str] = ()) -> pd.Series:
+    """train / test / heldout per prompt; deterministic for the same prompts, seed and fraction.
+
+    Groups (``grp``, e.g. a stereotype pair) are split as units; strata are (dataset, source)
+    so every class and both harmful sources keep the same test fraction.
+    """
+    if not 0.0 < test_frac < 1.0:
+        raise SafetyDataError(f"test fraction must be between 0 and 1, not {test_frac}")
+    held = set(heldout)
+    split = pd.Series("train", index=frame.index, dtype=object)
+    grp = frame["grp"].where(frame["grp"].notna(), frame["prompt_id"])
+    usable = ~frame["prompt_id"].isin(held)
+    for (dataset, source), idx in frame[usable].groupby(["dataset", "source"]).groups.items():
+        groups = sorted(set(grp[idx]))
+        rng = np.random.default_rng(_stable_seed(seed, dataset, source))
+        order = [groups[i] for i in rng.permutation(len(groups))]
+        test_groups = set(order[: int(round(test_frac * len(groups)))])
+        split[idx] = np.where(grp[idx].isin(test_groups), "test", "train")
+    split[~usable] = "heldout"
+    return split
+
+
+def dataset_frame(prompts: pd.DataFrame, test_frac: float, seed: int, heldout: Iterable[str] = ()) -> pd.DataFrame:
+    """Labelled prompts with splits from stored prompt rows (prompt_id, dataset, source, label, grp)."""
+    df = prompts.copy()
+    df["cls"] = [prompt_class(d, l) for d, l in zip(df["dataset"], df["label"])]
+    df = df[df["cls"].notna()].sort_values("prompt_id").reset_index(drop=True)
+    if "grp" not in df:
+        df["grp"] = None
+    df["split"] = assign_splits(df, test_frac, seed, heldout)
+    return df[COLUMNS]
+
+
+def balanced(frame: pd.DataFrame, classes: tuple[str, ...], split: str | tuple[str, ...], seed: int,
+             sources: dict[str, str] | None = None) -> pd.DataFrame:
+    """Equal numbers of each class (the smallest class's count), a seeded subset of the rest.
+
+    ``sources`` restricts a class to one source, e.g. {"harmful": "harmbench"}.
+    """
+    splits = (split,) if isinstance(split, str) else split
+    parts = []
+    for c in classes:
+        sel = frame[(frame["cls"] == c) & frame["split"].isin(splits)]
+        if sources and c in sources:
+            sel = sel[sel["source"] == sources[c]]
+        parts.append(sel.sort_values("prompt_id"))
+    n = min(len(p) for p in parts)
+    if n < 2:
+        counts = ", ".join(f"{c}: {len(p)}" for c, p in zip(classes, parts))
+        raise SafetyDataError(f"too few prompts in split {'/'.join(splits)} ({counts}): capture more prompts "
+                              "(raise the per-set limit)")
+    out = []
+    for c, p in zip(classes, parts):
+        rng = np.random.default_rng(_stable_seed(seed, "balance", c, *splits, *(sources or {}).values()))
+        out.append(p.iloc[np.sort(rng.permutation(len(p))[:n])])
+    return pd.concat(out, ignore_index=True)
+
+
+def xy(vectors: dict[str, np.ndarray] | tuple[list[str], np.ndarray], subset: pd.DataFrame,
+       classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(X, y, groups) for ``subset``'s prompts: y indexes ``classes``; groups keep pairs together."""
+    ids, X = vectors
+    row = {p: i for i, p in enumerate(ids)}
+    missing = [p for p in subset["prompt_id"] if p not in row]
+    if missing:
+        raise SafetyDataError(f"{len(missing)} prompts have no stored vector (e.g. '{missing[0]}'): "
+                              "resume the cache run to complete it")
+    rows = np.array([row[p] for p in subset["prompt_id"]], dtype=np.int64)
+    y = np.array([classes.index(c) for c in subset["cls"]], dtype=np.int64)
+    grp = subset["grp"].where(subset["grp"].notna(), subset["prompt_id"]).to_numpy()
+    return X[rows], y, grp
+
+
+def layer_vectors(con, store, run_id: int, hook: str, layer: int, position: str) -> tuple[list[str], np.ndarray]:
+    """(prompt_ids, X (prompt, d) float32) of one layer, read from the store."""
+    from store.activations import read_vectors
+
+    meta, X = read_vectors(con, store, run_id, hook, [layer], position)
+    return meta["prompt_id"].tolist(), X
+
+
+def iter_layers(con, store, run_id: int, hooks: Iterable[str], positions: Iterable[str],
+                layers: Iterable[int]) -> Iterator[tuple[str, int, str, tuple[list[str], np.ndarray]]]:
+    """Stream (hook, layer, position, (ids, X)) one layer at a time: memory is one layer's vectors."""
+    for hook in hooks:
+        for layer in layers:
+            for position in positions:
+                yield hook, layer, position, layer_vectors(con, store, run_id, hook, layer, position)
