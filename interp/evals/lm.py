@@ -1,0 +1,99 @@
+"""Model primitives every metric shares: log-probabilities of given tokens, batched greedy generation.
+
+Both run whatever hooks or edited weights are active on the model. Batching never changes
+results: sequences are grouped by length, right-padded with an attention mask and explicit
+position ids (see ``interp.batching``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from interp.batching import encode, pad
+
+
+def _batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Indices grouped so each padded batch holds at most ``max_tokens`` tokens (longest first)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    out: list[list[int]] = []
+    for i in order:
+        if out and (len(out[-1]) + 1) * lengths[out[-1][0]] <= max_tokens:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+@torch.no_grad()
+def token_logprobs(model, seqs: list[list[int]], starts: list[int], pad_id: int,
+                   max_tokens: int = 1024) -> list[torch.Tensor]:
+    """log p(seq[t] | seq[:t]) for t in start..len-1 of every sequence, as float32 CPU tensors.
+
+    ``start`` must be >= 1 (the first token has no prediction).
+    """
+    if len(seqs) != len(starts):
+        raise ValueError("token_logprobs needs one start per sequence")
+    out: list[torch.Tensor | None] = [None] * len(seqs)
+    device = next(model.parameters()).device
+    for idx in _batches([len(s) for s in seqs], max_tokens):
+        batch = pad([seqs[i] for i in idx], pad_id, side="right").to(device)
+        logits = model(**batch.model_kwargs()).logits.float()  # (batch, pos, vocab)
+        lse = torch.logsumexp(logits[:, :-1], dim=-1)  # (batch, pos-1)
+        targets = batch.input_ids[:, 1:]
+        picked = logits[:, :-1].gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse  # (batch, pos-1)
+        for row, i in enumerate(idx):
+            if starts[i] < 1:
+                raise ValueError("the first token of a sequence has no log-probability: start must be >= 1")
+            out[i] = picked[row, starts[i] - 1:len(seqs[i]) - 1].cpu()
+        del logits, lse, picked
+    return out  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def last_logprobs(model, seqs: list[list[int]], pad_id: int, max_tokens: int = 1024) -> torch.Tensor:
+    """Log-softmax of the next-token distribution after each sequence: (n, vocab) float32 on CPU."""
+    device = next(model.parameters()).device
+    rows: list[torch.Tensor | None] = [None] * len(seqs)
+    for idx in _batches([len(s) for s in seqs], max_tokens):
+        batch = pad([seqs[i] for i in idx], pad_id, side="right").to(device)
+        logits = model(**batch.model_kwargs()).logits  # (batch, pos, vocab)
+        last = logits[torch.arange(len(idx), device=device), batch.lengths - 1].float()
+        lp = torch.log_softmax(last, dim=-1).cpu()
+        for row, i in enumerate(idx):
+            rows[i] = lp[row]
+    return torch.stack(rows)  # type: ignore[arg-type]
+
+
+def _eos_ids(loaded) -> list[int]:
+    ids = []
+    for src in (getattr(loaded.model, "generation_config", None), loaded.model.config, loaded.tokenizer):
+        eos = getattr(src, "eos_token_id", None) if src is not None else None
+        ids += list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
+    return sorted(set(ids))
+
+
+@torch.no_grad()
+def greedy_generate(loaded, prompts: list[str], *, chat: bool, max_new_tokens: int, max_prompt_tokens: int,
+                    batch_size: int = 16, system: str | None = None) -> tuple[list[str], int]:
+    """Greedy continuations of ``prompts`` (chat-formatted when ``chat``), batched with left padding.
+
+    Returns (texts, number of prompts that were cut to fit ``max_prompt_tokens``).
+    """
+    from transformers import GenerationConfig
+
+    tok, model = loaded.tokenizer, loaded.model
+    encoded = encode(tok, prompts, chat, max_prompt_tokens, system)
+    truncated = sum(e.truncated > 0 for e in encoded)
+    gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                               pad_token_id=tok.pad_token_id, eos_token_id=_eos_ids(loaded) or None)
+    texts: list[str | None] = [None] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i].ids))
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        batch = pad([encoded[i].ids for i in idx], tok.pad_token_id, side="left").to(loaded.device)
+        out = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                             generation_config=gen_cfg)
+        new = out[:, batch.input_ids.shape[1]:]
+        for row, i in enumerate(idx):
+            texts[i] = tok.decode(new[row], skip_special_tokens=True)
+    return texts, truncated  # type: ignore[return-value]

