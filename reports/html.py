@@ -163,7 +163,7 @@ const specs = JSON.parse(document.getElementById('interp-specs').textContent);
 const state = window.interpReport = {total: Object.keys(specs).length, done: 0, failed: 0, finished: false};
 const opts = {renderer: 'svg', actions: {export: true, source: false, compiled: false, editor: false}};
 await Promise.all(Object.entries(specs).map(([id, spec]) =>
-  vegaEmbed('#' + id, spec, opts)
+  Promise.resolve().then(() => vegaEmbed('#' + id, spec, opts))  // a synchronous throw becomes a rejection
     .then(() => { state.done += 1; })
     .catch((err) => {
       state.failed += 1;

@@ -163,3 +163,27 @@ def test_bad_stores_give_clear_errors(tmp_path):
         with pytest.raises(StoreError, match=msg):
             build_report(Store(tmp_path / name), out)
     assert not out.exists()
+
+
+def test_report_needs_no_model_code(tmp_path):
+    """Rendering imports neither torch nor the model code: the report works from the store alone."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json\n"
+        "from store import Store\nfrom store.runs import start_run\nfrom store.evals import write_evals\n"
+        f"s = Store({str(tmp_path / 's.duckdb')!r})\n"
+        "m = dict(model='m', revision='r', dtype='float32', device='cpu', n_layers=2, d_model=4)\n"
+        "with s.connect() as con:\n"
+        "    r = start_run(con, kind='layers', model=m, backend=None, config='{}', config_hash='h', code_version='t')\n"
+        "    write_evals(con, [dict(run_id=r.run_id, study='layers', point='base', intervention='{}', task='ppl',"
+        " metric='perplexity', value=1.0, stderr=None, n=1, chance=None, dataset='{}', seconds=0.0)])\n"
+        "from reports.build import build_report\n"
+        f"rep = build_report(s, {str(tmp_path / 'out')!r})\n"
+        "assert rep.studies == ('layers',), rep\n"
+        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('interp.models', 'transformers')))\n"
+        "assert not bad, bad\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
