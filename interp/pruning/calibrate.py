@@ -1,0 +1,139 @@
+"""Wanda's calibration statistics: the L2 norm of every input feature of every pruned linear
+module over the calibration tokens, collected with forward pre-hooks (these inputs are not
+TransformerLens hook points).
+
+``layerwise_norms`` runs the decoder blocks one at a time on the cached inputs of the
+previous block, as the original method does: with a ``prune_layer`` callback, block l's
+statistics are taken on the output of the already pruned blocks < l (sequential Wanda);
+without it every statistic comes from the dense model (one-shot).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from interp.pruning.targets import Target
+
+BATCH = 8
+"""Calibration windows per forward pass."""
+
+Norms = dict[tuple[int, str], torch.Tensor]
+"""(layer, projection) -> (in,) float32 L2 norms of the input features."""
+
+
+class NormAccumulator:
+    """Running sums of squared inputs per module, in float64 (the hook adapter's state)."""
+
+    def __init__(self) -> None:
+        self.sumsq: dict[str, torch.Tensor] = {}
+        self.tokens: dict[str, int] = {}
+
+    def hook(self, key: str):
+        def pre_hook(_module, args, kwargs):
+            x = args[0] if args else next(iter(kwargs.values()))
+            flat = x.detach().reshape(-1, x.shape[-1]).double()  # (tokens, in)
+            acc = flat.pow(2).sum(0)
+            self.sumsq[key] = acc if key not in self.sumsq else self.sumsq[key] + acc
+            self.tokens[key] = self.tokens.get(key, 0) + flat.shape[0]
+        return pre_hook
+
+    def norms(self) -> dict[str, torch.Tensor]:
+        return {k: v.sqrt().float().cpu() for k, v in self.sumsq.items()}
+
+
+@contextlib.contextmanager
+def input_norms(modules: dict[str, nn.Module]) -> Iterator[NormAccumulator]:
+    """Accumulate input-feature squared norms of ``modules`` during forward passes in the block."""
+    acc = NormAccumulator()
+    handles = []
+    try:
+        for key, module in modules.items():
+            handles.append(module.register_forward_pre_hook(acc.hook(key), with_kwargs=True))
+        yield acc
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class _Stop(Exception):
+    pass
+
+
+@dataclass
+class _BlockCall:
+    """One batch's input to a decoder block, as the model called it (replayed block by block)."""
+
+    hidden: torch.Tensor  # (batch, pos, d_model)
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    positional: bool = True
+
+    def run(self, block: nn.Module) -> torch.Tensor:
+        if self.positional:
+            out = block(self.hidden, *self.args, **self.kwargs)
+        else:
+            out = block(*self.args, **{**self.kwargs, "hidden_states": self.hidden})
+        return out[0] if isinstance(out, tuple) else out
+
+    def next(self, hidden: torch.Tensor) -> "_BlockCall":
+        return _BlockCall(hidden, self.args, self.kwargs, self.positional)
+
+
+@torch.no_grad()
+def _first_block_inputs(model: nn.Module, first: nn.Module, windows: list[list[int]], device) -> list[_BlockCall]:
+    """Run the embedding only: catch what the model passes to block 0, then stop the forward."""
+    calls: list[_BlockCall] = []
+
+    def catch(_module, args, kwargs):
+        if args:
+            calls.append(_BlockCall(args[0], tuple(args[1:]), dict(kwargs), True))
+        else:
+            kw = dict(kwargs)
+            calls.append(_BlockCall(kw.pop("hidden_states"), (), kw, False))
+        raise _Stop
+
+    handle = first.register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        for b in range(0, len(windows), BATCH):
+            ids = torch.tensor(windows[b:b + BATCH], dtype=torch.long, device=device)
+            try:
+                model(input_ids=ids, use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return calls
+
+
+@torch.no_grad()
+def layerwise_norms(model: nn.Module, blocks: nn.ModuleList, targets: list[Target], windows: list[list[int]],
+                    prune_layer: Callable[[int, Norms], None] | None = None, progress: bool = False) -> Norms:
+    """Input norms of every target, block by block; ``prune_layer(l, norms_of_l)`` prunes block l
+    before its output is fed to block l + 1 (sequential Wanda)."""
+    by_layer: dict[int, list[Target]] = {}
+    for t in targets:
+        by_layer.setdefault(t.layer, []).append(t)
+    if not by_layer:
+        return {}
+    device = next(model.parameters()).device
+    calls = _first_block_inputs(model, blocks[0], windows, device)
+    last = max(by_layer)
+    out: Norms = {}
+    for layer in tqdm(range(last + 1), desc="calibration", unit="layer", disable=not progress):
+        block, here = blocks[layer], by_layer.get(layer, [])
+        with input_norms({t.name: t.module for t in here}) as acc:
+            hidden = [c.run(block) for c in calls]  # dense output of this block (the stats pass)
+        layer_norms = {(layer, k): v for k, v in acc.norms().items()}
+        out.update(layer_norms)
+        if here and prune_layer is not None:
+            prune_layer(layer, layer_norms)
+            if layer < last:
+                hidden = [c.run(block) for c in calls]  # the pruned block's output feeds the next
+        calls = [c.next(h) for c, h in zip(calls, hidden)]
+    return out
