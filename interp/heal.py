@@ -1,0 +1,137 @@
+"""Healing: a short LoRA fine-tune (peft) of the MLP projections of an edited model on a text
+corpus, undone on exit (Gromov et al. heal dropped models with QLoRA on C4).
+
+The training windows come from the same corpus as the perplexity evaluation, cut on the
+same grid, *minus the windows the evaluation scores* (rebuilt from the evaluation's own
+seed and token count), so a healed model is never trained on the text it is scored on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+
+class HealError(ValueError):
+    """A healing config that cannot run (bad numbers, no training text left)."""
+
+
+@dataclass(frozen=True)
+class HealCfg:
+    """How to heal. Part of the healed sweep point's identity."""
+
+    steps: int
+    """Optimiser steps (0 is refused: use the plain drop instead)."""
+    rank: int = 8
+    """LoRA rank r."""
+    alpha: float = 16.0
+    """LoRA scaling numerator (updates are scaled by alpha / r)."""
+    lr: float = 2e-4
+    """AdamW learning rate (no weight decay, constant schedule)."""
+    batch: int = 4
+    """Windows per step."""
+    seed: int = 0
+    """Seed for window sampling and LoRA initialisation."""
+    corpus: str = "book"
+    """Training corpus: book (offline), wikitext2 or c4 (as in the evaluation config)."""
+    corpus_path: str | None = None
+    """Local file/folder for wikitext2 or c4."""
+    window: int | None = None
+    """Training window in tokens; None: the evaluation's perplexity window."""
+    holdout_tokens: int = 2048
+    """The evaluation's perplexity token count (``EvalCfg.count('ppl')``): its windows are left out of training."""
+    holdout_seed: int = 0
+    """The evaluation's seed (which windows it scores)."""
+    log_every: int = 10
+    """Record the training loss every this many steps (and at the last step)."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "rank", "batch", "log_every", "holdout_tokens"):
+            if int(getattr(self, name)) < 1:
+                raise HealError(f"heal {name} must be at least 1, not {getattr(self, name)}")
+        if not self.lr > 0 or not self.alpha > 0:
+            raise HealError("heal learning rate and alpha must be positive")
+        if self.corpus not in ("book", "wikitext2", "c4"):
+            raise HealError(f"unknown heal corpus '{self.corpus}': use book, wikitext2 or c4")
+
+    def eval_cfg(self):
+        """The perplexity evaluation whose windows are held out."""
+        from interp.evals import EvalCfg
+
+        paths = {f"{self.corpus}_path": self.corpus_path} if self.corpus != "book" else {}
+        return EvalCfg(tasks=("ppl",), budget=f"ppl={self.holdout_tokens}", seed=self.holdout_seed, corpus=self.corpus,
+                       window=self.window, **paths)
+
+
+def training_windows(loaded, cfg: HealCfg) -> tuple[list[tuple[int, ...]], dict]:
+    """Every corpus window of the evaluation's grid that the evaluation does not score."""
+    from interp.evals import ppl
+
+    ecfg = cfg.eval_cfg()
+    length = ppl.window_length(loaded, ecfg)
+    docs, source = ppl.corpus_texts(ecfg)
+    every = ppl.make_windows(loaded.tokenizer, docs, length, None, ecfg.seed, ecfg.corpus, source)
+    scored = set(ppl.make_windows(loaded.tokenizer, docs, length, ecfg.count("ppl"), ecfg.seed,
+                                  ecfg.corpus, source).windows)
+    train = [w for w in every.windows if w not in scored]
+    if not train:
+        raise HealError(f"corpus '{cfg.corpus}' has no windows left after holding out the evaluation's "
+                        f"{len(scored)}: use a bigger corpus or a smaller evaluation budget")
+    return train, {"corpus": cfg.corpus, "source": source, "window": length, "train_windows": len(train),
+                   "held_out": len(scored)}
+
+
+def mlp_targets(loaded) -> list[str]:
+    """peft target names of the MLP's linear layers (e.g. mlp.gate_proj, mlp.up_proj, mlp.down_proj)."""
+    mlp = loaded.arch.mlp + "."
+    return sorted({p for p in loaded.arch.proj.values() if p.startswith(mlp)})
+
+
+@contextlib.contextmanager
+def healed(loaded, cfg: HealCfg, progress: bool = False) -> Iterator[pd.DataFrame]:
+    """Fine-tune LoRA adapters on the MLPs of the model *as it is now*; yields the training log
+    (step, loss, seconds). The adapters are removed on exit, restoring the model exactly."""
+    from peft import LoraConfig, get_peft_model
+    from tqdm.auto import tqdm
+
+    windows, _ = training_windows(loaded, cfg)
+    model = loaded.model
+    was_training = model.training
+    grad_flags = [(p, p.requires_grad) for p in model.parameters()]
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, bias="none",
+                      target_modules=mlp_targets(loaded), fan_in_fan_out=loaded.arch.conv1d)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        peft_model = get_peft_model(model, lora)
+    try:
+        params = [p for p in peft_model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        rows, t0 = [], time.perf_counter()
+        model.eval()  # no dropout: healing is deterministic for a seed
+        with torch.enable_grad():
+            for step in tqdm(range(1, cfg.steps + 1), desc="heal", unit="step", disable=not progress, leave=False):
+                picked = rng.sample(range(len(windows)), min(cfg.batch, len(windows)))
+                ids = torch.tensor([windows[i] for i in picked], dtype=torch.long, device=loaded.device)
+                loss = peft_model(input_ids=ids, labels=ids, use_cache=False).loss
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if step % cfg.log_every == 0 or step == cfg.steps or step == 1:
+                    rows.append((step, float(loss.detach()), time.perf_counter() - t0))
+        for p in params:
+            p.requires_grad_(False)
+        yield pd.DataFrame(rows, columns=["step", "loss", "seconds"])
+    finally:
+        peft_model.unload()
+        for p, flag in grad_flags:
+            p.requires_grad_(flag)
+        model.train(was_training)

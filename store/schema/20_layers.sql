@@ -1,0 +1,98 @@
+-- Layer study (analyses/layer_*.py, interp/studies/layers.py). Every row belongs to one
+-- `layers` run (runs.kind = 'layers'); runs.config names the cache run the vectors came from.
+-- "Layer" a/b in the similarity tables indexes residual-stream states: state l (0..L-1) is the
+-- input of layer l (blocks.l.hook_resid_pre), state L the output of the last layer before the
+-- final norm; stream = 'resid_unnormalised' says so. position: last (last token) or mean
+-- (vector averaged over tokens, then compared). Means are over prompts, *_se their standard errors.
+
+-- Cosine and Gromov angular distance arccos(cos)/pi between every pair of states.
+CREATE TABLE IF NOT EXISTS layer_similarity (
+    run_id      INTEGER NOT NULL,
+    position    VARCHAR NOT NULL,
+    stream      VARCHAR NOT NULL,
+    layer_a     INTEGER NOT NULL,
+    layer_b     INTEGER NOT NULL,
+    cosine      DOUBLE NOT NULL,
+    cosine_se   DOUBLE,
+    angular     DOUBLE NOT NULL,
+    angular_se  DOUBLE,
+    n_prompts   INTEGER NOT NULL,
+    PRIMARY KEY (run_id, position, layer_a, layer_b)
+);
+
+-- d(l, n) for every block of n layers starting at l (layers l..l+n-1); best marks l*(n).
+CREATE TABLE IF NOT EXISTS layer_angular (
+    run_id       INTEGER NOT NULL,
+    position     VARCHAR NOT NULL,
+    stream       VARCHAR NOT NULL,
+    n            INTEGER NOT NULL,
+    start_layer  INTEGER NOT NULL,
+    end_layer    INTEGER NOT NULL,
+    distance     DOUBLE NOT NULL,
+    distance_se  DOUBLE,
+    best         BOOLEAN NOT NULL,
+    n_prompts    INTEGER NOT NULL,
+    PRIMARY KEY (run_id, position, n, start_layer)
+);
+
+-- ShortGPT Block Influence of each layer: 1 - cos(input, output).
+CREATE TABLE IF NOT EXISTS layer_influence (
+    run_id              INTEGER NOT NULL,
+    position            VARCHAR NOT NULL,
+    stream              VARCHAR NOT NULL,
+    layer               INTEGER NOT NULL,
+    block_influence     DOUBLE NOT NULL,
+    block_influence_se  DOUBLE,
+    n_prompts           INTEGER NOT NULL,
+    PRIMARY KEY (run_id, position, layer)
+);
+
+-- The sweep plan: which layers each strategy drops at each block size; `point` joins evals.point
+-- (one point can serve several strategies, e.g. angular and deepest picking the same block).
+CREATE TABLE IF NOT EXISTS layer_points (
+    run_id       INTEGER NOT NULL,
+    strategy     VARCHAR NOT NULL,   -- single | angular | deepest | shallowest | random | influence
+    n            INTEGER NOT NULL,   -- layers dropped
+    seed         INTEGER,            -- random blocks only
+    heal_steps   INTEGER NOT NULL,   -- 0: dropped only; >0: LoRA-healed for that many steps
+    layers       INTEGER[] NOT NULL,
+    point        VARCHAR NOT NULL
+);
+
+-- LoRA healing: training loss of each healed point, every few steps.
+CREATE TABLE IF NOT EXISTS layer_heal (
+    run_id   INTEGER NOT NULL,
+    point    VARCHAR NOT NULL,
+    step     INTEGER NOT NULL,
+    loss     DOUBLE NOT NULL,
+    seconds  DOUBLE NOT NULL,
+    PRIMARY KEY (run_id, point, step)
+);
+
+-- Spearman rank correlation of each cheap proxy with the real harm of dropping (see
+-- analyses/layer_agreement.py); agreement > 0: the proxy ranks the harm the right way round.
+CREATE TABLE IF NOT EXISTS layer_agreement (
+    run_id         INTEGER NOT NULL,
+    scope          VARCHAR NOT NULL,   -- single | blocks | blocks_n
+    n              INTEGER,            -- block size for single/blocks_n, null for pooled blocks
+    proxy          VARCHAR NOT NULL,   -- angular | cosine | influence
+    position       VARCHAR NOT NULL,
+    task           VARCHAR NOT NULL,
+    metric         VARCHAR NOT NULL,
+    spearman       DOUBLE,
+    p_value        DOUBLE,
+    n_points       INTEGER NOT NULL,
+    expected_sign  DOUBLE NOT NULL,
+    agreement      DOUBLE
+);
+
+-- Every evaluated drop with its strategy and the base model's value from the same run.
+-- e.g. the block of 8 layers that costs least perplexity:
+--   SELECT strategy, layers, value, delta FROM layer_drops
+--   WHERE n = 8 AND metric = 'perplexity' AND heal_steps = 0 ORDER BY value LIMIT 1
+CREATE OR REPLACE VIEW layer_drops AS
+SELECT p.run_id, p.strategy, p.n, p.seed, p.heal_steps, p.layers, p.point, e.task, e.metric,
+       e.value, e.stderr, b.value AS base_value, e.value - b.value AS delta
+FROM layer_points p
+JOIN evals e ON e.run_id = p.run_id AND e.point = p.point
+LEFT JOIN evals b ON b.run_id = p.run_id AND b.point = 'base' AND b.task = e.task AND b.metric = e.metric;
