@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 from reports.charts import points_vs_base
 from reports.html import ChartBlock, Note, Section, TableBlock
 from store.reports import eval_points_sql, fetch
@@ -20,11 +22,25 @@ def sweep_section(con, run_id: int, title: str = "Every evaluated point") -> Sec
     blocks = []
     n_points = df["point"].nunique()
     if n_points <= MAX_DOT_POINTS:
-        data = df.assign(panel=df["task"] + " / " + df["metric"])
         blocks.append(ChartBlock(
-            "Each point against the base model", points_vs_base(data, title="value per sweep point"), sql,
+            "Each point against the base model", points_vs_base(df, title="value per sweep point"), sql,
             caption="Red: the unedited model; dashed rule: its value. One panel per task and metric."))
     blocks.append(TableBlock("Evaluations", df, sql, max_rows=40,
                              caption=f"{n_points} points x {df.groupby(['task', 'metric']).ngroups} "
                                      "task/metric pairs; delta = value - base value."))
     return Section(title, tuple(blocks))
+
+
+def chart_or_note(con, title: str, sql: str, make, caption: str = "", empty: str = "") -> ChartBlock | Note:
+    """Run ``sql``; chart its rows with ``make(df)``, or say plainly that there is nothing to draw."""
+    df = fetch(con, sql)
+    if df.empty:
+        return Note(html.escape(empty or f"{title}: no rows in this run."), kind="warn")
+    return ChartBlock(title, make(df), sql, caption=caption)
+
+
+def table_or_note(con, title: str, sql: str, caption: str = "", empty: str = "") -> TableBlock | Note:
+    df = fetch(con, sql)
+    if df.empty:
+        return Note(html.escape(empty or f"{title}: no rows in this run."), kind="warn")
+    return TableBlock(title, df, sql, caption=caption)

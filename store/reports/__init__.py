@@ -91,7 +91,7 @@ def eval_points_sql(run_id: int) -> str:
     """Every point of a sweep with the base model's value of the same task and metric."""
     return f"""WITH base AS (
   SELECT task, metric, value AS base_value FROM evals WHERE run_id = {int(run_id)} AND point = 'base')
-SELECT e.point, e.task, e.metric, e.value, e.stderr, e.n, b.base_value,
+SELECT e.point, e.task, e.metric, e.task || ' / ' || e.metric AS panel, e.value, e.stderr, e.n, b.base_value,
        e.value - b.base_value AS delta
 FROM evals e LEFT JOIN base b USING (task, metric)
 WHERE e.run_id = {int(run_id)}

@@ -1,0 +1,154 @@
+"""Study pages built from a small store of fixed numbers written through each study's store helpers.
+
+Checks that every chart's data is exactly what its shown SQL returns through `invoke sql`'s
+code path, that values land in the right cells, and that findings read the right rows.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reports.build import build_pages, build_report, headline_findings
+from reports.html import ChartBlock, TableBlock
+from store import Store
+from store.evals import write_evals
+from store.runs import finish_run, start_run
+from store.sql import run_sql
+
+MODEL = {"model": "tiny", "revision": "r0", "dtype": "float32", "device": "cpu", "n_layers": 4, "d_model": 8}
+L, H = 4, 3
+
+
+def new_run(con, kind: str) -> int:
+    run = start_run(con, kind=kind, model=MODEL, backend=None, config=json.dumps({"study": kind}),
+                    config_hash=kind, code_version="test")
+    return run.run_id
+
+
+def evals(run_id: int, study: str, points: dict[str, dict[tuple[str, str], float]]) -> list[dict]:
+    return [dict(run_id=run_id, study=study, point=p, intervention=json.dumps({"kind": p}), task=t, metric=m,
+                 value=v, stderr=0.01, n=100, chance=None, dataset="{}", seconds=0.1)
+            for p, vals in points.items() for (t, m), v in vals.items()]
+
+
+def zero_delta(layer: int, head: int) -> float:
+    """Fixed importance: head (2, 1) matters most."""
+    return 1.0 if (layer, head) == (2, 1) else 0.1 * layer + 0.01 * head
+
+
+def write_heads(con) -> int:
+    from store import heads as sh
+
+    run_id = new_run(con, "heads")
+    grid = [(l, h) for l in range(L) for h in range(H)]
+    for method, metrics in (("gradient", ("abs_grad", "abs_grad_layer_l2")), ("zero", ("delta_loss",)),
+                            ("mean", ("delta_loss",))):
+        rows = [dict(metric=m, layer=l, head=h, value=zero_delta(l, h) * (0.5 if method == "mean" else 1.0),
+                     stderr=0.01, n=8, dataset="text") for m in metrics for l, h in grid]
+        sh.write_importance(con, run_id, method, pd.DataFrame(rows))
+    sh.write_agreement(con, run_id, pd.DataFrame([dict(score_a="zero:delta_loss", score_b="mean:delta_loss",
+                                                       spearman=1.0, kendall=1.0, top_n=3, top_overlap=1.0)]))
+    pts = [dict(point=f"prune[{m},{k}]", kind="prune", method=m, scope="global", heads_off=k, frac_off=k / (L * H))
+           for m in ("zero", "random0") for k in (3, 6)]
+    sh.write_points(con, run_id, pd.DataFrame(pts))
+    ppl = {"base": 10.0, **{p["point"]: 10.0 + p["heads_off"] * (1 if p["method"] == "zero" else 3) for p in pts}}
+    write_evals(con, evals(run_id, "heads", {p: {("ppl", "perplexity"): v} for p, v in ppl.items()}))
+    steps = pd.DataFrame({"step": [1, 2], "lm_loss": [3.0, 2.5], "lb_loss": [1.2, 1.1], "loss": [3.1, 2.6],
+                          "seconds": [0.1, 0.1]})
+    sh.save_checkpoint(con, run_id, 2, 2, b"x", steps)
+    usage = pd.DataFrame([dict(layer=l, head=h, frequency=2 / 3, mean_gate=0.5, mean_prob=1 / 3, n_tokens=50)
+                          for l, h in grid])
+    sh.write_router(con, run_id, 2, "d1", np.zeros((L, H, 8), np.float32), np.zeros((L, H), np.float32), usage,
+                    dict(steps=2, heldout_tokens=50, base_nll=2.0, router_nll=2.2, uniform_nll=2.6, static_nll=2.4,
+                         router_lb=1.05))
+    finish_run(con, run_id)
+    return run_id
+
+
+WRITERS = {"heads": write_heads}
+
+
+@pytest.fixture(scope="module")
+def full_store(tmp_path_factory):
+    store = Store(tmp_path_factory.mktemp("pages") / "pages.duckdb")
+    with store.connect() as con:
+        runs = {s: w(con) for s, w in WRITERS.items()}
+    return store, runs
+
+
+@pytest.fixture(scope="module")
+def pages(full_store):
+    store, _ = full_store
+    with store.connect(read_only=True) as con:
+        pages, studies, missing = build_pages(con, store)
+    return {p.slug: p for p in pages}, studies, missing
+
+
+def chart_data(block: ChartBlock) -> pd.DataFrame:
+    data = block.chart.data
+    return data if isinstance(data, pd.DataFrame) else block.chart.to_dict()["datasets"]
+
+
+def test_every_chart_is_what_its_sql_returns(full_store, pages):
+    store, _ = full_store
+    by_slug, studies, _ = pages
+    assert set(studies) == set(WRITERS)
+    n = 0
+    for page in by_slug.values():
+        for section in page.sections:
+            for block in section.blocks:
+                if isinstance(block, (ChartBlock, TableBlock)):
+                    assert '"' not in block.sql, block.sql  # shown inside a double-quoted shell argument
+                    again = run_sql(store, block.sql)
+                    shown = block.df if isinstance(block, TableBlock) else chart_data(block)
+                    pd.testing.assert_frame_equal(again.reset_index(drop=True), shown.reset_index(drop=True))
+                    n += 1
+    assert n >= 3 * len(WRITERS)
+
+
+def blocks_by_title(page) -> dict:
+    return {b.title: b for s in page.sections for b in s.blocks if hasattr(b, "title")}
+
+
+def test_heads_page(pages):
+    page = pages[0]["heads"]
+    blocks = blocks_by_title(page)
+    heat = chart_data(blocks["zero / delta_loss"])
+    assert len(heat) == L * H
+    top = heat.loc[heat["importance"].idxmax()]
+    assert (top.layer, top["head"], top.importance) == (2, 1, 1.0)
+    spec = blocks["zero / delta_loss"].chart.to_dict()
+    assert spec["encoding"]["x"]["field"] == "layer" and spec["encoding"]["color"]["scale"]["domainMid"] == 0
+    prune = chart_data(blocks["Quality as heads are pruned"])
+    assert set(prune["strategy"]) == {"zero (global)", "random0 (global)"} and (prune["base_value"] == 10.0).all()
+    assert prune.query("strategy == 'random0 (global)' and heads_off == 6")["value"].item() == 28.0
+    usage = chart_data(blocks["Router: how often each head is active"])
+    assert len(usage) == L * H and set(usage["router"]) == {"top-2"}
+    summary = chart_data(blocks["Quality against compute"])
+    assert dict(zip(summary["model"], summary["nll"])) == {"base": 2.0, "router": 2.2, "uniform": 2.6,
+                                                           "static": 2.4}
+    steps = chart_data(blocks["Router training"])
+    assert sorted(steps["term"].unique()) == ["lb_loss", "lm_loss"] and len(steps) == 4
+
+
+def test_findings(full_store):
+    store, _ = full_store
+    found = headline_findings(store)
+    assert any("layer 2 head 1" in f and "+1.000" in f for f in found), found
+    assert any("top-2" in f and "2.200" in f and "2.400" in f for f in found), found
+
+
+def test_partial_store_says_what_is_missing(full_store, tmp_path):
+    store, _ = full_store
+    rep = build_report(store, tmp_path / "site")
+    missing = [s for s in ("layers", "weights", "heads", "safety") if s not in WRITERS]
+    assert rep.missing == tuple(missing)
+    index = rep.index.read_text()
+    for s in missing:
+        assert f"invoke {s}" in index
+    assert ("Missing studies" in index) == bool(missing)
+    assert sorted(p.name for p in rep.pages) == sorted(["index.html", *[f"{s}.html" for s in rep.studies]])
