@@ -1,0 +1,244 @@
+"""Layer similarity, angular distance, Block Influence, block plans and proxy agreement:
+vectorised code against plain loops, on synthetic arrays and on vectors captured from a tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from analyses import layer_agreement, layer_blocks, layer_similarity
+from interp.batching import encode
+from interp.capture import CaptureCfg, capture
+from store.layers import read_table, replace_rows
+
+TEXTS = ["the cat sat on the mat", "hi there", "a somewhat longer prompt about gardens and rivers",
+         "numbers 1 2 3 4", "what is the capital of France?", "tell me a story about a fox"]
+
+
+def _states(seed: int, S: int = 6, P: int = 5, d: int = 8) -> np.ndarray:
+    """Random states with a shared drift, so neighbouring states are similar (like a residual stream)."""
+    rng = np.random.default_rng(seed)
+    X = np.cumsum(rng.normal(size=(S, P, d)) * rng.uniform(0.1, 3.0, size=(S, 1, 1)), axis=0)
+    return X.astype(np.float32)
+
+
+def _naive_cos(a, b) -> float:
+    dot = sum(float(x) * float(y) for x, y in zip(a, b))
+    return dot / (math.sqrt(sum(float(x) ** 2 for x in a)) * math.sqrt(sum(float(y) ** 2 for y in b)))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_similarity_equals_naive_loop_symmetric_unit_diagonal(seed):
+    X = _states(seed)
+    S, P, _ = X.shape
+    C = layer_similarity.pairwise_cosines(X)
+    sim = layer_similarity.similarity_frame(C, "last").set_index(["layer_a", "layer_b"])
+    for a in range(S):
+        for b in range(S):
+            cos = [min(1.0, max(-1.0, _naive_cos(X[a, p], X[b, p]))) for p in range(P)]
+            assert sim.loc[(a, b), "cosine"] == pytest.approx(sum(cos) / P, abs=1e-9)
+            ang = sum(math.acos(c) / math.pi for c in cos) / P
+            assert sim.loc[(a, b), "angular"] == pytest.approx(ang, abs=1e-6)
+            assert sim.loc[(a, b), "cosine"] == pytest.approx(sim.loc[(b, a), "cosine"], abs=1e-12)
+        assert sim.loc[(a, a), "cosine"] == pytest.approx(1.0, abs=1e-12)
+    assert sim["angular"].between(0, 1).all()
+    assert (sim["stream"] == "resid_unnormalised").all() and (sim["n_prompts"] == P).all()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_angular_distance_and_block_influence_equal_naive_loops(seed):
+    X = _states(seed, S=7)
+    S, P, _ = X.shape
+    L = S - 1
+    C = layer_similarity.pairwise_cosines(X)
+    ang = layer_similarity.angular_frame(C, "mean")
+    assert len(ang) == L * (L + 1) // 2
+    assert ang["distance"].between(0, 1).all()
+    for n in range(1, L + 1):
+        naive = {}
+        for l in range(0, L - n + 1):
+            naive[l] = sum(math.acos(min(1.0, max(-1.0, _naive_cos(X[l, p], X[l + n, p])))) / math.pi
+                           for p in range(P)) / P
+            row = ang[(ang["n"] == n) & (ang["start_layer"] == l)].iloc[0]
+            assert row["distance"] == pytest.approx(naive[l], abs=1e-6)
+            assert row["end_layer"] == l + n - 1
+        best = ang[(ang["n"] == n) & ang["best"]]
+        assert len(best) == 1 and int(best["start_layer"].iloc[0]) == min(naive, key=naive.get)
+    bi = layer_similarity.influence_frame(C, "mean")
+    assert list(bi["layer"]) == list(range(L))
+    for l in range(L):
+        naive_bi = 1 - sum(_naive_cos(X[l, p], X[l + 1, p]) for p in range(P)) / P
+        assert bi["block_influence"].iloc[l] == pytest.approx(naive_bi, abs=1e-9)
+
+
+def test_zero_vector_is_refused():
+    X = _states(0)
+    X[2, 1] = 0
+    with pytest.raises(ValueError, match="all zeros"):
+        layer_similarity.pairwise_cosines(X)
+
+
+@pytest.fixture
+def prompt_file(tmp_path):
+    path = tmp_path / "texts.jsonl"
+    path.write_text("\n".join(json.dumps({"id": f"t{i}", "text": t}) for i, t in enumerate(TEXTS)))
+    return str(path)
+
+
+@pytest.mark.parametrize("fixture", ["tiny", "tiny_gpt"])
+def test_states_from_the_store_are_the_unnormalised_residual_stream(request, fixture, store, prompt_file):
+    """State l is the input of layer l, state L the last layer's output *before* the final norm:
+    checked against a plain HF forward (whose last hidden state is normalised, so it differs)."""
+    loaded = request.getfixturevalue(fixture)
+    run = capture(loaded, store, CaptureCfg(prompts=prompt_file, hooks="resid_pre,resid_post", positions="last,mean",
+                                            backend="torch", chat=False, batch_size=4), progress=False)
+    L = loaded.n_layers
+    with store.connect(read_only=True) as con:
+        pids, X = layer_similarity.residual_states(con, store, run, "last")
+        _, Xm = layer_similarity.residual_states(con, store, run, "mean")
+        tables = layer_similarity.run(con, store, run)
+    assert X.shape == (L + 1, len(TEXTS), loaded.d_model)
+    final_norm = loaded.model.get_submodule(loaded.arch.final_norm)
+    for j, pid in enumerate(pids):
+        ids = encode(loaded.tokenizer, [TEXTS[int(pid[1:])]], False, 10_000)[0].ids
+        with torch.no_grad():
+            hs = loaded.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+        for l in range(L):
+            np.testing.assert_allclose(X[l, j], hs[l][0, -1].numpy(), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(Xm[l, j], hs[l][0].mean(0).numpy(), rtol=1e-4, atol=1e-5)
+        # HF's last hidden state is the normed one; ours is the raw residual that produces it
+        with torch.no_grad():
+            normed = final_norm(torch.from_numpy(X[L, j]))
+        np.testing.assert_allclose(normed.numpy(), hs[L][0, -1].numpy(), rtol=1e-4, atol=1e-4)
+        assert not np.allclose(X[L, j], hs[L][0, -1].numpy(), atol=1e-3)
+    assert set(tables) == {"similarity", "angular", "influence"}
+    assert set(tables["similarity"]["position"]) == {"last", "mean"}
+    assert len(tables["influence"]) == 2 * L
+    assert len(tables["similarity"]) == 2 * (L + 1) ** 2
+
+
+def test_block_plans():
+    L = 10
+    assert layer_blocks.deepest_block(L, 3) == (6, 7, 8)  # the last layer (9) stays
+    assert layer_blocks.shallowest_block(L, 2) == (0, 1)
+    assert layer_blocks.deepest_block(L, 9) == tuple(range(9))
+    for n in (1, 4, 9):
+        for seed in range(20):
+            b = layer_blocks.random_block(L, n, seed)
+            assert len(b) == n and b == tuple(range(b[0], b[0] + n)) and 0 <= b[0] <= L - n
+            assert b == layer_blocks.random_block(L, n, seed)
+    starts = {layer_blocks.random_block(L, 3, s)[0] for s in range(50)}
+    assert len(starts) > 4, "random blocks do not vary with the seed"
+    X = _states(3, S=L + 1)
+    C = layer_similarity.pairwise_cosines(X)
+    ang = layer_similarity.angular_frame(C, "last")
+    bi = layer_similarity.influence_frame(C, "last")
+    for n in (1, 3):
+        block = layer_blocks.angular_block(ang, n)
+        sub = ang[ang["n"] == n]
+        assert block[0] == int(sub.loc[sub["distance"].idxmin(), "start_layer"]) and len(block) == n
+        low = layer_blocks.influence_layers(bi, n)
+        assert sorted(low) == sorted(bi.nsmallest(n, "block_influence")["layer"].tolist())
+    df = layer_blocks.plan(L, [2, 5], layer_blocks.STRATEGIES, (0, 1), ang, bi, singles=list(range(L)))
+    assert len(df) == L + 2 * (4 + 2)
+    assert (df.loc[df["strategy"] == "single", "n"] == 1).all()
+    assert df["layers"].map(len).equals(df["n"].astype(int))
+    with pytest.raises(layer_blocks.BlockPlanError, match="1..9"):
+        layer_blocks.plan(L, [10], ("deepest",), ())
+    with pytest.raises(layer_blocks.BlockPlanError, match="unknown strategy"):
+        layer_blocks.plan(L, [2], ("best",), ())
+
+
+def _ranks(v):
+    """Average ranks by plain loops (ties share the mean of their positions)."""
+    order = sorted(range(len(v)), key=lambda i: v[i])
+    ranks = [0.0] * len(v)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def _naive_spearman(x, y) -> float:
+    rx, ry = _ranks(list(x)), _ranks(list(y))
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    num = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    return num / math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+
+
+def test_spearman_equals_naive_ranks_with_ties():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x = rng.integers(0, 5, size=12).astype(float)
+        y = x + rng.normal(size=12)
+        assert layer_agreement.spearman(x, y)[0] == pytest.approx(_naive_spearman(x, y), abs=1e-12)
+    assert math.isnan(layer_agreement.spearman([1, 1, 1, 1], [1, 2, 3, 4])[0])
+
+
+def test_agreement_recovers_a_planted_relation():
+    """Harm planted as a monotone function of Block Influence: the influence proxy agrees perfectly
+    for single layers; an unrelated accuracy gives a correlation well below 1."""
+    L = 8
+    X = _states(5, S=L + 1, P=6)
+    C = layer_similarity.pairwise_cosines(X)
+    sim = pd.concat([layer_similarity.similarity_frame(C, p) for p in ("last", "mean")])
+    bi = pd.concat([layer_similarity.influence_frame(C, p) for p in ("last", "mean")])
+    ang = layer_similarity.angular_frame(C, "last")
+    plan = layer_blocks.plan(L, [2, 3], ("angular", "deepest", "shallowest", "random"), (0, 1, 2, 3), ang, bi,
+                             singles=list(range(L)))
+    plan["heal_steps"] = 0
+    plan["point"] = ["drop" + ",".join(map(str, ls)) for ls in plan["layers"]]
+    bi_last = bi[bi["position"] == "last"].set_index("layer")["block_influence"]
+    rng = np.random.default_rng(1)
+    rows = [("base", "ppl", "nll", 3.0), ("base", "facts", "accuracy", 0.8)]
+    for point, layers in plan.drop_duplicates("point")[["point", "layers"]].itertuples(index=False):
+        harm = sum(bi_last[l] for l in layers)
+        rows += [(point, "ppl", "nll", 3.0 + 10 * harm ** 2), (point, "facts", "accuracy", 0.8 - rng.uniform())]
+    evals = pd.DataFrame(rows, columns=["point", "task", "metric", "value"])
+    h = layer_agreement.harms(evals)
+    assert (h.loc[h["metric"] == "nll", "harm"] > 0).all()
+    table = layer_agreement.agreement(plan, evals, sim, bi)
+    one = table[(table["scope"] == "single") & (table["proxy"] == "influence") & (table["position"] == "last")]
+    assert one.set_index("metric").loc["nll", "spearman"] == pytest.approx(1.0)
+    assert one.set_index("metric").loc["nll", "n_points"] == L
+    cos = table[(table["scope"] == "single") & (table["proxy"] == "cosine") & (table["position"] == "last")]
+    assert cos.set_index("metric").loc["nll", "spearman"] == pytest.approx(-1.0)
+    assert cos.set_index("metric").loc["nll", "agreement"] == pytest.approx(1.0)
+    assert abs(one.set_index("metric").loc["accuracy", "spearman"]) < 0.9
+    blocks = table[(table["scope"] == "blocks") & (table["proxy"] == "influence") & (table["position"] == "last")]
+    assert blocks.set_index("metric").loc["nll", "spearman"] == pytest.approx(1.0)
+    # naive check of one row: angular proxy over single layers
+    singles = plan[plan["strategy"] == "single"]
+    sim_last = sim[sim["position"] == "last"].set_index(["layer_a", "layer_b"])["angular"]
+    xs = [sim_last[(l[0], l[0] + 1)] for l in singles["layers"]]
+    ys = [10 * bi_last[l[0]] ** 2 for l in singles["layers"]]
+    row = table[(table["scope"] == "single") & (table["proxy"] == "angular") & (table["position"] == "last")
+                & (table["metric"] == "nll")]
+    assert row["spearman"].iloc[0] == pytest.approx(_naive_spearman(xs, ys), abs=1e-12)
+
+
+def test_layer_tables_replace_rather_than_duplicate(store):
+    X = _states(1)
+    C = layer_similarity.pairwise_cosines(X)
+    frames = {"layer_similarity": layer_similarity.similarity_frame(C, "last"),
+              "layer_angular": layer_similarity.angular_frame(C, "last"),
+              "layer_influence": layer_similarity.influence_frame(C, "last")}
+    with store.connect() as con:
+        replace_rows(con, 7, frames)
+        replace_rows(con, 7, frames)
+        replace_rows(con, 8, {"layer_influence": frames["layer_influence"]})
+        for table, df in frames.items():
+            assert len(read_table(con, table, 7)) == len(df)
+        assert len(read_table(con, "layer_influence", 8)) == len(frames["layer_influence"])
+        got = read_table(con, "layer_angular", 7)
+        assert got["best"].sum() == X.shape[0] - 1
