@@ -280,9 +280,13 @@ def _point_remote_view(con: duckdb.DuckDBPyConnection, store: Store) -> None:
     current = con.execute("SELECT value FROM meta WHERE key = 'shard_glob'").fetchone()
     if current and current[0] == pattern:
         return
-    con.execute(
-        "CREATE OR REPLACE VIEW activations AS SELECT run_id, hook, layer, prompt_id, reduce, pos, head, vec "
-        f"FROM read_parquet('{pattern}', hive_partitioning = true, hive_types = {HIVE_TYPES}, filename = true) "
-        f"WHERE run_id > 0 AND filename IN (SELECT '{root}' || path FROM shards)"
-    )
+    try:
+        con.execute(
+            "CREATE OR REPLACE VIEW activations AS SELECT run_id, hook, layer, prompt_id, reduce, pos, head, vec "
+            f"FROM read_parquet('{pattern}', hive_partitioning = true, hive_types = {HIVE_TYPES}, filename = true) "
+            f"WHERE run_id > 0 AND filename IN (SELECT '{root}' || path FROM shards)"
+        )
+    except duckdb.Error as e:
+        raise StoreError(f"object storage failed on {store.shards}: {str(e).splitlines()[0]} "
+                         "(check the bucket, AWS_* credentials and AWS_ENDPOINT_URL)") from None
     con.execute("INSERT OR REPLACE INTO meta VALUES ('shard_glob', ?)", [pattern])

@@ -100,12 +100,14 @@ def configure(con: duckdb.DuckDBPyConnection) -> None:
 
 def connection() -> duckdb.DuckDBPyConnection:
     """A per-thread in-memory DuckDB connection with httpfs ready (for shard writes and reads)."""
-    con = getattr(_local, "con", None)
-    if con is None:
+    key = secret_sql()  # a changed environment (credentials, endpoint) gets a fresh connection
+    cached = getattr(_local, "con", None)
+    if cached is None or cached[0] != key:
         con = duckdb.connect()
         configure(con)
-        _local.con = con
-    return con
+        _local.con = (key, con)
+        return con
+    return cached[1]
 
 
 def _error(e: Exception, url: str) -> RemoteError:
