@@ -40,9 +40,10 @@ class LayerGate:
 def _site_fn(gate: LayerGate):
     def fn(z: torch.Tensor) -> torch.Tensor:  # z: (batch, pos, head, d_head)
         g = gate.gates() if callable(gate.gates) else gate.gates
+        g = g.to(z.device)
         if g.dim() == 2:
             g = g[:, None, :]  # (rows, 1, head)
-        fill = gate.fill
+        fill = None if gate.fill is None else gate.fill.to(z.device)
         if fill is not None and fill.dim() == 3:
             fill = fill[:, None]  # (rows, 1, head, d_head)
         if g.dim() == 3 and g.shape[0] != z.shape[0]:
@@ -84,7 +85,7 @@ class Suffix:
 
     def __init__(self, loaded: Loaded, kwargs: dict):
         self.loaded = loaded
-        self.kwargs = kwargs  # input_ids, attention_mask, position_ids for the clean batch
+        self.kwargs = {k: v.to(loaded.device) for k, v in kwargs.items()}  # the clean batch
         self.batch = kwargs["input_ids"].shape[0]
         self.inputs: list[torch.Tensor] = []  # block inputs (batch, pos, d_model), per layer
         self._call: dict[int, tuple[tuple, dict]] = {}  # repeats -> (extra args, kwargs) of a block call

@@ -42,17 +42,21 @@ def row_metrics(logits_fn, hidden: torch.Tensor, targets: torch.Tensor) -> tuple
     """
     rows = hidden.shape[0]
     r, p = (targets != IGNORE).nonzero(as_tuple=True)
-    logits = logits_fn(hidden[r, p]).float()  # (scored, vocab)
-    tgt = targets[r, p]
+    logits = logits_fn(hidden[r, p])  # (scored, vocab)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    tgt = targets[r, p].to(logits.device)
+    r = r.to(logits.device)
     nll = F.cross_entropy(logits, tgt, reduction="none")
-    hit = (logits.argmax(-1) == tgt).float()
-    count = torch.zeros(rows).index_add_(0, r, torch.ones_like(nll))
+    hit = (logits.argmax(-1) == tgt).to(nll.dtype)
+    zeros = torch.zeros(rows, dtype=nll.dtype, device=nll.device)
+    count = zeros.index_add(0, r, torch.ones_like(nll))
     if bool((count == 0).any()):
         raise ValueError("a row has no scored position: every sequence needs at least one target")
-    nll_row = torch.zeros(rows).index_add_(0, r, nll) / count
-    acc_row = torch.zeros(rows).index_add_(0, r, hit) / count
-    miss = torch.zeros(rows).index_add_(0, r, 1 - hit)
-    return nll_row, acc_row, (miss == 0).float()
+    nll_row = zeros.index_add(0, r, nll) / count
+    acc_row = zeros.index_add(0, r, hit) / count
+    miss = zeros.index_add(0, r, 1 - hit)
+    return nll_row.cpu(), acc_row.cpu(), (miss == 0).to(nll.dtype).cpu()
 
 
 def _head(loaded: Loaded):
@@ -68,7 +72,7 @@ def final_hidden(loaded: Loaded, batch: Scored) -> torch.Tensor:
 
     h = loaded.model.get_submodule(loaded.arch.final_norm).register_forward_hook(grab)
     try:
-        loaded.model(**batch.kwargs, use_cache=False)
+        loaded.model(**batch.on(loaded.device), use_cache=False)
     finally:
         h.remove()
     return seen["h"]
@@ -84,14 +88,14 @@ def head_means(loaded: Loaded, batches: list[Scored]) -> torch.Tensor:
     def reader(layer):
         def fn(z):  # (batch, pos, head, d_head)
             m = state["mask"].to(z.dtype)[:, :, None, None]
-            total[layer] += (z * m).sum((0, 1)).double()
+            total[layer] += (z * m).sum((0, 1)).double().cpu()
         return fn
 
     n = 0
     with hooked(loaded.model, loaded.arch, {Site("z", l): reader(l) for l in range(L)}, H):
         for b in batches:
-            state["mask"] = b.kwargs["attention_mask"]
-            loaded.model(**b.kwargs, use_cache=False)
+            state["mask"] = b.kwargs["attention_mask"].to(loaded.device)
+            loaded.model(**b.on(loaded.device), use_cache=False)
             n += b.tokens
     return (total / n).float()
 

@@ -31,6 +31,10 @@ class Scored:
     targets: torch.Tensor
     """(batch, pos) token each position should predict, IGNORE where not scored."""
 
+    def on(self, device) -> dict:
+        """The model inputs on ``device``."""
+        return {k: v.to(device) for k, v in self.kwargs.items()}
+
     @property
     def rows(self) -> int:
         return self.targets.shape[0]

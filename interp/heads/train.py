@@ -70,7 +70,7 @@ def losses(loaded: Loaded, router: HeadRouter, k: int, batch: Scored) -> tuple[t
     with routed(loaded, router, k, record):
         hidden = final_hidden(loaded, batch)
     nll, _, _ = row_metrics(loaded.model.get_submodule(loaded.arch.lm_head), hidden, batch.targets)
-    mask = batch.kwargs["attention_mask"]
+    mask = batch.kwargs["attention_mask"].to(loaded.device)
     lb = torch.stack([load_balance(p, c, mask) for _, p, c in record.values()]).mean()
     return nll.mean(), lb, record
 
@@ -103,7 +103,6 @@ def train_router(loaded: Loaded, cfg: RouterCfg, seqs: list[list[int]], *,
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
         batch = lm_batch([seqs[i] for i in schedule(step, cfg.batch_size, len(seqs), cfg.seed)], pad_id)
-        batch.kwargs = {k: v.to(loaded.device) for k, v in batch.kwargs.items()}
         with torch.enable_grad():
             lm, lb, _ = losses(loaded, router, cfg.top_k, batch)
             loss = lm + cfg.lb_coef * lb
@@ -131,11 +130,11 @@ def usage(loaded: Loaded, router: HeadRouter, k: int, batches: list[Scored]) -> 
     tokens, nll_sum, lbs = 0, 0.0, []
     for b in batches:
         nll, lb, record = losses(loaded, router, k, b)
-        mask = b.kwargs["attention_mask"].bool()
+        mask = b.kwargs["attention_mask"].to(loaded.device).bool()
         for layer, (g, p, c) in record.items():
-            freq[layer] += c[mask].double().sum(0).numpy()
-            gate[layer] += g[mask].double().sum(0).numpy()
-            prob[layer] += p[mask].double().sum(0).numpy()
+            freq[layer] += c[mask].double().sum(0).cpu().numpy()
+            gate[layer] += g[mask].double().sum(0).cpu().numpy()
+            prob[layer] += p[mask].double().sum(0).cpu().numpy()
         n = int(mask.sum())
         tokens += n
         nll_sum += float(nll) * b.rows

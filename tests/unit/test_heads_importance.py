@@ -1,0 +1,147 @@
+"""Head importance on tiny models, each fast path against a slow, obviously-correct loop."""
+
+import numpy as np
+import pytest
+import torch
+
+from interp.heads.gating import LayerGate, Suffix, head_gates
+from interp.heads.importance import (MODES, ablation_importance, final_hidden, gradient_importance, head_means,
+                                     normalise_global, normalise_layers, row_metrics)
+from interp.heads.text import IGNORE, answer_batch, held_out_chunks, lm_batch, split
+from interp.hooks import hooked
+from interp.models import wrap
+from interp.sites import Site
+
+
+def _seqs(lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (n,), generator=g).tolist() for n in lengths]
+
+
+def _head(loaded):
+    return loaded.model.get_submodule(loaded.arch.lm_head)
+
+
+@pytest.mark.parametrize("fixture", ["tiny", "tiny_gpt"])
+def test_suffix_runs_equal_the_full_forward(fixture, request):
+    loaded = request.getfixturevalue(fixture)
+    b = lm_batch(_seqs([12, 7, 12]), 256)  # one padded row
+    s = Suffix(loaded, b.kwargs)
+    full = final_hidden(loaded, b)
+    assert torch.equal(s.final, full)
+    for layer in range(loaded.n_layers):
+        assert torch.allclose(s.run(layer, 3), full.repeat(3, 1, 1), atol=1e-6)
+
+
+def test_row_metrics_against_loop(tiny):
+    b = answer_batch([[5, 6, 7], [8, 9]], [[10, 11], [12]], 256)
+    assert b.targets[0].tolist()[:5] == [IGNORE, IGNORE, 10, 11, IGNORE]
+    assert b.targets[1].tolist()[:3] == [IGNORE, 12, IGNORE]
+    hidden = final_hidden(tiny, b)
+    nll, acc, exact = row_metrics(_head(tiny), hidden, b.targets)
+    logits = tiny.model(**b.kwargs).logits.detach()
+    for i in range(2):
+        pos = [p for p in range(b.targets.shape[1]) if b.targets[i, p] != IGNORE]
+        lp = torch.log_softmax(logits[i, pos], -1)
+        tg = b.targets[i, pos]
+        assert nll[i].item() == pytest.approx(-lp[range(len(pos)), tg].mean().item(), abs=1e-5)
+        hits = (logits[i, pos].argmax(-1) == tg).float()
+        assert acc[i].item() == pytest.approx(hits.mean().item())
+        assert exact[i].item() == float(hits.all())
+
+
+@pytest.mark.parametrize("fixture", ["tiny", "tiny_gpt"])
+def test_ablation_importance_matches_one_head_at_a_time(fixture, request):
+    loaded = request.getfixturevalue(fixture)
+    batches = [lm_batch(_seqs([10, 10]), 256), lm_batch(_seqs([8, 6], seed=1), 256)]
+    means = head_means(loaded, batches)
+    # small max_tokens forces several passes per layer; large puts all edits of a layer in one
+    for max_tokens in (40, 10_000):
+        ab = ablation_importance(loaded, batches, means, max_tokens=max_tokens)
+        for mi, mode in enumerate(MODES):
+            for layer in range(loaded.n_layers):
+                for head in range(loaded.n_heads):
+                    gates = torch.ones(loaded.n_heads)
+                    gates[head] = 0
+                    fill = means[layer] if mode == "mean" else None
+                    ref = []
+                    with head_gates(loaded, {layer: LayerGate(gates, fill)}), torch.no_grad():
+                        for b in batches:
+                            ref.append(row_metrics(_head(loaded), final_hidden(loaded, b), b.targets)[0])
+                    np.testing.assert_allclose(ab.edited["nll"][mi, layer, head], torch.cat(ref).numpy(),
+                                               atol=1e-5)
+    mean, se = ab.delta("nll")
+    assert mean.shape == (2, loaded.n_layers, loaded.n_heads) and np.isfinite(se).all()
+    assert np.abs(mean).max() > 0
+
+
+def test_head_means_against_captured_z(tiny):
+    b = lm_batch(_seqs([9, 5]), 256)
+    means = head_means(tiny, [b])
+    got = {}
+
+    def grab(z):
+        got["z"] = z.clone()
+
+    with hooked(tiny.model, tiny.arch, {Site("z", 2): grab}, tiny.n_heads), torch.no_grad():
+        tiny.model(**b.kwargs)
+    z = got["z"]  # (batch, pos, head, d_head)
+    real = torch.cat([z[0, :9], z[1, :5]])  # only real tokens count
+    assert torch.allclose(means[2], real.mean(0), atol=1e-6)
+
+
+@pytest.mark.parametrize("gpt", [False, True])
+def test_gradient_importance_equals_finite_differences(gpt):
+    """E_x |dL(x)/dxi_h|, one gate per sequence, checked against central differences.
+
+    The models run in float64, except Llama's RMSNorm, which computes in float32 whatever the
+    input dtype: hence eps = 1e-3 (truncation error ~eps^2, rounding ~1e-7 / eps)."""
+    from tests.conftest import byte_tokenizer, tiny_gpt2, tiny_llama
+
+    model = (tiny_gpt2() if gpt else tiny_llama()).double()
+    loaded = wrap(model, byte_tokenizer())
+    batches = [lm_batch(_seqs([9, 9, 6], seed=3), 256), lm_batch(_seqs([7], seed=4), 256)]
+    got = gradient_importance(loaded, batches)
+    L, H, eps = loaded.n_layers, loaded.n_heads, 1e-3
+    fd = np.zeros((4, L, H))
+    for layer in range(L):
+        for head in range(H):
+            vals = []
+            for sign in (1, -1):
+                gates = torch.ones(H, dtype=torch.float64)
+                gates[head] += sign * eps
+                with head_gates(loaded, {layer: LayerGate(gates)}), torch.no_grad():
+                    vals.append(torch.cat([row_metrics(_head(loaded), final_hidden(loaded, b), b.targets)[0]
+                                           for b in batches]))
+            fd[:, layer, head] = ((vals[0] - vals[1]) / (2 * eps)).numpy()
+    np.testing.assert_allclose(got["mean"], np.abs(fd).mean(0), rtol=1e-3, atol=1e-8)
+    # per-sequence |.| is not |batch mean|: the two differ whenever signs disagree
+    assert got["n"] == 4 and not np.allclose(got["mean"], np.abs(fd.mean(0)))
+    np.testing.assert_allclose(got["stderr"], np.abs(fd).std(0, ddof=1) / 2, rtol=1e-2, atol=1e-8)
+
+
+def test_normalisation():
+    s = np.array([[3.0, 4.0], [1.0, 0.0], [0.0, 0.0]])
+    n = normalise_layers(s)
+    np.testing.assert_allclose(n, [[0.6, 0.8], [1.0, 0.0], [0.0, 0.0]])
+    np.testing.assert_allclose(np.sqrt((n[:2] ** 2).sum(1)), 1.0)
+    g = normalise_global(n)
+    assert g.min() == 0 and g.max() == 1
+    np.testing.assert_allclose(normalise_global(np.ones((2, 2))), 0)
+
+
+def test_held_out_chunks_avoid_excluded_windows():
+    ids = list(range(100))
+    window = 10
+    excluded = {tuple(range(20, 30)), tuple(range(50, 60))}
+    chunks = held_out_chunks(ids, 4, excluded, window)
+    used = [t for c in chunks for t in c]
+    assert not set(used) & set(range(20, 30)) | (set(used) & set(range(50, 60)))
+    assert all(len(c) == 4 and c == list(range(c[0], c[0] + 4)) for c in chunks)  # contiguous, unbroken
+    assert len(chunks) == 5 + 5 + 10  # runs [0,20), [30,50), [60,100)
+    parts = split(chunks, {"a": 3, "b": 5}, seed=1)
+    assert len(parts["a"]) == 3 and len(parts["b"]) == 5
+    assert not {tuple(c) for c in parts["a"]} & {tuple(c) for c in parts["b"]}
+    assert parts == split(chunks, {"a": 3, "b": 5}, seed=1)
+    with pytest.raises(ValueError, match="asked for 30"):
+        split(chunks, {"a": 30}, seed=0)
