@@ -39,19 +39,24 @@ def _check(df: pd.DataFrame, *fields: str | None) -> None:
 def heatmap(df: pd.DataFrame, *, x: str, y: str, color: str, title: str, x_title: str, y_title: str,
             color_title: str, tooltip: Sequence[str], scheme: str = "viridis",
             domain: tuple[float, float] | None = None, diverging: bool = False,
-            size: int = 360, height: int | None = None, facet: str | None = None, columns: int = 3) -> alt.Chart:
+            size: int = 360, height: int | None = None, facet: str | None = None, columns: int = 3,
+            highlight: str | None = None) -> alt.Chart:
     """A grid of rects; x and y are ordinal (layers, heads), colour quantitative.
 
-    ``diverging`` centres a red-blue scale on 0 (signed changes); ``facet`` makes one grid per value."""
-    _check(df, x, y, color, facet)
+    ``diverging`` centres a red-blue scale on 0 (signed changes); ``facet`` makes one grid per value;
+    ``highlight`` (a boolean column) rings the cells where it is true."""
+    _check(df, x, y, color, facet, highlight)
     scale = alt.Scale(scheme="redblue" if diverging else scheme, domain=list(domain) if domain else alt.Undefined,
                       domainMid=0 if diverging else alt.Undefined, reverse=diverging)
+    enc = dict(x=alt.X(f"{x}:O", title=x_title, sort="ascending"),
+               y=alt.Y(f"{y}:O", title=y_title, sort="ascending"), tooltip=_tooltip(df, tooltip))
     chart = alt.Chart(df).mark_rect().encode(
-        x=alt.X(f"{x}:O", title=x_title, sort="ascending"),
-        y=alt.Y(f"{y}:O", title=y_title, sort="ascending"),
-        color=alt.Color(f"{color}:Q", title=color_title, scale=scale),
-        tooltip=_tooltip(df, tooltip),
-    ).properties(width=size, height=height or size)
+        color=alt.Color(f"{color}:Q", title=color_title, scale=scale), **enc)
+    if highlight:
+        ring = alt.Chart(df).transform_filter(f"datum.{highlight}").mark_point(
+            shape="circle", color="#e8590c", strokeWidth=2, size=60).encode(**enc)
+        chart = alt.layer(chart, ring)
+    chart = chart.properties(width=size, height=height or size)
     if facet:
         return chart.facet(facet=alt.Facet(f"{facet}:N", title=None), columns=columns, title=title)
     return chart.properties(title=title)

@@ -1,13 +1,121 @@
-"""The layers study page (grows as the study's tables land)."""
+"""The layer study page: similarity, angular distance, Block Influence, layer-removal curves."""
 
 from __future__ import annotations
 
-from reports.common import sweep_section
+from reports import charts
+from reports.common import chart_or_note, sweep_section, table_or_note
+from reports.html import Note, Section
+from store.reports import fetch, has_rows
+from store.reports import layers as q
+
+DROP_TIPS = ["strategy", "n", "panel", "value", "stderr", "base_value", "seeds", "points"]
+SINGLE_TIPS = ["layer", "panel", "value", "stderr", "base_value", "delta", "point"]
 
 
-def sections(con, run_id: int) -> list:
-    return [sweep_section(con, run_id)]
+def sections(con, run_id: int) -> list[Section]:
+    out = [_similarity(con, run_id)] if has_rows(con, "layer_similarity", run_id) else [
+        Section("Layer similarity", (Note("This run stored no layer similarity.", kind="warn"),))]
+    if has_rows(con, "layer_points", run_id):
+        out.append(_removal(con, run_id))
+    else:
+        out.append(Section("Removing layers", (Note("No layer-dropping points in this run.", kind="warn"),)))
+    out.append(sweep_section(con, run_id))
+    return out
+
+
+def _similarity(con, run_id: int) -> Section:
+    pos = q.position(con, run_id, "layer_similarity")
+    k = q.similarity_bucket(con, run_id)
+    size = min(560, 16 * (q.n_states(con, run_id) // k + 1) + 40)
+    blocks = [chart_or_note(
+        con, "Cosine similarity of the residual stream", q.similarity_sql(run_id, pos, k),
+        lambda df: charts.heatmap(df, x="layer_a", y="layer_b", color="cosine", title=f"cosine ({pos} token)",
+                                  x_title="state a (input of layer a)", y_title="state b", color_title="cosine",
+                                  tooltip=["layer_a", "layer_b", "cosine", "angular", "cosine_se", "n_prompts"],
+                                  size=size),
+        caption="State l is the residual stream entering layer l; the last state is the output of the last "
+                "layer. Bright blocks along the diagonal are runs of layers that barely change the stream"
+                + ("" if k == 1 else f" (states averaged in buckets of {k})") + ".")]
+    apos = q.position(con, run_id, "layer_angular")
+    if apos:
+        blocks.append(chart_or_note(
+            con, "Angular distance by block size and start", q.angular_sql(run_id, apos),
+            lambda df: charts.heatmap(df, x="start_layer", y="n", color="distance", highlight="best",
+                                      title="d(x_l, x_l+n) = arccos(cos)/pi", x_title="first layer of the block (l)",
+                                      y_title="block size (n)", color_title="distance", scheme="viridis",
+                                      tooltip=["n", "start_layer", "end_layer", "distance", "distance_se", "best",
+                                               "n_prompts"], size=size),
+            caption="Gromov et al.: for each n the ringed start l*(n) has the smallest distance between the "
+                    "block's input and output: the block to drop."))
+        blocks.append(table_or_note(con, "The block to drop for each n", q.best_blocks_sql(run_id, apos)))
+    ipos = q.position(con, run_id, "layer_influence")
+    if ipos:
+        blocks.append(chart_or_note(
+            con, "Block Influence per layer", q.influence_sql(run_id, ipos),
+            lambda df: charts.bars(df, x="layer", y="block_influence", title="1 - cos(input, output) per layer",
+                                   x_title="layer", y_title="Block Influence", sort=None,
+                                   tooltip=["layer", "block_influence", "block_influence_se", "n_prompts"],
+                                   width=min(640, 18 * len(df) + 40)),
+            caption="ShortGPT's one-layer special case: low influence marks a layer that barely changes the "
+                    "stream."))
+    return Section("Layer similarity", tuple(blocks))
+
+
+def _removal(con, run_id: int) -> Section:
+    blocks = []
+    for ppl, label in ((True, "perplexity (log scale)"), (False, "other metrics")):
+        blocks.append(chart_or_note(
+            con, f"Dropping one layer: {label}", q.single_drop_sql(run_id, ppl),
+            lambda df, ppl=ppl: charts.curves(df, x="layer", y="value", series=None, facet="panel",
+                                              baseline="base_value", band="stderr", log_y=ppl,
+                                              title="one layer skipped at a time", x_title="layer dropped",
+                                              y_title="value", tooltip=SINGLE_TIPS),
+            caption="Each point skips one layer (its input passes straight to the next). Dashed: the full model.",
+            empty=f"No single-layer drops with {label} in this run."))
+    for ppl, label in ((True, "perplexity (log scale)"), (False, "other metrics")):
+        blocks.append(chart_or_note(
+            con, f"Dropping blocks of layers: {label}", q.block_drop_sql(run_id, ppl),
+            lambda df, ppl=ppl: charts.curves(df, x="n", y="value", series="strategy", facet="panel",
+                                              baseline="base_value", band="stderr", log_y=ppl,
+                                              title="n layers dropped, per strategy", x_title="layers dropped (n)",
+                                              y_title="value", series_title="strategy", tooltip=DROP_TIPS),
+            caption="angular: the block with the smallest angular distance; deepest: the last n layers before "
+                    "the final one; shallowest: the first n; random: random contiguous blocks (mean over seeds). "
+                    "Dashed: the full model.",
+            empty=f"No block drops with {label} in this run."))
+    blocks.append(table_or_note(con, "Cheapest block of each size", q.cheapest_blocks_sql(run_id),
+                                caption="The evaluated drop that raised perplexity least, per block size."))
+    if has_rows(con, "layer_heal", run_id):
+        blocks.append(chart_or_note(
+            con, "LoRA healing", q.heal_sql(run_id),
+            lambda df: charts.curves(df, x="step", y="loss", series="point", title="training loss while healing",
+                                     x_title="step", y_title="loss", tooltip=["point", "step", "loss", "seconds"])))
+    if has_rows(con, "layer_agreement", run_id):
+        blocks.append(table_or_note(
+            con, "Do the cheap proxies predict the harm?", q.agreement_sql(run_id),
+            caption="Spearman correlation of each similarity proxy with the real harm of dropping; agreement > 0 "
+                    "means the proxy ranks the harm the right way round."))
+    return Section("Removing layers", tuple(blocks))
 
 
 def findings(con, run_id: int) -> list[str]:
-    return []
+    out = []
+    pos = q.position(con, run_id, "layer_angular") if has_rows(con, "layer_angular", run_id) else None
+    if pos:
+        best = fetch(con, q.best_blocks_sql(run_id, pos))
+        n_layers = int(fetch(con, f"SELECT n_layers FROM runs WHERE run_id = {int(run_id)}").iloc[0, 0])
+        target = best[best["n"] <= max(1, n_layers // 4)]
+        if not target.empty:
+            r = target.iloc[-1]
+            what = (f"layer {int(r.start_layer)}" if r.n == 1 else
+                    f"the block of {int(r.n)} layers {int(r.start_layer)}-{int(r.end_layer)}")
+            out.append(f"layers: {what} changes the residual stream least (angular distance {r.distance:.3f} "
+                       "between its input and output): the first to drop by Gromov's rule.")
+    if has_rows(con, "layer_points", run_id):
+        cheap = fetch(con, q.cheapest_blocks_sql(run_id))
+        ok = cheap[cheap["rel_increase"] <= 0.25]
+        if not ok.empty:
+            r = ok.iloc[-1]
+            out.append(f"layers: dropping {int(r.n)} layers ({r.layers}, {r.strategy}) raises perplexity only "
+                       f"{100 * r.rel_increase:+.0f}% ({r.base_perplexity:.2f} -> {r.perplexity:.2f}).")
+    return out

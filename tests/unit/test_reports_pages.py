@@ -69,7 +69,43 @@ def write_heads(con) -> int:
     return run_id
 
 
-WRITERS = {"heads": write_heads}
+def write_layers(con) -> int:
+    """States 0..L; layers 1-2 barely change the stream (cosine 0.99 between states 1 and 3)."""
+    from store import layers as sl
+
+    run_id = new_run(con, "layers")
+    cos = np.full((L + 1, L + 1), 0.5)
+    np.fill_diagonal(cos, 1.0)
+    cos[1, 3] = cos[3, 1] = cos[1, 2] = cos[2, 1] = cos[2, 3] = cos[3, 2] = 0.99
+    sim = pd.DataFrame([dict(position="last", stream="resid_unnormalised", layer_a=a, layer_b=b, cosine=cos[a, b],
+                             cosine_se=0.01, angular=np.arccos(cos[a, b]) / np.pi, angular_se=0.01, n_prompts=8)
+                        for a in range(L + 1) for b in range(L + 1)])
+    ang = []
+    for n in range(1, L):
+        starts = range(0, L - n + 1)
+        dist = {l: np.arccos(cos[l, l + n]) / np.pi for l in starts}
+        best = min(dist, key=dist.get)
+        ang += [dict(position="last", stream="resid_unnormalised", n=n, start_layer=l, end_layer=l + n - 1,
+                     distance=d, distance_se=0.01, best=l == best, n_prompts=8) for l, d in dist.items()]
+    infl = pd.DataFrame([dict(position="last", stream="resid_unnormalised", layer=l,
+                              block_influence=1 - cos[l, l + 1], block_influence_se=0.01, n_prompts=8)
+                         for l in range(L)])
+    pts = [dict(strategy="single", n=1, seed=None, heal_steps=0, layers=[l], point=f"drop[{l}]") for l in range(L)]
+    pts += [dict(strategy="angular", n=2, seed=None, heal_steps=0, layers=[1, 2], point="drop[1-2]"),
+            dict(strategy="deepest", n=2, seed=None, heal_steps=0, layers=[1, 2], point="drop[1-2]"),
+            dict(strategy="random", n=2, seed=0, heal_steps=0, layers=[0, 1], point="drop[0-1]"),
+            dict(strategy="random", n=2, seed=1, heal_steps=0, layers=[2, 3], point="drop[2-3]")]
+    sl.replace_rows(con, run_id, {"layer_similarity": sim, "layer_angular": pd.DataFrame(ang),
+                                  "layer_influence": infl, "layer_points": pd.DataFrame(pts)})
+    ppl = {"base": 10.0, "drop[0]": 500.0, "drop[1]": 10.5, "drop[2]": 10.4, "drop[3]": 30.0,
+           "drop[1-2]": 11.0, "drop[0-1]": 900.0, "drop[2-3]": 50.0}
+    write_evals(con, evals(run_id, "layers", {p: {("ppl", "perplexity"): v, ("facts", "accuracy"): 10 / v}
+                                              for p, v in ppl.items()}))
+    finish_run(con, run_id)
+    return run_id
+
+
+WRITERS = {"layers": write_layers, "heads": write_heads}
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +188,28 @@ def test_partial_store_says_what_is_missing(full_store, tmp_path):
         assert f"invoke {s}" in index
     assert ("Missing studies" in index) == bool(missing)
     assert sorted(p.name for p in rep.pages) == sorted(["index.html", *[f"{s}.html" for s in rep.studies]])
+
+
+def test_layers_page(pages):
+    blocks = blocks_by_title(pages[0]["layers"])
+    sim = chart_data(blocks["Cosine similarity of the residual stream"])
+    assert len(sim) == (L + 1) ** 2
+    assert sim.query("layer_a == 1 and layer_b == 3")["cosine"].item() == pytest.approx(0.99)
+    ang = chart_data(blocks["Angular distance by block size and start"])
+    assert ang.query("best and n == 2")["start_layer"].item() == 1
+    single = chart_data(blocks["Dropping one layer: perplexity (log scale)"])
+    assert list(single["layer"]) == [0, 1, 2, 3] and single["value"].max() == 500.0
+    spec = blocks["Dropping one layer: perplexity (log scale)"].chart.to_dict()
+    assert spec["spec"]["layer"][0]["encoding"]["y"]["scale"]["type"] == "log"
+    blk = chart_data(blocks["Dropping blocks of layers: other metrics"])
+    rnd = blk.query("strategy == 'random'")
+    assert rnd["seeds"].item() == 2 and rnd["value"].item() == pytest.approx((10 / 900 + 10 / 50) / 2)
+    assert set(blk["strategy"]) == {"angular", "deepest", "random"}
+    assert "perplexity" not in set(blk["panel"].str.split(" / ").str[1])
+
+
+def test_layers_findings(full_store):
+    found = headline_findings(full_store[0])
+    assert any(f.startswith("layers: layer 1 changes the residual stream least (angular distance 0.045")
+               for f in found), found
+    assert any("dropping 2 layers ([1, 2]" in f and "+10%" in f for f in found), found
