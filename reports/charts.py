@@ -72,7 +72,10 @@ def curves(df: pd.DataFrame, *, x: str, y: str, series: str | None, title: str, 
     base = alt.Chart(df)
     color = (alt.Color(f"{series}:N", title=series_title or series) if series else alt.value("#3662a8"))
     y_scale = alt.Scale(type="log") if log_y else alt.Scale(zero=False)
-    enc = dict(x=alt.X(f"{x}:{x_type}", title=x_title), y=alt.Y(f"{y}:Q", title=y_title, scale=y_scale),
+    whole = x_type == "Q" and pd.api.types.is_integer_dtype(df[x])  # layer counts, steps: no 0.5 ticks
+    x_axis = alt.Axis(format="d", tickMinStep=1) if whole else alt.Axis()
+    enc = dict(x=alt.X(f"{x}:{x_type}", title=x_title, axis=x_axis),
+               y=alt.Y(f"{y}:Q", title=y_title, scale=y_scale),
                color=color, tooltip=_tooltip(df, tooltip))
     layers = [base.mark_line(strokeWidth=1.6).encode(**enc), base.mark_point(filled=True, size=36).encode(**enc)]
     if band:  # stderr as an error bar around each point
