@@ -1,0 +1,33 @@
+"""`invoke export`: the store as plain hive-partitioned Parquet for other engines."""
+
+from __future__ import annotations
+
+from invoke import task
+
+from interp.cli import user_errors
+from interp.commands import DEFAULT_STORE, HELP_COMMON
+
+
+@task(help={
+    "store": HELP_COMMON["store"],
+    "out": "output directory or s3://bucket/prefix (must not hold an export yet)",
+    "run": "only these run ids, comma-separated (default: all)",
+    "hook": "only these hooks, comma-separated (default: all)",
+    "tables": "also export the tables (runs, prompts, tokens, evals, study tables) to tables/*.parquet",
+    "link": "hard-link shards instead of copying them (same file system; shards are never modified)",
+})
+@user_errors
+def export(c, out, store=DEFAULT_STORE, run=None, hook=None, tables=True, link=False):
+    """Export activations as Parquet partitioned by run/hook/layer (plus the tables) for DuckDB, Polars, Spark."""
+    from store import Store
+    from store.export import export_store
+
+    try:
+        runs = [int(r) for r in str(run).split(",") if r.strip()] if run else None
+    except ValueError:
+        raise ValueError(f"--run takes run ids like 1,3, not '{run}'") from None
+    hooks = [h.strip() for h in str(hook).split(",") if h.strip()] if hook else None
+    n = export_store(Store(store), out, runs=runs, hooks=hooks, tables=tables, link=link)
+    print(f"exported {n['shards']} shard(s), {n['rows']} vector row(s) and {n['tables']} table(s) to {out}")
+    print(f"read it with e.g. pyarrow.dataset.dataset('{out}/activations', partitioning='hive') or "
+          f"duckdb: SELECT * FROM read_parquet('{out}/activations/**/*.parquet', hive_partitioning = true)")
