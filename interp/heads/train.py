@@ -109,7 +109,7 @@ def train_router(loaded: Loaded, cfg: RouterCfg, seqs: list[list[int]], *,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        rows.append({"step": step, "lm_loss": float(lm), "lb_loss": float(lb), "loss": float(loss),
+        rows.append({"step": step, "lm_loss": lm.item(), "lb_loss": lb.item(), "loss": loss.item(),
                      "seconds": time.perf_counter() - t0})
         bar.set_postfix_str(f"lm {float(lm):.3f} lb {float(lb):.3f}")
         bar.update(1)
