@@ -105,7 +105,40 @@ def write_layers(con) -> int:
     return run_id
 
 
-WRITERS = {"layers": write_layers, "heads": write_heads}
+MODULE_SIZES = {"q": 64, "k": 32, "v": 32, "o": 64, "gate": 128, "up": 128, "down": 128}  # per layer
+GROUPS = {"all": list(MODULE_SIZES), "attn": ["q", "k", "v", "o"], "mlp": ["gate", "up", "down"]}
+
+
+def write_weights(con) -> int:
+    """Magnitude and Wanda at 25/50% of all modules; Wanda on attn and mlp alone."""
+    from store import weights as sw
+
+    run_id = new_run(con, "weights")
+    total = L * sum(MODULE_SIZES.values())
+    recipes = [("magnitude", None, "all"), ("wanda", "oneshot", "all"), ("wanda", "oneshot", "attn"),
+               ("wanda", "oneshot", "mlp")]
+    ppl = {"base": 10.0}
+    for method, calib, group in recipes:
+        for rate in (0.25, 0.5):
+            point = f"{method}[{group}@{rate}]"
+            mods = GROUPS[group]
+            stats = pd.DataFrame([dict(run_id=run_id, point=point, layer=l, module=m, rate=rate,
+                                       n_params=MODULE_SIZES[m], n_pruned=int(rate * MODULE_SIZES[m]),
+                                       n_zero=int(rate * MODULE_SIZES[m]), sparsity=rate)
+                                  for l in range(L) for m in mods])
+            n_params = int(stats["n_params"].sum())
+            sw.write_prune_point(con, dict(
+                run_id=run_id, point=point, intervention="{}", method=method, calibration=calib, grp="row",
+                structure="unstructured", modules=group, target_rate=rate, n_params=n_params,
+                n_pruned=int(stats["n_pruned"].sum()), n_zero=int(stats["n_zero"].sum()), sparsity=rate,
+                total_params=total, calib_id=None, seconds=0.1), stats)
+            ppl[point] = 10.0 + rate * n_params / total * (40 if method == "magnitude" else 10)
+    write_evals(con, evals(run_id, "weights", {p: {("ppl", "perplexity"): v} for p, v in ppl.items()}))
+    finish_run(con, run_id)
+    return run_id
+
+
+WRITERS = {"layers": write_layers, "weights": write_weights, "heads": write_heads}
 
 
 @pytest.fixture(scope="module")
@@ -213,3 +246,27 @@ def test_layers_findings(full_store):
     assert any(f.startswith("layers: layer 1 changes the residual stream least (angular distance 0.045")
                for f in found), found
     assert any("dropping 2 layers ([1, 2]" in f and "+10%" in f for f in found), found
+
+
+def test_weights_page(pages):
+    blocks = blocks_by_title(pages[0]["weights"])
+    rate = chart_data(blocks["Pruning every module"])
+    assert set(rate["recipe"]) == {"magnitude / row", "wanda oneshot / row"} and set(rate["modules"]) == {"all"}
+    assert rate.query("recipe == 'magnitude / row' and target_rate == 0.5")["value"].item() == pytest.approx(30.0)
+    mods = chart_data(blocks["Module groups: against pruned weights"])
+    attn, mlp = (mods.query(f"modules == '{g}' and target_rate == 0.5")["n_pruned"].item() for g in ("attn", "mlp"))
+    assert (attn, mlp) == (L * 96, L * 192)  # the same rate removes twice as many MLP weights here
+    spec = blocks["Module groups: against pruned weights"].chart.to_dict()
+    assert spec["spec"]["layer"][0]["encoding"]["x"]["field"] == "n_pruned"
+    sizes = chart_data(blocks["Weights per module type"])
+    assert dict(zip(sizes["module"], sizes["n_params"])) == {m: L * n for m, n in MODULE_SIZES.items()}
+    reached = chart_data(blocks["Sparsity reached"])
+    assert (reached["sparsity"] == reached["rate_asked"]).all()
+    assert len(reached) == sum(2 * len(GROUPS[g]) for _, _, g in [(0, 0, "all"), (0, 0, "all"), (0, 0, "attn"),
+                                                                    (0, 0, "mlp")])
+
+
+def test_weights_findings(full_store):
+    found = headline_findings(full_store[0])
+    assert "weights: at 50% of all weights pruned, perplexity is wanda oneshot / row 15.00, magnitude / row 30.00 " \
+           "(unpruned 10.00)." in found, found
