@@ -92,7 +92,16 @@ class Loaded:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go. A model dispatched by accelerate with offloaded weights has its
+        parameters on 'meta'; its hooks then name the device they execute on."""
+        dev = next(self.model.parameters()).device
+        if dev.type != "meta":
+            return dev
+        for module in self.model.modules():
+            execution = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+            if execution is not None:
+                return torch.device(execution)
+        return torch.device("cpu")
 
     @property
     def is_chat(self) -> bool:
