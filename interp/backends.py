@@ -19,8 +19,9 @@ from interp.models import Loaded
 from interp.sites import HOOKS, Site
 
 Sink = Callable[[Site, torch.Tensor], None]
-BACKENDS = ("tl", "nnsight", "torch")
-"""tl: TransformerLens TransformerBridge; nnsight: nnsight LanguageModel; torch: plain module hooks."""
+BACKENDS = ("tl", "nnsight", "torch", "ndif")
+"""tl: TransformerLens TransformerBridge; nnsight: nnsight LanguageModel; torch: plain module hooks;
+ndif: nnsight remote execution on an NDIF server (needs network and an API key, see NNsightBackend)."""
 
 
 class TorchBackend:
@@ -62,11 +63,31 @@ _ORDER = {"resid_pre": 0, "z": 1, "attn_out": 2, "mlp_out": 3, "resid_post": 4}
 
 
 class NNsightBackend:
-    def __init__(self, loaded: Loaded):
+    """nnsight tracing, locally or remotely.
+
+    ``remote=True`` ships each trace to NDIF (``nnsight.CONFIG.set_default_api_key(KEY)``
+    or ``NDIF_API_KEY``; host ``CONFIG.API.HOST``) and runs it on the server's copy of the
+    hub checkpoint ``loaded.name`` at ``loaded.revision`` (a commit hash; anything else
+    means the default branch), so the local model only provides the module tree and the
+    tokenizer. ``remote="local"`` is nnsight's dry run of that path: the trace is
+    serialised and deserialised exactly as for the server, then run in-process.
+    """
+
+    def __init__(self, loaded: Loaded, remote: bool | str = False):
         from nnsight import LanguageModel
 
-        self.loaded = loaded
+        self.loaded, self.remote = loaded, remote
         self.lm = LanguageModel(loaded.model, tokenizer=loaded.tokenizer)
+        if remote and remote != "local":
+            import os
+            import re
+
+            from nnsight import CONFIG
+
+            if os.environ.get("NDIF_API_KEY"):
+                CONFIG.set_default_api_key(os.environ["NDIF_API_KEY"])
+            self.lm.repo_id = loaded.name  # the server names checkpoints by hub id
+            self.lm.revision = loaded.revision if re.fullmatch(r"[0-9a-f]{40}", loaded.revision) else None
 
     def _proxy(self, site: Site):
         """The nnsight proxy for a site: a block's input/output or a submodule's."""
@@ -85,9 +106,20 @@ class NNsightBackend:
     def run(self, batch: Batch, sites: list[Site], sink: Sink) -> None:
         ordered = sorted(sites, key=lambda s: (s.layer, _ORDER[s.hook]))
         saved = []
-        with torch.no_grad(), self.lm.trace(batch.model_kwargs(), use_cache=False):
-            for site in ordered:
-                saved.append(self._proxy(site).save())
+        remote = {"remote": self.remote} if self.remote else {}
+        try:
+            with torch.no_grad(), self.lm.trace(batch.model_kwargs(), use_cache=False, **remote):
+                for site in ordered:
+                    saved.append(self._proxy(site).save())
+        except Exception as e:  # no network, host down, hub unreachable, job refused by the server
+            if not self.remote or self.remote == "local":
+                raise
+            from nnsight import CONFIG
+
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise RuntimeError(f"remote nnsight run of {self.loaded.name} on {CONFIG.API.HOST} failed "
+                               f"({type(e).__name__}: {first}): remote execution needs network access, "
+                               "an NDIF API key (NDIF_API_KEY) and a model NDIF hosts") from None
         for site, value in zip(ordered, saved):
             if site.hook == "z":
                 value = value.view(*value.shape[:-1], self.loaded.n_heads, self.loaded.d_head)
@@ -131,6 +163,8 @@ def open_backend(loaded: Loaded, name: str) -> Iterator[TorchBackend | TLBackend
             yield TLBackend(bridge)
     elif name == "nnsight":
         yield NNsightBackend(loaded)
+    elif name == "ndif":
+        yield NNsightBackend(loaded, remote=True)
     elif name == "torch":
         yield TorchBackend(loaded)
     else:
