@@ -147,10 +147,11 @@ class Ablation:
 
 
 def ablation_importance(loaded: Loaded, batches: list[Scored], means: torch.Tensor | None,
-                        modes: tuple[str, ...] = MODES, max_tokens: int = 2048,
+                        modes: tuple[str, ...] = MODES, max_tokens: int = 2048, layers: range | None = None,
                         progress: bool = False) -> Ablation:
     """Ablate every head alone (each mode) and score every row of every batch.
 
+    ``layers`` restricts the ablations to some layers (the others' entries stay zero).
     ``means`` (layer, head, d_head) is the fill for mean ablation. Up to ``max_tokens``
     tokens go through one forward pass: the batch repeated once per edit.
     """
@@ -163,8 +164,9 @@ def ablation_importance(loaded: Loaded, batches: list[Scored], means: torch.Tens
     units = [(m, h) for m in modes for h in range(H)]
     metrics = ("nll", "acc", "exact")
     clean = {k: [] for k in metrics}
-    edited = {k: np.zeros((len(modes), L, H, sum(b.rows for b in batches))) for k in metrics}
-    bar = tqdm(total=len(batches) * L, desc="ablation importance", unit="layer", disable=not progress)
+    edited = {k: np.full((len(modes), L, H, sum(b.rows for b in batches)), np.nan) for k in metrics}
+    layers = range(L) if layers is None else layers
+    bar = tqdm(total=len(batches) * len(layers), desc="ablation importance", unit="layer", disable=not progress)
     row0 = 0
     for b in batches:
         width = b.kwargs["input_ids"].shape[1]
@@ -172,7 +174,7 @@ def ablation_importance(loaded: Loaded, batches: list[Scored], means: torch.Tens
         suffix = Suffix(loaded, b.kwargs)
         for k, v in zip(metrics, row_metrics(_head(loaded), suffix.final, b.targets)):
             clean[k].append(v.numpy())
-        for layer in range(L):
+        for layer in layers:
             for start in range(0, len(units), per_pass):
                 chunk = units[start:start + per_pass]
                 gates = torch.ones(len(chunk), H)

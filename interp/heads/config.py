@@ -1,0 +1,108 @@
+"""The head study's settings: ``HeadsCfg`` with named budgets (smoke, quick, full)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from interp.evals import EvalCfg
+
+METHODS = ("gradient", "zero", "mean", "random")
+
+BUDGETS: dict[str, dict] = {
+    # CLI tests: seconds of work, numbers meaningless (ablation of the two deepest layers only).
+    "smoke": dict(text_seqs=2, seq_len=16, task_items=2, ablation_layers=2, methods=("gradient", "random"),
+                  random_seeds=1, prune_fracs=(), router_keep=(0.5,), router_steps=2, router_batch=1,
+                  train_seqs=2, heldout_seqs=1, eval_tasks=("ppl", "facts"), eval_budget="smoke"),
+    # Under 10 minutes on 2 unloaded CPU cores.
+    "quick": dict(text_seqs=4, seq_len=48, task_items=16, ablation_layers=None, methods=METHODS,
+                  random_seeds=1, prune_fracs=(), router_keep=(0.5, 0.75), router_steps=30, router_batch=4,
+                  train_seqs=120, heldout_seqs=8, eval_tasks=("ppl", "facts"),
+                  eval_budget={"ppl": 1024, "facts": 40}),
+    # Reportable numbers (hours on a CPU).
+    "full": dict(text_seqs=16, seq_len=128, task_items=None, ablation_layers=None, methods=METHODS,
+                 random_seeds=3, prune_fracs=(0.1, 0.25, 0.5, 0.75), router_keep=(0.5, 0.75), router_steps=200,
+                 router_batch=4, train_seqs=320, heldout_seqs=32, eval_tasks=("ppl", "facts", "arith"),
+                 eval_budget="full"),
+}
+"""Named budgets; any field can be overridden in HeadsCfg."""
+
+
+@dataclass(frozen=True)
+class HeadsCfg:
+    """The head study's settings. ``budget`` fills every field left as None."""
+
+    budget: str = "quick"
+    """smoke (CLI tests), quick (under 10 minutes on 2 CPU cores) or full."""
+    text_seqs: int | None = None
+    """Text sequences (book corpus, held out from the evaluation windows) for importance."""
+    seq_len: int | None = None
+    """Tokens per text sequence (importance, router training and held-out statistics)."""
+    task_items: int | None = None
+    """Capital-city items for the task metric of ablation (None: all); scored as a cloze."""
+    ablation_layers: int | None = None
+    """Ablate the heads of the deepest n layers only (None: every layer). Pruning by zero or
+    mean ablation needs every layer."""
+    methods: tuple[str, ...] | None = None
+    """Pruning orders swept: gradient, zero, mean (ablation text loss) and/or random."""
+    random_seeds: int | None = None
+    """Random pruning orders (seeds 0..n-1) as baselines."""
+    prune_fracs: tuple[float, ...] | None = None
+    """Shares of all heads pruned, besides the budgets matched to each router."""
+    router_keep: tuple[float, ...] | None = None
+    """Share of each layer's heads a router keeps per token (one router is trained per value)."""
+    router_steps: int | None = None
+    """Optimiser steps per router."""
+    router_batch: int | None = None
+    """Text sequences per router step."""
+    router_lr: float = 1e-3
+    """AdamW learning rate of the router."""
+    lb_coef: float = 0.01
+    """Weight of the load-balancing loss."""
+    train_seqs: int | None = None
+    """Text sequences the routers train on (disjoint from the importance and held-out text)."""
+    heldout_seqs: int | None = None
+    """Text sequences for router usage statistics and held-out loss."""
+    eval_tasks: tuple[str, ...] | None = None
+    """Evaluation tasks of every sweep point (interp.evals)."""
+    eval_budget: str | dict | None = None
+    """Evaluation budget: smoke, quick, full or per-task counts."""
+    batch_size: int = 4
+    """Sequences per forward pass for importance (never changes results)."""
+    seed: int = 0
+    """Seed of the text split, random orders, task items and evaluation subsets."""
+
+    def __post_init__(self) -> None:
+        if self.budget not in BUDGETS:
+            raise ValueError(f"unknown heads budget '{self.budget}': use smoke, quick or full")
+        for k, v in BUDGETS[self.budget].items():
+            if getattr(self, k) is None:
+                object.__setattr__(self, k, v)
+        for name in ("text_seqs", "router_batch", "train_seqs", "heldout_seqs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        if self.seq_len < 4:
+            raise ValueError(f"seq-len must be at least 4 tokens, not {self.seq_len}")
+        if self.router_steps < 0:
+            raise ValueError(f"router-steps must be >= 0, not {self.router_steps}")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ValueError(f"unknown pruning method '{','.join(bad)}': use some of {', '.join(METHODS)}")
+        if self.ablation_layers is not None and {"zero", "mean"} & set(self.methods):
+            raise ValueError("pruning by zero or mean ablation needs every layer ablated: drop ablation_layers")
+        if any(not 0 < f < 1 for f in self.prune_fracs):
+            raise ValueError(f"pruning fractions must be between 0 and 1, got {self.prune_fracs}")
+        if any(not 0 < f <= 1 for f in self.router_keep):
+            raise ValueError(f"router keep fractions must be in (0, 1], got {self.router_keep}")
+        object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "prune_fracs", tuple(float(f) for f in self.prune_fracs))
+        object.__setattr__(self, "router_keep", tuple(float(f) for f in self.router_keep))
+        self.eval_cfg()
+
+    def eval_cfg(self) -> EvalCfg:
+        return EvalCfg(tasks=tuple(self.eval_tasks), budget=self.eval_budget, seed=self.seed)
+
+    def describe(self) -> dict:
+        d = asdict(self)
+        d.pop("batch_size")  # never changes results
+        d["eval"] = self.eval_cfg().describe()
+        return d
