@@ -1,0 +1,1 @@
+"""Study orchestration: one module per study (run_<study>(loaded, store, cfg))."""
