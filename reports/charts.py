@@ -96,8 +96,9 @@ def curves(df: pd.DataFrame, *, x: str, y: str, series: str | None, title: str, 
 def bars(df: pd.DataFrame, *, x: str, y: str, title: str, x_title: str, y_title: str, tooltip: Sequence[str],
          color: str | None = None, facet: str | None = None, columns: int = 3, baseline: str | None = None,
          horizontal: bool = False, sort: str | list | None = None, width: int = WIDTH,
-         color_title: str | None = None) -> alt.Chart:
-    """Bars of ``y`` per category ``x`` (grouped by ``color`` when given), optional baseline rule."""
+         color_title: str | None = None, grouped: bool = True) -> alt.Chart:
+    """Bars of ``y`` per category ``x``, side by side per ``color`` when ``grouped`` (else ``color`` only
+    colours each bar), optional baseline rule."""
     _check(df, x, y, color, facet, baseline)
     base = alt.Chart(df)
     cat = alt.X(f"{x}:N", title=x_title, sort=sort) if not horizontal else alt.Y(f"{x}:N", title=x_title, sort=sort)
@@ -105,9 +106,9 @@ def bars(df: pd.DataFrame, *, x: str, y: str, title: str, x_title: str, y_title:
     enc = {"x": cat, "y": val} if not horizontal else {"y": cat, "x": val}
     if color:
         enc["color"] = alt.Color(f"{color}:N", title=color_title or color)
-        if not horizontal:
+        if grouped and not horizontal:
             enc["xOffset"] = alt.XOffset(f"{color}:N")
-        else:
+        elif grouped:
             enc["yOffset"] = alt.YOffset(f"{color}:N")
     layers = [base.mark_bar().encode(**enc, tooltip=_tooltip(df, tooltip))]
     if baseline:
