@@ -68,7 +68,8 @@ def top_heads(importance: pd.DataFrame, n: int = 10) -> pd.DataFrame:
 
 
 def layer_profile(importance: pd.DataFrame) -> pd.DataFrame:
-    """Per layer and score: the share of the total importance the layer holds (where heads matter)."""
+    """Per layer and score: the share of the total (positive) importance the layer holds; NaN for a
+    score with no positive value anywhere."""
     table = wide(importance).clip(lower=0)
     by_layer = table.groupby(level="layer").sum()
     share = by_layer / by_layer.sum()

@@ -14,12 +14,12 @@ BUDGETS: dict[str, dict] = {
                   random_seeds=1, prune_fracs=(), router_keep=(0.5,), router_steps=2, router_batch=1,
                   train_seqs=2, heldout_seqs=1, eval_tasks=("ppl", "facts"), eval_budget="smoke"),
     # Under 10 minutes on 2 unloaded CPU cores.
-    "quick": dict(text_seqs=4, seq_len=48, task_items=16, ablation_layers=None, methods=METHODS,
+    "quick": dict(text_seqs=4, seq_len=48, task_items=16, ablation_layers=0, methods=METHODS,
                   random_seeds=1, prune_fracs=(), router_keep=(0.5, 0.75), router_steps=30, router_batch=4,
                   train_seqs=120, heldout_seqs=8, eval_tasks=("ppl", "facts"),
                   eval_budget={"ppl": 1024, "facts": 40}),
     # Reportable numbers (hours on a CPU).
-    "full": dict(text_seqs=16, seq_len=128, task_items=None, ablation_layers=None, methods=METHODS,
+    "full": dict(text_seqs=16, seq_len=128, task_items=None, ablation_layers=0, methods=METHODS,
                  random_seeds=3, prune_fracs=(0.1, 0.25, 0.5, 0.75), router_keep=(0.5, 0.75), router_steps=200,
                  router_batch=4, train_seqs=320, heldout_seqs=32, eval_tasks=("ppl", "facts", "arith"),
                  eval_budget="full"),
@@ -40,8 +40,8 @@ class HeadsCfg:
     task_items: int | None = None
     """Capital-city items for the task metric of ablation (None: all); scored as a cloze."""
     ablation_layers: int | None = None
-    """Ablate the heads of the deepest n layers only (None: every layer). Pruning by zero or
-    mean ablation needs every layer."""
+    """Ablate the heads of the deepest n layers only; 0: every layer. Pruning by zero or mean
+    ablation needs every layer."""
     methods: tuple[str, ...] | None = None
     """Pruning orders swept: gradient, zero, mean (ablation text loss) and/or random."""
     random_seeds: int | None = None
@@ -87,8 +87,8 @@ class HeadsCfg:
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise ValueError(f"unknown pruning method '{','.join(bad)}': use some of {', '.join(METHODS)}")
-        if self.ablation_layers is not None and {"zero", "mean"} & set(self.methods):
-            raise ValueError("pruning by zero or mean ablation needs every layer ablated: drop ablation_layers")
+        if self.ablation_layers < 0:
+            raise ValueError(f"ablation-layers must be >= 0 (0: every layer), not {self.ablation_layers}")
         if any(not 0 < f < 1 for f in self.prune_fracs):
             raise ValueError(f"pruning fractions must be between 0 and 1, got {self.prune_fracs}")
         if any(not 0 < f <= 1 for f in self.router_keep):
@@ -97,6 +97,14 @@ class HeadsCfg:
         object.__setattr__(self, "prune_fracs", tuple(float(f) for f in self.prune_fracs))
         object.__setattr__(self, "router_keep", tuple(float(f) for f in self.router_keep))
         self.eval_cfg()
+
+    def ablated_layers(self, n_layers: int) -> range:
+        """The layers whose heads are ablated one by one (the deepest ``ablation_layers``)."""
+        n = min(self.ablation_layers or n_layers, n_layers)
+        if n < n_layers and {"zero", "mean"} & set(self.methods):
+            raise ValueError("pruning by zero or mean ablation needs every layer ablated: "
+                             "set ablation_layers to 0 or drop zero/mean from the methods")
+        return range(n_layers - n, n_layers)
 
     def eval_cfg(self) -> EvalCfg:
         return EvalCfg(tasks=tuple(self.eval_tasks), budget=self.eval_budget, seed=self.seed)

@@ -84,10 +84,14 @@ class HeadMask:
 
 
 def router_dir() -> Path:
-    """Where trained routers live, content-addressed by digest (beside the model cache)."""
+    """Where trained routers live, content-addressed by digest: $INTERP_ROUTER_DIR, else
+    ``routers`` beside the model cache."""
+    import os
+
     from interp.embedded import cache_dir
 
-    return cache_dir() / "routers"
+    env = os.environ.get("INTERP_ROUTER_DIR")
+    return Path(env).expanduser() if env else cache_dir() / "routers"
 
 
 @register

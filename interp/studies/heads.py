@@ -91,7 +91,7 @@ def compute_importance(loaded: Loaded, store: Store, run_id: int, cfg: HeadsCfg,
         with store.connect() as con:
             db.write_importance(con, run_id, "gradient", df)
     if not {"zero", "mean"} <= done:
-        layers = range(L - (cfg.ablation_layers or L), L)
+        layers = cfg.ablated_layers(L)
         parts = {m: [] for m in imp.MODES}
         for name, sample, metrics in (("text", data.text, (("nll", "delta_loss"), ("acc", "delta_token_acc"))),
                                       ("task", data.task, (("nll", "delta_task_nll"),
@@ -198,6 +198,7 @@ def run_heads(loaded: Loaded, store: Store, cfg: HeadsCfg, progress: bool = True
     run_id, status = start_study_run(loaded, store, "heads", config)
     if status == "complete":
         return run_id
+    cfg.ablated_layers(loaded.n_layers)  # fail before any work when the methods need every layer
     data = prepare(loaded, cfg)
     compute_importance(loaded, store, run_id, cfg, data, progress)
     with store.connect() as con:

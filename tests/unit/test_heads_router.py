@@ -141,7 +141,7 @@ def test_usage_counts_real_tokens(tiny):
 
 
 def test_save_load_and_routing_intervention(tiny, tmp_path, monkeypatch):
-    monkeypatch.setenv("INTERP_CACHE", str(tmp_path))
+    monkeypatch.setenv("INTERP_ROUTER_DIR", str(tmp_path))
     from interp.interventions.heads import router_dir
 
     router = HeadRouter(tiny.n_layers, tiny.d_model, tiny.n_heads)
