@@ -1,0 +1,96 @@
+"""`invoke demo`: every study on one model in numbered steps, then the report and headline findings.
+
+Each study resumes from the store (cached activations, stored analyses and finished sweep
+points are reused), so running the demo again only does what is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass
+
+from invoke import task
+
+from interp.cli import user_errors
+from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
+
+BUDGETS = ("smoke", "quick", "full")
+
+
+@dataclass(frozen=True)
+class Study:
+    """How the demo runs one study: its config class and its ``run_<study>(loaded, store, cfg)``."""
+
+    name: str
+    what: str
+    cfg: str
+    """module:Class of the study's frozen config; built as Class(budget=..., seed=...)."""
+    runner: str
+    """module:function called as function(loaded, store, cfg)."""
+
+    def load(self):
+        """(config class, runner); import errors surface, nothing is skipped quietly."""
+        cfg_mod, cfg_cls = self.cfg.split(":")
+        run_mod, run_fn = self.runner.split(":")
+        return getattr(importlib.import_module(cfg_mod), cfg_cls), getattr(importlib.import_module(run_mod), run_fn)
+
+
+STUDIES = (
+    Study("heads", "head importance (ablation, gradient), head pruning, Mixture-of-Head routers",
+          "interp.heads.config:HeadsCfg", "interp.studies.heads:run_heads"),
+)
+
+
+def _step(i: int, n: int, text: str) -> float:
+    print(f"\n[{i}/{n}] {text}", flush=True)
+    return time.perf_counter()
+
+
+def _done(t0: float, text: str = "done") -> None:
+    print(f"      {text} in {time.perf_counter() - t0:.0f}s", flush=True)
+
+
+@task(help=helps(
+    "dtype", "device", "device_map", "revision",
+    full="run the complete sweeps (hours on a CPU) instead of the quick ones",
+    budget="smoke (seconds per study, for tests), quick (default) or full; --full is --budget full",
+    out="directory for the HTML report (default ./report)",
+    seed="seed passed to every study",
+))
+@user_errors
+def demo(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, full=False, budget=None, out="report", seed=0,
+         dtype="float32", device="cpu", device_map=None, revision=None):
+    """Run every study in quick mode (--full: complete sweeps), render the report, print headline findings."""
+    budget = budget or ("full" if full else "quick")
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget '{budget}': use smoke, quick or full")
+    if full and budget != "full":
+        raise ValueError(f"--full and --budget {budget} disagree: pass one of them")
+    studies = [(s, *s.load()) for s in STUDIES]  # fail on a broken study before loading the model
+    configs = [(s, cls(budget=budget, seed=int(seed)), fn) for s, cls, fn in studies]
+    from interp.models import ModelCfg, load_model
+    from reports.build import build_report, headline_findings
+    from store import Store
+
+    st = Store(store)
+    n = len(configs) + 3
+    start = time.perf_counter()
+    t0 = _step(1, n, f"load {model}")
+    loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
+    _done(t0, f"{loaded.name}: {loaded.n_layers} layers, d_model {loaded.d_model}, loaded")
+    for i, (study, cfg, fn) in enumerate(configs, start=2):
+        t0 = _step(i, n, f"{study.name} ({budget}): {study.what}")
+        run_id = fn(loaded, st, cfg)
+        _done(t0, f"run {run_id} complete")
+    t0 = _step(n - 1, n, "report")
+    rep = build_report(st, out, store_arg=store)
+    _done(t0, f"{len(rep.pages)} pages written")
+    _step(n, n, "headline findings")
+    for line in headline_findings(st):
+        print(f"  - {line}")
+    if rep.missing:
+        print(f"  (this store holds no run of: {', '.join(rep.missing)})")
+    print(f"\nreport: {rep.index}")
+    print(f"store:  {st.path} (query it with `invoke sql --store {store} \"SELECT * FROM runs\"`)")
+    print(f"total:  {time.perf_counter() - start:.0f}s")
