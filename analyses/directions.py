@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from analyses.probes import ProbeCfg, make_probe
-from analyses.safety_data import CONCEPTS, balanced, iter_layers, xy
+from analyses.safety_data import CONCEPTS, SafetyDataError, balanced, iter_layers, xy
 
 DIRECTION_COLUMNS = ["concept", "hook", "layer", "position", "kind", "norm", "n_pos", "n_neg", "vec"]
 METRIC_COLUMNS = ["concept", "hook", "layer", "position", "metric", "value"]
@@ -92,12 +92,22 @@ def directions_layer(vectors, data: pd.DataFrame, key: tuple, concepts: tuple[st
         classes = CONCEPTS[concept]
         X, y, _ = xy(vectors, balanced(data, classes, "train", cfg.seed), classes)
         n_pos, n_neg = int((y == 0).sum()), int((y == 1).sum())
+        scale = float(np.linalg.norm(X.astype(np.float64), axis=1).mean())
+        if np.abs(X[y == 0].mean(0, dtype=np.float64) - X[y == 1].mean(0, dtype=np.float64)).max() <= 1e-7 * scale:
+            # Same vector for every prompt (e.g. the embedding of the chat template's last token
+            # at layer 0): no direction exists here.
+            metrics.append([concept, *key, "diff_norm", 0.0])
+            continue
         dm, dm_norm = diff_of_means(X, y)
         pr, pr_norm = probe_direction(X, y, cfg)
         dirs.append([concept, *key, "diff_means", dm_norm, n_pos, n_neg, dm.tolist()])
         dirs.append([concept, *key, "probe", pr_norm, n_pos, n_neg, pr.tolist()])
-        Xt, yt, _ = xy(vectors, balanced(data, classes, "test", cfg.seed), classes)
-        values = {"cosine_dm_probe": float(dm @ pr), "diff_norm": dm_norm, **projection_separation(dm, Xt, yt)}
+        values = {"cosine_dm_probe": float(dm @ pr), "diff_norm": dm_norm}
+        try:
+            Xt, yt, _ = xy(vectors, balanced(data, classes, "test", cfg.seed), classes)
+            values.update(projection_separation(dm, Xt, yt))
+        except SafetyDataError:
+            values.update(projection_d=np.nan, projection_auc=np.nan)  # test split too small
         metrics += [[concept, *key, m, v] for m, v in values.items()]
     return dirs, metrics
 

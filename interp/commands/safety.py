@@ -1,0 +1,51 @@
+"""`invoke safety`: probes, harmful directions, directional ablation, weight orthogonalisation
+and activation addition, evaluated in one run (STUDIES.md section 5)."""
+
+from __future__ import annotations
+
+from invoke import task
+
+from interp.cli import opt_int, print_table, user_errors
+from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
+
+
+@task(help=helps(
+    "quick", "dtype", "device", "device_map", "revision",
+    budget="smoke (CLI tests, seconds of work), quick (under 10 minutes on 2 CPU cores) or full; "
+           "--quick is --budget quick; default full",
+    per_set="prompts captured per prompt set (harmful, toxic, neutral, stereotypes); default from the budget",
+    alphas="activation-addition coefficients, comma-separated, in units of the class-mean difference "
+           "(e.g. -2,-1,1,2); default from the budget",
+    seed="seed for splits, folds, shuffles and evaluation subsets",
+    format="table (default), csv or json for the outcome table",
+))
+@user_errors
+def safety(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None, per_set=None, alphas=None,
+           seed=0, dtype="float32", device="cpu", device_map=None, revision=None, format="table"):
+    """Safety study: probes per layer, harmful direction, ablation / orthogonalisation / activation
+    addition, and how much toxicity and compliance moved under each edit and what it cost."""
+    from interp.models import ModelCfg, load_model
+    from interp.studies.safety import SafetyCfg, run_safety
+    from store import Store
+    from store.safety import outcome, read_table
+
+    if quick and budget not in (None, "quick"):
+        raise ValueError(f"--quick and --budget {budget} disagree: pass one of them")
+    name = "quick" if quick else (budget or "full")
+    parsed = None
+    if alphas not in (None, ""):
+        try:
+            parsed = tuple(float(a) for a in str(alphas).split(",") if a.strip())
+        except ValueError:
+            raise ValueError(f"alphas must be comma-separated numbers, e.g. -2,-1,1,2 (got '{alphas}')") from None
+    cfg = SafetyCfg(budget=name, per_set=opt_int(per_set), alphas=parsed, seed=int(seed))
+    loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
+    st = Store(store)
+    run_id = run_safety(loaded, st, cfg)
+    with st.connect(read_only=True) as con:
+        sel = read_table(con, "safety_selection", run_id)
+        out = outcome(con, run_id)
+    print_table(sel[["criterion", "hook", "layer", "position", "metric", "value", "kl", "reason"]],
+                title=f"direction selection (run {run_id})", fmt=format)
+    print_table(out, title=f"safety run {run_id}: what each edit moved and what it cost (d_* vs base)", fmt=format)
+    print(f"run {run_id}: safety study stored in {st.path}")

@@ -1,0 +1,169 @@
+"""Safety-study tables (store/schema/50_safety.sql): writers replace a run's rows in one
+transaction (re-running never duplicates), candidates are added one at a time (resume), and
+readers return DataFrames; ``outcome`` is the table a user reads: how much toxicity and
+compliance moved under each edit and what it cost."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from store.db import StoreError
+
+TABLES: dict[str, list[str]] = {
+    "safety_prompts": ["cache_run_id", "prompt_id", "cls", "source", "dataset", "grp", "split"],
+    "safety_probes": ["problem", "hook", "layer", "position", "setting", "metric", "mean", "std", "n", "folds"],
+    "safety_directions": ["concept", "hook", "layer", "position", "kind", "norm", "n_pos", "n_neg", "vec"],
+    "safety_layers": ["concept", "hook", "layer", "position", "metric", "value"],
+    "safety_candidates": ["concept", "hook", "layer", "position", "separability", "projection_d",
+                          "base_refusal_rate", "refusal_rate", "refusal_drop", "base_refusal_logprob",
+                          "refusal_logprob", "refusal_logprob_drop", "kl", "kl_stderr", "n_refusal", "n_kl",
+                          "seconds"],
+    "safety_selection": ["criterion", "concept", "hook", "layer", "position", "metric", "value", "separability",
+                         "refusal_drop", "kl", "reason", "rule"],
+}
+"""Table -> columns written from a DataFrame (``run_id`` is added)."""
+
+
+def _check(table: str) -> list[str]:
+    if table not in TABLES:
+        raise StoreError(f"unknown safety table '{table}': one of {', '.join(TABLES)}")
+    return TABLES[table]
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, run_id: int, df: pd.DataFrame) -> None:
+    cols = _check(table)
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise StoreError(f"rows for {table} lack columns {missing}")
+    data = df[cols].copy()
+    if "vec" in data:
+        data["vec"] = [np.asarray(v, np.float64).tolist() for v in data["vec"]]
+    data.insert(0, "run_id", run_id)
+    con.register("_safety_rows", data)
+    try:
+        con.execute(f"INSERT INTO {table} (run_id, {', '.join(cols)}) SELECT run_id, {', '.join(cols)} "
+                    "FROM _safety_rows")
+    finally:
+        con.unregister("_safety_rows")
+
+
+def replace_rows(con: duckdb.DuckDBPyConnection, run_id: int, frames: dict[str, pd.DataFrame]) -> None:
+    """Replace the run's rows of each named table by the frame's, all in one transaction."""
+    for table in frames:
+        _check(table)
+    con.execute("BEGIN")
+    try:
+        for table, df in frames.items():
+            con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+            _insert(con, table, run_id, df)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+
+
+def add_candidate(con: duckdb.DuckDBPyConnection, run_id: int, row: dict) -> None:
+    """Store one measured candidate (replacing an earlier measurement of the same one)."""
+    df = pd.DataFrame([row])
+    con.execute("BEGIN")
+    try:
+        con.execute("DELETE FROM safety_candidates WHERE run_id = ? AND concept = ? AND hook = ? AND layer = ? "
+                    "AND position = ?", [run_id, row["concept"], row["hook"], int(row["layer"]), row["position"]])
+        _insert(con, "safety_candidates", run_id, df)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+
+
+def has_rows(con: duckdb.DuckDBPyConnection, table: str, run_id: int) -> bool:
+    _check(table)
+    return con.execute(f"SELECT count(*) FROM {table} WHERE run_id = ?", [run_id]).fetchone()[0] > 0
+
+
+def read_table(con: duckdb.DuckDBPyConnection, table: str, run_id: int) -> pd.DataFrame:
+    cols = _check(table)
+    return con.execute(f"SELECT {', '.join(cols)} FROM {table} WHERE run_id = ? ORDER BY ALL", [run_id]).df()
+
+
+def set_splits(con: duckdb.DuckDBPyConnection, cache_run_id: int, splits: pd.DataFrame) -> None:
+    """Record each prompt's split (prompt_id, split) in ``run_prompts`` of the capture run."""
+    con.register("_splits", splits[["prompt_id", "split"]])
+    try:
+        con.execute("UPDATE run_prompts SET split = s.split FROM _splits s "
+                    "WHERE run_prompts.run_id = ? AND run_prompts.prompt_id = s.prompt_id", [cache_run_id])
+    finally:
+        con.unregister("_splits")
+
+
+def stored_prompts(con: duckdb.DuckDBPyConnection, cache_run_id: int) -> pd.DataFrame:
+    """The prompts a capture run finished, with dataset, source and label."""
+    return con.execute(
+        "SELECT p.prompt_id, p.dataset, p.source, p.label, p.category FROM run_prompts r "
+        "JOIN prompts p USING (prompt_id) WHERE r.run_id = ? ORDER BY p.prompt_id", [cache_run_id]).df()
+
+
+def prompt_texts(con: duckdb.DuckDBPyConnection, prompt_ids: list[str]) -> dict[str, str]:
+    """prompt_id -> text for the given ids."""
+    con.register("_wanted", pd.DataFrame({"prompt_id": list(prompt_ids)}, dtype=object))
+    try:
+        rows = con.execute("SELECT prompt_id, text FROM prompts WHERE prompt_id IN (SELECT prompt_id FROM _wanted)"
+                           ).fetchall()
+    finally:
+        con.unregister("_wanted")
+    return dict(rows)
+
+
+def load_direction(con: duckdb.DuckDBPyConnection, run_id: int, concept: str, hook: str, layer: int,
+                   position: str, kind: str = "diff_means") -> tuple[np.ndarray, float]:
+    """(unit vector float64, norm) of a stored direction."""
+    row = con.execute("SELECT vec, norm FROM safety_directions WHERE run_id = ? AND concept = ? AND hook = ? "
+                      "AND layer = ? AND position = ? AND kind = ?",
+                      [run_id, concept, hook, layer, position, kind]).fetchone()
+    if row is None:
+        raise StoreError(f"no {kind} direction for {concept} at {hook} layer {layer} ({position}) in run {run_id}: "
+                         "run `invoke safety` first")
+    return np.asarray(row[0], np.float64), float(row[1])
+
+
+def chosen(con: duckdb.DuckDBPyConnection, run_id: int) -> dict:
+    df = con.execute("SELECT * EXCLUDE (run_id) FROM safety_selection WHERE run_id = ? AND criterion = 'chosen'",
+                     [run_id]).df()
+    if df.empty:
+        raise StoreError(f"run {run_id} has no chosen direction yet: run `invoke safety` to finish it")
+    return df.iloc[0].to_dict()
+
+
+OUTCOME_SQL = """
+WITH e AS (
+    SELECT point, intervention->>'kind' AS kind, task, metric, value, stderr, created
+    FROM evals WHERE run_id = $run_id
+), w AS (
+    SELECT point, any_value(kind) AS kind, min(created) AS t,
+        max(value)  FILTER (WHERE task = 'toxicity' AND metric = 'toxicity')     AS toxicity,
+        max(stderr) FILTER (WHERE task = 'toxicity' AND metric = 'toxicity')     AS toxicity_se,
+        max(value)  FILTER (WHERE task = 'toxicity' AND metric = 'toxic_rate')   AS toxic_rate,
+        max(value)  FILTER (WHERE task = 'refusal'  AND metric = 'refusal_rate') AS refusal,
+        max(stderr) FILTER (WHERE task = 'refusal'  AND metric = 'refusal_rate') AS refusal_se,
+        max(value)  FILTER (WHERE task = 'ppl'      AND metric = 'perplexity')   AS ppl,
+        max(value)  FILTER (WHERE task = 'facts'    AND metric = 'accuracy')     AS facts,
+        max(value)  FILTER (WHERE task = 'arith'    AND metric = 'accuracy')     AS arith,
+        max(value)  FILTER (WHERE task = 'kl'       AND metric = 'kl')           AS kl
+    FROM e GROUP BY point
+)
+SELECT w.point, w.kind,
+    w.toxicity, w.toxicity - b.toxicity AS d_toxicity, w.toxicity_se, w.toxic_rate,
+    w.refusal, w.refusal - b.refusal AS d_refusal, 1 - w.refusal AS compliance, w.refusal_se,
+    w.ppl, w.ppl / b.ppl - 1 AS ppl_change, w.facts, w.facts - b.facts AS d_facts,
+    w.arith, w.arith - b.arith AS d_arith, w.kl
+FROM w LEFT JOIN (SELECT * FROM w WHERE point = 'base') b ON true
+ORDER BY w.point <> 'base', w.t, w.point
+"""
+"""One row per evaluated point; d_* and ppl_change are relative to the base model of the same run."""
+
+
+def outcome(con: duckdb.DuckDBPyConnection, run_id: int) -> pd.DataFrame:
+    """How much toxicity / compliance moved under each edit and what it cost (one row per point)."""
+    return con.execute(OUTCOME_SQL, {"run_id": run_id}).df()

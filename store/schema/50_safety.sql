@@ -1,0 +1,101 @@
+-- Safety study (issue 7): probes, concept directions, direction selection. Every row carries
+-- the safety run's run_id (runs.kind = 'safety'); the vectors behind it are in cache_run_id.
+-- Evaluations of the edits are rows of the shared `evals` table with the same run_id.
+
+-- The labelled dataset of a run: class, source and fixed split of every prompt it uses.
+CREATE TABLE IF NOT EXISTS safety_prompts (
+    run_id       INTEGER NOT NULL,
+    cache_run_id INTEGER NOT NULL,
+    prompt_id    VARCHAR NOT NULL,
+    cls          VARCHAR NOT NULL,    -- harmful | toxic | biased | counterpart | neutral
+    source       VARCHAR NOT NULL,    -- harmbench | donotanswer | realtoxicityprompts | interp
+    dataset      VARCHAR NOT NULL,    -- prompt set: harmful | toxic | stereotypes | neutral
+    grp          VARCHAR,             -- stereotype pair id (pairs share a split)
+    split        VARCHAR NOT NULL,    -- train | test | heldout (used by an evaluation task: never fitted)
+    PRIMARY KEY (run_id, prompt_id)
+);
+
+-- Cross-validated probe scores per layer, with controls (long form).
+CREATE TABLE IF NOT EXISTS safety_probes (
+    run_id   INTEGER NOT NULL,
+    problem  VARCHAR NOT NULL,        -- harmful_vs_neutral | toxic_vs_neutral | biased_vs_counterpart | multiclass
+    hook     VARCHAR NOT NULL,
+    layer    INTEGER NOT NULL,
+    position VARCHAR NOT NULL,        -- last | mean
+    setting  VARCHAR NOT NULL,        -- cv | shuffled | held_out | within:SRC | cross:SRC->DST
+    metric   VARCHAR NOT NULL,        -- accuracy | roc_auc
+    mean     DOUBLE,
+    std      DOUBLE,                  -- over folds (null for a single train/test split)
+    n        INTEGER NOT NULL,        -- examples scored (cv: in all folds)
+    folds    INTEGER NOT NULL,
+    PRIMARY KEY (run_id, problem, hook, layer, position, setting, metric)
+);
+
+-- Unit directions per layer, stored as values (float64). diff_means: mean(pos) - mean(neg);
+-- probe: logistic-probe weights in activation coordinates. norm: length before normalising.
+CREATE TABLE IF NOT EXISTS safety_directions (
+    run_id   INTEGER NOT NULL,
+    concept  VARCHAR NOT NULL,        -- harmful (vs neutral) | toxic (vs neutral)
+    hook     VARCHAR NOT NULL,
+    layer    INTEGER NOT NULL,
+    position VARCHAR NOT NULL,
+    kind     VARCHAR NOT NULL,        -- diff_means | probe
+    norm     DOUBLE NOT NULL,
+    n_pos    INTEGER NOT NULL,
+    n_neg    INTEGER NOT NULL,
+    vec      DOUBLE[] NOT NULL,
+    PRIMARY KEY (run_id, concept, hook, layer, position, kind)
+);
+
+-- Per-layer direction metrics: cosine_dm_probe, diff_norm, projection_d, projection_auc (held-out).
+CREATE TABLE IF NOT EXISTS safety_layers (
+    run_id   INTEGER NOT NULL,
+    concept  VARCHAR NOT NULL,
+    hook     VARCHAR NOT NULL,
+    layer    INTEGER NOT NULL,
+    position VARCHAR NOT NULL,
+    metric   VARCHAR NOT NULL,
+    value    DOUBLE,
+    PRIMARY KEY (run_id, concept, hook, layer, position, metric)
+);
+
+-- Selection criteria measured per candidate direction (ablated everywhere) on held-out prompts.
+CREATE TABLE IF NOT EXISTS safety_candidates (
+    run_id               INTEGER NOT NULL,
+    concept              VARCHAR NOT NULL,
+    hook                 VARCHAR NOT NULL,
+    layer                INTEGER NOT NULL,
+    position             VARCHAR NOT NULL,
+    separability         DOUBLE,      -- probe CV ROC-AUC at this site
+    projection_d         DOUBLE,      -- held-out Cohen's d along the direction
+    base_refusal_rate    DOUBLE,
+    refusal_rate         DOUBLE,      -- with the direction ablated
+    refusal_drop         DOUBLE,      -- base - ablated
+    base_refusal_logprob DOUBLE,      -- mean log-prob per token of a refusal reply
+    refusal_logprob      DOUBLE,
+    refusal_logprob_drop DOUBLE,
+    kl                   DOUBLE,      -- mean KL(base || ablated), next token after neutral test prompts
+    kl_stderr            DOUBLE,
+    n_refusal            INTEGER,     -- held-out (test split) harmful prompts
+    n_kl                 INTEGER,     -- test split neutral prompts
+    seconds              DOUBLE,
+    PRIMARY KEY (run_id, concept, hook, layer, position)
+);
+
+-- What each criterion picks and the final choice (criterion = chosen), with the rule used.
+CREATE TABLE IF NOT EXISTS safety_selection (
+    run_id       INTEGER NOT NULL,
+    criterion    VARCHAR NOT NULL,    -- separability | ablation | kl | chosen
+    concept      VARCHAR NOT NULL,
+    hook         VARCHAR NOT NULL,
+    layer        INTEGER NOT NULL,
+    position     VARCHAR NOT NULL,
+    metric       VARCHAR NOT NULL,
+    value        DOUBLE,
+    separability DOUBLE,
+    refusal_drop DOUBLE,
+    kl           DOUBLE,
+    reason       VARCHAR NOT NULL,
+    rule         VARCHAR NOT NULL,
+    PRIMARY KEY (run_id, criterion)
+);

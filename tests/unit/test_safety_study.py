@@ -1,0 +1,107 @@
+"""The safety study end to end on the tiny Llama: tables, selection, sweep, resume, config errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from interp.interventions import from_json
+from interp.studies.safety import SafetyCfg, heldout_ids, parse_layers, run_safety, sweep_points
+
+pytestmark = pytest.mark.slow  # one whole study run on the tiny model (about 20 s on an idle machine)
+
+TINY = dict(budget="smoke", per_set=12, probe_layers="0,1,2", candidate_layers="1,2", folds=2, alphas=(-1.0, 2.0),
+            sel_gen_tokens=4, min_auc=0.0, eval_budget="smoke")
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    """One study run on the tiny Llama, shared by the tests of this module (they only read it,
+    except the resume test, which runs last and leaves it as it found it)."""
+    from conftest import byte_tokenizer, tiny_llama
+    from interp.models import wrap
+    from store import Store
+
+    tiny = wrap(tiny_llama(), byte_tokenizer(), name="tiny-llama", revision="seed0")
+    store = Store(tmp_path_factory.mktemp("safety") / "s.duckdb")
+    cfg = SafetyCfg(**TINY)
+    return tiny, store, cfg, run_safety(tiny, store, cfg, progress=False)
+
+
+def test_study_writes_every_table_and_evaluates_every_edit(done):
+    tiny, store, cfg, run_id = done
+    from store.safety import outcome, read_table
+
+    with store.connect(read_only=True) as con:
+        prompts = read_table(con, "safety_prompts", run_id)
+        splits = con.execute("SELECT split, count(*) FROM run_prompts WHERE split IS NOT NULL GROUP BY split").fetchall()
+        probes = read_table(con, "safety_probes", run_id)
+        dirs = read_table(con, "safety_directions", run_id)
+        cands = read_table(con, "safety_candidates", run_id)
+        sel = read_table(con, "safety_selection", run_id)
+        out = outcome(con, run_id)
+        kinds = con.execute("SELECT DISTINCT intervention->>'kind' FROM evals WHERE run_id = ?", [run_id]).fetchall()
+        run = con.execute("SELECT kind, status FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    assert run == ("safety", "complete")
+    assert set(prompts["cls"]) == {"harmful", "toxic", "neutral", "biased", "counterpart"}
+    assert set(prompts["split"]) == {"train", "test", "heldout"} and dict(splits).keys() == {"train", "test", "heldout"}
+    held = prompts[prompts.split == "heldout"]["prompt_id"]
+    assert set(held) <= heldout_ids(cfg)  # evaluation prompts are never fitted
+    assert set(probes["problem"]) == {"harmful_vs_neutral", "toxic_vs_neutral", "biased_vs_counterpart", "multiclass"}
+    assert {"cv", "shuffled", "held_out"} <= set(probes["setting"]) and set(probes["layer"]) == {0, 1, 2}
+    assert set(dirs["kind"]) == {"diff_means", "probe"} and set(dirs["concept"]) == {"harmful", "toxic"}
+    assert all(abs(np.linalg.norm(v) - 1) < 1e-9 for v in dirs["vec"]) and len(dirs["vec"][0]) == tiny.d_model
+    assert sorted(cands["layer"]) == [1, 2] and set(cands["position"]) == {"last"}
+    assert set(sel["criterion"]) == {"separability", "ablation", "kl", "chosen"}
+    points = set(out["point"])
+    assert "base" in points and len(points) == 1 + 2 + 2 + 1  # ablate, orth, 2 alphas, toxic ablation
+    assert {k[0] for k in kinds} == {"base", "direction_ablation", "direction_orthogonalized", "activation_addition"}
+    row = out[out.point.str.startswith("ablate[harmful")].iloc[0]
+    assert row["kl"] >= 0 and row["d_refusal"] == pytest.approx(row["refusal"] - out.iloc[0]["refusal"])
+    assert out.iloc[0]["point"] == "base" and out.iloc[0]["d_toxicity"] == 0
+
+
+def test_sweep_points_rebuild_from_the_store(done):
+    tiny, store, cfg, run_id = done
+    pts = sweep_points(store, run_id, cfg)
+    from store.safety import chosen, load_direction
+
+    with store.connect(read_only=True) as con:
+        pick = chosen(con, run_id)
+        vec, norm = load_direction(con, run_id, "harmful", pick["hook"], int(pick["layer"]), pick["position"])
+        stored = {r[0] for r in con.execute("SELECT DISTINCT intervention::VARCHAR FROM evals WHERE run_id = ?",
+                                            [run_id]).fetchall()}
+    assert np.allclose(pts[0].direction, vec) and pts[2].scale == pytest.approx(norm)
+    assert [p.alpha for p in pts if hasattr(p, "alpha")] == [-1.0, 2.0]
+    assert {from_json(s) for s in stored} >= set(pts)
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(ValueError, match="unknown safety budget 'huge'"):
+        SafetyCfg(budget="huge")
+    with pytest.raises(ValueError, match="hook 'mlp_out' must be resid_pre or resid_post"):
+        SafetyCfg(probe_hooks=("mlp_out",))
+    with pytest.raises(ValueError, match="per-set limit must be at least 8"):
+        SafetyCfg(per_set=3)
+    with pytest.raises(ValueError, match="unknown evaluation task|budget"):
+        SafetyCfg(eval_budget="enormous")
+    assert parse_layers("stride:4", 30, cap=0.8) == [4, 8, 12, 16, 20]
+    assert parse_layers("all", 4) == [0, 1, 2, 3] and parse_layers("2,1", 4) == [1, 2]
+    with pytest.raises(ValueError, match="out of range"):
+        parse_layers("1,40", 30)
+
+
+def test_rerun_resumes_without_duplicates(done):
+    tiny, store, cfg, run_id = done
+    with store.connect(read_only=True) as con:
+        before = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                  for t in ("safety_probes", "safety_directions", "safety_candidates", "evals", "runs")}
+        # Simulate an interruption after selection: drop the sweep's last point and the run's status.
+    with store.connect() as con:
+        last = con.execute("SELECT point FROM evals WHERE run_id = ? ORDER BY created DESC LIMIT 1", [run_id]).fetchone()[0]
+        con.execute("DELETE FROM evals WHERE run_id = ? AND point = ?", [run_id, last])
+        con.execute("UPDATE runs SET status = 'running' WHERE run_id = ?", [run_id])
+    assert run_safety(tiny, store, cfg, progress=False) == run_id
+    with store.connect(read_only=True) as con:
+        after = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in before}
+    assert after == before
