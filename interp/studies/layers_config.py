@@ -1,0 +1,140 @@
+"""Configuration of the layer study: ``LayersCfg`` and its smoke / quick / full presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from analyses.layer_blocks import STRATEGIES
+from interp.evals import EvalCfg
+from interp.heal import HealCfg
+
+BUDGETS = ("smoke", "quick", "full")
+QUICK_SIZES = (1, 2, 4, 8, 12, 16)
+"""Block sizes of a quick sweep (those below the model's layer count)."""
+
+
+class LayersCfgError(ValueError):
+    """A layer-study setting that cannot work; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class LayersCfg:
+    """What the layer study computes and how much of it. Everything but batch_size is the run's identity."""
+
+    budget: str = "full"
+    """smoke (CLI tests: seconds of work), quick (minutes on 2 CPU cores) or full; sets the defaults below."""
+    prompts: str = "book"
+    """Prompt sets (or .jsonl/.csv files) whose residual streams give the similarity statistics."""
+    limit: int | None = None
+    """Prompts per set for the statistics; None: from the budget (8 / 64 / 256)."""
+    max_tokens: int | None = None
+    """Truncate longer prompts to their last N tokens; None: from the budget (64 / 256 / 512)."""
+    chat: bool = False
+    """Wrap prompts in the chat template (off: the statistics are over plain text, like the perplexity)."""
+    sizes: tuple[int, ...] | None = None
+    """Block sizes n to sweep; None: from the budget (quick: 1,2,4,8,12,16; full: 1..L-1)."""
+    strategies: tuple[str, ...] = STRATEGIES
+    """Block strategies (see analyses.layer_blocks); single-layer removal always runs."""
+    seeds: tuple[int, ...] | None = None
+    """Seeds of the random-block control; None: from the budget (2 / 3 / 5 seeds)."""
+    heal_steps: int = 0
+    """LoRA healing steps for each healed point; 0: no healing."""
+    heal_strategies: tuple[str, ...] = ("angular",)
+    """Strategies whose blocks are also evaluated healed."""
+    heal_rank: int = 8
+    """LoRA rank of the healing adapters."""
+    heal_lr: float = 2e-4
+    """Healing learning rate."""
+    heal_batch: int = 4
+    """Training windows per healing step."""
+    tasks: tuple[str, ...] | None = None
+    """Evaluation tasks; None: from the budget (smoke: ppl; quick: ppl,facts; full: ppl,facts,arith)."""
+    eval_budget: str | None = None
+    """Evaluation budget (smoke/quick/full or counts like 'ppl=1024,facts=40'); None: from the budget
+    (smoke: ppl=256; quick: ppl=1024,facts=40; full: the evaluation's quick budget)."""
+    mmlu_path: str | None = None
+    """Local MMLU data: adds the mmlu task."""
+    boolq_path: str | None = None
+    """Local BoolQ data: adds the boolq task."""
+    seed: int = 0
+    """Seed of the evaluation subsets, prompt sampling and healing."""
+    batch_size: int = field(default=8, compare=False)
+    """Prompts per forward pass when caching (never changes results)."""
+
+    def __post_init__(self) -> None:
+        if self.budget not in BUDGETS:
+            raise LayersCfgError(f"unknown budget '{self.budget}': use smoke, quick or full")
+        bad = [s for s in self.strategies if s not in STRATEGIES]
+        if bad:
+            raise LayersCfgError(f"unknown strategy '{bad[0]}': use some of {', '.join(STRATEGIES)}")
+        bad = [s for s in self.heal_strategies if s not in (*STRATEGIES, "single")]
+        if bad:
+            raise LayersCfgError(f"unknown heal strategy '{bad[0]}': use some of single, {', '.join(STRATEGIES)}")
+        if self.heal_steps < 0:
+            raise LayersCfgError(f"--heal-steps must be 0 (off) or more, not {self.heal_steps}")
+        if self.sizes is not None and (not self.sizes or min(self.sizes) < 1):
+            raise LayersCfgError("block sizes must be whole numbers >= 1")
+        if self.limit is not None and self.limit < 1:
+            raise LayersCfgError("limit must be at least 1 prompt")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise LayersCfgError("max_tokens must be at least 1")
+        if self.batch_size < 1:
+            raise LayersCfgError("batch size must be at least 1")
+        self.eval_cfg()  # fail fast on bad tasks or evaluation budgets
+        if self.heal_steps:
+            self.heal_cfg()
+
+    @property
+    def n_prompts(self) -> int:
+        return self.limit or {"smoke": 8, "quick": 64, "full": 256}[self.budget]
+
+    @property
+    def tokens(self) -> int:
+        return self.max_tokens or {"smoke": 64, "quick": 256, "full": 512}[self.budget]
+
+    @property
+    def random_seeds(self) -> tuple[int, ...]:
+        if self.seeds is not None:
+            return tuple(self.seeds)
+        return {"smoke": (0,), "quick": (0, 1, 2), "full": (0, 1, 2, 3, 4)}[self.budget]
+
+    def block_sizes(self, n_layers: int) -> list[int]:
+        if self.sizes is not None:
+            bad = [n for n in self.sizes if n > n_layers - 1]
+            if bad:
+                raise LayersCfgError(f"block size {bad[0]} is too big: this model has {n_layers} layers, "
+                                     f"so sizes go up to {n_layers - 1}")
+            return sorted(set(self.sizes))
+        if self.budget == "smoke":
+            return [max(1, min(n_layers - 1, n_layers // 3))]
+        if self.budget == "quick":
+            return [n for n in QUICK_SIZES if n <= n_layers - 1]
+        return list(range(1, n_layers))
+
+    def single_layers(self, n_layers: int) -> list[int]:
+        """Layers removed one at a time: every layer (smoke: the first and the last)."""
+        return sorted({0, n_layers - 1}) if self.budget == "smoke" else list(range(n_layers))
+
+    def block_strategies(self) -> tuple[str, ...]:
+        """The strategies swept (smoke: only angular, deepest and random, to stay seconds long)."""
+        if self.budget == "smoke":
+            return tuple(s for s in self.strategies if s in ("angular", "deepest", "random"))
+        return tuple(self.strategies)
+
+    def eval_cfg(self) -> EvalCfg:
+        tasks = self.tasks or {"smoke": ("ppl",), "quick": ("ppl", "facts"),
+                               "full": ("ppl", "facts", "arith")}[self.budget]
+        extra = tuple(t for t, p in (("mmlu", self.mmlu_path), ("boolq", self.boolq_path)) if p and t not in tasks)
+        budget = self.eval_budget or {"smoke": "ppl=256", "quick": "ppl=1024,facts=40",
+                                      "full": "quick"}[self.budget]
+        return EvalCfg(tasks=(*tasks, *extra), budget=budget, seed=self.seed, mmlu_path=self.mmlu_path,
+                       boolq_path=self.boolq_path)
+
+    def heal_cfg(self) -> HealCfg:
+        ecfg = self.eval_cfg()
+        return HealCfg(steps=self.heal_steps, rank=self.heal_rank, lr=self.heal_lr, batch=self.heal_batch,
+                       seed=self.seed, corpus=ecfg.corpus, window=ecfg.window,
+                       holdout_tokens=ecfg.count("ppl") or 1, holdout_seed=ecfg.seed)
+
+    def identity(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.compare}
