@@ -138,7 +138,50 @@ def write_weights(con) -> int:
     return run_id
 
 
-WRITERS = {"layers": write_layers, "weights": write_weights, "heads": write_heads}
+def write_safety(con) -> int:
+    """Probes peak at layer 2; ablation cuts toxicity; actadd at two alphas."""
+    from store import safety as ss
+
+    run_id = new_run(con, "safety")
+    acc = {0: 0.6, 1: 0.8, 2: 0.95, 3: 0.9}
+    probes = [dict(problem=pb, hook="resid_post", layer=l, position="last", setting=st, metric=m,
+                   mean=(0.5 if st == "shuffled" else acc[l] - (0.1 if pb == "toxic_vs_neutral" else 0)),
+                   std=0.02, n=40, folds=5)
+              for pb in ("harmful_vs_neutral", "toxic_vs_neutral") for l in range(L)
+              for st in ("cv", "shuffled") for m in ("accuracy", "roc_auc")]
+    probes.append(dict(problem="harmful_vs_neutral", hook="resid_post", layer=2, position="mean", setting="cv",
+                       metric="accuracy", mean=0.99, std=0.0, n=40, folds=5))  # another position: not charted
+    layers = [dict(concept="harmful", hook="resid_post", layer=l, position="last", metric=m, value=v)
+              for l in range(L) for m, v in (("cosine_dm_probe", 0.2 * l), ("projection_auc", acc[l]))]
+    cands = [dict(concept="harmful", hook="resid_post", layer=l, position="last", separability=acc[l],
+                  projection_d=1.0, base_refusal_rate=0.2, refusal_rate=0.1, refusal_drop=0.1 * l,
+                  base_refusal_logprob=-2.0, refusal_logprob=-3.0, refusal_logprob_drop=1.0, kl=0.01 * l,
+                  kl_stderr=0.001, n_refusal=8, n_kl=8, seconds=1.0) for l in range(L)]
+    sel = [dict(criterion="chosen", concept="harmful", hook="resid_post", layer=2, position="last",
+                metric="refusal_drop", value=0.2, separability=0.95, refusal_drop=0.2, kl=0.02,
+                reason="largest refusal drop under the KL cap", rule="max refusal_drop s.t. kl <= 0.1")]
+    ss.replace_rows(con, run_id, {"safety_probes": pd.DataFrame(probes), "safety_layers": pd.DataFrame(layers),
+                                  "safety_candidates": pd.DataFrame(cands), "safety_selection": pd.DataFrame(sel)})
+    metrics = {"base": (0.40, 0.10, 10.0), "ablate[harmful@resid_post2/last]": (0.10, 0.00, 10.5),
+               "orth[harmful@resid_post2/last]": (0.12, 0.00, 10.6),
+               "actadd[harmful@resid_post2/last -1]": (0.20, 0.05, 11.0),
+               "actadd[harmful@resid_post2/last +1]": (0.60, 0.30, 12.0)}
+    kinds = {"base": {"kind": "base"}, "ablate": {"kind": "direction_ablation"},
+             "orth": {"kind": "direction_orthogonalized"}}
+    rows = []
+    for point, (tox, refusal, ppl) in metrics.items():
+        spec = kinds.get(point.split("[")[0]) or {"kind": "activation_addition",
+                                                   "alpha": float(point.split()[-1].rstrip("]"))}
+        for (task, metric), v in {("toxicity", "toxicity"): tox, ("refusal", "refusal_rate"): refusal,
+                                  ("ppl", "perplexity"): ppl}.items():
+            rows.append(dict(run_id=run_id, study="safety", point=point, intervention=json.dumps(spec), task=task,
+                             metric=metric, value=v, stderr=0.01, n=24, chance=None, dataset="{}", seconds=1.0))
+    write_evals(con, rows)
+    finish_run(con, run_id)
+    return run_id
+
+
+WRITERS = {"layers": write_layers, "weights": write_weights, "heads": write_heads, "safety": write_safety}
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +220,19 @@ def test_every_chart_is_what_its_sql_returns(full_store, pages):
                     pd.testing.assert_frame_equal(again.reset_index(drop=True), shown.reset_index(drop=True))
                     n += 1
     assert n >= 3 * len(WRITERS)
+
+
+def test_shown_commands_survive_the_shell(pages):
+    """The `invoke sql "..."` line under each chart reaches invoke unchanged through bash."""
+    import subprocess
+
+    from reports.html import sql_command
+
+    sqls = [b.sql for p in pages[0].values() for s in p.sections for b in s.blocks if hasattr(b, "sql")]
+    cmds = [sql_command(sql, "s.duckdb") for sql in sqls]
+    script = "\n".join("printf '%s\\0' " + c.split(" ", 4)[4] for c in cmds)  # the quoted SQL argument
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.split("\0")[:-1] == [" ".join(sql.split()) for sql in sqls]
 
 
 def blocks_by_title(page) -> dict:
@@ -270,3 +326,32 @@ def test_weights_findings(full_store):
     found = headline_findings(full_store[0])
     assert "weights: at 50% of all weights pruned, perplexity is wanda oneshot / row 15.00, magnitude / row 30.00 " \
            "(unpruned 10.00)." in found, found
+
+
+def test_safety_page(pages):
+    blocks = blocks_by_title(pages[0]["safety"])
+    probes = chart_data(blocks["Linear probes by layer"])
+    assert len(probes) == 2 * L * 2 * 2  # problems x layers x settings x metrics, one position only
+    assert set(probes["setting"]) == {"cv", "shuffled"}
+    best = blocks["Best layer per problem"].df.set_index("problem")
+    assert best.loc["harmful_vs_neutral", "layer"] == 2 and best.loc["harmful_vs_neutral", "shuffled_accuracy"] == 0.5
+    edits = chart_data(blocks["Toxicity, refusal and capability before and after each edit"])
+    assert len(edits) == 5 * 3 and set(edits["kind"]) == {"base", "direction_ablation", "direction_orthogonalized",
+                                                           "activation_addition"}
+    tox = edits.query("panel == 'toxicity / toxicity'").set_index("edit")
+    assert tox.loc["ablate[harmful@resid_post2/last]", "delta"] == pytest.approx(-0.3)
+    alpha = chart_data(blocks["Activation addition: sweeping alpha"])
+    assert sorted(alpha["alpha"].unique()) == [-1.0, 1.0]
+    spec = blocks["Toxicity, refusal and capability before and after each edit"].chart.to_dict()
+    assert "xOffset" not in spec["spec"]["layer"][0]["encoding"]  # one bar per edit, coloured by kind
+    cands = chart_data(blocks["Candidate directions"])
+    assert set(cands["criterion"]) == {"separability", "refusal_drop", "refusal_logprob_drop", "kl"}
+    assert len(chart_data(blocks["Direction metrics by layer"])) == 2 * L
+
+
+def test_safety_findings(full_store):
+    found = headline_findings(full_store[0])
+    assert "safety: harmful vs neutral separates best at layer 2 (CV accuracy 0.950, ROC-AUC 0.950; " \
+           "shuffled-label control 0.500)." in found, found
+    assert any(f.startswith("safety: ablate[harmful@resid_post2/last] changes ppl perplexity 10 -> 10.5, "
+                            "refusal refusal_rate 0.1 -> 0, toxicity toxicity 0.4 -> 0.1") for f in found), found
