@@ -44,16 +44,14 @@ def subset(items: list, n: int | None, seed: int) -> list:
 
 
 def load_items(task: str, cfg: EvalCfg) -> tuple[list[MCItem], str]:
-    from interp import hfdata
+    from interp.evals.data import load_hf
 
     if task == "facts":
         return capitals(), "interp/data/capitals.jsonl"
-    path = getattr(cfg, f"{task}_path")
     n = cfg.count(task)
     # Read a bounded prefix from disk/hub, then take the seeded subset from it.
-    raw = hfdata.LOADERS[task](path, limit=None if n is None else max(n * 10, 1000))
-    items = [mmlu_context(i) if task == "mmlu" else boolq_context(i) for i in raw]
-    return items, path or f"hub {hfdata.HUB[task][0]}"
+    raw, source = load_hf(task, getattr(cfg, f"{task}_path"), None if n is None else max(n * 10, 1000))
+    return [mmlu_context(i) if task == "mmlu" else boolq_context(i) for i in raw], source
 
 
 def encode_items(tokenizer, items: list[MCItem], max_len: int):

@@ -127,7 +127,11 @@ class EvalCfg:
         for name in ("wikitext2_path", "c4_path", "mmlu_path", "boolq_path", "gsm8k_path"):
             value = getattr(self, name)
             if value is not None:
-                object.__setattr__(self, name, str(Path(value).expanduser()))
+                path = Path(value).expanduser()
+                if not path.exists():
+                    raise EvalError(f"{name.replace('_', ' ')} '{value}' does not exist: give a local file or "
+                                    f"folder in the Hugging Face format, or leave it out to use the hub")
+                object.__setattr__(self, name, str(path))
         base = BUDGETS[self.budget] if isinstance(self.budget, str) else {**BUDGETS["quick"], **dict(self.budget)}
         object.__setattr__(self, "counts", tuple((t, base[t]) for t in TASKS))
 

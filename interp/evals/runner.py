@@ -46,10 +46,10 @@ def _load(loaded, cfg: EvalCfg, task: str):
             raise EvalError(f"dataset for task '{task}' is empty")
         return choice.subset(items, n, seed), {"name": task, "source": source, "seed": seed}
     if task == "gsm8k":
-        from interp import hfdata
+        from interp.evals.data import load_hf
 
-        items = hfdata.gsm8k(cfg.gsm8k_path, limit=None if n is None else max(n * 10, 1000))
-        return choice.subset(items, n, seed), cfg.gsm8k_path or f"hub {hfdata.HUB['gsm8k'][0]}"
+        items, source = load_hf("gsm8k", cfg.gsm8k_path, None if n is None else max(n * 10, 1000))
+        return choice.subset(items, n, seed), source
     if task == "toxicity":
         from interp.prompts import load_prompts
 

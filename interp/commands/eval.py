@@ -1,0 +1,48 @@
+"""`invoke eval`: evaluate a model (no intervention) and store the scores in ``evals``."""
+
+from __future__ import annotations
+
+from invoke import task
+
+from interp.cli import opt_bool, opt_int, print_table, user_errors
+from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
+
+
+@task(name="eval", help=helps(
+    "dtype", "device", "device_map", "revision",
+    tasks="comma-separated: ppl, facts, arith, mmlu, boolq, gsm8k, toxicity, refusal, kl",
+    budget="smoke (seconds), quick (default; ppl+facts+arith in about 30 s on 2 CPU cores), full, "
+           "or per-task counts like ppl=4096,facts=40",
+    seed="seed for sampled windows, items and prompts",
+    corpus="perplexity corpus: book (offline, default), wikitext2 or c4",
+    window="perplexity window in tokens (default min(256, model context))",
+    chat="chat template for generation tasks and KL: true/false (default: when the model has one)",
+    wikitext2_path="local WikiText-2 file/folder (hub format)",
+    c4_path="local C4 file/folder", mmlu_path="local MMLU file/folder", boolq_path="local BoolQ file/folder",
+    gsm8k_path="local GSM8K file/folder",
+    toxicity_scorer="profanity-check (offline, default) or detoxify (needs network)",
+    format="table (default), csv or json",
+))
+@user_errors
+def eval_(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, tasks="ppl,facts,arith", budget="quick", seed=0,
+          corpus="book", window=None, chat=None, wikitext2_path=None, c4_path=None, mmlu_path=None,
+          boolq_path=None, gsm8k_path=None, toxicity_scorer="profanity-check", dtype="float32", device="cpu",
+          device_map=None, revision=None, format="table"):
+    """Evaluate the model as loaded (the base point of an 'eval' run): perplexity, task accuracy,
+    toxicity, refusal; prints the scores and stores them (re-running the same command reuses them)."""
+    from interp.evals import EvalCfg
+    from interp.models import ModelCfg, load_model
+    from interp.sweep import run_sweep
+    from store import Store
+    from store.evals import read_evals
+
+    cfg = EvalCfg(tasks=tasks, budget=budget, seed=int(seed), corpus=corpus, window=opt_int(window),
+                  chat=opt_bool(chat), wikitext2_path=wikitext2_path, c4_path=c4_path, mmlu_path=mmlu_path,
+                  boolq_path=boolq_path, gsm8k_path=gsm8k_path, toxicity_scorer=toxicity_scorer)
+    loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
+    st = Store(store)
+    run_id = run_sweep(loaded, st, study="eval", config={"study": "eval"}, points=[], eval_cfg=cfg)
+    with st.connect(read_only=True) as con:
+        df = read_evals(con, run_id)
+    print_table(df.drop(columns=["point"]), title=f"eval run {run_id}: {loaded.name}", fmt=format)
+    print(f"run {run_id}: {len(df)} scores stored in {st.path}")
