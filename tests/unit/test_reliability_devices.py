@@ -20,13 +20,11 @@ TEXTS = ["the cat sat on the mat", "hi", "a longer prompt about gardens and rive
 HOOKS = "resid_pre:0,resid_post,attn_out:2,mlp_out:1,z:3"
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    from conftest import byte_tokenizer, tiny_llama
-
-    d = tmp_path_factory.mktemp("models") / "tiny"
-    tiny_llama().save_pretrained(d)
-    byte_tokenizer().save_pretrained(d)
+@pytest.fixture
+def saved(tiny, tmp_path):
+    d = tmp_path / "models" / "tiny"
+    tiny.model.save_pretrained(d)
+    tiny.tokenizer.save_pretrained(d)
     prompts = d.parent / "p.jsonl"
     prompts.write_text("\n".join(json.dumps({"id": f"q{i}", "text": t}) for i, t in enumerate(TEXTS)))
     return d, str(prompts)
