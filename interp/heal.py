@@ -12,6 +12,7 @@ import contextlib
 import random
 import time
 import warnings
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -70,8 +71,25 @@ class HealCfg:
                        window=self.window, **paths)
 
 
+_windows: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+
+
 def training_windows(loaded, cfg: HealCfg) -> tuple[list[tuple[int, ...]], dict]:
-    """Every corpus window of the evaluation's grid that the evaluation does not score."""
+    """Every corpus window of the evaluation's grid that the evaluation does not score
+    (cached per tokenizer, so a sweep with many healed points tokenises the corpus once)."""
+    from interp.batching import context_length
+
+    key = (cfg.eval_cfg(), context_length(loaded.model))
+    try:
+        per_tok = _windows.setdefault(loaded.tokenizer, {})
+    except TypeError:
+        per_tok = {}
+    if key not in per_tok:
+        per_tok[key] = _training_windows(loaded, cfg)
+    return per_tok[key]
+
+
+def _training_windows(loaded, cfg: HealCfg) -> tuple[list[tuple[int, ...]], dict]:
     from interp.evals import ppl
 
     ecfg = cfg.eval_cfg()
