@@ -45,9 +45,20 @@ def to_json(spec: Intervention) -> str:
     return canonical_json(describe(spec))
 
 
+def _import_kinds() -> None:
+    """Import every module of this package so all kinds are registered (for from_json)."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
 def from_json(text: str | dict) -> Intervention:
     data = json.loads(text) if isinstance(text, str) else dict(text)
     kind = data.pop("kind")
+    if kind not in REGISTRY:
+        _import_kinds()
     if kind not in REGISTRY:
         raise ValueError(f"unknown intervention kind '{kind}': known kinds are {', '.join(sorted(REGISTRY))}")
     return REGISTRY[kind].from_dict(data) if hasattr(REGISTRY[kind], "from_dict") else REGISTRY[kind](**data)
