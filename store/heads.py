@@ -96,7 +96,7 @@ def save_checkpoint(con: duckdb.DuckDBPyConnection, run_id: int, top_k: int, ste
         if not steps.empty:
             con.execute("DELETE FROM heads_router_steps WHERE run_id = ? AND top_k = ? AND step >= ?",
                         [run_id, top_k, int(steps["step"].min())])
-            df = steps.assign(run_id=run_id, top_k=top_k)
+            df = steps.assign(run_id=run_id, top_k=top_k)  # noqa: F841 (read by DuckDB's replacement scan)
             con.execute("INSERT INTO heads_router_steps (run_id, top_k, step, lm_loss, lb_loss, loss, seconds) "
                         "SELECT run_id, top_k, step, lm_loss, lb_loss, loss, seconds FROM df")
         con.execute("INSERT OR REPLACE INTO heads_router_ckpt VALUES (?, ?, ?, ?)", [run_id, top_k, step, state])

@@ -10,19 +10,20 @@ METHODS = ("gradient", "zero", "mean", "random")
 
 BUDGETS: dict[str, dict] = {
     # CLI tests: seconds of work, numbers meaningless (ablation of the two deepest layers only).
-    "smoke": dict(text_seqs=2, seq_len=16, task_items=2, ablation_layers=2, methods=("gradient", "random"),
-                  random_seeds=1, prune_fracs=(), router_keep=(0.5,), router_steps=2, router_batch=1,
-                  train_seqs=2, heldout_seqs=1, eval_tasks=("ppl", "facts"), eval_budget="smoke"),
+    "smoke": {"text_seqs": 2, "seq_len": 16, "task_items": 2, "ablation_layers": 2,
+              "methods": ("gradient", "random"), "random_seeds": 1, "prune_fracs": (), "router_keep": (0.5,),
+              "router_steps": 2, "router_batch": 1, "train_seqs": 2, "heldout_seqs": 1,
+              "eval_tasks": ("ppl", "facts"), "eval_budget": "smoke"},
     # Under 10 minutes on 2 unloaded CPU cores.
-    "quick": dict(text_seqs=4, seq_len=48, task_items=16, ablation_layers=0, methods=METHODS,
-                  random_seeds=1, prune_fracs=(), router_keep=(0.5, 0.75), router_steps=30, router_batch=4,
-                  train_seqs=120, heldout_seqs=8, eval_tasks=("ppl", "facts"),
-                  eval_budget={"ppl": 1024, "facts": 40}),
+    "quick": {"text_seqs": 4, "seq_len": 48, "task_items": 16, "ablation_layers": 0, "methods": METHODS,
+              "random_seeds": 1, "prune_fracs": (), "router_keep": (0.5, 0.75), "router_steps": 30,
+              "router_batch": 4, "train_seqs": 120, "heldout_seqs": 8, "eval_tasks": ("ppl", "facts"),
+              "eval_budget": {"ppl": 1024, "facts": 40}},
     # Reportable numbers (hours on a CPU).
-    "full": dict(text_seqs=16, seq_len=128, task_items=None, ablation_layers=0, methods=METHODS,
-                 random_seeds=3, prune_fracs=(0.1, 0.25, 0.5, 0.75), router_keep=(0.5, 0.75), router_steps=200,
-                 router_batch=4, train_seqs=320, heldout_seqs=32, eval_tasks=("ppl", "facts", "arith"),
-                 eval_budget="full"),
+    "full": {"text_seqs": 16, "seq_len": 128, "task_items": None, "ablation_layers": 0, "methods": METHODS,
+             "random_seeds": 3, "prune_fracs": (0.1, 0.25, 0.5, 0.75), "router_keep": (0.5, 0.75),
+             "router_steps": 200, "router_batch": 4, "train_seqs": 320, "heldout_seqs": 32,
+             "eval_tasks": ("ppl", "facts", "arith"), "eval_budget": "full"},
 }
 """Named budgets; any field can be overridden in HeadsCfg."""
 

@@ -51,7 +51,7 @@ class HeadMask:
         object.__setattr__(self, "heads", _norm_heads(self.heads))
 
     @classmethod
-    def from_dict(cls, data: dict) -> "HeadMask":
+    def from_dict(cls, data: dict) -> HeadMask:
         return cls(heads=tuple(tuple(h) for h in data.get("heads", ())), name=data.get("name", ""))
 
     def by_layer(self) -> dict[int, list[int]]:

@@ -25,7 +25,15 @@ from interp.evals.choice import capitals, subset
 from interp.heads import importance as imp
 from interp.heads.config import HeadsCfg
 from interp.heads.router import HeadRouter, RouterError, routed, save_router
-from interp.heads.text import Scored, answer_batch, batches, corpus_ids, held_out_chunks, lm_batch, split
+from interp.heads.text import (
+    Scored,
+    answer_batch,
+    batches,
+    corpus_ids,
+    held_out_chunks,
+    lm_batch,
+    split,
+)
 from interp.heads.train import RouterCfg, mean_nll, train_router, usage
 from interp.interventions.heads import HeadMask, HeadRouting, router_dir
 from interp.models import Loaded
@@ -58,14 +66,19 @@ def prepare(loaded: Loaded, cfg: HeadsCfg) -> Data:
     contexts = [tok(it.question)["input_ids"] for it in items]
     answers = [tok(" " + it.choices[it.answer], add_special_tokens=False)["input_ids"] for it in items]
     pairs = list(zip(contexts, answers))
-    lm = lambda seqs: lm_batch(seqs, pad_id)  # noqa: E731
-    task = lambda p: answer_batch([c for c, _ in p], [a for _, a in p], pad_id)  # noqa: E731
+
+    def lm(seqs):
+        return lm_batch(seqs, pad_id)
+
+    def task(chunk):
+        return answer_batch([c for c, _ in chunk], [a for _, a in chunk], pad_id)
+
     return Data(batches(lm, parts["text"], cfg.batch_size), batches(task, pairs, 4 * cfg.batch_size),
                 parts["train"], batches(lm, parts["heldout"], cfg.batch_size), len(exclude))
 
 
 def _grid(values: np.ndarray, stderr: np.ndarray, metric: str, n: int, dataset: str, layers: range) -> pd.DataFrame:
-    L, H = values.shape
+    H = values.shape[1]
     rows = [{"metric": metric, "layer": l, "head": h, "value": float(values[l, h]),
              "stderr": None if not np.isfinite(stderr[l, h]) else float(stderr[l, h]), "n": n, "dataset": dataset}
             for l in layers for h in range(H)]

@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def invoke(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, capture_output=True, text=True, check=False,
                           env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
 

@@ -5,8 +5,16 @@ import pytest
 import torch
 
 from interp.heads.gating import LayerGate, Suffix, head_gates
-from interp.heads.importance import (MODES, ablation_importance, final_hidden, gradient_importance, head_means,
-                                     normalise_global, normalise_layers, row_metrics)
+from interp.heads.importance import (
+    MODES,
+    ablation_importance,
+    final_hidden,
+    gradient_importance,
+    head_means,
+    normalise_global,
+    normalise_layers,
+    row_metrics,
+)
 from interp.heads.text import IGNORE, answer_batch, held_out_chunks, lm_batch, split
 from interp.hooks import hooked
 from interp.models import wrap

@@ -84,9 +84,8 @@ def test_mask_equals_zeroed_output_projection_slice(fixture, request):
 def test_mask_restores_on_error(tiny):
     batch = _batch()
     base = _logits(tiny, batch)
-    with pytest.raises(RuntimeError, match="boom"):
-        with HeadMask(((0, 0),)).apply(tiny):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), HeadMask(((0, 0),)).apply(tiny):
+        raise RuntimeError("boom")
     assert torch.equal(_logits(tiny, batch), base)
 
 
@@ -97,9 +96,8 @@ def test_head_mask_value_semantics(tiny):
     back = from_json(to_json(a))
     assert back == a and isinstance(back.heads[0], tuple)
     assert hash(back) == hash(a)
-    with pytest.raises(HeadSpecError, match="does not exist"):
-        with HeadMask(((4, 0),)).apply(tiny):
-            pass
+    with pytest.raises(HeadSpecError, match="does not exist"), HeadMask(((4, 0),)).apply(tiny):
+        pass
     with pytest.raises(HeadSpecError, match="negative"):
         HeadMask(((0, -1),))
     with pytest.raises(HeadSpecError, match="pair"):
@@ -107,9 +105,7 @@ def test_head_mask_value_semantics(tiny):
 
 
 def test_gates_validate_shapes(tiny):
-    with pytest.raises(ValueError, match="out of range"):
-        with head_gates(tiny, {9: LayerGate(torch.ones(4))}):
-            pass
-    with pytest.raises(ValueError, match="heads"):
-        with head_gates(tiny, {0: LayerGate(torch.ones(3))}):
-            pass
+    with pytest.raises(ValueError, match="out of range"), head_gates(tiny, {9: LayerGate(torch.ones(4))}):
+        pass
+    with pytest.raises(ValueError, match="heads"), head_gates(tiny, {0: LayerGate(torch.ones(3))}):
+        pass

@@ -4,7 +4,15 @@ import pandas as pd
 import pytest
 import torch
 
-from interp.heads.router import HeadRouter, RouterError, load_balance, load_router, route, routed, save_router
+from interp.heads.router import (
+    HeadRouter,
+    RouterError,
+    load_balance,
+    load_router,
+    route,
+    routed,
+    save_router,
+)
 from interp.heads.text import lm_batch
 from interp.heads.train import RouterCfg, schedule, train_router, usage
 from interp.interventions import from_json, to_json
@@ -157,13 +165,11 @@ def test_save_load_and_routing_intervention(tiny, tmp_path, monkeypatch):
     with spec.apply(tiny):
         assert torch.allclose(_logits(tiny, b), want)
     assert not torch.allclose(_logits(tiny, b), want)
-    with pytest.raises(RouterError, match="not found"):
-        with HeadRouting(router="0" * 16, top_k=2).apply(tiny):
-            pass
+    with pytest.raises(RouterError, match="not found"), HeadRouting(router="0" * 16, top_k=2).apply(tiny):
+        pass
     big = HeadRouter(tiny.n_layers + 1, tiny.d_model, tiny.n_heads)
-    with pytest.raises(RouterError, match="layers"):
-        with routed(tiny, big, 2):
-            pass
+    with pytest.raises(RouterError, match="layers"), routed(tiny, big, 2):
+        pass
     path.write_bytes(path.read_bytes())  # unchanged content still loads
     other = HeadRouter(tiny.n_layers, tiny.d_model, tiny.n_heads)
     from safetensors.torch import save_file

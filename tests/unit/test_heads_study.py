@@ -89,8 +89,8 @@ def test_store_round_trips_and_replaces(store):
         w, b = np.ones((3, 4, 6), np.float32), np.zeros((3, 4), np.float32)
         use = pd.DataFrame({"layer": [0], "head": [0], "frequency": [1.0], "mean_gate": [1.0], "mean_prob": [0.5],
                             "n_tokens": [10]})
-        summary = dict(steps=2, heldout_tokens=10, base_nll=1.0, router_nll=1.1, uniform_nll=1.5, static_nll=1.2,
-                       router_lb=1.0)
+        summary = {"steps": 2, "heldout_tokens": 10, "base_nll": 1.0, "router_nll": 1.1, "uniform_nll": 1.5, "static_nll": 1.2,
+                       "router_lb": 1.0}
         for _ in range(2):
             db.write_router(con, 7, 2, "abc", w, b, use, summary)
         assert db.router_digest(con, 7, 2) == "abc" and len(db.read_router_summary(con, 7)) == 1
