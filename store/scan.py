@@ -1,0 +1,70 @@
+"""Streaming reads: one commit's worth of vectors at a time, so an analysis scales past memory.
+
+Every commit of a cache run writes one part of every (hook, layer) with the same prompts in
+the same order, so part ``k`` of all sites lines up row for row. ``iter_parts`` yields them
+one part at a time: memory is bounded by the writer's flush size, not by the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from store import remote
+from store.db import Store, StoreError
+
+
+def _read(store: Store, rel: str, reduce: str):
+    url = store.shard_url(rel)
+    cols = ["prompt_id", "reduce", "vec"]
+    try:
+        table = remote.read_table(url, cols) if store.is_remote else pq.read_table(url, columns=cols,
+                                                                                   use_threads=False)
+    except FileNotFoundError:
+        raise StoreError(f"shard {url} is listed in the store but missing: run `invoke check`") from None
+    return table.filter(pc.equal(table.column("reduce"), reduce))
+
+
+def iter_parts(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, sites: list[tuple[str, int]],
+               reduce: str = "last") -> Iterator[tuple[list[str], np.ndarray]]:
+    """Per committed part: (prompt_ids, X) with X (len(sites), n, d) float32, sites in the given order.
+
+    ``sites`` are (hook, layer) pairs stored by the run with one vector per prompt (``last``
+    or ``mean``; not per-head ``z``).
+    """
+    if reduce not in ("last", "mean"):
+        raise StoreError(f"iter_parts streams one vector per prompt ('last' or 'mean'), not '{reduce}'")
+    con.register("wanted_sites", pd.DataFrame({"hook": [s[0] for s in sites], "layer": [s[1] for s in sites]}))
+    try:
+        rows = con.execute(
+            "SELECT s.part, s.hook, s.layer, s.path FROM shards s JOIN wanted_sites w USING (hook, layer) "
+            "WHERE s.run_id = ? ORDER BY s.part", [run_id]).fetchall()
+    finally:
+        con.unregister("wanted_sites")
+    by_part: dict[int, dict[tuple[str, int], str]] = {}
+    for part, hook, layer, path in rows:
+        by_part.setdefault(part, {})[(hook, layer)] = path
+    if not by_part:
+        raise StoreError(f"run {run_id} has none of the sites {sites[:3]}...: capture them first")
+    for part in sorted(by_part):
+        paths = by_part[part]
+        missing = [s for s in sites if s not in paths]
+        if missing:
+            raise StoreError(f"run {run_id} part {part} lacks {missing[:3]}: the sites were not captured together")
+        ids, blocks = None, []
+        for site in sites:
+            table = _read(store, paths[site], reduce)
+            got = table.column("prompt_id").to_pylist()
+            if ids is None:
+                ids = got
+            elif got != ids:
+                raise StoreError(f"run {run_id} part {part}: {site} holds other prompts than {sites[0]}")
+            col = table.column("vec").combine_chunks()
+            blocks.append(col.flatten().to_numpy().reshape(len(col), -1))
+        if ids:
+            yield ids, np.stack(blocks)
