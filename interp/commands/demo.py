@@ -39,7 +39,21 @@ class Study:
 STUDIES = (
     Study("heads", "head importance (ablation, gradient), head pruning, Mixture-of-Head routers",
           "interp.heads.config:HeadsCfg", "interp.studies.heads:run_heads"),
+    Study("safety", "probes per layer, harmful directions, ablation / orthogonalisation / activation addition",
+          "interp.studies.safety:SafetyCfg", "interp.studies.safety:run_safety"),
 )
+
+
+def pick(names: str | None) -> list[Study]:
+    """The studies named (comma-separated), in the demo's order; all when None."""
+    if names in (None, "", "all"):
+        return list(STUDIES)
+    known = {s.name: s for s in STUDIES}
+    wanted = [n.strip() for n in str(names).split(",") if n.strip()]
+    for n in wanted:
+        if n not in known:
+            raise ValueError(f"unknown study '{n}': use some of {', '.join(known)}")
+    return [s for s in STUDIES if s.name in wanted]
 
 
 def _step(i: int, n: int, text: str) -> float:
@@ -57,9 +71,10 @@ def _done(t0: float, text: str = "done") -> None:
     budget="smoke (seconds per study, for tests), quick (default) or full; --full is --budget full",
     out="directory for the HTML report (default ./report)",
     seed="seed passed to every study",
+    studies="comma-separated subset of the studies to run (default: all of " + ", ".join(s.name for s in STUDIES) + ")",
 ))
 @user_errors
-def demo(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, full=False, budget=None, out="report", seed=0,
+def demo(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, full=False, budget=None, out="report", seed=0, studies=None,
          dtype="float32", device="cpu", device_map=None, revision=None):
     """Run every study in quick mode (--full: complete sweeps), render the report, print headline findings."""
     budget = budget or ("full" if full else "quick")
@@ -67,7 +82,7 @@ def demo(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, full=False, budget=None, o
         raise ValueError(f"unknown budget '{budget}': use smoke, quick or full")
     if full and budget != "full":
         raise ValueError(f"--full and --budget {budget} disagree: pass one of them")
-    studies = [(s, *s.load()) for s in STUDIES]  # fail on a broken study before loading the model
+    studies = [(s, *s.load()) for s in pick(studies)]  # fail on a broken study before loading the model
     configs = [(s, cls(budget=budget, seed=int(seed)), fn) for s, cls, fn in studies]
     from interp.models import ModelCfg, load_model
     from reports.build import build_report, headline_findings

@@ -7,7 +7,6 @@ Skipped only when no Chromium/Chrome binary exists (Debian: apt-get install chro
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -28,22 +27,13 @@ def shots_dir(tmp_path: Path) -> Path:
 
 
 def build_store(path: Path) -> None:
-    """A store with two studies' sweeps (evaluations with a base point)."""
+    """Every study's tables with fixed numbers (the page tests' store): every chart kind the report has."""
     from store import Store
-    from store.evals import write_evals
-    from store.runs import finish_run, start_run
+    from tests.unit.test_reports_pages import WRITERS
 
-    model = {"model": "m", "revision": "r", "dtype": "float32", "device": "cpu", "n_layers": 4, "d_model": 8}
     with Store(path).connect() as con:
-        for study in ("layers", "weights"):
-            run = start_run(con, kind=study, model=model, backend=None, config='{"study": "%s"}' % study,
-                            config_hash=study, code_version="test")
-            rows = [dict(run_id=run.run_id, study=study, point=p, intervention=json.dumps({"kind": p}), task=t,
-                         metric=m, value=v, stderr=0.01, n=10, chance=None, dataset="{}", seconds=0.1)
-                    for p, v in (("base", 1.0), ("a", 1.5), ("b", 2.0))
-                    for t, m in (("ppl", "perplexity"), ("facts", "accuracy"))]
-            write_evals(con, rows)
-            finish_run(con, run.run_id)
+        for write in WRITERS.values():
+            write(con)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +58,8 @@ def test_every_page_renders_without_errors(report, tmp_path):
             assert chart["svg"] and chart["marks"] > 0, f"{c.path.name} {chart['id']} drew nothing: {chart}"
         assert c.screenshot.stat().st_size > 10_000  # a real picture, not a blank page
         print(f"screenshot: {c.screenshot}")
-    assert sum(len(c.charts) for c in checks) >= len(report.studies)
+    assert report.studies == ("layers", "weights", "heads", "safety") and not report.missing
+    assert sum(len(c.charts) for c in checks) >= 20
 
 
 def test_checker_catches_broken_pages(tmp_path):

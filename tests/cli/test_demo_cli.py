@@ -1,0 +1,80 @@
+"""`invoke demo` end to end, as a user runs it, on a tiny random-init model saved to a directory.
+
+The embedded model makes every study take minutes even at the smoke budget on this CPU, so
+the test runs the demo's real path (model directory -> study -> store -> report -> findings)
+on a 4-layer model, one study, and then runs it again to check that nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def invoke(*args):
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from tests.conftest import byte_tokenizer, tiny_llama
+
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny_llama().save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.mark.integration
+def test_demo_runs_steps_then_report_and_findings_and_resumes(tiny_dir, tmp_path):
+    from reports.browser import find_browser
+    from store import Store
+    from store.sql import run_sql
+
+    store, out = tmp_path / "demo.duckdb", tmp_path / "site"
+    args = ("demo", "--model", str(tiny_dir), "--budget", "smoke", "--studies", "heads", "--store", str(store),
+            "--out", str(out))
+    r = invoke(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    steps = [l.strip() for l in r.stdout.splitlines() if l.startswith("[")]
+    assert [s.split("]")[0] + "]" for s in steps] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
+    assert steps[1].startswith("[2/4] heads (smoke)") and steps[2] == "[3/4] report"
+    assert f"report: {out / 'index.html'}" in r.stdout
+    findings = [l for l in r.stdout.splitlines() if l.startswith("  - ")]
+    assert any(f.startswith("  - heads: the most important head is layer") for f in findings), r.stdout
+    assert "(this store holds no run of: layers, weights, safety)" in r.stdout
+    runs = run_sql(Store(store), "SELECT run_id, kind, status FROM runs WHERE kind = 'heads'")
+    assert list(runs["status"]) == ["complete"]
+    n_runs = run_sql(Store(store), "SELECT count(*) AS n FROM runs")["n"].item()
+    n_evals = run_sql(Store(store), "SELECT count(*) AS n FROM evals")["n"].item()
+    base = run_sql(Store(store), "SELECT count(*) AS n FROM evals WHERE point = 'base'")["n"].item()
+    assert n_evals > base > 0
+    assert (out / "heads.html").exists() and "Missing studies" in (out / "index.html").read_text()
+
+    again = invoke(*args)  # everything is in the store: nothing is recomputed or duplicated
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"run {runs['run_id'].item()} complete" in again.stdout
+    assert run_sql(Store(store), "SELECT count(*) AS n FROM evals")["n"].item() == n_evals
+    assert run_sql(Store(store), "SELECT count(*) AS n FROM runs")["n"].item() == n_runs
+    assert "gradient importance" not in again.stderr  # no importance recomputed
+
+    if find_browser():  # the real pipeline's pages, as a user sees them
+        chk = invoke("report", "--store", str(store), "--out", str(out), "--check")
+        assert chk.returncode == 0, chk.stdout[-3000:] + chk.stderr[-2000:]
+        assert "FAIL" not in chk.stdout and "ok   heads.html" in chk.stdout
+
+
+def test_demo_rejects_bad_flags_before_loading_anything(tmp_path):
+    for args, msg in ((["--studies", "nope"], "unknown study 'nope'"), (["--budget", "huge"], "unknown budget"),
+                      (["--full", "--budget", "smoke"], "disagree")):
+        r = invoke("demo", *args, "--store", str(tmp_path / "s.duckdb"))
+        lines = [l for l in r.stderr.splitlines() if l.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and msg in lines[0], r.stderr
+    assert not (tmp_path / "s.duckdb").exists()
