@@ -95,6 +95,7 @@ def _store_heal_log(store: Store, run_id: int):
 
 def run_layers(loaded: Loaded, store: Store, cfg: LayersCfg, progress: bool = True) -> LayersResult:
     """The whole study into ``store``; returns the run ids (see the module docstring for the steps)."""
+    cfg.block_sizes(loaded.n_layers)  # refuse sizes the model cannot take before any work
     cache_run_id = capture(loaded, store, capture_cfg(loaded, cfg), progress=progress)
     tables = analyse(store, cache_run_id)
     plan = plan_points(loaded, cfg, tables)

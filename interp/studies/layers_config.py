@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from analyses.layer_blocks import STRATEGIES
 from interp.evals import EvalCfg
 from interp.heal import HealCfg
+from interp.prompts import check_prompt_specs
 
 BUDGETS = ("smoke", "quick", "full")
 QUICK_SIZES = (1, 2, 4, 8, 12, 16)
@@ -80,6 +81,7 @@ class LayersCfg:
             raise LayersCfgError("max_tokens must be at least 1")
         if self.batch_size < 1:
             raise LayersCfgError("batch size must be at least 1")
+        check_prompt_specs(self.prompts)
         self.eval_cfg()  # fail fast on bad tasks or evaluation budgets
         if self.heal_steps:
             self.heal_cfg()
