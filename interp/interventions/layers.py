@@ -180,6 +180,6 @@ class HealedDrop:
 
     @contextlib.contextmanager
     def apply(self, loaded) -> Iterator[None]:
-        with skip_layers(loaded, self.layers), healed(loaded, self.heal) as log:
+        with skip_layers(loaded, self.layers), healed(loaded, self.heal, progress=True) as log:
             HEAL_LOGS[self.label()] = log
             yield
