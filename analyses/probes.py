@@ -198,6 +198,7 @@ def best_layers(df: pd.DataFrame) -> pd.DataFrame:
         cross = [c for c in g.columns if c.startswith("cross:")]
         for m in METRICS:
             cols = [c for c in cross if c.endswith(f"_{m}")]
-            row[f"cross_source_{m}"] = float(np.nanmean(best[cols].astype(float))) if cols else np.nan
+            vals = best[cols].astype(float).dropna() if cols else pd.Series(dtype=float)
+            row[f"cross_source_{m}"] = float(vals.mean()) if len(vals) else np.nan
         out.append(row)
     return pd.DataFrame(out)

@@ -43,8 +43,13 @@ def safety(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None
     st = Store(store)
     run_id = run_safety(loaded, st, cfg)
     with st.connect(read_only=True) as con:
+        best = read_table(con, "safety_best_layers", run_id)
         sel = read_table(con, "safety_selection", run_id)
         out = outcome(con, run_id)
+    print_table(best[["problem", "hook", "position", "layer", "cv_accuracy", "cv_roc_auc", "shuffled_accuracy",
+                      "margin_accuracy", "held_out_accuracy", "cross_source_accuracy"]],
+                title=f"best-separating layer per probe problem (run {run_id}; margin = CV - shuffled labels)",
+                fmt=format)
     print_table(sel[["criterion", "hook", "layer", "position", "metric", "value", "kl", "reason"]],
                 title=f"direction selection (run {run_id})", fmt=format)
     print_table(out, title=f"safety run {run_id}: what each edit moved and what it cost (d_* vs base)", fmt=format)

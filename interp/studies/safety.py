@@ -34,18 +34,19 @@ PROMPT_SETS = "harmful,toxic,neutral,stereotypes"
 EVAL_TASKS = ("toxicity", "refusal", "ppl", "facts", "arith", "kl")
 BUDGETS: dict[str, dict] = {
     # CLI tests: seconds of work, numbers meaningless.
-    "smoke": dict(per_set=24, probe_hooks=("resid_pre",), probe_layers="0,8,16", folds=3, shuffles=1,
-                  candidate_layers="8,16", candidate_positions=("last",), alphas=(-1.0, 1.0), sel_gen_tokens=12,
-                  eval_budget="smoke"),
+    "smoke": dict(per_set=16, probe_hooks=("resid_pre",), probe_layers="0,8,16", folds=3, shuffles=1,
+                  candidate_layers="8,16", candidate_positions=("last",), alphas=(1.0,), sel_gen_tokens=12,
+                  eval_budget="smoke", toxic_ablation=False),
     # Under 10 minutes on 2 CPU cores.
     "quick": dict(per_set=64, probe_hooks=("resid_pre",), probe_layers="all", folds=5, shuffles=1,
                   candidate_layers="stride:4", candidate_positions=("last",), alphas=(-1.0, 1.0),
-                  sel_gen_tokens=24,
+                  sel_gen_tokens=24, toxic_ablation=True,
                   eval_budget={"ppl": 1024, "facts": 40, "arith": 30, "toxicity": 16, "refusal": 16, "kl": 16}),
     # Reportable numbers.
     "full": dict(per_set=400, probe_hooks=("resid_pre", "resid_post"), probe_layers="all", folds=5, shuffles=3,
                  candidate_layers="stride:2", candidate_positions=("last", "mean"),
-                 alphas=(-4.0, -2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 4.0), sel_gen_tokens=48, eval_budget="full"),
+                 alphas=(-4.0, -2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 4.0), sel_gen_tokens=48, eval_budget="full",
+                 toxic_ablation=True),
 }
 """Named budgets; any field can be overridden in SafetyCfg."""
 
@@ -89,6 +90,8 @@ class SafetyCfg:
     """Greedy tokens per reply when measuring refusal for selection."""
     eval_budget: str | dict | None = None
     """Evaluation budget (interp.evals): smoke, quick, full or per-task counts."""
+    toxic_ablation: bool | None = None
+    """Also evaluate ablating the toxic-minus-neutral direction at the chosen site."""
     seed: int = 0
     batch_size: int = 8
     """Prompts per forward pass when capturing (never changes results)."""
@@ -198,7 +201,7 @@ def run_safety(loaded: Loaded, store: Store, cfg: SafetyCfg, progress: bool = Tr
     if not have["safety_probes"]:
         with store.connect(read_only=False) as con:
             df = probe_analysis.run(con, store, cache_run, data, cfg.probe_cfg(), hooks, positions, layers, progress)
-            db.replace_rows(con, run_id, {"safety_probes": df})
+            db.replace_rows(con, run_id, {"safety_probes": df, "safety_best_layers": probe_analysis.best_layers(df)})
     if not have["safety_directions"]:
         with store.connect() as con:
             dirs, metrics = dir_analysis.run(con, store, cache_run, data, cfg.probe_cfg(), hooks, positions, layers,
@@ -283,6 +286,6 @@ def sweep_points(store: Store, run_id: int, cfg: SafetyCfg) -> list:
     name = f"harmful@{hook}{layer}/{position}"
     points = [DirectionalAblation(vec, name=name), OrthogonalizedWeights(vec, name=name)]
     points += [ActivationAddition(vec, layer=layer, alpha=a, scale=norm, hook=hook, name=name) for a in cfg.alphas]
-    if toxic is not None:
+    if toxic is not None and cfg.toxic_ablation:
         points.append(DirectionalAblation(toxic, name=f"toxic@{hook}{layer}/{position}"))
     return points

@@ -99,3 +99,24 @@ CREATE TABLE IF NOT EXISTS safety_selection (
     rule         VARCHAR NOT NULL,
     PRIMARY KEY (run_id, criterion)
 );
+
+-- The best-separating ("most harmful") layer per problem, hook and position, with its margins
+-- over the shuffled-label control and (harmful_vs_neutral) the cross-source scores.
+CREATE TABLE IF NOT EXISTS safety_best_layers (
+    run_id                INTEGER NOT NULL,
+    problem               VARCHAR NOT NULL,
+    hook                  VARCHAR NOT NULL,
+    position              VARCHAR NOT NULL,
+    layer                 INTEGER NOT NULL,
+    cv_accuracy           DOUBLE,
+    cv_roc_auc            DOUBLE,
+    shuffled_accuracy     DOUBLE,
+    shuffled_roc_auc      DOUBLE,
+    margin_accuracy       DOUBLE,
+    margin_roc_auc        DOUBLE,
+    held_out_accuracy     DOUBLE,
+    held_out_roc_auc      DOUBLE,
+    cross_source_accuracy DOUBLE,
+    cross_source_roc_auc  DOUBLE,
+    PRIMARY KEY (run_id, problem, hook, position)
+);

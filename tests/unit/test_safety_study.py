@@ -11,14 +11,14 @@ from interp.studies.safety import SafetyCfg, heldout_ids, parse_layers, run_safe
 pytestmark = pytest.mark.slow  # one whole study run on the tiny model (about 20 s on an idle machine)
 
 TINY = dict(budget="smoke", per_set=12, probe_layers="0,1,2", candidate_layers="1,2", folds=2, alphas=(-1.0, 2.0),
-            sel_gen_tokens=4, min_auc=0.0, eval_budget="smoke")
+            sel_gen_tokens=4, min_auc=0.0, eval_budget="smoke", toxic_ablation=True)
 
 
 @pytest.fixture(scope="module")
 def done(tmp_path_factory):
     """One study run on the tiny Llama, shared by the tests of this module (they only read it,
     except the resume test, which runs last and leaves it as it found it)."""
-    from conftest import byte_tokenizer, tiny_llama
+    from tests.conftest import byte_tokenizer, tiny_llama
     from interp.models import wrap
     from store import Store
 
@@ -36,6 +36,7 @@ def test_study_writes_every_table_and_evaluates_every_edit(done):
         prompts = read_table(con, "safety_prompts", run_id)
         splits = con.execute("SELECT split, count(*) FROM run_prompts WHERE split IS NOT NULL GROUP BY split").fetchall()
         probes = read_table(con, "safety_probes", run_id)
+        best = read_table(con, "safety_best_layers", run_id)
         dirs = read_table(con, "safety_directions", run_id)
         cands = read_table(con, "safety_candidates", run_id)
         sel = read_table(con, "safety_selection", run_id)
@@ -49,6 +50,8 @@ def test_study_writes_every_table_and_evaluates_every_edit(done):
     assert set(held) <= heldout_ids(cfg)  # evaluation prompts are never fitted
     assert set(probes["problem"]) == {"harmful_vs_neutral", "toxic_vs_neutral", "biased_vs_counterpart", "multiclass"}
     assert {"cv", "shuffled", "held_out"} <= set(probes["setting"]) and set(probes["layer"]) == {0, 1, 2}
+    assert len(best) == 4 * 2 and set(best["layer"]) <= {0, 1, 2}  # problems x positions
+    assert (best["margin_accuracy"] == best["cv_accuracy"] - best["shuffled_accuracy"]).all()
     assert set(dirs["kind"]) == {"diff_means", "probe"} and set(dirs["concept"]) == {"harmful", "toxic"}
     assert all(abs(np.linalg.norm(v) - 1) < 1e-9 for v in dirs["vec"]) and len(dirs["vec"][0]) == tiny.d_model
     assert sorted(cands["layer"]) == [1, 2] and set(cands["position"]) == {"last"}
