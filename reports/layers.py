@@ -116,6 +116,7 @@ def findings(con, run_id: int) -> list[str]:
         ok = cheap[cheap["rel_increase"] <= 0.25]
         if not ok.empty:
             r = ok.iloc[-1]
-            out.append(f"layers: dropping {int(r.n)} layers ({r.layers}, {r.strategy}) raises perplexity only "
-                       f"{100 * r.rel_increase:+.0f}% ({r.base_perplexity:.2f} -> {r.perplexity:.2f}).")
+            out.append(f"layers: the most layers that go for at most +25% perplexity: dropping {int(r.n)} "
+                       f"({r.layers}, {r.strategy} choice) changes it by {100 * r.rel_increase:+.1f}% "
+                       f"({r.base_perplexity:.2f} -> {r.perplexity:.2f}).")
     return out

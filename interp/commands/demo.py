@@ -37,6 +37,8 @@ class Study:
 
 
 STUDIES = (
+    Study("layers", "residual-stream cache, layer similarity and angular distance, layer-dropping sweeps",
+          "interp.studies.layers_config:LayersCfg", "interp.studies.layers:run_layers"),
     Study("heads", "head importance (ablation, gradient), head pruning, Mixture-of-Head routers",
           "interp.heads.config:HeadsCfg", "interp.studies.heads:run_heads"),
     Study("safety", "probes per layer, harmful directions, ablation / orthogonalisation / activation addition",
@@ -96,8 +98,8 @@ def demo(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, full=False, budget=None, o
     _done(t0, f"{loaded.name}: {loaded.n_layers} layers, d_model {loaded.d_model}, loaded")
     for i, (study, cfg, fn) in enumerate(configs, start=2):
         t0 = _step(i, n, f"{study.name} ({budget}): {study.what}")
-        run_id = fn(loaded, st, cfg)
-        _done(t0, f"run {run_id} complete")
+        result = fn(loaded, st, cfg)
+        _done(t0, f"run {getattr(result, 'run_id', result)} complete")
     t0 = _step(n - 1, n, "report")
     rep = build_report(st, out, store_arg=store)
     _done(t0, f"{len(rep.pages)} pages written")

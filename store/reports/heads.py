@@ -92,4 +92,4 @@ def top_heads_sql(run_id: int, limit: int = 10) -> str:
     return f"""SELECT layer, head, round(value, 4) AS delta_loss, round(stderr, 4) AS stderr
 FROM heads_importance
 WHERE run_id = {int(run_id)} AND method = 'zero' AND metric = 'delta_loss'
-ORDER BY value DESC LIMIT {int(limit)}"""
+ORDER BY value DESC, layer, head LIMIT {int(limit)}"""

@@ -102,5 +102,5 @@ def cheapest_blocks_sql(run_id: int) -> str:
        round(base_value, 3) AS base_perplexity, round(value / base_value - 1, 4) AS rel_increase
 FROM layer_drops
 WHERE run_id = {int(run_id)} AND metric = 'perplexity' AND heal_steps = 0 AND strategy <> 'single'
-QUALIFY row_number() OVER (PARTITION BY n ORDER BY value) = 1
+QUALIFY row_number() OVER (PARTITION BY n ORDER BY value, strategy, point) = 1
 ORDER BY n"""

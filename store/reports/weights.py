@@ -62,5 +62,5 @@ SELECT p.method, {RECIPE} AS recipe, p.target_rate, round(p.sparsity, 4) AS spar
 FROM evals e JOIN prune_points p ON p.run_id = e.run_id AND p.point = e.point
 WHERE e.run_id = {int(run_id)} AND e.metric = 'perplexity' AND p.modules = 'all'
   AND p.structure = 'unstructured' AND abs(p.target_rate - {float(rate)}) < 1e-9 AND p.method <> 'base'
-QUALIFY row_number() OVER (PARTITION BY p.method ORDER BY e.value) = 1
+QUALIFY row_number() OVER (PARTITION BY p.method ORDER BY e.value, p.point) = 1
 ORDER BY perplexity"""

@@ -301,7 +301,8 @@ def test_layers_findings(full_store):
     found = headline_findings(full_store[0])
     assert any(f.startswith("layers: layer 1 changes the residual stream least (angular distance 0.045")
                for f in found), found
-    assert any("dropping 2 layers ([1, 2]" in f and "+10%" in f for f in found), found
+    assert "layers: the most layers that go for at most +25% perplexity: dropping 2 ([1, 2], angular choice) " \
+           "changes it by +10.0% (10.00 -> 11.00)." in found, found
 
 
 def test_weights_page(pages):
