@@ -252,3 +252,53 @@ def test_score_fields_match_the_evals_table():
     fields = list(Score.__dataclass_fields__)
     assert fields == ["task", "metric", "value", "stderr", "n", "chance", "dataset", "seconds"]
     assert set(fields) <= set(COLUMNS)
+
+
+# ---------- sweeps and fallbacks ----------
+
+def test_sweep_stores_base_and_point_once(tiny, store):
+    import contextlib
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from interp.sweep import run_sweep
+
+    @dataclass(frozen=True)
+    class ScaleMlp:
+        kind: ClassVar[str] = "test-scale-mlp"
+        factor: float = 3.0
+
+        @contextlib.contextmanager
+        def apply(self, loaded):
+            w = loaded.model.model.layers[0].mlp.down_proj.weight
+            saved = w.clone()
+            try:
+                w.mul_(self.factor)
+                yield
+            finally:
+                w.copy_(saved)
+
+        def label(self):
+            return f"scale{self.factor:g}"
+
+    cfg = EvalCfg(tasks=("ppl", "kl"), budget={"ppl": 80, "kl": 3}, window=40)
+    run = run_sweep(tiny, store, study="eval", config={"study": "test"}, points=[ScaleMlp()], eval_cfg=cfg,
+                    progress=False)
+    assert run_sweep(tiny, store, study="eval", config={"study": "test"}, points=[ScaleMlp()], eval_cfg=cfg,
+                     progress=False) == run
+    with store.connect(read_only=True) as con:
+        df = con.execute("SELECT point, task, metric, value, stderr, n, dataset FROM evals WHERE run_id = ?",
+                         [run]).df()
+    assert len(df) == 2 * 4 and set(df.point) == {"base", "scale3"}
+    kl_rows = df[df.metric == "kl"].set_index("point").value
+    assert kl_rows["base"] == pytest.approx(0.0, abs=1e-6) and kl_rows["scale3"] > 1e-4
+    assert json.loads(df[df.metric == "nll"].dataset.iloc[0])["window"] == 40
+
+
+def test_kl_prompts_fall_back_to_book_passages_when_neutral_file_is_missing(monkeypatch, tmp_path):
+    import interp.prompts
+
+    monkeypatch.setattr(interp.prompts, "DATA_DIR", tmp_path)
+    with pytest.warns(UserWarning, match="neutral.jsonl is missing"):
+        prompts, source = kl.neutral_prompts(3, seed=0)
+    assert len(prompts) == 3 and "fallback" in source
