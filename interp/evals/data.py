@@ -18,11 +18,13 @@ def load_hf(name: str, path: str | None, limit: int | None = None) -> tuple[list
     if path is not None and Path(path).is_file() and Path(path).stat().st_size == 0:
         raise EvalError(f"dataset '{name}' file '{path}' is empty")
     kwargs = {} if limit is None and name == "c4" else {"limit": limit}
+    from datasets.exceptions import DatasetsError
+
     try:
         rows = hfdata.LOADERS[name](path, **kwargs)
     except hfdata.DatasetError as e:
         raise EvalError(str(e)) from None
-    except Exception as e:  # datasets' own errors on unreadable files (e.g. zero-row parquet)
+    except (DatasetsError, StopIteration, OSError, ValueError) as e:  # datasets' own, e.g. zero-row parquet
         raise EvalError(f"could not read dataset '{name}' from '{source}': it is empty or not in the "
                         f"{name} format ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no rows'})") from None
     if not rows:

@@ -54,7 +54,7 @@ def first_number(text: str) -> str | None:
 def final_number(text: str) -> str | None:
     """GSM8K-style answer: the number after the last '####', else after 'answer is', else the last number."""
     for pattern in (r"####\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)", r"answer is\s*:?\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)"):
-        found = re.findall(pattern, text, flags=re.I)
+        found = re.findall(pattern, text, flags=re.IGNORECASE)
         if found:
             return found[-1]
     found = _NUMBER.findall(text)

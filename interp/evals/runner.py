@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from interp.evals import choice, exact, kl, ppl, refusal, toxicity
 from interp.evals.config import EvalCfg, EvalError, Score
 
-_prepared: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+_prepared: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
 
 
 def use_chat(loaded, cfg: EvalCfg) -> bool:
@@ -106,5 +106,7 @@ def evaluate(loaded, cfg: EvalCfg, reference: kl.Reference | None = None, progre
         t0 = time.perf_counter()
         scores = run_task(loaded, cfg, task, reference)
         dt = time.perf_counter() - t0  # includes data preparation on the first call
-        out += [Score(s.task, s.metric, s.value, s.stderr, s.n, s.chance, s.dataset, round(dt, 4)) for s in scores]
+        budget = {"budget": cfg.budget if isinstance(cfg.budget, str) else dict(cfg.budget), "count": cfg.count(task)}
+        out += [Score(s.task, s.metric, s.value, s.stderr, s.n, s.chance, {**s.dataset, **budget}, round(dt, 4))
+                for s in scores]
     return out

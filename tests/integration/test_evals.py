@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from interp.evals import EvalCfg, evaluate, make_reference
-from interp.evals import choice, ppl
+from interp.evals import EvalCfg, choice, evaluate, make_reference, ppl
 from interp.hfdata import MCItem
 
 pytestmark = pytest.mark.integration

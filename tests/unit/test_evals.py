@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -11,8 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from interp.evals import EvalCfg, EvalError, Score, evaluate, make_reference
-from interp.evals import choice, kl, ppl
+from interp.evals import EvalCfg, EvalError, Score, choice, evaluate, kl, make_reference, ppl
 from interp.hfdata import MCItem
 
 
@@ -231,8 +231,8 @@ def test_config_validation_and_budgets(tmp_path):
     assert json.loads(json.dumps(d))["counts"] == {"ppl": 4096, "facts": 40} and d["seed"] == 3
     assert EvalCfg(budget="smoke").count("ppl") < EvalCfg().count("ppl") < EvalCfg(budget="full").count("ppl")
     assert EvalCfg(budget="full").count("facts") is None
-    with pytest.raises(Exception):
-        cfg.seed = 1  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 1
     for kwargs, msg in [({"tasks": "ppl,factz"}, "unknown evaluation task 'factz'"),
                         ({"tasks": ""}, "no evaluation tasks"),
                         ({"budget": "medium"}, "unknown budget 'medium'"),

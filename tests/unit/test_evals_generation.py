@@ -9,8 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
-from interp.evals import EvalCfg, EvalError, evaluate
-from interp.evals import choice, exact, refusal, toxicity
+from interp.evals import EvalCfg, EvalError, choice, evaluate, exact, refusal, toxicity
 from interp.evals.lm import greedy_generate
 
 
