@@ -48,9 +48,9 @@ def load_items(task: str, cfg: EvalCfg) -> tuple[list[MCItem], str]:
 
     if task == "facts":
         return capitals(), "interp/data/capitals.jsonl"
-    n = cfg.count(task)
-    # Read a bounded prefix from disk/hub, then take the seeded subset from it.
-    raw, source = load_hf(task, getattr(cfg, f"{task}_path"), None if n is None else max(n * 10, 1000))
+    # Read every row (the hub copies are sorted by subject: a prefix would cover few subjects),
+    # then the caller takes the seeded subset.
+    raw, source = load_hf(task, getattr(cfg, f"{task}_path"))
     return [mmlu_context(i) if task == "mmlu" else boolq_context(i) for i in raw], source
 
 

@@ -48,7 +48,7 @@ def _load(loaded, cfg: EvalCfg, task: str):
     if task == "gsm8k":
         from interp.evals.data import load_hf
 
-        items, source = load_hf("gsm8k", cfg.gsm8k_path, None if n is None else max(n * 10, 1000))
+        items, source = load_hf("gsm8k", cfg.gsm8k_path)
         return choice.subset(items, n, seed), source
     if task == "toxicity":
         from interp.prompts import load_prompts
