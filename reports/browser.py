@@ -109,7 +109,7 @@ class Chromium:
                                "or set INTERP_CHROMIUM to its path")
         self.timeout = timeout
 
-    def __enter__(self) -> Chromium:
+    def __enter__(self) -> Chromium:  # noqa: PYI034 (3.10 has no typing.Self)
         self.profile = tempfile.mkdtemp(prefix="interp-chromium-")
         self.proc = subprocess.Popen([self.binary, *FLAGS, "--remote-debugging-port=0",
                                       f"--user-data-dir={self.profile}", "about:blank"],

@@ -14,8 +14,17 @@ from pathlib import Path
 
 from reports.html import Note, Page, Section, TableBlock, render_page
 from store import Store
-from store.reports import (STUDIES, eval_summary_sql, fetch, open_report_store, other_runs, run_configs,
-                           run_model, runs_sql, study_run)
+from store.reports import (
+    STUDIES,
+    eval_summary_sql,
+    fetch,
+    open_report_store,
+    other_runs,
+    run_configs,
+    run_model,
+    runs_sql,
+    study_run,
+)
 
 TITLES = {"layers": "Layers: similarity and layer dropping", "weights": "Weights: magnitude and Wanda pruning",
           "heads": "Heads: importance, pruning and routing", "safety": "Safety: probes, directions and edits"}

@@ -48,8 +48,8 @@ def heatmap(df: pd.DataFrame, *, x: str, y: str, color: str, title: str, x_title
     _check(df, x, y, color, facet, highlight)
     scale = alt.Scale(scheme="redblue" if diverging else scheme, domain=list(domain) if domain else alt.Undefined,
                       domainMid=0 if diverging else alt.Undefined, reverse=diverging)
-    enc = dict(x=alt.X(f"{x}:O", title=x_title, sort="ascending"),
-               y=alt.Y(f"{y}:O", title=y_title, sort="ascending"), tooltip=_tooltip(df, tooltip))
+    enc = {"x": alt.X(f"{x}:O", title=x_title, sort="ascending"),
+               "y": alt.Y(f"{y}:O", title=y_title, sort="ascending"), "tooltip": _tooltip(df, tooltip)}
     chart = alt.Chart(df).mark_rect().encode(
         color=alt.Color(f"{color}:Q", title=color_title, scale=scale), **enc)
     if highlight:
@@ -74,9 +74,9 @@ def curves(df: pd.DataFrame, *, x: str, y: str, series: str | None, title: str, 
     y_scale = alt.Scale(type="log") if log_y else alt.Scale(zero=False)
     whole = x_type == "Q" and pd.api.types.is_integer_dtype(df[x])  # layer counts, steps: no 0.5 ticks
     x_axis = alt.Axis(format="d", tickMinStep=1) if whole else alt.Axis()
-    enc = dict(x=alt.X(f"{x}:{x_type}", title=x_title, axis=x_axis),
-               y=alt.Y(f"{y}:Q", title=y_title, scale=y_scale),
-               color=color, tooltip=_tooltip(df, tooltip))
+    enc = {"x": alt.X(f"{x}:{x_type}", title=x_title, axis=x_axis),
+               "y": alt.Y(f"{y}:Q", title=y_title, scale=y_scale),
+               "color": color, "tooltip": _tooltip(df, tooltip)}
     layers = [base.mark_line(strokeWidth=1.6).encode(**enc), base.mark_point(filled=True, size=36).encode(**enc)]
     if band:  # stderr as an error bar around each point
         layers.append(base.transform_calculate(lo=f"datum.{y} - datum.{band}", hi=f"datum.{y} + datum.{band}")

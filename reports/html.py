@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -114,7 +115,7 @@ def _table_html(df: pd.DataFrame, max_rows: int) -> str:
 
 
 def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and v != v):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
     if isinstance(v, float):
         return f"{v:.4g}"

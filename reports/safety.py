@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
 from reports import charts
 from reports.common import chart_or_note, sweep_section, table_or_note
 from reports.html import Note, Section
@@ -82,7 +84,7 @@ def findings(con, run_id: int) -> list[str]:
             r = best.sort_values("problem").iloc[0]
             if "harmful_vs_neutral" in set(best["problem"]):
                 r = best[best["problem"] == "harmful_vs_neutral"].iloc[0]
-            auc = f", ROC-AUC {r.roc_auc:.3f}" if r.roc_auc == r.roc_auc else ""
+            auc = f", ROC-AUC {r.roc_auc:.3f}" if pd.notna(r.roc_auc) else ""
             ctrl = f"; shuffled-label control {r.shuffled_accuracy:.3f}" if r.shuffled_accuracy == r.shuffled_accuracy \
                 else ""
             out.append(f"safety: {r.problem.replace('_', ' ')} separates best at layer {int(r.layer)} "

@@ -73,5 +73,5 @@ def findings(con, run_id: int) -> list[str]:
     if df.empty:
         return []
     parts = ", ".join(f"{r.recipe} {r.perplexity:.2f}" for r in df.itertuples())
-    return [f"weights: at 50% of all weights pruned, perplexity is {parts} (unpruned "
-            f"{df['base_perplexity'].iloc[0]:.2f})."]
+    return [(f"weights: at 50% of all weights pruned, perplexity is {parts} (unpruned "
+            f"{df['base_perplexity'].iloc[0]:.2f}).")]

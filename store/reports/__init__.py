@@ -7,7 +7,6 @@ contains double quotes (it is shown inside a double-quoted shell argument).
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 
 import duckdb

@@ -10,7 +10,7 @@ from store.reports import bucket
 def position(con: duckdb.DuckDBPyConnection, run_id: int, table: str) -> str | None:
     """The token position a chart shows: 'last' (Gromov's choice) when the run has it."""
     rows = [r[0] for r in con.execute(f"SELECT DISTINCT position FROM {table} WHERE run_id = ?", [run_id]).fetchall()]
-    return "last" if "last" in rows else (sorted(rows)[0] if rows else None)
+    return "last" if "last" in rows else (min(rows) if rows else None)
 
 
 def n_states(con: duckdb.DuckDBPyConnection, run_id: int) -> int:

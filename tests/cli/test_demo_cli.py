@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def invoke(*args):
     return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def invoke(*args, cwd=REPO):
     return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=False)
 
 
 def one_error_line(r) -> str:
@@ -35,9 +35,9 @@ def test_report_from_a_store_with_one_study(tmp_path):
     with Store(path).connect() as con:
         run = start_run(con, kind="weights", model=model, backend=None, config="{}", config_hash="h",
                         code_version="test")
-        write_evals(con, [dict(run_id=run.run_id, study="weights", point=p, intervention=json.dumps({"kind": p}),
-                               task="ppl", metric="perplexity", value=v, stderr=0.1, n=100, chance=None,
-                               dataset="{}", seconds=0.1) for p, v in (("base", 10.0), ("x", 12.0))])
+        write_evals(con, [{"run_id": run.run_id, "study": "weights", "point": p, "intervention": json.dumps({"kind": p}),
+                               "task": "ppl", "metric": "perplexity", "value": v, "stderr": 0.1, "n": 100, "chance": None,
+                               "dataset": "{}", "seconds": 0.1} for p, v in (("base", 10.0), ("x", 12.0))])
         finish_run(con, run.run_id)
     out = tmp_path / "site"
     r = invoke("report", "--store", str(path), "--out", str(out))

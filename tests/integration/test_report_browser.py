@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from reports.browser import check_page, check_pages, Chromium, find_browser
+from reports.browser import Chromium, check_page, check_pages, find_browser
 
 pytestmark = [
     pytest.mark.integration,

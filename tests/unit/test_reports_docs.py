@@ -17,10 +17,10 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "REPORTS.md"
 
 
 def doc_queries() -> dict[str, str]:
-    blocks = re.findall(r"```sql\n(.*?)```", DOC.read_text(), re.S)
+    blocks = re.findall(r"```sql\n(.*?)```", DOC.read_text(), re.DOTALL)
     out = {}
     for b in blocks:
-        first, _, rest = b.partition("\n")
+        first, _, _rest = b.partition("\n")
         assert first.startswith("-- "), f"each documented query starts with a '-- name' line: {first}"
         out[first[3:].strip()] = b
     return out

@@ -30,8 +30,8 @@ def new_run(con, kind: str) -> int:
 
 
 def evals(run_id: int, study: str, points: dict[str, dict[tuple[str, str], float]]) -> list[dict]:
-    return [dict(run_id=run_id, study=study, point=p, intervention=json.dumps({"kind": p}), task=t, metric=m,
-                 value=v, stderr=0.01, n=100, chance=None, dataset="{}", seconds=0.1)
+    return [{"run_id": run_id, "study": study, "point": p, "intervention": json.dumps({"kind": p}), "task": t, "metric": m,
+                 "value": v, "stderr": 0.01, "n": 100, "chance": None, "dataset": "{}", "seconds": 0.1}
             for p, vals in points.items() for (t, m), v in vals.items()]
 
 
@@ -47,12 +47,12 @@ def write_heads(con) -> int:
     grid = [(l, h) for l in range(L) for h in range(H)]
     for method, metrics in (("gradient", ("abs_grad", "abs_grad_layer_l2")), ("zero", ("delta_loss",)),
                             ("mean", ("delta_loss",))):
-        rows = [dict(metric=m, layer=l, head=h, value=zero_delta(l, h) * (0.5 if method == "mean" else 1.0),
-                     stderr=0.01, n=8, dataset="text") for m in metrics for l, h in grid]
+        rows = [{"metric": m, "layer": l, "head": h, "value": zero_delta(l, h) * (0.5 if method == "mean" else 1.0),
+                     "stderr": 0.01, "n": 8, "dataset": "text"} for m in metrics for l, h in grid]
         sh.write_importance(con, run_id, method, pd.DataFrame(rows))
-    sh.write_agreement(con, run_id, pd.DataFrame([dict(score_a="zero:delta_loss", score_b="mean:delta_loss",
-                                                       spearman=1.0, kendall=1.0, top_n=3, top_overlap=1.0)]))
-    pts = [dict(point=f"prune[{m},{k}]", kind="prune", method=m, scope="global", heads_off=k, frac_off=k / (L * H))
+    sh.write_agreement(con, run_id, pd.DataFrame([{"score_a": "zero:delta_loss", "score_b": "mean:delta_loss",
+                                                       "spearman": 1.0, "kendall": 1.0, "top_n": 3, "top_overlap": 1.0}]))
+    pts = [{"point": f"prune[{m},{k}]", "kind": "prune", "method": m, "scope": "global", "heads_off": k, "frac_off": k / (L * H)}
            for m in ("zero", "random0") for k in (3, 6)]
     sh.write_points(con, run_id, pd.DataFrame(pts))
     ppl = {"base": 10.0, **{p["point"]: 10.0 + p["heads_off"] * (1 if p["method"] == "zero" else 3) for p in pts}}
@@ -60,11 +60,11 @@ def write_heads(con) -> int:
     steps = pd.DataFrame({"step": [1, 2], "lm_loss": [3.0, 2.5], "lb_loss": [1.2, 1.1], "loss": [3.1, 2.6],
                           "seconds": [0.1, 0.1]})
     sh.save_checkpoint(con, run_id, 2, 2, b"x", steps)
-    usage = pd.DataFrame([dict(layer=l, head=h, frequency=2 / 3, mean_gate=0.5, mean_prob=1 / 3, n_tokens=50)
+    usage = pd.DataFrame([{"layer": l, "head": h, "frequency": 2 / 3, "mean_gate": 0.5, "mean_prob": 1 / 3, "n_tokens": 50}
                           for l, h in grid])
     sh.write_router(con, run_id, 2, "d1", np.zeros((L, H, 8), np.float32), np.zeros((L, H), np.float32), usage,
-                    dict(steps=2, heldout_tokens=50, base_nll=2.0, router_nll=2.2, uniform_nll=2.6, static_nll=2.4,
-                         router_lb=1.05))
+                    {"steps": 2, "heldout_tokens": 50, "base_nll": 2.0, "router_nll": 2.2, "uniform_nll": 2.6, "static_nll": 2.4,
+                         "router_lb": 1.05})
     finish_run(con, run_id)
     return run_id
 
@@ -77,24 +77,24 @@ def write_layers(con) -> int:
     cos = np.full((L + 1, L + 1), 0.5)
     np.fill_diagonal(cos, 1.0)
     cos[1, 3] = cos[3, 1] = cos[1, 2] = cos[2, 1] = cos[2, 3] = cos[3, 2] = 0.99
-    sim = pd.DataFrame([dict(position="last", stream="resid_unnormalised", layer_a=a, layer_b=b, cosine=cos[a, b],
-                             cosine_se=0.01, angular=np.arccos(cos[a, b]) / np.pi, angular_se=0.01, n_prompts=8)
+    sim = pd.DataFrame([{"position": "last", "stream": "resid_unnormalised", "layer_a": a, "layer_b": b, "cosine": cos[a, b],
+                             "cosine_se": 0.01, "angular": np.arccos(cos[a, b]) / np.pi, "angular_se": 0.01, "n_prompts": 8}
                         for a in range(L + 1) for b in range(L + 1)])
     ang = []
     for n in range(1, L):
-        starts = range(0, L - n + 1)
+        starts = range(L - n + 1)
         dist = {l: np.arccos(cos[l, l + n]) / np.pi for l in starts}
         best = min(dist, key=dist.get)
-        ang += [dict(position="last", stream="resid_unnormalised", n=n, start_layer=l, end_layer=l + n - 1,
-                     distance=d, distance_se=0.01, best=l == best, n_prompts=8) for l, d in dist.items()]
-    infl = pd.DataFrame([dict(position="last", stream="resid_unnormalised", layer=l,
-                              block_influence=1 - cos[l, l + 1], block_influence_se=0.01, n_prompts=8)
+        ang += [{"position": "last", "stream": "resid_unnormalised", "n": n, "start_layer": l, "end_layer": l + n - 1,
+                     "distance": d, "distance_se": 0.01, "best": l == best, "n_prompts": 8} for l, d in dist.items()]
+    infl = pd.DataFrame([{"position": "last", "stream": "resid_unnormalised", "layer": l,
+                              "block_influence": 1 - cos[l, l + 1], "block_influence_se": 0.01, "n_prompts": 8}
                          for l in range(L)])
-    pts = [dict(strategy="single", n=1, seed=None, heal_steps=0, layers=[l], point=f"drop[{l}]") for l in range(L)]
-    pts += [dict(strategy="angular", n=2, seed=None, heal_steps=0, layers=[1, 2], point="drop[1-2]"),
-            dict(strategy="deepest", n=2, seed=None, heal_steps=0, layers=[1, 2], point="drop[1-2]"),
-            dict(strategy="random", n=2, seed=0, heal_steps=0, layers=[0, 1], point="drop[0-1]"),
-            dict(strategy="random", n=2, seed=1, heal_steps=0, layers=[2, 3], point="drop[2-3]")]
+    pts = [{"strategy": "single", "n": 1, "seed": None, "heal_steps": 0, "layers": [l], "point": f"drop[{l}]"} for l in range(L)]
+    pts += [{"strategy": "angular", "n": 2, "seed": None, "heal_steps": 0, "layers": [1, 2], "point": "drop[1-2]"},
+            {"strategy": "deepest", "n": 2, "seed": None, "heal_steps": 0, "layers": [1, 2], "point": "drop[1-2]"},
+            {"strategy": "random", "n": 2, "seed": 0, "heal_steps": 0, "layers": [0, 1], "point": "drop[0-1]"},
+            {"strategy": "random", "n": 2, "seed": 1, "heal_steps": 0, "layers": [2, 3], "point": "drop[2-3]"}]
     sl.replace_rows(con, run_id, {"layer_similarity": sim, "layer_angular": pd.DataFrame(ang),
                                   "layer_influence": infl, "layer_points": pd.DataFrame(pts)})
     ppl = {"base": 10.0, "drop[0]": 500.0, "drop[1]": 10.5, "drop[2]": 10.4, "drop[3]": 30.0,
@@ -122,16 +122,16 @@ def write_weights(con) -> int:
         for rate in (0.25, 0.5):
             point = f"{method}[{group}@{rate}]"
             mods = GROUPS[group]
-            stats = pd.DataFrame([dict(run_id=run_id, point=point, layer=l, module=m, rate=rate,
-                                       n_params=MODULE_SIZES[m], n_pruned=int(rate * MODULE_SIZES[m]),
-                                       n_zero=int(rate * MODULE_SIZES[m]), sparsity=rate)
+            stats = pd.DataFrame([{"run_id": run_id, "point": point, "layer": l, "module": m, "rate": rate,
+                                       "n_params": MODULE_SIZES[m], "n_pruned": int(rate * MODULE_SIZES[m]),
+                                       "n_zero": int(rate * MODULE_SIZES[m]), "sparsity": rate}
                                   for l in range(L) for m in mods])
             n_params = int(stats["n_params"].sum())
-            sw.write_prune_point(con, dict(
-                run_id=run_id, point=point, intervention="{}", method=method, calibration=calib, grp="row",
-                structure="unstructured", modules=group, target_rate=rate, n_params=n_params,
-                n_pruned=int(stats["n_pruned"].sum()), n_zero=int(stats["n_zero"].sum()), sparsity=rate,
-                total_params=total, calib_id=None, seconds=0.1), stats)
+            sw.write_prune_point(con, {
+                "run_id": run_id, "point": point, "intervention": "{}", "method": method, "calibration": calib, "grp": "row",
+                "structure": "unstructured", "modules": group, "target_rate": rate, "n_params": n_params,
+                "n_pruned": int(stats["n_pruned"].sum()), "n_zero": int(stats["n_zero"].sum()), "sparsity": rate,
+                "total_params": total, "calib_id": None, "seconds": 0.1}, stats)
             ppl[point] = 10.0 + rate * n_params / total * (40 if method == "magnitude" else 10)
     write_evals(con, evals(run_id, "weights", {p: {("ppl", "perplexity"): v} for p, v in ppl.items()}))
     finish_run(con, run_id)
@@ -144,22 +144,22 @@ def write_safety(con) -> int:
 
     run_id = new_run(con, "safety")
     acc = {0: 0.6, 1: 0.8, 2: 0.95, 3: 0.9}
-    probes = [dict(problem=pb, hook="resid_post", layer=l, position="last", setting=st, metric=m,
-                   mean=(0.5 if st == "shuffled" else acc[l] - (0.1 if pb == "toxic_vs_neutral" else 0)),
-                   std=0.02, n=40, folds=5)
+    probes = [{"problem": pb, "hook": "resid_post", "layer": l, "position": "last", "setting": st, "metric": m,
+                   "mean": (0.5 if st == "shuffled" else acc[l] - (0.1 if pb == "toxic_vs_neutral" else 0)),
+                   "std": 0.02, "n": 40, "folds": 5}
               for pb in ("harmful_vs_neutral", "toxic_vs_neutral") for l in range(L)
               for st in ("cv", "shuffled") for m in ("accuracy", "roc_auc")]
-    probes.append(dict(problem="harmful_vs_neutral", hook="resid_post", layer=2, position="mean", setting="cv",
-                       metric="accuracy", mean=0.99, std=0.0, n=40, folds=5))  # another position: not charted
-    layers = [dict(concept="harmful", hook="resid_post", layer=l, position="last", metric=m, value=v)
+    probes.append({"problem": "harmful_vs_neutral", "hook": "resid_post", "layer": 2, "position": "mean", "setting": "cv",
+                       "metric": "accuracy", "mean": 0.99, "std": 0.0, "n": 40, "folds": 5})  # another position: not charted
+    layers = [{"concept": "harmful", "hook": "resid_post", "layer": l, "position": "last", "metric": m, "value": v}
               for l in range(L) for m, v in (("cosine_dm_probe", 0.2 * l), ("projection_auc", acc[l]))]
-    cands = [dict(concept="harmful", hook="resid_post", layer=l, position="last", separability=acc[l],
-                  projection_d=1.0, base_refusal_rate=0.2, refusal_rate=0.1, refusal_drop=0.1 * l,
-                  base_refusal_logprob=-2.0, refusal_logprob=-3.0, refusal_logprob_drop=1.0, kl=0.01 * l,
-                  kl_stderr=0.001, n_refusal=8, n_kl=8, seconds=1.0) for l in range(L)]
-    sel = [dict(criterion="chosen", concept="harmful", hook="resid_post", layer=2, position="last",
-                metric="refusal_drop", value=0.2, separability=0.95, refusal_drop=0.2, kl=0.02,
-                reason="largest refusal drop under the KL cap", rule="max refusal_drop s.t. kl <= 0.1")]
+    cands = [{"concept": "harmful", "hook": "resid_post", "layer": l, "position": "last", "separability": acc[l],
+                  "projection_d": 1.0, "base_refusal_rate": 0.2, "refusal_rate": 0.1, "refusal_drop": 0.1 * l,
+                  "base_refusal_logprob": -2.0, "refusal_logprob": -3.0, "refusal_logprob_drop": 1.0, "kl": 0.01 * l,
+                  "kl_stderr": 0.001, "n_refusal": 8, "n_kl": 8, "seconds": 1.0} for l in range(L)]
+    sel = [{"criterion": "chosen", "concept": "harmful", "hook": "resid_post", "layer": 2, "position": "last",
+                "metric": "refusal_drop", "value": 0.2, "separability": 0.95, "refusal_drop": 0.2, "kl": 0.02,
+                "reason": "largest refusal drop under the KL cap", "rule": "max refusal_drop s.t. kl <= 0.1"}]
     ss.replace_rows(con, run_id, {"safety_probes": pd.DataFrame(probes), "safety_layers": pd.DataFrame(layers),
                                   "safety_candidates": pd.DataFrame(cands), "safety_selection": pd.DataFrame(sel)})
     metrics = {"base": (0.40, 0.10, 10.0), "ablate[harmful@resid_post2/last]": (0.10, 0.00, 10.5),
@@ -174,8 +174,8 @@ def write_safety(con) -> int:
                                                    "alpha": float(point.split()[-1].rstrip("]"))}
         for (task, metric), v in {("toxicity", "toxicity"): tox, ("refusal", "refusal_rate"): refusal,
                                   ("ppl", "perplexity"): ppl}.items():
-            rows.append(dict(run_id=run_id, study="safety", point=point, intervention=json.dumps(spec), task=task,
-                             metric=metric, value=v, stderr=0.01, n=24, chance=None, dataset="{}", seconds=1.0))
+            rows.append({"run_id": run_id, "study": "safety", "point": point, "intervention": json.dumps(spec), "task": task,
+                             "metric": metric, "value": v, "stderr": 0.01, "n": 24, "chance": None, "dataset": "{}", "seconds": 1.0})
     write_evals(con, rows)
     finish_run(con, run_id)
     return run_id
