@@ -124,7 +124,7 @@ def _fmt(v) -> str:
 
 def _block_html(block: Block, chart_id: str | None, store_arg: str) -> str:
     if isinstance(block, Note):
-        return f"<p class='note {block.kind}'>{block.html_text}</p>"
+        return f"<div class='note {block.kind}'>{block.html_text}</div>"
     caption = f"<p class='caption'>{html.escape(block.caption)}</p>" if block.caption else ""
     if isinstance(block, ChartBlock):
         body = f"<div class='chart' id='{chart_id}'></div>"
@@ -150,7 +150,7 @@ header a.here{color:#fff;font-weight:600;text-decoration:underline}
 main{max-width:1180px;margin:0 auto;padding:8px 24px 48px}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:36px}h3{margin:6px 0}
 figure.block{background:#fff;border:1px solid #e3e3e3;border-radius:6px;padding:12px 16px;margin:16px 0}
-.chart{overflow-x:auto}.caption{color:#555;margin:2px 0 8px}.note{padding:8px 12px;border-radius:4px;background:#eef5ff}
+.chart{overflow-x:auto}.caption{color:#555;margin:2px 0 8px}.note{padding:8px 12px;border-radius:4px;background:#eef5ff;margin:12px 0}
 .note.warn{background:#fff4e5}
 details.sql summary{cursor:pointer;color:#3662a8;margin-top:8px}
 pre{background:#f4f4f4;padding:8px;overflow-x:auto;font-size:12px}code{font-size:12px}
