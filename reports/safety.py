@@ -96,6 +96,6 @@ def findings(con, run_id: int) -> list[str]:
     if not abl.empty:
         edit = abl["edit"].iloc[0]
         rows = abl[abl["edit"] == edit]
-        parts = ", ".join(f"{r.task} {r.metric} {r.before:.3g} -> {r.after:.3g}" for r in rows.itertuples())
+        parts = ", ".join(f"{r.metric.replace('_', ' ')} {r.before:.3g} -> {r.after:.3g}" for r in rows.itertuples())
         out.append(f"safety: {edit} changes {parts}.")
     return out

@@ -354,5 +354,5 @@ def test_safety_findings(full_store):
     found = headline_findings(full_store[0])
     assert "safety: harmful vs neutral separates best at layer 2 (CV accuracy 0.950, ROC-AUC 0.950; " \
            "shuffled-label control 0.500)." in found, found
-    assert any(f.startswith("safety: ablate[harmful@resid_post2/last] changes ppl perplexity 10 -> 10.5, "
-                            "refusal refusal_rate 0.1 -> 0, toxicity toxicity 0.4 -> 0.1") for f in found), found
+    assert any(f.startswith("safety: ablate[harmful@resid_post2/last] changes perplexity 10 -> 10.5, "
+                            "refusal rate 0.1 -> 0, toxicity 0.4 -> 0.1") for f in found), found
