@@ -74,9 +74,33 @@ def _assert_restored(loaded, snap: dict) -> None:
     assert loaded.n_layers == len(snap["blocks"])
 
 
-@pytest.fixture(params=["llama", "gpt2"])
+def tiny_qwen3_sliding():
+    """A 4-layer Qwen3 whose last two layers use sliding-window attention: per-layer cache types."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from interp.models import wrap
+    from tests.conftest import byte_tokenizer
+
+    torch.manual_seed(0)
+    cfg = Qwen3Config(vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+                      use_sliding_window=True, sliding_window=4, max_window_layers=2, pad_token_id=256,
+                      bos_token_id=257, eos_token_id=258, tie_word_embeddings=True)
+    return wrap(Qwen3ForCausalLM(cfg), byte_tokenizer(), name="tiny-qwen3", revision="seed0")
+
+
+@pytest.fixture(params=["llama", "gpt2", "qwen3"])
 def model(request, tiny, tiny_gpt):
-    return tiny if request.param == "llama" else tiny_gpt
+    return {"llama": tiny, "gpt2": tiny_gpt}.get(request.param) or tiny_qwen3_sliding()
+
+
+def test_sliding_window_layer_types_follow_the_kept_layers():
+    loaded = tiny_qwen3_sliding()
+    assert loaded.model.config.layer_types == ["full_attention", "full_attention", "sliding_attention",
+                                               "sliding_attention"]
+    with skip_layers(loaded, [1, 2]):
+        assert loaded.model.config.layer_types == ["full_attention", "sliding_attention"]
+    assert loaded.model.config.layer_types[1:3] == ["full_attention", "sliding_attention"]
 
 
 def test_skipping_no_layers_leaves_logits_unchanged(model):
