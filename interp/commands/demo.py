@@ -39,6 +39,8 @@ class Study:
 STUDIES = (
     Study("layers", "residual-stream cache, layer similarity and angular distance, layer-dropping sweeps",
           "interp.studies.layers_config:LayersCfg", "interp.studies.layers:run_layers"),
+    Study("weights", "magnitude and Wanda pruning: rates, module groups, sparsity reached",
+          "interp.studies.weights:WeightsCfg", "interp.studies.weights:run_weights"),
     Study("heads", "head importance (ablation, gradient), head pruning, Mixture-of-Head routers",
           "interp.heads.config:HeadsCfg", "interp.studies.heads:run_heads"),
     Study("safety", "probes per layer, harmful directions, ablation / orthogonalisation / activation addition",

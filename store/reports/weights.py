@@ -30,8 +30,9 @@ def module_curve_sql(run_id: int) -> str:
 
 
 def has_module_groups(con, run_id: int) -> bool:
-    return con.execute("SELECT count(DISTINCT modules) > 1 FROM prune_points WHERE run_id = ? AND method <> 'base'",
-                       [run_id]).fetchone()[0]
+    """Whether the run pruned some module groups on their own (not only every module at once)."""
+    return con.execute("SELECT count(*) > 0 FROM prune_points WHERE run_id = ? AND method <> 'base' "
+                       "AND modules <> 'all'", [run_id]).fetchone()[0]
 
 
 def sparsity_sql(run_id: int) -> str:
