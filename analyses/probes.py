@@ -6,7 +6,8 @@ For every (hook, layer, position) and problem in ``safety_data.PROBLEMS``:
 - ``shuffled``: the same cross-validation with permuted labels (should sit at chance);
 - ``held_out``: fitted on the whole balanced train split, scored on the balanced test split;
 - for harmful_vs_neutral, cross-source generalisation ``cross:A->B`` (fit on source A's
-  train split, score on source B's test split) beside ``within:B`` (fit and score on B).
+  train split, score on source B's test split) beside ``within:B`` (fit and score on B), and
+  the same for the difference-of-means classifier (``cross_dm:A->B``, ``within_dm:B``).
 Vectors stream from the store one layer at a time; no model is imported.
 """
 
@@ -155,7 +156,22 @@ def _cross_source(vectors, data: pd.DataFrame, k: tuple, cfg: ProbeCfg) -> list[
             Xt, yt, _ = xy(vectors, test, classes)
             setting = f"within:{dst}" if src == dst else f"cross:{src}->{dst}"
             rows += _rows(k, setting, _fit_score(cfg, (X, y), (Xt, yt)), len(yt))
+            rows += _rows(k, setting.replace(":", "_dm:", 1), _mean_difference_score((X, y), (Xt, yt)), len(yt))
     return rows
+
+
+def _mean_difference_score(train: tuple, test: tuple) -> dict[str, list[float]]:
+    """The difference-of-means direction as a classifier (no fitted weights to overfit): score =
+    projection on mean(class 0) - mean(class 1), threshold halfway between the class means."""
+    from sklearn.metrics import roc_auc_score
+
+    X, y = np.asarray(train[0], np.float64), train[1]
+    mu0, mu1 = X[y == 0].mean(0), X[y == 1].mean(0)
+    r = mu0 - mu1
+    s = np.asarray(test[0], np.float64) @ r
+    pred = np.where(s > (mu0 @ r + mu1 @ r) / 2, 0, 1)
+    auc = roc_auc_score(test[1] == 0, s) if 0 < np.sum(test[1] == 0) < len(test[1]) else np.nan
+    return {"accuracy": [float(np.mean(pred == test[1]))], "roc_auc": [float(auc)]}
 
 
 def run(con, store, cache_run_id: int, data: pd.DataFrame, cfg: ProbeCfg, hooks: list[str], positions: list[str],
@@ -174,7 +190,8 @@ def best_layers(df: pd.DataFrame) -> pd.DataFrame:
 
     Rule: highest cross-validated ROC-AUC, ties broken by CV accuracy, then held-out AUC and
     accuracy, then the earlier layer. margin_* = CV value minus the shuffled-label control at
-    that layer; for harmful_vs_neutral the mean cross-source accuracy/AUC is reported too.
+    that layer; for harmful_vs_neutral the mean cross-source accuracy/AUC of the probe and of
+    the difference-of-means classifier are reported too.
     """
     wide = df.pivot_table(index=["problem", "hook", "position", "layer"], columns=["setting", "metric"],
                           values="mean").sort_index()
@@ -195,10 +212,11 @@ def best_layers(df: pd.DataFrame) -> pd.DataFrame:
                "margin_accuracy": best["cv_accuracy"] - best["shuffled_accuracy"],
                "margin_roc_auc": best["cv_roc_auc"] - best["shuffled_roc_auc"],
                "held_out_accuracy": best["held_out_accuracy"], "held_out_roc_auc": best["held_out_roc_auc"]}
-        cross = [c for c in g.columns if c.startswith("cross:")]
-        for m in METRICS:
-            cols = [c for c in cross if c.endswith(f"_{m}")]
-            vals = best[cols].astype(float).dropna() if cols else pd.Series(dtype=float)
-            row[f"cross_source_{m}"] = float(vals.mean()) if len(vals) else np.nan
+        for prefix, name in (("cross:", "cross_source"), ("cross_dm:", "cross_source_dm")):
+            cross = [c for c in g.columns if c.startswith(prefix)]
+            for m in METRICS:
+                cols = [c for c in cross if c.endswith(f"_{m}")]
+                vals = best[cols].astype(float).dropna() if cols else pd.Series(dtype=float)
+                row[f"{name}_{m}"] = float(vals.mean()) if len(vals) else np.nan
         out.append(row)
     return pd.DataFrame(out)

@@ -47,7 +47,7 @@ def safety(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None
         sel = read_table(con, "safety_selection", run_id)
         out = outcome(con, run_id)
     print_table(best[["problem", "hook", "position", "layer", "cv_accuracy", "cv_roc_auc", "shuffled_accuracy",
-                      "margin_accuracy", "held_out_accuracy", "cross_source_accuracy"]],
+                      "margin_accuracy", "held_out_accuracy", "cross_source_roc_auc", "cross_source_dm_roc_auc"]],
                 title=f"best-separating layer per probe problem (run {run_id}; margin = CV - shuffled labels)",
                 fmt=format)
     print_table(sel[["criterion", "hook", "layer", "position", "metric", "value", "kl", "reason"]],

@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS safety_probes (
     hook     VARCHAR NOT NULL,
     layer    INTEGER NOT NULL,
     position VARCHAR NOT NULL,        -- last | mean
-    setting  VARCHAR NOT NULL,        -- cv | shuffled | held_out | within:SRC | cross:SRC->DST
+    setting  VARCHAR NOT NULL,        -- cv | shuffled | held_out | within[_dm]:SRC | cross[_dm]:SRC->DST
     metric   VARCHAR NOT NULL,        -- accuracy | roc_auc
     mean     DOUBLE,
     std      DOUBLE,                  -- over folds (null for a single train/test split)
@@ -118,5 +118,10 @@ CREATE TABLE IF NOT EXISTS safety_best_layers (
     held_out_roc_auc      DOUBLE,
     cross_source_accuracy DOUBLE,
     cross_source_roc_auc  DOUBLE,
+    cross_source_dm_accuracy DOUBLE,       -- difference-of-means classifier, source A -> B
+    cross_source_dm_roc_auc  DOUBLE,
     PRIMARY KEY (run_id, problem, hook, position)
 );
+-- Added after the table first shipped: top up stores created before.
+ALTER TABLE safety_best_layers ADD COLUMN IF NOT EXISTS cross_source_dm_accuracy DOUBLE;
+ALTER TABLE safety_best_layers ADD COLUMN IF NOT EXISTS cross_source_dm_roc_auc DOUBLE;

@@ -145,6 +145,24 @@ def test_probe_layer_rows_and_controls():
     assert {"cross:harmbench->donotanswer", "cross:donotanswer->harmbench", "within:harmbench"} <= settings
     cross = rows[(rows.setting == "cross:harmbench->donotanswer") & (rows.metric == "roc_auc")]["mean"].iloc[0]
     assert cross > 0.9  # the synthetic harmful shift is shared by both sources
+    dm = rows[(rows.setting == "cross_dm:harmbench->donotanswer")].set_index("metric")["mean"]
+    assert dm["roc_auc"] > 0.9 and dm["accuracy"] > 0.8 and "within_dm:donotanswer" in settings
+
+
+def test_mean_difference_classifier_matches_hand_computation():
+    rng = np.random.default_rng(4)
+    X, y = rng.normal(size=(40, 3)), np.repeat([0, 1], 20)
+    X[y == 0, 2] += 1.0
+    Xt, yt = rng.normal(size=(30, 3)), np.repeat([0, 1], 15)
+    Xt[yt == 0, 2] += 1.0
+    got = probes._mean_difference_score((X, y), (Xt, yt))
+    mu0 = [sum(X[i, j] for i in range(40) if y[i] == 0) / 20 for j in range(3)]
+    mu1 = [sum(X[i, j] for i in range(40) if y[i] == 1) / 20 for j in range(3)]
+    r = [a - b for a, b in zip(mu0, mu1)]
+    cut = (sum(a * b for a, b in zip(mu0, r)) + sum(a * b for a, b in zip(mu1, r))) / 2
+    scores = [sum(Xt[i, j] * r[j] for j in range(3)) for i in range(30)]
+    assert got["accuracy"][0] == pytest.approx(_hand_accuracy([0 if v > cut else 1 for v in scores], yt))
+    assert got["roc_auc"][0] == pytest.approx(_hand_auc(scores, list((yt == 0).astype(int))))
 
 
 def test_shuffled_control_near_chance_on_pure_noise():
