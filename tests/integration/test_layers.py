@@ -95,3 +95,25 @@ def test_layer_statistics_from_real_activations(embedded, store):
     assert near > far
     bi = tables["influence"]
     assert bi["block_influence"].between(0, 2).all() and len(bi) == 60
+
+
+def test_healing_the_embedded_model_changes_it_only_inside(embedded):
+    from interp.heal import HealCfg
+    from interp.interventions.layers import HEAL_LOGS, HealedDrop
+
+    ids = torch.tensor([embedded.tokenizer("It was a dark and stormy night; the rain fell")["input_ids"]])
+    before = _checksums(embedded.model)
+    spec = HealedDrop((20, 21), HealCfg(steps=2, batch=1, window=64, lr=1e-3, holdout_tokens=256))
+    with torch.no_grad():
+        with LayerDrop((20, 21)).apply(embedded):
+            dropped = embedded.model(input_ids=ids).logits
+        with spec.apply(embedded):
+            healed = embedded.model(input_ids=ids).logits
+        after = embedded.model(input_ids=ids).logits
+    log = HEAL_LOGS.pop(spec.label())
+    assert list(log["step"]) == [1, 2] and log["loss"].notna().all()
+    assert not torch.allclose(healed, dropped, atol=1e-4)
+    assert _checksums(embedded.model) == before
+    assert not any(p.requires_grad for p in embedded.model.parameters())
+    assert "lora" not in " ".join(n for n, _ in embedded.model.named_modules())
+    assert after.shape == healed.shape
