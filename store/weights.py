@@ -42,8 +42,8 @@ def write_norms(con: duckdb.DuckDBPyConnection, *, calib_id: str, run_id: int, m
                        for (layer, module), v in sorted(norms.items())],
                       columns=["calib_id", "run_id", "layer", "module", "n_in", "norms"])
     _in_transaction(con, [
-        ("INSERT INTO calibrations (calib_id, run_id, model, revision, mode, spec, dataset, n_tokens, seconds) "
-         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (("INSERT INTO calibrations (calib_id, run_id, model, revision, mode, spec, dataset, n_tokens, "
+          "seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
          [calib_id, run_id, model, revision, info["mode"], info.get("spec"), info["dataset"], info["n_tokens"],
           info.get("seconds")]),
         ("INSERT INTO input_norms SELECT calib_id, run_id, layer, module, n_in, norms::FLOAT[] FROM norms_frame", None),

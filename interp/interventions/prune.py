@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from interp.interventions import register
@@ -57,7 +57,7 @@ class PruneSpec:
     calibration: str | None = "sequential"
     """Wanda only: 'sequential' (norms of block l taken after blocks < l are pruned, as in the
     paper) or 'oneshot' (all norms from the dense model). None for magnitude."""
-    calib: CalibData | None = CalibData()
+    calib: CalibData | None = field(default_factory=CalibData)
     """Wanda only: the calibration set. None for magnitude."""
 
     def __post_init__(self) -> None:
@@ -71,7 +71,7 @@ class PruneSpec:
             raise PruneSpecError(str(e)) from None
         rate, modules = self.rate, self.modules
         modules = (modules,) if isinstance(modules, str) else tuple(modules)
-        if isinstance(rate, dict) or isinstance(rate, (list, tuple)):
+        if isinstance(rate, (dict, list, tuple)):
             pairs = tuple((str(k), v) for k, v in (rate.items() if isinstance(rate, dict) else rate))
             if not pairs:
                 raise PruneSpecError("no modules given a rate: pass e.g. {'attn': 0.2, 'mlp': 0.6}")
@@ -141,7 +141,7 @@ class PruneSpec:
         return self.nm is None and all(n_remove(r, 1 << 30) == 0 for _, r in self.rates)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PruneSpec":
+    def from_dict(cls, d: dict) -> PruneSpec:
         d = dict(d)
         if isinstance(d.get("rate"), list):
             d["rate"] = tuple(tuple(p) for p in d["rate"])

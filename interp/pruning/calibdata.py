@@ -44,7 +44,7 @@ class CalibData:
         return self.windows * self.length
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CalibData":
+    def from_dict(cls, d: dict) -> CalibData:
         d = dict(d)
         if d.get("exclude") is not None:
             d["exclude"] = tuple(d["exclude"])
@@ -99,7 +99,7 @@ def _eval_spans(tokenizer, docs: list[str], ids: list[int], exclude: tuple[int, 
     return used
 
 
-_cache: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+_cache: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
 
 
 def calibration_windows(tokenizer, data: CalibData) -> tuple[list[list[int]], dict]:

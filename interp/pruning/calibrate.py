@@ -81,7 +81,7 @@ class _BlockCall:
             out = block(*self.args, **{**self.kwargs, "hidden_states": self.hidden})
         return out[0] if isinstance(out, tuple) else out
 
-    def next(self, hidden: torch.Tensor) -> "_BlockCall":
+    def next(self, hidden: torch.Tensor) -> _BlockCall:
         return _BlockCall(hidden, self.args, self.kwargs, self.positional)
 
 

@@ -50,11 +50,13 @@ class MemorySession(PruneSession):
         self.reports[spec.label()] = report
 
 
-_current: contextvars.ContextVar[PruneSession] = contextvars.ContextVar("prune_session", default=PruneSession())
+_NONE = PruneSession()
+_current: contextvars.ContextVar[PruneSession | None] = contextvars.ContextVar("prune_session", default=None)
 
 
 def current() -> PruneSession:
-    return _current.get()
+    """The active session (the do-nothing default outside ``using``)."""
+    return _current.get() or _NONE
 
 
 @contextlib.contextmanager

@@ -54,9 +54,8 @@ def test_weights_are_bit_identical_after_exit(request, fixture, spec):
 
 def test_weights_are_restored_after_an_error_inside(tiny):
     before = _bits(tiny)
-    with pytest.raises(RuntimeError, match="boom"):
-        with PruneSpec("wanda", 0.5, calib=CALIB).apply(tiny):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), PruneSpec("wanda", 0.5, calib=CALIB).apply(tiny):
+        raise RuntimeError("boom")
     assert _same_bits(before, _bits(tiny))
 
 
@@ -132,9 +131,8 @@ def test_per_module_rates(tiny):
 
 
 def test_gpt2_refuses_projections_it_does_not_have(tiny_gpt):
-    with pytest.raises(ModuleSelectionError, match="select qkv"):
-        with PruneSpec("magnitude", 0.5, ("q",)).apply(tiny_gpt):
-            pass
+    with pytest.raises(ModuleSelectionError, match="select qkv"), PruneSpec("magnitude", 0.5, ("q",)).apply(tiny_gpt):
+        pass
     with pytest.raises(ModuleSelectionError, match="no 'gate' projection.*qkv, o, up, down"):
         resolve(tiny_gpt.model, tiny_gpt.arch, (("gate", 0.5),))
     names = {t.name for t in all_targets(tiny_gpt.model, tiny_gpt.arch)}
@@ -200,24 +198,22 @@ def test_sequential_norms_are_measured_on_the_pruned_prefix(tiny):
     spec = PruneSpec("wanda", 0.6, calib=CALIB)
     dense = {k: v.clone() for k, v in tiny.model.state_dict().items()}
     windows, _ = calibration_windows(tiny.tokenizer, CALIB)
-    with using(MemorySession()) as sess:
-        with spec.apply(tiny) as report:
-            norms = sess.get_norms(report.calib_id)
-            targets = all_targets(tiny.model, tiny.arch)
-            for layer in range(tiny.n_layers):
-                here = [t for t in targets if t.layer == layer]
-                pruned = {t.name: t.module.weight.clone() for t in here}
-                for t in here:  # block l dense again, blocks < l stay pruned
-                    t.module.weight.data.copy_(dense[f"model.layers.{layer}.{tiny.arch.proj[t.name]}.weight"])
-                with input_norms({t.name: t.module for t in here}) as acc, torch.no_grad():
-                    tiny.model(input_ids=torch.tensor(windows), use_cache=False)
-                for t in here:
-                    torch.testing.assert_close(norms[(layer, t.name)], acc.norms()[t.name], rtol=1e-5, atol=1e-6)
-                    t.module.weight.data.copy_(pruned[t.name])
+    with using(MemorySession()) as sess, spec.apply(tiny) as report:
+        norms = sess.get_norms(report.calib_id)
+        targets = all_targets(tiny.model, tiny.arch)
+        for layer in range(tiny.n_layers):
+            here = [t for t in targets if t.layer == layer]
+            pruned = {t.name: t.module.weight.clone() for t in here}
+            for t in here:  # block l dense again, blocks < l stay pruned
+                t.module.weight.data.copy_(dense[f"model.layers.{layer}.{tiny.arch.proj[t.name]}.weight"])
+            with input_norms({t.name: t.module for t in here}) as acc, torch.no_grad():
+                tiny.model(input_ids=torch.tensor(windows), use_cache=False)
+            for t in here:
+                torch.testing.assert_close(norms[(layer, t.name)], acc.norms()[t.name], rtol=1e-5, atol=1e-6)
+                t.module.weight.data.copy_(pruned[t.name])
     oneshot = PruneSpec("wanda", 0.6, calibration="oneshot", calib=CALIB)
-    with using(MemorySession()) as sess2:
-        with oneshot.apply(tiny) as rep2:
-            dense_norms = sess2.get_norms(rep2.calib_id)
+    with using(MemorySession()) as sess2, oneshot.apply(tiny) as rep2:
+        dense_norms = sess2.get_norms(rep2.calib_id)
     assert torch.equal(dense_norms[(0, "q")], norms[(0, "q")])  # block 0 sees the same input either way
     assert not torch.allclose(dense_norms[(3, "down")], norms[(3, "down")])
 
