@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -168,9 +169,8 @@ def main() -> None:
             store = Path(tmp) / f"s{scale}.duckdb"
             c = run_phase("cache", model=args.model, store=store, prompt_file=prompt_file,
                           flush_mb=args.flush_mb, batch_size=args.batch_size)
-            from interp.models import load_model  # noqa: F401 - n_layers from the stored run
-
             from store import Store
+
             with Store(store).connect(read_only=True) as con:
                 n_layers = con.execute("SELECT n_layers FROM runs WHERE run_id = ?", [c["run"]]).fetchone()[0]
             s = run_phase("stream", store=store, run=c["run"], n_layers=n_layers)
@@ -182,8 +182,8 @@ def main() -> None:
             rows.append(row)
             print(f"{scale}x done: {c['tokens']} tokens, cache {c['cache_s']:.0f}s, load avg "
                   f"{os.getloadavg()[0]:.1f}", flush=True)
-            for f in Path(tmp).glob(f"s{scale}.*"):
-                (subprocess.run(["rm", "-rf", str(f)]))
+            for f in Path(tmp).glob(f"s{scale}.*"):  # free the disk before the next scale
+                shutil.rmtree(f) if f.is_dir() else f.unlink()
     base = rows[0]
     table = []
     for r in rows:
