@@ -40,7 +40,7 @@ BUDGETS: dict[str, dict] = {
     # Under 10 minutes on 2 CPU cores.
     "quick": dict(per_set=64, probe_hooks=("resid_pre",), probe_layers="all", folds=5, shuffles=2,
                   candidate_layers="stride:4", candidate_positions=("last",), alphas=(-1.0, 1.0),
-                  sel_gen_tokens=24, toxic_ablation=True,
+                  sel_gen_tokens=16, toxic_ablation=True,
                   eval_budget={"ppl": 1024, "facts": 40, "arith": 30, "toxicity": 16, "refusal": 16, "kl": 16}),
     # Reportable numbers.
     "full": dict(per_set=400, probe_hooks=("resid_pre", "resid_post"), probe_layers="all", folds=5, shuffles=3,
