@@ -71,7 +71,7 @@ class HealCfg:
                        window=self.window, **paths)
 
 
-_windows: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+_windows: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
 
 
 def training_windows(loaded, cfg: HealCfg) -> tuple[list[tuple[int, ...]], dict]:

@@ -136,7 +136,7 @@ class LayerDrop:
         object.__setattr__(self, "layers", check_layers(self.layers, n_layers=1 << 30))
 
     @classmethod
-    def from_dict(cls, data: dict) -> "LayerDrop":
+    def from_dict(cls, data: dict) -> LayerDrop:
         return cls(layers=tuple(data["layers"]))
 
     def label(self) -> str:
@@ -172,7 +172,7 @@ class HealedDrop:
             raise LayerDropError(f"heal must be a HealCfg, not {type(self.heal).__name__}")
 
     @classmethod
-    def from_dict(cls, data: dict) -> "HealedDrop":
+    def from_dict(cls, data: dict) -> HealedDrop:
         return cls(layers=tuple(data["layers"]), heal=HealCfg(**data["heal"]))
 
     def label(self) -> str:

@@ -43,7 +43,7 @@ def test_skip_on_the_embedded_model_matches_a_pruned_copy_and_generates(embedded
     drop = [0, 24, 25, 26]
     ref = _pruned_copy(embedded, drop)
     prompt = torch.tensor([encode(tok, ["Name a large animal that lives in the sea."], True, 64)[0].ids])
-    gen = dict(max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+    gen = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": tok.pad_token_id}
     with torch.no_grad():
         with LayerDrop(tuple(drop)).apply(embedded):
             got = embedded.model(input_ids=ids).logits

@@ -61,7 +61,7 @@ def test_angular_distance_and_block_influence_equal_naive_loops(seed):
     assert ang["distance"].between(0, 1).all()
     for n in range(1, L + 1):
         naive = {}
-        for l in range(0, L - n + 1):
+        for l in range(L - n + 1):
             naive[l] = sum(math.acos(min(1.0, max(-1.0, _naive_cos(X[l, p], X[l + n, p])))) / math.pi
                            for p in range(P)) / P
             row = ang[(ang["n"] == n) & (ang["start_layer"] == l)].iloc[0]

@@ -88,10 +88,9 @@ def test_healed_drop_is_a_value_and_records_its_log(tiny):
     assert from_json(to_json(spec)) == spec
     assert spec != HealedDrop((1, 2), HealCfg(steps=3, batch=1, holdout_tokens=256, window=32))
     snap = _snapshot(tiny.model)
-    with pytest.raises(RuntimeError, match="boom"):
-        with spec.apply(tiny):
-            assert tiny.n_layers == 2
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), spec.apply(tiny):
+        assert tiny.n_layers == 2
+        raise RuntimeError("boom")
     _assert_restored(tiny.model, snap)
     assert len(HEAL_LOGS.pop(spec.label())) == 2
     assert LayerDrop((1, 2)).label() + "+heal2" == spec.label()

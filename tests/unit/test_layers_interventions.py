@@ -157,10 +157,9 @@ def test_model_restored_bit_identically_also_after_an_error(model):
     with skip_layers(model, [1]):
         _generate(model.model, _ids(4, batch=1))
     _assert_restored(model, snap)
-    with pytest.raises(RuntimeError, match="boom"):
-        with LayerDrop((0, 2)).apply(model):
-            assert model.n_layers == model.model.config.num_hidden_layers
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), LayerDrop((0, 2)).apply(model):
+        assert model.n_layers == model.model.config.num_hidden_layers
+        raise RuntimeError("boom")
     _assert_restored(model, snap)
     assert torch.equal(_logits(model.model, _ids(4)), before)
 
@@ -168,9 +167,9 @@ def test_model_restored_bit_identically_also_after_an_error(model):
 def test_nested_skips_compose_and_restore(tiny):
     snap = _snapshot(tiny)
     ids = _ids(5)
-    with skip_layers(tiny, [0]):
-        with skip_layers(tiny, [0]):  # index 0 of the pruned stack: original layer 1
-            got = _logits(tiny.model, ids)
+    # the second skip enters inside the first: its index 0 is the pruned stack's, i.e. original layer 1
+    with skip_layers(tiny, [0]), skip_layers(tiny, [0]):
+        got = _logits(tiny.model, ids)
     torch.testing.assert_close(got, _logits(hand_built(tiny, [0, 1]), ids), rtol=0, atol=1e-6)
     _assert_restored(tiny, snap)
 
@@ -185,12 +184,10 @@ def test_layer_drop_is_a_stored_value():
 
 
 def test_bad_layer_sets_are_refused_with_a_clear_message(tiny):
-    with pytest.raises(LayerDropError, match="out of range: this model has layers 0..3"):
-        with skip_layers(tiny, [4]):
-            pass
-    with pytest.raises(LayerDropError, match="cannot drop all 4 layers"):
-        with skip_layers(tiny, [0, 1, 2, 3]):
-            pass
+    with pytest.raises(LayerDropError, match="out of range: this model has layers 0..3"), skip_layers(tiny, [4]):
+        pass
+    with pytest.raises(LayerDropError, match="cannot drop all 4 layers"), skip_layers(tiny, [0, 1, 2, 3]):
+        pass
     with pytest.raises(LayerDropError, match="not a whole number"):
         LayerDrop((1.5,))
     with pytest.raises(LayerDropError, match="not a whole number"):
