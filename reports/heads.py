@@ -56,7 +56,7 @@ def _importance(con, run_id: int) -> Section:
 
 
 def _router(con, run_id: int) -> Section:
-    usage_bucket = q.importance_bucket(con, run_id) if has_rows(con, "heads_importance", run_id) else 1
+    usage_bucket = q.usage_bucket(con, run_id)
     blocks = (
         chart_or_note(con, "Router: how often each head is active", q.router_usage_sql(run_id, usage_bucket),
                       lambda df: charts.heatmap(

@@ -61,6 +61,14 @@ WHERE e.run_id = {int(run_id)} AND p.kind = 'prune'
 ORDER BY panel, strategy, p.heads_off"""
 
 
+def usage_bucket(con: duckdb.DuckDBPyConnection, run_id: int) -> int:
+    """Layer bucket so every router's (layer, head) grid together stays under MAX_CELLS."""
+    layers, heads, routers = con.execute(
+        "SELECT max(layer) + 1, max(head) + 1, count(DISTINCT top_k) FROM heads_router_usage WHERE run_id = ?",
+        [run_id]).fetchone()
+    return bucket(layers or 0, (heads or 0) * (routers or 1))
+
+
 def router_usage_sql(run_id: int, layer_bucket: int = 1) -> str:
     layer = "layer" if layer_bucket == 1 else f"layer // {layer_bucket} * {layer_bucket}"
     return f"""SELECT 'top-' || top_k AS router, {layer} AS layer, head, avg(frequency) AS frequency,

@@ -187,3 +187,37 @@ def test_report_needs_no_model_code(tmp_path):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_deep_model_grids_stay_under_the_row_limit(tmp_path):
+    """An 80-layer, 64-head model with two routers: every heat map is bucketed in SQL, none is refused."""
+    import numpy as np
+
+    from reports.build import build_pages
+    from reports.html import ChartBlock
+    from store import heads as sh
+    from store.runs import finish_run, start_run
+
+    L, H = 80, 64
+    st = Store(tmp_path / "deep.duckdb")
+    with st.connect() as con:
+        run = start_run(con, kind="heads", model=dict(model="deep", revision="r", dtype="float32", device="cpu",
+                                                      n_layers=L, d_model=8), backend=None, config="{}",
+                        config_hash="h", code_version="t").run_id
+        grid = pd.DataFrame({"metric": "delta_loss", "layer": np.repeat(np.arange(L), H),
+                             "head": np.tile(np.arange(H), L), "value": np.arange(L * H) / (L * H), "stderr": 0.0,
+                             "n": 1, "dataset": "text"})
+        sh.write_importance(con, run, "zero", grid)
+        usage = grid[["layer", "head"]].assign(frequency=0.5, mean_gate=0.5, mean_prob=0.5, n_tokens=10)
+        for k in (16, 32):
+            sh.write_router(con, run, k, f"d{k}", np.zeros((L, H, 8), np.float32), np.zeros((L, H), np.float32),
+                            usage, dict(steps=1, heldout_tokens=10, base_nll=1.0, router_nll=1.1, uniform_nll=1.2,
+                                        static_nll=1.3, router_lb=1.0))
+        finish_run(con, run)
+        pages, _, _ = build_pages(con, st)
+    charts_ = [b for p in pages for s in p.sections for b in s.blocks if isinstance(b, ChartBlock)]
+    titles = {b.title for b in charts_}
+    assert {"zero / delta_loss", "Router: how often each head is active"} <= titles
+    for b in charts_:
+        b.chart.to_dict()  # raises MaxRowsError above 5000 rows
+        assert len(b.chart.data) <= MAX_CELLS
