@@ -27,6 +27,7 @@ def _names(value) -> tuple[str, ...] | None:
     budget="smoke (CLI tests, seconds of work), quick (under 10 minutes on 2 CPU cores) or full; "
            "--quick is --budget quick; default full",
     heal_steps="LoRA-heal the angular-rule blocks for N steps after dropping them (default 0: off)",
+    heal_sizes="block sizes that get a healed point, comma-separated (default: every swept size)",
     sizes="block sizes to sweep, comma-separated (default: quick 1,2,4,8,12,16; full 1..L-1)",
     strategies="block strategies: angular, deepest, shallowest, random, influence (default all)",
     seeds="seeds of the random-block control, comma-separated",
@@ -41,7 +42,8 @@ def _names(value) -> tuple[str, ...] | None:
     format="table (default), csv or json for the printed tables",
 ))
 @user_errors
-def layers(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None, heal_steps=0, sizes=None,
+def layers(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None, heal_steps=0, heal_sizes=None,
+           sizes=None,
            strategies=None, seeds=None, prompts="book", limit=None, tasks=None, eval_budget=None, mmlu_path=None,
            boolq_path=None, chat=False, seed=0, dtype="float32", device="cpu", device_map=None, revision=None,
            format="table"):
@@ -57,7 +59,7 @@ def layers(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None
         raise ValueError(f"--quick and --budget {budget} disagree: pass one of them")
     cfg = LayersCfg(budget="quick" if quick else (budget or "full"), prompts=prompts, limit=opt_int(limit),
                     chat=bool(opt_bool(chat)), sizes=_ints(sizes), strategies=_names(strategies) or STRATEGIES,
-                    seeds=_ints(seeds), heal_steps=opt_int(heal_steps) or 0, tasks=_names(tasks),
+                    seeds=_ints(seeds), heal_steps=opt_int(heal_steps) or 0, heal_sizes=_ints(heal_sizes), tasks=_names(tasks),
                     eval_budget=eval_budget, mmlu_path=mmlu_path, boolq_path=boolq_path, seed=int(seed))
     loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
     st = Store(store)

@@ -59,7 +59,8 @@ def plan_points(loaded: Loaded, cfg: LayersCfg, tables: dict[str, pd.DataFrame])
     plan["spec"] = [LayerDrop(ls) for ls in plan["layers"]]
     if cfg.heal_steps:
         heal = cfg.heal_cfg()
-        healed = plan[plan["strategy"].isin(cfg.heal_strategies)].copy()
+        healed = plan[plan["strategy"].isin(cfg.heal_strategies)
+                      & (plan["n"].isin(cfg.heal_sizes) if cfg.heal_sizes is not None else True)].copy()
         healed["heal_steps"] = cfg.heal_steps
         healed["spec"] = [HealedDrop(ls, heal) for ls in healed["layers"]]
         plan = pd.concat([plan, healed], ignore_index=True)

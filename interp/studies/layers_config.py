@@ -42,6 +42,8 @@ class LayersCfg:
     """LoRA healing steps for each healed point; 0: no healing."""
     heal_strategies: tuple[str, ...] = ("angular",)
     """Strategies whose blocks are also evaluated healed."""
+    heal_sizes: tuple[int, ...] | None = None
+    """Block sizes that get a healed point; None: every swept size (healing costs minutes per point)."""
     heal_rank: int = 8
     """LoRA rank of the healing adapters."""
     heal_lr: float = 2e-4
@@ -85,6 +87,9 @@ class LayersCfg:
         self.eval_cfg()  # fail fast on bad tasks or evaluation budgets
         if self.heal_steps:
             self.heal_cfg()
+        if self.heal_sizes is not None and self.sizes is not None and not set(self.heal_sizes) <= set(self.sizes):
+            raise LayersCfgError(f"heal sizes {sorted(set(self.heal_sizes) - set(self.sizes))} are not among the "
+                                 "swept sizes: add them to --sizes")
 
     @property
     def n_prompts(self) -> int:

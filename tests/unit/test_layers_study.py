@@ -15,7 +15,7 @@ from interp.studies.layers_config import LayersCfg, LayersCfgError
 @pytest.fixture
 def cfg():
     return LayersCfg(budget="quick", limit=4, max_tokens=32, sizes=(1, 2), seeds=(0, 1), heal_steps=1,
-                     heal_batch=1, eval_budget="ppl=128,facts=3")
+                     heal_sizes=(2,), heal_batch=1, eval_budget="ppl=128,facts=3")
 
 
 def _count(con, table, run_id):
@@ -41,7 +41,7 @@ def test_study_end_to_end_and_resume(tiny, store, cfg):
         assert set(blocks["n"]) == {1, 2}
         assert (points["layers"].map(len) == points["n"]).all()
         healed = points[points["heal_steps"] > 0]
-        assert set(healed["strategy"]) == {"angular"} and len(healed) == 2
+        assert set(healed["strategy"]) == {"angular"} and list(healed["n"]) == [2]
         deepest2 = points[(points["strategy"] == "deepest") & (points["n"] == 2)]["layers"].iloc[0]
         assert list(deepest2) == [L - 3, L - 2]  # the last layer stays
         evals = con.execute("SELECT point, task, metric, value FROM evals WHERE run_id = ?", [result.run_id]).df()
@@ -88,6 +88,8 @@ def test_budgets_and_bad_settings(tmp_path):
     (tmp_path / "mmlu.jsonl").write_text("")
     assert "mmlu" in LayersCfg(mmlu_path=str(tmp_path / "mmlu.jsonl")).eval_cfg().tasks
     assert quick.heal_cfg  # healing off by default, still constructible on demand
+    with pytest.raises(LayersCfgError, match=r"heal sizes \[4\] are not among the swept sizes"):
+        LayersCfg(sizes=(1, 2), heal_sizes=(2, 4), heal_steps=5)
     with pytest.raises(LayersCfgError, match="unknown budget"):
         LayersCfg(budget="huge")
     with pytest.raises(LayersCfgError, match="unknown strategy 'best'"):
