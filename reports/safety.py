@@ -19,7 +19,8 @@ def sections(con, run_id: int) -> list[Section]:
     if site:
         hook, pos = site
         out.append(Section("Where the concepts are represented", (
-            chart_or_note(con, "Linear probes by layer", q.probes_sql(run_id, hook, pos),
+            chart_or_note(con, "Linear probes by layer", q.probes_sql(run_id, hook, pos,
+                                                                     q.probes_bucket(con, run_id, hook, pos)),
                           lambda df: charts.curves(df, x="layer", y="mean", series="setting", facet="panel",
                                                    band="std", title=f"probe score per layer ({hook}, {pos} token)",
                                                    x_title="layer", y_title="score", series_title="setting",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import duckdb
 
+from store.reports import bucket
+
 
 def probe_site(con: duckdb.DuckDBPyConnection, run_id: int) -> tuple[str, str] | None:
     """(hook, position) the probe charts show: resid_post / last token when probed."""
@@ -15,12 +17,26 @@ def probe_site(con: duckdb.DuckDBPyConnection, run_id: int) -> tuple[str, str] |
     return rank[0][0], rank[0][1]
 
 
-def probes_sql(run_id: int, hook: str, position: str) -> str:
+def probes_bucket(con: duckdb.DuckDBPyConnection, run_id: int, hook: str, position: str) -> int:
+    """Layer bucket keeping the probe chart (problems x metrics x settings x layers) under MAX_CELLS."""
+    layers, series = con.execute(
+        "SELECT count(DISTINCT layer), count(DISTINCT (problem, metric, setting)) FROM safety_probes "
+        "WHERE run_id = ? AND hook = ? AND position = ?", [run_id, hook, position]).fetchone()
+    return bucket(layers, series)
+
+
+def probes_sql(run_id: int, hook: str, position: str, k: int = 1) -> str:
     """Probe score per layer for every problem, metric and setting (cv, shuffled-label control, ...)."""
-    return f"""SELECT problem || ' / ' || metric AS panel, problem, metric, setting, layer, mean, std, n, folds
+    if k == 1:
+        return f"""SELECT problem || ' / ' || metric AS panel, problem, metric, setting, layer, mean, std, n, folds
 FROM safety_probes
 WHERE run_id = {int(run_id)} AND hook = '{hook}' AND position = '{position}'
 ORDER BY panel, setting, layer"""
+    return f"""SELECT problem || ' / ' || metric AS panel, problem, metric, setting, layer // {k} * {k} AS layer,
+       avg(mean) AS mean, avg(std) AS std, min(n) AS n, min(folds) AS folds
+FROM safety_probes
+WHERE run_id = {int(run_id)} AND hook = '{hook}' AND position = '{position}'
+GROUP BY ALL ORDER BY panel, setting, layer"""
 
 
 def best_probe_sql(run_id: int, hook: str, position: str) -> str:

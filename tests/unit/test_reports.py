@@ -201,8 +201,8 @@ def test_deep_model_grids_stay_under_the_row_limit(tmp_path):
     L, H = 80, 64
     st = Store(tmp_path / "deep.duckdb")
     with st.connect() as con:
-        run = start_run(con, kind="heads", model=dict(model="deep", revision="r", dtype="float32", device="cpu",
-                                                      n_layers=L, d_model=8), backend=None, config="{}",
+        run = start_run(con, kind="heads", model={"model": "deep", "revision": "r", "dtype": "float32", "device": "cpu",
+                                                      "n_layers": L, "d_model": 8}, backend=None, config="{}",
                         config_hash="h", code_version="t").run_id
         grid = pd.DataFrame({"metric": "delta_loss", "layer": np.repeat(np.arange(L), H),
                              "head": np.tile(np.arange(H), L), "value": np.arange(L * H) / (L * H), "stderr": 0.0,
@@ -211,13 +211,25 @@ def test_deep_model_grids_stay_under_the_row_limit(tmp_path):
         usage = grid[["layer", "head"]].assign(frequency=0.5, mean_gate=0.5, mean_prob=0.5, n_tokens=10)
         for k in (16, 32):
             sh.write_router(con, run, k, f"d{k}", np.zeros((L, H, 8), np.float32), np.zeros((L, H), np.float32),
-                            usage, dict(steps=1, heldout_tokens=10, base_nll=1.0, router_nll=1.1, uniform_nll=1.2,
-                                        static_nll=1.3, router_lb=1.0))
+                            usage, {"steps": 1, "heldout_tokens": 10, "base_nll": 1.0, "router_nll": 1.1, "uniform_nll": 1.2,
+                                        "static_nll": 1.3, "router_lb": 1.0})
         finish_run(con, run)
+        from store import safety as ss
+
+        srun = start_run(con, kind="safety", model={"model": "deep", "revision": "r", "dtype": "float32", "device": "cpu",
+                                                        "n_layers": L, "d_model": 8}, backend=None, config="{}",
+                         config_hash="s", code_version="t").run_id
+        settings = ["cv", "shuffled", "held_out", "within:a", "within:b", "cross:a->b", "cross:b->a", "within:c"]
+        probes = pd.DataFrame([{"problem": p, "hook": "resid_pre", "layer": l, "position": "last", "setting": st_, "metric": m,
+                                    "mean": 0.5, "std": 0.0, "n": 10, "folds": 5}
+                               for p in ("harmful", "toxic", "biased", "multiclass") for m in ("accuracy", "roc_auc")
+                               for st_ in settings for l in range(L)])  # 5120 rows
+        ss.replace_rows(con, srun, {"safety_probes": probes})
+        finish_run(con, srun)
         pages, _, _ = build_pages(con, st)
     charts_ = [b for p in pages for s in p.sections for b in s.blocks if isinstance(b, ChartBlock)]
     titles = {b.title for b in charts_}
-    assert {"zero / delta_loss", "Router: how often each head is active"} <= titles
+    assert {"zero / delta_loss", "Router: how often each head is active", "Linear probes by layer"} <= titles
     for b in charts_:
         b.chart.to_dict()  # raises MaxRowsError above 5000 rows
         assert len(b.chart.data) <= MAX_CELLS
