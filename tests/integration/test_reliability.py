@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from interp.capture import CaptureCfg, capture
 from store import Store
 from store.activations import read_vectors
 
@@ -51,7 +52,7 @@ def _check(store):
     return r.returncode, r.stdout + r.stderr
 
 
-def test_cache_killed_at_random_points_resumes_exactly(tiny_dir, tmp_path):
+def test_cache_killed_at_random_points_resumes_exactly(tiny, tiny_dir, tmp_path):
     store = Store(tmp_path / "killed.duckdb")
     layer0 = store.shard_dir / "run_id=1" / "hook=resid_post" / "layer=0"
     rng = random.Random(1234)
@@ -84,9 +85,10 @@ def test_cache_killed_at_random_points_resumes_exactly(tiny_dir, tmp_path):
     assert {n for (h, _, r), n in rows.items() if h == "resid_post" and r == "last"} == {N_PROMPTS}
     assert {n for (h, _, r), n in rows.items() if h == "resid_post" and r == "all"} == {n_tokens}
     assert rows[("z", 2, "all")] == 4 * n_tokens  # 4 heads
-    # the same vectors as an uninterrupted run
+    # the same vectors as an uninterrupted run (in-process, same weights and settings)
     clean = Store(tmp_path / "clean.duckdb")
-    subprocess.run(_cache_cmd(tiny_dir, clean.path), cwd=REPO, env=ENV, check=True, capture_output=True)
+    capture(tiny, clean, CaptureCfg(prompts=str(tiny_dir / "p.jsonl"), hooks="resid_post,z:2", positions="last,all",
+                                    backend="torch", batch_size=2), progress=False)
     for hook in ("resid_post", "z"):
         with store.connect(read_only=True) as con:
             meta, X = read_vectors(con, store, 1, hook, None, "all")
