@@ -92,7 +92,7 @@ def findings(con, run_id: int) -> list[str]:
                        f"(CV accuracy {r.accuracy:.3f}{auc}{ctrl}).")
     eff = fetch(con, q.edit_effects_sql(run_id))
     key = {("toxicity", "toxicity"), ("refusal", "refusal_rate"), ("ppl", "perplexity"), ("kl", "kl")}
-    eff = eff[[(t, m) in key for t, m in zip(eff["task"], eff["metric"])]]
+    eff = eff.loc[[(t, m) in key for t, m in zip(eff["task"], eff["metric"])]]
     abl = eff[eff["edit"].str.startswith("ablate[")]
     if not abl.empty:
         edit = abl["edit"].iloc[0]
