@@ -233,3 +233,22 @@ def test_deep_model_grids_stay_under_the_row_limit(tmp_path):
     for b in charts_:
         b.chart.to_dict()  # raises MaxRowsError above 5000 rows
         assert len(b.chart.data) <= MAX_CELLS
+
+
+def test_runs_that_stored_nothing_yet_render_with_notes(tmp_path):
+    """A study that was interrupted before writing anything: pages say so instead of failing."""
+    from reports.build import build_report
+    from store.runs import start_run
+
+    st = Store(tmp_path / "fresh.duckdb")
+    with st.connect() as con:
+        for kind in ("layers", "weights", "heads", "safety"):
+            start_run(con, kind=kind, model=dict(model="m", revision="r", dtype="float32", device="cpu",
+                                                 n_layers=2, d_model=4), backend=None, config="{}",
+                      config_hash=kind, code_version="t")
+    rep = build_report(st, tmp_path / "out")
+    assert rep.studies == ("layers", "weights", "heads", "safety")
+    for page in rep.pages[1:]:
+        text = page.read_text()
+        assert "did not finish" in text and "no evaluations yet" in text
+        assert "<div class='chart'" not in text  # nothing to draw, nothing drawn empty
