@@ -132,16 +132,16 @@ def _check_files(con, store: Store, report: Report, busy_runs: set[int]) -> None
     busy_prefixes = tuple(f"run_id={r}/" for r in busy_runs)
     strays = [s for s in strays if not s.startswith(busy_prefixes)] if busy_prefixes else strays
     if store.is_remote:
-        report.add("unlisted", [f"{len(strays)} object(s) not in the manifest (left by an interrupted commit; "
-                                f"the view ignores them, a resumed run overwrites them): {_first(strays)}"]
+        report.add("unlisted", [(f"{len(strays)} object(s) not in the manifest (left by an interrupted commit; "
+                                f"the view ignores them, a resumed run overwrites them): {_first(strays)}")]
                    if strays else [], "no objects outside the manifest")
     else:
-        report.add("unlisted", [f"{len(strays)} .parquet file(s) not in the manifest are visible to SQL but not "
-                                f"part of the store: {_first(strays)}; move them out of {store.shard_dir}"]
+        report.add("unlisted", [(f"{len(strays)} .parquet file(s) not in the manifest are visible to SQL but not "
+                                f"part of the store: {_first(strays)}; move them out of {store.shard_dir}")]
                    if strays else [], "no shard files outside the manifest")
     tmps = [t for t in tmps if not t.startswith(busy_prefixes)] if busy_prefixes else tmps
-    report.add("tmp", [f"{len(tmps)} unfinished .tmp shard file(s) from an interrupted write: "
-                       f"{_first(tmps, 2)}; `invoke check --repair` (or the next cache run) finishes or removes them"]
+    report.add("tmp", [(f"{len(tmps)} unfinished .tmp shard file(s) from an interrupted write: "
+                       f"{_first(tmps, 2)}; `invoke check --repair` (or the next cache run) finishes or removes them")]
                if tmps else [], "no unfinished .tmp files", repairable=True)
 
 
@@ -174,8 +174,8 @@ def _check_rows(con, report: Report, busy_runs: set[int]) -> None:
         dups = con.execute(_DUPLICATES.format(src=src)).fetchall()
         gaps = con.execute(_COVERAGE.format(src=src)).fetchall()
     except duckdb.Error as e:
-        report.add("rows", [f"cannot scan the activations view: {str(e).splitlines()[0][:200]}; "
-                            "a shard file is damaged (see the manifest check)"], "")
+        report.add("rows", [(f"cannot scan the activations view: {str(e).splitlines()[0][:200]}; "
+                            "a shard file is damaged (see the manifest check)")], "")
         return
     report.add("duplicates", [f"{len(dups)}+ vector(s) stored more than once, e.g. run {d[0]} {d[1]} layer {d[2]} "
                               f"prompt {d[3]} ({d[4]}, pos {d[5]}, head {d[6]}) x{d[7]}" for d in dups[:1]],

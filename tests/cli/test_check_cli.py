@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def invoke(*args):
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, capture_output=True, text=True, check=False,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 

@@ -29,7 +29,7 @@ def tiny_dir(tiny, tmp_path):
     d = tmp_path / "crash"
     tiny.model.save_pretrained(d / "tiny")
     tiny.tokenizer.save_pretrained(d / "tiny")
-    words = "river garden stone light paper window music field cloud number".split()
+    words = ["river", "garden", "stone", "light", "paper", "window", "music", "field", "cloud", "number"]
     rng = random.Random(0)
     (d / "p.jsonl").write_text("\n".join(
         json.dumps({"id": f"p{i:03d}", "text": " ".join(rng.choices(words, k=rng.randint(2, 30)))})
@@ -80,8 +80,8 @@ def test_cache_killed_at_random_points_resumes_exactly(tiny, tiny_dir, tmp_path)
             (N_PROMPTS, N_PROMPTS)
         assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
         n_tokens = con.execute("SELECT sum(n_tokens) FROM run_prompts").fetchone()[0]
-        rows = dict(((h, l, r), n) for h, l, r, n in con.execute(
-            "SELECT hook, layer, reduce, count(*) FROM activations GROUP BY ALL").fetchall())
+        rows = {(h, l, r): n for h, l, r, n in con.execute(
+            "SELECT hook, layer, reduce, count(*) FROM activations GROUP BY ALL").fetchall()}
     assert {n for (h, _, r), n in rows.items() if h == "resid_post" and r == "last"} == {N_PROMPTS}
     assert {n for (h, _, r), n in rows.items() if h == "resid_post" and r == "all"} == {n_tokens}
     assert rows[("z", 2, "all")] == 4 * n_tokens  # 4 heads

@@ -67,7 +67,7 @@ def test_check_finds_missing_truncated_and_stray_shards(cached):
 
 
 def test_check_finds_lost_rows(cached):
-    store, run = cached
+    store, _run = cached
     with store.connect() as con:  # a finished prompt whose tokens vanished
         con.execute("DELETE FROM tokens WHERE prompt_id = 'q1'")
     assert "prompt q1: 0 token rows (0 distinct) for" in _problems(store)["tokens"]
@@ -209,9 +209,8 @@ def test_older_schema_is_migrated_on_write_open_atomically(cached, monkeypatch):
     # a migration that fails half-way leaves version 1 and the old layout
     monkeypatch.setattr(store_db, "MIGRATIONS", {1: ["ALTER TABLE runs ADD COLUMN note VARCHAR",
                                                      "ALTER TABLE no_such_table ADD COLUMN x INT"]})
-    with pytest.raises(duckdb.Error):
-        with store.connect():
-            pass
+    with pytest.raises(duckdb.Error), store.connect():
+        pass
     con = duckdb.connect(str(store.path), read_only=True)
     assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
     assert "note" not in [c[0] for c in con.execute("DESCRIBE runs").fetchall()]
@@ -239,7 +238,7 @@ def test_truncated_store_file_is_refused_clearly(cached):
 
 
 def test_store_of_another_model_is_refused(cached, tiny_gpt):
-    store, run = cached
+    store, _run = cached
     with store.connect(read_only=True) as con:
         with pytest.raises(StoreError, match="holds runs of tiny-llama, not tiny-gpt2: pass --model tiny-llama"):
             latest_run(con, kind="cache", model=tiny_gpt.name, d_model=tiny_gpt.d_model)

@@ -73,7 +73,7 @@ def test_pyarrow_dataset_reads_the_export_partitioned(two_runs, tmp_path):
 
 
 def test_export_filters_links_and_refuses_to_mix(two_runs, tmp_path):
-    store, runs = two_runs
+    store, _runs = two_runs
     out = tmp_path / "one"
     n = export_store(store, out, runs=[2], hooks=["mlp_out"], link=True)
     files = sorted((out / "activations").rglob("*.parquet"))

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,7 +124,7 @@ def test_interrupted_commit_on_s3_is_invisible_and_overwritten(tiny, tmp_path, s
     assert [f.check for f in report.problems] == ["unlisted"] and "part-000003" in report.problems[0].message
     # the same run with more prompts resumes at part 3 and overwrites the stray object
     more = tmp_path / "more.jsonl"
-    more.write_text(open(prompt_file).read() + "\n" + json.dumps({"id": "q9", "text": "one more"}))
+    more.write_text(Path(prompt_file).read_text() + "\n" + json.dumps({"id": "q9", "text": "one more"}))
     run2 = capture(tiny, store, CaptureCfg(**{**_cfg(prompt_file).__dict__, "prompts": str(more)}), progress=False)
     assert run2 != run
     with store.connect(read_only=True) as con:
