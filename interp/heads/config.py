@@ -15,10 +15,10 @@ BUDGETS: dict[str, dict] = {
               "router_steps": 2, "router_batch": 1, "train_seqs": 2, "heldout_seqs": 1,
               "eval_tasks": ("ppl", "facts"), "eval_budget": "smoke"},
     # Under 10 minutes on 2 unloaded CPU cores.
-    "quick": {"text_seqs": 4, "seq_len": 48, "task_items": 16, "ablation_layers": 0, "methods": METHODS,
-              "random_seeds": 1, "prune_fracs": (), "router_keep": (0.5, 0.75), "router_steps": 30,
-              "router_batch": 4, "train_seqs": 120, "heldout_seqs": 8, "eval_tasks": ("ppl", "facts"),
-              "eval_budget": {"ppl": 1024, "facts": 40}},
+    "quick": {"text_seqs": 4, "seq_len": 48, "task_items": 12, "ablation_layers": 0, "methods": METHODS,
+              "random_seeds": 1, "prune_fracs": (), "router_keep": (0.5, 0.75), "router_steps": 20,
+              "router_batch": 4, "train_seqs": 80, "heldout_seqs": 8, "eval_tasks": ("ppl", "facts"),
+              "eval_budget": {"ppl": 1024, "facts": 30}},
     # Reportable numbers (hours on a CPU).
     "full": {"text_seqs": 16, "seq_len": 128, "task_items": None, "ablation_layers": 0, "methods": METHODS,
              "random_seeds": 3, "prune_fracs": (0.1, 0.25, 0.5, 0.75), "router_keep": (0.5, 0.75),
