@@ -6,7 +6,10 @@ from dataclasses import asdict, dataclass
 
 from interp.evals import EvalCfg
 
-METHODS = ("gradient", "zero", "mean", "random")
+METHODS = ("gradient", "zero", "mean", "mean_zero", "random")
+"""Pruning orders: by gradient importance, by zero- or mean-ablation text loss (mean: heads
+replaced by their mean, as scored), mean_zero (mean-ablation order, heads zeroed: a control),
+random."""
 
 BUDGETS: dict[str, dict] = {
     # CLI tests: seconds of work, numbers meaningless (ablation of the two deepest layers only).
@@ -15,7 +18,8 @@ BUDGETS: dict[str, dict] = {
               "router_steps": 2, "router_batch": 1, "train_seqs": 2, "heldout_seqs": 1,
               "eval_tasks": ("ppl", "facts"), "eval_budget": "smoke"},
     # Under 10 minutes on 2 unloaded CPU cores.
-    "quick": {"text_seqs": 4, "seq_len": 48, "task_items": 12, "ablation_layers": 0, "methods": METHODS,
+    "quick": {"text_seqs": 4, "seq_len": 48, "task_items": 12, "ablation_layers": 0,
+              "methods": ("gradient", "zero", "mean", "random"),
               "random_seeds": 1, "prune_fracs": (), "router_keep": (0.5, 0.75), "router_steps": 20,
               "router_batch": 4, "train_seqs": 80, "heldout_seqs": 8, "eval_tasks": ("ppl", "facts"),
               "eval_budget": {"ppl": 1024, "facts": 30}},
@@ -44,7 +48,7 @@ class HeadsCfg:
     """Ablate the heads of the deepest n layers only; 0: every layer. Pruning by zero or mean
     ablation needs every layer."""
     methods: tuple[str, ...] | None = None
-    """Pruning orders swept: gradient, zero, mean (ablation text loss) and/or random."""
+    """Pruning orders swept: some of METHODS."""
     random_seeds: int | None = None
     """Random pruning orders (seeds 0..n-1) as baselines."""
     prune_fracs: tuple[float, ...] | None = None
@@ -102,7 +106,7 @@ class HeadsCfg:
     def ablated_layers(self, n_layers: int) -> range:
         """The layers whose heads are ablated one by one (the deepest ``ablation_layers``)."""
         n = min(self.ablation_layers or n_layers, n_layers)
-        if n < n_layers and {"zero", "mean"} & set(self.methods):
+        if n < n_layers and {"zero", "mean", "mean_zero"} & set(self.methods):
             raise ValueError("pruning by zero or mean ablation needs every layer ablated: "
                              "set ablation_layers to 0 or drop zero/mean from the methods")
         return range(n_layers - n, n_layers)

@@ -147,3 +147,45 @@ class Suffix:
         for i in range(layer, len(blocks)):
             h = _first(blocks[i](h, *args, **kwargs))
         return _first(self.loaded.model.get_submodule(self.loaded.arch.final_norm)(h))
+
+
+def means_digest(means: torch.Tensor) -> str:
+    """Content hash of head means (layer, head, d_head): their identity in stored head masks."""
+    import hashlib
+
+    h = hashlib.sha256(str(tuple(means.shape)).encode())
+    h.update(means.detach().float().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_means(means: torch.Tensor, directory) -> str:
+    """Write head means as ``means-<digest>.safetensors`` (content-addressed); returns the digest."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    means = means.detach().float().contiguous().cpu()
+    digest = means_digest(means)
+    path = Path(directory) / f"means-{digest}.safetensors"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({"means": means}, str(tmp))
+        tmp.replace(path)
+    return digest
+
+
+def load_means(digest: str, directory) -> torch.Tensor:
+    """Head means (layer, head, d_head) with this digest, checked against their content."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    path = Path(directory) / f"means-{digest}.safetensors"
+    if not path.exists():
+        raise ValueError(f"head means {digest} not found in {directory}: re-run `invoke heads` "
+                         "(they are also in the store table heads_means)")
+    means = load_file(str(path))["means"]
+    if means_digest(means) != digest:
+        raise ValueError(f"head means file {path} does not match its digest {digest}: delete it and re-run")
+    return means

@@ -111,7 +111,7 @@ def train_router(loaded: Loaded, cfg: RouterCfg, seqs: list[list[int]], *,
             opt.step()
         rows.append({"step": step, "lm_loss": lm.item(), "lb_loss": lb.item(), "loss": loss.item(),
                      "seconds": time.perf_counter() - t0})
-        bar.set_postfix_str(f"lm {float(lm):.3f} lb {float(lb):.3f}")
+        bar.set_postfix_str(f"lm {lm.item():.3f} lb {lb.item():.3f}")
         bar.update(1)
         done = step + 1
         if checkpoint is not None and (done % cfg.ckpt_every == 0 or done == cfg.steps):

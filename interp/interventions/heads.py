@@ -39,20 +39,26 @@ def _norm_heads(heads) -> tuple[tuple[int, int], ...]:
 @register
 @dataclass(frozen=True)
 class HeadMask:
-    """Zero the output of a set of attention heads (query heads on grouped-query models)."""
+    """Remove a set of attention heads (query heads on grouped-query models): their ``z`` is
+    zeroed, or with ``means`` replaced by its mean over a text sample, a constant that could be
+    folded into the output projection's bias (mean pruning)."""
 
     kind: ClassVar[str] = "head_mask"
     heads: tuple[tuple[int, int], ...] = ()
     """(layer, head) pairs to mask; stored sorted and without duplicates."""
     name: str = ""
     """Short tag for the point label, e.g. 'gradient' for heads chosen by gradient importance."""
+    means: str = ""
+    """Digest of head means (``router_dir()/means-<digest>.safetensors``, also in the store table
+    heads_means); empty: masked heads output zero."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "heads", _norm_heads(self.heads))
 
     @classmethod
     def from_dict(cls, data: dict) -> HeadMask:
-        return cls(heads=tuple(tuple(h) for h in data.get("heads", ())), name=data.get("name", ""))
+        return cls(heads=tuple(tuple(h) for h in data.get("heads", ())), name=data.get("name", ""),
+                   means=data.get("means", ""))
 
     def by_layer(self) -> dict[int, list[int]]:
         out: dict[int, list[int]] = {}
@@ -68,14 +74,18 @@ class HeadMask:
 
     @contextlib.contextmanager
     def apply(self, loaded) -> Iterator[None]:
-        from interp.heads.gating import LayerGate, head_gates
+        from interp.heads.gating import LayerGate, head_gates, load_means
 
         self.check(loaded)
+        means = load_means(self.means, router_dir()) if self.means and self.heads else None
+        if means is not None and tuple(means.shape) != (loaded.n_layers, loaded.n_heads, loaded.d_head):
+            raise HeadSpecError(f"head means {self.means} have shape {tuple(means.shape)}, the model needs "
+                                f"{(loaded.n_layers, loaded.n_heads, loaded.d_head)}")
         layers = {}
         for layer, heads in self.by_layer().items():
             gates = torch.ones(loaded.n_heads)
             gates[heads] = 0.0
-            layers[layer] = LayerGate(gates)
+            layers[layer] = LayerGate(gates, None if means is None else means[layer])
         with head_gates(loaded, layers):
             yield
 
@@ -84,8 +94,8 @@ class HeadMask:
 
 
 def router_dir() -> Path:
-    """Where trained routers live, content-addressed by digest: $INTERP_ROUTER_DIR, else
-    ``routers`` beside the model cache."""
+    """Where trained routers and head means live, content-addressed by digest:
+    $INTERP_ROUTER_DIR, else ``routers`` beside the model cache."""
     import os
 
     from interp.embedded import cache_dir

@@ -8,7 +8,8 @@ Steps (each resumes: a stage whose rows are stored is not recomputed):
 3. one router per kept share of heads, trained with checkpoints; usage and held-out loss
    against the base model, an untrained router and static per-layer pruning;
 4. sweep: base, pruning the k least important heads by each score (and random orders) at
-   every budget, static per-layer pruning and the routers at the routers' budgets.
+   every budget (heads chosen by mean ablation are replaced by their mean, as they were scored),
+   static per-layer pruning and the routers at the routers' budgets.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from interp.evals import ppl
 from interp.evals.choice import capitals, subset
 from interp.heads import importance as imp
 from interp.heads.config import HeadsCfg
+from interp.heads.gating import save_means
 from interp.heads.router import HeadRouter, RouterError, routed, save_router
 from interp.heads.text import (
     Scored,
@@ -176,8 +178,12 @@ def train_routers(loaded: Loaded, store: Store, run_id: int, cfg: HeadsCfg, data
 
 
 def build_points(cfg: HeadsCfg, n_layers: int, n_heads: int, importance: pd.DataFrame,
-                 routers: dict[int, str]) -> tuple[list, pd.DataFrame]:
-    """Sweep points and what each one is (kind, method, scope, heads off)."""
+                 routers: dict[int, str], means: str) -> tuple[list, pd.DataFrame]:
+    """Sweep points and what each one is (kind, method, scope, heads off).
+
+    Heads chosen by mean ablation are pruned the way they were scored: replaced by their mean
+    (digest ``means``); 'mean_zero' zeroes the same heads, the control showing why that matters.
+    """
     total = n_layers * n_heads
     budgets = sorted({round(f * total) for f in cfg.prune_fracs} | {n_layers * (n_heads - k) for k in routers} - {0})
     orders = {}
@@ -186,7 +192,7 @@ def build_points(cfg: HeadsCfg, n_layers: int, n_heads: int, importance: pd.Data
             for s in range(cfg.random_seeds):
                 orders[f"random{s}"] = head_pruning.random_order(n_layers, n_heads, seed=1000 * cfg.seed + s)
         else:
-            orders[m] = head_pruning.order(importance, m)
+            orders[m] = head_pruning.order(importance, "mean" if m == "mean_zero" else m)
     points, rows = [], []
 
     def add(spec, kind, method, scope, off):
@@ -196,7 +202,8 @@ def build_points(cfg: HeadsCfg, n_layers: int, n_heads: int, importance: pd.Data
 
     for name, ordered in orders.items():
         for n in budgets:
-            add(HeadMask(head_pruning.least_important(ordered, n), name=name), "prune", name, "global", n)
+            fill = means if name == "mean" else ""
+            add(HeadMask(head_pruning.least_important(ordered, n), name=name, means=fill), "prune", name, "global", n)
     for k in sorted(routers):
         if k < n_heads:
             spec = HeadMask(head_pruning.per_layer(importance, "gradient", n_heads - k), name="gradient_layer")
@@ -216,9 +223,10 @@ def run_heads(loaded: Loaded, store: Store, cfg: HeadsCfg, progress: bool = True
     compute_importance(loaded, store, run_id, cfg, data, progress)
     with store.connect() as con:
         importance = db.read_importance(con, run_id)
+        means = save_means(torch.from_numpy(db.read_means(con, run_id)), router_dir())  # (re)writes the file
     ks = sorted({head_pruning.keep_count(f, loaded.n_heads) for f in cfg.router_keep})
     routers = train_routers(loaded, store, run_id, cfg, data, ks, importance, progress)
-    points, rows = build_points(cfg, loaded.n_layers, loaded.n_heads, importance, routers)
+    points, rows = build_points(cfg, loaded.n_layers, loaded.n_heads, importance, routers, means)
     with store.connect() as con:
         db.write_points(con, run_id, rows)
     run_sweep(loaded, store, study="heads", config=config, points=points, eval_cfg=cfg.eval_cfg(),

@@ -109,3 +109,46 @@ def test_gates_validate_shapes(tiny):
         pass
     with pytest.raises(ValueError, match="heads"), head_gates(tiny, {0: LayerGate(torch.ones(3))}):
         pass
+
+
+def test_mean_mask_equals_folding_the_mean_into_the_output_bias(tiny_gpt, tmp_path, monkeypatch):
+    """Mean pruning: z of a head replaced by its mean == its W_O rows zeroed and W_O^h mu_h added to the bias."""
+    from interp.heads.gating import load_means, save_means
+    from interp.interventions.heads import router_dir
+
+    monkeypatch.setenv("INTERP_ROUTER_DIR", str(tmp_path))
+    loaded = tiny_gpt
+    torch.manual_seed(3)
+    means = torch.randn(loaded.n_layers, loaded.n_heads, loaded.d_head)
+    digest = save_means(means, router_dir())
+    assert torch.equal(load_means(digest, router_dir()), means) and save_means(means, router_dir()) == digest
+    heads = ((0, 2), (2, 1))
+    spec = HeadMask(heads, name="mean", means=digest)
+    assert from_json(to_json(spec)) == spec
+    batch = _batch()
+    with spec.apply(loaded):
+        got = _logits(loaded, batch)
+    edited = copy.deepcopy(loaded.model)
+    dh = loaded.d_head
+    for layer, head in heads:
+        proj = edited.get_submodule(loaded.arch.layers)[layer].get_submodule(loaded.arch.o_proj)
+        with torch.no_grad():
+            rows = proj.weight[head * dh:(head + 1) * dh, :].clone()  # Conv1D (in, out)
+            proj.bias += means[layer, head] @ rows
+            proj.weight[head * dh:(head + 1) * dh, :] = 0
+    with torch.no_grad():
+        assert torch.allclose(got, edited(**batch).logits, atol=1e-5, rtol=1e-5)
+    with HeadMask(heads, name="zero").apply(loaded):
+        assert not torch.allclose(got, _logits(loaded, batch), atol=1e-4)  # not the same as zeroing
+    (tmp_path / f"means-{digest}.safetensors").unlink()
+    with pytest.raises(ValueError, match="not found"), spec.apply(loaded):
+        pass
+
+
+def test_mean_mask_shape_is_checked(tiny, tmp_path, monkeypatch):
+    from interp.heads.gating import save_means
+
+    monkeypatch.setenv("INTERP_ROUTER_DIR", str(tmp_path))
+    digest = save_means(torch.zeros(2, 4, 16), tmp_path)
+    with pytest.raises(HeadSpecError, match="shape"), HeadMask(((0, 0),), means=digest).apply(tiny):
+        pass

@@ -8,6 +8,7 @@ import pytest
 
 from analyses import head_agreement, head_pruning
 from interp.heads.config import HeadsCfg
+from interp.interventions import from_json
 from store import heads as db
 
 
@@ -121,7 +122,7 @@ def test_study_on_tiny_model_resumes(tiny, store, tmp_path, monkeypatch):
     from interp.studies.heads import run_heads
 
     monkeypatch.setenv("INTERP_ROUTER_DIR", str(tmp_path / "routers"))
-    cfg = HeadsCfg(budget="smoke", ablation_layers=0, methods=("gradient", "zero", "mean", "random"),
+    cfg = HeadsCfg(budget="smoke", ablation_layers=0, methods=("gradient", "zero", "mean", "mean_zero", "random"),
                    router_keep=(0.5, 1.0), router_steps=3, prune_fracs=(0.25,), eval_tasks=("ppl",))
     run = run_heads(tiny, store, cfg, progress=False)
     L, H = tiny.n_layers, tiny.n_heads
@@ -140,8 +141,14 @@ def test_study_on_tiny_model_resumes(tiny, store, tmp_path, monkeypatch):
     assert first["heads_router_steps"] == 2 * 3 and first["heads_router_usage"] == 2 * L * H
     assert evaluated == set(points) | {"base"}
     # budgets: 25% of 16 heads = 4, router k=2 -> 8 off; k=4 keeps all (re-weighting only)
-    assert {"gradient-4", "gradient-8", "zero-8", "mean-4", "random0-8", "gradient_layer-8", "router-k2",
-            "router-k4"} <= set(points)
+    assert {"gradient-4", "gradient-8", "zero-8", "mean-4", "mean_zero-8", "random0-8", "gradient_layer-8",
+            "router-k2", "router-k4"} <= set(points)
+    with store.connect() as con:
+        specs = dict(con.execute("SELECT DISTINCT point, intervention::VARCHAR FROM evals WHERE run_id = ?",
+                                 [run]).fetchall())
+    mean_spec, mean_zero_spec = from_json(specs["mean-8"]), from_json(specs["mean_zero-8"])
+    assert mean_spec.heads == mean_zero_spec.heads and mean_spec.means and not mean_zero_spec.means
+    assert (tmp_path / "routers" / f"means-{mean_spec.means}.safetensors").exists()
     # interrupt: lose a router's results and half the sweep, then run again
     with store.connect() as con:
         con.execute("DELETE FROM heads_router_summary WHERE run_id = ? AND top_k = 2", [run])
@@ -150,8 +157,10 @@ def test_study_on_tiny_model_resumes(tiny, store, tmp_path, monkeypatch):
         con.execute("DELETE FROM heads_importance WHERE run_id = ? AND method = 'mean'", [run])
         con.execute("UPDATE runs SET status = 'running' WHERE run_id = ?", [run])
     (tmp_path / "routers" / f"{digests[4]}.safetensors").unlink()  # restored from the store
+    (tmp_path / "routers" / f"means-{mean_spec.means}.safetensors").unlink()
     assert run_heads(tiny, store, cfg, progress=False) == run
     with store.connect() as con:
         assert counts(con) == first
         assert db.read_router_summary(con, run).set_index("top_k")["digest"].to_dict() == digests
     assert (tmp_path / "routers" / f"{digests[4]}.safetensors").exists()
+    assert (tmp_path / "routers" / f"means-{mean_spec.means}.safetensors").exists()
