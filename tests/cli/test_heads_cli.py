@@ -40,7 +40,8 @@ def test_heads_smoke_run(tmp_path):
         == ["n,f", "270,150.0"]  # 5 heads active per token in each of 30 layers
     assert sql(store, "SELECT count(*) AS n FROM heads_router_steps") == ["n", "2"]
     assert sql(store, "SELECT kind, status FROM runs") == ["kind,status", "heads,complete"]
-    assert (tmp_path / "routers").is_dir() and len(list((tmp_path / "routers").glob("*.safetensors"))) == 1
+    files = sorted(p.name.split("-")[0] for p in (tmp_path / "routers").glob("*.safetensors"))
+    assert len(files) == 2 and files[1] == "means"  # one router, one set of head means
 
 
 @pytest.mark.parametrize("args,message", [
