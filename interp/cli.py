@@ -51,13 +51,14 @@ def print_table(df: pd.DataFrame, title: str | None = None, max_rows: int = 200,
         print(df.to_json(orient="records", date_format="iso"))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title, show_lines=False)
     for col in df.columns:
         table.add_column(str(col), overflow="fold")
     for row in df.head(max_rows).itertuples(index=False):
-        table.add_row(*[_cell(v) for v in row])
+        table.add_row(*[escape(_cell(v)) for v in row])  # labels like 'ablate[x]' are not rich markup
     # Piped output (files, CI logs, tests) gets room for whole words instead of folded cells.
     console = Console(width=None if sys.stdout.isatty() else 220)
     console.print(table)

@@ -46,11 +46,15 @@ def safety(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None
         best = read_table(con, "safety_best_layers", run_id)
         sel = read_table(con, "safety_selection", run_id)
         out = outcome(con, run_id)
-    print_table(best[["problem", "hook", "position", "layer", "cv_accuracy", "cv_roc_auc", "shuffled_accuracy",
+    print_table(best.round(4)[["problem", "hook", "position", "layer", "cv_accuracy", "cv_roc_auc", "shuffled_accuracy",
                       "margin_accuracy", "held_out_accuracy", "cross_source_roc_auc", "cross_source_dm_roc_auc"]],
                 title=f"best-separating layer per probe problem (run {run_id}; margin = CV - shuffled labels)",
                 fmt=format)
     print_table(sel[["criterion", "hook", "layer", "position", "metric", "value", "kl", "reason"]],
                 title=f"direction selection (run {run_id})", fmt=format)
-    print_table(out, title=f"safety run {run_id}: what each edit moved and what it cost (d_* vs base)", fmt=format)
+    cols = ["point", "toxicity", "d_toxicity", "toxicity_se", "refusal", "d_refusal", "compliance", "ppl",
+            "ppl_change", "facts", "d_facts", "arith", "d_arith", "kl"]
+    print_table(out[cols].round(4) if format == "table" else out,
+                title=f"safety run {run_id}: what each edit moved and what it cost (d_* vs base; all columns: "
+                      f"--format csv or store.safety.outcome)", fmt=format)
     print(f"run {run_id}: safety study stored in {st.path}")
