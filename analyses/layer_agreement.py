@@ -7,6 +7,8 @@ each accuracy. Each proxy is computed for the same layer set from the stored ana
 - ``cosine``: mean cos(x_l, x_{l+n}) of the same two states (contiguous blocks; for one layer
   it is 1 - Block Influence, so it ranks layers exactly as Block Influence does, reversed);
 - ``influence``: the sum of the dropped layers' ShortGPT Block Influence (any layer set).
+Each proxy is taken at every position of the similarity tables (``last``, ``mean`` = cosine of
+token-mean vectors, ``tokens`` = per-token cosine averaged over tokens), labelled by ``position``.
 Agreement is Spearman's rank correlation between proxy and harm, within a scope:
 ``single`` (each layer alone), ``blocks`` (every evaluated set of 2+ layers, all sizes
 pooled, so block size drives much of it), ``blocks_n`` (sets of one size n, when at least

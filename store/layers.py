@@ -1,12 +1,24 @@
 """Layer-study tables (store/schema/20_layers.sql): writers replace a run's rows in one
-transaction, so re-running a study never duplicates anything; readers return DataFrames."""
+transaction, so re-running a study never duplicates anything; readers return DataFrames.
+
+``iter_state_parts`` streams a cache run's residual states one commit (part) at a time, every
+stored reduction from one read of each shard, so the layer analyses' memory is bounded by the
+capture's flush size (128 MB by default), not by the run.
+"""
 
 from __future__ import annotations
 
-import duckdb
-import pandas as pd
+import json
+from collections.abc import Iterator
 
-from store.db import StoreError
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from store import remote
+from store.db import Store, StoreError
 
 TABLES: dict[str, list[str]] = {
     "layer_similarity": ["position", "stream", "layer_a", "layer_b", "cosine", "cosine_se", "angular",
@@ -106,3 +118,95 @@ def cheapest_blocks(con: duckdb.DuckDBPyConnection, run_id: int, n: int, metric:
         "SELECT DISTINCT point, layers, value, delta, list(strategy) OVER (PARTITION BY point) AS strategies "
         "FROM layer_drops WHERE run_id = ? AND n = ? AND metric = ? AND heal_steps = 0 "
         "ORDER BY value, point", [run_id, n, metric]).df()
+
+
+# --- streaming the residual states of a cache run ----------------------------------------
+
+
+def state_sites(con: duckdb.DuckDBPyConnection, run_id: int) -> list[tuple[str, int]]:
+    """The residual states in order: resid_pre of layers 0..L-1 (the input of each layer), then
+    resid_post of layer L-1 (the last layer's output, before the final norm)."""
+    row = con.execute("SELECT n_layers FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    if row is None:
+        raise StoreError(f"no run {run_id} in this store: `invoke runs` lists them")
+    n_layers = row[0]
+    have = dict(con.execute("SELECT hook, list(DISTINCT layer ORDER BY layer) FROM shards WHERE run_id = ? "
+                            "AND hook IN ('resid_pre', 'resid_post') GROUP BY hook", [run_id]).fetchall())
+    pre = have.get("resid_pre", [])
+    if pre != list(range(n_layers)):
+        raise StoreError(f"cache run {run_id} lacks resid_pre at some of its {n_layers} layers (has {pre}): "
+                         "capture resid_pre at every layer")
+    if n_layers - 1 not in have.get("resid_post", []):
+        raise StoreError(f"cache run {run_id} lacks resid_post of its last layer: capture resid_post:{n_layers - 1}")
+    return [("resid_pre", l) for l in range(n_layers)] + [("resid_post", n_layers - 1)]
+
+
+def stored_reductions(con: duckdb.DuckDBPyConnection, run_id: int) -> list[str]:
+    """The reductions (last, mean, all) a cache run captured, from its recorded config."""
+    row = con.execute("SELECT config FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    if row is None:
+        raise StoreError(f"no run {run_id} in this store: `invoke runs` lists them")
+    positions = json.loads(row[0]).get("positions", "")
+    return [p.strip() for p in str(positions).split(",") if p.strip()]
+
+
+def prompt_lengths(con: duckdb.DuckDBPyConnection, run_id: int) -> dict[str, int]:
+    """prompt_id -> tokens the model saw, for every finished prompt of a cache run."""
+    return dict(con.execute("SELECT prompt_id, n_tokens FROM run_prompts WHERE run_id = ?", [run_id]).fetchall())
+
+
+def _read_shard(store: Store, rel: str):
+    url = store.shard_url(rel)
+    cols = ["prompt_id", "reduce", "pos", "vec"]
+    try:
+        return remote.read_table(url, cols) if store.is_remote else pq.read_table(url, columns=cols, use_threads=False)
+    except remote.RemoteError as e:
+        raise StoreError(str(e)) from None
+    except FileNotFoundError:
+        raise StoreError(f"shard {url} is listed in the store but missing: run `invoke check`") from None
+
+
+def iter_state_parts(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, sites: list[tuple[str, int]],
+                     reductions: list[str]) -> Iterator[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """Per committed part: {reduction: (prompt_ids, pos, X)} with X (len(sites), rows, d) float32.
+
+    Every commit writes one shard of each (hook, layer) holding the same prompts in the same
+    order, so row i of every site is the same (prompt, token): checked here. ``all`` has a
+    row per token (pos its index); ``last`` and ``mean`` one row per prompt (pos of the last
+    token, or -1 for mean). Each shard is read once for all requested reductions.
+    """
+    wanted = set(sites)
+    by_part: dict[int, dict[tuple[str, int], str]] = {}
+    for part, hook, layer, path in con.execute("SELECT part, hook, layer, path FROM shards WHERE run_id = ? "
+                                               "ORDER BY part", [run_id]).fetchall():
+        if (hook, layer) in wanted:
+            by_part.setdefault(part, {})[(hook, layer)] = path
+    if not by_part:
+        raise StoreError(f"run {run_id} has none of the sites {sites[:3]}...: capture them first")
+    for part in sorted(by_part):
+        paths = by_part[part]
+        missing = [s for s in sites if s not in paths]
+        if missing:
+            raise StoreError(f"run {run_id} part {part} lacks {missing[:3]}: the sites were not captured together")
+        out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for k, site in enumerate(sites):
+            table = _read_shard(store, paths[site])
+            for how in reductions:
+                sub = table.filter(pc.equal(table.column("reduce"), how))
+                if sub.num_rows == 0:
+                    raise StoreError(f"run {run_id} part {part} holds no '{how}' vectors of {site[0]}:{site[1]}: "
+                                     f"capture with positions including {how}")
+                ids = np.asarray(sub.column("prompt_id").to_pylist(), dtype=object)
+                pos = sub.column("pos").fill_null(-1).to_numpy().astype(np.int64)
+                vec = sub.column("vec").combine_chunks()
+                mat = vec.flatten().to_numpy(zero_copy_only=False).reshape(len(vec), -1)
+                if k == 0:
+                    out[how] = (ids, pos, np.empty((len(sites), *mat.shape), np.float32))
+                elif not (np.array_equal(ids, out[how][0]) and np.array_equal(pos, out[how][1])):
+                    raise StoreError(f"run {run_id} part {part}: {site} holds other rows than {sites[0]} ('{how}')")
+                elif mat.shape[1] != out[how][2].shape[2]:
+                    raise StoreError(f"run {run_id} part {part}: {site} vectors have width {mat.shape[1]}, "
+                                     f"not {out[how][2].shape[2]}")
+                out[how][2][k] = mat
+            del table
+        yield out

@@ -4,8 +4,12 @@ by each strategy), optionally healed with LoRA, all evaluated in one run with th
 and how well each cheap proxy predicts the real cost of a drop.
 
 Steps (re-running resumes: captured prompts and evaluated points are never redone):
-1. cache resid_pre of every layer and resid_post of the last (last token and token mean);
-2. similarity, angular distance and Block Influence from those vectors -> layer_* tables;
+1. cache resid_pre of every layer and resid_post of the last (last token, token mean, and every
+   token: the per-token similarity needs them);
+2. similarity (positions last, mean = cosine of token-mean vectors, tokens = per-token cosine
+   averaged over tokens), Gromov angular distance (last token, also mean; the block rule uses
+   last) and Block Influence (last, mean, and tokens: ShortGPT's token average), streamed from
+   the store part by part -> layer_* tables;
 3. the sweep plan (single layers, blocks per strategy and size, healed blocks) -> layer_points;
 4. ``run_sweep``: base + every distinct layer set -> evals (healing logs -> layer_heal);
 5. agreement of the proxies with the measured harm -> layer_agreement.
@@ -39,15 +43,16 @@ class LayersResult:
 
 
 def capture_cfg(loaded: Loaded, cfg: LayersCfg) -> CaptureCfg:
-    """The residual stream entering every layer, plus the last layer's output (before the final norm)."""
+    """The residual stream entering every layer, plus the last layer's output (before the final norm),
+    at the last token, as the token mean, and at every token (for the ``tokens`` similarity)."""
     return CaptureCfg(prompts=cfg.prompts, hooks=f"resid_pre,resid_post:{loaded.n_layers - 1}",
-                      positions="last,mean", backend="torch", limit=cfg.n_prompts, seed=cfg.seed,
+                      positions="last,mean,all", backend="torch", limit=cfg.n_prompts, seed=cfg.seed,
                       chat=cfg.chat, max_tokens=cfg.tokens, batch_size=cfg.batch_size)
 
 
 def analyse(store: Store, cache_run_id: int) -> dict[str, pd.DataFrame]:
     with store.connect(read_only=True) as con:
-        return layer_similarity.run(con, store, cache_run_id)
+        return layer_similarity.run(con, store, cache_run_id, layer_similarity.POSITIONS)
 
 
 def plan_points(loaded: Loaded, cfg: LayersCfg, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:

@@ -2,8 +2,12 @@
 -- `layers` run (runs.kind = 'layers'); runs.config names the cache run the vectors came from.
 -- "Layer" a/b in the similarity tables indexes residual-stream states: state l (0..L-1) is the
 -- input of layer l (blocks.l.hook_resid_pre), state L the output of the last layer before the
--- final norm; stream = 'resid_unnormalised' says so. position: last (last token) or mean
--- (vector averaged over tokens, then compared). Means are over prompts, *_se their standard errors.
+-- final norm; stream = 'resid_unnormalised' says so. position: last (last token), mean (cosine
+-- of token-mean vectors: each state averaged over the prompt's tokens, then compared) or tokens
+-- (cosine, and arccos(cos)/pi, of the two states at the same token, averaged over the prompt's
+-- tokens). Means are over prompts (each prompt weighs the same), *_se their standard errors.
+-- layer_angular (Gromov's rule) has last and mean only; layer_influence has all three (tokens is
+-- ShortGPT's token-averaged Block Influence).
 
 -- Cosine and Gromov angular distance arccos(cos)/pi between every pair of states.
 CREATE TABLE IF NOT EXISTS layer_similarity (

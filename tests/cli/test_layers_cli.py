@@ -38,8 +38,11 @@ def test_layers_smoke_then_sql(tmp_path):
                "SELECT (SELECT count(DISTINCT point) FROM evals) AS points, "
                "(SELECT count(*) FROM layer_influence WHERE position = 'last') AS influence, "
                "(SELECT count(*) FROM layer_angular WHERE best AND position = 'last') AS best, "
-               "(SELECT count(*) FROM evals WHERE point = 'base') AS base_rows")
-    assert q.stdout.strip().splitlines()[1] == f"{n_points},30,30,3"  # base: perplexity, nll, norm_loss
+               "(SELECT count(*) FROM evals WHERE point = 'base') AS base_rows, "
+               "(SELECT count(*) FROM layer_similarity WHERE position = 'tokens') AS token_pairs, "
+               "(SELECT count(*) FROM layer_influence WHERE position = 'tokens') AS token_influence")
+    # base: perplexity, nll, norm_loss; per-token similarity of all 31 x 31 states and its Block Influence
+    assert q.stdout.strip().splitlines()[1] == f"{n_points},30,30,3,961,30"
 
 
 @pytest.mark.parametrize("args,message", [

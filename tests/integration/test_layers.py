@@ -77,24 +77,32 @@ def test_dropping_the_first_layer_hurts_more_than_a_middle_one(embedded):
 
 
 def test_layer_statistics_from_real_activations(embedded, store):
-    run = capture(embedded, store, CaptureCfg(prompts="book", hooks="resid_pre,resid_post:29", positions="last,mean",
-                                              backend="torch", limit=6, chat=False, max_tokens=48), progress=False)
+    run = capture(embedded, store, CaptureCfg(prompts="book", hooks="resid_pre,resid_post:29",
+                                              positions="last,mean,all", backend="torch", limit=6, chat=False,
+                                              max_tokens=48), progress=False)
     with store.connect(read_only=True) as con:
         tables = layer_similarity.run(con, store, run)
     sim = tables["similarity"]
-    last = sim[sim["position"] == "last"].pivot(index="layer_a", columns="layer_b", values="cosine").to_numpy()
-    assert last.shape == (31, 31)
-    np.testing.assert_allclose(last, last.T, atol=1e-12)
-    np.testing.assert_allclose(np.diag(last), 1.0, atol=1e-9)
+    assert set(sim["position"]) == {"last", "mean", "tokens"}
+    mats = {p: sim[sim["position"] == p].pivot(index="layer_a", columns="layer_b", values="cosine").to_numpy()
+            for p in ("last", "mean", "tokens")}
+    for m in mats.values():
+        assert m.shape == (31, 31)
+        np.testing.assert_allclose(m, m.T, atol=1e-12)
+        np.testing.assert_allclose(np.diag(m), 1.0, atol=1e-9)
+    last = mats["last"]
     ang = tables["angular"]
     assert ang["distance"].between(0, 1).all()
-    assert len(ang[ang["best"]]) == 2 * 30
+    assert len(ang[ang["best"]]) == 2 * 30  # last and mean: Gromov's rule takes one vector per prompt
     # a residual stream drifts: neighbouring states are more alike than states 10 layers apart
-    near = np.mean([last[l, l + 1] for l in range(1, 20)])
-    far = np.mean([last[l, l + 10] for l in range(1, 20)])
-    assert near > far
+    for m in (last, mats["tokens"]):
+        near = np.mean([m[l, l + 1] for l in range(1, 20)])
+        far = np.mean([m[l, l + 10] for l in range(1, 20)])
+        assert near > far
+    # the per-token average (tokens) is a different statistic from the cosine of token means (mean)
+    assert np.abs(mats["mean"] - mats["tokens"]).max() > 1e-3
     bi = tables["influence"]
-    assert bi["block_influence"].between(0, 2).all() and len(bi) == 60
+    assert bi["block_influence"].between(0, 2).all() and len(bi) == 90
 
 
 def test_healing_the_embedded_model_changes_it_only_inside(embedded):

@@ -14,6 +14,8 @@ import torch
 from analyses import layer_agreement, layer_blocks, layer_similarity
 from interp.batching import encode
 from interp.capture import CaptureCfg, capture
+from store import StoreError
+from store.activations import read_vectors
 from store.layers import read_table, replace_rows
 
 TEXTS = ["the cat sat on the mat", "hi there", "a somewhat longer prompt about gardens and rivers",
@@ -76,6 +78,50 @@ def test_angular_distance_and_block_influence_equal_naive_loops(seed):
         assert bi["block_influence"].iloc[l] == pytest.approx(naive_bi, abs=1e-9)
 
 
+def _token_rows(seed: int, lengths=(1, 4, 7, 2), S: int = 6, d: int = 8):
+    """Rows of tokens of several prompts, shuffled as a store part could hold them: (ids, X (S, rows, d))."""
+    rng = np.random.default_rng(seed)
+    ids = np.array([f"p{i}" for i, n in enumerate(lengths) for _ in range(n)], dtype=object)
+    X = _states(seed, S=S, P=len(ids), d=d)
+    X += rng.normal(size=(1, len(ids), d)).astype(np.float32) * 3  # tokens differ, states share them
+    perm = rng.permutation(len(ids))
+    return ids[perm], X[:, perm]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_token_similarity_equals_naive_per_prompt_per_token_loop(seed):
+    """position 'tokens': cosine (and angular distance) of the two states at each token, averaged
+    over the prompt's tokens, then over prompts; Block Influence from the same token means."""
+    ids, X = _token_rows(seed)
+    S = X.shape[0]
+    sums = layer_similarity.token_means(ids, X)
+    pids = sorted(sums)
+    C = np.stack([sums[p][0] / sums[p][2] for p in pids], axis=-1)
+    A = np.stack([sums[p][1] / sums[p][2] for p in pids], axis=-1)
+    sim = layer_similarity.similarity_frame(C, "tokens", A).set_index(["layer_a", "layer_b"])
+    bi = layer_similarity.influence_frame(C, "tokens").set_index("layer")["block_influence"]
+    rows = {p: [i for i in range(len(ids)) if ids[i] == p] for p in pids}
+    assert {p: sums[p][2] for p in pids} == {p: len(r) for p, r in rows.items()}
+    for a in range(S):
+        for b in range(S):
+            per_cos, per_ang = [], []
+            for p in pids:  # each prompt: mean over its tokens
+                cs = [min(1.0, max(-1.0, _naive_cos(X[a, i], X[b, i]))) for i in rows[p]]
+                per_cos.append(sum(cs) / len(cs))
+                per_ang.append(sum(math.acos(c) / math.pi for c in cs) / len(cs))
+            assert sim.loc[(a, b), "cosine"] == pytest.approx(sum(per_cos) / len(pids), abs=1e-9)
+            assert sim.loc[(a, b), "angular"] == pytest.approx(sum(per_ang) / len(pids), abs=1e-6)
+            se = np.std(per_cos, ddof=1) / math.sqrt(len(pids))
+            assert sim.loc[(a, b), "cosine_se"] == pytest.approx(se, abs=1e-9)
+            if b == a + 1:
+                assert bi[a] == pytest.approx(1 - sum(per_cos) / len(pids), abs=1e-9)
+        assert sim.loc[(a, a), "cosine"] == pytest.approx(1.0, abs=1e-12)
+    # the per-token average is not the cosine of token-mean vectors (position 'mean')
+    means = np.stack([X[:, rows[p]].mean(axis=1) for p in pids], axis=1)
+    cm = layer_similarity.pairwise_cosines(means).mean(-1)
+    assert np.abs(cm - C.mean(-1)).max() > 1e-3
+
+
 def test_zero_vector_is_refused():
     X = _states(0)
     X[2, 1] = 0
@@ -93,15 +139,20 @@ def prompt_file(tmp_path):
 @pytest.mark.parametrize("fixture", ["tiny", "tiny_gpt"])
 def test_states_from_the_store_are_the_unnormalised_residual_stream(request, fixture, store, prompt_file):
     """State l is the input of layer l, state L the last layer's output *before* the final norm:
-    checked against a plain HF forward (whose last hidden state is normalised, so it differs)."""
+    checked against a plain HF forward (whose last hidden state is normalised, so it differs).
+    The streamed analysis (several commits: flush_mb=0) equals the in-memory reader for last and
+    mean, and a naive per-prompt, per-token loop over every stored token for tokens."""
     loaded = request.getfixturevalue(fixture)
-    run = capture(loaded, store, CaptureCfg(prompts=prompt_file, hooks="resid_pre,resid_post", positions="last,mean",
-                                            backend="torch", chat=False, batch_size=4), progress=False)
+    run = capture(loaded, store, CaptureCfg(prompts=prompt_file, hooks="resid_pre,resid_post", positions="last,mean,all",
+                                            backend="torch", chat=False, batch_size=4, flush_mb=0), progress=False)
     L = loaded.n_layers
     with store.connect(read_only=True) as con:
+        assert con.execute("SELECT count(DISTINCT part) FROM shards WHERE run_id = ?", [run]).fetchone()[0] == 2
         pids, X = layer_similarity.residual_states(con, store, run, "last")
         _, Xm = layer_similarity.residual_states(con, store, run, "mean")
         tables = layer_similarity.run(con, store, run)
+        pre, Xpre = read_vectors(con, store, run, "resid_pre", reduce="all")
+        post, Xpost = read_vectors(con, store, run, "resid_post", layers=[L - 1], reduce="all")
     assert X.shape == (L + 1, len(TEXTS), loaded.d_model)
     final_norm = loaded.model.get_submodule(loaded.arch.final_norm)
     for j, pid in enumerate(pids):
@@ -111,15 +162,63 @@ def test_states_from_the_store_are_the_unnormalised_residual_stream(request, fix
         for l in range(L):
             np.testing.assert_allclose(X[l, j], hs[l][0, -1].numpy(), rtol=1e-4, atol=1e-5)
             np.testing.assert_allclose(Xm[l, j], hs[l][0].mean(0).numpy(), rtol=1e-4, atol=1e-5)
+            rows = ((pre["layer"] == l) & (pre["prompt_id"] == pid)).to_numpy()
+            assert list(pre.loc[rows, "pos"]) == list(range(len(ids)))
+            np.testing.assert_allclose(Xpre[rows], hs[l][0].numpy(), rtol=1e-4, atol=1e-5)
         # HF's last hidden state is the normed one; ours is the raw residual that produces it
         with torch.no_grad():
             normed = final_norm(torch.from_numpy(X[L, j]))
         np.testing.assert_allclose(normed.numpy(), hs[L][0, -1].numpy(), rtol=1e-4, atol=1e-4)
         assert not np.allclose(X[L, j], hs[L][0, -1].numpy(), atol=1e-3)
     assert set(tables) == {"similarity", "angular", "influence"}
-    assert set(tables["similarity"]["position"]) == {"last", "mean"}
-    assert len(tables["influence"]) == 2 * L
-    assert len(tables["similarity"]) == 2 * (L + 1) ** 2
+    sim = tables["similarity"]
+    assert set(sim["position"]) == {"last", "mean", "tokens"}
+    assert len(tables["influence"]) == 3 * L and set(tables["influence"]["position"]) == {"last", "mean", "tokens"}
+    assert len(sim) == 3 * (L + 1) ** 2
+    assert set(tables["angular"]["position"]) == {"last", "mean"}  # Gromov's rule: one vector per prompt
+    # streamed last / mean == the in-memory reader
+    for position, states in (("last", X), ("mean", Xm)):
+        C = layer_similarity.pairwise_cosines(states)
+        want = layer_similarity.similarity_frame(C, position)
+        got = sim[sim["position"] == position].reset_index(drop=True)
+        np.testing.assert_allclose(got["cosine"], want["cosine"], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(got["angular"], want["angular"], rtol=0, atol=1e-12)
+        got_bi = tables["influence"][tables["influence"]["position"] == position]["block_influence"]
+        np.testing.assert_allclose(got_bi, layer_similarity.influence_frame(C, position)["block_influence"], atol=1e-12)
+    # streamed tokens == a naive loop over every stored token of every prompt
+    tok = sim[sim["position"] == "tokens"].set_index(["layer_a", "layer_b"])
+    assert (tok["n_prompts"] == len(TEXTS)).all()
+
+    def state(s, pid):
+        if s < L:
+            return Xpre[((pre["layer"] == s) & (pre["prompt_id"] == pid)).to_numpy()]
+        return Xpost[(post["prompt_id"] == pid).to_numpy()]
+
+    per_prompt = {pid: [state(s, pid) for s in range(L + 1)] for pid in pids}
+    for a in range(L + 1):
+        for b in range(a, L + 1):
+            cos = []
+            for pid in pids:
+                va, vb = per_prompt[pid][a], per_prompt[pid][b]
+                cs = [min(1.0, max(-1.0, _naive_cos(va[t], vb[t]))) for t in range(len(va))]
+                cos.append(sum(cs) / len(cs))
+            assert tok.loc[(a, b), "cosine"] == pytest.approx(sum(cos) / len(cos), abs=1e-6)
+            assert tok.loc[(b, a), "cosine"] == pytest.approx(tok.loc[(a, b), "cosine"], abs=1e-12)
+
+
+def test_positions_the_run_did_not_capture_are_refused(tiny, store, prompt_file):
+    run = capture(tiny, store, CaptureCfg(prompts=prompt_file, hooks="resid_pre,resid_post:3", positions="last,mean",
+                                          backend="torch", chat=False), progress=False)
+    with store.connect(read_only=True) as con:
+        assert set(layer_similarity.run(con, store, run)["similarity"]["position"]) == {"last", "mean"}
+        with pytest.raises(StoreError, match="'tokens' similarity needs 'all' vectors"):
+            layer_similarity.run(con, store, run, ("last", "tokens"))
+        with pytest.raises(ValueError, match="unknown position 'first'"):
+            layer_similarity.run(con, store, run, ("first",))
+    part = capture(tiny, store, CaptureCfg(prompts=prompt_file, hooks="resid_pre:0-2,resid_post:3", positions="last",
+                                           backend="torch", chat=False), progress=False)
+    with store.connect(read_only=True) as con, pytest.raises(StoreError, match="lacks resid_pre"):
+        layer_similarity.run(con, store, part)
 
 
 def test_block_plans():

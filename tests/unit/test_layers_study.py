@@ -48,9 +48,13 @@ def test_study_end_to_end_and_resume(tiny, store, cfg):
         assert set(evals["point"]) == set(points["point"]) | {"base"}
         assert evals["point"].nunique() == result.n_points
         assert _count(con, "layer_heal", result.run_id) > 0
-        assert _count(con, "layer_similarity", result.run_id) == 2 * (L + 1) ** 2
+        # similarity and Block Influence at last, mean and tokens; Gromov's distances at last and mean
+        assert _count(con, "layer_similarity", result.run_id) == 3 * (L + 1) ** 2
         assert _count(con, "layer_angular", result.run_id) == 2 * L * (L + 1) // 2
-        assert _count(con, "layer_influence", result.run_id) == 2 * L
+        assert _count(con, "layer_influence", result.run_id) == 3 * L
+        positions = con.execute("SELECT DISTINCT position FROM layer_similarity WHERE run_id = ?",
+                                [result.run_id]).fetchall()
+        assert {p for (p,) in positions} == {"last", "mean", "tokens"}
         agreement = con.execute("SELECT * FROM layer_agreement WHERE run_id = ?", [result.run_id]).df()
         single = agreement[(agreement["scope"] == "single") & (agreement["metric"] == "nll")]
         assert set(single["proxy"]) == {"angular", "cosine", "influence"} and (single["n_points"] == L).all()
