@@ -14,12 +14,14 @@ from scipy import stats
 
 SCORES = (
     ("gradient", "abs_grad"),
+    ("gradient_seq", "abs_grad"),
     ("zero", "delta_loss"),
     ("mean", "delta_loss"),
     ("zero", "delta_task_nll"),
     ("mean", "delta_task_nll"),
 )
-"""(method, metric) pairs compared: higher = more important for all of them. (Layer-normalised
+"""(method, metric) pairs compared: higher = more important for all of them. gradient is the
+per-token gradient importance, gradient_seq the per-sequence one (when computed). (Layer-normalised
 gradient scores are left out: normalising per layer is meant for pruning, not for ranking.)"""
 
 

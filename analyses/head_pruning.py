@@ -10,9 +10,11 @@ import random
 
 import pandas as pd
 
-PRUNE_SCORE = {"gradient": "abs_grad_layer_l2", "zero": "delta_loss", "mean": "delta_loss"}
+PRUNE_SCORE = {"gradient": "abs_grad_layer_l2", "gradient_seq": "abs_grad_layer_l2", "zero": "delta_loss",
+               "mean": "delta_loss"}
 """The score each importance method prunes by: Michel et al. prune by layer-normalised
-gradient importance; ablations by the text-loss increase the head's ablation causes."""
+gradient importance (per-token gates: gradient; per-sequence gates: gradient_seq); ablations
+by the text-loss increase the head's ablation causes."""
 
 Head = tuple[int, int]
 

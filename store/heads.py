@@ -11,7 +11,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-IMPORTANCE_COLUMNS = ["run_id", "method", "metric", "layer", "head", "value", "stderr", "n", "dataset"]
+IMPORTANCE_COLUMNS = ["run_id", "method", "metric", "layer", "head", "value", "stderr", "n", "n_tokens", "dataset"]
 
 
 def _replace(con: duckdb.DuckDBPyConnection, table: str, df: pd.DataFrame, where: str, params: list) -> None:
@@ -28,8 +28,11 @@ def _replace(con: duckdb.DuckDBPyConnection, table: str, df: pd.DataFrame, where
 
 
 def write_importance(con: duckdb.DuckDBPyConnection, run_id: int, method: str, df: pd.DataFrame) -> None:
-    """All rows of one importance method (every metric, layer and head) at once."""
-    df = df.assign(run_id=run_id, method=method)[IMPORTANCE_COLUMNS]
+    """All rows of one importance method (every metric, layer and head) at once; ``n_tokens`` may be
+    left out (stored as NULL)."""
+    tokens = df["n_tokens"].tolist() if "n_tokens" in df else [None] * len(df)
+    df = df.assign(run_id=run_id, method=method, n_tokens=pd.array(tokens, dtype="Int64"))
+    df = df[IMPORTANCE_COLUMNS]
     _replace(con, "heads_importance", df, "run_id = ? AND method = ?", [run_id, method])
 
 
@@ -40,7 +43,7 @@ def importance_methods(con: duckdb.DuckDBPyConnection, run_id: int) -> set[str]:
 
 def read_importance(con: duckdb.DuckDBPyConnection, run_id: int) -> pd.DataFrame:
     return con.execute(
-        "SELECT method, metric, layer, head, value, stderr, n, dataset FROM heads_importance WHERE run_id = ? "
+        "SELECT method, metric, layer, head, value, stderr, n, n_tokens, dataset FROM heads_importance WHERE run_id = ? "
         "ORDER BY method, metric, layer, head", [run_id]).df()
 
 

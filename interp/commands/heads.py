@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from invoke import task
 
-from interp.cli import opt_int, print_table, user_errors
+from interp.cli import opt_bool, opt_int, print_table, user_errors
 from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
 
 
@@ -14,13 +14,17 @@ from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
     budget="smoke (CLI tests, seconds of work), quick (under 10 minutes on 2 CPU cores) or full; "
            "--quick is --budget quick; default full",
     router_steps="optimiser steps per router (one router per kept share of heads); default from the budget",
-    text_seqs="text sequences for importance; default from the budget",
+    text_seqs="text sequences for ablation importance; default from the budget",
+    grad_seqs="text sequences for gradient importance and head means (at least --text-seqs); default from "
+              "the budget",
+    gradient_seq="also compute gradient importance with one gate per sequence (method gradient_seq) besides "
+                 "the per-token one: true or false; default from the budget (full: true)",
     seed="seed for text splits, random pruning orders, task items and evaluation subsets",
     format="table (default), csv or json for the printed tables",
 ))
 @user_errors
 def heads(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None, router_steps=None, text_seqs=None,
-          seed=0, dtype="float32", device="cpu", device_map=None, revision=None, format="table"):
+          grad_seqs=None, gradient_seq=None, seed=0, dtype="float32", device="cpu", device_map=None, revision=None, format="table"):
     """Head study: which attention heads matter (ablation and gradient importance), pruning the
     least important ones, and a trained top-k head router against static pruning."""
     from interp.heads.config import HeadsCfg
@@ -30,8 +34,11 @@ def heads(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None,
 
     if quick and budget not in (None, "quick"):
         raise ValueError(f"--quick and --budget {budget} disagree: pass one of them")
+    if gradient_seq not in (None, True, False) and str(gradient_seq).lower() not in {"true", "false", "1", "0", "yes", "no"}:
+        raise ValueError(f"--gradient-seq takes true or false, not '{gradient_seq}'")
     cfg = HeadsCfg(budget="quick" if quick else (budget or "full"), router_steps=opt_int(router_steps),
-                   text_seqs=opt_int(text_seqs), seed=int(seed))
+                   text_seqs=opt_int(text_seqs), grad_seqs=opt_int(grad_seqs),
+                   gradient_seq=opt_bool(gradient_seq), seed=int(seed))
     loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
     st = Store(store)
     run_id = run_heads(loaded, st, cfg)

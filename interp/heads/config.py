@@ -13,20 +13,20 @@ random."""
 
 BUDGETS: dict[str, dict] = {
     # CLI tests: seconds of work, numbers meaningless (ablation of the two deepest layers only).
-    "smoke": {"text_seqs": 2, "seq_len": 16, "task_items": 2, "ablation_layers": 2,
-              "methods": ("gradient", "random"), "random_seeds": 1, "prune_fracs": (), "router_keep": (0.5,),
-              "router_steps": 2, "router_batch": 1, "train_seqs": 2, "heldout_seqs": 1,
+    "smoke": {"text_seqs": 2, "grad_seqs": 2, "seq_len": 16, "task_items": 2, "ablation_layers": 2,
+              "gradient_seq": False, "methods": ("gradient", "random"), "random_seeds": 1, "prune_fracs": (),
+              "router_keep": (0.5,), "router_steps": 2, "router_batch": 1, "train_seqs": 2, "heldout_seqs": 1,
               "eval_tasks": ("ppl", "facts"), "eval_budget": "smoke"},
     # Under 10 minutes on 2 unloaded CPU cores.
-    "quick": {"text_seqs": 4, "seq_len": 48, "task_items": 12, "ablation_layers": 0,
-              "methods": ("gradient", "zero", "mean", "random"),
+    "quick": {"text_seqs": 4, "grad_seqs": 16, "seq_len": 48, "task_items": 12, "ablation_layers": 0,
+              "gradient_seq": False, "methods": ("gradient", "zero", "mean", "random"),
               "random_seeds": 1, "prune_fracs": (), "router_keep": (0.5, 0.75), "router_steps": 20,
               "router_batch": 4, "train_seqs": 80, "heldout_seqs": 8, "eval_tasks": ("ppl", "facts"),
               "eval_budget": {"ppl": 1024, "facts": 30}},
     # Reportable numbers (hours on a CPU).
-    "full": {"text_seqs": 16, "seq_len": 128, "task_items": None, "ablation_layers": 0, "methods": METHODS,
-             "random_seeds": 3, "prune_fracs": (0.1, 0.25, 0.5, 0.75), "router_keep": (0.5, 0.75),
-             "router_steps": 200, "router_batch": 4, "train_seqs": 320, "heldout_seqs": 32,
+    "full": {"text_seqs": 16, "grad_seqs": 64, "seq_len": 128, "task_items": None, "ablation_layers": 0,
+             "gradient_seq": True, "methods": METHODS, "random_seeds": 3, "prune_fracs": (0.1, 0.25, 0.5, 0.75),
+             "router_keep": (0.5, 0.75), "router_steps": 200, "router_batch": 4, "train_seqs": 320, "heldout_seqs": 32,
              "eval_tasks": ("ppl", "facts", "arith"), "eval_budget": "full"},
 }
 """Named budgets; any field can be overridden in HeadsCfg."""
@@ -39,7 +39,11 @@ class HeadsCfg:
     budget: str = "quick"
     """smoke (CLI tests), quick (under 10 minutes on 2 CPU cores) or full."""
     text_seqs: int | None = None
-    """Text sequences (book corpus, held out from the evaluation windows) for importance."""
+    """Text sequences (book corpus, held out from the evaluation windows) for ablation importance."""
+    grad_seqs: int | None = None
+    """Text sequences for gradient importance and the head means: the text_seqs ablation
+    sequences plus more (a gradient costs about three forward passes, an ablation sweep
+    hundreds). From the budget: raised to text_seqs when below it."""
     seq_len: int | None = None
     """Tokens per text sequence (importance, router training and held-out statistics)."""
     task_items: int | None = None
@@ -47,6 +51,9 @@ class HeadsCfg:
     ablation_layers: int | None = None
     """Ablate the heads of the deepest n layers only; 0: every layer. Pruning by zero or mean
     ablation needs every layer."""
+    gradient_seq: bool | None = None
+    """Besides the per-token gradient importance (method 'gradient', what pruning uses), also
+    compute the per-sequence variant (one gate per sequence; method 'gradient_seq')."""
     methods: tuple[str, ...] | None = None
     """Pruning orders swept: some of METHODS."""
     random_seeds: int | None = None
@@ -79,12 +86,18 @@ class HeadsCfg:
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
             raise ValueError(f"unknown heads budget '{self.budget}': use smoke, quick or full")
+        grad_given = self.grad_seqs is not None
         for k, v in BUDGETS[self.budget].items():
             if getattr(self, k) is None:
                 object.__setattr__(self, k, v)
-        for name in ("text_seqs", "router_batch", "train_seqs", "heldout_seqs", "batch_size"):
+        if not grad_given:
+            object.__setattr__(self, "grad_seqs", max(self.grad_seqs, self.text_seqs))
+        for name in ("text_seqs", "grad_seqs", "router_batch", "train_seqs", "heldout_seqs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        if self.grad_seqs < self.text_seqs:
+            raise ValueError(f"grad-seqs ({self.grad_seqs}) must be at least text-seqs ({self.text_seqs}): "
+                             "the gradient sample includes the ablation sample")
         if self.seq_len < 4:
             raise ValueError(f"seq-len must be at least 4 tokens, not {self.seq_len}")
         if self.router_steps < 0:
@@ -98,6 +111,7 @@ class HeadsCfg:
             raise ValueError(f"pruning fractions must be between 0 and 1, got {self.prune_fracs}")
         if any(not 0 < f <= 1 for f in self.router_keep):
             raise ValueError(f"router keep fractions must be in (0, 1], got {self.router_keep}")
+        object.__setattr__(self, "gradient_seq", bool(self.gradient_seq))
         object.__setattr__(self, "methods", tuple(self.methods))
         object.__setattr__(self, "prune_fracs", tuple(float(f) for f in self.prune_fracs))
         object.__setattr__(self, "router_keep", tuple(float(f) for f in self.router_keep))

@@ -1,17 +1,32 @@
 """Head importance: zero / mean ablation of each head's ``z`` and the gradient importance of
 Michel et al. (2019).
 
-Gradient importance. Michel et al. define I_h = E_x |dL(x)/dxi_h| with a gate xi_h = 1 on
-each head's output and x an example drawn from the data. Here an example is one text
-sequence and L(x) its mean next-token loss; every sequence gets its own gates
-xi (batch, layer, head), so one backward pass of the summed per-sequence losses gives
-each sequence's own gradient, and I_h is the mean over sequences of its absolute value.
-(The authors' released code takes |.| of whole-batch gradients instead; with one sequence
-per batch the two agree.) Scores are then normalised per layer by their L2 norm and
-globally by min-max, as in the original.
+Gradient importance. A gate xi = 1 multiplies each head's output and I_h = mean |dL/dxi_h|.
+Two variants differ in what one gate covers, and are stored under different method names:
 
-Ablation importance. For each head, ``z`` is replaced by zero or by its mean over the text
-sample, and the change of the per-sequence loss (and of a task metric) is averaged over
+- ``token`` (method ``gradient``, the default): one gate per head *per token position*,
+  xi (layer, batch, pos, head). L is the batch's total next-token loss (sum over every
+  scored token), so dL/dxi_{h,t} is the effect of head h at position t through everything
+  it reaches (that position's prediction and all later ones of its sequence). One backward
+  pass gives every position's gradient; I_h is the mean of |dL/dxi_{h,t}| over the real
+  (unpadded) tokens of the sample. (The last token of each sequence predicts nothing scored
+  and reaches nothing, so its gradient is 0 and it counts as such.) The absolute value is
+  taken per token, so a head that helps some tokens and hurts others still scores high.
+- ``sequence`` (method ``gradient_seq``): one gate per head per sequence (shared by all its
+  positions), L(x) the sequence's *mean* token loss; I_h is the mean over sequences of
+  |dL(x)/dxi_h|. A shared gate's gradient is the sum over positions of the per-token
+  gradients, so signs cancel inside a sequence before |.| is taken. (The authors'
+  released code takes |.| of whole-batch gradients; with one sequence per batch the two
+  agree.) With one token per sequence the two variants are equal (tested).
+
+Standard errors treat sequences as independent clusters (tokens of one sequence are not
+independent): the ratio-estimator standard error of the token mean over per-sequence sums,
+which for equal-length sequences is the standard deviation of the per-sequence means over
+sqrt(sequences). Scores are then normalised per layer by their L2 norm and globally by
+min-max, as in the original.
+
+Ablation importance. For each head, ``z`` is replaced by zero or by its mean over real tokens
+(``head_means``; the study takes it over its larger gradient sample), and the change of the per-sequence loss (and of a task metric) is averaged over
 sequences, with standard errors. All edits of one layer share one wide forward pass that
 starts at that layer (``Suffix``).
 """
@@ -34,6 +49,15 @@ from interp.sites import Site
 MODES = ("zero", "mean")
 
 
+def _scored(logits_fn, hidden: torch.Tensor, targets: torch.Tensor):
+    """Logits (scored, vocab), targets (scored,) and row index (scored,) of the scored positions."""
+    r, p = (targets != IGNORE).nonzero(as_tuple=True)
+    logits = logits_fn(hidden[r, p])  # (scored, vocab)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return logits, targets[r, p].to(logits.device), r.to(logits.device)
+
+
 def row_metrics(logits_fn, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per row: mean NLL over scored positions, token accuracy, and exact match (all correct).
 
@@ -41,12 +65,7 @@ def row_metrics(logits_fn, hidden: torch.Tensor, targets: torch.Tensor) -> tuple
     positions to logits, so the unembedding only runs where a target is scored.
     """
     rows = hidden.shape[0]
-    r, p = (targets != IGNORE).nonzero(as_tuple=True)
-    logits = logits_fn(hidden[r, p])  # (scored, vocab)
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    tgt = targets[r, p].to(logits.device)
-    r = r.to(logits.device)
+    logits, tgt, r = _scored(logits_fn, hidden, targets)
     nll = F.cross_entropy(logits, tgt, reduction="none")
     hit = (logits.argmax(-1) == tgt).to(nll.dtype)
     zeros = torch.zeros(rows, dtype=nll.dtype, device=nll.device)
@@ -100,21 +119,73 @@ def head_means(loaded: Loaded, batches: list[Scored]) -> torch.Tensor:
     return (total / n).float()
 
 
-def gradient_importance(loaded: Loaded, batches: list[Scored], progress: bool = False) -> dict[str, np.ndarray]:
-    """|dL(x)/dxi_h| per sequence x, averaged: {'mean': (L, H), 'stderr': (L, H), 'n': sequences}."""
-    L, H = loaded.n_layers, loaded.n_heads
-    grads = []
-    for b in tqdm(batches, desc="gradient importance", unit="batch", disable=not progress):
-        xi = torch.ones(b.rows, L, H, requires_grad=True)  # one gate per sequence, layer, head
-        with torch.enable_grad(), head_gates(loaded, {l: LayerGate(xi[:, l]) for l in range(L)}):
-            hidden = final_hidden(loaded, b)
-            nll, _, _ = row_metrics(_head(loaded), hidden, b.targets)
-            nll.sum().backward()
-        grads.append(xi.grad.detach().abs().double())
-    g = torch.cat(grads).numpy()  # (sequences, L, H)
-    n = g.shape[0]
-    se = g.std(0, ddof=1) / np.sqrt(n) if n > 1 else np.full((L, H), np.nan)
-    return {"mean": g.mean(0), "stderr": se, "n": n}
+GRADIENT_METHODS = {"token": "gradient", "sequence": "gradient_seq"}
+"""Gradient-importance variant (what one gate covers) -> the method name its scores are stored under."""
+
+
+def _gate_dtype(loaded: Loaded) -> torch.dtype:
+    p = next(loaded.model.parameters())
+    return torch.float64 if p.dtype == torch.float64 else torch.float32
+
+
+def token_gradients(loaded: Loaded, batch: Scored) -> torch.Tensor:
+    """dL/dxi_{l,b,t,h} with L the batch's total token loss: (layer, rows, pos, head).
+
+    One gate per layer, row, position and query head; one backward pass."""
+    rows, width = batch.kwargs["input_ids"].shape
+    xi = torch.ones(loaded.n_layers, rows, width, loaded.n_heads, dtype=_gate_dtype(loaded), requires_grad=True)
+    with torch.enable_grad(), head_gates(loaded, {l: LayerGate(xi[l]) for l in range(loaded.n_layers)}):
+        logits, tgt, _ = _scored(_head(loaded), final_hidden(loaded, batch), batch.targets)
+        (grad,) = torch.autograd.grad(F.cross_entropy(logits, tgt, reduction="sum"), xi)
+    return grad.detach()
+
+
+def sequence_gradients(loaded: Loaded, batch: Scored) -> torch.Tensor:
+    """dL(x)/dxi_{x,l,h} with L(x) each sequence's mean token loss and one gate per sequence: (rows, layer, head)."""
+    xi = torch.ones(batch.rows, loaded.n_layers, loaded.n_heads, dtype=_gate_dtype(loaded), requires_grad=True)
+    with torch.enable_grad(), head_gates(loaded, {l: LayerGate(xi[:, l]) for l in range(loaded.n_layers)}):
+        nll, _, _ = row_metrics(_head(loaded), final_hidden(loaded, batch), batch.targets)
+        (grad,) = torch.autograd.grad(nll.sum(), xi)
+    return grad.detach()
+
+
+def cluster_mean(sums: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over units (tokens) grouped in independent clusters (sequences), and its standard error.
+
+    ``sums`` (clusters, ...) are each cluster's sums, ``counts`` (clusters,) its units. The
+    mean is sum(sums) / sum(counts); the standard error is the ratio estimator's,
+    sqrt(n / (n - 1) * sum_c (s_c - mean * t_c)^2) / sum(counts), NaN for one cluster."""
+    t = counts.reshape((-1,) + (1,) * (sums.ndim - 1)).astype(np.float64)
+    total = t.sum()
+    mean = sums.sum(0) / total
+    n = sums.shape[0]
+    if n < 2:
+        return mean, np.full(mean.shape, np.nan)
+    resid = sums - mean * t
+    return mean, np.sqrt(n / (n - 1) * (resid ** 2).sum(0)) / total
+
+
+def gradient_importance(loaded: Loaded, batches: list[Scored], per: str = "token",
+                        progress: bool = False) -> dict[str, np.ndarray | int]:
+    """Mean |dL/dxi_h| per (layer, head), one gate per token (``per='token'``) or per sequence.
+
+    Returns {'mean': (L, H), 'stderr': (L, H) over sequences as clusters, 'n': sequences,
+    'n_tokens': real tokens of the sample}. See the module docstring for the two variants."""
+    if per not in GRADIENT_METHODS:
+        raise ValueError(f"unknown gradient importance variant '{per}': use {' or '.join(GRADIENT_METHODS)}")
+    sums, counts = [], []  # per sequence: |grad| summed over what is averaged (L, H), and how many
+    for b in tqdm(batches, desc=f"gradient importance ({per})", unit="batch", disable=not progress):
+        if per == "token":
+            g = token_gradients(loaded, b).abs().double()  # (L, rows, pos, H)
+            mask = b.kwargs["attention_mask"].to(g)  # (rows, pos): padded positions do not count
+            sums.append(torch.einsum("lrph,rp->rlh", g, mask))
+            counts.append(mask.sum(1))
+        else:
+            sums.append(sequence_gradients(loaded, b).abs().double())  # (rows, L, H)
+            counts.append(torch.ones(b.rows, dtype=torch.float64))
+    s, t = torch.cat(sums).cpu().numpy(), torch.cat(counts).cpu().numpy()
+    mean, se = cluster_mean(s, t)
+    return {"mean": mean, "stderr": se, "n": s.shape[0], "n_tokens": sum(b.tokens for b in batches)}
 
 
 def normalise_layers(scores: np.ndarray) -> np.ndarray:

@@ -4,7 +4,9 @@ pruning, and Mixture-of-Head routing, evaluated in one run.
 Steps (each resumes: a stage whose rows are stored is not recomputed):
 1. text: book-corpus sequences held out from the evaluation's perplexity windows, split into
    importance / router-training / held-out parts; capital-city cloze items for a task metric;
-2. head means of z; gradient importance; zero and mean ablation importance; their agreement;
+2. head means of z and gradient importance (per token, optionally per sequence) on the larger
+   gradient sample; zero and mean ablation importance on its first text_seqs sequences; their
+   agreement;
 3. one router per kept share of heads, trained with checkpoints; usage and held-out loss
    against the base model, an untrained router and static per-layer pruning;
 4. sweep: base, pruning the k least important heads by each score (and random orders) at
@@ -48,6 +50,9 @@ from store import heads as db
 @dataclass
 class Data:
     text: list[Scored]
+    """The ablation sample (text_seqs sequences)."""
+    grad: list[Scored]
+    """The gradient-importance and head-means sample: the ablation sample and more (grad_seqs)."""
     task: list[Scored]
     train: list[list[int]]
     heldout: list[Scored]
@@ -63,7 +68,8 @@ def prepare(loaded: Loaded, cfg: HeadsCfg) -> Data:
         docs, source = ppl.corpus_texts(ecfg)
         exclude = set(ppl.make_windows(tok, docs, window, ecfg.count("ppl"), ecfg.seed, "book", source).windows)
     chunks = held_out_chunks(corpus_ids(tok, book_corpus()), cfg.seq_len, exclude, window)
-    parts = split(chunks, {"text": cfg.text_seqs, "train": cfg.train_seqs, "heldout": cfg.heldout_seqs}, cfg.seed)
+    parts = split(chunks, {"text": cfg.text_seqs, "grad": cfg.grad_seqs - cfg.text_seqs, "train": cfg.train_seqs,
+                           "heldout": cfg.heldout_seqs}, cfg.seed)
     items = subset(capitals(), cfg.task_items, cfg.seed)
     contexts = [tok(it.question)["input_ids"] for it in items]
     answers = [tok(" " + it.choices[it.answer], add_special_tokens=False)["input_ids"] for it in items]
@@ -75,16 +81,31 @@ def prepare(loaded: Loaded, cfg: HeadsCfg) -> Data:
     def task(chunk):
         return answer_batch([c for c, _ in chunk], [a for _, a in chunk], pad_id)
 
-    return Data(batches(lm, parts["text"], cfg.batch_size), batches(task, pairs, 4 * cfg.batch_size),
+    return Data(batches(lm, parts["text"], cfg.batch_size), batches(lm, parts["text"] + parts["grad"], cfg.batch_size),
+                batches(task, pairs, 4 * cfg.batch_size),
                 parts["train"], batches(lm, parts["heldout"], cfg.batch_size), len(exclude))
 
 
-def _grid(values: np.ndarray, stderr: np.ndarray, metric: str, n: int, dataset: str, layers: range) -> pd.DataFrame:
+def _grid(values: np.ndarray, stderr: np.ndarray, metric: str, n: int, dataset: str, layers: range,
+          n_tokens: int | None = None) -> pd.DataFrame:
     H = values.shape[1]
     rows = [{"metric": metric, "layer": l, "head": h, "value": float(values[l, h]),
-             "stderr": None if not np.isfinite(stderr[l, h]) else float(stderr[l, h]), "n": n, "dataset": dataset}
+             "stderr": None if not np.isfinite(stderr[l, h]) else float(stderr[l, h]), "n": n,
+             "n_tokens": n_tokens, "dataset": dataset}
             for l in layers for h in range(H)]
     return pd.DataFrame(rows)
+
+
+def gradient_rows(g: dict) -> pd.DataFrame:
+    """Rows of one gradient importance result: the raw mean |dL/dxi| with its standard error, the
+    per-layer L2-normalised score and the globally min-max normalised one."""
+    L = g["mean"].shape[0]
+    layer_l2 = imp.normalise_layers(g["mean"])
+    nan = np.full_like(g["mean"], np.nan)
+    n, tokens = g["n"], g["n_tokens"]
+    return pd.concat([_grid(g["mean"], g["stderr"], "abs_grad", n, "text", range(L), tokens),
+                      _grid(layer_l2, nan, "abs_grad_layer_l2", n, "text", range(L), tokens),
+                      _grid(imp.normalise_global(layer_l2), nan, "abs_grad_global", n, "text", range(L), tokens)])
 
 
 def compute_importance(loaded: Loaded, store: Store, run_id: int, cfg: HeadsCfg, data: Data, progress: bool) -> None:
@@ -92,19 +113,16 @@ def compute_importance(loaded: Loaded, store: Store, run_id: int, cfg: HeadsCfg,
         done = db.importance_methods(con, run_id)
         means = db.read_means(con, run_id)
     if means is None:
-        means = imp.head_means(loaded, data.text).numpy()
+        means = imp.head_means(loaded, data.grad).numpy()
         with store.connect() as con:
-            db.write_means(con, run_id, means, sum(b.tokens for b in data.text))
+            db.write_means(con, run_id, means, sum(b.tokens for b in data.grad))
     L = loaded.n_layers
-    if "gradient" not in done:
-        g = imp.gradient_importance(loaded, data.text, progress)
-        layer_l2 = imp.normalise_layers(g["mean"])
-        nan = np.full_like(g["mean"], np.nan)
-        df = pd.concat([_grid(g["mean"], g["stderr"], "abs_grad", g["n"], "text", range(L)),
-                        _grid(layer_l2, nan, "abs_grad_layer_l2", g["n"], "text", range(L)),
-                        _grid(imp.normalise_global(layer_l2), nan, "abs_grad_global", g["n"], "text", range(L))])
-        with store.connect() as con:
-            db.write_importance(con, run_id, "gradient", df)
+    for per in ("token", "sequence") if cfg.gradient_seq else ("token",):
+        method = imp.GRADIENT_METHODS[per]
+        if method not in done:
+            df = gradient_rows(imp.gradient_importance(loaded, data.grad, per, progress))
+            with store.connect() as con:
+                db.write_importance(con, run_id, method, df)
     if not {"zero", "mean"} <= done:
         layers = cfg.ablated_layers(L)
         parts = {m: [] for m in imp.MODES}
@@ -112,11 +130,11 @@ def compute_importance(loaded: Loaded, store: Store, run_id: int, cfg: HeadsCfg,
                                       ("task", data.task, (("nll", "delta_task_nll"),
                                                            ("exact", "delta_task_exact")))):
             ab = imp.ablation_importance(loaded, sample, torch.from_numpy(means), layers=layers, progress=progress)
-            n = len(ab.clean["nll"])
+            n, tokens = len(ab.clean["nll"]), sum(b.tokens for b in sample)
             for key, metric in metrics:
                 mean, se = ab.delta(key)
                 for i, mode in enumerate(imp.MODES):
-                    parts[mode].append(_grid(mean[i], se[i], metric, n, name, layers))
+                    parts[mode].append(_grid(mean[i], se[i], metric, n, name, layers, tokens))
         with store.connect() as con:
             for mode in imp.MODES:
                 db.write_importance(con, run_id, mode, pd.concat(parts[mode]))

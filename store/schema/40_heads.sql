@@ -1,8 +1,11 @@
 -- Head study (interp.studies.heads): head importance, pruning points and the Mixture-of-Head
 -- router. Every row carries run_id: runs(kind = 'heads') holds model, revision, config and code.
 
--- Importance of every (layer, head), long form. method: gradient | zero | mean.
--- metric: abs_grad (mean over sequences of |dL/dxi|), abs_grad_layer_l2 (divided by the layer's
+-- Importance of every (layer, head), long form. method: gradient | gradient_seq | zero | mean.
+-- gradient: one gate xi per head and token position, L the total token loss, value = mean over
+-- real tokens of |dL/dxi| (Michel et al.'s I_h); gradient_seq: one gate per head and sequence,
+-- L the sequence's mean token loss, value = mean over sequences of |dL/dxi|.
+-- metric: abs_grad (that mean of |dL/dxi|), abs_grad_layer_l2 (divided by the layer's
 -- L2 norm), abs_grad_global (layer-normalised then min-max over all heads);
 -- delta_loss (text NLL with the head ablated minus clean, nats/token), delta_token_acc (text
 -- next-token accuracy change), delta_task_nll (answer NLL change on the task items),
@@ -14,13 +17,16 @@ CREATE TABLE IF NOT EXISTS heads_importance (
     layer   INTEGER NOT NULL,
     head    INTEGER NOT NULL,
     value   DOUBLE,
-    stderr  DOUBLE,          -- over sequences / items
+    stderr  DOUBLE,          -- over sequences / items (sequences as clusters of tokens for gradient)
     n       BIGINT,          -- sequences or items behind the value
     dataset VARCHAR NOT NULL, -- text | task
+    n_tokens BIGINT,         -- real (unpadded) tokens of the sample behind the value
     PRIMARY KEY (run_id, method, metric, layer, head)
 );
+-- Added after the table first shipped: top up stores created before.
+ALTER TABLE heads_importance ADD COLUMN IF NOT EXISTS n_tokens BIGINT;
 
--- Mean of each head's z over the text sample (the fill of mean ablation).
+-- Mean of each head's z over the real tokens of the gradient-importance sample (the fill of mean ablation).
 CREATE TABLE IF NOT EXISTS heads_means (
     run_id   INTEGER NOT NULL,
     layer    INTEGER NOT NULL,

@@ -31,6 +31,9 @@ def test_heads_smoke_run(tmp_path):
     # gradient importance for all 270 heads (3 metrics), ablation of the two deepest layers (2 modes x 4 metrics)
     assert sql(store, "SELECT method, count(*) AS n FROM heads_importance GROUP BY method ORDER BY method") == \
         ["method,n", "gradient,810", "mean,72", "zero,72"]
+    # per-token gradient importance over 2 sequences x 16 tokens, with standard errors
+    assert sql(store, "SELECT min(n) AS n, max(n_tokens) AS n_tokens, count(stderr) AS se FROM heads_importance "
+                      "WHERE method = 'gradient' AND metric = 'abs_grad'") == ["n,n_tokens,se", "2,32,270"]
     # every point evaluated, base included, and described in heads_points
     rows = sql(store, "SELECT e.point, any_value(p.kind) AS kind FROM evals e LEFT JOIN heads_points p "
                       "USING (run_id, point) WHERE e.metric = 'perplexity' GROUP BY e.point ORDER BY e.point")
@@ -48,6 +51,7 @@ def test_heads_smoke_run(tmp_path):
     (["--budget", "huge"], "unknown heads budget 'huge'"),
     (["--quick", "--budget", "full"], "--quick and --budget full disagree"),
     (["--router-steps", "many"], "expected a whole number, got 'many'"),
+    (["--gradient-seq", "maybe"], "--gradient-seq takes true or false, not 'maybe'"),
     (["--model", "./no/such/dir", "--budget", "smoke"], "model directory './no/such/dir' does not exist"),
 ])
 def test_bad_input_one_line(tmp_path, args, message):

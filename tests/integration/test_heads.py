@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from interp.heads.gating import LayerGate, Suffix, head_gates
-from interp.heads.importance import final_hidden, gradient_importance, row_metrics
+from interp.heads.importance import final_hidden, gradient_importance, row_metrics, token_gradients
 from interp.heads.router import HeadRouter, routed
 from interp.heads.text import lm_batch
 from interp.interventions.heads import HeadMask
@@ -59,16 +59,34 @@ def test_all_head_uniform_router_and_suffix_reproduce_base(embedded, batch):
 
 
 def test_gradient_importance_matches_finite_differences(embedded, batch):
+    """Both variants on grouped-query attention (9 query heads gated, 3 KV heads), no head_mask."""
     one = lm_batch([batch.kwargs["input_ids"][0].tolist()], embedded.tokenizer.pad_token_id)
-    got = gradient_importance(embedded, [one])["mean"]
     head = embedded.model.get_submodule(embedded.arch.lm_head)
-    layer = 1
-    for h in sorted(range(embedded.n_heads), key=lambda i: -got[layer, i])[:2]:  # the two largest: clear signal
-        vals = []
-        for sign in (1, -1):
-            gates = torch.ones(embedded.n_heads)
-            gates[h] += sign * 0.02
-            with head_gates(embedded, {layer: LayerGate(gates)}), torch.no_grad():
-                vals.append(row_metrics(head, final_hidden(embedded, one), one.targets)[0].double().item())
-        fd = abs(vals[0] - vals[1]) / 0.04
+    layer, H = 1, embedded.n_heads
+
+    def loss(gates, total):
+        with head_gates(embedded, {layer: LayerGate(gates)}), torch.no_grad():
+            nll = row_metrics(head, final_hidden(embedded, one), one.targets)[0].double().item()
+        return nll * int((one.targets != -100).sum()) if total else nll
+
+    # per sequence: one gate per head shared by every position, L the mean token loss
+    got = gradient_importance(embedded, [one], per="sequence")["mean"]
+    for h in sorted(range(H), key=lambda i: -got[layer, i])[:2]:  # the two largest: clear signal
+        gates = [torch.ones(H) for _ in range(2)]
+        gates[0][h] += 0.02
+        gates[1][h] -= 0.02
+        fd = abs(loss(gates[0], False) - loss(gates[1], False)) / 0.04
         assert got[layer, h] == pytest.approx(fd, rel=0.05)
+    # per token: one gate per head and position, L the total token loss
+    g = token_gradients(embedded, one)[layer, 0]  # (pos, head)
+    width = g.shape[0]
+    for flat in torch.topk(g.abs().flatten(), 2).indices.tolist():
+        t, h = divmod(flat, H)
+        gates = [torch.ones(1, width, H) for _ in range(2)]
+        gates[0][0, t, h] += 0.02
+        gates[1][0, t, h] -= 0.02
+        fd = (loss(gates[0], True) - loss(gates[1], True)) / 0.04
+        assert g[t, h].item() == pytest.approx(fd, rel=0.05)
+    tok = gradient_importance(embedded, [one])
+    assert tok["n_tokens"] == width and torch.allclose(torch.from_numpy(tok["mean"][layer]).float(),
+                                                       g.abs().mean(0).float(), rtol=1e-4)

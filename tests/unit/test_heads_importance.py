@@ -1,21 +1,26 @@
 """Head importance on tiny models, each fast path against a slow, obviously-correct loop."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
+from interp.batching import pad
 from interp.heads.gating import LayerGate, Suffix, head_gates
 from interp.heads.importance import (
     MODES,
     ablation_importance,
+    cluster_mean,
     final_hidden,
     gradient_importance,
     head_means,
     normalise_global,
     normalise_layers,
     row_metrics,
+    token_gradients,
 )
-from interp.heads.text import IGNORE, answer_batch, held_out_chunks, lm_batch, split
+from interp.heads.text import IGNORE, Scored, answer_batch, held_out_chunks, lm_batch, split
 from interp.hooks import hooked
 from interp.models import wrap
 from interp.sites import Site
@@ -98,18 +103,69 @@ def test_head_means_against_captured_z(tiny):
     assert torch.allclose(means[2], real.mean(0), atol=1e-6)
 
 
-@pytest.mark.parametrize("gpt", [False, True])
-def test_gradient_importance_equals_finite_differences(gpt):
-    """E_x |dL(x)/dxi_h|, one gate per sequence, checked against central differences.
-
-    The models run in float64, except Llama's RMSNorm, which computes in float32 whatever the
-    input dtype: hence eps = 1e-3 (truncation error ~eps^2, rounding ~1e-7 / eps)."""
+def _float64(gpt):
+    """A tiny model in float64 (Llama: grouped-query, 4 query heads on 2 KV heads, no head_mask
+    argument). Llama's RMSNorm computes in float32 whatever the input dtype: hence eps = 1e-3
+    below (truncation error ~eps^2, rounding ~1e-7 / eps)."""
     from tests.conftest import byte_tokenizer, tiny_gpt2, tiny_llama
 
-    model = (tiny_gpt2() if gpt else tiny_llama()).double()
-    loaded = wrap(model, byte_tokenizer())
+    return wrap((tiny_gpt2() if gpt else tiny_llama()).double(), byte_tokenizer())
+
+
+def _total_loss(loaded, b):
+    """The batch's summed token NLL, by a plain loop over rows (reference for L)."""
+    hidden = final_hidden(loaded, b)
+    nll, _, _ = row_metrics(_head(loaded), hidden, b.targets)
+    counts = (b.targets != IGNORE).sum(1)
+    return float((nll.double() * counts).sum())
+
+
+@pytest.mark.parametrize("gpt", [False, True])
+def test_token_gradient_importance_equals_finite_differences(gpt):
+    """Per-token gates: perturb one head's gate at one position of one row, central differences of
+    the batch's total loss; then I_h = mean over real tokens of |dL/dxi_{h,t}|."""
+    loaded = _float64(gpt)
+    batches = [lm_batch(_seqs([6, 4], seed=3), 256), lm_batch(_seqs([5], seed=4), 256)]
+    L, H, eps = loaded.n_layers, loaded.n_heads, 1e-3
+    abs_sum, real = np.zeros((L, H)), 0
+    per_seq = []  # (tokens, |grad| summed over them (L, H)) of each sequence
+    for b in batches:
+        rows, width = b.kwargs["input_ids"].shape
+        got = token_gradients(loaded, b)
+        assert got.shape == (L, rows, width, H)
+        fd = np.zeros((L, rows, width, H))
+        for layer, r, t, h in itertools.product(range(L), range(rows), range(width), range(H)):
+            vals = []
+            for sign in (1, -1):
+                gates = torch.ones(rows, width, H, dtype=torch.float64)
+                gates[r, t, h] += sign * eps
+                with head_gates(loaded, {layer: LayerGate(gates)}), torch.no_grad():
+                    vals.append(_total_loss(loaded, b))
+            fd[layer, r, t, h] = (vals[0] - vals[1]) / (2 * eps)
+        np.testing.assert_allclose(got.numpy(), fd, rtol=2e-3, atol=1e-6)
+        mask = b.kwargs["attention_mask"].numpy()
+        if (mask == 0).any():
+            assert np.abs(fd[:, mask == 0]).max() < 1e-6  # padding reaches nothing
+        for r in range(rows):
+            n = int(mask[r].sum())
+            per_seq.append((n, np.abs(fd[:, r, :n]).sum(1)))
+            abs_sum += per_seq[-1][1]
+            real += n
+    out = gradient_importance(loaded, batches)  # per token is the default
+    np.testing.assert_allclose(out["mean"], abs_sum / real, rtol=2e-3, atol=1e-8)
+    assert out["n"] == 3 and out["n_tokens"] == real == 15
+    # standard error over sequences as clusters, by the delta-method formula written out
+    m, tbar = abs_sum / real, real / 3
+    ref = np.sqrt(sum((n / tbar) ** 2 * (s / n - m) ** 2 for n, s in per_seq) / (3 * 2))
+    np.testing.assert_allclose(out["stderr"], ref, rtol=1e-2, atol=1e-8)
+
+
+@pytest.mark.parametrize("gpt", [False, True])
+def test_sequence_gradient_importance_equals_finite_differences(gpt):
+    """E_x |dL(x)/dxi_h|, one gate per sequence, checked against central differences."""
+    loaded = _float64(gpt)
     batches = [lm_batch(_seqs([9, 9, 6], seed=3), 256), lm_batch(_seqs([7], seed=4), 256)]
-    got = gradient_importance(loaded, batches)
+    got = gradient_importance(loaded, batches, per="sequence")
     L, H, eps = loaded.n_layers, loaded.n_heads, 1e-3
     fd = np.zeros((4, L, H))
     for layer in range(L):
@@ -124,8 +180,42 @@ def test_gradient_importance_equals_finite_differences(gpt):
             fd[:, layer, head] = ((vals[0] - vals[1]) / (2 * eps)).numpy()
     np.testing.assert_allclose(got["mean"], np.abs(fd).mean(0), rtol=1e-3, atol=1e-8)
     # per-sequence |.| is not |batch mean|: the two differ whenever signs disagree
-    assert got["n"] == 4 and not np.allclose(got["mean"], np.abs(fd.mean(0)))
+    assert got["n"] == 4 and got["n_tokens"] == 31 and not np.allclose(got["mean"], np.abs(fd.mean(0)))
     np.testing.assert_allclose(got["stderr"], np.abs(fd).std(0, ddof=1) / 2, rtol=1e-2, atol=1e-8)
+
+
+@pytest.mark.parametrize("fixture", ["tiny", "tiny_gpt"])
+def test_token_and_sequence_gradients_agree_on_one_token_sequences(fixture, request):
+    loaded = request.getfixturevalue(fixture)
+    b = pad([[5], [70], [9], [130]], 256).model_kwargs()
+    one = Scored(b, torch.tensor([[12], [40], [99], [7]]))  # each sequence: one token, one target
+    tok = gradient_importance(loaded, [one], per="token")
+    seq = gradient_importance(loaded, [one], per="sequence")
+    np.testing.assert_allclose(tok["mean"], seq["mean"], rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(tok["stderr"], seq["stderr"], rtol=1e-4, atol=1e-9)
+    assert tok["n_tokens"] == seq["n_tokens"] == 4 and tok["mean"].max() > 0
+    longer = [lm_batch(_seqs([8, 8]), 256)]  # several tokens: shared gates let signs cancel, so they differ
+    assert not np.allclose(normalise_layers(gradient_importance(loaded, longer)["mean"]),
+                           normalise_layers(gradient_importance(loaded, longer, per="sequence")["mean"]), rtol=1e-2)
+    with pytest.raises(ValueError, match="unknown gradient importance variant 'word'"):
+        gradient_importance(loaded, [one], per="word")
+
+
+def test_cluster_mean_against_loops():
+    rng = np.random.default_rng(0)
+    counts = np.array([3, 5, 5, 1])
+    tokens = [rng.random((n, 2)) for n in counts]  # units of each cluster, 2 outputs
+    sums = np.stack([t.sum(0) for t in tokens])
+    mean, se = cluster_mean(sums, counts)
+    np.testing.assert_allclose(mean, np.concatenate(tokens).mean(0))
+    m_b = np.stack([t.mean(0) for t in tokens])
+    tbar = counts.mean()
+    ref = np.sqrt(sum((counts[i] / tbar) ** 2 * (m_b[i] - mean) ** 2 for i in range(4)) / (4 * 3))
+    np.testing.assert_allclose(se, ref)
+    same = np.array([2, 2, 2, 2])  # equal clusters: the standard error of the cluster means
+    _, se2 = cluster_mean(sums, same)
+    np.testing.assert_allclose(se2, (sums / 2).std(0, ddof=1) / 2)
+    assert np.isnan(cluster_mean(sums[:1], counts[:1])[1]).all()
 
 
 def test_normalisation():

@@ -76,6 +76,9 @@ def test_store_round_trips_and_replaces(store):
             db.write_importance(con, 7, "zero", imp.drop(columns="method"))
         got = db.read_importance(con, 7)
         assert len(got) == len(imp) and db.importance_methods(con, 7) == {"zero"}
+        assert got["n_tokens"].isna().all()  # not given: NULL
+        db.write_importance(con, 7, "zero", imp.drop(columns="method").assign(n_tokens=96))
+        assert db.read_importance(con, 7)["n_tokens"].eq(96).all()
         means = np.random.default_rng(0).random((3, 4, 5)).astype(np.float32)
         db.write_means(con, 7, means, 100)
         db.write_means(con, 7, means, 100)
@@ -102,6 +105,12 @@ def test_store_round_trips_and_replaces(store):
 def test_config_validation():
     assert HeadsCfg(budget="smoke").router_keep == (0.5,)
     assert HeadsCfg(budget="quick", router_steps=3).router_steps == 3
+    assert HeadsCfg(budget="full").gradient_seq and not HeadsCfg(budget="smoke").gradient_seq
+    assert HeadsCfg(budget="smoke", gradient_seq=True).gradient_seq
+    assert HeadsCfg(budget="quick").grad_seqs == 16 and HeadsCfg(budget="quick", text_seqs=20).grad_seqs == 20
+    assert HeadsCfg(budget="quick", text_seqs=2, grad_seqs=3).grad_seqs == 3
+    with pytest.raises(ValueError, match="grad-seqs \\(3\\) must be at least text-seqs \\(5\\)"):
+        HeadsCfg(budget="quick", text_seqs=5, grad_seqs=3)
     with pytest.raises(ValueError, match="unknown heads budget"):
         HeadsCfg(budget="huge")
     with pytest.raises(ValueError, match="unknown pruning method"):
@@ -123,7 +132,7 @@ def test_study_on_tiny_model_resumes(tiny, store, tmp_path, monkeypatch):
 
     monkeypatch.setenv("INTERP_ROUTER_DIR", str(tmp_path / "routers"))
     cfg = HeadsCfg(budget="smoke", ablation_layers=0, methods=("gradient", "zero", "mean", "mean_zero", "random"),
-                   router_keep=(0.5, 1.0), router_steps=3, prune_fracs=(0.25,), eval_tasks=("ppl",))
+                   gradient_seq=True, grad_seqs=3, router_keep=(0.5, 1.0), router_steps=3, prune_fracs=(0.25,), eval_tasks=("ppl",))
     run = run_heads(tiny, store, cfg, progress=False)
     L, H = tiny.n_layers, tiny.n_heads
 
@@ -136,8 +145,17 @@ def test_study_on_tiny_model_resumes(tiny, store, tmp_path, monkeypatch):
         points = con.execute("SELECT point FROM heads_points WHERE run_id = ? ORDER BY point", [run]).df()["point"]
         evaluated = set(con.execute("SELECT DISTINCT point FROM evals WHERE run_id = ?", [run]).df()["point"])
         digests = db.read_router_summary(con, run).set_index("top_k")["digest"].to_dict()
-    # gradient 3 metrics, zero/mean 4 metrics each, every head
-    assert first["heads_importance"] == L * H * (3 + 4 + 4)
+    # gradient per token and per sequence 3 metrics each, zero/mean 4 metrics each, every head
+    assert first["heads_importance"] == L * H * (3 + 3 + 4 + 4)
+    with store.connect() as con:
+        imp = db.read_importance(con, run)
+        agree = db.read_agreement(con, run)
+    grad = imp[imp.method.str.startswith("gradient")]
+    assert grad["n_tokens"].eq(3 * 16).all() and grad["n"].eq(3).all()  # 3 sequences of 16 tokens
+    ablated = imp[~imp.method.str.startswith("gradient") & (imp.dataset == "text")]
+    assert ablated["n_tokens"].eq(2 * 16).all() and ablated["n"].eq(2).all()  # the first 2 of them
+    assert imp["n_tokens"].notna().all() and grad[grad.metric == "abs_grad"]["stderr"].notna().all()
+    assert ((agree.score_a == "gradient:abs_grad") & (agree.score_b == "gradient_seq:abs_grad")).any()
     assert first["heads_router_steps"] == 2 * 3 and first["heads_router_usage"] == 2 * L * H
     assert evaluated == set(points) | {"base"}
     # budgets: 25% of 16 heads = 4, router k=2 -> 8 off; k=4 keeps all (re-weighting only)
