@@ -24,7 +24,7 @@ def _names(value) -> tuple[str, ...] | None:
 
 @task(help=helps(
     "quick", "dtype", "device", "device_map", "revision",
-    budget="smoke (CLI tests, seconds of work), quick (under 10 minutes on 2 CPU cores) or full; "
+    budget="smoke (CLI tests, seconds of work), quick (meant to finish under 10 minutes on 2 CPU cores) or full; "
            "--quick is --budget quick; default full",
     heal_steps="LoRA-heal the angular-rule blocks for N steps after dropping them (default 0: off)",
     heal_sizes="block sizes that get a healed point, comma-separated (default: every swept size)",
@@ -33,7 +33,7 @@ def _names(value) -> tuple[str, ...] | None:
     seeds="seeds of the random-block control, comma-separated",
     prompts="prompt sets or files for the similarity statistics (default book: plain prose)",
     limit="prompts per set for the similarity statistics (default 64 quick, 256 full)",
-    tasks="evaluation tasks, comma-separated (default ppl,facts; full adds arith)",
+    tasks="evaluation tasks, comma-separated (default ppl,facts,arith; smoke: ppl)",
     eval_budget="evaluation budget: smoke, quick, full or counts like ppl=2048,facts=60",
     mmlu_path="local MMLU data (adds the mmlu task)",
     boolq_path="local BoolQ data (adds the boolq task)",

@@ -27,6 +27,8 @@ from interp.prompts import check_prompt_specs
 BUDGETS = ("smoke", "quick", "full")
 QUICK_SIZES = (1, 2, 4, 8, 12, 16)
 """Block sizes of a quick sweep (those below the model's layer count)."""
+QUICK_EVAL = "ppl=1024,facts=24,arith=16"
+"""Evaluation counts of a quick sweep: arithmetic at 16 items is one batch of greedy generation."""
 
 
 class LayersCfgError(ValueError):
@@ -66,10 +68,10 @@ class LayersCfg:
     heal_batch: int = 4
     """Training windows per healing step."""
     tasks: tuple[str, ...] | None = None
-    """Evaluation tasks; None: from the budget (smoke: ppl; quick: ppl,facts; full: ppl,facts,arith)."""
+    """Evaluation tasks; None: from the budget (smoke: ppl; quick and full: ppl,facts,arith)."""
     eval_budget: str | None = None
     """Evaluation budget (smoke/quick/full or counts like 'ppl=1024,facts=40'); None: from the budget
-    (smoke: ppl=256; quick: ppl=1024,facts=24; full: the evaluation's quick budget)."""
+    (smoke: ppl=256; quick: ppl=1024,facts=24,arith=16; full: the evaluation's quick budget)."""
     mmlu_path: str | None = None
     """Local MMLU data: adds the mmlu task."""
     boolq_path: str | None = None
@@ -144,10 +146,10 @@ class LayersCfg:
         return tuple(self.strategies)
 
     def eval_cfg(self) -> EvalCfg:
-        tasks = self.tasks or {"smoke": ("ppl",), "quick": ("ppl", "facts"),
+        tasks = self.tasks or {"smoke": ("ppl",), "quick": ("ppl", "facts", "arith"),
                                "full": ("ppl", "facts", "arith")}[self.budget]
         extra = tuple(t for t, p in (("mmlu", self.mmlu_path), ("boolq", self.boolq_path)) if p and t not in tasks)
-        budget = self.eval_budget or {"smoke": "ppl=256", "quick": "ppl=1024,facts=24",
+        budget = self.eval_budget or {"smoke": "ppl=256", "quick": QUICK_EVAL,
                                       "full": "quick"}[self.budget]
         return EvalCfg(tasks=(*tasks, *extra), budget=budget, seed=self.seed, mmlu_path=self.mmlu_path,
                        boolq_path=self.boolq_path)

@@ -15,7 +15,7 @@ from interp.studies.layers_config import LayersCfg, LayersCfgError
 @pytest.fixture
 def cfg():
     return LayersCfg(budget="quick", limit=4, max_tokens=32, sizes=(1, 2), seeds=(0, 1), heal_steps=1,
-                     heal_sizes=(2,), heal_batch=1, eval_budget="ppl=128,facts=3")
+                     heal_sizes=(2,), heal_batch=1, eval_budget="ppl=128,facts=3,arith=2")
 
 
 def _count(con, table, run_id):
@@ -88,7 +88,8 @@ def test_budgets_and_bad_settings(tmp_path):
     assert quick.single_layers(L) == list(range(30)) and quick.block_sizes(L) == [1, 2, 4, 8, 12, 16]
     assert full.block_sizes(L) == list(range(1, 30)) and full.random_seeds == (0, 1, 2, 3, 4)
     assert quick.block_sizes(5) == [1, 2, 4]
-    assert quick.eval_cfg().tasks == ("ppl", "facts") and full.eval_cfg().tasks == ("ppl", "facts", "arith")
+    assert quick.eval_cfg().tasks == ("ppl", "facts", "arith") and full.eval_cfg().tasks == ("ppl", "facts", "arith")
+    assert [quick.eval_cfg().count(t) for t in ("ppl", "facts", "arith")] == [1024, 24, 16]
     (tmp_path / "mmlu.jsonl").write_text("")
     assert "mmlu" in LayersCfg(mmlu_path=str(tmp_path / "mmlu.jsonl")).eval_cfg().tasks
     assert quick.heal_cfg  # healing off by default, still constructible on demand
