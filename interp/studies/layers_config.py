@@ -1,18 +1,20 @@
 """Configuration of the layer study: ``LayersCfg`` and its smoke / quick / full presets.
 
-What each budget costs on SmolLM2-135M (30 layers) with 2 CPU threads, from the forward
-tokens it needs (a point without k of the 30 layers costs (30 - k) / 30 of a full pass):
+What each budget does on SmolLM2-135M (30 layers); a point without k of the 30 layers costs
+(30 - k) / 30 of a full forward pass:
 - smoke: 8 prompts, layers 0 and 29 alone, one block size (10) by angular / deepest / random,
   perplexity on one 256-token window: 6 points, seconds of model time;
-- quick: 64 prompts, all 30 layers alone, n in 1,2,4,8,12,16 by every strategy with 3 random
-  seeds, ppl (1024 tokens) + facts (24 items): about 60 points, about 55 full-model
-  evaluations of ~1.8k tokens -> about 7 minutes on an idle 2-core machine (estimated from
-  single-thread CPU time; measured wall time on the shared, 4-9x oversubscribed machine
-  was 90 minutes with facts at 40 items);
-- full: 256 prompts, n = 1..29, 5 random seeds, ppl (2048) + facts (60) + arith (50, greedy
-  generation): about 280 points, about 150 full-model evaluations of ~30 s -> about
-  1.3 hours idle. Healing adds about steps x 8 s x (kept layers / 30) per healed point
-  (4 windows of 256 tokens per step), so ``--heal-sizes`` keeps it affordable.
+- quick: 64 prompts (about 3.4k tokens; every token's 31 residual states are stored for the
+  per-token similarity: 3.4k x 31 x 576 float32, about 245 MB of shards), all 30 layers alone,
+  n in 1,2,4,8,12,16 by every strategy with 3 random seeds, ppl (1024 tokens) + facts
+  (24 items) + arith (16 items, greedy generation): about 60 points, about 55 full-model
+  evaluations. quick: 224 s measured on an idle 2-core machine (2026-11-23) before the
+  per-token similarity and arith were added;
+- full: 256 prompts (about 13.7k tokens, about 1 GB of per-token shards), n = 1..29, 5 random seeds, ppl (2048) + facts (60) + arith (50):
+  about 280 points, about 150 full-model evaluations; not measured (an estimate from
+  per-evaluation CPU time is over an hour on 2 idle cores). Healing adds steps x (one
+  training step on 4 windows of 256 tokens) per healed point, so ``--heal-sizes`` keeps it
+  affordable.
 """
 
 from __future__ import annotations
