@@ -11,27 +11,16 @@ from store.reports import fetch, has_rows
 from store.reports import safety as q
 
 EDIT_TIPS = ["edit", "kind", "alpha", "panel", "value", "stderr", "n", "base_value", "delta"]
+PROBE_CAPTION = ("cv: cross-validated logistic regression; shuffled: the same probe on shuffled labels (the "
+                 "chance control); held_out / cross: trained on one source, tested on prompts or sources it never "
+                 "saw.")
+POSITIONS = {"last": "last token", "mean": "mean over tokens"}
+METRIC_ORDER = {"toxicity": 0, "refusal_rate": 1, "perplexity": 2, "kl": 3}
+"""Order of the metrics in a finding: the safety effect first, then its cost."""
 
 
 def sections(con, run_id: int) -> list[Section]:
-    out = []
-    site = q.probe_site(con, run_id) if has_rows(con, "safety_probes", run_id) else None
-    if site:
-        hook, pos = site
-        out.append(Section("Where the concepts are represented", (
-            chart_or_note(con, "Linear probes by layer", q.probes_sql(run_id, hook, pos,
-                                                                     q.probes_bucket(con, run_id, hook, pos)),
-                          lambda df: charts.curves(df, x="layer", y="mean", series="setting", facet="panel",
-                                                   band="std", title=f"probe score per layer ({hook}, {pos} token)",
-                                                   x_title="layer", y_title="score", series_title="setting",
-                                                   tooltip=["problem", "metric", "setting", "layer", "mean",
-                                                            "std", "n", "folds"]),
-                          caption="cv: cross-validated logistic regression; shuffled: the same probe on shuffled "
-                                  "labels (the chance control); held_out / cross: trained on one source, tested "
-                                  "on prompts or sources it never saw."),
-            table_or_note(con, "Best layer per problem", q.best_probe_sql(run_id, hook, pos)))))
-    else:
-        out.append(Section("Where the concepts are represented", (Note("This run stored no probes.", kind="warn"),)))
+    out = [_probes(con, run_id)]
     if has_rows(con, "safety_layers", run_id):
         out.append(Section("Directions", (chart_or_note(
             con, "Direction metrics by layer", q.direction_layers_sql(run_id),
@@ -56,6 +45,41 @@ def sections(con, run_id: int) -> list[Section]:
     return out
 
 
+def _probes(con, run_id: int) -> Section:
+    title = "Where the concepts are represented"
+    if not has_rows(con, "safety_probes", run_id):
+        return Section(title, (Note("This run stored no probes.", kind="warn"),))
+    blocks = []
+    for hook, pos in q.probe_sites(con, run_id):
+        k = q.probes_bucket(con, run_id, hook, pos)
+        where = f"{hook}, {POSITIONS.get(pos, pos)}"
+        blocks.append(chart_or_note(
+            con, f"Linear probes by layer: {where}", q.probes_sql(run_id, hook, pos, k),
+            lambda df, where=where: charts.curves(
+                df, x="layer", y="mean", series="setting", facet="panel", band="std",
+                title=f"probe score per layer ({where})", x_title="layer", y_title="score", series_title="setting",
+                tooltip=["problem", "metric", "setting", "layer", "mean", "std", "n", "folds"]),
+            caption=PROBE_CAPTION + ("" if k == 1 else f" Layers averaged in buckets of {k}.")))
+    if has_rows(con, "safety_best_layers", run_id):
+        blocks.append(chart_or_note(
+            con, "The best layer against its controls", q.controls_sql(run_id),
+            lambda df: charts.bars(df, x="problem", y="value", color="score", facet="panel", title=(
+                "scores of the probe at each problem's best layer"), x_title="problem", y_title="score",
+                color_title="score", sort=None, width=max(160, 60 * df["problem"].nunique()),
+                tooltip=["problem", "site", "layer", "metric", "score", "value", "margin_over_shuffled"]),
+            caption="The study picks each problem's best layer by cross-validated ROC-AUC. A real signal stands "
+                    "well above the shuffled-label control; the cross-source bars (harmful vs neutral: trained on "
+                    "one harmful source, tested on the other) show whether it generalises beyond one dataset."))
+        blocks.append(table_or_note(
+            con, "Best layer per problem", q.best_layers_sql(run_id),
+            caption="margin_* = cross-validated score minus the shuffled-label control at that layer; "
+                    "cross_source_*: mean over the two train-on-one-source, test-on-the-other directions "
+                    "(probe, and the difference-of-means classifier: _dm)."))
+    else:
+        blocks.append(Note("This run stored no best-layer table (safety_best_layers).", kind="warn"))
+    return Section(title, tuple(blocks))
+
+
 def _edits(con, run_id: int) -> Section:
     blocks = [chart_or_note(
         con, "Toxicity, refusal and capability before and after each edit", q.edits_sql(run_id),
@@ -76,27 +100,58 @@ def _edits(con, run_id: int) -> Section:
     return Section("Edits", tuple(blocks))
 
 
+def headline(con, run_id: int) -> str | None:
+    """The best probe layer with its margin over the shuffled control, and what ablating the harmful
+    direction does to toxicity and refusal."""
+    parts = []
+    best = fetch(con, q.headline_best_sql(run_id)) if has_rows(con, "safety_best_layers", run_id) else None
+    if best is not None and not best.empty:
+        r = best.iloc[0]
+        cross = (f", cross-source {r.cross_source_roc_auc:.3f}" if pd.notna(r.cross_source_roc_auc) else "")
+        parts.append(f"{r.problem.replace('_', ' ')} is best separated at layer {int(r.layer)} ({r.hook}, "
+                     f"{POSITIONS.get(r.position, r.position)}): CV ROC-AUC {_num(r.cv_roc_auc)}, "
+                     f"{_signed(r.margin_roc_auc)} over the shuffled-label control{cross}")
+    edit, rows = _ablation(con, run_id, {("toxicity", "toxicity"), ("refusal", "refusal_rate")})
+    if edit:
+        moves = ", ".join(f"{r.metric.replace('_', ' ')} {r.before:.3g} -> {r.after:.3g}" for r in rows.itertuples())
+        parts.append(f"ablating the {edit.split('[')[1].split('@')[0]} direction ({edit}) moves {moves}")
+    return ("safety: " + "; ".join(parts) + ".") if parts else None
+
+
 def findings(con, run_id: int) -> list[str]:
+    """More than the headline: every problem's best layer, and the ablation's capability cost."""
     out = []
-    site = q.probe_site(con, run_id) if has_rows(con, "safety_probes", run_id) else None
-    if site:
-        best = fetch(con, q.best_probe_sql(run_id, *site))
-        if not best.empty:
-            r = best.sort_values("problem").iloc[0]
-            if "harmful_vs_neutral" in set(best["problem"]):
-                r = best[best["problem"] == "harmful_vs_neutral"].iloc[0]
-            auc = f", ROC-AUC {r.roc_auc:.3f}" if pd.notna(r.roc_auc) else ""
-            ctrl = f"; shuffled-label control {r.shuffled_accuracy:.3f}" if r.shuffled_accuracy == r.shuffled_accuracy \
-                else ""
-            out.append(f"safety: {r.problem.replace('_', ' ')} separates best at layer {int(r.layer)} "
-                       f"(CV accuracy {r.accuracy:.3f}{auc}{ctrl}).")
-    eff = fetch(con, q.edit_effects_sql(run_id))
+    if has_rows(con, "safety_best_layers", run_id):
+        best = fetch(con, q.best_layers_sql(run_id))
+        for r in best.drop_duplicates("problem").itertuples():
+            out.append(f"safety: {r.problem.replace('_', ' ')}: best layer {int(r.layer)} ({r.hook}, "
+                       f"{POSITIONS.get(r.position, r.position)}), CV accuracy {_num(r.cv_accuracy)} vs "
+                       f"{_num(r.shuffled_accuracy)} with shuffled labels.")
     key = {("toxicity", "toxicity"), ("refusal", "refusal_rate"), ("ppl", "perplexity"), ("kl", "kl")}
-    eff = eff.loc[[(t, m) in key for t, m in zip(eff["task"], eff["metric"])]]
-    abl = eff[eff["edit"].str.startswith("ablate[")]
-    if not abl.empty:
-        edit = abl["edit"].iloc[0]
-        rows = abl[abl["edit"] == edit]
+    edit, rows = _ablation(con, run_id, key)
+    if edit:
         parts = ", ".join(f"{r.metric.replace('_', ' ')} {r.before:.3g} -> {r.after:.3g}" for r in rows.itertuples())
         out.append(f"safety: {edit} changes {parts}.")
     return out
+
+
+def _ablation(con, run_id: int, key: set[tuple[str, str]]):
+    """(label, before/after rows) of the directional ablation of the harmful direction (else any ablation)."""
+    eff = fetch(con, q.edit_effects_sql(run_id))
+    eff = eff.loc[[(t, m) in key for t, m in zip(eff["task"], eff["metric"])]]
+    eff = eff.assign(_o=eff["metric"].map(METRIC_ORDER).fillna(len(METRIC_ORDER))).sort_values(
+        ["edit", "_o", "task"], kind="stable").drop(columns="_o")
+    abl = eff[eff["edit"].str.startswith("ablate[")]
+    if abl.empty:
+        return None, None
+    harmful = abl[abl["edit"].str.startswith("ablate[harmful@")]
+    edit = (harmful if not harmful.empty else abl)["edit"].iloc[0]
+    return edit, abl[abl["edit"] == edit]
+
+
+def _num(x) -> str:
+    return f"{x:.3f}" if pd.notna(x) else "n/a"
+
+
+def _signed(x) -> str:
+    return f"{x:+.3f}" if pd.notna(x) else "n/a"

@@ -7,14 +7,10 @@ import duckdb
 from store.reports import bucket
 
 
-def probe_site(con: duckdb.DuckDBPyConnection, run_id: int) -> tuple[str, str] | None:
-    """(hook, position) the probe charts show: resid_post / last token when probed."""
-    rows = con.execute("SELECT hook, position, count(*) AS n FROM safety_probes WHERE run_id = ? GROUP BY ALL",
-                       [run_id]).fetchall()
-    if not rows:
-        return None
-    rank = sorted(rows, key=lambda r: (r[0] != "resid_post", r[1] != "last", -r[2], r[0], r[1]))
-    return rank[0][0], rank[0][1]
+def probe_sites(con: duckdb.DuckDBPyConnection, run_id: int) -> list[tuple[str, str]]:
+    """Every (hook, position) the run probed, resid_post / last token first: one probe chart each."""
+    rows = con.execute("SELECT DISTINCT hook, position FROM safety_probes WHERE run_id = ?", [run_id]).fetchall()
+    return sorted(rows, key=lambda r: (r[0] != "resid_post", r[1] != "last", r[0], r[1]))
 
 
 def probes_bucket(con: duckdb.DuckDBPyConnection, run_id: int, hook: str, position: str) -> int:
@@ -26,7 +22,8 @@ def probes_bucket(con: duckdb.DuckDBPyConnection, run_id: int, hook: str, positi
 
 
 def probes_sql(run_id: int, hook: str, position: str, k: int = 1) -> str:
-    """Probe score per layer for every problem, metric and setting (cv, shuffled-label control, ...)."""
+    """Probe score per layer at one (hook, position) for every problem, metric and setting (cv, shuffled-label
+    control, ...); layers averaged in buckets of k for deep models."""
     if k == 1:
         return f"""SELECT problem || ' / ' || metric AS panel, problem, metric, setting, layer, mean, std, n, folds
 FROM safety_probes
@@ -39,20 +36,55 @@ WHERE run_id = {int(run_id)} AND hook = '{hook}' AND position = '{position}'
 GROUP BY ALL ORDER BY panel, setting, layer"""
 
 
-def best_probe_sql(run_id: int, hook: str, position: str) -> str:
-    """The layer that separates each problem best (cross-validated accuracy), with its controls."""
-    return f"""WITH cv AS (
-  SELECT problem, layer, mean AS accuracy FROM safety_probes
-  WHERE run_id = {int(run_id)} AND hook = '{hook}' AND position = '{position}'
-    AND setting = 'cv' AND metric = 'accuracy'
-  QUALIFY row_number() OVER (PARTITION BY problem ORDER BY mean DESC, layer) = 1)
-SELECT cv.problem, cv.layer, round(cv.accuracy, 4) AS accuracy,
-       round(max(CASE WHEN p.setting = 'cv' AND p.metric = 'roc_auc' THEN p.mean END), 4) AS roc_auc,
-       round(max(CASE WHEN p.setting = 'shuffled' AND p.metric = 'accuracy' THEN p.mean END), 4) AS shuffled_accuracy
-FROM cv LEFT JOIN safety_probes p
-  ON p.run_id = {int(run_id)} AND p.problem = cv.problem AND p.layer = cv.layer AND p.hook = '{hook}'
-  AND p.position = '{position}'
-GROUP BY ALL ORDER BY cv.problem"""
+SITE_ORDER = "hook <> 'resid_post', position <> 'last', hook, position"
+
+
+def best_layers_sql(run_id: int) -> str:
+    """The study's best layer per problem and site (chosen by CV ROC-AUC, see analyses/probes.py best_layers),
+    with its margins over the shuffled-label control and the held-out / cross-source scores."""
+    return f"""SELECT problem, hook, position, layer, round(cv_roc_auc, 4) AS cv_roc_auc,
+       round(shuffled_roc_auc, 4) AS shuffled_roc_auc, round(margin_roc_auc, 4) AS margin_roc_auc,
+       round(cv_accuracy, 4) AS cv_accuracy, round(shuffled_accuracy, 4) AS shuffled_accuracy,
+       round(margin_accuracy, 4) AS margin_accuracy, round(held_out_roc_auc, 4) AS held_out_roc_auc,
+       round(cross_source_roc_auc, 4) AS cross_source_roc_auc,
+       round(cross_source_dm_roc_auc, 4) AS cross_source_dm_roc_auc
+FROM safety_best_layers
+WHERE run_id = {int(run_id)}
+ORDER BY problem, {SITE_ORDER}"""
+
+
+# Score columns of safety_best_layers, as the controls chart names them.
+CONTROL_SCORES = {"cv": "cross-validated", "shuffled": "shuffled-label control", "held_out": "held-out prompts",
+                  "cross_source": "cross-source probe", "cross_source_dm": "cross-source diff. of means"}
+
+
+def controls_sql(run_id: int) -> str:
+    """Every score of safety_best_layers in long form (one row per problem, site, metric and score) for the
+    chart of the best layer against its controls; scores a problem lacks (cross-source) are left out."""
+    labels = " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in CONTROL_SCORES.items())
+    cols = ", ".join(f"{k}_{m}" for k in CONTROL_SCORES for m in ("accuracy", "roc_auc"))
+    return f"""SELECT problem, hook || ' / ' || position AS site, layer,
+       CASE WHEN col LIKE '%roc_auc' THEN 'roc_auc' ELSE 'accuracy' END AS metric,
+       CASE regexp_replace(col, '_(accuracy|roc_auc)$', '') {labels} END AS score,
+       value,
+       CASE WHEN col LIKE '%roc_auc' THEN margin_roc_auc ELSE margin_accuracy END AS margin_over_shuffled,
+       CASE WHEN col LIKE '%roc_auc' THEN 'roc_auc' ELSE 'accuracy' END || ' · ' || hook || ' / ' || position
+         AS panel
+FROM (SELECT problem, hook, position, layer, margin_accuracy, margin_roc_auc, {cols}
+      FROM safety_best_layers WHERE run_id = {int(run_id)})
+UNPIVOT (value FOR col IN ({cols}))
+ORDER BY {SITE_ORDER}, metric, problem, score"""
+
+
+def headline_best_sql(run_id: int) -> str:
+    """The one best layer a headline names: harmful vs neutral when probed, at its best site by the study's
+    rule (CV ROC-AUC, then CV accuracy), resid_post / last token on ties."""
+    return f"""SELECT *
+FROM safety_best_layers
+WHERE run_id = {int(run_id)}
+ORDER BY problem <> 'harmful_vs_neutral', problem, cv_roc_auc DESC NULLS LAST, cv_accuracy DESC NULLS LAST,
+         {SITE_ORDER}
+LIMIT 1"""
 
 
 def direction_layers_sql(run_id: int) -> str:
