@@ -16,14 +16,16 @@ def sections(con, run_id: int) -> list[Section]:
     else:
         out.append(Section("Head importance", (Note("This run stored no head importance.", kind="warn"),)))
     out.append(Section("Pruning the least important heads", (chart_or_note(
-        con, "Quality as heads are pruned", q.pruning_sql(run_id),
+        con, "Quality as heads are pruned or routed", q.pruning_sql(run_id),
         lambda df: charts.curves(df, x="frac_off", y="value", series="strategy", facet="panel",
                                  baseline="base_value", band="stderr", title="metric vs share of heads pruned",
                                  x_title="share of heads pruned", y_title="value", series_title="ranking",
-                                 tooltip=["strategy", "point", "heads_off", "frac_off", "value", "stderr",
+                                 tooltip=["strategy", "kind", "point", "heads_off", "frac_off", "value", "stderr",
                                           "base_value"]),
         caption="Heads ranked by each importance score and pruned least-important first (global: anywhere; "
-                "layer: the same count in every layer); random rankings are the control. "
+                "layer: the same count in every layer); random rankings are the control. router: the trained "
+                "Mixture-of-Head router keeping k heads per layer for each token, at the same head budget as "
+                "gradient_layer (layer), the static per-layer pruning it competes with. "
                 "Dashed: the unpruned model.",
         empty="No head-pruning points were evaluated in this run."),)))
     if has_rows(con, "heads_router_summary", run_id):
@@ -83,6 +85,12 @@ def _router(con, run_id: int) -> Section:
                               "gradient-important heads of each layer kept for every token."),
     )
     return Section("Mixture-of-Head routing", blocks)
+
+
+def headline(con, run_id: int) -> str | None:
+    """The most important head (else the router against static pruning)."""
+    found = findings(con, run_id)
+    return found[0] if found else None
 
 
 def findings(con, run_id: int) -> list[str]:

@@ -50,14 +50,18 @@ FROM heads_agreement WHERE run_id = {int(run_id)} ORDER BY spearman DESC"""
 
 
 def pruning_sql(run_id: int) -> str:
-    """Pruning points (fraction of heads off) per method and scope, with the base model's value."""
+    """Every head-budget point (share of heads off) with the base model's value: static pruning per method and
+    scope, and the Mixture-of-Head routers (kind = 'router', heads_off = heads inactive per token) as their own
+    series at the same budgets as per-layer static pruning."""
     return f"""WITH base AS (
   SELECT task, metric, value AS base_value FROM evals WHERE run_id = {int(run_id)} AND point = 'base')
-SELECT p.method || ' (' || p.scope || ')' AS strategy, p.heads_off, round(p.frac_off, 4) AS frac_off,
+SELECT CASE WHEN p.kind = 'router' THEN 'router (top-k per token)'
+            ELSE p.method || ' (' || p.scope || ')' END AS strategy,
+       p.kind, p.heads_off, round(p.frac_off, 4) AS frac_off,
        e.point, e.task || ' / ' || e.metric AS panel, e.value, e.stderr, b.base_value
 FROM evals e JOIN heads_points p ON p.run_id = e.run_id AND p.point = e.point
 JOIN base b USING (task, metric)
-WHERE e.run_id = {int(run_id)} AND p.kind = 'prune'
+WHERE e.run_id = {int(run_id)} AND p.kind IN ('prune', 'router')
 ORDER BY panel, strategy, p.heads_off"""
 
 
