@@ -23,19 +23,31 @@ def sections(con, run_id: int) -> list[Section]:
     return out
 
 
+# What each position label of the layer-similarity table means (one heat map per label present).
+POSITION_CAPTIONS = {
+    "last": "last: the last token's residual vectors compared.",
+    "mean": "mean: cosine of the token-averaged vectors (each state averaged over the prompt's tokens, then "
+            "compared).",
+    "tokens": "tokens: the mean over tokens of the per-token cosine (every token's states compared, then "
+              "averaged).",
+}
+
+
 def _similarity(con, run_id: int) -> Section:
-    pos = q.position(con, run_id, "layer_similarity")
     k = q.similarity_bucket(con, run_id)
     size = min(560, 16 * (q.n_states(con, run_id) // k + 1) + 40)
-    blocks = [chart_or_note(
-        con, "Cosine similarity of the residual stream", q.similarity_sql(run_id, pos, k),
-        lambda df: charts.heatmap(df, x="layer_a", y="layer_b", color="cosine", title=f"cosine ({pos} token)",
-                                  x_title="state a (input of layer a)", y_title="state b", color_title="cosine",
-                                  tooltip=["layer_a", "layer_b", "cosine", "angular", "cosine_se", "n_prompts"],
-                                  size=size),
-        caption="State l is the residual stream entering layer l; the last state is the output of the last "
-                "layer. Bright blocks along the diagonal are runs of layers that barely change the stream"
-                + ("" if k == 1 else f" (states averaged in buckets of {k})") + ".")]
+    blocks = []
+    for pos in q.positions(con, run_id, "layer_similarity"):
+        blocks.append(chart_or_note(
+            con, f"Cosine similarity of the residual stream: {pos}", q.similarity_sql(run_id, pos, k),
+            lambda df, pos=pos: charts.heatmap(
+                df, x="layer_a", y="layer_b", color="cosine", title=f"cosine ({pos})",
+                x_title="state a (input of layer a)", y_title="state b", color_title="cosine",
+                tooltip=["layer_a", "layer_b", "cosine", "angular", "cosine_se", "n_prompts"], size=size),
+            caption=POSITION_CAPTIONS.get(pos, f"{pos}: a position label this report does not know.")
+            + " State l is the residual stream entering layer l; the last state is the output of the last "
+              "layer. Bright blocks along the diagonal are runs of layers that barely change the stream"
+            + ("" if k == 1 else f" (states averaged in buckets of {k})") + "."))
     apos = q.position(con, run_id, "layer_angular")
     if apos:
         blocks.append(chart_or_note(
@@ -98,25 +110,61 @@ def _removal(con, run_id: int) -> Section:
     return Section("Removing layers", tuple(blocks))
 
 
+def _gromov_block(con, run_id: int):
+    """The block Gromov's rule drops at the largest size up to a quarter of the layers (a row of
+    best_blocks_sql), or None."""
+    pos = q.position(con, run_id, "layer_angular") if has_rows(con, "layer_angular", run_id) else None
+    if not pos:
+        return None
+    best = fetch(con, q.best_blocks_sql(run_id, pos))
+    n_layers = int(fetch(con, f"SELECT n_layers FROM runs WHERE run_id = {int(run_id)}").iloc[0, 0])
+    target = best[best["n"] <= max(1, n_layers // 4)]
+    return None if target.empty else target.iloc[-1]
+
+
+def _block_name(r) -> str:
+    return f"layer {int(r.start_layer)}" if r.n == 1 else \
+        f"the block of {int(r.n)} layers {int(r.start_layer)}-{int(r.end_layer)}"
+
+
+def _cheapest(con, run_id: int):
+    """The most layers that go for at most +25% perplexity (a row of cheapest_blocks_sql), or None."""
+    if not has_rows(con, "layer_points", run_id):
+        return None
+    cheap = fetch(con, q.cheapest_blocks_sql(run_id))
+    ok = cheap[cheap["rel_increase"] <= 0.25]
+    return None if ok.empty else ok.iloc[-1]
+
+
+def headline(con, run_id: int) -> str | None:
+    """The most similar block of layers and what dropping it cost (else the cheapest block to drop)."""
+    r = _gromov_block(con, run_id)
+    cost = fetch(con, q.block_cost_sql(run_id, int(r.start_layer), int(r.end_layer))) if r is not None and has_rows(
+        con, "layer_points", run_id) else None
+    if r is not None:
+        text = (f"layers: {_block_name(r)} changes the residual stream least (angular distance "
+                f"{r.distance:.3f} between its input and output)")
+        if cost is not None and not cost.empty:
+            c = cost.iloc[0]
+            return (text + f"; dropping it changes perplexity by {100 * c.rel_increase:+.1f}% "
+                    f"({c.base_perplexity:.2f} -> {c.perplexity:.2f}).")
+        return text + "."
+    c = _cheapest(con, run_id)
+    if c is not None:
+        return (f"layers: the cheapest block to drop: {int(c.n)} layers ({c.layers}, {c.strategy} choice) for "
+                f"{100 * c.rel_increase:+.1f}% perplexity ({c.base_perplexity:.2f} -> {c.perplexity:.2f}).")
+    return None
+
+
 def findings(con, run_id: int) -> list[str]:
     out = []
-    pos = q.position(con, run_id, "layer_angular") if has_rows(con, "layer_angular", run_id) else None
-    if pos:
-        best = fetch(con, q.best_blocks_sql(run_id, pos))
-        n_layers = int(fetch(con, f"SELECT n_layers FROM runs WHERE run_id = {int(run_id)}").iloc[0, 0])
-        target = best[best["n"] <= max(1, n_layers // 4)]
-        if not target.empty:
-            r = target.iloc[-1]
-            what = (f"layer {int(r.start_layer)}" if r.n == 1 else
-                    f"the block of {int(r.n)} layers {int(r.start_layer)}-{int(r.end_layer)}")
-            out.append(f"layers: {what} changes the residual stream least (angular distance {r.distance:.3f} "
-                       "between its input and output): the first to drop by Gromov's rule.")
-    if has_rows(con, "layer_points", run_id):
-        cheap = fetch(con, q.cheapest_blocks_sql(run_id))
-        ok = cheap[cheap["rel_increase"] <= 0.25]
-        if not ok.empty:
-            r = ok.iloc[-1]
-            out.append(f"layers: the most layers that go for at most +25% perplexity: dropping {int(r.n)} "
-                       f"({r.layers}, {r.strategy} choice) changes it by {100 * r.rel_increase:+.1f}% "
-                       f"({r.base_perplexity:.2f} -> {r.perplexity:.2f}).")
+    r = _gromov_block(con, run_id)
+    if r is not None:
+        out.append(f"layers: {_block_name(r)} changes the residual stream least (angular distance {r.distance:.3f} "
+                   "between its input and output): the first to drop by Gromov's rule.")
+    c = _cheapest(con, run_id)
+    if c is not None:
+        out.append(f"layers: the most layers that go for at most +25% perplexity: dropping {int(c.n)} "
+                   f"({c.layers}, {c.strategy} choice) changes it by {100 * c.rel_increase:+.1f}% "
+                   f"({c.base_perplexity:.2f} -> {c.perplexity:.2f}).")
     return out

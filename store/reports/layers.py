@@ -13,6 +13,12 @@ def position(con: duckdb.DuckDBPyConnection, run_id: int, table: str) -> str | N
     return "last" if "last" in rows else (min(rows) if rows else None)
 
 
+def positions(con: duckdb.DuckDBPyConnection, run_id: int, table: str) -> list[str]:
+    """Every position label a table holds for the run, 'last' first (one chart each)."""
+    rows = [r[0] for r in con.execute(f"SELECT DISTINCT position FROM {table} WHERE run_id = ?", [run_id]).fetchall()]
+    return sorted(rows, key=lambda p: (p != "last", p != "mean", p))
+
+
 def n_states(con: duckdb.DuckDBPyConnection, run_id: int) -> int:
     return con.execute("SELECT coalesce(max(layer_a) + 1, 0) FROM layer_similarity WHERE run_id = ?",
                        [run_id]).fetchone()[0]
@@ -104,3 +110,14 @@ FROM layer_drops
 WHERE run_id = {int(run_id)} AND metric = 'perplexity' AND heal_steps = 0 AND strategy <> 'single'
 QUALIFY row_number() OVER (PARTITION BY n ORDER BY value, strategy, point) = 1
 ORDER BY n"""
+
+
+def block_cost_sql(run_id: int, start: int, end: int) -> str:
+    """What dropping layers start..end (unhealed) did to perplexity, whichever strategy evaluated that block
+    (the angular strategy's point first)."""
+    layers = ", ".join(str(l) for l in range(int(start), int(end) + 1))
+    return f"""SELECT n, strategy, layers::VARCHAR AS layers, round(value, 3) AS perplexity,
+       round(base_value, 3) AS base_perplexity, round(value / base_value - 1, 4) AS rel_increase
+FROM layer_drops
+WHERE run_id = {int(run_id)} AND list_sort(layers) = [{layers}] AND heal_steps = 0 AND metric = 'perplexity'
+ORDER BY strategy <> 'angular', strategy, point LIMIT 1"""
