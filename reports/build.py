@@ -43,7 +43,8 @@ class Report:
 
 
 def study_module(study: str):
-    """reports.<study>: ``sections(con, run_id) -> list[Section]`` and ``findings(con, run_id) -> list[str]``.
+    """reports.<study>: ``sections(con, run_id) -> list[Section]``, ``headline(con, run_id) -> str | None``
+    (the study's one headline finding) and ``findings(con, run_id) -> list[str]`` (more detail).
 
     Import errors surface: a study page that cannot be built is a bug, not a missing study."""
     return importlib.import_module(f"reports.{study}")
@@ -78,9 +79,14 @@ def build_report(store: Store, out: str | Path, store_arg: str | None = None) ->
 
 
 def headline_findings(store: Store) -> list[str]:
-    """Three or four sentences read from the store, one or more per study it holds."""
+    """Three or four sentences read from the store: one per study it holds (that has a result to state)."""
     with open_report_store(store) as con:
-        return [f for s in STUDIES if (r := study_run(con, s)) is not None for f in study_module(s).findings(con, r)]
+        return _headlines(con, {s: study_run(con, s) for s in STUDIES})
+
+
+def _headlines(con, present: dict[str, int | None]) -> list[str]:
+    return [h for s in STUDIES if present.get(s) is not None
+            and (h := study_module(s).headline(con, present[s])) is not None]
 
 
 def _shell_arg(path: str) -> str:
@@ -107,9 +113,13 @@ def _index_page(con, store: Store, studies, missing, present) -> Page:
         todo = ", ".join(f"{s} (<code>{COMMANDS[s]}</code>)" for s in missing)
         blocks.append(Note(f"Missing studies: this store holds no run of {todo}. Run them, or "
                            "<code>invoke demo</code> for all, then <code>invoke report</code> again.", kind="warn"))
-    found = [f for s in studies for f in study_module(s).findings(con, present[s])]
-    finding_blocks = [Note("<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in found) + "</ul>")] if found \
+    heads = _headlines(con, present)
+    more = [f for s in studies for f in study_module(s).findings(con, present[s]) if f not in heads]
+    finding_blocks = [Note("<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in heads) + "</ul>")] if heads \
         else [Note("No headline findings yet: they come from the studies' results.")]
+    if more:
+        finding_blocks.append(Note("<details><summary>More findings</summary><ul>"
+                                   + "".join(f"<li>{html.escape(f)}</li>" for f in more) + "</ul></details>"))
     runs = fetch(con, runs_sql())
     configs = run_configs(con)
     config_html = "".join(

@@ -66,7 +66,26 @@ def sections(con, run_id: int) -> list[Section]:
             Section("What was pruned", tuple(reached)), sweep_section(con, run_id)]
 
 
+def headline(con, run_id: int) -> str | None:
+    """Wanda against magnitude at 50% pruned: every module when the run pruned them all at once, else the
+    module group that both methods pruned (the largest)."""
+    if not has_rows(con, "prune_points", run_id):
+        return None
+    df = fetch(con, q.methods_by_group_at_sql(run_id, 0.5))
+    if df.empty:
+        return None
+    groups = df.groupby("modules").agg(methods=("method", "nunique"), n_params=("n_params", "max")).reset_index()
+    groups["every"] = groups["modules"] == "all"
+    pick = groups.sort_values(["every", "methods", "n_params", "modules"], ascending=[False, False, False, True])
+    group = pick["modules"].iloc[0]
+    rows = df[df["modules"] == group]
+    parts = ", ".join(f"{r.recipe} {r.perplexity:.2f}" for r in rows.itertuples())
+    what = "all weights" if group == "all" else f"the {group} weights"
+    return f"weights: at 50% of {what} pruned, perplexity is {parts} (unpruned {rows['base_perplexity'].iloc[0]:.2f})."
+
+
 def findings(con, run_id: int) -> list[str]:
+    """Wanda against magnitude at 50% of every module."""
     if not has_rows(con, "prune_points", run_id):
         return []
     df = fetch(con, q.methods_at_sql(run_id, 0.5))

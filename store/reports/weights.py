@@ -65,3 +65,16 @@ WHERE e.run_id = {int(run_id)} AND e.metric = 'perplexity' AND p.modules = 'all'
   AND p.structure = 'unstructured' AND abs(p.target_rate - {float(rate)}) < 1e-9 AND p.method <> 'base'
 QUALIFY row_number() OVER (PARTITION BY p.method ORDER BY e.value, p.point) = 1
 ORDER BY perplexity"""
+
+
+def methods_by_group_at_sql(run_id: int, rate: float = 0.5) -> str:
+    """The best unstructured point of each method at one rate, per module group ('all', 'attn', 'k', ...)."""
+    return f"""WITH base AS (
+  SELECT value FROM evals WHERE run_id = {int(run_id)} AND point = 'base' AND metric = 'perplexity' LIMIT 1)
+SELECT p.modules, p.method, {RECIPE} AS recipe, p.target_rate, p.n_params, round(p.sparsity, 4) AS sparsity,
+       round(e.value, 3) AS perplexity, round((SELECT value FROM base), 3) AS base_perplexity
+FROM evals e JOIN prune_points p ON p.run_id = e.run_id AND p.point = e.point
+WHERE e.run_id = {int(run_id)} AND e.metric = 'perplexity' AND p.structure = 'unstructured'
+  AND abs(p.target_rate - {float(rate)}) < 1e-9 AND p.method <> 'base'
+QUALIFY row_number() OVER (PARTITION BY p.modules, p.method ORDER BY e.value, p.point) = 1
+ORDER BY p.modules, perplexity"""
