@@ -220,16 +220,18 @@ def test_deep_model_grids_stay_under_the_row_limit(tmp_path):
                                                         "n_layers": L, "d_model": 8}, backend=None, config="{}",
                          config_hash="s", code_version="t").run_id
         settings = ["cv", "shuffled", "held_out", "within:a", "within:b", "cross:a->b", "cross:b->a", "within:c"]
-        probes = pd.DataFrame([{"problem": p, "hook": "resid_pre", "layer": l, "position": "last", "setting": st_, "metric": m,
+        probes = pd.DataFrame([{"problem": p, "hook": "resid_pre", "layer": l, "position": pos, "setting": st_, "metric": m,
                                     "mean": 0.5, "std": 0.0, "n": 10, "folds": 5}
                                for p in ("harmful", "toxic", "biased", "multiclass") for m in ("accuracy", "roc_auc")
-                               for st_ in settings for l in range(L)])  # 5120 rows
+                               for st_ in settings for l in range(L) for pos in ("last", "mean")])  # 5120 per site
         ss.replace_rows(con, srun, {"safety_probes": probes})
         finish_run(con, srun)
         pages, _, _ = build_pages(con, st)
     charts_ = [b for p in pages for s in p.sections for b in s.blocks if isinstance(b, ChartBlock)]
     titles = {b.title for b in charts_}
-    assert {"zero / delta_loss", "Router: how often each head is active", "Linear probes by layer"} <= titles
+    assert {"zero / delta_loss", "Router: how often each head is active",
+            "Linear probes by layer: resid_pre, last token", "Linear probes by layer: resid_pre, mean over tokens"} \
+        <= titles
     for b in charts_:
         b.chart.to_dict()  # raises MaxRowsError above 5000 rows
         assert len(b.chart.data) <= MAX_CELLS
@@ -243,8 +245,8 @@ def test_runs_that_stored_nothing_yet_render_with_notes(tmp_path):
     st = Store(tmp_path / "fresh.duckdb")
     with st.connect() as con:
         for kind in ("layers", "weights", "heads", "safety"):
-            start_run(con, kind=kind, model=dict(model="m", revision="r", dtype="float32", device="cpu",
-                                                 n_layers=2, d_model=4), backend=None, config="{}",
+            start_run(con, kind=kind, model={"model": "m", "revision": "r", "dtype": "float32", "device": "cpu",
+                                                 "n_layers": 2, "d_model": 4}, backend=None, config="{}",
                       config_hash=kind, code_version="t")
     rep = build_report(st, tmp_path / "out")
     assert rep.studies == ("layers", "weights", "heads", "safety")

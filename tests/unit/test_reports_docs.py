@@ -70,7 +70,13 @@ def check_top_heads(df, st):
 def check_probes(df, st):
     assert list(df["layer"]) == [0, 1, 2, 3] and set(df["hook"]) == {"resid_post"}
     best = df.loc[df["accuracy"].idxmax()]
-    assert (best.layer, best.accuracy, best.roc_auc, best.shuffled_control) == (2, 0.95, 0.95, 0.5)
+    assert (best.layer, best.accuracy, best.roc_auc, best.shuffled_control) == (2, 0.95, 0.97, 0.5)
+
+
+def check_best_probe(df, st):
+    h = df[(df["problem"] == "harmful_vs_neutral") & (df["position"] == "last")].iloc[0]
+    assert (h.layer, h.roc_auc, h.margin_over_shuffled, h.cross_source) == (2, 0.97, 0.47, 0.77)
+    assert len(df) == 4  # 2 problems x 2 positions
 
 
 def check_toxicity(df, st):
@@ -109,7 +115,8 @@ def check_norms(df, st):
 
 CHECKS = {
     "nearest layers": check_nearest, "cheapest block to drop": check_cheapest, "top heads": check_top_heads,
-    "probe accuracy by layer": check_probes, "toxicity before and after an edit": check_toxicity,
+    "probe accuracy by layer": check_probes, "best probe layer": check_best_probe,
+    "toxicity before and after an edit": check_toxicity,
     "edits side by side": check_side_by_side, "wanda vs magnitude": check_wanda, "provenance": check_provenance,
     "residual norm by layer": check_norms,
 }

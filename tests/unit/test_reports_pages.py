@@ -23,9 +23,10 @@ MODEL = {"model": "tiny", "revision": "r0", "dtype": "float32", "device": "cpu",
 L, H = 4, 3
 
 
-def new_run(con, kind: str) -> int:
-    run = start_run(con, kind=kind, model=MODEL, backend=None, config=json.dumps({"study": kind}),
-                    config_hash=kind, code_version="test")
+def new_run(con, kind: str, tag: str = "") -> int:
+    """A new run of ``kind``; another ``tag`` makes another run (e.g. a quick run before the full one)."""
+    run = start_run(con, kind=kind, model=MODEL, backend=None, config=json.dumps({"study": kind, "tag": tag}),
+                    config_hash=kind + tag, code_version="test")
     return run.run_id
 
 
@@ -40,10 +41,11 @@ def zero_delta(layer: int, head: int) -> float:
     return 1.0 if (layer, head) == (2, 1) else 0.1 * layer + 0.01 * head
 
 
-def write_heads(con) -> int:
+def write_heads(con, tag: str = "") -> int:
+    """Zero-ablation ranking beats random; a top-2 router and per-layer static pruning at its budget."""
     from store import heads as sh
 
-    run_id = new_run(con, "heads")
+    run_id = new_run(con, "heads", tag)
     grid = [(l, h) for l in range(L) for h in range(H)]
     for method, metrics in (("gradient", ("abs_grad", "abs_grad_layer_l2")), ("zero", ("delta_loss",)),
                             ("mean", ("delta_loss",))):
@@ -54,8 +56,14 @@ def write_heads(con) -> int:
                                                        "spearman": 1.0, "kendall": 1.0, "top_n": 3, "top_overlap": 1.0}]))
     pts = [{"point": f"prune[{m},{k}]", "kind": "prune", "method": m, "scope": "global", "heads_off": k, "frac_off": k / (L * H)}
            for m in ("zero", "random0") for k in (3, 6)]
+    budget = L * (H - 2)  # top-2 of 3 heads per layer
+    pts += [{"point": "prune[gradient_layer]", "kind": "prune", "method": "gradient_layer", "scope": "layer",
+             "heads_off": budget, "frac_off": budget / (L * H)},
+            {"point": "route[top-2]", "kind": "router", "method": "router", "scope": "layer", "heads_off": budget,
+             "frac_off": budget / (L * H)}]
     sh.write_points(con, run_id, pd.DataFrame(pts))
-    ppl = {"base": 10.0, **{p["point"]: 10.0 + p["heads_off"] * (1 if p["method"] == "zero" else 3) for p in pts}}
+    slope = {"zero": 1, "random0": 3, "gradient_layer": 2, "router": 0.5}
+    ppl = {"base": 10.0, **{p["point"]: 10.0 + p["heads_off"] * slope[p["method"]] for p in pts}}
     write_evals(con, evals(run_id, "heads", {p: {("ppl", "perplexity"): v} for p, v in ppl.items()}))
     steps = pd.DataFrame({"step": [1, 2], "lm_loss": [3.0, 2.5], "lb_loss": [1.2, 1.1], "loss": [3.1, 2.6],
                           "seconds": [0.1, 0.1]})
@@ -69,17 +77,23 @@ def write_heads(con) -> int:
     return run_id
 
 
-def write_layers(con) -> int:
-    """States 0..L; layers 1-2 barely change the stream (cosine 0.99 between states 1 and 3)."""
+SIM_POSITIONS = {"last": 0.0, "mean": 0.005, "tokens": 0.002}
+"""Position labels of the similarity fixture and how much lower than 'last' their cosines are."""
+
+
+def write_layers(con, tag: str = "") -> int:
+    """States 0..L; layers 1-2 barely change the stream (cosine 0.99 between states 1 and 3); a heat map
+    for each of three position labels."""
     from store import layers as sl
 
-    run_id = new_run(con, "layers")
+    run_id = new_run(con, "layers", tag)
     cos = np.full((L + 1, L + 1), 0.5)
     np.fill_diagonal(cos, 1.0)
     cos[1, 3] = cos[3, 1] = cos[1, 2] = cos[2, 1] = cos[2, 3] = cos[3, 2] = 0.99
-    sim = pd.DataFrame([{"position": "last", "stream": "resid_unnormalised", "layer_a": a, "layer_b": b, "cosine": cos[a, b],
-                             "cosine_se": 0.01, "angular": np.arccos(cos[a, b]) / np.pi, "angular_se": 0.01, "n_prompts": 8}
-                        for a in range(L + 1) for b in range(L + 1)])
+    sim = pd.DataFrame([{"position": pos, "stream": "resid_unnormalised", "layer_a": a, "layer_b": b,
+                         "cosine": cos[a, b] - (a != b) * off, "cosine_se": 0.01,
+                         "angular": np.arccos(cos[a, b] - (a != b) * off) / np.pi, "angular_se": 0.01, "n_prompts": 8}
+                        for pos, off in SIM_POSITIONS.items() for a in range(L + 1) for b in range(L + 1)])
     ang = []
     for n in range(1, L):
         starts = range(L - n + 1)
@@ -109,11 +123,11 @@ MODULE_SIZES = {"q": 64, "k": 32, "v": 32, "o": 64, "gate": 128, "up": 128, "dow
 GROUPS = {"all": list(MODULE_SIZES), "attn": ["q", "k", "v", "o"], "mlp": ["gate", "up", "down"]}
 
 
-def write_weights(con) -> int:
+def write_weights(con, tag: str = "") -> int:
     """Magnitude and Wanda at 25/50% of all modules; Wanda on attn and mlp alone."""
     from store import weights as sw
 
-    run_id = new_run(con, "weights")
+    run_id = new_run(con, "weights", tag)
     total = L * sum(MODULE_SIZES.values())
     recipes = [("magnitude", None, "all"), ("wanda", "oneshot", "all"), ("wanda", "oneshot", "attn"),
                ("wanda", "oneshot", "mlp")]
@@ -138,19 +152,38 @@ def write_weights(con) -> int:
     return run_id
 
 
-def write_safety(con) -> int:
-    """Probes peak at layer 2; ablation cuts toxicity; actadd at two alphas."""
+def probe_rows() -> list[dict]:
+    """Probes peak at layer 2 (last token) and layer 3 (mean over tokens), with the shuffled-label control;
+    harmful vs neutral also has held-out and cross-source scores."""
+    acc = {"last": {0: 0.6, 1: 0.8, 2: 0.95, 3: 0.9}, "mean": {0: 0.55, 1: 0.7, 2: 0.8, 3: 0.85}}
+    settings = {"cv": 0.0, "shuffled": None, "held_out": -0.05, "cross:harmbench->donotanswer": -0.15,
+                "cross:donotanswer->harmbench": -0.25, "cross_dm:harmbench->donotanswer": -0.2,
+                "cross_dm:donotanswer->harmbench": -0.3}
+    rows = []
+    for pb in ("harmful_vs_neutral", "toxic_vs_neutral"):
+        for pos, by_layer in acc.items():
+            for l, a in by_layer.items():
+                for st, off in settings.items():
+                    if pb != "harmful_vs_neutral" and st not in ("cv", "shuffled"):
+                        continue
+                    for m in ("accuracy", "roc_auc"):
+                        v = 0.5 if off is None else a + off - (0.1 if pb == "toxic_vs_neutral" else 0) \
+                            + (0.02 if m == "roc_auc" else 0)
+                        rows.append({"problem": pb, "hook": "resid_post", "layer": l, "position": pos, "setting": st,
+                                     "metric": m, "mean": v, "std": None if st != "cv" else 0.02, "n": 40,
+                                     "folds": 5 if st in ("cv", "shuffled") else 1})
+    return rows
+
+
+def write_safety(con, tag: str = "") -> int:
+    """Probes peak at layer 2; ablation cuts toxicity; actadd at two alphas; the best-layer table is the
+    study's own (analyses.probes.best_layers)."""
+    from analyses.probes import best_layers
     from store import safety as ss
 
-    run_id = new_run(con, "safety")
+    run_id = new_run(con, "safety", tag)
     acc = {0: 0.6, 1: 0.8, 2: 0.95, 3: 0.9}
-    probes = [{"problem": pb, "hook": "resid_post", "layer": l, "position": "last", "setting": st, "metric": m,
-                   "mean": (0.5 if st == "shuffled" else acc[l] - (0.1 if pb == "toxic_vs_neutral" else 0)),
-                   "std": 0.02, "n": 40, "folds": 5}
-              for pb in ("harmful_vs_neutral", "toxic_vs_neutral") for l in range(L)
-              for st in ("cv", "shuffled") for m in ("accuracy", "roc_auc")]
-    probes.append({"problem": "harmful_vs_neutral", "hook": "resid_post", "layer": 2, "position": "mean", "setting": "cv",
-                       "metric": "accuracy", "mean": 0.99, "std": 0.0, "n": 40, "folds": 5})  # another position: not charted
+    probes = pd.DataFrame(probe_rows())
     layers = [{"concept": "harmful", "hook": "resid_post", "layer": l, "position": "last", "metric": m, "value": v}
               for l in range(L) for m, v in (("cosine_dm_probe", 0.2 * l), ("projection_auc", acc[l]))]
     cands = [{"concept": "harmful", "hook": "resid_post", "layer": l, "position": "last", "separability": acc[l],
@@ -160,7 +193,8 @@ def write_safety(con) -> int:
     sel = [{"criterion": "chosen", "concept": "harmful", "hook": "resid_post", "layer": 2, "position": "last",
                 "metric": "refusal_drop", "value": 0.2, "separability": 0.95, "refusal_drop": 0.2, "kl": 0.02,
                 "reason": "largest refusal drop under the KL cap", "rule": "max refusal_drop s.t. kl <= 0.1"}]
-    ss.replace_rows(con, run_id, {"safety_probes": pd.DataFrame(probes), "safety_layers": pd.DataFrame(layers),
+    ss.replace_rows(con, run_id, {"safety_probes": probes, "safety_best_layers": best_layers(probes),
+                                  "safety_layers": pd.DataFrame(layers),
                                   "safety_candidates": pd.DataFrame(cands), "safety_selection": pd.DataFrame(sel)})
     metrics = {"base": (0.40, 0.10, 10.0), "ablate[harmful@resid_post2/last]": (0.10, 0.00, 10.5),
                "orth[harmful@resid_post2/last]": (0.12, 0.00, 10.6),
@@ -248,9 +282,18 @@ def test_heads_page(pages):
     assert (top.layer, top["head"], top.importance) == (2, 1, 1.0)
     spec = blocks["zero / delta_loss"].chart.to_dict()
     assert spec["encoding"]["x"]["field"] == "layer" and spec["encoding"]["color"]["scale"]["domainMid"] == 0
-    prune = chart_data(blocks["Quality as heads are pruned"])
-    assert set(prune["strategy"]) == {"zero (global)", "random0 (global)"} and (prune["base_value"] == 10.0).all()
+    prune = chart_data(blocks["Quality as heads are pruned or routed"])
+    assert set(prune["strategy"]) == {"zero (global)", "random0 (global)", "gradient_layer (layer)",
+                                      "router (top-k per token)"}
+    assert (prune["base_value"] == 10.0).all()
     assert prune.query("strategy == 'random0 (global)' and heads_off == 6")["value"].item() == 28.0
+    # the router is its own series, at the same head budget as static per-layer pruning
+    at = prune[prune["heads_off"] == L * (H - 2)].set_index("strategy")
+    assert at.loc["router (top-k per token)", "kind"] == "router" and at.loc["gradient_layer (layer)", "kind"] == "prune"
+    assert at.loc["router (top-k per token)", "frac_off"] == at.loc["gradient_layer (layer)", "frac_off"]
+    assert (at.loc["router (top-k per token)", "value"], at.loc["gradient_layer (layer)", "value"]) == (12.0, 18.0)
+    spec = blocks["Quality as heads are pruned or routed"].chart.to_dict()
+    assert spec["spec"]["layer"][0]["encoding"]["color"]["field"] == "strategy"
     usage = chart_data(blocks["Router: how often each head is active"])
     assert len(usage) == L * H and set(usage["router"]) == {"top-2"}
     summary = chart_data(blocks["Quality against compute"])
@@ -260,11 +303,28 @@ def test_heads_page(pages):
     assert sorted(steps["term"].unique()) == ["lb_loss", "lm_loss"] and len(steps) == 4
 
 
-def test_findings(full_store):
-    store, _ = full_store
-    found = headline_findings(store)
-    assert any("layer 2 head 1" in f and "+1.000" in f for f in found), found
-    assert any("top-2" in f and "2.200" in f and "2.400" in f for f in found), found
+HEADLINES = [
+    ("layers: layer 1 changes the residual stream least (angular distance 0.045 between its input and output); "
+     "dropping it changes perplexity by +5.0% (10.00 -> 10.50)."),
+    ("weights: at 50% of all weights pruned, perplexity is wanda oneshot / row 15.00, magnitude / row 30.00 "
+     "(unpruned 10.00)."),
+    "heads: the most important head is layer 2 head 1; zero-ablating it raises text loss by +1.000 nats/token.",
+    ("safety: harmful vs neutral is best separated at layer 2 (resid_post, last token): CV ROC-AUC 0.970, +0.470 "
+     "over the shuffled-label control, cross-source 0.770; ablating the harmful direction "
+     "(ablate[harmful@resid_post2/last]) moves toxicity 0.4 -> 0.1, refusal rate 0.1 -> 0."),
+]
+
+
+def test_headline_findings_are_one_per_study(full_store):
+    """Three or four headlines: one per study, in page order, each read from the store."""
+    assert headline_findings(full_store[0]) == HEADLINES
+
+
+def test_index_shows_headlines_and_more_findings(pages):
+    notes = [b.html_text for s in pages[0]["index"].sections if s.title == "Headline findings" for b in s.blocks]
+    assert all(h.replace(">", "&gt;") in notes[0] for h in HEADLINES)
+    assert "More findings" in notes[1] and "top-2" in notes[1] and "2.200" in notes[1] and "2.400" in notes[1]
+    assert not any(h.replace(">", "&gt;") in notes[1] for h in HEADLINES)
 
 
 def test_partial_store_says_what_is_missing(full_store, tmp_path):
@@ -281,9 +341,17 @@ def test_partial_store_says_what_is_missing(full_store, tmp_path):
 
 def test_layers_page(pages):
     blocks = blocks_by_title(pages[0]["layers"])
-    sim = chart_data(blocks["Cosine similarity of the residual stream"])
-    assert len(sim) == (L + 1) ** 2
-    assert sim.query("layer_a == 1 and layer_b == 3")["cosine"].item() == pytest.approx(0.99)
+    heat = [t for t in blocks if t.startswith("Cosine similarity of the residual stream")]
+    assert heat == [f"Cosine similarity of the residual stream: {p}" for p in ("last", "mean", "tokens")]
+    for pos, off in SIM_POSITIONS.items():  # one heat map per label, each with its own rows and caption
+        block = blocks[f"Cosine similarity of the residual stream: {pos}"]
+        sim = chart_data(block)
+        assert len(sim) == (L + 1) ** 2
+        assert sim.query("layer_a == 1 and layer_b == 3")["cosine"].item() == pytest.approx(0.99 - off)
+        assert f"position = '{pos}'" in block.sql and block.caption.startswith(f"{pos}: ")
+        assert block.chart.to_dict()["title"] == f"cosine ({pos})"
+    assert "token-averaged" in blocks["Cosine similarity of the residual stream: mean"].caption
+    assert "per-token cosine" in blocks["Cosine similarity of the residual stream: tokens"].caption
     ang = chart_data(blocks["Angular distance by block size and start"])
     assert ang.query("best and n == 2")["start_layer"].item() == 1
     single = chart_data(blocks["Dropping one layer: perplexity (log scale)"])
@@ -297,8 +365,16 @@ def test_layers_page(pages):
     assert "perplexity" not in set(blk["panel"].str.split(" / ").str[1])
 
 
+def study_findings(store, study: str) -> list[str]:
+    from reports.build import study_module
+    from store.reports import study_run
+
+    with store.connect(read_only=True) as con:
+        return study_module(study).findings(con, study_run(con, study))
+
+
 def test_layers_findings(full_store):
-    found = headline_findings(full_store[0])
+    found = study_findings(full_store[0], "layers")
     assert any(f.startswith("layers: layer 1 changes the residual stream least (angular distance 0.045")
                for f in found), found
     assert "layers: the most layers that go for at most +25% perplexity: dropping 2 ([1, 2], angular choice) " \
@@ -324,18 +400,47 @@ def test_weights_page(pages):
 
 
 def test_weights_findings(full_store):
-    found = headline_findings(full_store[0])
+    found = study_findings(full_store[0], "weights")
     assert "weights: at 50% of all weights pruned, perplexity is wanda oneshot / row 15.00, magnitude / row 30.00 " \
            "(unpruned 10.00)." in found, found
 
 
 def test_safety_page(pages):
     blocks = blocks_by_title(pages[0]["safety"])
-    probes = chart_data(blocks["Linear probes by layer"])
-    assert len(probes) == 2 * L * 2 * 2  # problems x layers x settings x metrics, one position only
-    assert set(probes["setting"]) == {"cv", "shuffled"}
-    best = blocks["Best layer per problem"].df.set_index("problem")
-    assert best.loc["harmful_vs_neutral", "layer"] == 2 and best.loc["harmful_vs_neutral", "shuffled_accuracy"] == 0.5
+    probe_charts = [t for t in blocks if t.startswith("Linear probes by layer")]
+    # one chart per (hook, position): mean-position probes are charted too
+    assert probe_charts == ["Linear probes by layer: resid_post, last token",
+                            "Linear probes by layer: resid_post, mean over tokens"]
+    n_settings = {"harmful_vs_neutral": 7, "toxic_vs_neutral": 2}
+    for t, pos in zip(probe_charts, ("last", "mean")):
+        probes = chart_data(blocks[t])
+        assert len(probes) == L * 2 * sum(n_settings.values())  # layers x metrics x (problem, setting)
+        assert f"position = '{pos}'" in blocks[t].sql
+    probes = chart_data(blocks[probe_charts[1]])
+    cv = probes.query("problem == 'harmful_vs_neutral' and setting == 'cv' and metric == 'accuracy'")
+    assert list(cv["mean"]) == pytest.approx([0.55, 0.7, 0.8, 0.85])
+    # the best layer is the study's (safety_best_layers), with its margins and cross-source scores
+    best = blocks["Best layer per problem"].df
+    assert "safety_best_layers" in blocks["Best layer per problem"].sql
+    h = best[(best["problem"] == "harmful_vs_neutral") & (best["position"] == "last")].iloc[0]
+    assert (h.layer, h.cv_roc_auc, h.shuffled_roc_auc) == (2, pytest.approx(0.97), 0.5)
+    assert (h.margin_roc_auc, h.margin_accuracy) == (pytest.approx(0.47), pytest.approx(0.45))
+    assert (h.cross_source_roc_auc, h.cross_source_dm_roc_auc) == (pytest.approx(0.77), pytest.approx(0.72))
+    assert best[(best["problem"] == "harmful_vs_neutral") & (best["position"] == "mean")]["layer"].item() == 3
+    assert best[best["problem"] == "toxic_vs_neutral"]["cross_source_roc_auc"].isna().all()
+    ctrl = chart_data(blocks["The best layer against its controls"])
+    assert "safety_best_layers" in blocks["The best layer against its controls"].sql
+    last_auc = ctrl[(ctrl["site"] == "resid_post / last") & (ctrl["metric"] == "roc_auc")
+                    & (ctrl["problem"] == "harmful_vs_neutral")].set_index("score")["value"]
+    assert dict(last_auc) == pytest.approx({"cross-validated": 0.97, "shuffled-label control": 0.5,
+                                            "held-out prompts": 0.92, "cross-source probe": 0.77,
+                                            "cross-source diff. of means": 0.72})
+    tox = ctrl[ctrl["problem"] == "toxic_vs_neutral"]
+    assert set(tox["score"]) == {"cross-validated", "shuffled-label control"}  # no cross-source for toxic
+    margins = ctrl[(ctrl["site"] == "resid_post / last") & (ctrl["problem"] == "harmful_vs_neutral")]
+    assert set(margins.groupby("metric")["margin_over_shuffled"].unique().map(lambda v: round(v.item(), 6)).items()) \
+        == {("accuracy", 0.45), ("roc_auc", 0.47)}
+    assert set(ctrl["panel"]) == {f"{m} · resid_post / {p}" for m in ("accuracy", "roc_auc") for p in ("last", "mean")}
     edits = chart_data(blocks["Toxicity, refusal and capability before and after each edit"])
     assert len(edits) == 5 * 3 and set(edits["kind"]) == {"base", "direction_ablation", "direction_orthogonalized",
                                                            "activation_addition"}
@@ -351,8 +456,59 @@ def test_safety_page(pages):
 
 
 def test_safety_findings(full_store):
-    found = headline_findings(full_store[0])
-    assert "safety: harmful vs neutral separates best at layer 2 (CV accuracy 0.950, ROC-AUC 0.950; " \
-           "shuffled-label control 0.500)." in found, found
-    assert any(f.startswith("safety: ablate[harmful@resid_post2/last] changes perplexity 10 -> 10.5, "
-                            "refusal rate 0.1 -> 0, toxicity 0.4 -> 0.1") for f in found), found
+    found = study_findings(full_store[0], "safety")
+    assert "safety: harmful vs neutral: best layer 2 (resid_post, last token), CV accuracy 0.950 vs 0.500 with " \
+           "shuffled labels." in found, found
+    assert any(f.startswith("safety: ablate[harmful@resid_post2/last] changes toxicity 0.4 -> 0.1, "
+                            "refusal rate 0.1 -> 0, perplexity 10 -> 10.5") for f in found), found
+
+
+def test_safety_headline_follows_the_studys_choice_not_accuracy(tmp_path):
+    """The headline names the layer safety_best_layers stores (chosen by ROC-AUC), even where another layer has
+    the higher accuracy: the report does not re-pick it."""
+    from analyses.probes import best_layers
+    from reports.safety import headline
+    from store import safety as ss
+
+    st = Store(tmp_path / "s.duckdb")
+    rows = [{"problem": "harmful_vs_neutral", "hook": "resid_post", "layer": l, "position": "last", "setting": s,
+             "metric": m, "mean": v, "std": 0.0, "n": 10, "folds": 5}
+            for l, (acc, auc) in {0: (0.9, 0.8), 1: (0.8, 0.95)}.items()
+            for s, m, v in (("cv", "accuracy", acc), ("cv", "roc_auc", auc), ("shuffled", "accuracy", 0.5),
+                            ("shuffled", "roc_auc", 0.6))]
+    with st.connect() as con:
+        run = new_run(con, "safety")
+        df = pd.DataFrame(rows)
+        ss.replace_rows(con, run, {"safety_probes": df, "safety_best_layers": best_layers(df)})
+        line = headline(con, run)
+    assert line == ("safety: harmful vs neutral is best separated at layer 1 (resid_post, last token): CV ROC-AUC "
+                    "0.950, +0.350 over the shuffled-label control."), line
+
+
+def test_weights_headline_on_a_run_that_pruned_single_modules(tmp_path):
+    """A smoke run prunes one projection, not every module: the headline compares the methods there."""
+    from reports.weights import headline
+    from store import weights as sw
+
+    st = Store(tmp_path / "w.duckdb")
+    with st.connect() as con:
+        run_id = new_run(con, "weights")
+        ppl = {"base": 10.0}
+        for method, calib, module, value in (("magnitude", None, "k", 13.0), ("wanda", "sequential", "k", 11.0),
+                                             ("magnitude", None, "q", 12.0)):
+            point = f"{method}[{module}@0.5]"
+            n = MODULE_SIZES[module] * L
+            stats = pd.DataFrame([{"run_id": run_id, "point": point, "layer": l, "module": module, "rate": 0.5,
+                                   "n_params": MODULE_SIZES[module], "n_pruned": MODULE_SIZES[module] // 2,
+                                   "n_zero": MODULE_SIZES[module] // 2, "sparsity": 0.5} for l in range(L)])
+            sw.write_prune_point(con, {
+                "run_id": run_id, "point": point, "intervention": "{}", "method": method, "calibration": calib,
+                "grp": "row", "structure": "unstructured", "modules": module, "target_rate": 0.5, "n_params": n,
+                "n_pruned": n // 2, "n_zero": n // 2, "sparsity": 0.5, "total_params": 10 * n, "calib_id": None,
+                "seconds": 0.1}, stats)
+            ppl[point] = value
+        write_evals(con, evals(run_id, "weights", {p: {("ppl", "perplexity"): v} for p, v in ppl.items()}))
+        line = headline(con, run_id)
+    # k: both methods (q only magnitude, though q and k have the same size here)
+    assert line == "weights: at 50% of the k weights pruned, perplexity is wanda sequential / row 11.00, " \
+                   "magnitude / row 13.00 (unpruned 10.00).", line
