@@ -1,13 +1,18 @@
 """`invoke demo`: every study on one model in numbered steps, then the report and headline findings.
 
-Each study resumes from the store (cached activations, stored analyses and finished sweep
+One numbered step per study, its phases as sub-steps (2.1 cache, 2.2 analyses, 2.3 sweep +
+evaluation, ...), then a line with the rows the study's run holds per table. Each study resumes from the store (cached activations, stored analyses and finished sweep
 points are reused), so running the demo again only does what is missing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
+import itertools
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from invoke import task
@@ -28,6 +33,10 @@ class Study:
     """module:Class of the study's frozen config; built as Class(budget=..., seed=...)."""
     runner: str
     """module:function called as function(loaded, store, cfg)."""
+    phases: tuple[tuple[str, str], ...] = ()
+    """(name of a function the runner's module calls, phase it starts): the demo prints a numbered
+    sub-step the first time the runner calls each. The runners take no phase callback, so the demo
+    wraps these module-level names while the study runs (see ``phase_steps``)."""
 
     def load(self):
         """(config class, runner); import errors surface, nothing is skipped quietly."""
@@ -36,15 +45,24 @@ class Study:
         return getattr(importlib.import_module(cfg_mod), cfg_cls), getattr(importlib.import_module(run_mod), run_fn)
 
 
+SWEEP = ("run_sweep", "sweep + evaluation (base model in the same run)")
 STUDIES = (
     Study("layers", "residual-stream cache, layer similarity and angular distance, layer-dropping sweeps",
-          "interp.studies.layers_config:LayersCfg", "interp.studies.layers:run_layers"),
+          "interp.studies.layers_config:LayersCfg", "interp.studies.layers:run_layers",
+          (("capture", "cache (residual stream)"), ("analyse", "analyses (similarity, angular distance)"),
+           SWEEP)),
     Study("weights", "magnitude and Wanda pruning: rates, module groups, sparsity reached",
-          "interp.studies.weights:WeightsCfg", "interp.studies.weights:run_weights"),
+          "interp.studies.weights:WeightsCfg", "interp.studies.weights:run_weights",
+          (("plan_points", "plan the pruning points"), ("dense_report", "analyses (dense weights)"),
+           ("run_sweep", "sweep: calibration, pruning and evaluation (base model in the same run)"))),
     Study("heads", "head importance (ablation, gradient), head pruning, Mixture-of-Head routers",
-          "interp.heads.config:HeadsCfg", "interp.studies.heads:run_heads"),
+          "interp.heads.config:HeadsCfg", "interp.studies.heads:run_heads",
+          (("prepare", "data (text sample, task items)"), ("compute_importance", "analyses (head importance)"),
+           ("train_routers", "router training"), SWEEP)),
     Study("safety", "probes per layer, harmful directions, ablation / orthogonalisation / activation addition",
-          "interp.studies.safety:SafetyCfg", "interp.studies.safety:run_safety"),
+          "interp.studies.safety:SafetyCfg", "interp.studies.safety:run_safety",
+          (("capture", "cache (labelled prompts)"), ("parse_layers", "analyses (probes, directions)"),
+           ("_select", "choosing the direction (candidates ablated)"), SWEEP)),
 )
 
 
@@ -60,9 +78,62 @@ def pick(names: str | None) -> list[Study]:
     return [s for s in STUDIES if s.name in wanted]
 
 
+@contextlib.contextmanager
+def phase_steps(study: Study, on_phase: Callable[[str], None]) -> Iterator[list[str]]:
+    """While the block runs, call ``on_phase(phase)`` when the study's runner first enters each phase.
+
+    Wraps the module-level functions named in ``study.phases`` (the runner looks them up at call
+    time) and restores them on exit; a name the module no longer has is skipped (no sub-step).
+    Yields the phases entered so far."""
+    mod = importlib.import_module(study.runner.split(":")[0])
+    seen: list[str] = []
+    saved: list[tuple[str, object]] = []
+
+    def wrap(fn, phase: str):
+        @functools.wraps(fn)
+        def entered(*args, **kwargs):
+            if phase not in seen:
+                seen.append(phase)
+                on_phase(phase)
+            return fn(*args, **kwargs)
+        return entered
+
+    try:
+        for name, phase in study.phases:
+            fn = getattr(mod, name, None)
+            if callable(fn):
+                saved.append((name, fn))
+                setattr(mod, name, wrap(fn, phase))
+        yield seen
+    finally:
+        for name, fn in reversed(saved):
+            setattr(mod, name, fn)
+
+
+def stored_summary(st, run_id: int) -> str:
+    """Rows the run (and the cache run it read) holds per table, for the line after each study."""
+    from store.reports import cache_run_of, stored_rows
+
+    with st.connect(read_only=True) as con:
+        parts = [f"{t} {n}" for t, n in stored_rows(con, run_id)]
+        cache = cache_run_of(con, run_id)
+        if cache is not None:
+            parts += [f"cache run {cache}: " + ", ".join(f"{t} {n}" for t, n in stored_rows(con, cache))]
+    return "; ".join(parts) if parts else "nothing"
+
+
 def _step(i: int, n: int, text: str) -> float:
     print(f"\n[{i}/{n}] {text}", flush=True)
     return time.perf_counter()
+
+
+def _sub_step(i: int) -> Callable[[str], None]:
+    """Prints step i's phases as i.1, i.2, ..."""
+    count = itertools.count(1)
+
+    def on_phase(phase: str) -> None:
+        print(f"  {i}.{next(count)} {phase}", flush=True)
+    return on_phase
 
 
 def _done(t0: float, text: str = "done") -> None:
@@ -100,8 +171,11 @@ def demo(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, full=False, budget=None, o
     _done(t0, f"{loaded.name}: {loaded.n_layers} layers, d_model {loaded.d_model}, loaded")
     for i, (study, cfg, fn) in enumerate(configs, start=2):
         t0 = _step(i, n, f"{study.name} ({budget}): {study.what}")
-        result = fn(loaded, st, cfg)
-        _done(t0, f"run {getattr(result, 'run_id', result)} complete")
+        with phase_steps(study, _sub_step(i)):
+            result = fn(loaded, st, cfg)
+        run_id = getattr(result, "run_id", result)
+        _done(t0, f"run {run_id} complete")
+        print(f"      stored: {stored_summary(st, run_id)}", flush=True)
     t0 = _step(n - 1, n, "report")
     rep = build_report(st, out, store_arg=store)
     _done(t0, f"{len(rep.pages)} pages written")

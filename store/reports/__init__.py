@@ -54,6 +54,32 @@ def bucket(n: int, other: int | None = None) -> int:
     return k
 
 
+def stored_rows(con: duckdb.DuckDBPyConnection, run_id: int) -> list[tuple[str, int]]:
+    """(table, rows) of every base table holding rows of ``run_id``, by table name; cached activations count
+    as the vectors their Parquet shards hold (table ``activations``)."""
+    tables = [r[0] for r in con.execute(
+        "SELECT DISTINCT c.table_name FROM information_schema.columns c JOIN information_schema.tables t "
+        "ON t.table_name = c.table_name AND t.table_schema = c.table_schema "
+        "WHERE c.column_name = 'run_id' AND t.table_type = 'BASE TABLE' AND c.table_name <> 'runs' "
+        "ORDER BY c.table_name").fetchall()]
+    out = []
+    for t in tables:
+        n = con.execute(f"SELECT count(*) FROM {t} WHERE run_id = ?", [run_id]).fetchone()[0]
+        if n and t == "shards":
+            out.append(("activations", int(con.execute(
+                "SELECT coalesce(sum(n_rows), 0) FROM shards WHERE run_id = ?", [run_id]).fetchone()[0])))
+        elif n:
+            out.append((t, int(n)))
+    return out
+
+
+def cache_run_of(con: duckdb.DuckDBPyConnection, run_id: int) -> int | None:
+    """The cache run a study run read its activations from (runs.config cache_run_id), if any."""
+    row = con.execute("SELECT TRY_CAST(json_extract_string(config, '$.cache_run_id') AS INTEGER) FROM runs "
+                      "WHERE run_id = ?", [run_id]).fetchone()
+    return row[0] if row and row[0] is not None else None
+
+
 # --- provenance ---------------------------------------------------------------------------
 
 def runs_sql() -> str:
