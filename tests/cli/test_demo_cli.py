@@ -1,8 +1,9 @@
-"""`invoke demo` end to end, as a user runs it, on a tiny random-init model saved to a directory.
+"""`invoke demo` end to end, as a user runs it, on tiny random-init models saved to a directory.
 
 The embedded model makes every study take minutes even at the smoke budget on this CPU, so
-the test runs the demo's real path (model directory -> study -> store -> report -> findings)
-on a 4-layer model, one study, and then runs it again to check that nothing is recomputed.
+the tests run the demo's real path (model directory -> studies -> store -> report -> findings)
+on tiny Llamas: one study twice (nothing is recomputed the second time), and all four studies
+once.
 """
 
 from __future__ import annotations
@@ -69,6 +70,52 @@ def test_demo_runs_steps_then_report_and_findings_and_resumes(tiny_dir, tmp_path
         chk = invoke("report", "--store", str(store), "--out", str(out), "--check")
         assert chk.returncode == 0, chk.stdout[-3000:] + chk.stderr[-2000:]
         assert "FAIL" not in chk.stdout and "ok   heads.html" in chk.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny17_dir(tmp_path_factory):
+    """17 layers: the safety smoke budget probes layers 0, 8 and 16."""
+    from tests.conftest import byte_tokenizer, tiny_llama
+
+    path = tmp_path_factory.mktemp("tiny-model-17")
+    tiny_llama(n_layers=17).save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
+
+
+STUDY_NAMES = ("layers", "weights", "heads", "safety")
+
+
+@pytest.mark.integration
+def test_demo_runs_every_study_then_the_report_and_one_finding_each(tiny17_dir, tmp_path):
+    """`invoke demo --budget smoke` with all four studies: numbered steps with sub-steps per phase, every
+    study's run complete in the store, the index and four study pages written, one headline per study."""
+    import re
+
+    from store import Store
+    from store.sql import run_sql
+
+    store, out = tmp_path / "all.duckdb", tmp_path / "site"
+    r = invoke("demo", "--model", str(tiny17_dir), "--budget", "smoke", "--store", str(store), "--out", str(out))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    steps = [l.strip() for l in lines if l.startswith("[")]
+    assert [s.split("]")[0] + "]" for s in steps] == [f"[{i}/7]" for i in range(1, 8)]
+    for i, name in enumerate(STUDY_NAMES, start=2):
+        assert steps[i - 1].startswith(f"[{i}/7] {name} (smoke)"), steps
+        subs = [l.strip() for l in lines if re.match(rf"^  {i}\.\d+ ", l)]
+        assert [s.split()[0] for s in subs] == [f"{i}.{j}" for j in range(1, len(subs) + 1)], subs
+        assert len(subs) >= 3 and "sweep" in subs[-1], (name, subs)
+    assert sum(l.strip().startswith("stored: ") and "evals " in l for l in lines) == 4, r.stdout
+    runs = run_sql(Store(store), "SELECT kind, status FROM runs WHERE kind IN ('layers', 'weights', 'heads', "
+                                 "'safety') ORDER BY run_id")
+    assert list(runs["kind"]) == list(STUDY_NAMES) and set(runs["status"]) == {"complete"}, runs
+    for name in ("index", *STUDY_NAMES):
+        assert (out / f"{name}.html").stat().st_size > 10_000
+    assert "Missing studies" not in (out / "index.html").read_text()
+    assert f"report: {out / 'index.html'}" in r.stdout
+    findings = [l[4:] for l in lines if l.startswith("  - ")]
+    assert [f.split(":")[0] for f in findings] == list(STUDY_NAMES), findings
 
 
 def test_demo_rejects_bad_flags_before_loading_anything(tmp_path):
