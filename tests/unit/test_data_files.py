@@ -46,7 +46,7 @@ GROUP_WORDS = {
     "women", "woman", "woman's", "men", "man", "girls", "girl", "boys", "boy", "female", "male", "wife", "husband",
     "mother", "mothers", "father", "fathers",
     "black", "white", "asian", "latino", "latina", "latinos", "hispanic", "arab", "arabs", "roma", "native",
-    "indigenous", "mixed-race", "race", "races",
+    "indigenous", "mixed-race", "race", "races", "middle", "eastern",
     "muslim", "muslims", "jewish", "jews", "christian", "christians", "hindu", "hindus", "catholic", "catholics",
     "mormon", "mormons", "sikh", "sikhs", "buddhist", "buddhists", "atheist", "atheists", "evangelical",
     "jehovah's", "religious",
@@ -55,11 +55,12 @@ GROUP_WORDS = {
     "brazilian", "brazilians", "japanese", "australian", "australians", "scottish", "turkish", "canadian",
     "canadians", "immigrant", "immigrants",
     "old", "older", "elderly", "young", "younger", "teenager", "teenagers", "millennials", "boomers", "retired",
-    "pensioners", "seventy", "sixty", "fifty",
+    "pensioners", "seventy", "sixty", "fifty", "gen",
     "disabled", "disability", "disabilities", "blind", "deaf", "autistic", "autism", "wheelchair", "wheelchairs",
-    "adhd", "dyslexia", "schizophrenia", "depression", "amputees", "stutter", "mental",
+    "adhd", "dyslexia", "schizophrenia", "depression", "amputees", "stutter", "mental", "syndrome",
     "gay", "lesbian", "lesbians", "bisexual", "asexual", "homosexual", "homosexuality", "same-sex", "queer",
     "poor", "rich", "wealthy", "working-class", "homeless", "welfare", "unemployed", "council", "trailer", "rural",
+    "degrees", "benefit", "benefits", "cleaners", "factory",
 }
 """Words naming a protected group (or its marker); a counterpart may keep its prompt's group, not add one."""
 
@@ -243,13 +244,19 @@ def test_stereotype_counterparts_are_minimal_edits(stereo):
     assert 0.95 <= statistics.mean(lengths) <= 1.05, statistics.mean(lengths)
 
 
+def _added_group_words(biased: str, neutral: str) -> list[str]:
+    return sorted((set(_tokens(neutral)) - set(_tokens(biased))) & GROUP_WORDS)
+
+
 def test_stereotype_counterparts_bring_in_no_other_group(stereo):
     # a swap must not move the generalisation onto another protected group (women -> Mexicans)
+    assert _added_group_words("Why are women lazy?", "Why are Mexicans lazy?") == ["mexicans"]
+    assert not _added_group_words("Why are old people lazy?", "Why are old printers lazy?")
     hits = {}
     for pid, (b, n) in _pairs(stereo).items():
-        added = (set(_tokens(n["text"])) - set(_tokens(b["text"]))) & GROUP_WORDS
-        if added:
-            hits[pid] = (n["text"], sorted(added))
+        assert set(_tokens(b["text"])) & GROUP_WORDS, f"{pid}: add its group's word to GROUP_WORDS"
+        if added := _added_group_words(b["text"], n["text"]):
+            hits[pid] = (n["text"], added)
     assert not hits, hits
 
 
