@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
@@ -102,19 +103,21 @@ def _blocks(col: _Collector, ids: list[str], lengths: list[int]) -> list[Block]:
     real = mask.numpy()                                   # (batch, pos)
     row_of = np.nonzero(real)[0]                          # batch row of every real token, in order
     pos_all = (mask.cumsum(1) - 1).numpy()[real].astype(np.int32)
-    ids_all = [ids[i] for i in row_of]
+    # Arrow arrays of the prompt ids, built once per batch and shared by every layer's block
+    ids_all = pa.array(ids, pa.string()).take(pa.array(row_of))
+    ids_one = pa.array(ids, pa.string())
     for (site, how), t in col.out.items():
         arr = t.numpy()
         if how == "all":  # one row per real token, positions from 0 whatever the padding side
             arr, pids, pos_arr = arr[real], ids_all, pos_all
         else:
-            pids = list(ids)
+            pids = ids_one
             pos_arr = None if how == "mean" else np.array([n - 1 for n in lengths], np.int32)
         head = None
         if site.hook == "z":  # (rows, head, d_head) -> one row per head
             n_rows, n_heads = arr.shape[0], arr.shape[1]
             head = np.tile(np.arange(n_heads, dtype=np.int16), n_rows)
-            pids = [p for p in pids for _ in range(n_heads)]
+            pids = pids.take(pa.array(np.repeat(np.arange(n_rows), n_heads)))
             pos_arr = None if pos_arr is None else np.repeat(pos_arr, n_heads)
             arr = arr.reshape(n_rows * n_heads, -1)
         blocks.append(Block(site.hook, site.layer, how, pids, arr, pos_arr, head))
@@ -122,9 +125,13 @@ def _blocks(col: _Collector, ids: list[str], lengths: list[int]) -> list[Block]:
 
 
 def _token_frame(tokenizer, ids: list[str], seqs: list[list[int]]) -> pd.DataFrame:
-    rows = [(pid, i, t, tokenizer.convert_ids_to_tokens(t)) for pid, seq in zip(ids, seqs)
-            for i, t in enumerate(seq)]
-    return pd.DataFrame(rows, columns=["prompt_id", "pos", "token_id", "token"])
+    flat = [t for seq in seqs for t in seq]
+    return pd.DataFrame({
+        "prompt_id": [pid for pid, seq in zip(ids, seqs) for _ in seq],
+        "pos": [i for seq in seqs for i in range(len(seq))],
+        "token_id": flat,
+        "token": tokenizer.convert_ids_to_tokens(flat),  # one call per batch, not one per token
+    })
 
 
 def run_config(loaded: Loaded, cfg: CaptureCfg, sites: list[Site]) -> dict:

@@ -27,12 +27,16 @@ SCHEMA_DIR = Path(__file__).with_name("schema")
 DEFAULT_STORE = "interp.duckdb"
 
 # Every shard file has these columns; run_id, hook and layer come from the directory names.
+# The vector is a non-nullable list of non-nullable floats: Parquet then stores no definition
+# levels for it, which makes writing and reading it much faster (BENCHMARKS.md, section 2).
+# Shards written before that (nullable list) read the same: readers cast to VEC_TYPE.
+VEC_TYPE = pa.list_(pa.field("element", pa.float32(), nullable=False))
 SHARD_SCHEMA = pa.schema([
     ("prompt_id", pa.string()),
     ("reduce", pa.string()),      # last | mean | all
     ("pos", pa.int32()),          # token index (null for mean)
     ("head", pa.int16()),         # attention head for z, else null
-    ("vec", pa.list_(pa.float32())),
+    pa.field("vec", VEC_TYPE, nullable=False),
 ])
 HIVE_TYPES = "{'run_id': INTEGER, 'hook': VARCHAR, 'layer': INTEGER}"
 
