@@ -106,27 +106,53 @@ def test_head_means_against_captured_z(tiny):
 def _float64(gpt):
     """A tiny model in float64 (Llama: grouped-query, 4 query heads on 2 KV heads, no head_mask
     argument). Llama's RMSNorm computes in float32 whatever the input dtype: hence eps = 1e-3
-    below (truncation error ~eps^2, rounding ~1e-7 / eps)."""
+    below (truncation error ~eps^2, rounding ~1e-7 / eps) unless ``exact_rmsnorm`` is used."""
     from tests.conftest import byte_tokenizer, tiny_gpt2, tiny_llama
 
     return wrap((tiny_gpt2() if gpt else tiny_llama()).double(), byte_tokenizer())
 
 
-def _total_loss(loaded, b):
-    """The batch's summed token NLL, by a plain loop over rows (reference for L)."""
-    hidden = final_hidden(loaded, b)
-    nll, _, _ = row_metrics(_head(loaded), hidden, b.targets)
-    counts = (b.targets != IGNORE).sum(1)
-    return float((nll.double() * counts).sum())
+@pytest.fixture
+def exact_rmsnorm(monkeypatch):
+    """Llama's RMSNorm in the input's dtype (float64 here), so finite differences can be tight."""
+    from transformers.models.llama import modeling_llama
+
+    def forward(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+    monkeypatch.setattr(modeling_llama.LlamaRMSNorm, "forward", forward)
+
+
+EPS = 1e-4
+"""Finite-difference step of the float64 per-token check (truncation error ~EPS^2)."""
+
+
+def _total_losses(loaded, b, layer, perturbed):
+    """Central-difference reference: for each (row, pos, head) in ``perturbed``, the batch's summed
+    token NLL with that one gate at ``layer`` set to 1 + eps and to 1 - eps. Each perturbation runs
+    on its own copy of the batch (rows are independent), so one wide forward pass per sign."""
+    rows, width = b.kwargs["input_ids"].shape
+    H, P = loaded.n_heads, len(perturbed)
+    wide = Scored({k: v.repeat(P, 1) for k, v in b.kwargs.items()}, b.targets.repeat(P, 1))
+    counts = (b.targets != IGNORE).sum(1).double().repeat(P)
+    out = []
+    for sign in (1, -1):
+        gates = torch.ones(P * rows, width, H, dtype=torch.float64)
+        for i, (r, t, h) in enumerate(perturbed):
+            gates[i * rows + r, t, h] += sign * EPS
+        with head_gates(loaded, {layer: LayerGate(gates)}), torch.no_grad():
+            nll = row_metrics(_head(loaded), final_hidden(loaded, wide), wide.targets)[0].double()
+        out.append((nll * counts).view(P, rows).sum(1))
+    return out
 
 
 @pytest.mark.parametrize("gpt", [False, True])
-def test_token_gradient_importance_equals_finite_differences(gpt):
+def test_token_gradient_importance_equals_finite_differences(gpt, exact_rmsnorm):
     """Per-token gates: perturb one head's gate at one position of one row, central differences of
-    the batch's total loss; then I_h = mean over real tokens of |dL/dxi_{h,t}|."""
+    the batch's total loss; then I_h = mean over real tokens of |dL/dxi_{h,t}|. All in float64."""
     loaded = _float64(gpt)
     batches = [lm_batch(_seqs([6, 4], seed=3), 256), lm_batch(_seqs([5], seed=4), 256)]
-    L, H, eps = loaded.n_layers, loaded.n_heads, 1e-3
+    L, H = loaded.n_layers, loaded.n_heads
     abs_sum, real = np.zeros((L, H)), 0
     per_seq = []  # (tokens, |grad| summed over them (L, H)) of each sequence
     for b in batches:
@@ -134,30 +160,27 @@ def test_token_gradient_importance_equals_finite_differences(gpt):
         got = token_gradients(loaded, b)
         assert got.shape == (L, rows, width, H)
         fd = np.zeros((L, rows, width, H))
-        for layer, r, t, h in itertools.product(range(L), range(rows), range(width), range(H)):
-            vals = []
-            for sign in (1, -1):
-                gates = torch.ones(rows, width, H, dtype=torch.float64)
-                gates[r, t, h] += sign * eps
-                with head_gates(loaded, {layer: LayerGate(gates)}), torch.no_grad():
-                    vals.append(_total_loss(loaded, b))
-            fd[layer, r, t, h] = (vals[0] - vals[1]) / (2 * eps)
-        np.testing.assert_allclose(got.numpy(), fd, rtol=2e-3, atol=1e-6)
+        units = list(itertools.product(range(rows), range(width), range(H)))
+        for layer in range(L):
+            plus, minus = _total_losses(loaded, b, layer, units)
+            for (r, t, h), d in zip(units, ((plus - minus) / (2 * EPS)).tolist()):
+                fd[layer, r, t, h] = d
+        np.testing.assert_allclose(got.numpy(), fd, rtol=1e-5, atol=1e-9)
         mask = b.kwargs["attention_mask"].numpy()
         if (mask == 0).any():
-            assert np.abs(fd[:, mask == 0]).max() < 1e-6  # padding reaches nothing
+            assert np.abs(fd[:, mask == 0]).max() < 1e-12  # padding reaches nothing
         for r in range(rows):
             n = int(mask[r].sum())
             per_seq.append((n, np.abs(fd[:, r, :n]).sum(1)))
             abs_sum += per_seq[-1][1]
             real += n
     out = gradient_importance(loaded, batches)  # per token is the default
-    np.testing.assert_allclose(out["mean"], abs_sum / real, rtol=2e-3, atol=1e-8)
+    np.testing.assert_allclose(out["mean"], abs_sum / real, rtol=1e-5, atol=1e-10)
     assert out["n"] == 3 and out["n_tokens"] == real == 15
     # standard error over sequences as clusters, by the delta-method formula written out
     m, tbar = abs_sum / real, real / 3
     ref = np.sqrt(sum((n / tbar) ** 2 * (s / n - m) ** 2 for n, s in per_seq) / (3 * 2))
-    np.testing.assert_allclose(out["stderr"], ref, rtol=1e-2, atol=1e-8)
+    np.testing.assert_allclose(out["stderr"], ref, rtol=1e-4, atol=1e-10)
 
 
 @pytest.mark.parametrize("gpt", [False, True])

@@ -79,6 +79,13 @@ def test_store_round_trips_and_replaces(store):
         assert got["n_tokens"].isna().all()  # not given: NULL
         db.write_importance(con, 7, "zero", imp.drop(columns="method").assign(n_tokens=96))
         assert db.read_importance(con, 7)["n_tokens"].eq(96).all()
+        # a store made before n_tokens existed gets the column on its next write-open
+        con.execute("CREATE TABLE old AS SELECT * EXCLUDE (n_tokens) FROM heads_importance")
+        con.execute("DROP TABLE heads_importance")
+        con.execute("ALTER TABLE old RENAME TO heads_importance")
+    with store.connect() as con:
+        got = db.read_importance(con, 7)
+        assert len(got) == len(imp) and got["n_tokens"].isna().all()
         means = np.random.default_rng(0).random((3, 4, 5)).astype(np.float32)
         db.write_means(con, 7, means, 100)
         db.write_means(con, 7, means, 100)
