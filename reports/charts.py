@@ -118,8 +118,10 @@ def bars(df: pd.DataFrame, *, x: str, y: str, title: str, x_title: str, y_title:
             **rule_enc, tooltip=[alt.Tooltip(f"mean({baseline}):Q", title="base model", format=".4g")]))
     chart = alt.layer(*layers).properties(width=width, height=HEIGHT)
     if facet:
+        # The offset scale must be resolved per panel too, else Vega-Lite squeezes grouped bars to hairlines.
+        offset = {("yOffset" if horizontal else "xOffset"): "independent"} if color and grouped else {}
         return chart.facet(facet=alt.Facet(f"{facet}:N", title=None), columns=columns, title=title) \
-            .resolve_scale(y="independent", x="independent")
+            .resolve_scale(y="independent", x="independent", **offset)
     return chart.properties(title=title)
 
 

@@ -78,6 +78,13 @@ def test_bars_grouped_with_baseline():
     bar = units[0]["encoding"]
     assert mark_type(units[0]) == "bar" and bar["xOffset"]["field"] == "when" and bar["color"]["field"] == "when"
     assert mark_type(units[1]) == "rule"
+    faceted = charts.bars(df.assign(panel="p"), x="edit", y="value", color="when", facet="panel", title="t",
+                          x_title="edit", y_title="value", tooltip=["edit", "when", "value"]).to_dict()
+    # grouped bars in panels: the offset scale is per panel (shared, Vega-Lite draws hairline bars)
+    assert faceted["resolve"]["scale"] == {"x": "independent", "y": "independent", "xOffset": "independent"}
+    ungrouped = charts.bars(df.assign(panel="p"), x="edit", y="value", color="when", facet="panel", title="t",
+                            x_title="edit", y_title="value", tooltip=["edit"], grouped=False).to_dict()
+    assert "xOffset" not in ungrouped["resolve"]["scale"]
 
 
 def test_points_vs_base_and_missing_columns():
