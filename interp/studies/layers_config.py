@@ -4,12 +4,15 @@ What each budget does on SmolLM2-135M (30 layers); a point without k of the 30 l
 (30 - k) / 30 of a full forward pass:
 - smoke: 8 prompts, layers 0 and 29 alone, one block size (10) by angular / deepest / random,
   perplexity on one 256-token window: 6 points, seconds of model time;
-- quick: 64 prompts (about 3.4k tokens; every token's 31 residual states are stored for the
-  per-token similarity: 3.4k x 31 x 576 float32, about 245 MB of shards), all 30 layers alone,
-  n in 1,2,4,8,12,16 by every strategy with 3 random seeds, ppl (1024 tokens) + facts
-  (24 items) + arith (16 items, greedy generation): about 60 points, about 55 full-model
-  evaluations. quick: 224 s measured on an idle 2-core machine (2026-11-23) before the
-  per-token similarity and arith were added;
+- quick: 64 prompts (3421 tokens; every token's 31 residual states are stored for the
+  per-token similarity: 254 MB of shards, measured), all 30 layers alone, n in
+  1,2,4,8,12,16 by every strategy with 3 random seeds, ppl (1024 tokens) + facts (24 items)
+  + arith (16 items, greedy generation): about 60 points, about 55 full-model evaluations.
+  quick: 224 s measured on an idle 2-core machine (2026-11-23) before the per-token
+  similarity and arith were added. Their parts, measured in CPU seconds on one thread under
+  load: the streamed analysis 1.5 s (0.2 s without tokens), capture about +1 s, arith
+  2.2 s per full-model evaluation (ppl + facts: 5.9 s), so roughly +80 s in all (an
+  estimate, not a measurement of the whole study);
 - full: 256 prompts (about 13.7k tokens, about 1 GB of per-token shards), n = 1..29, 5 random seeds, ppl (2048) + facts (60) + arith (50):
   about 280 points, about 150 full-model evaluations; not measured (an estimate from
   per-evaluation CPU time is over an hour on 2 idle cores). Healing adds steps x (one
