@@ -10,8 +10,9 @@ out). Each phase runs in its own process so its peak RSS is its own:
   ``--flush-mb``, which bounds its buffers);
 - stream: mean cosine and angular distance between every pair of residual states, streamed
   part by part from the store (``store.scan.iter_parts``; memory bounded by one commit);
-- in-memory: the layer study's own analysis (``analyses.layer_similarity.run``), which
-  holds every vector at once, for comparison (``--no-in-memory`` skips it).
+- study: the layer study's own analysis (``analyses.layer_similarity.run``), for comparison
+  (``--no-in-memory`` skips it). Until 2026-11-23 it held every vector at once; it now
+  streams the store part by part too.
 
 Ratios are against 1x: ``time/token`` near 1.0 means linear time, ``RSS`` near 1.0 flat memory.
 
@@ -146,7 +147,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--flush-mb", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--no-in-memory", action="store_true", help="skip the in-memory layer_similarity analysis")
+    ap.add_argument("--no-in-memory", action="store_true", help="skip the layer study's own analysis (layer_similarity.run)")
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     ap.add_argument("--store", help=argparse.SUPPRESS)
     ap.add_argument("--prompt-file", help=argparse.SUPPRESS)
@@ -195,9 +196,9 @@ def main() -> None:
              "stream s/token ratio": (r["stream_s"] / r["tokens"]) / (base["stream_s"] / base["tokens"]),
              "stream RSS MB": r["rss_stream_mb"], "stream RSS ratio": r["rss_stream_mb"] / base["rss_stream_mb"]}
         if "memory_s" in r:
-            t.update({"in-memory s": r["memory_s"], "in-memory RSS MB": r["rss_memory_mb"],
-                      "in-memory RSS ratio": r["rss_memory_mb"] / base["rss_memory_mb"],
-                      "max |cos stream - in-memory|": r["stream_vs_memory_max_diff"]})
+            t.update({"study analysis s": r["memory_s"], "study analysis RSS MB": r["rss_memory_mb"],
+                      "study analysis RSS ratio": r["rss_memory_mb"] / base["rss_memory_mb"],
+                      "max |cos stream - study|": r["stream_vs_memory_max_diff"]})
         table.append(t)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 30)

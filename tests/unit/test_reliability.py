@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -291,10 +292,22 @@ def test_bad_prompt_files_leave_no_trace(tiny, store, tmp_path, content, message
     assert not store.path.exists()  # refused before the store was touched
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_is_an_oserror_with_its_errno():
+    import errno
+
+    import store.activations as acts
+
+    table = acts.Block("resid_post", 0, "last", ["a"], np.ones((1, 4), np.float32), np.array([0], np.int32)).table()
+    with pytest.raises(OSError) as e:
+        acts._write_parquet(table, Path("/dev/full"))
+    assert e.value.errno == errno.ENOSPC
+
+
 def test_disk_full_mid_run_keeps_the_store_consistent_and_resumes(tiny, store, prompt_file, monkeypatch):
     import store.activations as acts
 
-    real = acts.pq.write_table
+    real = acts._write_parquet
     calls = {"n": 0}
 
     def full_disk(table, where, **kw):
@@ -305,7 +318,7 @@ def test_disk_full_mid_run_keeps_the_store_consistent_and_resumes(tiny, store, p
             raise OSError(28, "No space left on device")
         return real(table, where, **kw)
 
-    monkeypatch.setattr(acts.pq, "write_table", full_disk)
+    monkeypatch.setattr(acts, "_write_parquet", full_disk)
     cfg = _cfg(prompt_file)
     with pytest.raises(StoreError, match="disk full while writing") as e:
         capture(tiny, store, cfg, progress=False)
@@ -314,7 +327,7 @@ def test_disk_full_mid_run_keeps_the_store_consistent_and_resumes(tiny, store, p
     assert set(found) <= {"tmp", "runs"}  # nothing committed is damaged; the run is resumable
     with store.connect(read_only=True) as con:
         assert con.execute("SELECT count(*) FROM run_prompts").fetchone()[0] == 2  # part 1 kept
-    monkeypatch.setattr(acts.pq, "write_table", real)
+    monkeypatch.setattr(acts, "_write_parquet", real)
     run = capture(tiny, store, cfg, progress=False)
     assert check_store(store).ok
     clean = Store(store.path.with_name("clean.duckdb"))
