@@ -17,8 +17,11 @@ BUDGETS: dict[str, dict] = {
               "gradient_seq": False, "methods": ("gradient", "random"), "random_seeds": 1, "prune_fracs": (),
               "router_keep": (0.5,), "router_steps": 2, "router_batch": 1, "train_seqs": 2, "heldout_seqs": 1,
               "eval_tasks": ("ppl", "facts"), "eval_budget": "smoke"},
-    # Under 10 minutes on 2 unloaded CPU cores.
-    "quick": {"text_seqs": 4, "grad_seqs": 16, "seq_len": 48, "task_items": 12, "ablation_layers": 0,
+    # Under 10 minutes on 2 unloaded CPU cores. Importance (1 thread, loaded machine): ablation of
+    # 4 x 48 tokens 179 s + 12 task items 82 s; gradient per token of 32 x 48 tokens 13.5 s, head
+    # means 5 s. Split-half rank agreement of the layer-normalised gradient scores: 0.93 at 4
+    # sequences, 0.98 at 16, 0.99 at 32 (per sequence instead of per token: 0.47 at 4).
+    "quick": {"text_seqs": 4, "grad_seqs": 32, "seq_len": 48, "task_items": 12, "ablation_layers": 0,
               "gradient_seq": False, "methods": ("gradient", "zero", "mean", "random"),
               "random_seeds": 1, "prune_fracs": (), "router_keep": (0.5, 0.75), "router_steps": 20,
               "router_batch": 4, "train_seqs": 80, "heldout_seqs": 8, "eval_tasks": ("ppl", "facts"),

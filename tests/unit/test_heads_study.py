@@ -114,7 +114,7 @@ def test_config_validation():
     assert HeadsCfg(budget="quick", router_steps=3).router_steps == 3
     assert HeadsCfg(budget="full").gradient_seq and not HeadsCfg(budget="smoke").gradient_seq
     assert HeadsCfg(budget="smoke", gradient_seq=True).gradient_seq
-    assert HeadsCfg(budget="quick").grad_seqs == 16 and HeadsCfg(budget="quick", text_seqs=20).grad_seqs == 20
+    assert HeadsCfg(budget="quick").grad_seqs == 32 and HeadsCfg(budget="quick", text_seqs=40).grad_seqs == 40
     assert HeadsCfg(budget="quick", text_seqs=2, grad_seqs=3).grad_seqs == 3
     with pytest.raises(ValueError, match="grad-seqs \\(3\\) must be at least text-seqs \\(5\\)"):
         HeadsCfg(budget="quick", text_seqs=5, grad_seqs=3)
