@@ -325,7 +325,8 @@ def _read_shard(store: Store, layer: int, rel: str) -> pa.Table:
         if store.is_remote:
             table = remote.read_table(path, columns)
         else:
-            table = pq.read_table(path, columns=columns, use_threads=False)
+            # memory-mapped, no pre-buffering: uncompressed pages decode straight from the mapping
+            table = pq.read_table(path, columns=columns, use_threads=False, memory_map=True, pre_buffer=False)
     except remote.RemoteError as e:
         raise StoreError(str(e)) from None
     except FileNotFoundError:
@@ -442,3 +443,4 @@ def layer_stack(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, hook:
         raise StoreError(f"run {run_id} '{hook}' does not have every prompt at every layer: "
                          "resume the cache run to complete it")
     return prompts, got_layers, X.reshape(len(got_layers), len(prompts), -1)
+
