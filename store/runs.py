@@ -55,7 +55,7 @@ def get_run(con: duckdb.DuckDBPyConnection, run_id: int) -> dict:
 
 def list_runs(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     return con.execute(
-        "SELECT r.run_id, r.kind, r.model, r.dtype, r.backend, r.status, "
+        "SELECT r.run_id, r.kind, r.model, r.dtype, coalesce(r.backend, '-') AS backend, r.status, "
         "(SELECT count(*) FROM run_prompts p WHERE p.run_id = r.run_id) AS prompts, "
         "(SELECT coalesce(sum(n_rows), 0) FROM shards s WHERE s.run_id = r.run_id) AS vectors, "
         "strftime(r.created, '%Y-%m-%d %H:%M') AS created, r.code_version FROM runs r ORDER BY r.run_id"
