@@ -7,6 +7,7 @@ finished one.
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -124,6 +125,23 @@ def _blocks(col: _Collector, ids: list[str], lengths: list[int]) -> list[Block]:
     return blocks
 
 
+def _load_malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def _release_freed_memory() -> None:
+    """Hand memory freed by the last batch back to the OS (glibc keeps it otherwise, and
+    batches of changing shapes then fragment the heap: peak memory grew with run length)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 def _token_frame(tokenizer, ids: list[str], seqs: list[list[int]]) -> pd.DataFrame:
     flat = [t for seq in seqs for t in seq]
     return pd.DataFrame({
@@ -184,5 +202,7 @@ def _capture_prompts(loaded: Loaded, store: Store, cfg: CaptureCfg, config: dict
             lengths = [len(s) for s in seqs]
             writer.add([(pid, n, encoded[i].truncated) for pid, n, i in zip(ids, lengths, idx)],
                        _token_frame(tok, ids, seqs), _blocks(col, ids, lengths))
+            del col
+            _release_freed_memory()
             bar.update(len(idx))
     bar.close()
