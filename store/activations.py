@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from store import remote
-from store.db import HIVE_TYPES, SHARD_SCHEMA, VEC_TYPE, Store, StoreError
+from store.db import SHARD_SCHEMA, VEC_TYPE, Store, StoreError
 
 
 @dataclass
@@ -318,20 +318,24 @@ def _shard_rows(con: duckdb.DuckDBPyConnection, run_id: int, hook: str,
     return con.execute(sql + " ORDER BY layer, part", params).fetchall()
 
 
-def _read_shard(store: Store, layer: int, rel: str) -> pa.Table:
+def read_shard_file(store: Store, rel: str, columns: list[str]) -> pa.Table:
+    """Some columns of one shard (path relative to the shard root), as stored; a missing
+    file or a remote failure is a StoreError."""
     path = store.shard_url(rel)
-    columns = ["prompt_id", "reduce", "pos", "head", "vec"]
     try:
         if store.is_remote:
-            table = remote.read_table(path, columns)
-        else:
-            # memory-mapped, no pre-buffering: uncompressed pages decode straight from the mapping
-            table = pq.read_table(path, columns=columns, use_threads=False, memory_map=True, pre_buffer=False)
+            return remote.read_table(path, columns)
+        # memory-mapped, no pre-buffering: uncompressed pages decode straight from the mapping
+        return pq.read_table(path, columns=columns, use_threads=False, memory_map=True, pre_buffer=False)
     except remote.RemoteError as e:
         raise StoreError(str(e)) from None
     except FileNotFoundError:
         raise StoreError(f"shard {path} is listed in the store but missing on disk: "
                          "run `invoke check`, then re-run the cache task to rebuild it") from None
+
+
+def _read_shard(store: Store, layer: int, rel: str) -> pa.Table:
+    table = read_shard_file(store, rel, SHARD_SCHEMA.names)
     n = table.num_rows
     if table.schema != SHARD_SCHEMA:  # Polars writes large strings; older shards have a nullable vector
         table = table.cast(SHARD_SCHEMA)

@@ -15,10 +15,10 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from store import remote
+from store.activations import read_shard_file
 from store.db import Store, StoreError
+from store.scan import parts_of_sites
 
 TABLES: dict[str, list[str]] = {
     "layer_similarity": ["position", "stream", "layer_a", "layer_b", "cosine", "cosine_se", "angular",
@@ -155,17 +155,6 @@ def prompt_lengths(con: duckdb.DuckDBPyConnection, run_id: int) -> dict[str, int
     return dict(con.execute("SELECT prompt_id, n_tokens FROM run_prompts WHERE run_id = ?", [run_id]).fetchall())
 
 
-def _read_shard(store: Store, rel: str):
-    url = store.shard_url(rel)
-    cols = ["prompt_id", "reduce", "pos", "vec"]
-    try:
-        return remote.read_table(url, cols) if store.is_remote else pq.read_table(url, columns=cols, use_threads=False)
-    except remote.RemoteError as e:
-        raise StoreError(str(e)) from None
-    except FileNotFoundError:
-        raise StoreError(f"shard {url} is listed in the store but missing: run `invoke check`") from None
-
-
 def iter_state_parts(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, sites: list[tuple[str, int]],
                      reductions: list[str]) -> Iterator[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
     """Per committed part: {reduction: (prompt_ids, pos, X)} with X (len(sites), rows, d) float32.
@@ -175,22 +164,10 @@ def iter_state_parts(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, 
     row per token (pos its index); ``last`` and ``mean`` one row per prompt (pos of the last
     token, or -1 for mean). Each shard is read once for all requested reductions.
     """
-    wanted = set(sites)
-    by_part: dict[int, dict[tuple[str, int], str]] = {}
-    for part, hook, layer, path in con.execute("SELECT part, hook, layer, path FROM shards WHERE run_id = ? "
-                                               "ORDER BY part", [run_id]).fetchall():
-        if (hook, layer) in wanted:
-            by_part.setdefault(part, {})[(hook, layer)] = path
-    if not by_part:
-        raise StoreError(f"run {run_id} has none of the sites {sites[:3]}...: capture them first")
-    for part in sorted(by_part):
-        paths = by_part[part]
-        missing = [s for s in sites if s not in paths]
-        if missing:
-            raise StoreError(f"run {run_id} part {part} lacks {missing[:3]}: the sites were not captured together")
+    for part, paths in parts_of_sites(con, run_id, sites):
         out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for k, site in enumerate(sites):
-            table = _read_shard(store, paths[site])
+            table = read_shard_file(store, paths[site], ["prompt_id", "reduce", "pos", "vec"])
             for how in reductions:
                 sub = table.filter(pc.equal(table.column("reduce"), how))
                 if sub.num_rows == 0:

@@ -13,32 +13,20 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from store import remote
+from store.activations import read_shard_file
 from store.db import Store, StoreError
 
 
 def _read(store: Store, rel: str, reduce: str):
-    url = store.shard_url(rel)
-    cols = ["prompt_id", "reduce", "vec"]
-    try:
-        table = remote.read_table(url, cols) if store.is_remote else pq.read_table(url, columns=cols,
-                                                                                   use_threads=False)
-    except FileNotFoundError:
-        raise StoreError(f"shard {url} is listed in the store but missing: run `invoke check`") from None
+    table = read_shard_file(store, rel, ["prompt_id", "reduce", "vec"])
     return table.filter(pc.equal(table.column("reduce"), reduce))
 
 
-def iter_parts(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, sites: list[tuple[str, int]],
-               reduce: str = "last") -> Iterator[tuple[list[str], np.ndarray]]:
-    """Per committed part: (prompt_ids, X) with X (len(sites), n, d) float32, sites in the given order.
-
-    ``sites`` are (hook, layer) pairs stored by the run with one vector per prompt (``last``
-    or ``mean``; not per-head ``z``).
-    """
-    if reduce not in ("last", "mean"):
-        raise StoreError(f"iter_parts streams one vector per prompt ('last' or 'mean'), not '{reduce}'")
+def parts_of_sites(con: duckdb.DuckDBPyConnection, run_id: int,
+                   sites: list[tuple[str, int]]) -> Iterator[tuple[int, dict[tuple[str, int], str]]]:
+    """(part, {site: shard path}) for every committed part of the run, in order; every part
+    must hold every site (one commit writes all of them)."""
     con.register("wanted_sites", pd.DataFrame({"hook": [s[0] for s in sites], "layer": [s[1] for s in sites]}))
     try:
         rows = con.execute(
@@ -56,6 +44,19 @@ def iter_parts(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, sites:
         missing = [s for s in sites if s not in paths]
         if missing:
             raise StoreError(f"run {run_id} part {part} lacks {missing[:3]}: the sites were not captured together")
+        yield part, paths
+
+
+def iter_parts(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, sites: list[tuple[str, int]],
+               reduce: str = "last") -> Iterator[tuple[list[str], np.ndarray]]:
+    """Per committed part: (prompt_ids, X) with X (len(sites), n, d) float32, sites in the given order.
+
+    ``sites`` are (hook, layer) pairs stored by the run with one vector per prompt (``last``
+    or ``mean``; not per-head ``z``).
+    """
+    if reduce not in ("last", "mean"):
+        raise StoreError(f"iter_parts streams one vector per prompt ('last' or 'mean'), not '{reduce}'")
+    for part, paths in parts_of_sites(con, run_id, sites):
         ids, blocks = None, []
         for site in sites:
             table = _read(store, paths[site], reduce)

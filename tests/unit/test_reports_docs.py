@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from store import Store
 from store.sql import run_sql
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "REPORTS.md"
@@ -28,19 +27,9 @@ def doc_queries() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from interp.capture import CaptureCfg, capture
-    from interp.models import wrap
-    from tests.conftest import byte_tokenizer, tiny_llama
-    from tests.unit.test_reports_pages import WRITERS
+    from tests.unit.test_reports_readme import make_store  # one run of every study, plus a small cache run
 
-    st = Store(tmp_path_factory.mktemp("docs") / "docs.duckdb")
-    with st.connect() as con:
-        for write in WRITERS.values():
-            write(con)
-    tiny = wrap(tiny_llama(), byte_tokenizer(), name="tiny-llama", revision="seed0")
-    capture(tiny, st, CaptureCfg(prompts="harmful,neutral", hooks="resid_post", positions="last", backend="torch",
-                                 limit=4), progress=False)
-    return st
+    return make_store(tmp_path_factory.mktemp("docs") / "docs.duckdb", older_run=False)
 
 
 def test_the_doc_has_the_queries_this_test_checks():
