@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,12 +26,12 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from store import remote
+from store.parquet import vector_pages, write_shard
 from store.db import SHARD_SCHEMA, VEC_TYPE, Store, StoreError
 
 
@@ -60,29 +59,6 @@ class Block:
             "head": pa.array(self.head, pa.int16()) if self.head is not None else pa.nulls(n, pa.int16()),
             "vec": pa.ListArray.from_arrays(offsets, values, type=VEC_TYPE),
         }, schema=SHARD_SCHEMA)
-
-
-# SHARD_SCHEMA in Polars' own types (large strings and lists), keeping the vector required:
-# a required list of required floats has no definition levels to encode or decode.
-_POLARS_SCHEMA = pa.schema([
-    pa.field(f.name, pa.large_string() if f.type == pa.string()
-             else pa.large_list(f.type.value_field) if pa.types.is_list(f.type) else f.type, nullable=f.nullable)
-    for f in SHARD_SCHEMA])
-
-
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    """Write one shard. Polars' Parquet writer encodes the list column about 3.5x faster than
-    pyarrow's, and with the vector marked required pyarrow also reads it back faster
-    (BENCHMARKS.md, section 2); the file is plain Parquet that every engine reads.
-    An I/O failure surfaces as OSError with its errno (disk full stays recognisable)."""
-    try:
-        pl.from_arrow(table, rechunk=False).write_parquet(path, compression="uncompressed", statistics=True,
-                                                          arrow_schema=_POLARS_SCHEMA)
-    except pl.exceptions.PolarsError as e:
-        code = re.search(r"os error (\d+)", str(e))
-        if code:
-            raise OSError(int(code.group(1)), f"{os.strerror(int(code.group(1)))}: {path}") from None
-        raise
 
 
 def _fsync(path: Path) -> None:
@@ -215,11 +191,10 @@ class ActivationWriter:
             return hook, layer, part, rel, n_rows, n_bytes
         tmp = self.store.shard_dir / (rel + ".tmp")
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        table = pa.concat_tables([b.table() for b in blocks])
-        _write_parquet(table, tmp)
+        n_rows, n_bytes = write_shard(tmp, blocks)
         if self.durable:
             _fsync(tmp)
-        return hook, layer, part, rel, table.num_rows, tmp.stat().st_size
+        return hook, layer, part, rel, n_rows, n_bytes
 
     def _commit(self, blocks, prompts, tokens, part) -> None:
         t0 = time.perf_counter()
@@ -269,22 +244,23 @@ def shard_files(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, hook:
     return [store.shard_url(r[0]) for r in con.execute(sql + " ORDER BY layer, part", params).fetchall()]
 
 
-def _gather(col: pa.ChunkedArray, rows: np.ndarray) -> np.ndarray:
-    """Rows ``rows`` of a list<float> column as one (len(rows), d) float32 array.
+def gather_rows(views: list[np.ndarray], rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``rows`` of the stacked (n_i, d) arrays ``views`` as one (len(rows), d) float32
+    array (written into ``out`` if given).
 
-    Each chunk's values are a zero-copy view; every chunk is copied once, straight into its
-    place in the output, the chunks in parallel threads (NumPy releases the GIL while it
-    copies). A chunk whose rows land in one contiguous run is a slice copy; otherwise its
-    rows are scattered.
+    The views are zero-copy (pages of memory-mapped shards, or Arrow buffers); each is
+    copied once, straight into its place in the output, several in parallel threads (NumPy
+    releases the GIL while it copies). A view whose rows land in one contiguous run is a
+    slice copy; otherwise its rows are scattered.
     """
-    chunks = [c for c in col.chunks if len(c)]
-    if not chunks or not len(rows):
-        return np.zeros((len(rows), 0), np.float32)
-    views = [c.flatten().to_numpy(zero_copy_only=False).reshape(len(c), -1) for c in chunks]
+    views = [v for v in views if len(v)]
+    if out is None:
+        out = np.empty((len(rows), views[0].shape[1] if views else 0), np.float32)
+    if not views or not len(rows):
+        return out
     total = sum(len(v) for v in views)
     dest = np.full(total, -1, np.int64)
     dest[rows] = np.arange(len(rows))
-    out = np.empty((len(rows), views[0].shape[1]), np.float32)
     jobs, start = [], 0
     for v in views:
         jobs.append((v, dest[start:start + len(v)]))
@@ -318,6 +294,15 @@ def _shard_rows(con: duckdb.DuckDBPyConnection, run_id: int, hook: str,
     return con.execute(sql + " ORDER BY layer, part", params).fetchall()
 
 
+_META = [f.name for f in SHARD_SCHEMA if f.name != "vec"]
+_META_SCHEMA = pa.schema([f for f in SHARD_SCHEMA if f.name != "vec"])
+
+
+def _missing(path: str) -> StoreError:
+    return StoreError(f"shard {path} is listed in the store but missing on disk: "
+                      "run `invoke check`, then re-run the cache task to rebuild it")
+
+
 def read_shard_file(store: Store, rel: str, columns: list[str]) -> pa.Table:
     """Some columns of one shard (path relative to the shard root), as stored; a missing
     file or a remote failure is a StoreError."""
@@ -330,16 +315,47 @@ def read_shard_file(store: Store, rel: str, columns: list[str]) -> pa.Table:
     except remote.RemoteError as e:
         raise StoreError(str(e)) from None
     except FileNotFoundError:
-        raise StoreError(f"shard {path} is listed in the store but missing on disk: "
-                         "run `invoke check`, then re-run the cache task to rebuild it") from None
+        raise _missing(path) from None
 
 
-def _read_shard(store: Store, layer: int, rel: str) -> pa.Table:
-    table = read_shard_file(store, rel, SHARD_SCHEMA.names)
-    n = table.num_rows
-    if table.schema != SHARD_SCHEMA:  # Polars writes large strings; older shards have a nullable vector
-        table = table.cast(SHARD_SCHEMA)
-    return table.append_column("layer", pa.array(np.full(n, layer, np.int32)))
+def read_shard(store: Store, rel: str, columns: list[str] = _META) -> tuple[pa.Table, list[np.ndarray]]:
+    """One shard as (the metadata ``columns``, its vectors as (rows, d) float32 arrays in row order).
+
+    The vectors are zero-copy views: of the memory-mapped file's data pages when the shard
+    is in the layout ``store.parquet`` writes (checked page by page), else of the buffers
+    pyarrow decoded them into (remote shards, other writers' files). The metadata columns
+    have SHARD_SCHEMA's types whichever writer made the file.
+    """
+    path = store.shard_url(rel)
+    views = None
+    if not store.is_remote:
+        try:
+            parquet = pq.ParquetFile(path, memory_map=True, pre_buffer=False)
+        except FileNotFoundError:
+            raise _missing(path) from None
+        views = vector_pages(path, parquet.metadata)
+        if views is not None:
+            table = parquet.read(columns=columns, use_threads=False)
+    if views is None:
+        table = read_shard_file(store, rel, [*columns, "vec"])
+        vec = table.column("vec")
+        table = table.drop_columns(["vec"])
+        views = [c.flatten().to_numpy(zero_copy_only=False).reshape(len(c), -1) for c in vec.chunks if len(c)]
+    want = pa.schema([_META_SCHEMA.field(c) for c in columns])
+    if table.schema != want:  # Polars-written shards have large strings
+        table = table.cast(want)
+    return table, views
+
+
+def read_shard_vectors(store: Store, rel: str, columns: list[str] = _META,
+                       reduce: str | None = None) -> tuple[pa.Table, np.ndarray]:
+    """One shard as (metadata ``columns``, an (rows, d) float32 array of its vectors), only
+    the rows stored with reduction ``reduce`` if given ("reduce" must then be a column)."""
+    table, views = read_shard(store, rel, columns)
+    if reduce is None:
+        return table, gather_rows(views, np.arange(table.num_rows))
+    keep = pc.equal(table.column("reduce"), reduce)
+    return table.filter(keep), gather_rows(views, np.flatnonzero(keep.to_numpy(zero_copy_only=False)))
 
 
 def _nothing_stored(con: duckdb.DuckDBPyConnection, run_id: int, hook: str, layers: list[int] | None) -> str:
@@ -382,15 +398,21 @@ def read_vectors(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, hook
     Rows are ordered by layer, prompt_id, pos, head. If the run stored every position
     (``all``), ``last`` and ``mean`` are derived from those rows.
 
-    Shards are read with pyarrow in parallel (the list column goes to NumPy without a
-    copy per row); only the small metadata is sorted, then the vectors are gathered once.
+    Shards are read in parallel threads, their vectors as zero-copy views (``read_shard``);
+    only the small metadata is sorted, then the vectors are copied once, into the output.
     """
     rows = _shard_rows(con, run_id, hook, layers)
     if not rows:
         raise StoreError(_nothing_stored(con, run_id, hook, layers))
+    def one(row) -> tuple[pa.Table, list[np.ndarray]]:
+        layer, rel = row
+        table, views = read_shard(store, rel)
+        return table.append_column("layer", pa.array(np.full(table.num_rows, layer, np.int32))), views
+
     with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(rows))) as pool:
-        tables = list(pool.map(lambda r: _read_shard(store, r[0], r[1]), rows))
-    table = pa.concat_tables(tables)
+        shards = list(pool.map(one, rows))
+    table = pa.concat_tables([t for t, _ in shards])
+    views = [v for _, vs in shards for v in vs]
     stored = set(pc.unique(table.column("reduce")).to_pylist())
     source = reduce if reduce in stored else "all" if "all" in stored else None
     if source is None:
@@ -418,7 +440,7 @@ def read_vectors(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, hook
                       meta["layer"].to_numpy()))
     order = meta.index.to_numpy()[idx]
     meta = meta.iloc[idx].reset_index(drop=True)
-    X = _gather(table.column("vec"), order)
+    X = gather_rows(views, order)
     if reduce == "mean" and source == "all":
         meta, X = _mean_over_positions(meta, X)
     return meta, X

@@ -192,9 +192,24 @@ def schema_sql() -> list[str]:
     return [p.read_text() for p in sorted(SCHEMA_DIR.glob("*.sql"))]
 
 
+def _schema_digest() -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(schema_sql()).encode()).hexdigest()[:16]
+
+
 def ensure_schema(con: duckdb.DuckDBPyConnection, store: Store) -> None:
-    """Create, migrate, or top up the schema; idempotent, so it runs on every write-open."""
+    """Create, migrate, or top up the schema; idempotent, so it runs on every write-open.
+
+    A store already at this version, made from these exact schema scripts (their digest is
+    in ``meta``) for this shard root, is left alone: no transaction, no commit to sync."""
     version = _stored_version(con)
+    if version == SCHEMA_VERSION:
+        stored = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('schema_digest', 'shard_root')")
+                      .fetchall())
+        if stored.get("schema_digest") == _schema_digest() and stored.get("shard_root") == store.shard_root:
+            _point_view(con, store)
+            return
     if version is None:
         tables = con.execute("SELECT count(*) FROM information_schema.tables").fetchone()[0]
         if tables:
@@ -212,6 +227,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, store: Store) -> None:
             con.execute(script)
         con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         con.execute("INSERT OR REPLACE INTO meta VALUES ('shard_root', ?)", [store.shard_root])
+        con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_digest', ?)", [_schema_digest()])
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
-from store.activations import read_shard_file
+from store.activations import gather_rows, read_shard
 from store.db import Store, StoreError
 from store.scan import parts_of_sites
 
@@ -167,23 +167,23 @@ def iter_state_parts(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, 
     for part, paths in parts_of_sites(con, run_id, sites):
         out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for k, site in enumerate(sites):
-            table = read_shard_file(store, paths[site], ["prompt_id", "reduce", "pos", "vec"])
+            table, views = read_shard(store, paths[site], ["prompt_id", "reduce", "pos"])
+            width = views[0].shape[1] if views else 0
             for how in reductions:
-                sub = table.filter(pc.equal(table.column("reduce"), how))
+                keep = pc.equal(table.column("reduce"), how)
+                sub = table.filter(keep)
                 if sub.num_rows == 0:
                     raise StoreError(f"run {run_id} part {part} holds no '{how}' vectors of {site[0]}:{site[1]}: "
                                      f"capture with positions including {how}")
                 ids = np.asarray(sub.column("prompt_id").to_pylist(), dtype=object)
                 pos = sub.column("pos").fill_null(-1).to_numpy().astype(np.int64)
-                vec = sub.column("vec").combine_chunks()
-                mat = vec.flatten().to_numpy(zero_copy_only=False).reshape(len(vec), -1)
                 if k == 0:
-                    out[how] = (ids, pos, np.empty((len(sites), *mat.shape), np.float32))
+                    out[how] = (ids, pos, np.empty((len(sites), sub.num_rows, width), np.float32))
                 elif not (np.array_equal(ids, out[how][0]) and np.array_equal(pos, out[how][1])):
                     raise StoreError(f"run {run_id} part {part}: {site} holds other rows than {sites[0]} ('{how}')")
-                elif mat.shape[1] != out[how][2].shape[2]:
-                    raise StoreError(f"run {run_id} part {part}: {site} vectors have width {mat.shape[1]}, "
+                elif width != out[how][2].shape[2]:
+                    raise StoreError(f"run {run_id} part {part}: {site} vectors have width {width}, "
                                      f"not {out[how][2].shape[2]}")
-                out[how][2][k] = mat
-            del table
+                gather_rows(views, np.flatnonzero(keep.to_numpy(zero_copy_only=False)), out=out[how][2][k])
+            del table, views
         yield out

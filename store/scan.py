@@ -14,13 +14,13 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
-from store.activations import read_shard_file
+from store.activations import read_shard_vectors
 from store.db import Store, StoreError
 
 
-def _read(store: Store, rel: str, reduce: str):
-    table = read_shard_file(store, rel, ["prompt_id", "reduce", "vec"])
-    return table.filter(pc.equal(table.column("reduce"), reduce))
+def _read(store: Store, rel: str, reduce: str) -> tuple[list[str], np.ndarray]:
+    table, X = read_shard_vectors(store, rel, ["prompt_id", "reduce"], reduce)
+    return table.column("prompt_id").to_pylist(), X
 
 
 def parts_of_sites(con: duckdb.DuckDBPyConnection, run_id: int,
@@ -59,13 +59,11 @@ def iter_parts(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, sites:
     for part, paths in parts_of_sites(con, run_id, sites):
         ids, blocks = None, []
         for site in sites:
-            table = _read(store, paths[site], reduce)
-            got = table.column("prompt_id").to_pylist()
+            got, X = _read(store, paths[site], reduce)
             if ids is None:
                 ids = got
             elif got != ids:
                 raise StoreError(f"run {run_id} part {part}: {site} holds other prompts than {sites[0]}")
-            col = table.column("vec").combine_chunks()
-            blocks.append(col.flatten().to_numpy().reshape(len(col), -1))
+            blocks.append(X)
         if ids:
             yield ids, np.stack(blocks)

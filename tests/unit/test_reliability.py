@@ -298,27 +298,27 @@ def test_a_full_disk_is_an_oserror_with_its_errno():
 
     import store.activations as acts
 
-    table = acts.Block("resid_post", 0, "last", ["a"], np.ones((1, 4), np.float32), np.array([0], np.int32)).table()
+    block = acts.Block("resid_post", 0, "last", ["a"], np.ones((1, 4), np.float32), np.array([0], np.int32))
     with pytest.raises(OSError) as e:
-        acts._write_parquet(table, Path("/dev/full"))
+        acts.write_shard(Path("/dev/full"), [block])
     assert e.value.errno == errno.ENOSPC
 
 
 def test_disk_full_mid_run_keeps_the_store_consistent_and_resumes(tiny, store, prompt_file, monkeypatch):
     import store.activations as acts
 
-    real = acts._write_parquet
+    real = acts.write_shard
     calls = {"n": 0}
 
-    def full_disk(table, where, **kw):
+    def full_disk(where, blocks):
         calls["n"] += 1
         if calls["n"] == 9:  # part 2 (each commit writes 5 shards): the disk fills up half-way
             with open(where, "wb") as f:
                 f.write(b"PAR1 partial")
             raise OSError(28, "No space left on device")
-        return real(table, where, **kw)
+        return real(where, blocks)
 
-    monkeypatch.setattr(acts, "_write_parquet", full_disk)
+    monkeypatch.setattr(acts, "write_shard", full_disk)
     cfg = _cfg(prompt_file)
     with pytest.raises(StoreError, match="disk full while writing") as e:
         capture(tiny, store, cfg, progress=False)
@@ -327,7 +327,7 @@ def test_disk_full_mid_run_keeps_the_store_consistent_and_resumes(tiny, store, p
     assert set(found) <= {"tmp", "runs"}  # nothing committed is damaged; the run is resumable
     with store.connect(read_only=True) as con:
         assert con.execute("SELECT count(*) FROM run_prompts").fetchone()[0] == 2  # part 1 kept
-    monkeypatch.setattr(acts, "_write_parquet", real)
+    monkeypatch.setattr(acts, "write_shard", real)
     run = capture(tiny, store, cfg, progress=False)
     assert check_store(store).ok
     clean = Store(store.path.with_name("clean.duckdb"))

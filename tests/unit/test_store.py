@@ -173,6 +173,26 @@ def test_newer_schema_is_refused(store):
                 pass
 
 
+def test_schema_scripts_run_again_only_when_they_change(store, monkeypatch):
+    import store.db as db
+
+    with store.connect() as con:
+        con.execute("CREATE TABLE marker AS SELECT 1 AS x")
+        digest = con.execute("SELECT value FROM meta WHERE key = 'schema_digest'").fetchone()[0]
+    assert digest == db._schema_digest()
+    ran = []
+    real = db.schema_sql
+    monkeypatch.setattr(db, "schema_sql", lambda: ran.append(1) or real())
+    with store.connect():  # same scripts: only the digest is computed, none is executed
+        pass
+    assert len(ran) == 1
+    monkeypatch.setattr(db, "schema_sql", lambda: [*real(), "CREATE TABLE IF NOT EXISTS added (y INT);"])
+    with store.connect() as con:  # changed scripts: they run, and the new digest is kept
+        assert con.execute("SELECT count(*) FROM added").fetchone()[0] == 0
+        assert con.execute("SELECT value FROM meta WHERE key = 'schema_digest'").fetchone()[0] != digest
+        assert con.execute("SELECT x FROM marker").fetchone()[0] == 1
+
+
 def test_store_of_another_model(store):
     _run(store)
     with store.connect(read_only=True) as con:
