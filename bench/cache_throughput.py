@@ -64,10 +64,13 @@ def forward_vs_cache(loaded, n_prompts: int, repeat: int, batch_size: int = 8) -
     rows = [{"what": "bare forward", "seconds": t_bare, "tokens/s": n_tokens / t_bare, "ratio": 1.0}]
     for backend in ("tl", "torch", "nnsight"):
         # Timed: everything a cache run does (tokenise, create the store file and its schema,
-        # forward with hooks, write and fsync the shards, commit). Not timed: deleting it after.
+        # forward with hooks, write and fsync the shards, commit). Not timed: deleting it after,
+        # and one warm-up run per backend, as for the bare forward (it imports the backend and,
+        # for tl, boots the TransformerBridge, which is then kept with the model).
         def cached(tmp):
             capture(loaded, Store(Path(tmp) / "b.duckdb"), CaptureCfg(**{**cfg.__dict__, "backend": backend}),
                     progress=False)
+        best_of(1, cached, setup=lambda: tempfile.mkdtemp(prefix="bench-cache-"), teardown=shutil.rmtree)
         t = best_of(repeat, cached, setup=lambda: tempfile.mkdtemp(prefix="bench-cache-"), teardown=shutil.rmtree)
         rows.append({"what": f"cache resid_post x{loaded.n_layers} layers, all positions ({backend})",
                      "seconds": t, "tokens/s": n_tokens / t, "ratio": t_bare / t})
@@ -77,6 +80,8 @@ def forward_vs_cache(loaded, n_prompts: int, repeat: int, batch_size: int = 8) -
 
 
 def _save(path: Path, X: np.ndarray, durable: bool) -> None:
+    """np.save to a new file, as the store writes new files (the caller deletes it after,
+    untimed: overwriting one file would reuse its page-cache pages, which a store never does)."""
     with open(path, "wb") as f:
         np.save(f, X)
         if durable:
@@ -98,7 +103,8 @@ def store_vs_numpy(n_vectors: int, n_layers: int, d: int, repeat: int) -> list[d
     counter = iter(range(10_000))  # a fresh store per write
     try:
         for durable in (False, True):
-            t_np = best_of(repeat, lambda: _save(tmp / "x.npy", X, durable))
+            t_np = best_of(repeat, lambda target: _save(target, X, durable),
+                           setup=lambda: tmp / f"x{next(counter)}.npy", teardown=os.remove)
 
             def new_store():  # not timed: creating the database and its schema is once per store
                 s = Store(tmp / f"s{next(counter)}.duckdb")
@@ -113,16 +119,19 @@ def store_vs_numpy(n_vectors: int, n_layers: int, d: int, repeat: int) -> list[d
                     w.add([(p, 1, 0) for p in ids], tokens,
                           [Block("resid_post", l, "last", ids, X[l], pos) for l in range(n_layers)])
 
-            t_store = best_of(repeat, write, setup=new_store)
+            t_store = best_of(repeat, write, setup=new_store, teardown=lambda target: shutil.rmtree(target[0].shard_dir))
             tag = "durable (fsync)" if durable else "page cache"
             rows.append({"what": f"np.save, {tag}", "MB/s": mb / t_np, "ratio": 1.0})
             rows.append({"what": f"store write, {tag}", "MB/s": mb / t_store, "ratio": t_np / t_store})
-        last = Store(sorted(tmp.glob("s*.duckdb"))[-1])
+        target = new_store()  # the block to read back, written once (page cache) and kept
+        write(target)
+        last, run_id = target
+        _save(tmp / "x.npy", X, False)
         t_load = best_of(repeat, lambda: np.load(tmp / "x.npy"))
 
         def read():
             with last.connect(read_only=True) as con:
-                _, _, Y = layer_stack(con, last, 1, "resid_post", "last")
+                _, _, Y = layer_stack(con, last, run_id, "resid_post", "last")
             assert Y.shape == X.shape
 
         t_read = best_of(repeat, read)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -126,14 +127,55 @@ class NNsightBackend:
             sink(site, value)
 
 
+@dataclass
+class _Booted:
+    bridge: object
+    tree: tuple     # the plain model's module tree the bridge wrapped (object ids, kept alive below)
+    bridged: dict   # module -> its children while the bridge is on
+    attn_impl: str | None
+
+
+def _tree(children: dict) -> tuple:
+    return tuple((id(m), tuple((k, id(c)) for k, c in kids.items())) for m, kids in children.items())
+
+
 @contextlib.contextmanager
 def transformer_bridge(loaded: Loaded) -> Iterator[object]:
     """A TransformerBridge around the loaded model, undone on exit.
 
     Booting a bridge swaps the HF model's submodules for wrappers and forces eager
     attention; we snapshot every module's children and the attention implementation and
-    put them back, so the plain model is exactly as before.
+    put them back, so the plain model is exactly as before. Booting takes about half a
+    second, so the bridge is kept on ``loaded`` and put back on at the next use, as long as
+    the model's module tree is still the one it wrapped (an intervention that swapped a
+    module makes a fresh boot).
     """
+    model = loaded.model
+    plain = {m: dict(m._modules) for m in model.modules()}
+    attn_impl = getattr(model.config, "_attn_implementation", None)
+    booted = loaded.bridge_cache
+    try:
+        if isinstance(booted, _Booted) and booted.tree == _tree(plain):
+            for module, kids in booted.bridged.items():
+                module._modules.clear()
+                module._modules.update(kids)
+            if booted.attn_impl is not None and booted.attn_impl != attn_impl:
+                model.set_attn_implementation(booted.attn_impl)
+            yield booted.bridge
+        else:
+            bridge = _boot(loaded)
+            loaded.bridge_cache = _Booted(bridge, _tree(plain), {m: dict(m._modules) for m in plain},
+                                          getattr(model.config, "_attn_implementation", None))
+            yield bridge
+    finally:
+        for module, kids in plain.items():
+            module._modules.clear()
+            module._modules.update(kids)
+        if attn_impl is not None and getattr(model.config, "_attn_implementation", None) != attn_impl:
+            model.set_attn_implementation(attn_impl)
+
+
+def _boot(loaded: Loaded):
     from transformer_lens.model_bridge import TransformerBridge
 
     model = loaded.model
@@ -142,18 +184,9 @@ def transformer_bridge(loaded: Loaded) -> Iterator[object]:
     tokenizer = copy.deepcopy(loaded.tokenizer)
     tokenizer.init_kwargs["add_bos_token"] = True
     tokenizer.init_kwargs.setdefault("name_or_path", loaded.name)
-    children = {m: dict(m._modules) for m in model.modules()}
-    attn_impl = getattr(model.config, "_attn_implementation", None)
-    try:
-        yield TransformerBridge.boot_transformers(
-            loaded.name, hf_model=model, tokenizer=tokenizer, dtype=next(model.parameters()).dtype,
-        )
-    finally:
-        for module, kids in children.items():
-            module._modules.clear()
-            module._modules.update(kids)
-        if attn_impl is not None:
-            model.set_attn_implementation(attn_impl)
+    return TransformerBridge.boot_transformers(
+        loaded.name, hf_model=model, tokenizer=tokenizer, dtype=next(model.parameters()).dtype,
+    )
 
 
 @contextlib.contextmanager

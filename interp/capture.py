@@ -102,11 +102,12 @@ def _blocks(col: _Collector, ids: list[str], lengths: list[int]) -> list[Block]:
     blocks = []
     mask = col.batch.attention_mask.bool().cpu()
     real = mask.numpy()                                   # (batch, pos)
-    row_of = np.nonzero(real)[0]                          # batch row of every real token, in order
-    pos_all = (mask.cumsum(1) - 1).numpy()[real].astype(np.int32)
     # Arrow arrays of the prompt ids, built once per batch and shared by every layer's block
-    ids_all = pa.array(ids, pa.string()).take(pa.array(row_of))
     ids_one = pa.array(ids, pa.string())
+    if "all" in col.positions:
+        row_of = np.nonzero(real)[0]                      # batch row of every real token, in order
+        pos_all = (mask.cumsum(1) - 1).numpy()[real].astype(np.int32)
+        ids_all = ids_one.take(pa.array(row_of))
     for (site, how), t in col.out.items():
         arr = t.numpy()
         if how == "all":  # one row per real token, positions from 0 whatever the padding side

@@ -63,6 +63,8 @@ class Loaded:
     """What exactly was loaded: a commit hash, a file hash, or 'local:<path>'."""
     arch: ArchSites
     info: dict = field(default_factory=dict)
+    bridge_cache: object = field(default=None, repr=False, compare=False)
+    """The TransformerBridge booted for this model, kept between uses (interp.backends)."""
 
     @property
     def config(self):

@@ -3,7 +3,7 @@
 A shard holds the columns of ``SHARD_SCHEMA``: ``prompt_id``, ``reduce`` (optional strings),
 ``pos``, ``head`` (optional int32 / int16) and ``vec``, a required list of required floats.
 Every file is plain Parquet (format 1.0 data pages, PLAIN values, RLE levels, no
-compression), read by DuckDB, pyarrow, Polars and Spark alike; the tests check each.
+compression) that any Parquet reader takes; the tests read it with DuckDB, pyarrow and Polars.
 
 Why not a library writer: almost all of a shard is the float values of ``vec``, and for
 this layout the values section of a page is exactly the bytes of the float32 array. So

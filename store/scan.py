@@ -12,7 +12,6 @@ from collections.abc import Iterator
 import duckdb
 import numpy as np
 import pandas as pd
-import pyarrow.compute as pc
 
 from store.activations import read_shard_vectors
 from store.db import Store, StoreError
