@@ -22,7 +22,8 @@ from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, HELP_COMMON
                "stereotypes, path.jsonl/.csv",
     "hooks": "resid_pre, resid_post, attn_out, mlp_out, z (optionally name:layer or name:lo-hi), comma-separated",
     "positions": "last, mean and/or all (every token), comma-separated",
-    "backend": "tl (TransformerLens TransformerBridge), nnsight, or torch (plain hooks)",
+    "backend": "nnsight (default), tl (TransformerLens TransformerBridge: the same vectors, slower), "
+               "or torch (plain hooks)",
     "batch_size": "prompts per forward pass (does not change results)",
     "limit": "at most this many prompts per set (fixed seeded subset)",
     "chat": "wrap prompts in the chat template: true/false (default: when the model has one)",
@@ -34,7 +35,7 @@ from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, HELP_COMMON
 })
 @user_errors
 def cache(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, prompts="harmful,neutral", hooks="resid_post",
-          positions="last", backend="tl", batch_size=8, limit=None, chat=None, dtype="float32",
+          positions="last", backend="nnsight", batch_size=8, limit=None, chat=None, dtype="float32",
           device="cpu", device_map=None, revision=None, flush_mb=128):
     """Run prompts through the model and store activations (resumes an interrupted run)."""
     from interp.capture import CaptureCfg, capture

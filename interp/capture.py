@@ -40,8 +40,9 @@ class CaptureCfg:
     """Comma-separated hooks: resid_pre, resid_post, attn_out, mlp_out, z; optionally name:layer[-layer]."""
     positions: str = "last"
     """Comma-separated reductions: last (last token), mean (over tokens), all (every token)."""
-    backend: str = "tl"
-    """tl (TransformerLens TransformerBridge), nnsight, or torch (plain hooks)."""
+    backend: str = "nnsight"
+    """nnsight (LanguageModel tracing), tl (TransformerLens TransformerBridge) or torch (plain
+    hooks): the same vectors to 1e-5; tl is the slowest (BENCHMARKS.md, section 1)."""
     limit: int | None = None
     """At most this many prompts per prompt set (a fixed, seeded subset)."""
     seed: int = 0

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from store import remote
 
 SCHEMA_VERSION = 1
+CORE_SCHEMA = Path(__file__).with_name("schema.sql")
 SCHEMA_DIR = Path(__file__).with_name("schema")
 DEFAULT_STORE = "interp.duckdb"
 
@@ -188,8 +189,9 @@ def check_version(con: duckdb.DuckDBPyConnection, path: Path) -> None:
 
 
 def schema_sql() -> list[str]:
-    """The schema scripts in name order (core first, then one per study)."""
-    return [p.read_text() for p in sorted(SCHEMA_DIR.glob("*.sql"))]
+    """The schema scripts: the core tables (store/schema.sql), then one per study in name order
+    (store/schema/NN_<study>.sql)."""
+    return [CORE_SCHEMA.read_text(), *(p.read_text() for p in sorted(SCHEMA_DIR.glob("*.sql")))]
 
 
 def _schema_digest() -> str:

@@ -93,7 +93,9 @@ def read_table(con: duckdb.DuckDBPyConnection, table: str, run_id: int) -> pd.Da
 
 
 def set_splits(con: duckdb.DuckDBPyConnection, cache_run_id: int, splits: pd.DataFrame) -> None:
-    """Record each prompt's split (prompt_id, split) in ``run_prompts`` of the capture run."""
+    """Copy each prompt's split (prompt_id, split) into ``run_prompts`` of the capture run, for
+    plain SQL over a capture. Several safety runs may share one capture: this copy is the
+    latest run's; each run's own split stays in ``safety_prompts`` (keyed by its run_id)."""
     con.register("_splits", splits[["prompt_id", "split"]])
     try:
         con.execute("UPDATE run_prompts SET split = s.split FROM _splits s "

@@ -1,6 +1,8 @@
--- interp store, core tables (schema version 1). Files in store/schema/ run in name order
--- on every write-open; each uses CREATE ... IF NOT EXISTS, so a study's new tables appear in
--- older stores automatically. Changing an existing table needs a migration in store/db.py.
+-- interp store, core tables (schema version 1, SCHEMA_VERSION in store/db.py and
+-- meta.schema_version in every store). This file, then the per-study files in store/schema/
+-- in name order, run on a write-open whenever a store's meta.schema_digest differs from
+-- theirs; each uses CREATE ... IF NOT EXISTS, so a study's new tables appear in older
+-- stores automatically. Changing an existing table needs a migration in store/db.py.
 -- Scalars live in this DuckDB file; activation vectors live in Parquet shards beside it
 -- (<store>.shards/run_id=R/hook=H/layer=L/part-N.parquet), listed in `shards` and read
 -- through the `activations` view. See BENCHMARKS.md for why.
@@ -48,7 +50,7 @@ CREATE TABLE IF NOT EXISTS run_prompts (
     prompt_id VARCHAR NOT NULL,
     n_tokens  INTEGER NOT NULL,               -- tokens the model saw (after any truncation)
     truncated INTEGER NOT NULL,               -- tokens cut from the front to fit the context
-    split     VARCHAR,                        -- train | test, when the study fixes one
+    split     VARCHAR,                        -- train | test | heldout of the latest safety run on this capture (each run keeps its own in safety_prompts)
     PRIMARY KEY (run_id, prompt_id)
 );
 
