@@ -145,7 +145,7 @@ def test_neutral_texts_are_not_in_other_sets(neutral, stereo, harmful_texts):
 def test_stereotype_rows_are_complete_and_unique(stereo):
     assert len(stereo) >= 320
     for r in stereo:
-        assert set(r) == {"id", "text", "label", "attribute", "pair"}, r
+        assert set(r) == {"id", "text", "label", "attribute", "pair", "group_kept"}, r
         assert r["label"] in {"biased", "neutral"} and r["attribute"] in ATTRIBUTES, r
         assert re.fullmatch(r"stereo-\d{4}", r["pair"]), r
         assert r["id"] == f"{r['pair']}-{r['label'][0]}", r
