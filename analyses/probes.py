@@ -5,6 +5,11 @@ For every (hook, layer, position) and problem in ``safety_data.PROBLEMS``:
   fold): accuracy and ROC-AUC, mean and std over folds;
 - ``shuffled``: the same cross-validation with permuted labels (should sit at chance);
 - ``held_out``: fitted on the whole balanced train split, scored on the balanced test split;
+- for biased_vs_counterpart, the same held-out probe scored on each kind of stereotype pair
+  (``held_out:group_kept``: the counterpart still names the group, so only the stereotype
+  separates the pair; ``held_out:group_swapped``: the group is swapped out, so detecting a
+  mention of any group is enough): a probe that reads group mention, not the stereotype, scores
+  high on the second and near chance on the first;
 - for harmful_vs_neutral, cross-source generalisation ``cross:A->B`` (fit on source A's
   train split, score on source B's test split) beside ``within:B`` (fit and score on B), and
   the same for the difference-of-means classifier (``cross_dm:A->B``, ``within_dm:B``).
@@ -107,10 +112,51 @@ def _rows(key: tuple, setting: str, per_fold: dict[str, list[float]], n: int) ->
             for m, v in per_fold.items()]
 
 
-def _fit_score(cfg: ProbeCfg, train: tuple, test: tuple) -> dict[str, list[float]]:
+def _fit(cfg: ProbeCfg, X: np.ndarray, y: np.ndarray):
     with threadpool_limits(1):
-        s = scores(make_probe(cfg).fit(train[0], train[1]), test[0], test[1])
+        return make_probe(cfg).fit(X, y)
+
+
+def _score(model, X: np.ndarray, y: np.ndarray) -> dict[str, list[float]]:
+    with threadpool_limits(1):
+        s = scores(model, X, y)
     return {m: [s[m]] for m in METRICS}
+
+
+def _fit_score(cfg: ProbeCfg, train: tuple, test: tuple) -> dict[str, list[float]]:
+    return _score(_fit(cfg, train[0], train[1]), test[0], test[1])
+
+
+GROUP_SETTINGS: dict[str, bool] = {"held_out:group_kept": True, "held_out:group_swapped": False}
+"""biased_vs_counterpart settings -> the group_kept flag of the test pairs they score."""
+
+
+def _flag_is(value, want: bool) -> bool:
+    return value is not None and not pd.isna(value) and bool(value) == want
+
+
+def has_group_flags(data: pd.DataFrame) -> bool:
+    """Whether the stereotype pairs carry group_kept flags (runs stored before the flag existed do not)."""
+    return "group_kept" in data and bool(data["group_kept"].notna().any())
+
+
+def _group_control(vectors, data: pd.DataFrame, k: tuple, cfg: ProbeCfg, model) -> list[list]:
+    """The held-out biased_vs_counterpart probe (``model``, fitted on the whole balanced train split)
+    scored on the test rows of each kind of pair, balanced within the kind. A kind with fewer than 2
+    test rows of a class gets NaN scores (n: its test rows, folds 0)."""
+    classes = PROBLEMS["biased_vs_counterpart"]
+    rows: list[list] = []
+    for setting, want in GROUP_SETTINGS.items():
+        part = data[[_flag_is(v, want) for v in data["group_kept"]]]
+        try:
+            test = balanced(part, classes, "test", cfg.seed)
+        except SafetyDataError:  # too few test pairs of this kind to score
+            n = int(((part["split"] == "test") & part["cls"].isin(classes)).sum())
+            rows += [[*k, setting, m, np.nan, None, n, 0] for m in METRICS]
+            continue
+        Xt, yt, _ = xy(vectors, test, classes)
+        rows += _rows(k, setting, _score(model, Xt, yt), len(yt))
+    return rows
 
 
 def probe_layer(vectors: tuple[list[str], np.ndarray], data: pd.DataFrame, key: tuple, cfg: ProbeCfg) -> list[list]:
@@ -129,11 +175,15 @@ def probe_layer(vectors: tuple[list[str], np.ndarray], data: pd.DataFrame, key: 
             for m, v in cross_validate(X, ys, g, cfg, fold_indices(ys, g, cfg.folds, cfg.seed)).items():
                 shuffled[m] += v
         rows += _rows(k, "shuffled", shuffled, len(y))
+        model = None
         try:
             Xt, yt, _ = xy(vectors, balanced(data, classes, "test", cfg.seed), classes)
-            rows += _rows(k, "held_out", _fit_score(cfg, (X, y), (Xt, yt)), len(yt))
+            model = _fit(cfg, X, y)
+            rows += _rows(k, "held_out", _score(model, Xt, yt), len(yt))
         except SafetyDataError:
             pass  # test split too small for this problem (tiny budgets): cross-validation only
+        if problem == "biased_vs_counterpart" and has_group_flags(data):
+            rows += _group_control(vectors, data, k, cfg, model if model is not None else _fit(cfg, X, y))
         if problem == "harmful_vs_neutral":
             rows += _cross_source(vectors, data, k, cfg)
     return rows

@@ -6,7 +6,9 @@ Classes (``cls``): harmful (HarmBench and Do-Not-Answer, kept apart by ``source`
 minimal-pair neutral rewrites), neutral (hand-written neutral prompts).
 
 Splits: ``heldout`` (prompts an evaluation task uses: never fitted), then a seeded ``test``
-fraction per (dataset, source) stratum, ``train`` for the rest. Stereotype pairs share a split.
+fraction per (dataset, source) stratum, ``train`` for the rest. Stereotype pairs share a split, and
+are stratified by ``group_kept`` too (whether the counterpart still names the biased prompt's group),
+so both kinds of pair reach the test split.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ CONCEPTS: dict[str, tuple[str, str]] = {"harmful": ("harmful", "neutral"), "toxi
 """Directions: concept -> (positive class, negative class); direction = mean(pos) - mean(neg)."""
 
 HARMFUL_SOURCES = ("harmbench", "donotanswer")
-COLUMNS = ["prompt_id", "cls", "source", "dataset", "grp", "split"]
+COLUMNS = ["prompt_id", "cls", "source", "dataset", "grp", "group_kept", "split"]
 
 
 class SafetyDataError(ValueError):
@@ -49,11 +51,20 @@ def _stable_seed(seed: int, *parts: str) -> int:
     return int(digest[:12], 16)
 
 
+def _kept_key(frame: pd.DataFrame) -> pd.Series:
+    """'' for prompts without a group_kept flag, else 'group_kept=True' / 'group_kept=False'."""
+    if "group_kept" not in frame:
+        return pd.Series("", index=frame.index, dtype=object)
+    return pd.Series(["" if pd.isna(v) else f"group_kept={bool(v)}" for v in frame["group_kept"]],
+                     index=frame.index, dtype=object)
+
+
 def assign_splits(frame: pd.DataFrame, test_frac: float, seed: int, heldout: Iterable[str] = ()) -> pd.Series:
     """train / test / heldout per prompt; deterministic for the same prompts, seed and fraction.
 
     Groups (``grp``, e.g. a stereotype pair) are split as units; strata are (dataset, source)
-    so every class and both harmful sources keep the same test fraction.
+    so every class and both harmful sources keep the same test fraction, and stereotype pairs are
+    further stratified by ``group_kept`` (prompts without the flag keep the plain stratum's seed).
     """
     if not 0.0 < test_frac < 1.0:
         raise SafetyDataError(f"test fraction must be between 0 and 1, not {test_frac}")
@@ -61,9 +72,10 @@ def assign_splits(frame: pd.DataFrame, test_frac: float, seed: int, heldout: Ite
     split = pd.Series("train", index=frame.index, dtype=object)
     grp = frame["grp"].where(frame["grp"].notna(), frame["prompt_id"])
     usable = ~frame["prompt_id"].isin(held)
-    for (dataset, source), idx in frame[usable].groupby(["dataset", "source"]).groups.items():
+    strata = frame[["dataset", "source"]].assign(_kept=_kept_key(frame))
+    for (dataset, source, kept), idx in strata[usable].groupby(["dataset", "source", "_kept"]).groups.items():
         groups = sorted(set(grp[idx]))
-        rng = np.random.default_rng(_stable_seed(seed, dataset, source))
+        rng = np.random.default_rng(_stable_seed(seed, dataset, source, *((kept,) if kept else ())))
         order = [groups[i] for i in rng.permutation(len(groups))]
         test_groups = set(order[: int(round(test_frac * len(groups)))])
         split[idx] = np.where(grp[idx].isin(test_groups), "test", "train")
@@ -72,12 +84,19 @@ def assign_splits(frame: pd.DataFrame, test_frac: float, seed: int, heldout: Ite
 
 
 def dataset_frame(prompts: pd.DataFrame, test_frac: float, seed: int, heldout: Iterable[str] = ()) -> pd.DataFrame:
-    """Labelled prompts with splits from stored prompt rows (prompt_id, dataset, source, label, grp)."""
+    """Labelled prompts with splits from stored prompt rows (prompt_id, dataset, source, label, grp and,
+    for stereotype pairs, group_kept: True / False, None elsewhere)."""
     df = prompts.copy()
     df["cls"] = [prompt_class(d, l) for d, l in zip(df["dataset"], df["label"])]
     df = df[df["cls"].notna()].sort_values("prompt_id").reset_index(drop=True)
     if "grp" not in df:
         df["grp"] = None
+    kept = df["group_kept"] if "group_kept" in df else [None] * len(df)
+    df["group_kept"] = pd.Series([None if pd.isna(v) else bool(v) for v in kept], index=df.index, dtype=object)
+    mixed = df[df["grp"].notna() & df["group_kept"].notna()].groupby("grp")["group_kept"].nunique()
+    if (mixed > 1).any():
+        raise SafetyDataError(f"pair '{mixed[mixed > 1].index[0]}' has rows with different group_kept flags: "
+                              "both rows of a pair must agree")
     df["split"] = assign_splits(df, test_frac, seed, heldout)
     return df[COLUMNS]
 

@@ -12,7 +12,7 @@ import pandas as pd
 from store.db import StoreError
 
 TABLES: dict[str, list[str]] = {
-    "safety_prompts": ["cache_run_id", "prompt_id", "cls", "source", "dataset", "grp", "split"],
+    "safety_prompts": ["cache_run_id", "prompt_id", "cls", "source", "dataset", "grp", "split", "group_kept"],
     "safety_probes": ["problem", "hook", "layer", "position", "setting", "metric", "mean", "std", "n", "folds"],
     "safety_directions": ["concept", "hook", "layer", "position", "kind", "norm", "n_pos", "n_neg", "vec"],
     "safety_best_layers": ["problem", "hook", "position", "layer", "cv_accuracy", "cv_roc_auc", "shuffled_accuracy",

@@ -174,7 +174,7 @@ def _dataset(store: Store, cache_run: int, cfg: SafetyCfg) -> pd.DataFrame:
     with store.connect() as con:
         stored = set(db.stored_prompts(con, cache_run)["prompt_id"])
     frame = pd.DataFrame([{"prompt_id": p.id, "dataset": p.dataset, "source": p.source, "label": p.label,
-                           "grp": p.group} for p in prompts if p.id in stored])
+                           "grp": p.group, "group_kept": p.group_kept} for p in prompts if p.id in stored])
     data = dataset_frame(frame, cfg.test_frac, cfg.seed, heldout_ids(cfg))
     return data.assign(cache_run_id=cache_run)
 

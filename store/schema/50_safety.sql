@@ -12,8 +12,12 @@ CREATE TABLE IF NOT EXISTS safety_prompts (
     dataset      VARCHAR NOT NULL,    -- prompt set: harmful | toxic | stereotypes | neutral
     grp          VARCHAR,             -- stereotype pair id (pairs share a split)
     split        VARCHAR NOT NULL,    -- train | test | heldout (used by an evaluation task: never fitted)
+    group_kept   BOOLEAN,             -- stereotype pairs: the counterpart still names the biased prompt's group
+                                      -- (false: the group is swapped out); null for other prompts and older runs
     PRIMARY KEY (run_id, prompt_id)
 );
+-- Added after the table first shipped: top up stores created before.
+ALTER TABLE safety_prompts ADD COLUMN IF NOT EXISTS group_kept BOOLEAN;
 
 -- Cross-validated probe scores per layer, with controls (long form).
 CREATE TABLE IF NOT EXISTS safety_probes (
@@ -23,6 +27,8 @@ CREATE TABLE IF NOT EXISTS safety_probes (
     layer    INTEGER NOT NULL,
     position VARCHAR NOT NULL,        -- last | mean
     setting  VARCHAR NOT NULL,        -- cv | shuffled | held_out | within[_dm]:SRC | cross[_dm]:SRC->DST
+                                      -- | held_out:group_kept | held_out:group_swapped (biased_vs_counterpart:
+                                      -- the held_out probe scored on the test pairs of each kind)
     metric   VARCHAR NOT NULL,        -- accuracy | roc_auc
     mean     DOUBLE,
     std      DOUBLE,                  -- over folds (null for a single train/test split)
