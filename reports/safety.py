@@ -77,7 +77,34 @@ def _probes(con, run_id: int) -> Section:
                     "(probe, and the difference-of-means classifier: _dm)."))
     else:
         blocks.append(Note("This run stored no best-layer table (safety_best_layers).", kind="warn"))
+    if q.has_group_control(con, run_id):
+        blocks += _group_control(con, run_id)
     return Section(title, tuple(blocks))
+
+
+GROUP_CAPTION = ("Stereotype pairs come in two kinds. In most, the neutral counterpart swaps the social group out "
+                 "('women are worse at maths' -> 'some people are worse at maths'): a probe can tell them apart by "
+                 "whether any group is mentioned. In the others it keeps the group ('women are too emotional to "
+                 "lead' -> 'women are too rarely chosen to lead'): only the stereotype itself separates them. "
+                 "held_out: the probe (fitted on all train pairs) on all test pairs; held_out:group_kept and "
+                 "held_out:group_swapped: the same probe on each kind. Near-chance group_kept scores mean the probe "
+                 "mostly detects a group mention.")
+
+
+def _group_control(con, run_id: int) -> list:
+    blocks = [chart_or_note(
+        con, "Stereotype probe: pairs that keep the group vs pairs that swap it out", q.group_control_sql(run_id),
+        lambda df: charts.curves(df, x="layer", y="mean", series="setting", facet="panel",
+                                 title="biased vs counterpart, held-out score per layer by kind of pair",
+                                 x_title="layer", y_title="score", series_title="setting",
+                                 tooltip=["hook", "position", "metric", "setting", "layer", "mean", "n"]),
+        caption=GROUP_CAPTION)]
+    if has_rows(con, "safety_best_layers", run_id):
+        blocks.append(table_or_note(
+            con, "Stereotype probe at its best layer, by kind of pair", q.group_control_best_sql(run_id),
+            caption="group_kept_* / group_swapped_*: held-out scores on the test pairs whose counterpart keeps / "
+                    "swaps out the group (n: prompts scored; NaN where too few test pairs of that kind)."))
+    return blocks
 
 
 def _edits(con, run_id: int) -> Section:
@@ -127,12 +154,45 @@ def findings(con, run_id: int) -> list[str]:
             out.append(f"safety: {r.problem.replace('_', ' ')}: best layer {int(r.layer)} ({r.hook}, "
                        f"{POSITIONS.get(r.position, r.position)}), CV accuracy {_num(r.cv_accuracy)} vs "
                        f"{_num(r.shuffled_accuracy)} with shuffled labels.")
+        if q.has_group_control(con, run_id):
+            line = _group_finding(fetch(con, q.group_control_best_sql(run_id)))
+            if line:
+                out.append(line)
     key = {("toxicity", "toxicity"), ("refusal", "refusal_rate"), ("ppl", "perplexity"), ("kl", "kl")}
     edit, rows = _ablation(con, run_id, key)
     if edit:
         parts = ", ".join(f"{r.metric.replace('_', ' ')} {r.before:.3g} -> {r.after:.3g}" for r in rows.itertuples())
         out.append(f"safety: {edit} changes {parts}.")
     return out
+
+
+def _group_finding(best: pd.DataFrame) -> str | None:
+    """The stereotype probe at its best site: accuracy on group-kept pairs next to group-swapped ones, and
+    what that says. Chance band: 0.5 +/- 2 binomial standard errors of the group-kept sample."""
+    if best.empty:
+        return None
+    r = best.iloc[0]
+    where = f"layer {int(r.layer)} ({r.hook}, {POSITIONS.get(r.position, r.position)})"
+    kept, swapped = r.group_kept_accuracy, r.group_swapped_accuracy
+    n_kept, n_swapped = (int(n) if pd.notna(n) else 0 for n in (r.group_kept_n, r.group_swapped_n))
+    if pd.isna(kept) or pd.isna(swapped) or not n_kept or not n_swapped:
+        return (f"safety: biased vs counterpart at its best {where}: too few test pairs to score the group-mention "
+                f"control (group kept: {n_kept} prompts, group swapped: {n_swapped}); its held-out score cannot "
+                "be told apart from detecting a group mention.")
+    band, band_swapped = (2 * (0.25 / n) ** 0.5 for n in (n_kept, n_swapped))
+    se_diff = (kept * (1 - kept) / n_kept + swapped * (1 - swapped) / n_swapped) ** 0.5
+    if kept <= 0.5 + band and swapped <= 0.5 + band_swapped:
+        verdict = "neither is above chance: the probe does not separate the pairs"
+    elif kept <= 0.5 + band:
+        verdict = (f"the first is within chance (0.5 +/- {band:.2f}): the probe mostly detects whether a social "
+                   "group is mentioned, not the stereotype")
+    elif swapped - kept > 2 * se_diff:
+        verdict = "the first is clearly lower: part of what the probe reads is whether a group is mentioned"
+    else:
+        verdict = "the two are close: the probe reads the stereotype, not only a group mention"
+    return (f"safety: biased vs counterpart at its best {where}: held-out accuracy {_num(kept)} on pairs whose "
+            f"counterpart keeps the social group (n={n_kept}) vs {_num(swapped)} on pairs that swap it out "
+            f"(n={n_swapped}); {verdict}.")
 
 
 def _ablation(con, run_id: int, key: set[tuple[str, str]]):

@@ -76,6 +76,50 @@ UNPIVOT (value FOR col IN ({cols}))
 ORDER BY {SITE_ORDER}, metric, problem, score"""
 
 
+GROUP_SETTINGS = ("held_out", "held_out:group_kept", "held_out:group_swapped")
+"""biased_vs_counterpart's held-out score on all test pairs, on the pairs whose counterpart keeps the group
+and on those that swap it out (analyses/probes.py)."""
+
+
+def has_group_control(con: duckdb.DuckDBPyConnection, run_id: int) -> bool:
+    """Whether the run scored the stereotype probe on each kind of pair (runs before group_kept did not)."""
+    return con.execute("SELECT EXISTS (SELECT 1 FROM safety_probes WHERE run_id = ? AND problem = "
+                       "'biased_vs_counterpart' AND setting LIKE 'held_out:group_%')", [run_id]).fetchone()[0]
+
+
+def group_control_sql(run_id: int) -> str:
+    """The stereotype probe's held-out score per layer: all test pairs, group-kept pairs, group-swapped pairs."""
+    settings = ", ".join(f"'{s}'" for s in GROUP_SETTINGS)
+    return f"""SELECT metric || ' · ' || hook || ' / ' || position AS panel, hook, position, metric, setting, layer,
+       mean, n
+FROM safety_probes
+WHERE run_id = {int(run_id)} AND problem = 'biased_vs_counterpart' AND setting IN ({settings})
+ORDER BY {SITE_ORDER}, metric, setting, layer"""
+
+
+def group_control_best_sql(run_id: int) -> str:
+    """At biased_vs_counterpart's best layer per site (safety_best_layers): held-out accuracy and ROC-AUC on all
+    test pairs, on the group-kept pairs and on the group-swapped ones, with the pairs' rows scored (n); the
+    study's best site (CV ROC-AUC, then CV accuracy) first."""
+    def val(setting: str, metric: str, col: str) -> str:
+        return f"max({col}) FILTER (WHERE setting = '{setting}' AND metric = '{metric}')"
+
+    cols = []
+    for setting, name in zip(GROUP_SETTINGS, ("held_out", "group_kept", "group_swapped")):
+        cols += [f"round({val(setting, m, 'mean')}, 4) AS {name}_{m}" for m in ("accuracy", "roc_auc")]
+        if name != "held_out":
+            cols.append(f"{val(setting, 'accuracy', 'n')} AS {name}_n")
+    select = ",\n       ".join(cols)
+    return f"""SELECT hook, position, layer, round(cv_roc_auc, 4) AS cv_roc_auc, round(cv_accuracy, 4) AS cv_accuracy,
+       {select}
+FROM safety_best_layers
+JOIN safety_probes USING (run_id, problem, hook, position, layer)
+WHERE run_id = {int(run_id)} AND problem = 'biased_vs_counterpart'
+GROUP BY ALL
+HAVING count(*) FILTER (WHERE setting LIKE 'held_out:group_%') > 0
+ORDER BY cv_roc_auc DESC NULLS LAST, cv_accuracy DESC NULLS LAST, {SITE_ORDER}"""
+
+
 def headline_best_sql(run_id: int) -> str:
     """The one best layer a headline names: harmful vs neutral when probed, at its best site by the study's
     rule (CV ROC-AUC, then CV accuracy), resid_post / last token on ties."""
