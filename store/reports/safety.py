@@ -110,13 +110,14 @@ def group_control_best_sql(run_id: int) -> str:
         if name != "held_out":
             cols.append(f"{val(setting, 'accuracy', 'n')} AS {name}_n")
     select = ",\n       ".join(cols)
-    return f"""SELECT hook, position, layer, round(cv_roc_auc, 4) AS cv_roc_auc, round(cv_accuracy, 4) AS cv_accuracy,
+    return f"""SELECT * FROM (
+SELECT hook, position, layer, round(cv_roc_auc, 4) AS cv_roc_auc, round(cv_accuracy, 4) AS cv_accuracy,
        {select}
 FROM safety_best_layers
 JOIN safety_probes USING (run_id, problem, hook, position, layer)
 WHERE run_id = {int(run_id)} AND problem = 'biased_vs_counterpart'
 GROUP BY ALL
-HAVING count(*) FILTER (WHERE setting LIKE 'held_out:group_%') > 0
+HAVING count(*) FILTER (WHERE setting LIKE 'held_out:group_%') > 0)
 ORDER BY cv_roc_auc DESC NULLS LAST, cv_accuracy DESC NULLS LAST, {SITE_ORDER}"""
 
 

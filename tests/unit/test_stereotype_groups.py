@@ -21,11 +21,13 @@ KEPT_BY_ATTRIBUTE = {"gender": 4, "race": 4, "religion": 8, "nationality": 3, "a
                      "sexual_orientation": 2, "socioeconomic": 9}
 
 SWAPPED_BUT_SHARING_A_GROUP_WORD = {
+    6: "men ... young children -> babysitters ... young children: 'young' qualifies the children, men go",
     34: "Black men ... absent fathers -> long commutes make absent fathers: 'fathers' stays, Black men go",
     56: "Irish people -> Irish winters: the country's weather, no people",
     69: "old people -> old printers",
     72: "old people -> old cheese",
     81: "older women -> older cars",
+    107: "homosexuality is a mental illness -> internet addiction is a mental illness: 'mental' is the claim",
     122: "homeless people -> homeless shelters: the buildings are the subject",
     151: "older workers -> older computers",
     155: "gay men are not real men -> toy soldiers are not real men: 'men' stays, gay men go",
