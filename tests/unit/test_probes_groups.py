@@ -98,7 +98,7 @@ def test_subset_scores_match_a_hand_fitted_probe():
 
 def test_too_few_test_pairs_of_a_kind_score_nan():
     frame, vectors = _pairs(3, 60, stereotype=1.0)  # one group-kept pair in the test split
-    data, _cfg, rows = _probe(frame, vectors)
+    _data, _cfg, rows = _probe(frame, vectors)
     kept = rows[rows.setting == "held_out:group_kept"]
     assert len(kept) == 2 and kept["mean"].isna().all() and (kept["n"] == 2).all() and (kept["folds"] == 0).all()
     assert _score(rows, "held_out:group_swapped").notna().all() and _score(rows, "held_out").notna().all()
@@ -176,13 +176,13 @@ def _report_rows(kept_acc: float, swapped_acc: float, n_kept: int = 22, n_swappe
 
 
 @pytest.mark.parametrize("kept, swapped, says", [
-    (0.55, 0.97, "held-out accuracy 0.550 on pairs whose counterpart keeps the social group (n=22) vs 0.970 on "
-                 "pairs that swap it out (n=74); the first is within chance (0.5 +/- 0.21): the probe mostly "
-                 "detects whether a social group is mentioned, not the stereotype."),
+    (0.55, 0.97, ("held-out accuracy 0.550 on pairs whose counterpart keeps the social group (n=22) vs 0.970 on "
+                  "pairs that swap it out (n=74); the first is within chance (0.5 +/- 0.21): the probe mostly "
+                  "detects whether a social group is mentioned, not the stereotype.")),
     (0.75, 0.97, "the first is clearly lower: part of what the probe reads is whether a group is mentioned."),
     (0.95, 0.97, "the two are close: the probe reads the stereotype, not only a group mention."),
-    (np.nan, 0.97, "too few test pairs to score the group-mention control (group kept: 22 prompts, group "
-                   "swapped: 74)"),
+    (np.nan, 0.97, ("too few test pairs to score the group-mention control (group kept: 22 prompts, group "
+                    "swapped: 74)")),
 ])
 def test_report_shows_the_control_and_states_it(store, kept, swapped, says):
     from reports.safety import findings, sections
