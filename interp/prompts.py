@@ -167,11 +167,26 @@ def load_file(path: str | Path, text_field: str | None = None, label_field: str 
 
 
 def sample(prompts: list[Prompt], limit: int | None, seed: int = 0) -> list[Prompt]:
-    """A deterministic subset (the same ``seed`` and ``limit`` always give the same prompts)."""
+    """A deterministic subset (the same ``seed`` and ``limit`` always give the same prompts);
+    prompts that share a ``group`` are taken or left together."""
     if limit is None or limit >= len(prompts):
         return list(prompts)
     if any(p.dataset == "harmful" for p in prompts):
         return prompts[:limit]  # already interleaved across sources
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(p.group if p.group is not None else "\0" + p.id, []).append(i)
+    if any(len(members) > 1 for members in groups.values()):
+        # whole groups (a stereotype pair and its counterpart), so no prompt loses its partner
+        keys = sorted(groups)
+        random.Random(seed).shuffle(keys)
+        idx: list[int] = []
+        for key in keys:
+            if len(idx) + len(groups[key]) <= limit:
+                idx += groups[key]
+            if len(idx) == limit:
+                break
+        return [prompts[i] for i in sorted(idx)]
     idx = sorted(random.Random(seed).sample(range(len(prompts)), limit))
     return [prompts[i] for i in idx]
 

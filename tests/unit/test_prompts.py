@@ -60,3 +60,17 @@ def test_unknown_set_and_empty_spec():
         load_prompts("harmfull")
     with pytest.raises(PromptSetError, match="no prompt sets"):
         load_prompts(" , ")
+
+
+def test_a_limit_takes_stereotype_pairs_whole():
+    from collections import Counter
+
+    from interp.prompts import load_prompts
+
+    for limit, seed in [(64, 0), (64, 1), (9, 3)]:
+        got = load_prompts("stereotypes", limit, seed)
+        pairs = Counter(p.group for p in got)
+        assert len(got) == limit - limit % 2 and set(pairs.values()) == {2}  # never half a pair
+        assert {p.label for p in got} == {"biased", "neutral"}
+        assert [p.id for p in load_prompts("stereotypes", limit, seed)] == [p.id for p in got]  # deterministic
+    assert {p.id for p in load_prompts("stereotypes", 64, 0)} != {p.id for p in load_prompts("stereotypes", 64, 1)}
