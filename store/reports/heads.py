@@ -46,7 +46,7 @@ def importance_bucket(con: duckdb.DuckDBPyConnection, run_id: int) -> int:
 def agreement_sql(run_id: int) -> str:
     return f"""SELECT score_a, score_b, round(spearman, 3) AS spearman, round(kendall, 3) AS kendall,
        top_n, round(top_overlap, 3) AS top_overlap
-FROM heads_agreement WHERE run_id = {int(run_id)} ORDER BY spearman DESC"""
+FROM heads_agreement WHERE run_id = {int(run_id)} ORDER BY spearman DESC, score_a, score_b, top_n"""
 
 
 def pruning_sql(run_id: int) -> str:

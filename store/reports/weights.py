@@ -51,7 +51,7 @@ def module_sizes_sql(run_id: int) -> str:
 FROM prune_stats
 WHERE run_id = {int(run_id)} AND point = (SELECT min(point) FROM prune_points
                                           WHERE run_id = {int(run_id)} AND modules = 'all' AND method <> 'base')
-GROUP BY module ORDER BY n_params DESC"""
+GROUP BY module ORDER BY n_params DESC, module"""
 
 
 def methods_at_sql(run_id: int, rate: float = 0.5) -> str:
@@ -64,7 +64,7 @@ FROM evals e JOIN prune_points p ON p.run_id = e.run_id AND p.point = e.point
 WHERE e.run_id = {int(run_id)} AND e.metric = 'perplexity' AND p.modules = 'all'
   AND p.structure = 'unstructured' AND abs(p.target_rate - {float(rate)}) < 1e-9 AND p.method <> 'base'
 QUALIFY row_number() OVER (PARTITION BY p.method ORDER BY e.value, p.point) = 1
-ORDER BY perplexity"""
+ORDER BY perplexity, p.method"""
 
 
 def methods_by_group_at_sql(run_id: int, rate: float = 0.5) -> str:
