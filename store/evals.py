@@ -13,7 +13,7 @@ def write_evals(con: duckdb.DuckDBPyConnection, rows: list[dict]) -> None:
     """Insert rows (dicts with COLUMNS) for one point in one transaction."""
     if not rows:
         return
-    df = pd.DataFrame(rows, columns=COLUMNS)
+    df = pd.DataFrame(rows, columns=COLUMNS)  # noqa: F841 - read by name in the SQL (DuckDB replacement scan)
     con.execute("BEGIN")
     try:
         con.execute(f"INSERT INTO evals ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)} FROM df")
