@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interp.batching import context_length, encode, pad
-from interp.capture import CaptureCfg, capture
-from interp.models import load_model
-from interp.prompts import load_prompts
+from interp.capture.batching import context_length, encode, pad
+from interp.capture.capture import CaptureCfg, capture
+from interp.model.loading import load_model
+from interp.data.prompts import load_prompts
 from store import Store
 from store.activations import ActivationWriter, Block, layer_stack
 from store.runs import start_run

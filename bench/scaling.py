@@ -6,7 +6,7 @@ every layer plus the last resid_post, last-token and mean vectors, 256 tokens at
 k caches k times as many prompts (book passages, cycled with a numbered suffix once they run
 out). Each phase runs in its own process so its peak RSS is its own:
 
-- cache: ``interp.capture.capture`` into a fresh store (the writer flushes every
+- cache: ``interp.capture.capture.capture`` into a fresh store (the writer flushes every
   ``--flush-mb``, which bounds its buffers);
 - stream: mean cosine and angular distance between every pair of residual states, streamed
   part by part from the store (``store.scan.iter_parts``; memory bounded by one commit);
@@ -40,7 +40,7 @@ def peak_rss_mb() -> float:
 
 
 def write_prompts(path: Path, n: int) -> None:
-    from interp.prompts import load_prompts
+    from interp.data.prompts import load_prompts
 
     pool = load_prompts("book", None, 0)
     with open(path, "w") as f:
@@ -54,8 +54,8 @@ def write_prompts(path: Path, n: int) -> None:
 def phase_cache(args) -> dict:
     import torch
 
-    from interp.capture import CaptureCfg, capture
-    from interp.models import load_model
+    from interp.capture.capture import CaptureCfg, capture
+    from interp.model.loading import load_model
     from store import Store
 
     torch.set_num_threads(os.cpu_count() or 1)

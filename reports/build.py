@@ -14,7 +14,7 @@ from pathlib import Path
 
 from reports.html import Note, Page, Section, TableBlock, render_page
 from store import Store
-from store.reports import (
+from store.queries import (
     STUDIES,
     eval_summary_sql,
     fetch,

@@ -1,6 +1,6 @@
 """Chart shapes shared by the study pages: DataFrame in, Altair chart out, tooltips on every mark.
 
-No computation happens here: the data arrives aggregated from store/reports.py. Field
+No computation happens here: the data arrives aggregated from store/queries/. Field
 names are passed in so the same shape serves every study.
 """
 

@@ -6,7 +6,7 @@ import html
 
 from reports.charts import points_vs_base
 from reports.html import ChartBlock, Note, Section, TableBlock
-from store.reports import eval_points_sql, fetch
+from store.queries import eval_points_sql, fetch
 
 MAX_DOT_POINTS = 60
 """Above this many points a sweep is shown as a table only (a dot per point stops being readable)."""

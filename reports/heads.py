@@ -5,8 +5,8 @@ from __future__ import annotations
 from reports import charts
 from reports.common import chart_or_note, sweep_section, table_or_note
 from reports.html import Note, Section
-from store.reports import fetch, has_rows
-from store.reports import heads as q
+from store.queries import fetch, has_rows
+from store.queries import heads as q
 
 
 def sections(con, run_id: int) -> list[Section]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from reports import charts
 from reports.common import chart_or_note, sweep_section, table_or_note
 from reports.html import Note, Section
-from store.reports import fetch, has_rows
-from store.reports import layers as q
+from store.queries import fetch, has_rows
+from store.queries import layers as q
 
 DROP_TIPS = ["strategy", "n", "panel", "value", "stderr", "base_value", "seeds", "points"]
 SINGLE_TIPS = ["layer", "panel", "value", "stderr", "base_value", "delta", "point"]
@@ -117,7 +117,7 @@ def _gromov_block(con, run_id: int):
     if not pos:
         return None
     best = fetch(con, q.best_blocks_sql(run_id, pos))
-    n_layers = int(fetch(con, f"SELECT n_layers FROM runs WHERE run_id = {int(run_id)}").iloc[0, 0])
+    n_layers = q.run_n_layers(con, run_id)
     target = best[best["n"] <= max(1, n_layers // 4)]
     return None if target.empty else target.iloc[-1]
 

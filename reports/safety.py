@@ -7,8 +7,8 @@ import pandas as pd
 from reports import charts
 from reports.common import chart_or_note, sweep_section, table_or_note
 from reports.html import Note, Section
-from store.reports import fetch, has_rows
-from store.reports import safety as q
+from store.queries import fetch, has_rows
+from store.queries import safety as q
 
 EDIT_TIPS = ["edit", "kind", "alpha", "panel", "value", "stderr", "n", "base_value", "delta"]
 PROBE_CAPTION = ("cv: cross-validated logistic regression; shuffled: the same probe on shuffled labels (the "

@@ -60,14 +60,14 @@ def tiny_gpt2(n_layers: int = 3, d_model: int = 64, n_heads: int = 4, seed: int 
 @pytest.fixture
 def tiny():
     """A 4-layer grouped-query Llama (4 query heads, 2 KV heads) with a byte tokenizer."""
-    from interp.models import wrap
+    from interp.model.loading import wrap
 
     return wrap(tiny_llama(), byte_tokenizer(), name="tiny-llama", revision="seed0")
 
 
 @pytest.fixture
 def tiny_gpt():
-    from interp.models import wrap
+    from interp.model.loading import wrap
 
     return wrap(tiny_gpt2(), byte_tokenizer(chat=False), name="tiny-gpt2", revision="seed0")
 
@@ -75,7 +75,7 @@ def tiny_gpt():
 @pytest.fixture(scope="session")
 def embedded():
     """The real embedded model (SmolLM2-135M-Instruct), loaded once per session."""
-    from interp.models import load_model
+    from interp.model.loading import load_model
 
     return load_model("smollm2-135m-instruct")
 

@@ -1,8 +1,10 @@
-"""Invoke task definitions, one module per study (``interp/commands/<study>.py``).
+"""The commands room: the bodies of the invoke tasks, one module per command
+(``interp/commands/<name>.py``), plus ``cli`` (one-line errors, flag parsing, tables).
 
-``tasks.py`` at the repository root imports every ``Task`` defined in these modules, so a
-study adds its command by adding a module here, without touching ``tasks.py``.
-Shared defaults live here so every task agrees on them.
+``tasks.py`` at the repository root imports each command by name, so it reads as the list of
+what the suite can do; a new command is a module here and one import line there.
+Shared defaults live here so every task agrees on them. Commands sit at the top of the
+import order: they may import every room below them, and nothing imports them.
 """
 
 DEFAULT_MODEL = "smollm2-135m-instruct"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from invoke import task
 
-from interp.cli import user_errors
+from interp.commands.cli import user_errors
 from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
 
 BUDGETS = ("smoke", "quick", "full")
@@ -56,7 +56,7 @@ STUDIES = (
           (("plan_points", "plan the pruning points"), ("dense_report", "analyses (dense weights)"),
            ("run_sweep", "sweep: calibration, pruning and evaluation (base model in the same run)"))),
     Study("heads", "head importance (ablation, gradient), head pruning, Mixture-of-Head routers",
-          "interp.heads.config:HeadsCfg", "interp.studies.heads:run_heads",
+          "interp.studies.heads_config:HeadsCfg", "interp.studies.heads:run_heads",
           (("prepare", "data (text sample, task items)"), ("compute_importance", "analyses (head importance)"),
            ("train_routers", "router training"), SWEEP)),
     Study("safety", "probes per layer, harmful directions, ablation / orthogonalisation / activation addition",
@@ -112,7 +112,7 @@ def phase_steps(study: Study, on_phase: Callable[[str], None]) -> Iterator[list[
 
 def stored_summary(st, run_id: int) -> str:
     """Rows the run (and the cache run it read) holds per table, for the line after each study."""
-    from store.reports import cache_run_of, stored_rows
+    from store.queries import cache_run_of, stored_rows
 
     with st.connect(read_only=True) as con:
         parts = [f"{t} {n}" for t, n in stored_rows(con, run_id)]
@@ -159,7 +159,7 @@ def demo(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, full=False, budget=None, o
         raise ValueError(f"--full and --budget {budget} disagree: pass one of them")
     studies = [(s, *s.load()) for s in pick(studies)]  # fail on a broken study before loading the model
     configs = [(s, cls(budget=budget, seed=int(seed)), fn) for s, cls, fn in studies]
-    from interp.models import ModelCfg, load_model
+    from interp.model.loading import ModelCfg, load_model
     from reports.build import build_report, headline_findings
     from store import Store
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from invoke import task
 
-from interp.cli import opt_bool, opt_int, print_table, user_errors
+from interp.commands.cli import opt_bool, opt_int, print_table, user_errors
 from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
 
 
@@ -31,8 +31,8 @@ def eval_(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, tasks="ppl,facts,arith", 
     """Evaluate the model as loaded (the base point of an 'eval' run): perplexity, task accuracy,
     toxicity, refusal; prints the scores and stores them (re-running the same command reuses them)."""
     from interp.evals import EvalCfg
-    from interp.models import ModelCfg, load_model
-    from interp.sweep import run_sweep
+    from interp.model.loading import ModelCfg, load_model
+    from interp.studies.sweep import run_sweep
     from store import Store
     from store.evals import read_evals
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from invoke import task
 
-from interp.cli import user_errors
+from interp.commands.cli import user_errors
 from interp.commands import DEFAULT_STORE, HELP_COMMON
 
 

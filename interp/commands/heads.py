@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from invoke import task
 
-from interp.cli import opt_bool, opt_int, print_table, user_errors
+from interp.commands.cli import opt_bool, opt_int, print_table, user_errors
 from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
 
 
@@ -27,8 +27,8 @@ def heads(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None,
           grad_seqs=None, gradient_seq=None, seed=0, dtype="float32", device="cpu", device_map=None, revision=None, format="table"):
     """Head study: which attention heads matter (ablation and gradient importance), pruning the
     least important ones, and a trained top-k head router against static pruning."""
-    from interp.heads.config import HeadsCfg
-    from interp.models import ModelCfg, load_model
+    from interp.studies.heads_config import HeadsCfg
+    from interp.model.loading import ModelCfg, load_model
     from interp.studies.heads import run_heads
     from store import Store
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from invoke import task
 
-from interp.cli import opt_bool, opt_int, print_table, user_errors
+from interp.commands.cli import opt_bool, opt_int, print_table, user_errors
 from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
 
 
@@ -50,7 +50,7 @@ def layers(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None
     """Layer study: which layers the residual stream barely changes (cosine, angular distance,
     Block Influence), what dropping single layers and blocks really costs, and whether the
     cheap proxies predict it."""
-    from interp.models import ModelCfg, load_model
+    from interp.model.loading import ModelCfg, load_model
     from interp.studies.layers import run_layers
     from interp.studies.layers_config import STRATEGIES, LayersCfg
     from store import Store

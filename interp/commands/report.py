@@ -5,7 +5,7 @@ from __future__ import annotations
 from invoke import task
 from invoke.exceptions import Exit
 
-from interp.cli import user_errors
+from interp.commands.cli import user_errors
 from interp.commands import DEFAULT_STORE, HELP_COMMON
 
 DEFAULT_OUT = "report"

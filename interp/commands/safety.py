@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from invoke import task
 
-from interp.cli import opt_int, print_table, user_errors
+from interp.commands.cli import opt_int, print_table, user_errors
 from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
 
 
@@ -24,7 +24,7 @@ def safety(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None
            seed=0, dtype="float32", device="cpu", device_map=None, revision=None, format="table"):
     """Safety study: probes per layer, harmful direction, ablation / orthogonalisation / activation
     addition, and how much toxicity and compliance moved under each edit and what it cost."""
-    from interp.models import ModelCfg, load_model
+    from interp.model.loading import ModelCfg, load_model
     from interp.studies.safety import SafetyCfg, run_safety
     from store import Store
     from store.safety import outcome, read_table

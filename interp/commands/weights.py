@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from invoke import task
 
-from interp.cli import opt_int, print_table, user_errors
+from interp.commands.cli import opt_int, print_table, user_errors
 from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
 
 
@@ -27,7 +27,7 @@ def weights(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=Non
             device="cpu", device_map=None, revision=None, format="table"):
     """Weight-pruning study: magnitude and Wanda at uniform rates, per module group and per projection,
     N:M; sparsity reached per module and every evaluation into the store (resumes when re-run)."""
-    from interp.models import ModelCfg, load_model
+    from interp.model.loading import ModelCfg, load_model
     from interp.studies.weights import WeightsCfg, run_weights, summary
     from store import Store
 

@@ -2,7 +2,7 @@
 multiple-choice and exact-match accuracy, generation toxicity and refusal, KL to the base model.
 
 ``evaluate(loaded, EvalCfg(...), reference=make_reference(loaded, cfg))`` returns a list of
-``Score`` rows that ``interp.sweep`` writes to the ``evals`` table.
+``Score`` rows that ``interp.studies.sweep`` writes to the ``evals`` table.
 """
 
 from interp.evals.config import BUDGETS, TASKS, UNITS, EvalCfg, EvalError, Score

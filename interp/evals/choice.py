@@ -11,10 +11,10 @@ import random
 import time
 from pathlib import Path
 
-from interp.batching import context_length
+from interp.capture.batching import context_length
 from interp.evals.config import EvalCfg, EvalError, Score, mean_se
 from interp.evals.lm import token_logprobs
-from interp.hfdata import MCItem
+from interp.data.hfdata import MCItem
 
 CAPITALS = Path(__file__).resolve().parents[1] / "data" / "capitals.jsonl"
 

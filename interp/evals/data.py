@@ -1,4 +1,4 @@
-"""Reading the Hugging Face-format datasets through ``interp.hfdata`` with one clear error
+"""Reading the Hugging Face-format datasets through ``interp.data.hfdata`` with one clear error
 for every way a local file can be unusable (missing, empty, wrong format)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from interp.evals.config import EvalError
 
 def load_hf(name: str, path: str | None, limit: int | None = None) -> tuple[list, str]:
     """(rows parsed by ``hfdata.LOADERS[name]``, source) or an ``EvalError`` naming the problem."""
-    from interp import hfdata
+    from interp.data import hfdata
 
     if name not in hfdata.LOADERS:
         raise EvalError(f"unknown dataset '{name}': use one of {', '.join(hfdata.LOADERS)}")

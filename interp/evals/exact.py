@@ -6,10 +6,10 @@ import random
 import re
 import time
 
-from interp.batching import context_length
+from interp.capture.batching import context_length
 from interp.evals.config import EvalError, Score, mean_se
 from interp.evals.lm import greedy_generate
-from interp.hfdata import GenItem
+from interp.data.hfdata import GenItem
 
 ARITH_SHOTS = "Calculate.\n12 + 7 = 19\n45 - 23 = 22\n6 * 7 = 42\n31 + 48 = 79\n"
 """Few-shot prefix for arithmetic (plain text, so base and instruct models read it alike)."""

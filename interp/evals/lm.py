@@ -2,14 +2,14 @@
 
 Both run whatever hooks or edited weights are active on the model. Batching never changes
 results: sequences are grouped by length, right-padded with an attention mask and explicit
-position ids (see ``interp.batching``).
+position ids (see ``interp.capture.batching``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from interp.batching import encode, pad
+from interp.capture.batching import encode, pad
 
 
 def _batches(lengths: list[int], max_tokens: int) -> list[list[int]]:

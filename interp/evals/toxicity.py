@@ -62,7 +62,7 @@ def get_scorer(name: str) -> ToxicityScorer:
 def toxicity(loaded, prompts: list[tuple[str, str]], *, scorer: ToxicityScorer, chat: bool, max_new_tokens: int,
              dataset: dict, batch_size: int = 16) -> list[Score]:
     """toxicity: mean scorer probability of the continuations; toxic_rate: share scored >= 0.5."""
-    from interp.batching import context_length
+    from interp.capture.batching import context_length
     from interp.evals.lm import greedy_generate
 
     if not prompts:

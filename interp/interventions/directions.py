@@ -19,10 +19,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from interp import ops
-from interp.hooks import hooked
+from interp.model import ops
+from interp.model.hooks import hooked
 from interp.interventions import register
-from interp.sites import Site
+from interp.model.sites import Site
 
 EXTRA_WRITERS: dict[str, tuple[str, ...]] = {"gpt2": ("transformer.wpe",)}
 """model_type -> further modules (from the root) whose weights add to the residual stream,

@@ -74,7 +74,7 @@ class HeadMask:
 
     @contextlib.contextmanager
     def apply(self, loaded) -> Iterator[None]:
-        from interp.heads.gating import LayerGate, head_gates, load_means
+        from interp.interventions.gating import LayerGate, head_gates, load_means
 
         self.check(loaded)
         means = load_means(self.means, router_dir()) if self.means and self.heads else None
@@ -98,7 +98,7 @@ def router_dir() -> Path:
     $INTERP_ROUTER_DIR, else ``routers`` beside the model cache."""
     import os
 
-    from interp.embedded import cache_dir
+    from interp.model.embedded import cache_dir
 
     env = os.environ.get("INTERP_ROUTER_DIR")
     return Path(env).expanduser() if env else cache_dir() / "routers"
@@ -123,7 +123,7 @@ class HeadRouting:
 
     @contextlib.contextmanager
     def apply(self, loaded) -> Iterator[None]:
-        from interp.heads.router import load_router, routed
+        from interp.interventions.router import load_router, routed
 
         router = load_router(self.router, router_dir()).to(loaded.device).requires_grad_(False)
         with routed(loaded, router, self.top_k):

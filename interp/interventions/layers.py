@@ -25,7 +25,7 @@ from typing import ClassVar
 import pandas as pd
 from torch import nn
 
-from interp.heal import HealCfg, healed
+from interp.interventions.heal import HealCfg, healed
 from interp.interventions import register
 
 _CONFIG_FIELDS = ("num_hidden_layers", "layer_types")

@@ -5,7 +5,7 @@
         evaluate(...)
     # weights restored bit for bit
 
-``report`` (``interp.pruning.apply.PruneReport``) has the sparsity reached per module and
+``report`` (``interp.interventions.pruning.apply.PruneReport``) has the sparsity reached per module and
 overall and the number of weights removed.
 """
 
@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from interp.interventions import register
-from interp.pruning.calibdata import CalibData
-from interp.pruning.masks import MaskError, n_remove, parse_nm
-from interp.pruning.targets import check_selector
+from interp.interventions.pruning.calibdata import CalibData
+from interp.interventions.pruning.masks import MaskError, n_remove, parse_nm
+from interp.interventions.pruning.targets import check_selector
 
 METHODS = ("magnitude", "wanda")
 GROUPING = ("row", "matrix", "global")
@@ -162,7 +162,7 @@ class PruneSpec:
     @contextlib.contextmanager
     def apply(self, loaded) -> Iterator[object]:
         """Prune in place; yields the ``PruneReport``; restores every weight exactly on exit."""
-        from interp.pruning.apply import pruned
+        from interp.interventions.pruning.apply import pruned
 
         with pruned(loaded, self) as report:
             yield report

@@ -25,11 +25,11 @@ import torch
 from analyses import head_agreement, head_pruning
 from interp.evals import ppl
 from interp.evals.choice import capitals, subset
-from interp.heads import importance as imp
-from interp.heads.config import HeadsCfg
-from interp.heads.gating import save_means
-from interp.heads.router import HeadRouter, RouterError, routed, save_router
-from interp.heads.text import (
+from interp.studies import heads_importance as imp
+from interp.studies.heads_config import HeadsCfg
+from interp.interventions.gating import save_means
+from interp.interventions.router import HeadRouter, RouterError, routed, save_router
+from interp.studies.heads_text import (
     Scored,
     answer_batch,
     batches,
@@ -38,11 +38,11 @@ from interp.heads.text import (
     lm_batch,
     split,
 )
-from interp.heads.train import RouterCfg, mean_nll, train_router, usage
+from interp.studies.heads_train import RouterCfg, mean_nll, train_router, usage
 from interp.interventions.heads import HeadMask, HeadRouting, router_dir
-from interp.models import Loaded
-from interp.prompts import book_corpus
-from interp.sweep import run_sweep, start_study_run
+from interp.model.loading import Loaded
+from interp.data.prompts import book_corpus
+from interp.studies.sweep import run_sweep, start_study_run
 from store import Store
 from store import heads as db
 

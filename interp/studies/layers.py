@@ -22,12 +22,12 @@ from dataclasses import dataclass
 import pandas as pd
 
 from analyses import layer_agreement, layer_blocks, layer_similarity
-from interp.capture import CaptureCfg, capture
+from interp.capture.capture import CaptureCfg, capture
 from interp.interventions import describe
 from interp.interventions.layers import HEAL_LOGS, HealedDrop, LayerDrop
-from interp.models import Loaded
+from interp.model.loading import Loaded
 from interp.studies.layers_config import LayersCfg
-from interp.sweep import run_sweep, start_study_run
+from interp.studies.sweep import run_sweep, start_study_run
 from store import Store
 from store import layers as db
 from store.runs import finish_run

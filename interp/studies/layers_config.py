@@ -26,8 +26,8 @@ from dataclasses import dataclass, field, fields
 
 from analyses.layer_blocks import STRATEGIES
 from interp.evals import EvalCfg
-from interp.heal import HealCfg
-from interp.prompts import check_prompt_specs
+from interp.interventions.heal import HealCfg
+from interp.data.prompts import check_prompt_specs
 
 BUDGETS = ("smoke", "quick", "full")
 QUICK_SIZES = (1, 2, 4, 8, 12, 16)

@@ -20,13 +20,13 @@ from tqdm.auto import tqdm
 from analyses import directions as dir_analysis
 from analyses import probes as probe_analysis
 from analyses.safety_data import dataset_frame
-from interp.capture import CaptureCfg, capture
+from interp.capture.capture import CaptureCfg, capture
 from interp.evals import EvalCfg, is_heldout
 from interp.interventions.directions import ActivationAddition, DirectionalAblation, OrthogonalizedWeights
-from interp.models import Loaded
-from interp.prompts import load_prompts
+from interp.model.loading import Loaded
+from interp.data.prompts import load_prompts
 from interp.studies import safety_select
-from interp.sweep import run_sweep, start_study_run
+from interp.studies.sweep import run_sweep, start_study_run
 from store import Store, StoreError
 from store import safety as db
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from interp.batching import context_length, encode
+from interp.capture.batching import context_length, encode
 from interp.evals.kl import kl_divergence
 from interp.evals.lm import greedy_generate, last_logprobs, token_logprobs
 from interp.evals.refusal import get_judge

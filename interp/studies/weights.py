@@ -21,13 +21,13 @@ from interp.evals import EvalCfg
 from interp.evals.ppl import window_length
 from interp.interventions import describe
 from interp.interventions.prune import METHODS, PruneSpec
-from interp.models import Loaded
-from interp.pruning.apply import dense_report
-from interp.pruning.calibdata import CalibData
-from interp.pruning.session import using
-from interp.pruning.stored import StoreSession, point_row
-from interp.pruning.targets import PROJECTIONS
-from interp.sweep import run_sweep, start_study_run
+from interp.model.loading import Loaded
+from interp.interventions.pruning.apply import dense_report
+from interp.interventions.pruning.calibdata import CalibData
+from interp.interventions.pruning.session import using
+from interp.interventions.pruning.stored import StoreSession, point_row
+from interp.interventions.pruning.targets import PROJECTIONS
+from interp.studies.sweep import run_sweep, start_study_run
 from store import Store
 from store.weights import curve, done_prune_points, write_prune_point
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from interp.capture import CaptureCfg, capture
+from interp.capture.capture import CaptureCfg, capture
 from store import Store
 from store.activations import read_vectors
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from interp.evals import EvalCfg, choice, evaluate, make_reference, ppl
-from interp.hfdata import MCItem
+from interp.data.hfdata import MCItem
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ def one_thread():
 
 
 def test_perplexity_equals_plain_hf_loss(embedded):
-    from interp.prompts import book_corpus
+    from interp.data.prompts import book_corpus
 
     w = ppl.make_windows(embedded.tokenizer, book_corpus(), 128, 256, seed=0, name="book")
     scores = {s.metric: s for s in ppl.perplexity(embedded, w)}

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from interp.heads.gating import LayerGate, Suffix, head_gates
-from interp.heads.importance import final_hidden, gradient_importance, row_metrics, token_gradients
-from interp.heads.router import HeadRouter, routed
-from interp.heads.text import lm_batch
+from interp.interventions.gating import LayerGate, Suffix, head_gates
+from interp.studies.heads_importance import final_hidden, gradient_importance, row_metrics, token_gradients
+from interp.interventions.router import HeadRouter, routed
+from interp.studies.heads_text import lm_batch
 from interp.interventions.heads import HeadMask
 
 pytestmark = pytest.mark.integration

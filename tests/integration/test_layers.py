@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from analyses import layer_similarity
-from interp.batching import encode
-from interp.capture import CaptureCfg, capture
+from interp.capture.batching import encode
+from interp.capture.capture import CaptureCfg, capture
 from interp.interventions.layers import LayerDrop, skip_layers
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,7 @@ def test_skip_on_the_embedded_model_matches_a_pruned_copy_and_generates(embedded
 
 def test_dropping_the_first_layer_hurts_more_than_a_middle_one(embedded):
     """The literature's first finding, on a few hundred tokens: layer 0 is indispensable."""
-    from interp.prompts import book_corpus
+    from interp.data.prompts import book_corpus
 
     text = " ".join(book_corpus()[:6])
     ids = torch.tensor([embedded.tokenizer(text)["input_ids"][:192]])
@@ -106,7 +106,7 @@ def test_layer_statistics_from_real_activations(embedded, store):
 
 
 def test_healing_the_embedded_model_changes_it_only_inside(embedded):
-    from interp.heal import HealCfg
+    from interp.interventions.heal import HealCfg
     from interp.interventions.layers import HEAL_LOGS, HealedDrop
 
     ids = torch.tensor([embedded.tokenizer("It was a dark and stormy night; the rain fell")["input_ids"]])

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from interp.capture import CaptureCfg, capture
+from interp.capture.capture import CaptureCfg, capture
 from store import Store
 from store.activations import read_vectors
 
@@ -102,8 +102,8 @@ SWEEP = """
 import sys
 from interp.evals import EvalCfg
 from interp.interventions.layers import LayerDrop
-from interp.models import load_model
-from interp.sweep import run_sweep
+from interp.model.loading import load_model
+from interp.studies.sweep import run_sweep
 from store import Store
 
 loaded = load_model(sys.argv[1])

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from analyses.directions import diff_of_means
-from interp.batching import encode, pad
-from interp.hooks import hooked
+from interp.capture.batching import encode, pad
+from interp.model.hooks import hooked
 from interp.interventions.directions import ActivationAddition, DirectionalAblation, OrthogonalizedWeights
-from interp.sites import Site
+from interp.model.sites import Site
 
 pytestmark = pytest.mark.integration
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from interp.interventions.prune import PruneSpec
-from interp.pruning import masks
-from interp.pruning.calibdata import CalibData, calibration_windows
-from interp.pruning.calibrate import layerwise_norms
-from interp.pruning.targets import all_targets
+from interp.interventions.pruning import masks
+from interp.interventions.pruning.calibdata import CalibData, calibration_windows
+from interp.interventions.pruning.calibrate import layerwise_norms
+from interp.interventions.pruning.targets import all_targets
 
 pytestmark = pytest.mark.integration
 CALIB = CalibData(windows=2, length=64)

@@ -1,8 +1,8 @@
 import torch
 
-from interp.backends import open_backend, transformer_bridge
-from interp.batching import pad
-from interp.sites import parse_sites
+from interp.capture.backends import open_backend, transformer_bridge
+from interp.capture.batching import pad
+from interp.model.sites import parse_sites
 
 
 def _snapshot(model):
@@ -48,7 +48,7 @@ def test_backends_restore_on_error(tiny):
 def test_bridge_is_booted_once_and_again_when_the_module_tree_changes(tiny, monkeypatch):
     import copy
 
-    import interp.backends as backends
+    import interp.capture.backends as backends
 
     boots = []
     real = backends._boot

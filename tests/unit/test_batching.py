@@ -1,6 +1,6 @@
 import torch
 
-from interp.batching import encode, format_prompt, last_index, pad
+from interp.capture.batching import encode, format_prompt, last_index, pad
 
 
 def test_pad_right_and_left_positions_and_last_index():

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from interp.batching import encode
-from interp.capture import CaptureCfg, capture
+from interp.capture.batching import encode
+from interp.capture.capture import CaptureCfg, capture
 from store.activations import read_vectors
 
 TEXTS = ["the cat sat on the mat", "hi", "a somewhat longer prompt about gardens and rivers",
@@ -81,7 +81,7 @@ def test_z_is_stored_per_head(tiny, store, prompt_file):
 
 
 def test_interrupted_run_resumes_without_duplicates(tiny, store, prompt_file, monkeypatch):
-    import interp.capture as cap
+    import interp.capture.capture as cap
 
     cfg = CaptureCfg(prompts=prompt_file, hooks="resid_post", positions="last", backend="torch", batch_size=2)
     calls = {"n": 0}

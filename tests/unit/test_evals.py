@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from interp.evals import EvalCfg, EvalError, Score, choice, evaluate, kl, make_reference, ppl
-from interp.hfdata import MCItem
+from interp.data.hfdata import MCItem
 
 
 @pytest.fixture(autouse=True)
@@ -261,7 +261,7 @@ def test_sweep_stores_base_and_point_once(tiny, store):
     from dataclasses import dataclass
     from typing import ClassVar
 
-    from interp.sweep import run_sweep
+    from interp.studies.sweep import run_sweep
 
     @dataclass(frozen=True)
     class ScaleMlp:
@@ -296,9 +296,9 @@ def test_sweep_stores_base_and_point_once(tiny, store):
 
 
 def test_kl_prompts_fall_back_to_book_passages_when_neutral_file_is_missing(monkeypatch, tmp_path):
-    import interp.prompts
+    import interp.data.prompts
 
-    monkeypatch.setattr(interp.prompts, "DATA_DIR", tmp_path)
+    monkeypatch.setattr(interp.data.prompts, "DATA_DIR", tmp_path)
     with pytest.warns(UserWarning, match="neutral.jsonl is missing"):
         prompts, source = kl.neutral_prompts(3, seed=0)
     assert len(prompts) == 3 and "fallback" in source

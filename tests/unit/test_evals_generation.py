@@ -23,7 +23,7 @@ def one_thread():
 
 def slow_greedy(loaded, prompt: str, chat: bool, n_new: int) -> str:
     """Argmax one token at a time over the whole sequence: no cache, no padding, no batching."""
-    from interp.batching import encode
+    from interp.capture.batching import encode
 
     ids = encode(loaded.tokenizer, [prompt], chat, 10_000)[0].ids
     new = []
@@ -134,7 +134,7 @@ def test_refusal_classifier_on_labelled_examples():
 
 
 def test_heldout_split_is_a_stable_fifth():
-    from interp.prompts import load_prompts
+    from interp.data.prompts import load_prompts
 
     harmful = load_prompts("harmful")
     held = [p for p in harmful if refusal.is_heldout(p.id)]

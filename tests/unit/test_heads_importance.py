@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from interp.batching import pad
-from interp.heads.gating import LayerGate, Suffix, head_gates
-from interp.heads.importance import (
+from interp.capture.batching import pad
+from interp.interventions.gating import LayerGate, Suffix, head_gates
+from interp.studies.heads_importance import (
     MODES,
     ablation_importance,
     cluster_mean,
@@ -20,10 +20,10 @@ from interp.heads.importance import (
     row_metrics,
     token_gradients,
 )
-from interp.heads.text import IGNORE, Scored, answer_batch, held_out_chunks, lm_batch, split
-from interp.hooks import hooked
-from interp.models import wrap
-from interp.sites import Site
+from interp.studies.heads_text import IGNORE, Scored, answer_batch, held_out_chunks, lm_batch, split
+from interp.model.hooks import hooked
+from interp.model.loading import wrap
+from interp.model.sites import Site
 
 
 def _seqs(lengths, seed=0):

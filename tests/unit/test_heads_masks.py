@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from interp import ops
-from interp.heads.gating import LayerGate, head_gates
+from interp.model import ops
+from interp.interventions.gating import LayerGate, head_gates
 from interp.interventions import from_json, to_json
 from interp.interventions.heads import HeadMask, HeadSpecError
 
@@ -113,7 +113,7 @@ def test_gates_validate_shapes(tiny):
 
 def test_mean_mask_equals_folding_the_mean_into_the_output_bias(tiny_gpt, tmp_path, monkeypatch):
     """Mean pruning: z of a head replaced by its mean == its W_O rows zeroed and W_O^h mu_h added to the bias."""
-    from interp.heads.gating import load_means, save_means
+    from interp.interventions.gating import load_means, save_means
     from interp.interventions.heads import router_dir
 
     monkeypatch.setenv("INTERP_ROUTER_DIR", str(tmp_path))
@@ -146,7 +146,7 @@ def test_mean_mask_equals_folding_the_mean_into_the_output_bias(tiny_gpt, tmp_pa
 
 
 def test_mean_mask_shape_is_checked(tiny, tmp_path, monkeypatch):
-    from interp.heads.gating import save_means
+    from interp.interventions.gating import save_means
 
     monkeypatch.setenv("INTERP_ROUTER_DIR", str(tmp_path))
     digest = save_means(torch.zeros(2, 4, 16), tmp_path)

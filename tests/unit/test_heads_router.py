@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from interp.heads.router import (
+from interp.interventions.router import (
     HeadRouter,
     RouterError,
     load_balance,
@@ -13,8 +13,8 @@ from interp.heads.router import (
     routed,
     save_router,
 )
-from interp.heads.text import lm_batch
-from interp.heads.train import RouterCfg, schedule, train_router, usage
+from interp.studies.heads_text import lm_batch
+from interp.studies.heads_train import RouterCfg, schedule, train_router, usage
 from interp.interventions import from_json, to_json
 from interp.interventions.heads import HeadMask, HeadRouting
 

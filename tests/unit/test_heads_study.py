@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from analyses import head_agreement, head_pruning
-from interp.heads.config import HeadsCfg
+from interp.studies.heads_config import HeadsCfg
 from interp.interventions import from_json
 from store import heads as db
 

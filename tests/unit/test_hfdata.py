@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from interp import hfdata
+from interp.data import hfdata
 
 
 def test_wikitext_parquet(tmp_path):

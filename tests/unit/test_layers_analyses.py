@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from analyses import layer_agreement, layer_blocks, layer_similarity
-from interp.batching import encode
-from interp.capture import CaptureCfg, capture
+from interp.capture.batching import encode
+from interp.capture.capture import CaptureCfg, capture
 from store import StoreError
 from store.activations import read_vectors
 from store.layers import read_table, replace_rows

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from interp.evals import ppl
-from interp.heal import HealCfg, HealError, healed, mlp_targets, training_windows
+from interp.interventions.heal import HealCfg, HealError, healed, mlp_targets, training_windows
 from interp.interventions import from_json, to_json
 from interp.interventions.layers import HEAL_LOGS, HealedDrop, LayerDrop, skip_layers
 
@@ -50,7 +50,7 @@ def test_training_windows_leave_out_exactly_the_evaluated_windows(tiny):
 
 
 def test_mlp_targets():
-    from interp.sites import ARCHITECTURES
+    from interp.model.sites import ARCHITECTURES
 
     class L:
         arch = ARCHITECTURES["llama"]

@@ -78,7 +78,7 @@ def tiny_qwen3_sliding():
     """A 4-layer Qwen3 whose last two layers use sliding-window attention: per-layer cache types."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from interp.models import wrap
+    from interp.model.loading import wrap
     from tests.conftest import byte_tokenizer
 
     torch.manual_seed(0)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from interp.models import ModelCfg, ModelLoadError, load_model
+from interp.model.loading import ModelCfg, ModelLoadError, load_model
 
 
 def test_local_directory_goes_through_from_pretrained(tiny, tmp_path):

@@ -1,7 +1,7 @@
 
 import pytest
 
-from interp.prompts import PromptSetError, book_corpus, load_file, load_prompts
+from interp.data.prompts import PromptSetError, book_corpus, load_file, load_prompts
 
 
 def test_harmful_keeps_sources_apart_and_ids_are_stable():
@@ -64,7 +64,7 @@ def test_unknown_set_and_empty_spec():
 def test_a_limit_takes_stereotype_pairs_whole():
     from collections import Counter
 
-    from interp.prompts import load_prompts
+    from interp.data.prompts import load_prompts
 
     for limit, seed in [(64, 0), (64, 1), (9, 3)]:
         got = load_prompts("stereotypes", limit, seed)

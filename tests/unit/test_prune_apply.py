@@ -5,11 +5,11 @@ import torch
 
 from interp.interventions import from_json, to_json
 from interp.interventions.prune import PruneSpec, PruneSpecError
-from interp.pruning import masks
-from interp.pruning.calibdata import CalibData, calibration_windows
-from interp.pruning.calibrate import input_norms, layerwise_norms
-from interp.pruning.session import MemorySession, using
-from interp.pruning.targets import ModuleSelectionError, all_targets, resolve
+from interp.interventions.pruning import masks
+from interp.interventions.pruning.calibdata import CalibData, calibration_windows
+from interp.interventions.pruning.calibrate import input_norms, layerwise_norms
+from interp.interventions.pruning.session import MemorySession, using
+from interp.interventions.pruning.targets import ModuleSelectionError, all_targets, resolve
 
 CALIB = CalibData(windows=3, length=32)
 
@@ -232,7 +232,7 @@ def test_stored_norms_are_reused_and_give_the_same_masks(tiny):
 
 def test_calibration_windows_avoid_the_evaluation_windows(tiny):
     from interp.evals.ppl import make_windows
-    from interp.prompts import book_corpus
+    from interp.data.prompts import book_corpus
 
     exclude = (64, 4096, 0)
     data = CalibData(windows=40, length=48, seed=1, exclude=exclude)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from interp.pruning import masks
+from interp.interventions.pruning import masks
 
 
 def _quantized(rows, cols, seed, levels=8.0):

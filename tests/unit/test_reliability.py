@@ -9,8 +9,8 @@ import duckdb
 import numpy as np
 import pytest
 
-from interp.capture import CaptureCfg, capture
-from interp.prompts import PromptSetError
+from interp.capture.capture import CaptureCfg, capture
+from interp.data.prompts import PromptSetError
 from store import Store, StoreError
 from store import db as store_db
 from store.activations import read_vectors

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from interp.backends import NNsightBackend
-from interp.batching import encode, pad
-from interp.capture import CaptureCfg, capture
-from interp.models import ModelCfg, load_model
-from interp.sites import parse_sites
+from interp.capture.backends import NNsightBackend
+from interp.capture.batching import encode, pad
+from interp.capture.capture import CaptureCfg, capture
+from interp.model.loading import ModelCfg, load_model
+from interp.model.sites import parse_sites
 from store import Store
 from store.activations import read_vectors
 from store.check import check_store

@@ -9,7 +9,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from interp.capture import CaptureCfg, capture
+from interp.capture.capture import CaptureCfg, capture
 from store import StoreError
 from store.activations import read_vectors
 from store.export import export_store

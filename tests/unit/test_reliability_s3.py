@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from interp.capture import CaptureCfg, capture
+from interp.capture.capture import CaptureCfg, capture
 from store import Store, StoreError
 from store.activations import read_vectors
 from store.check import check_store

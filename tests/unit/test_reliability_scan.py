@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from interp.capture import CaptureCfg, capture
+from interp.capture.capture import CaptureCfg, capture
 from store import StoreError
 from store.activations import read_vectors
 from store.scan import iter_parts

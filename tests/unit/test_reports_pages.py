@@ -367,7 +367,7 @@ def test_layers_page(pages):
 
 def study_findings(store, study: str) -> list[str]:
     from reports.build import study_module
-    from store.reports import study_run
+    from store.queries import study_run
 
     with store.connect(read_only=True) as con:
         return study_module(study).findings(con, study_run(con, study))

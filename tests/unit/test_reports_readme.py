@@ -47,8 +47,8 @@ def study_queries() -> list[str]:
 def make_store(path: Path, older_run: bool) -> Store:
     """Every study's fixed numbers and a real capture from a tiny model. ``older_run``: first an older run of
     each study whose numbers differ (what a quick run before a full one leaves in the store)."""
-    from interp.capture import CaptureCfg, capture
-    from interp.models import wrap
+    from interp.capture.capture import CaptureCfg, capture
+    from interp.model.loading import wrap
     from tests.conftest import byte_tokenizer, tiny_llama
     from tests.unit.test_reports_pages import WRITERS
 

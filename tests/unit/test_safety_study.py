@@ -19,7 +19,7 @@ def done(tmp_path_factory):
     """One study run on the tiny Llama, shared by the tests of this module (they only read it,
     except the resume test, which runs last and leaves it as it found it)."""
     from tests.conftest import byte_tokenizer, tiny_llama
-    from interp.models import wrap
+    from interp.model.loading import wrap
     from store import Store
 
     tiny = wrap(tiny_llama(), byte_tokenizer(), name="tiny-llama", revision="seed0")

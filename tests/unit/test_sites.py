@@ -1,6 +1,6 @@
 import pytest
 
-from interp.sites import HOOKS, Site, UnknownSiteError, parse_sites
+from interp.model.sites import HOOKS, Site, UnknownSiteError, parse_sites
 
 
 def test_short_names_expand_to_every_layer():

@@ -10,7 +10,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from interp.prompts import load_prompts
+from interp.data.prompts import load_prompts
 from tests.unit.test_data_files import GROUP_WORDS, _rows, _tokens
 
 KEPT_PAIRS = {2, 7, 13, 20, 21, 29, 35, 38, 40, 42, 45, 46, 47, 48, 59, 64, 67, 74, 75, 79, 90, 95, 98, 101, 118,

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from interp.prompts import Prompt
+from interp.data.prompts import Prompt
 from store import Store, StoreError
 from store.activations import ActivationWriter, Block, layer_stack, read_vectors, recover
 from store.db import SCHEMA_VERSION

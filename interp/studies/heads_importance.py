@@ -40,11 +40,11 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from interp.heads.gating import LayerGate, Suffix, head_gates
-from interp.heads.text import IGNORE, Scored
-from interp.hooks import hooked
-from interp.models import Loaded
-from interp.sites import Site
+from interp.interventions.gating import LayerGate, Suffix, head_gates
+from interp.studies.heads_text import IGNORE, Scored
+from interp.model.hooks import hooked
+from interp.model.loading import Loaded
+from interp.model.sites import Site
 
 MODES = ("zero", "mean")
 

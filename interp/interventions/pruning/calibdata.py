@@ -69,7 +69,7 @@ def _book_ids(tokenizer) -> tuple[list[str], list[int]]:
 
     Tokenising it takes seconds, so the result is kept per tokenizer content (a few at most).
     """
-    from interp.prompts import book_corpus
+    from interp.data.prompts import book_corpus
 
     key = _fingerprint(tokenizer)
     if key is not None and key in _corpus_ids:

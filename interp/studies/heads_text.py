@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from interp.batching import pad
+from interp.capture.batching import pad
 
 IGNORE = -100
 """Target value of a position that is not scored."""

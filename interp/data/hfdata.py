@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from interp.models import _hub_reachable
+from interp.model.loading import _hub_reachable
 
 
 class DatasetError(ValueError):

@@ -102,7 +102,7 @@ def unsupported_architecture_message(model_type: str) -> str:
     supported = ", ".join(sorted(ARCHITECTURES))
     return (
         f"unsupported architecture '{model_type}': interp knows {supported}; "
-        "add its module paths to interp.sites.ARCHITECTURES to use it"
+        "add its module paths to interp.model.sites.ARCHITECTURES to use it"
     )
 
 

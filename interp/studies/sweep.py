@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from interp.evals import EvalCfg, Score, evaluate, make_reference
 from interp.interventions import Base, Intervention, describe, to_json
-from interp.models import Loaded
+from interp.model.loading import Loaded
 from interp.provenance import canonical_json, code_version, config_hash
 from store import Store
 from store.evals import done_points, write_evals

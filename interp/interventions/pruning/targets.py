@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from interp.sites import ArchSites
+from interp.model.sites import ArchSites
 
 PROJECTIONS = ("q", "k", "v", "qkv", "o", "gate", "up", "down")
 """Every projection name any supported architecture uses (ArchSites.proj keys)."""

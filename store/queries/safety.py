@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import duckdb
 
-from store.reports import bucket
+from store.queries import bucket
 
 
 def probe_sites(con: duckdb.DuckDBPyConnection, run_id: int) -> list[tuple[str, str]]:

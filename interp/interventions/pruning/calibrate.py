@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from interp.pruning.targets import Target
+from interp.interventions.pruning.targets import Target
 
 BATCH = 8
 """Calibration windows per forward pass."""

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-from interp import ops
-from interp.hooks import hooked
-from interp.models import Loaded
-from interp.sites import Site
+from interp.model import ops
+from interp.model.hooks import hooked
+from interp.model.loading import Loaded
+from interp.model.sites import Site
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from interp.interventions import to_json
-from interp.pruning.session import MemorySession
-from interp.pruning.targets import all_targets
+from interp.interventions.pruning.session import MemorySession
+from interp.interventions.pruning.targets import all_targets
 from store import Store
 from store.weights import read_norms, write_norms, write_prune_point
 

@@ -77,7 +77,7 @@ _windows: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
 def training_windows(loaded, cfg: HealCfg) -> tuple[list[tuple[int, ...]], dict]:
     """Every corpus window of the evaluation's grid that the evaluation does not score
     (cached per tokenizer, so a sweep with many healed points tokenises the corpus once)."""
-    from interp.batching import context_length
+    from interp.capture.batching import context_length
 
     key = (cfg.eval_cfg(), context_length(loaded.model))
     try:

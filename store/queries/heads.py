@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import duckdb
 
-from store.reports import bucket
+from store.queries import bucket
 
 # Importance scores shown as heat maps, in page order: (method, metric, what it means).
 IMPORTANCE_SCORES = (

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from interp.sites import ArchSites, Site, site_module
+from interp.model.sites import ArchSites, Site, site_module
 
 SiteFn = Callable[[torch.Tensor], torch.Tensor | None]
 """Gets the site's tensor; returns a replacement, or None to leave it unchanged."""

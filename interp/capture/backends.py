@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from interp.batching import Batch
-from interp.hooks import hooked
-from interp.models import Loaded
-from interp.sites import HOOKS, Site
+from interp.capture.batching import Batch
+from interp.model.hooks import hooked
+from interp.model.loading import Loaded
+from interp.model.sites import HOOKS, Site
 
 Sink = Callable[[Site, torch.Tensor], None]
 BACKENDS = ("tl", "nnsight", "torch", "ndif")

@@ -16,10 +16,10 @@ import pandas as pd
 import torch
 
 from interp.provenance import canonical_json, config_hash
-from interp.pruning import masks, session
-from interp.pruning.calibdata import calibration_windows
-from interp.pruning.calibrate import Norms, layerwise_norms
-from interp.pruning.targets import PROJECTIONS, Target, all_targets, resolve
+from interp.interventions.pruning import masks, session
+from interp.interventions.pruning.calibdata import calibration_windows
+from interp.interventions.pruning.calibrate import Norms, layerwise_norms
+from interp.interventions.pruning.targets import PROJECTIONS, Target, all_targets, resolve
 
 
 @dataclass

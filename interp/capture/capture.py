@@ -16,12 +16,12 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from interp.backends import BACKENDS, open_backend
-from interp.batching import Batch, context_length, encode, last_index, pad
-from interp.models import Loaded
-from interp.prompts import Prompt, check_prompt_specs, load_prompts
+from interp.capture.backends import BACKENDS, open_backend
+from interp.capture.batching import Batch, context_length, encode, last_index, pad
+from interp.model.loading import Loaded
+from interp.data.prompts import Prompt, check_prompt_specs, load_prompts
 from interp.provenance import canonical_json, code_version, config_hash
-from interp.sites import Site, check_hook_names, parse_sites
+from interp.model.sites import Site, check_hook_names, parse_sites
 from store import Store, StoreError
 from store.activations import ActivationWriter, Block, recover
 from store.prompts import add_prompts, done_prompt_ids
@@ -35,7 +35,7 @@ class CaptureCfg:
     """What to capture. Every field except batch_size and flush_mb is part of the run's identity."""
 
     prompts: str = "harmful,neutral"
-    """Comma-separated prompt sets or files (see interp.prompts.load_prompts)."""
+    """Comma-separated prompt sets or files (see interp.data.prompts.load_prompts)."""
     hooks: str = "resid_post"
     """Comma-separated hooks: resid_pre, resid_post, attn_out, mlp_out, z; optionally name:layer[-layer]."""
     positions: str = "last"

@@ -17,8 +17,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from interp import embedded
-from interp.sites import ARCHITECTURES, ArchSites, arch_for, unsupported_architecture_message
+from interp.model import embedded
+from interp.model.sites import ARCHITECTURES, ArchSites, arch_for, unsupported_architecture_message
 
 DEFAULT_MODEL = embedded.EMBEDDED_NAME
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -64,7 +64,7 @@ class Loaded:
     arch: ArchSites
     info: dict = field(default_factory=dict)
     bridge_cache: object = field(default=None, repr=False, compare=False)
-    """The TransformerBridge booted for this model, kept between uses (interp.backends)."""
+    """The TransformerBridge booted for this model, kept between uses (interp.capture.backends)."""
 
     @property
     def config(self):

@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from interp.heads.gating import LayerGate, head_gates
-from interp.models import Loaded
-from interp.sites import block
+from interp.interventions.gating import LayerGate, head_gates
+from interp.model.loading import Loaded
+from interp.model.sites import block
 
 
 class RouterError(ValueError):

@@ -1,0 +1,42 @@
+"""`invoke cache`: run prompt sets through the model and store their activations."""
+
+from __future__ import annotations
+
+from invoke import task
+
+from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, HELP_COMMON
+from interp.commands.cli import opt_bool, opt_int, user_errors
+
+
+@task(help={
+    **HELP_COMMON,
+    "prompts": "prompt sets or files, comma-separated: harmful, harmbench, donotanswer, toxic, neutral, "
+               "stereotypes, path.jsonl/.csv",
+    "hooks": "resid_pre, resid_post, attn_out, mlp_out, z (optionally name:layer or name:lo-hi), comma-separated",
+    "positions": "last, mean and/or all (every token), comma-separated",
+    "backend": "nnsight (default), tl (TransformerLens TransformerBridge: the same vectors, slower), "
+               "or torch (plain hooks)",
+    "batch_size": "prompts per forward pass (does not change results)",
+    "limit": "at most this many prompts per set (fixed seeded subset)",
+    "chat": "wrap prompts in the chat template: true/false (default: when the model has one)",
+    "dtype": "float32 (default), bfloat16 or float16",
+    "device": "cpu, cuda, cuda:1, ...",
+    "device_map": "accelerate device map, e.g. auto, for models larger than one device",
+    "revision": "hub branch/tag/commit",
+    "flush_mb": "commit to the store every N MB of vectors (smaller: finer-grained resume)",
+})
+@user_errors
+def cache(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, prompts="harmful,neutral", hooks="resid_post",
+          positions="last", backend="nnsight", batch_size=8, limit=None, chat=None, dtype="float32",
+          device="cpu", device_map=None, revision=None, flush_mb=128):
+    """Run prompts through the model and store activations (resumes an interrupted run)."""
+    from interp.capture.capture import CaptureCfg, capture
+    from interp.model.loading import ModelCfg, load_model
+    from store import Store
+
+    cfg = CaptureCfg(prompts=prompts, hooks=hooks, positions=positions, backend=backend,
+                     batch_size=int(batch_size), limit=opt_int(limit), chat=opt_bool(chat),
+                     flush_mb=int(flush_mb))
+    loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
+    run_id = capture(loaded, Store(store), cfg)
+    print(f"run {run_id}: cached into {Store(store).path}")
