@@ -6,14 +6,16 @@ import duckdb
 import pandas as pd
 
 COLUMNS = ["run_id", "study", "point", "intervention", "task", "metric", "value", "stderr", "n",
-           "chance", "dataset", "seconds"]
+           "chance", "dataset", "seconds", "harness", "task_version", "num_fewshot", "fewshot_seed"]
+"""Columns a sweep writes; the last four are NULL for the suite's own tasks (10_evals.sql)."""
 
 
 def write_evals(con: duckdb.DuckDBPyConnection, rows: list[dict]) -> None:
-    """Insert rows (dicts with COLUMNS) for one point in one transaction."""
+    """Insert rows (dicts with COLUMNS; missing keys are NULL) for one point in one transaction."""
     if not rows:
         return
     df = pd.DataFrame(rows, columns=COLUMNS)  # noqa: F841 - read by name in the SQL (DuckDB replacement scan)
+    df = df.astype({"num_fewshot": "Int64", "fewshot_seed": "Int64"})  # None -> NULL, not a float column
     con.execute("BEGIN")
     try:
         con.execute(f"INSERT INTO evals ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)} FROM df")

@@ -6,25 +6,33 @@ import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from interp.evals import lmeval_spec
+
 TASKS = ("ppl", "facts", "arith", "mmlu", "boolq", "gsm8k", "toxicity", "refusal", "kl")
-"""Every task name ``evaluate`` knows, in the order it runs them."""
+"""Every task name ``evaluate`` knows, in the order it runs them. lm-eval tasks come on top:
+``lm-eval:NAME[:Kshot][:sSEED]`` (``interp.evals.lmeval_spec``)."""
+
+LMEVAL = lmeval_spec.BUDGET_KEY
+"""Budget entry for lm-eval tasks: items per lm-eval task (each subject of a group counts alone)."""
 
 UNITS = {"ppl": "tokens", "facts": "items", "arith": "items", "mmlu": "items", "boolq": "items",
-         "gsm8k": "items", "toxicity": "generations", "refusal": "generations", "kl": "prompts"}
+         "gsm8k": "items", "toxicity": "generations", "refusal": "generations", "kl": "prompts",
+         LMEVAL: "items per task"}
 """What a budget count means for each task."""
 
 BUDGETS: dict[str, dict[str, int | None]] = {
     # A few seconds on the embedded model: for other studies' CLI tests, not for numbers.
     "smoke": {"ppl": 512, "facts": 8, "arith": 8, "mmlu": 8, "boolq": 8, "gsm8k": 2, "toxicity": 4,
-              "refusal": 4, "kl": 4},
+              "refusal": 4, "kl": 4, LMEVAL: 4},
     # One evaluation of ppl + facts + arith in about 30 s on 2 CPU cores: for sweeps.
     "quick": {"ppl": 2048, "facts": 60, "arith": 50, "mmlu": 100, "boolq": 100, "gsm8k": 16, "toxicity": 24,
-              "refusal": 24, "kl": 32},
+              "refusal": 24, "kl": 32, LMEVAL: 50},
     # Reportable numbers (None: every item the dataset has).
     "full": {"ppl": 16384, "facts": None, "arith": 200, "mmlu": 1000, "boolq": 1000, "gsm8k": 200,
-             "toxicity": 100, "refusal": 100, "kl": 128},
+             "toxicity": 100, "refusal": 100, "kl": 128, LMEVAL: None},
 }
-"""Per-task counts of each named budget (see ``UNITS``)."""
+"""Per-task counts of each named budget (see ``UNITS``). Few-shot MMLU (57 subjects, 5-shot prompts of
+about 600 tokens) and 8-shot GSM8K chain of thought are slow on CPU: no study's quick preset asks for them."""
 
 GEN_TOKENS = {"smoke": {"toxicity": 16, "refusal": 24, "gsm8k": 64},
               "quick": {"toxicity": 32, "refusal": 48, "gsm8k": 192},
@@ -43,8 +51,16 @@ def parse_tasks(spec: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     if not names:
         raise EvalError(f"no evaluation tasks given: use some of {', '.join(TASKS)}")
     for t in names:
-        if t not in TASKS:
-            raise EvalError(f"unknown evaluation task '{t}': use some of {', '.join(TASKS)}")
+        if lmeval_spec.is_lmeval(t):
+            try:
+                lmeval_spec.parse(t)
+            except ValueError as e:
+                raise EvalError(str(e)) from None
+        elif t not in TASKS:
+            raise EvalError(f"unknown evaluation task '{t}': use some of {', '.join(TASKS)}, "
+                            f"or an lm-eval task as lm-eval:NAME (e.g. lm-eval:arc_easy)")
+    if any(map(lmeval_spec.is_lmeval, names)) and not lmeval_spec.installed():
+        raise EvalError(f"lm-eval tasks need the lm-evaluation-harness: {lmeval_spec.INSTALL}")
     return tuple(dict.fromkeys(names))
 
 
@@ -65,8 +81,8 @@ def parse_budget(spec) -> str | tuple[tuple[str, int], ...]:
         pairs = list(spec)
     out = {}
     for name, count in pairs:
-        if name not in TASKS:
-            raise EvalError(f"budget names unknown task '{name}': use some of {', '.join(TASKS)}")
+        if name not in UNITS:
+            raise EvalError(f"budget names unknown task '{name}': use some of {', '.join(UNITS)}")
         try:
             n = int(count)
         except (TypeError, ValueError):
@@ -112,6 +128,9 @@ class EvalCfg:
     """Most tokens per forward pass (bounds memory: logits are batch_tokens x vocab floats)."""
     gen_batch: int = 16
     """Prompts per batched greedy generation."""
+    lmeval_data: str | None = None
+    """Folder of local data for lm-eval tasks, one file per split in the hub's field names
+    (DIR/<dataset path>/<config>/<split>.jsonl, see ``interp.evals.lmeval_tasks``); None: the hub."""
     counts: tuple[tuple[str, int | None], ...] = field(default=(), init=False, repr=False, compare=False)
     """Resolved per-task counts (derived from ``budget``)."""
 
@@ -124,7 +143,7 @@ class EvalCfg:
             raise EvalError(f"perplexity window must be at least 2 tokens, not {self.window}")
         if self.batch_tokens < 2 or self.gen_batch < 1:
             raise EvalError("batch_tokens must be >= 2 and gen_batch >= 1")
-        for name in ("wikitext2_path", "c4_path", "mmlu_path", "boolq_path", "gsm8k_path"):
+        for name in ("wikitext2_path", "c4_path", "mmlu_path", "boolq_path", "gsm8k_path", "lmeval_data"):
             value = getattr(self, name)
             if value is not None:
                 path = Path(value).expanduser()
@@ -133,11 +152,12 @@ class EvalCfg:
                                     f"folder in the Hugging Face format, or leave it out to use the hub")
                 object.__setattr__(self, name, str(path))
         base = BUDGETS[self.budget] if isinstance(self.budget, str) else {**BUDGETS["quick"], **dict(self.budget)}
-        object.__setattr__(self, "counts", tuple((t, base[t]) for t in TASKS))
+        object.__setattr__(self, "counts", tuple((t, base[t]) for t in UNITS))
 
     def count(self, task: str) -> int | None:
-        """How many tokens / items / generations ``task`` uses (None: all)."""
-        return dict(self.counts)[task]
+        """How many tokens / items / generations ``task`` uses (None: all); for an lm-eval task, the items
+        of each of its tasks."""
+        return dict(self.counts)[LMEVAL if lmeval_spec.is_lmeval(task) else task]
 
     def gen_tokens(self, task: str) -> int:
         preset = self.budget if isinstance(self.budget, str) else "quick"
@@ -148,6 +168,10 @@ class EvalCfg:
         d["tasks"] = list(self.tasks)
         d["budget"] = self.budget if isinstance(self.budget, str) else dict(self.budget)
         d["counts"] = {t: c for t, c in self.counts if t in self.tasks}
+        if any(map(lmeval_spec.is_lmeval, self.tasks)):
+            d["counts"][LMEVAL] = self.count(LMEVAL)
+        else:  # runs without lm-eval tasks keep the identity they had before it existed
+            d.pop("lmeval_data")
         return d
 
 
@@ -167,6 +191,14 @@ class Score:
     dataset: dict
     """Dataset spec: name, source, budget, seed, truncated count, ..."""
     seconds: float
+    harness: str | None = None
+    """Who computed it: None for the suite's own tasks, 'lm-eval 0.4.13' for lm-evaluation-harness."""
+    task_version: str | None = None
+    """The harness's version of the task (prompt, metric), as it reports it."""
+    num_fewshot: int | None = None
+    """Few-shot examples in each prompt (lm-eval tasks; the suite's own tasks are zero-shot)."""
+    fewshot_seed: int | None = None
+    """Seed of the few-shot sampler (lm-eval tasks)."""
 
 
 def mean_se(values) -> tuple[float, float | None]:

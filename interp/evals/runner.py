@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import time
 import weakref
+from dataclasses import replace
 
 from tqdm.auto import tqdm
 
-from interp.evals import choice, exact, kl, ppl, refusal, toxicity
+from interp.evals import choice, exact, kl, lmeval_spec, ppl, refusal, toxicity
 from interp.evals.config import EvalCfg, EvalError, Score
 
 _prepared: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
@@ -68,6 +69,10 @@ def make_reference(loaded, cfg: EvalCfg) -> kl.Reference | None:
 
 
 def run_task(loaded, cfg: EvalCfg, task: str, reference: kl.Reference | None = None) -> list[Score]:
+    if lmeval_spec.is_lmeval(task):
+        from interp.evals.lmeval import lmeval_scores
+
+        return lmeval_scores(loaded, cfg, task)
     chat = use_chat(loaded, cfg) if task in ("gsm8k", "toxicity", "refusal", "kl") else False
     if task == "ppl":
         return ppl.perplexity(loaded, _data(loaded, cfg, task), cfg.batch_tokens)
@@ -107,6 +112,5 @@ def evaluate(loaded, cfg: EvalCfg, reference: kl.Reference | None = None, progre
         scores = run_task(loaded, cfg, task, reference)
         dt = time.perf_counter() - t0  # includes data preparation on the first call
         budget = {"budget": cfg.budget if isinstance(cfg.budget, str) else dict(cfg.budget), "count": cfg.count(task)}
-        out += [Score(s.task, s.metric, s.value, s.stderr, s.n, s.chance, {**s.dataset, **budget}, round(dt, 4))
-                for s in scores]
+        out += [replace(s, dataset={**s.dataset, **budget}, seconds=round(dt, 4)) for s in scores]
     return out

@@ -35,6 +35,8 @@ def score_rows(run_id: int, study: str, spec: Intervention, scores: Sequence[Sco
         "run_id": run_id, "study": study, "point": spec.label(), "intervention": to_json(spec),
         "task": s.task, "metric": s.metric, "value": s.value, "stderr": s.stderr, "n": s.n,
         "chance": s.chance, "dataset": canonical_json(s.dataset), "seconds": s.seconds,
+        "harness": s.harness, "task_version": s.task_version, "num_fewshot": s.num_fewshot,
+        "fewshot_seed": s.fewshot_seed,
     } for s in scores]
 
 

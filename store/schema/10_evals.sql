@@ -15,3 +15,12 @@ CREATE TABLE IF NOT EXISTS evals (
     seconds      DOUBLE,              -- wall time of this task at this point
     created      TIMESTAMP NOT NULL DEFAULT current_timestamp
 );
+
+-- lm-evaluation-harness rows (interp.evals.lmeval): who computed a value and with which few-shot
+-- settings. NULL for the suite's own tasks. The task value repeats the few-shot settings
+-- (lm-eval:mmlu_anatomy:5shot:s1234), so they are part of the row's key; see interp/evals/lmeval_spec.py.
+-- Added columns, so stores made before them are topped up when the schema script reruns.
+ALTER TABLE evals ADD COLUMN IF NOT EXISTS harness VARCHAR;         -- 'lm-eval 0.4.13'; NULL: the suite's own
+ALTER TABLE evals ADD COLUMN IF NOT EXISTS task_version VARCHAR;    -- the harness's version of the task
+ALTER TABLE evals ADD COLUMN IF NOT EXISTS num_fewshot INTEGER;     -- few-shot examples per prompt
+ALTER TABLE evals ADD COLUMN IF NOT EXISTS fewshot_seed BIGINT;     -- seed of the few-shot sampler
