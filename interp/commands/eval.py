@@ -10,7 +10,8 @@ from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
 
 @task(name="eval", help=helps(
     "dtype", "device", "device_map", "revision",
-    tasks="comma-separated: ppl, facts, arith, mmlu, boolq, gsm8k, toxicity, refusal, kl",
+    tasks="comma-separated: ppl, facts, arith, mmlu, boolq, gsm8k (the suite's zero-shot cloze versions), "
+          "toxicity, refusal, kl, or lm-eval:NAME (default ppl,facts,arith)",
     budget="smoke (seconds), quick (default; ppl+facts+arith in about 30 s on 2 CPU cores), full, "
            "or per-task counts like ppl=4096,facts=40",
     seed="seed for sampled windows, items and prompts",
@@ -21,24 +22,34 @@ from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
     c4_path="local C4 file/folder", mmlu_path="local MMLU file/folder", boolq_path="local BoolQ file/folder",
     gsm8k_path="local GSM8K file/folder",
     toxicity_scorer="profanity-check (offline, default) or detoxify (needs network)",
+    lm_eval="lm-evaluation-harness tasks or groups, comma-separated, each NAME[:Kshot][:sSEED] (e.g. "
+            "arc_easy,boolq,mmlu:5shot,gsm8k_cot); alone, only these run; needs pip install 'interp[lmeval]'",
+    lm_eval_data="folder of local lm-eval data: DIR/<hub dataset>/<config>/<split>.jsonl in the hub's field "
+                 "names (default: the hub)",
     format="table (default), csv or json",
 ))
 @user_errors
-def eval_(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, tasks="ppl,facts,arith", budget="quick", seed=0,
+def eval_(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, tasks=None, budget="quick", seed=0,
           corpus="book", window=None, chat=None, wikitext2_path=None, c4_path=None, mmlu_path=None,
-          boolq_path=None, gsm8k_path=None, toxicity_scorer="profanity-check", dtype="float32", device="cpu",
-          device_map=None, revision=None, format="table"):
+          boolq_path=None, gsm8k_path=None, toxicity_scorer="profanity-check", lm_eval=None, lm_eval_data=None,
+          dtype="float32", device="cpu", device_map=None, revision=None, format="table"):
     """Evaluate the model as loaded (the base point of an 'eval' run): perplexity, task accuracy,
-    toxicity, refusal; prints the scores and stores them (re-running the same command reuses them)."""
+    toxicity, refusal, lm-evaluation-harness tasks; prints the scores and stores them (re-running the
+    same command reuses them). Default tasks: ppl,facts,arith, or only the --lm-eval ones when given."""
     from interp.evals import EvalCfg
     from interp.model.loading import ModelCfg, load_model
     from interp.studies.sweep import run_sweep
     from store import Store
     from store.evals import read_evals
 
-    cfg = EvalCfg(tasks=tasks, budget=budget, seed=int(seed), corpus=corpus, window=opt_int(window),
+    harness = [t if t.startswith("lm-eval:") else f"lm-eval:{t}" for t in (lm_eval or "").split(",") if t.strip()]
+    if lm_eval is not None and not harness:
+        raise ValueError("--lm-eval names no task: give lm-eval task names like arc_easy,boolq")
+    names = [*(t for t in (tasks or ("" if harness else "ppl,facts,arith")).split(",") if t.strip()), *harness]
+    cfg = EvalCfg(tasks=tuple(names), budget=budget, seed=int(seed), corpus=corpus, window=opt_int(window),
                   chat=opt_bool(chat), wikitext2_path=wikitext2_path, c4_path=c4_path, mmlu_path=mmlu_path,
-                  boolq_path=boolq_path, gsm8k_path=gsm8k_path, toxicity_scorer=toxicity_scorer)
+                  boolq_path=boolq_path, gsm8k_path=gsm8k_path, toxicity_scorer=toxicity_scorer,
+                  lmeval_data=lm_eval_data)
     loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
     st = Store(store)
     run_id = run_sweep(loaded, st, study="eval", config={"study": "eval"}, points=[], eval_cfg=cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -130,7 +131,8 @@ class EvalCfg:
     """Prompts per batched greedy generation."""
     lmeval_data: str | None = None
     """Folder of local data for lm-eval tasks, one file per split in the hub's field names
-    (DIR/<dataset path>/<config>/<split>.jsonl, see ``interp.evals.lmeval_tasks``); None: the hub."""
+    (DIR/<dataset path>/<config>/<split>.jsonl, see ``interp.evals.lmeval_tasks``); None: the
+    environment's ``INTERP_LMEVAL_DATA`` when it is set (so every study's sweep can use it), else the hub."""
     counts: tuple[tuple[str, int | None], ...] = field(default=(), init=False, repr=False, compare=False)
     """Resolved per-task counts (derived from ``budget``)."""
 
@@ -143,6 +145,8 @@ class EvalCfg:
             raise EvalError(f"perplexity window must be at least 2 tokens, not {self.window}")
         if self.batch_tokens < 2 or self.gen_batch < 1:
             raise EvalError("batch_tokens must be >= 2 and gen_batch >= 1")
+        if self.lmeval_data is None and any(map(lmeval_spec.is_lmeval, self.tasks)):
+            object.__setattr__(self, "lmeval_data", os.environ.get("INTERP_LMEVAL_DATA") or None)
         for name in ("wikitext2_path", "c4_path", "mmlu_path", "boolq_path", "gsm8k_path", "lmeval_data"):
             value = getattr(self, name)
             if value is not None:

@@ -64,6 +64,7 @@ def run(loaded, cfg: EvalCfg, task: str, log_samples: bool = False) -> LmEvalRun
     from lm_eval import evaluator
 
     from interp.evals.lmeval_lm import SuiteLM
+    from interp.evals.lmeval_tasks import quiet
 
     req = lmeval_spec.parse(task)
     prepared = prepare(req, cfg.lmeval_data)
@@ -72,8 +73,9 @@ def run(loaded, cfg: EvalCfg, task: str, log_samples: bool = False) -> LmEvalRun
         t.set_fewshot_seed(seed=req.seed)
     limit = cfg.count(task)
     t0 = time.perf_counter()
-    res = evaluator.evaluate(lm=SuiteLM(loaded, cfg.batch_tokens, cfg.gen_batch), task_dict=prepared.tasks,
-                             limit=limit, log_samples=log_samples)
+    with quiet():
+        res = evaluator.evaluate(lm=SuiteLM(loaded, cfg.batch_tokens, cfg.gen_batch), task_dict=prepared.tasks,
+                                 limit=limit, log_samples=log_samples)
     if res is None:
         raise EvalError(f"lm-eval returned no results for '{task}'")
     return LmEvalRun(to_scores(res, prepared, limit, time.perf_counter() - t0), res.get("samples"), res)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -216,6 +217,19 @@ def _override(entry, leaf: Leaf) -> str:
 
 
 @contextlib.contextmanager
+def quiet():
+    """lm-eval's logger at ERROR: its per-task notices (our overrides replacing its configs, default
+    aggregations) are expected here and would bury the sweep's own progress."""
+    log = logging.getLogger("lm_eval")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+@contextlib.contextmanager
 def offline():
     """Hugging Face hub and datasets in offline mode (their module switches and environment), restored on exit."""
     import datasets.config
@@ -257,7 +271,7 @@ def load(req: LmEvalTask, data_dir: str | None) -> Prepared:
             include.append(tmp)
         manager = TaskManager(include_defaults=False, include_path=include)
         try:
-            with contextlib.nullcontext() if hub_ok else offline():
+            with quiet(), contextlib.nullcontext() if hub_ok else offline():
                 tasks = manager.load([req.name])
         except (ConnectionError, FileNotFoundError, OSError) as e:
             if data is not None:

@@ -1,0 +1,229 @@
+"""lm-evaluation-harness tasks on a tiny random-init Llama: task names, the scoring LM against a plain
+per-request reference, local data and its errors, MMLU's per-subject / micro / macro rows, sweeps."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from interp.evals import EvalCfg, EvalError
+from interp.evals import lmeval_spec as spec
+
+lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is the optional extra interp[lmeval]")
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "lmeval"
+
+
+@pytest.fixture(scope="module")
+def tiny_long():
+    """A 4-layer Llama with a byte tokenizer and room for 8-shot prompts (4096 positions), built once."""
+    from interp.model.loading import wrap
+    from tests.conftest import byte_tokenizer, tiny_llama
+
+    model = tiny_llama(seed=3)
+    model.config.max_position_embeddings = 4096
+    return wrap(model, byte_tokenizer(), name="tiny-llama-4k", revision="seed3")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def cfg(*tasks, data=str(FIXTURES), budget="lm-eval=4", **kw) -> EvalCfg:
+    return EvalCfg(tasks=tasks, budget=budget, lmeval_data=data, **kw)
+
+
+# -- names --------------------------------------------------------------------------------------
+
+def test_task_names_carry_the_few_shot_settings():
+    assert spec.parse("lm-eval:arc_easy") == spec.LmEvalTask("arc_easy", None, 1234)
+    assert spec.parse("lm-eval:mmlu:5shot:s7") == spec.LmEvalTask("mmlu", 5, 7)
+    assert spec.parse("boolq:2shot") == spec.LmEvalTask("boolq", 2, 1234)
+    assert spec.LmEvalTask("mmlu_anatomy").default_shots() == 5 and spec.LmEvalTask("mmlu").default_shots() == 5
+    assert spec.LmEvalTask("mmlux").default_shots() is None and spec.LmEvalTask("arc_easy").default_shots() is None
+    assert spec.stored_name("mmlu_anatomy", 5, 1234) == "lm-eval:mmlu_anatomy:5shot:s1234"
+    assert spec.stored_name("arc_easy", 0, 1234) == "lm-eval:arc_easy:0shot"  # no shots: the seed changes nothing
+    for bad in ("lm-eval:", "lm-eval:mmlu:five", "lm-eval:mmlu:5shot:x", "lm-eval:a b"):
+        with pytest.raises(EvalError, match="malformed lm-eval task"):
+            EvalCfg(tasks=(bad,))
+
+
+def test_eval_cfg_budget_and_identity():
+    c = cfg("ppl", "lm-eval:arc_easy", budget="smoke")
+    assert c.count("lm-eval:arc_easy") == 4 and c.count("lm-eval:mmlu:5shot") == 4
+    assert EvalCfg(tasks=("lm-eval:arc_easy",), budget="full").count("lm-eval:arc_easy") is None
+    assert cfg("lm-eval:arc_easy", budget="lm-eval=9").count("lm-eval:x") == 9
+    assert c.describe()["counts"] == {"ppl": 512, "lm-eval": 4} and c.describe()["lmeval_data"] == str(FIXTURES)
+    # Runs without lm-eval tasks keep their config (and so their identity and resume) unchanged.
+    assert "lmeval_data" not in EvalCfg(tasks=("ppl",)).describe()
+    with pytest.raises(EvalError, match="does not exist"):
+        cfg("lm-eval:arc_easy", data="/no/such/folder")
+
+
+# -- the scoring LM against a plain reference ---------------------------------------------------
+
+def _reference(model, ctx, cont, limit):
+    """One request alone, unpadded: sum of log p(cont | ctx) from a full forward, greedy check."""
+    whole = (ctx + cont)[-(limit + 1):]
+    logits = model(torch.tensor([whole[:-1]])).logits[0].float()
+    rows = torch.log_softmax(logits[-len(cont):], -1)
+    target = torch.tensor(cont)
+    return float(rows[torch.arange(len(cont)), target].sum()), bool((rows.argmax(-1) == target).all())
+
+
+def test_loglikelihood_equals_one_request_at_a_time(tiny_long):
+    from interp.evals.lmeval_lm import SuiteLM
+
+    g = torch.Generator().manual_seed(0)
+    rnd = lambda n: torch.randint(0, 256, (n,), generator=g).tolist()  # noqa: E731
+    shared = rnd(30)
+    reqs = [(None, rnd(12), rnd(3)), (None, rnd(40), rnd(1)), (None, shared, [65]), (None, shared, [66]),
+            (None, shared, [67, 68]), (None, rnd(5000), rnd(2))]  # the last one is cut to the context
+    lm = SuiteLM(tiny_long, batch_tokens=128)
+    got = lm._loglikelihood_tokens(reqs, disable_tqdm=True)
+    for (_, ctx, cont), (lp, greedy) in zip(reqs, got):
+        ref_lp, ref_greedy = _reference(tiny_long.model, ctx, cont, lm.max_length)
+        assert lp == pytest.approx(ref_lp, abs=1e-4) and greedy == ref_greedy
+    # A continuation equal to the greedy tokens is reported as greedy.
+    ctx = rnd(20)
+    nxt = int(tiny_long.model(torch.tensor([ctx])).logits[0, -1].argmax())
+    assert lm._loglikelihood_tokens([(None, ctx, [nxt])], disable_tqdm=True)[0][1] is True
+
+
+# -- local data, offline errors ------------------------------------------------------------------
+
+def test_missing_local_file_is_one_line_naming_it(tiny_long, tmp_path):
+    from interp.evals.lmeval import lmeval_scores
+
+    shutil.copytree(FIXTURES / "allenai", tmp_path / "allenai")
+    with pytest.raises(EvalError) as e:
+        lmeval_scores(tiny_long, cfg("lm-eval:boolq", data=str(tmp_path)), "lm-eval:boolq")
+    msg = str(e.value)
+    assert "\n" not in msg and str(tmp_path / "aps/super_glue/boolq/validation.jsonl") in msg
+    # Few shots need the few-shot split too; 0 shots need only the evaluation split.
+    (tmp_path / "allenai/ai2_arc/ARC-Easy/train.jsonl").unlink()
+    with pytest.raises(EvalError, match="ARC-Easy/train.jsonl"):
+        lmeval_scores(tiny_long, cfg("lm-eval:arc_easy:2shot", data=str(tmp_path)), "lm-eval:arc_easy:2shot")
+    assert lmeval_scores(tiny_long, cfg("lm-eval:arc_easy", data=str(tmp_path)), "lm-eval:arc_easy")
+
+
+def test_no_data_and_no_hub_fails_fast_naming_the_file(tiny_long, monkeypatch):
+    from interp.evals import lmeval_tasks
+    from interp.evals.lmeval import lmeval_scores
+    from interp.model import loading
+
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", Path("/nonexistent-interp-test-cache"))
+    switches = (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE)
+    t0 = time.perf_counter()
+    with pytest.raises(EvalError) as e:
+        lmeval_scores(tiny_long, cfg("lm-eval:openbookqa", data=None), "lm-eval:openbookqa")
+    msg = str(e.value)
+    assert "\n" not in msg and "allenai/openbookqa/main/test.jsonl" in msg and "--lm-eval-data" in msg, msg
+    assert time.perf_counter() - t0 < 20  # no HTTP retries
+    assert (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE) == switches  # restored
+    with lmeval_tasks.offline():  # and they really were switched while loading
+        assert datasets.config.HF_HUB_OFFLINE is True and huggingface_hub.constants.HF_HUB_OFFLINE is True
+
+
+def test_unknown_task_and_python_task_errors(tiny_long):
+    from interp.evals.lmeval import lmeval_scores
+
+    with pytest.raises(EvalError, match="no task, group or tag 'arc_eazy'"):
+        lmeval_scores(tiny_long, cfg("lm-eval:arc_eazy"), "lm-eval:arc_eazy")
+
+
+# -- scores, groups, sweeps -----------------------------------------------------------------------
+
+def _mmlu_dir(tmp_path: Path) -> tuple[Path, dict[str, int]]:
+    """All 57 MMLU subjects, each a copy of one fixture subject (2, 3 or 4 test items)."""
+    from interp.evals.lmeval_tasks import lm_eval_root
+
+    src = sorted((FIXTURES / "cais/mmlu").iterdir())
+    subjects = sorted(p.stem.removeprefix("mmlu_") for p in (lm_eval_root() / "mmlu/default").glob("mmlu_*.yaml"))
+    assert len(subjects) == 57
+    sizes = {}
+    for i, s in enumerate(subjects):
+        (tmp_path / "cais/mmlu" / s).mkdir(parents=True)
+        for split in ("dev", "test"):
+            shutil.copy(src[i % 3] / f"{split}.jsonl", tmp_path / "cais/mmlu" / s / f"{split}.jsonl")
+        sizes[f"mmlu_{s}"] = len((src[i % 3] / "test.jsonl").read_text().splitlines())
+    return tmp_path, sizes
+
+
+def test_mmlu_group_per_subject_micro_and_macro(tiny_long, tmp_path):
+    from interp.evals.lmeval import lmeval_scores
+
+    data, sizes = _mmlu_dir(tmp_path)
+    scores = lmeval_scores(tiny_long, cfg("lm-eval:mmlu", data=str(data), budget="full"), "lm-eval:mmlu")
+    by = {(s.task, s.metric): s for s in scores}
+    subjects = {s.dataset["name"]: s for s in scores if s.dataset["level"] == "task"}
+    assert set(subjects) == set(sizes) and all(s.metric == "acc" and s.num_fewshot == 5 for s in subjects.values())
+    assert all(s.task == f"lm-eval:{n}:5shot:s1234" and s.n == sizes[n] for n, s in subjects.items())
+    assert all(s.harness.startswith("lm-eval ") and s.task_version == "1.0" and s.fewshot_seed == 1234
+               for s in subjects.values())
+    micro, macro = by[("lm-eval:mmlu:5shot:s1234", "acc")], by[("lm-eval:mmlu:5shot:s1234", "acc_macro")]
+    total = sum(sizes.values())
+    assert micro.n == total == macro.n and micro.task_version == "2"
+    assert micro.value == pytest.approx(sum(s.value * s.n for s in subjects.values()) / total, abs=1e-12)
+    assert macro.value == pytest.approx(sum(s.value for s in subjects.values()) / 57, abs=1e-12)
+    assert "micro" in micro.dataset["average"] and "macro" in macro.dataset["average"]
+    assert micro.chance == pytest.approx(0.25) and macro.chance == pytest.approx(0.25)
+    se = [s.stderr for s in subjects.values()]
+    assert macro.stderr == pytest.approx(sum(x * x for x in se) ** 0.5 / 57)
+    stem = [s for s in subjects.values() if s.dataset["parent"] == "mmlu_stem"]
+    assert len(stem) == 19 and ("lm-eval:mmlu_stem:5shot:s1234", "acc_macro") in by
+    assert json.loads(json.dumps(micro.dataset))["source"] == f"local {data}"
+
+
+def test_gsm8k_cot_stores_both_filters(tiny_long):
+    from interp.evals.lmeval import run
+
+    out = run(tiny_long, cfg("lm-eval:gsm8k_cot", budget="lm-eval=1"), "lm-eval:gsm8k_cot", log_samples=True)
+    assert {s.metric for s in out.scores} == {"exact_match,strict-match", "exact_match,flexible-extract"}
+    assert all(s.task == "lm-eval:gsm8k_cot:8shot:s1234" and s.n == 1 and s.chance is None for s in out.scores)
+    sample = out.samples["gsm8k_cot"][0]
+    assert sample["arguments"][0][0].count("Q: ") == 9  # 8 worked examples, then the question
+    assert {s.dataset["filter"] for s in out.scores} == {"strict-match", "flexible-extract"}
+
+
+def test_sweep_scores_each_point_with_its_edit_active(tiny_long, tmp_path):
+    from interp.interventions.layers import LayerDrop
+    from interp.studies.sweep import run_sweep
+    from store import Store
+
+    st = Store(tmp_path / "s.duckdb")
+    ecfg = cfg("ppl", "lm-eval:arc_easy", "lm-eval:boolq:2shot", budget="ppl=256,lm-eval=6")
+    before = {n: p.clone() for n, p in tiny_long.model.state_dict().items()}
+    run_id = run_sweep(tiny_long, st, study="layers", config={"study": "t"}, points=[LayerDrop((1, 2))],
+                       eval_cfg=ecfg, progress=False)
+    assert all(torch.equal(before[n], p) for n, p in tiny_long.model.state_dict().items())
+    with st.connect(read_only=True) as con:
+        rows = con.execute("SELECT point, task, metric, value, n, harness, task_version, num_fewshot, fewshot_seed "
+                           "FROM evals WHERE run_id = ? AND harness IS NOT NULL ORDER BY ALL", [run_id]).fetchall()
+        suite = con.execute("SELECT count(*) FROM evals WHERE harness IS NULL AND num_fewshot IS NULL").fetchone()[0]
+    assert suite == 6  # ppl's three metrics at two points, with NULL harness columns
+    tasks = {(r[0], r[1], r[2]) for r in rows}
+    assert ("base", "lm-eval:boolq:2shot:s1234", "acc") in tasks and ("drop[1-2]", "lm-eval:arc_easy:0shot", "acc") in tasks
+    assert {r[7] for r in rows if "boolq" in r[1]} == {2} and {r[4] for r in rows} == {6}
+    vals = {(r[0], r[1], r[2]): r[3] for r in rows}
+    # The edit is active while lm-eval scores: the dropped-layer point scores its own model.
+    from interp.evals.lmeval import run
+
+    with LayerDrop((1, 2)).apply(tiny_long):
+        dropped = {(s.task, s.metric): s.value for s in run(tiny_long, ecfg, "lm-eval:arc_easy").scores}
+    base = {(s.task, s.metric): s.value for s in run(tiny_long, ecfg, "lm-eval:arc_easy").scores}
+    assert all(vals[("drop[1-2]", t, m)] == v for (t, m), v in dropped.items())
+    assert all(vals[("base", t, m)] == v for (t, m), v in base.items())  # and the reused tasks give the same
