@@ -269,10 +269,9 @@ def load(req: LmEvalTask, data_dir: str | None) -> Prepared:
             for leaf in leaves.values():
                 (Path(tmp) / f"{leaf.name}.yaml").write_text(_override(index[leaf.name], leaf))
             include.append(tmp)
-        manager = TaskManager(include_defaults=False, include_path=include)
         try:
             with quiet(), contextlib.nullcontext() if hub_ok else offline():
-                tasks = manager.load([req.name])
+                tasks = TaskManager(include_defaults=False, include_path=include).load([req.name])
         except (ConnectionError, FileNotFoundError, OSError) as e:
             if data is not None:
                 raise EvalError(f"lm-eval task '{req.name}' could not read its local data under {data}: "
