@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from reports import lmeval
 from reports.html import Note, Page, Section, TableBlock, render_page
 from store import Store
 from store.queries import (
@@ -56,6 +57,8 @@ def build_pages(con, store: Store) -> tuple[list[Page], tuple[str, ...], tuple[s
     studies = tuple(s for s in STUDIES if present[s] is not None)
     missing = tuple(s for s in STUDIES if present[s] is None)
     pages = [_study_page(con, s, present[s], list(study_module(s).sections(con, present[s]))) for s in studies]
+    if (lmeval_run := lmeval.available(con)) is not None:  # lm-eval scores, from whichever study ran them
+        pages.append(lmeval.page(con, lmeval_run))
     index = _index_page(con, store, studies, missing, present)
     nav = (("index", "Overview"),) + tuple((p.slug, p.title.split(":")[0]) for p in pages)
     return [replace(p, nav=nav) for p in (index, *pages)], studies, missing

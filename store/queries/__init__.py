@@ -113,13 +113,15 @@ def run_model(con: duckdb.DuckDBPyConnection, run_id: int) -> dict:
 # --- evaluations (every study's sweep) ----------------------------------------------------
 
 def eval_points_sql(run_id: int) -> str:
-    """Every point of a sweep with the base model's value of the same task and metric."""
+    """Every point of a sweep with the base model's value of the same task and metric (of an lm-eval group,
+    only the group's own rows: its subgroups and tasks, e.g. MMLU's 57 subjects, are on the lm-eval page)."""
     return f"""WITH base AS (
   SELECT task, metric, value AS base_value FROM evals WHERE run_id = {int(run_id)} AND point = 'base')
 SELECT e.point, e.task, e.metric, e.task || ' / ' || e.metric AS panel, e.value, e.stderr, e.n, b.base_value,
        e.value - b.base_value AS delta
 FROM evals e LEFT JOIN base b USING (task, metric)
 WHERE e.run_id = {int(run_id)}
+  AND ((e.dataset->>'requested') IS NULL OR (e.dataset->>'name') = (e.dataset->>'requested'))
 ORDER BY e.task, e.metric, e.point = 'base' DESC, e.point"""
 
 

@@ -227,3 +227,44 @@ def test_sweep_scores_each_point_with_its_edit_active(tiny_long, tmp_path):
     base = {(s.task, s.metric): s.value for s in run(tiny_long, ecfg, "lm-eval:arc_easy").scores}
     assert all(vals[("drop[1-2]", t, m)] == v for (t, m), v in dropped.items())
     assert all(vals[("base", t, m)] == v for (t, m), v in base.items())  # and the reused tasks give the same
+
+
+def test_report_page_mmlu_subjects_averages_and_gsm8k_filters(tiny_long, tmp_path):
+    from interp.interventions.layers import LayerDrop
+    from interp.studies.sweep import run_sweep
+    from reports.build import build_report
+    from store import Store
+    from store.queries import eval_points_sql, fetch
+    from store.queries import lmeval as q
+
+    data, sizes = _mmlu_dir(tmp_path / "data")
+    shutil.copytree(FIXTURES / "openai", data / "openai")
+    st = Store(tmp_path / "s.duckdb")
+    ecfg = cfg("mmlu", "lm-eval:mmlu", "lm-eval:gsm8k_cot", data=str(data), budget="mmlu=2,lm-eval=1",
+               mmlu_path=str(FIXTURES / "cais/mmlu/astronomy/test.jsonl"))
+    run_id = run_sweep(tiny_long, st, study="layers", config={"study": "report"}, points=[LayerDrop((0,))],
+                       eval_cfg=ecfg, progress=False)
+    with st.connect(read_only=True) as con:
+        subjects = fetch(con, q.mmlu_subjects_sql(run_id))
+        averages = fetch(con, q.mmlu_averages_sql(run_id))
+        gsm = fetch(con, q.gsm8k_sql(run_id))
+        cloze = fetch(con, q.cloze_sql(run_id))
+        points = fetch(con, eval_points_sql(run_id))
+        stored = fetch(con, f"SELECT point, metric, value FROM evals WHERE run_id = {run_id} "
+                            "AND task = 'lm-eval:mmlu:5shot:s1234'")
+    assert len(subjects) == 57 * 2 and set(subjects["n"]) == {1}
+    for point, part in subjects.groupby("point"):
+        avg = averages[averages["point"] == point].set_index("average")["accuracy"]
+        mean = part["accuracy"].mean()
+        assert avg.filter(like="macro").item() == pytest.approx(mean) == avg.filter(like="micro").item()  # n = 1 each
+    assert len(averages) == 4 and sorted(stored["metric"]) == ["acc", "acc", "acc_macro", "acc_macro"]
+    assert sorted(set(gsm["filter"])) == ["flexible-extract", "strict-match"] and len(gsm) == 4
+    assert set(cloze["protocol"]) == {"mmlu (suite, zero-shot cloze)"}
+    # Study pages keep the group rows and leave the 57 subjects to the lm-eval page.
+    assert not points["task"].str.contains("mmlu_").any() and points["task"].str.contains("lm-eval:mmlu:").any()
+    report = build_report(st, tmp_path / "report")
+    html = (tmp_path / "report" / "lmeval.html").read_text()
+    assert report.pages[-1].name == "lmeval.html"
+    for text in ("micro: lm-eval group acc (weighted by subject size)", "macro: mean over subjects",
+                 "strict-match", "flexible-extract", "zero-shot cloze", "lm-eval:mmlu:5shot:s1234"):
+        assert text in html, text
