@@ -47,7 +47,9 @@ def _overview(con, run_id: int) -> Section:
         df, title="lm-eval score per point"), sql,
         caption="Red: the unedited model; dashed rule: its value. Group rows are lm-eval's aggregate "
                 "(named in the table's average column) and the suite's macro average (metric *_macro).")
-    return Section("Scores", (chart, TableBlock("lm-eval scores", df, sql, max_rows=60,
+    shown = df[["point", "task", "metric", "value", "stderr", "n", "chance", "base_value", "task_version",
+                "average"]]
+    return Section("Scores", (chart, TableBlock("lm-eval scores", shown, sql, max_rows=60,
                                                 caption="stderr as lm-eval reports it (empty where it reports "
                                                         "N/A, e.g. one item); n: items scored.")))
 
