@@ -18,7 +18,7 @@ LMEVAL = lmeval_spec.BUDGET_KEY
 
 UNITS = {"ppl": "tokens", "facts": "items", "arith": "items", "mmlu": "items", "boolq": "items",
          "gsm8k": "items", "toxicity": "generations", "refusal": "generations", "kl": "prompts",
-         LMEVAL: "items per task"}
+         LMEVAL: "items"}  # per lm-eval task: each subject of a group counts alone
 """What a budget count means for each task."""
 
 BUDGETS: dict[str, dict[str, int | None]] = {

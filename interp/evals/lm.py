@@ -12,12 +12,14 @@ import torch
 from interp.capture.batching import encode, pad
 
 
-def _batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
-    """Indices grouped so each padded batch holds at most ``max_tokens`` tokens (longest first)."""
+def _batches(lengths: list[int], max_tokens: int, min_fill: float = 0.0) -> list[list[int]]:
+    """Indices grouped so each padded batch holds at most ``max_tokens`` tokens (longest first); a
+    sequence joins a batch only if it is at least ``min_fill`` times the batch's longest (bounds padding)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     out: list[list[int]] = []
     for i in order:
-        if out and (len(out[-1]) + 1) * lengths[out[-1][0]] <= max_tokens:
+        if out and (len(out[-1]) + 1) * lengths[out[-1][0]] <= max_tokens \
+                and lengths[i] >= min_fill * lengths[out[-1][0]]:
             out[-1].append(i)
         else:
             out.append([i])

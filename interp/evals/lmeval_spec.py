@@ -85,7 +85,10 @@ def stored_name(name: str, shots: int, seed: int) -> str:
 
 
 def installed() -> bool:
-    return importlib.util.find_spec("lm_eval") is not None
+    try:
+        return importlib.util.find_spec("lm_eval") is not None
+    except (ImportError, ValueError):  # a broken or blocked installation counts as missing
+        return False
 
 
 def require() -> None:

@@ -250,7 +250,8 @@ def test_score_fields_match_the_evals_table():
     from store.evals import COLUMNS
 
     fields = list(Score.__dataclass_fields__)
-    assert fields == ["task", "metric", "value", "stderr", "n", "chance", "dataset", "seconds"]
+    assert fields == ["task", "metric", "value", "stderr", "n", "chance", "dataset", "seconds", "harness",
+                      "task_version", "num_fewshot", "fewshot_seed"]
     assert set(fields) <= set(COLUMNS)
 
 
