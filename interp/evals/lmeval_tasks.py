@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -36,6 +37,23 @@ TASK_DIRS = ("arc", "hellaswag", "winogrande", "openbookqa", "piqa", "glue/rte",
              "mmlu/default", "gsm8k", "lambada", "wikitext")
 """Directories under ``lm_eval/tasks`` the suite indexes: the seeds' task list (HellaSwag, ARC-e/c,
 WinoGrande, RTE, OpenBookQA, BoolQ, MMLU, GSM8K) and a few common neighbours."""
+
+FIELDS = {
+    "allenai/ai2_arc": ("question", "choices", "answerKey"),
+    "Rowan/hellaswag": ("activity_label", "ctx_a", "ctx_b", "endings", "label"),
+    "allenai/winogrande": ("sentence", "option1", "option2", "answer"),
+    "allenai/openbookqa": ("question_stem", "choices", "answerKey"),
+    "baber/piqa": ("goal", "sol1", "sol2", "label"),
+    "nyu-mll/glue": ("sentence1", "sentence2", "label"),
+    "aps/super_glue": ("question", "passage", "label"),
+    "cais/mmlu": ("question", "choices", "answer"),
+    "openai/gsm8k": ("question", "answer"),
+    "EleutherAI/lambada_openai": ("text",),
+    "cimec/lambada": ("text",),
+    "EleutherAI/wikitext_document_level": ("page",),
+}
+"""Hub fields the prompts of the suite's tasks read, per dataset: a local file without them would be
+scored silently wrong (a missing field renders as its own name), so it is refused."""
 
 FORMATS = {".jsonl": "json", ".parquet": "parquet"}
 """Local split file suffix -> the ``datasets`` builder that reads it (first match wins)."""
@@ -166,6 +184,35 @@ def _local_file(data: Path, cfg: dict, split: str) -> Path | None:
     return None
 
 
+def _first_row_fields(path: Path) -> list[str] | None:
+    """Field names of a local split file (first JSON line, or the Parquet schema); None if it is empty."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_schema(path).names
+    with path.open(encoding="utf-8") as f:
+        line = next((x for x in f if x.strip()), None)
+    if line is None:
+        return None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        raise EvalError(f"{path} is not JSON lines: write one JSON object per line, in the hub's field names") from None
+    if not isinstance(row, dict):
+        raise EvalError(f"{path} holds {type(row).__name__}s, not JSON objects: one object per line")
+    return list(row)
+
+
+def _check_fields(name: str, cfg: dict, path: Path) -> None:
+    fields = _first_row_fields(path)
+    if fields is None:
+        raise EvalError(f"lm-eval task '{name}': {path} is empty")
+    missing = [f for f in FIELDS.get(str(cfg.get("dataset_path")), ()) if f not in fields]
+    if missing:
+        raise EvalError(f"lm-eval task '{name}': {path} lacks the hub's field(s) {', '.join(missing)} "
+                        f"(it has {', '.join(fields[:8]) or 'none'}): write the rows in {_describe(cfg)}'s format")
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -189,6 +236,8 @@ def _leaves(req: LmEvalTask, index: dict, data: Path | None) -> dict[str, Leaf]:
             raise EvalError(f"lm-eval task '{name}' is defined in Python and cannot read local data files: "
                             f"run it from the hub (leave out --lm-eval-data)")
         files = {s: f for s in {cfg.get(k) for k in _SPLITS} - {None} if (f := _local_file(data, cfg, s))}
+        for f in files.values():
+            _check_fields(name, cfg, f)
         missing += [data / _hub_dir(cfg) / f"{s}.jsonl" for s in _needed(cfg, shots) if s not in files]
         if len({f.suffix for f in files.values()}) > 1:
             raise EvalError(f"lm-eval task '{name}' mixes file formats in {data / _hub_dir(cfg)}: "
@@ -252,6 +301,8 @@ def offline():
 
 def load(req: LmEvalTask, data_dir: str | None) -> Prepared:
     """Build lm-eval's tasks for one request, reading local files under ``data_dir`` (or the hub)."""
+    from datasets.exceptions import DatasetsError
+    from jinja2.exceptions import TemplateError
     from lm_eval.tasks import TaskManager
     from lm_eval.tasks._index import Kind
 
@@ -272,10 +323,15 @@ def load(req: LmEvalTask, data_dir: str | None) -> Prepared:
         try:
             with quiet(), contextlib.nullcontext() if hub_ok else offline():
                 tasks = TaskManager(include_defaults=False, include_path=include).load([req.name])
-        except (ConnectionError, FileNotFoundError, OSError) as e:
+        except (OSError, DatasetsError, ValueError, KeyError, TypeError, IndexError, TemplateError) as e:
+            # OSError covers ConnectionError and FileNotFoundError; the others are rows lm-eval's prompt
+            # templates cannot use (an answer key not among the labels, a field of the wrong type)
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
             if data is not None:
-                raise EvalError(f"lm-eval task '{req.name}' could not read its local data under {data}: "
-                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                raise EvalError(f"lm-eval task '{req.name}' could not use its local data under {data} "
+                                f"({first}): check the rows against the hub's format") from None
+            if not isinstance(e, (OSError, DatasetsError)):
+                raise
             first = next(iter(leaves.values()))
             cfg = index[first.name].cfg or {}
             split = _needed(cfg, first.shots)[0]

@@ -9,6 +9,7 @@ import duckdb
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "fixtures" / "lmeval"
 
 
 def invoke(*args):
@@ -50,3 +51,42 @@ def test_bad_input_is_one_line_before_loading(tmp_path, args, message):
     r = invoke("eval", *args, "--store", str(tmp_path / "s.duckdb"))
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+
+
+# ---------- lm-evaluation-harness tasks, from the fixture files ----------
+
+@pytest.mark.integration
+def test_eval_runs_lm_eval_tasks_from_local_files(tmp_path):
+    pytest.importorskip("lm_eval", reason="lm-eval is the optional extra interp[lmeval]")
+    store = str(tmp_path / "s.duckdb")
+    args = ("eval", "--lm-eval", "arc_easy,boolq", "--lm-eval-data", str(FIXTURES), "--store", store)
+    r = invoke(*args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "lm-eval:arc_easy:0shot" in r.stdout and "run 1: 3 scores stored" in r.stdout
+    con = duckdb.connect(store, read_only=True)
+    rows = con.execute("SELECT task, metric, n, harness, task_version, num_fewshot, chance, "
+                       "dataset->>'source' FROM evals ORDER BY task, metric").fetchall()
+    con.close()
+    assert [r[:2] for r in rows] == [("lm-eval:arc_easy:0shot", "acc"), ("lm-eval:arc_easy:0shot", "acc_norm"),
+                                     ("lm-eval:boolq:0shot", "acc")]
+    assert all(r[2] == 6 and r[3].startswith("lm-eval 0.4") and r[5] == 0 for r in rows)
+    assert [r[4] for r in rows] == ["1.0", "1.0", "2.0"] and rows[2][6] == 0.5
+    assert all(r[7] == f"local {FIXTURES}" for r in rows)
+    again = invoke(*args)  # the same command reuses the stored run
+    assert again.returncode == 0 and "run 1: 3 scores stored" in again.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("args,message", [
+    (["--lm-eval", "mmlu:five"], "malformed lm-eval task"),
+    (["--lm-eval", "boolq", "--lm-eval-data", "EMPTY"], "aps/super_glue/boolq/validation.jsonl"),
+])
+def test_bad_lm_eval_input_is_one_line(tmp_path, args, message):
+    pytest.importorskip("lm_eval", reason="lm-eval is the optional extra interp[lmeval]")
+    (tmp_path / "empty").mkdir()
+    args = [str(tmp_path / "empty") if a == "EMPTY" else a for a in args]
+    r = invoke("eval", *args, "--store", str(tmp_path / "s.duckdb"))
+    # (a sweep's progress bar may precede the message on its line)
+    lines = [x.split("error: ", 1)[1] for x in r.stderr.splitlines() if "error: " in x]
+    assert r.returncode == 2 and len(lines) == 1 and message in lines[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr

@@ -11,19 +11,11 @@ import torch
 
 from interp.evals import EvalCfg
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is the optional extra interp[lmeval]")
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "lmeval"
 SUBJECTS = {"astronomy": 2, "high_school_geography": 2}  # subject -> test items scored
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def rows(subject: str, split: str) -> list[dict]:

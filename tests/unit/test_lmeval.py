@@ -15,6 +15,7 @@ from interp.evals import EvalCfg, EvalError
 from interp.evals import lmeval_spec as spec
 
 lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is the optional extra interp[lmeval]")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "lmeval"
 
@@ -28,14 +29,6 @@ def tiny_long():
     model = tiny_llama(seed=3)
     model.config.max_position_embeddings = 4096
     return wrap(model, byte_tokenizer(), name="tiny-llama-4k", revision="seed3")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def cfg(*tasks, data=str(FIXTURES), budget="lm-eval=4", **kw) -> EvalCfg:
@@ -84,7 +77,10 @@ def test_loglikelihood_equals_one_request_at_a_time(tiny_long):
     from interp.evals.lmeval_lm import SuiteLM
 
     g = torch.Generator().manual_seed(0)
-    rnd = lambda n: torch.randint(0, 256, (n,), generator=g).tolist()  # noqa: E731
+
+    def rnd(n: int) -> list[int]:
+        return torch.randint(0, 256, (n,), generator=g).tolist()
+
     shared = rnd(30)
     reqs = [(None, rnd(12), rnd(3)), (None, rnd(40), rnd(1)), (None, shared, [65]), (None, shared, [66]),
             (None, shared, [67, 68]), (None, rnd(5000), rnd(2))]  # the last one is cut to the context
@@ -116,13 +112,31 @@ def test_missing_local_file_is_one_line_naming_it(tiny_long, tmp_path):
     assert lmeval_scores(tiny_long, cfg("lm-eval:arc_easy", data=str(tmp_path)), "lm-eval:arc_easy")
 
 
+@pytest.mark.parametrize("content,message", [
+    ('{"question": "q", "passage": "p", "answer": true}\n', "lacks the hub's field(s) label (it has question, passage, "
+                                                            "answer)"),
+    ("not json\n", "is not JSON lines"),
+    ("", "is empty"),
+    ('{"question": "q", "passage": "p", "label": 0}\n{"question": \n', "could not use its local data"),
+])
+def test_local_rows_not_in_the_hub_format_are_refused(tiny_long, tmp_path, content, message):
+    from interp.evals.lmeval import lmeval_scores
+
+    path = tmp_path / "aps/super_glue/boolq/validation.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    with pytest.raises(EvalError) as e:
+        lmeval_scores(tiny_long, cfg("lm-eval:boolq", data=str(tmp_path)), "lm-eval:boolq")
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
 def test_no_data_and_no_hub_fails_fast_naming_the_file(tiny_long, monkeypatch):
+    import datasets.config
+    import huggingface_hub.constants
+
     from interp.evals import lmeval_tasks
     from interp.evals.lmeval import lmeval_scores
     from interp.model import loading
-
-    import datasets.config
-    import huggingface_hub.constants
 
     monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: False)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", Path("/nonexistent-interp-test-cache"))
@@ -143,6 +157,10 @@ def test_unknown_task_and_python_task_errors(tiny_long):
 
     with pytest.raises(EvalError, match="no task, group or tag 'arc_eazy'"):
         lmeval_scores(tiny_long, cfg("lm-eval:arc_eazy"), "lm-eval:arc_eazy")
+    # A task outside the suite's index is found in lm-eval's whole tree (indexed once per process); one
+    # defined in Python cannot take local files.
+    with pytest.raises(EvalError, match="'squadv2' is defined in Python and cannot read local data files"):
+        lmeval_scores(tiny_long, cfg("lm-eval:squadv2"), "lm-eval:squadv2")
 
 
 # -- scores, groups, sweeps -----------------------------------------------------------------------
@@ -237,7 +255,7 @@ def test_report_page_mmlu_subjects_averages_and_gsm8k_filters(tiny_long, tmp_pat
     from store.queries import eval_points_sql, fetch
     from store.queries import lmeval as q
 
-    data, sizes = _mmlu_dir(tmp_path / "data")
+    data, _ = _mmlu_dir(tmp_path / "data")
     shutil.copytree(FIXTURES / "openai", data / "openai")
     st = Store(tmp_path / "s.duckdb")
     ecfg = cfg("mmlu", "lm-eval:mmlu", "lm-eval:gsm8k_cot", data=str(data), budget="mmlu=2,lm-eval=1",

@@ -13,11 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from interp.evals import EvalCfg
 
 lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is the optional extra interp[lmeval]")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "lmeval"
 DROP, RATE = (1,), 0.3
@@ -36,7 +36,6 @@ def point():
     from interp.model.loading import wrap
     from tests.conftest import byte_tokenizer, tiny_llama
 
-    torch.set_num_threads(1)
     model = tiny_llama(seed=5)
     model.config.max_position_embeddings = 4096
     return wrap(model, byte_tokenizer(), name="tiny-llama-4k", revision="seed5")
