@@ -5,9 +5,9 @@ here) every time it is built. The suite indexes only the directories of the task
 (``TASK_DIRS``: 91 entries in 0.02 s), plus ``DIR/tasks`` when the data folder has one; a name
 outside them falls back to the whole tree, indexed once per process.
 
-Local data: a task reads split S of hub dataset P (config C) from ``DIR/P/C/S.jsonl`` (or
-``.parquet``; ``DIR/P/S.jsonl`` when the dataset has no config), in the hub's field names. The
-suite writes a one-line override config per task (``include:`` lm-eval's own YAML, then
+Local data (``interp.evals.lmeval_data``): a task reads split S of hub dataset P (config C) from
+``DIR/P/C/S.jsonl`` (or ``.parquet``; ``DIR/P/S.jsonl`` without a config), in the hub's field names. The
+suite writes a small override config per task (``include:`` lm-eval's own YAML, then
 ``dataset_path: json`` and ``data_files``) into a temporary task directory indexed after
 lm-eval's, so prompts, metrics, filters and groups stay lm-eval's own. Splits the task
 configures but the folder lacks are dropped when the task can run without them (a 0-shot
@@ -21,45 +21,31 @@ at once with a one-line error naming the file to write, not after a stack of HTT
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
-import os
 import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 from interp.evals.config import EvalError
+from interp.evals.lmeval_data import (
+    FORMATS,
+    SPLITS,
+    check_fields,
+    describe,
+    hub_dir,
+    local_file,
+    needed,
+    offline,
+    override_yaml,
+    sha256,
+)
 from interp.evals.lmeval_spec import LmEvalTask
 
 TASK_DIRS = ("arc", "hellaswag", "winogrande", "openbookqa", "piqa", "glue/rte", "super_glue/boolq",
              "mmlu/default", "gsm8k", "lambada", "wikitext")
 """Directories under ``lm_eval/tasks`` the suite indexes: the seeds' task list (HellaSwag, ARC-e/c,
 WinoGrande, RTE, OpenBookQA, BoolQ, MMLU, GSM8K) and a few common neighbours."""
-
-FIELDS = {
-    "allenai/ai2_arc": ("question", "choices", "answerKey"),
-    "Rowan/hellaswag": ("activity_label", "ctx_a", "ctx_b", "endings", "label"),
-    "allenai/winogrande": ("sentence", "option1", "option2", "answer"),
-    "allenai/openbookqa": ("question_stem", "choices", "answerKey"),
-    "baber/piqa": ("goal", "sol1", "sol2", "label"),
-    "nyu-mll/glue": ("sentence1", "sentence2", "label"),
-    "aps/super_glue": ("question", "passage", "label"),
-    "cais/mmlu": ("question", "choices", "answer"),
-    "openai/gsm8k": ("question", "answer"),
-    "EleutherAI/lambada_openai": ("text",),
-    "cimec/lambada": ("text",),
-    "EleutherAI/wikitext_document_level": ("page",),
-}
-"""Hub fields the prompts of the suite's tasks read, per dataset: a local file without them would be
-scored silently wrong (a missing field renders as its own name), so it is refused."""
-
-FORMATS = {".jsonl": "json", ".parquet": "parquet"}
-"""Local split file suffix -> the ``datasets`` builder that reads it (first match wins)."""
-
-_SPLITS = ("training_split", "validation_split", "test_split", "fewshot_split")
-
 
 @dataclass(frozen=True)
 class Leaf:
@@ -158,69 +144,6 @@ def _shots(req: LmEvalTask, cfg: dict) -> int:
     return int(asked if asked is not None else cfg.get("num_fewshot") or 0)
 
 
-def _needed(cfg: dict, shots: int) -> list[str]:
-    """Splits a task cannot run without: its evaluation split, and its few-shot source when shots > 0."""
-    need = [cfg.get("test_split") or cfg.get("validation_split")]
-    if shots > 0 and not (cfg.get("fewshot_config") or {}).get("samples"):
-        need.append(cfg.get("fewshot_split") or cfg.get("training_split") or cfg.get("validation_split")
-                    or cfg.get("test_split"))
-    return [s for s in dict.fromkeys(need) if s]
-
-
-def _hub_dir(cfg: dict) -> Path:
-    path = Path(str(cfg.get("dataset_path")))
-    return path / str(cfg["dataset_name"]) if cfg.get("dataset_name") else path
-
-
-def _describe(cfg: dict) -> str:
-    return f"{cfg.get('dataset_path')}" + (f" ({cfg['dataset_name']})" if cfg.get("dataset_name") else "")
-
-
-def _local_file(data: Path, cfg: dict, split: str) -> Path | None:
-    for suffix in FORMATS:
-        p = data / _hub_dir(cfg) / f"{split}{suffix}"
-        if p.is_file():
-            return p
-    return None
-
-
-def _first_row_fields(path: Path) -> list[str] | None:
-    """Field names of a local split file (first JSON line, or the Parquet schema); None if it is empty."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_schema(path).names
-    with path.open(encoding="utf-8") as f:
-        line = next((x for x in f if x.strip()), None)
-    if line is None:
-        return None
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError:
-        raise EvalError(f"{path} is not JSON lines: write one JSON object per line, in the hub's field names") from None
-    if not isinstance(row, dict):
-        raise EvalError(f"{path} holds {type(row).__name__}s, not JSON objects: one object per line")
-    return list(row)
-
-
-def _check_fields(name: str, cfg: dict, path: Path) -> None:
-    fields = _first_row_fields(path)
-    if fields is None:
-        raise EvalError(f"lm-eval task '{name}': {path} is empty")
-    missing = [f for f in FIELDS.get(str(cfg.get("dataset_path")), ()) if f not in fields]
-    if missing:
-        raise EvalError(f"lm-eval task '{name}': {path} lacks the hub's field(s) {', '.join(missing)} "
-                        f"(it has {', '.join(fields[:8]) or 'none'}): write the rows in {_describe(cfg)}'s format")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _leaves(req: LmEvalTask, index: dict, data: Path | None) -> dict[str, Leaf]:
     from lm_eval.tasks._index import Kind
 
@@ -230,39 +153,25 @@ def _leaves(req: LmEvalTask, index: dict, data: Path | None) -> dict[str, Leaf]:
         cfg = entry.cfg or {}
         shots = _shots(req, cfg)
         if data is None:
-            leaves[name] = Leaf(name, shots, _describe(cfg))
+            leaves[name] = Leaf(name, shots, describe(cfg))
             continue
         if entry.kind == Kind.PY_TASK or not cfg.get("dataset_path") or cfg.get("custom_dataset"):
             raise EvalError(f"lm-eval task '{name}' is defined in Python and cannot read local data files: "
                             f"run it from the hub (leave out --lm-eval-data)")
-        files = {s: f for s in {cfg.get(k) for k in _SPLITS} - {None} if (f := _local_file(data, cfg, s))}
+        files = {s: f for s in {cfg.get(k) for k in SPLITS} - {None} if (f := local_file(data, cfg, s))}
         for f in files.values():
-            _check_fields(name, cfg, f)
-        missing += [data / _hub_dir(cfg) / f"{s}.jsonl" for s in _needed(cfg, shots) if s not in files]
+            check_fields(name, cfg, f)
+        missing += [data / hub_dir(cfg) / f"{s}.jsonl" for s in needed(cfg, shots) if s not in files]
         if len({f.suffix for f in files.values()}) > 1:
-            raise EvalError(f"lm-eval task '{name}' mixes file formats in {data / _hub_dir(cfg)}: "
+            raise EvalError(f"lm-eval task '{name}' mixes file formats in {data / hub_dir(cfg)}: "
                             f"use one of {', '.join(FORMATS)} for every split")
-        leaves[name] = Leaf(name, shots, _describe(cfg), {s: str(f) for s, f in files.items()},
-                            {s: _sha256(f) for s, f in files.items()})
+        leaves[name] = Leaf(name, shots, describe(cfg), {s: str(f) for s, f in files.items()},
+                            {s: sha256(f) for s, f in files.items()})
     if missing:
         more = f" (and {len(missing) - 1} more files)" if len(missing) > 1 else ""
         raise EvalError(f"lm-eval task '{req.name}' has no local data at {missing[0]}{more}: write each split "
                         f"as JSON lines in the hub's field names there, or leave out --lm-eval-data to use the hub")
     return leaves
-
-
-def _override(entry, leaf: Leaf) -> str:
-    """A task config that is lm-eval's own with the data read from local files."""
-    import yaml
-
-    cfg = entry.cfg or {}
-    builder = FORMATS[Path(next(iter(leaf.files.values()))).suffix]
-    over = {"include": str(entry.yaml_path), "task": leaf.name, "tag": [], "dataset_path": builder,
-            "dataset_name": None, "dataset_kwargs": {"data_files": dict(sorted(leaf.files.items()))}}
-    for key in _SPLITS:  # a configured split without a file: the task runs without it (see _needed)
-        if cfg.get(key) and cfg[key] not in leaf.files:
-            over[key] = None
-    return yaml.safe_dump(over, sort_keys=False)
 
 
 @contextlib.contextmanager
@@ -276,27 +185,6 @@ def quiet():
         yield
     finally:
         log.setLevel(level)
-
-
-@contextlib.contextmanager
-def offline():
-    """Hugging Face hub and datasets in offline mode (their module switches and environment), restored on exit."""
-    import datasets.config
-    import huggingface_hub.constants as hub
-
-    saved = (datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE,
-             {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")})
-    datasets.config.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE = True
-    os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
-    try:
-        yield
-    finally:
-        datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = saved[0], saved[1]
-        for k, v in saved[2].items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def load(req: LmEvalTask, data_dir: str | None) -> Prepared:
@@ -318,7 +206,7 @@ def load(req: LmEvalTask, data_dir: str | None) -> Prepared:
     with tempfile.TemporaryDirectory(prefix="interp-lmeval-") as tmp:
         if data is not None:
             for leaf in leaves.values():
-                (Path(tmp) / f"{leaf.name}.yaml").write_text(_override(index[leaf.name], leaf))
+                (Path(tmp) / f"{leaf.name}.yaml").write_text(override_yaml(index[leaf.name], leaf.name, leaf.files))
             include.append(tmp)
         try:
             with quiet(), contextlib.nullcontext() if hub_ok else offline():
@@ -326,17 +214,18 @@ def load(req: LmEvalTask, data_dir: str | None) -> Prepared:
         except (OSError, DatasetsError, ValueError, KeyError, TypeError, IndexError, TemplateError) as e:
             # OSError covers ConnectionError and FileNotFoundError; the others are rows lm-eval's prompt
             # templates cannot use (an answer key not among the labels, a field of the wrong type)
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
             if data is not None:
                 raise EvalError(f"lm-eval task '{req.name}' could not use its local data under {data} "
-                                f"({first}): check the rows against the hub's format") from None
+                                f"({why}): check the rows against the hub's format") from None
             if not isinstance(e, (OSError, DatasetsError)):
                 raise
-            first = next(iter(leaves.values()))
-            cfg = index[first.name].cfg or {}
-            split = _needed(cfg, first.shots)[0]
+            leaf = next(iter(leaves.values()))
+            cfg = index[leaf.name].cfg or {}
+            split = needed(cfg, leaf.shots)[0]
+            where = f"failed ({why})" if hub_ok else "is unreachable and not cached here"
             raise EvalError(
-                f"lm-eval task '{req.name}' reads {first.dataset} from the Hugging Face hub, which is unreachable "
-                f"and not cached here: save its {split} split as DIR/{_hub_dir(cfg)}/{split}.jsonl (the hub's "
-                f"field names; likewise for its other tasks and splits) and pass --lm-eval-data DIR") from None
+                f"lm-eval task '{req.name}' reads {leaf.dataset} from the Hugging Face hub, which {where}: save its "
+                f"{split} split as DIR/{hub_dir(cfg)}/{split}.jsonl (the hub's field names; likewise for its other "
+                f"tasks and splits) and pass --lm-eval-data DIR") from None
     return Prepared(req, tasks, leaves, kind, f"local {data}" if data is not None else "hub")

@@ -113,8 +113,8 @@ def test_missing_local_file_is_one_line_naming_it(tiny_long, tmp_path):
 
 
 @pytest.mark.parametrize("content,message", [
-    ('{"question": "q", "passage": "p", "answer": true}\n', "lacks the hub's field(s) label (it has question, passage, "
-                                                            "answer)"),
+    ('{"question": "q", "passage": "p", "answer": true}\n',
+     "lacks the hub's field(s) label (it has question, passage, answer)"),
     ("not json\n", "is not JSON lines"),
     ("", "is empty"),
     ('{"question": "q", "passage": "p", "label": 0}\n{"question": \n', "could not use its local data"),
