@@ -286,3 +286,44 @@ def test_report_page_mmlu_subjects_averages_and_gsm8k_filters(tiny_long, tmp_pat
     for text in ("micro: lm-eval group acc (weighted by subject size)", "macro: mean over subjects",
                  "strict-match", "flexible-extract", "zero-shot cloze", "lm-eval:mmlu:5shot:s1234"):
         assert text in html, text
+
+
+def _edits(loaded, tmp_path):
+    """One point of every edit kind the studies sweep (a head router saved where HeadRouting finds it)."""
+    from interp.interventions.directions import ActivationAddition, DirectionalAblation, OrthogonalizedWeights
+    from interp.interventions.heads import HeadMask, HeadRouting
+    from interp.interventions.router import HeadRouter, save_router
+
+    r = tuple(torch.randn(loaded.d_model, generator=torch.Generator().manual_seed(1)).tolist())
+    router = HeadRouter(loaded.n_layers, loaded.d_model, loaded.n_heads)
+    with torch.no_grad():
+        router.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(2))
+    digest, _ = save_router(router, tmp_path)
+    return {"head_mask": HeadMask(heads=((0, 1), (2, 3))), "ablation": DirectionalAblation(r),
+            "orthogonalized": OrthogonalizedWeights(r), "steering": ActivationAddition(r, layer=1, alpha=8.0),
+            "router": HeadRouting(router=digest, top_k=2)}
+
+
+@pytest.mark.parametrize("kind", ["head_mask", "ablation", "orthogonalized", "steering", "router"])
+def test_lm_eval_scores_the_edit_that_is_active(tiny_long, tmp_path, monkeypatch, kind):
+    """Per request, lm-eval's log-likelihoods under an edit equal the suite's own scorer under it, differ
+    from the unedited model's, and the model is exactly itself afterwards (tied unembedding included)."""
+    from interp.evals.lm import token_logprobs
+    from interp.evals.lmeval import run
+
+    monkeypatch.setenv("INTERP_ROUTER_DIR", str(tmp_path))
+    spec_ = _edits(tiny_long, tmp_path)[kind]
+    ecfg, tok = cfg("lm-eval:arc_easy"), tiny_long.tokenizer
+    before = {n: p.clone() for n, p in tiny_long.model.state_dict().items()}
+    base = run(tiny_long, ecfg, "lm-eval:arc_easy", log_samples=True).samples["arc_easy"]
+    with spec_.apply(tiny_long):
+        edited = run(tiny_long, ecfg, "lm-eval:arc_easy", log_samples=True).samples["arc_easy"]
+        args = [a for s in edited for a in s["arguments"]]
+        ctx = [tok.encode(c) for c, _ in args]
+        seqs = [tok.encode(c + x) for c, x in args]
+        ref = [float(v.sum()) for v in token_logprobs(tiny_long.model, seqs, [len(c) for c in ctx], tok.pad_token_id)]
+    got = [r[0][0] for s in edited for r in s["resps"]]
+    assert got == pytest.approx(ref, abs=1e-4)
+    assert max(abs(a - b[0][0]) for a, b in zip(got, (r for s in base for r in s["resps"]))) > 1e-3
+    assert all(torch.equal(before[n], p) for n, p in tiny_long.model.state_dict().items())
+    assert tiny_long.model.lm_head.weight is tiny_long.model.model.embed_tokens.weight
