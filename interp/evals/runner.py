@@ -112,5 +112,9 @@ def evaluate(loaded, cfg: EvalCfg, reference: kl.Reference | None = None, progre
         scores = run_task(loaded, cfg, task, reference)
         dt = time.perf_counter() - t0  # includes data preparation on the first call
         budget = {"budget": cfg.budget if isinstance(cfg.budget, str) else dict(cfg.budget), "count": cfg.count(task)}
-        out += [replace(s, dataset={**s.dataset, **budget}, seconds=round(dt, 4)) for s in scores]
+        # Two lm-eval requests can reach the same task (lm-eval:mmlu and lm-eval:mmlu_anatomy): its rows
+        # are the same task at the same settings, stored once ((task, metric) is a key of a point's rows).
+        seen = {(s.task, s.metric) for s in out}
+        out += [replace(s, dataset={**s.dataset, **budget}, seconds=round(dt, 4)) for s in scores
+                if (s.task, s.metric) not in seen]
     return out

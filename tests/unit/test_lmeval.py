@@ -206,6 +206,14 @@ def test_mmlu_group_per_subject_micro_and_macro(tiny_long, tmp_path):
     assert json.loads(json.dumps(micro.dataset))["source"] == f"local {data}"
 
 
+def test_overlapping_requests_store_each_task_once(tiny_long):
+    from interp.evals import evaluate
+
+    scores = evaluate(tiny_long, cfg("lm-eval:mmlu_astronomy", "lm-eval:mmlu_astronomy:5shot", "lm-eval:arc_easy"))
+    keys = [(s.task, s.metric) for s in scores]
+    assert len(keys) == len(set(keys)) == 3 and ("lm-eval:mmlu_astronomy:5shot:s1234", "acc") in keys
+
+
 def test_gsm8k_cot_stores_both_filters(tiny_long):
     from interp.evals.lmeval import run
 
