@@ -19,6 +19,9 @@ HELP_MORE = {
     "device": "cpu, cuda, cuda:1, ...",
     "device_map": "accelerate device map, e.g. auto, for models larger than one device",
     "revision": "hub branch/tag/commit",
+    "lm_eval": "lm-evaluation-harness tasks scored at every point too, comma-separated NAME[:Kshot][:sSEED] "
+               "(e.g. arc_easy,mmlu:5shot); local data from INTERP_LMEVAL_DATA=DIR; needs pip install "
+               "'interp[lmeval]'",
 }
 
 

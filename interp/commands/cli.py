@@ -35,6 +35,17 @@ def opt_int(value) -> int | None:
         raise ValueError(f"expected a whole number, got '{value}'") from None
 
 
+def lmeval_tasks(value) -> tuple[str, ...]:
+    """--lm-eval arc_easy,mmlu:5shot -> ('lm-eval:arc_easy', 'lm-eval:mmlu:5shot'); () when not given."""
+    if value is None:
+        return ()
+    names = tuple(t if t.startswith("lm-eval:") else f"lm-eval:{t}" for t in
+                  (x.strip() for x in str(value).split(",")) if t)
+    if not names:
+        raise ValueError("--lm-eval names no task: give lm-eval task names like arc_easy,boolq")
+    return names
+
+
 def opt_bool(value) -> bool | None:
     if value in (None, "", "auto"):
         return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from invoke import task
 
-from interp.commands.cli import opt_bool, opt_int, print_table, user_errors
+from interp.commands.cli import lmeval_tasks, opt_bool, opt_int, print_table, user_errors
 from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
 
 
@@ -42,9 +42,7 @@ def eval_(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, tasks=None, budget="quick
     from store import Store
     from store.evals import read_evals
 
-    harness = [t if t.startswith("lm-eval:") else f"lm-eval:{t}" for t in (lm_eval or "").split(",") if t.strip()]
-    if lm_eval is not None and not harness:
-        raise ValueError("--lm-eval names no task: give lm-eval task names like arc_easy,boolq")
+    harness = lmeval_tasks(lm_eval)
     names = [*(t for t in (tasks or ("" if harness else "ppl,facts,arith")).split(",") if t.strip()), *harness]
     cfg = EvalCfg(tasks=tuple(names), budget=budget, seed=int(seed), corpus=corpus, window=opt_int(window),
                   chat=opt_bool(chat), wikitext2_path=wikitext2_path, c4_path=c4_path, mmlu_path=mmlu_path,

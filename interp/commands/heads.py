@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from invoke import task
 
-from interp.commands.cli import opt_bool, opt_int, print_table, user_errors
+from interp.commands.cli import lmeval_tasks, opt_bool, opt_int, print_table, user_errors
 from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
 
 
 @task(help=helps(
-    "quick", "dtype", "device", "device_map", "revision",
+    "quick", "dtype", "device", "device_map", "revision", "lm_eval",
     budget="smoke (CLI tests, seconds of work), quick (under 10 minutes on 2 CPU cores) or full; "
            "--quick is --budget quick; default full",
     router_steps="optimiser steps per router (one router per kept share of heads); default from the budget",
@@ -24,7 +24,8 @@ from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
 ))
 @user_errors
 def heads(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None, router_steps=None, text_seqs=None,
-          grad_seqs=None, gradient_seq=None, seed=0, dtype="float32", device="cpu", device_map=None, revision=None, format="table"):
+          grad_seqs=None, gradient_seq=None, seed=0, lm_eval=None, dtype="float32", device="cpu", device_map=None,
+          revision=None, format="table"):
     """Head study: which attention heads matter (ablation and gradient importance), pruning the
     least important ones, and a trained top-k head router against static pruning."""
     from interp.studies.heads_config import HeadsCfg
@@ -38,7 +39,7 @@ def heads(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None,
         raise ValueError(f"--gradient-seq takes true or false, not '{gradient_seq}'")
     cfg = HeadsCfg(budget="quick" if quick else (budget or "full"), router_steps=opt_int(router_steps),
                    text_seqs=opt_int(text_seqs), grad_seqs=opt_int(grad_seqs),
-                   gradient_seq=opt_bool(gradient_seq), seed=int(seed))
+                   gradient_seq=opt_bool(gradient_seq), seed=int(seed), lm_eval=lmeval_tasks(lm_eval))
     loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
     st = Store(store)
     run_id = run_heads(loaded, st, cfg)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from invoke import task
 
-from interp.commands.cli import opt_int, print_table, user_errors
+from interp.commands.cli import lmeval_tasks, opt_int, print_table, user_errors
 from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
 
 
 @task(help=helps(
-    "quick", "dtype", "device", "device_map", "revision",
+    "quick", "dtype", "device", "device_map", "revision", "lm_eval",
     budget="smoke (CLI tests, seconds of work), quick (under 10 minutes on 2 CPU cores) or full; "
            "--quick is --budget quick; default full",
     per_set="prompts captured per prompt set (harmful, toxic, neutral, stereotypes); default from the budget",
@@ -21,7 +21,7 @@ from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
 ))
 @user_errors
 def safety(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None, per_set=None, alphas=None,
-           seed=0, dtype="float32", device="cpu", device_map=None, revision=None, format="table"):
+           seed=0, lm_eval=None, dtype="float32", device="cpu", device_map=None, revision=None, format="table"):
     """Safety study: probes per layer, harmful direction, ablation / orthogonalisation / activation
     addition, and how much toxicity and compliance moved under each edit and what it cost."""
     from interp.model.loading import ModelCfg, load_model
@@ -38,7 +38,8 @@ def safety(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None
             parsed = tuple(float(a) for a in str(alphas).split(",") if a.strip())
         except ValueError:
             raise ValueError(f"alphas must be comma-separated numbers, e.g. -2,-1,1,2 (got '{alphas}')") from None
-    cfg = SafetyCfg(budget=name, per_set=opt_int(per_set), alphas=parsed, seed=int(seed))
+    cfg = SafetyCfg(budget=name, per_set=opt_int(per_set), alphas=parsed, seed=int(seed),
+                    lm_eval=lmeval_tasks(lm_eval))
     loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
     st = Store(store)
     run_id = run_safety(loaded, st, cfg)

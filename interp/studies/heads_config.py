@@ -81,6 +81,8 @@ class HeadsCfg:
     """Evaluation tasks of every sweep point (interp.evals)."""
     eval_budget: str | dict | None = None
     """Evaluation budget: smoke, quick, full or per-task counts."""
+    lm_eval: tuple[str, ...] = ()
+    """lm-evaluation-harness tasks scored at every point besides ``eval_tasks`` ('lm-eval:arc_easy', ...)."""
     batch_size: int = 4
     """Sequences per forward pass for importance (never changes results)."""
     seed: int = 0
@@ -129,10 +131,12 @@ class HeadsCfg:
         return range(n_layers - n, n_layers)
 
     def eval_cfg(self) -> EvalCfg:
-        return EvalCfg(tasks=tuple(self.eval_tasks), budget=self.eval_budget, seed=self.seed)
+        return EvalCfg(tasks=(*self.eval_tasks, *self.lm_eval), budget=self.eval_budget, seed=self.seed)
 
     def describe(self) -> dict:
         d = asdict(self)
         d.pop("batch_size")  # never changes results
+        if not d["lm_eval"]:  # runs without lm-eval tasks keep the identity they had before it existed
+            d.pop("lm_eval")
         d["eval"] = self.eval_cfg().describe()
         return d

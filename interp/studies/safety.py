@@ -93,6 +93,8 @@ class SafetyCfg:
     toxic_ablation: bool | None = None
     """Also evaluate ablating the toxic-minus-neutral direction at the chosen site."""
     seed: int = 0
+    lm_eval: tuple[str, ...] = ()
+    """lm-evaluation-harness tasks scored at every point too ('lm-eval:arc_easy', ...)."""
     batch_size: int = 8
     """Prompts per forward pass when capturing (never changes results)."""
 
@@ -127,7 +129,7 @@ class SafetyCfg:
         return dir_analysis.SelectRule(kl_max=self.kl_max, min_auc=self.min_auc)
 
     def eval_cfg(self) -> EvalCfg:
-        return EvalCfg(tasks=EVAL_TASKS, budget=self.eval_budget, seed=self.seed)
+        return EvalCfg(tasks=(*EVAL_TASKS, *self.lm_eval), budget=self.eval_budget, seed=self.seed)
 
     def capture_cfg(self) -> CaptureCfg:
         hooks = ",".join(dict.fromkeys(("resid_pre", "resid_post", *self.probe_hooks)))
@@ -135,7 +137,8 @@ class SafetyCfg:
                           limit=self.per_set, seed=self.seed, batch_size=self.batch_size)
 
     def describe(self) -> dict:
-        d = {k: v for k, v in asdict(self).items() if k != "batch_size"}
+        # batch_size never changes results; without lm-eval tasks a run keeps the identity it had before them
+        d = {k: v for k, v in asdict(self).items() if k != "batch_size" and (k != "lm_eval" or v)}
         d["eval"] = self.eval_cfg().describe()
         d["rule"] = self.rule().describe()
         return d

@@ -298,7 +298,11 @@ def test_report_page_mmlu_subjects_averages_and_gsm8k_filters(tiny_long, tmp_pat
 
 def _edits(loaded, tmp_path):
     """One point of every edit kind the studies sweep (a head router saved where HeadRouting finds it)."""
-    from interp.interventions.directions import ActivationAddition, DirectionalAblation, OrthogonalizedWeights
+    from interp.interventions.directions import (
+        ActivationAddition,
+        DirectionalAblation,
+        OrthogonalizedWeights,
+    )
     from interp.interventions.heads import HeadMask, HeadRouting
     from interp.interventions.router import HeadRouter, save_router
 
@@ -335,3 +339,24 @@ def test_lm_eval_scores_the_edit_that_is_active(tiny_long, tmp_path, monkeypatch
     assert max(abs(a - b[0][0]) for a, b in zip(got, (r for s in base for r in s["resps"]))) > 1e-3
     assert all(torch.equal(before[n], p) for n, p in tiny_long.model.state_dict().items())
     assert tiny_long.model.lm_head.weight is tiny_long.model.model.embed_tokens.weight
+
+
+def test_every_study_config_takes_lm_eval_tasks():
+    """Layers and weights through their evaluation tasks, heads and safety through lm_eval; a config without
+    lm-eval tasks describes itself (its run identity) as before."""
+    from interp.studies.heads_config import HeadsCfg
+    from interp.studies.layers_config import LayersCfg
+    from interp.studies.safety import SafetyCfg
+    from interp.studies.weights import WeightsCfg
+
+    task = "lm-eval:arc_easy"
+    pairs = [(LayersCfg(budget="smoke"), LayersCfg(budget="smoke", tasks=("ppl", task))),
+             (WeightsCfg(budget="smoke"), WeightsCfg(budget="smoke", tasks=("ppl", task))),
+             (HeadsCfg(budget="smoke"), HeadsCfg(budget="smoke", lm_eval=(task,))),
+             (SafetyCfg(budget="smoke"), SafetyCfg(budget="smoke", lm_eval=(task,)))]
+    for plain, with_lmeval in pairs:
+        assert task in with_lmeval.eval_cfg().tasks and task not in plain.eval_cfg().tasks
+        assert "lmeval_data" not in plain.eval_cfg().describe()
+    for plain, _ in pairs[2:]:
+        assert "lm_eval" not in plain.describe() and "lmeval_data" not in plain.describe()["eval"]
+    assert pairs[2][1].eval_cfg().tasks == (*pairs[2][0].eval_cfg().tasks, task)
