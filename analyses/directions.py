@@ -189,3 +189,57 @@ def select(candidates: pd.DataFrame, rule: SelectRule) -> pd.DataFrame:
             "separability": float(row["separability"]), "refusal_drop": float(row["refusal_drop"]),
             "kl": float(row["kl"]), "reason": why} for crit, row, metric, why in rows]
     return pd.DataFrame(out)
+
+
+# --- random baselines for the edits ------------------------------------------------------------
+
+def random_unit(d: int, k: int, seed: int) -> np.ndarray:
+    """(k, d) unit directions drawn uniformly on the sphere (normalised Gaussians), seeded."""
+    g = np.random.default_rng(seed).normal(size=(k, d))
+    return g / np.linalg.norm(g, axis=1, keepdims=True)
+
+
+def second_moment(X: np.ndarray) -> np.ndarray:
+    """(d, d) mean of x x^T over the rows: u^T M u is the mean squared component along unit u, what
+    ablating u removes from these activations (the mean's part included: ablation removes it too)."""
+    X = np.asarray(X, np.float64)
+    return X.T @ X / len(X)
+
+
+def variance_matched(X: np.ndarray, r: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """(U (k, d), removed (k,), target): k random unit directions whose ablation removes as much of the
+    activations' second moment as ablating ``r`` does (u^T M u = r^T M r, M = ``second_moment(X)``).
+
+    Each is a Gaussian draw in M's eigenbasis tilted towards its top principal components: weights
+    g_i * lambda_i^beta, with beta solved so the removed share matches (beta = 0 is a plain random
+    direction, which removes trace(M) / d; larger beta leans on the top components). The target is
+    clipped to what the tilt can reach (the top eigenvalue), so ``removed`` reports what each got."""
+    from scipy.optimize import brentq
+    from scipy.special import logsumexp
+
+    M = second_moment(X)
+    lam, V = np.linalg.eigh(M)
+    lam = np.maximum(lam, lam.max() * 1e-12)
+    loglam = np.log(lam)
+    ru = np.asarray(r, np.float64) / np.linalg.norm(r)
+    target = float(ru @ M @ ru)
+    rng = np.random.default_rng(seed)
+    U, removed = [], []
+    for _ in range(k):
+        logg2 = 2 * np.log(np.abs(rng.normal(size=len(lam))) + 1e-300)
+
+        def share(beta: float) -> float:
+            w = logg2 + 2 * beta * loglam
+            return float(np.exp(logsumexp(w, b=lam) - logsumexp(w)))
+
+        lo, hi = -50.0, 50.0
+        goal = min(max(target, share(lo)), share(hi))
+        beta = brentq(lambda b: share(b) - goal, lo, hi, xtol=1e-10) if share(lo) < goal < share(hi) else (
+            lo if goal <= share(lo) else hi)
+        c = np.sqrt(np.exp(logg2 + 2 * beta * loglam - logsumexp(logg2 + 2 * beta * loglam)))
+        c *= rng.choice([-1.0, 1.0], size=len(c))
+        u = V @ c
+        u /= np.linalg.norm(u)
+        U.append(u)
+        removed.append(float(u @ M @ u))
+    return np.array(U), np.array(removed), target

@@ -1,19 +1,24 @@
-"""Per-layer linear probes (scikit-learn logistic regression) with controls.
+"""Per-layer linear probes with controls a reviewer can check.
 
-For every (hook, layer, position) and problem in ``safety_data.PROBLEMS``:
-- ``cv``: stratified k-fold cross-validation on the balanced train split (pairs kept in one
-  fold): accuracy and ROC-AUC, mean and std over folds;
-- ``shuffled``: the same cross-validation with permuted labels (should sit at chance);
-- ``held_out``: fitted on the whole balanced train split, scored on the balanced test split;
-- for biased_vs_counterpart, the same held-out probe scored on each kind of stereotype pair
-  (``held_out:group_kept``: the counterpart still names the group, so only the stereotype
-  separates the pair; ``held_out:group_swapped``: the group is swapped out, so detecting a
-  mention of any group is enough): a probe that reads group mention, not the stereotype, scores
-  high on the second and near chance on the first;
-- for harmful_vs_neutral, cross-source generalisation ``cross:A->B`` (fit on source A's
-  train split, score on source B's test split) beside ``within:B`` (fit and score on B), and
-  the same for the difference-of-means classifier (``cross_dm:A->B``, ``within_dm:B``).
-Vectors stream from the store one layer at a time; no model is imported.
+For every (hook, layer, position) and problem in ``safety_data.PROBLEMS``, on the balanced train split:
+- ``cv``: the closed-form ridge probe (``analyses/ridge.py``) cross-validated over seeded group folds
+  (pairs kept in one fold), out-of-fold predictions pooled: accuracy and ROC-AUC, each against a
+  permutation null of ``permutations`` label permutations drawn fresh for this cell (seeded by the
+  cell) and scored by the same estimator: null mean, null 95th percentile, p = (1 + k) / (1 + N);
+- ``length``: the same probe, folds and test on prompt length alone (tokens, log tokens): the shortcut
+  a probe could take without reading any content;
+- ``cv_logistic``: a second, labelled probe: logistic regression, stratified group k-fold, mean and std
+  over folds (no null: each permutation would cost a full refit);
+- ``held_out``: the ridge probe fitted on the whole balanced train split, scored on the balanced test
+  split, with a 95% interval (accuracy: exact binomial; binary ROC-AUC: Hanley-McNeil);
+- biased_vs_counterpart: the held-out probe on each kind of stereotype pair (``held_out:group_kept``:
+  the counterpart still names the group, so only the stereotype separates the pair;
+  ``held_out:group_swapped``: detecting any group mention is enough);
+- harmful_vs_neutral: cross-source generalisation ``cross:A->B`` (fit on source A's train split, score on
+  source B's test split) beside ``within:B``, and the same for the difference-of-means classifier
+  (``cross_dm:A->B``, ``within_dm:B``).
+``best_layers`` picks each problem's layer on the train split only (cross-validated scores) and reports
+the held-out score beside it. Vectors stream from the store one layer at a time; no model is imported.
 """
 
 from __future__ import annotations
@@ -25,10 +30,13 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from analyses.safety_data import HARMFUL_SOURCES, PROBLEMS, SafetyDataError, balanced, iter_layers, xy
+from analyses import ridge, stats
+from analyses.safety_data import HARMFUL_SOURCES, PROBLEMS, SafetyDataError, balanced, iter_layers, stable_seed, xy
 
 METRICS = ("accuracy", "roc_auc")
-ROW = ["problem", "hook", "layer", "position", "setting", "metric", "mean", "std", "n", "folds"]
+ROW = ["problem", "hook", "layer", "position", "setting", "metric", "mean", "std", "n", "folds", "lo", "hi",
+       "null_mean", "null_p95", "p", "permutations"]
+NAN = float("nan")
 
 
 @dataclass(frozen=True)
@@ -36,25 +44,29 @@ class ProbeCfg:
     """How probes are fitted and checked."""
 
     folds: int = 5
-    """Cross-validation folds (stratified; stereotype pairs kept within one fold)."""
+    """Cross-validation folds (seeded group folds for the ridge probe; stratified for the logistic one)."""
+    ridge: float = 1.0
+    """Ridge penalty in units of the mean squared norm of a standardised training vector."""
+    permutations: int = 500
+    """Label permutations per (problem, hook, layer, position) cell for the permutation null."""
     C: float = 0.1
     """Inverse L2 strength of the logistic regression (on standardised features)."""
-    shuffles: int = 1
-    """Shuffled-label control repeats per layer (each a full cross-validation)."""
+    logistic: bool = True
+    """Also cross-validate the logistic-regression probe (setting cv_logistic)."""
     seed: int = 0
-    """Seed for folds, label shuffles and class balancing."""
+    """Seed for folds, permutations and class balancing."""
     max_iter: int = 2000
-    """lbfgs iteration cap."""
+    """lbfgs iteration cap of the logistic regression."""
     problems: tuple[str, ...] = tuple(PROBLEMS)
     """Which problems to probe (names from safety_data.PROBLEMS)."""
 
     def __post_init__(self) -> None:
         if self.folds < 2:
             raise ValueError(f"probe folds must be at least 2, not {self.folds}")
-        if self.C <= 0:
-            raise ValueError(f"probe C must be positive, not {self.C}")
-        if self.shuffles < 1:
-            raise ValueError("shuffled-label controls must be at least 1 per layer")
+        if self.C <= 0 or self.ridge <= 0:
+            raise ValueError(f"probe C and ridge must be positive, not {self.C} and {self.ridge}")
+        if self.permutations < 1:
+            raise ValueError(f"permutations must be at least 1 per cell, not {self.permutations}")
         bad = [p for p in self.problems if p not in PROBLEMS]
         if bad or not self.problems:
             raise ValueError(f"unknown probe problem '{','.join(bad)}': use some of {', '.join(PROBLEMS)}")
@@ -70,7 +82,7 @@ def make_probe(cfg: ProbeCfg):
 
 
 def fold_indices(y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified folds that never split a group; fewer folds when a class is too small."""
+    """Stratified folds that never split a group; fewer folds when a class is too small (logistic probe)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     k = min(folds, int(np.bincount(y).min()))
@@ -80,7 +92,7 @@ def fold_indices(y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> li
 
 
 def scores(model, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Accuracy and ROC-AUC (one-vs-rest macro for more than two classes)."""
+    """Accuracy and ROC-AUC of a fitted scikit-learn classifier (one-vs-rest macro for more than two classes)."""
     from sklearn.metrics import roc_auc_score
 
     proba = model.predict_proba(X)
@@ -88,7 +100,7 @@ def scores(model, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
     present = [i for i, c in enumerate(model.classes_) if 0 < np.sum(y == c) < len(y)]
     if len(model.classes_) == 2:
         auc = roc_auc_score(y == model.classes_[1], proba[:, 1]) if present else np.nan
-    else:  # one-vs-rest macro average over the classes this test set has
+    else:
         aucs = [roc_auc_score(y == model.classes_[i], proba[:, i]) for i in present]
         auc = float(np.mean(aucs)) if aucs else np.nan
     return {"accuracy": acc, "roc_auc": float(auc)}
@@ -96,7 +108,7 @@ def scores(model, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 def cross_validate(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: ProbeCfg,
                    folds: list[tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, list[float]]:
-    """Per-fold accuracy and ROC-AUC of a freshly fitted probe on each fold."""
+    """Per-fold accuracy and ROC-AUC of a freshly fitted logistic probe on each fold."""
     folds = folds if folds is not None else fold_indices(y, groups, cfg.folds, cfg.seed)
     out: dict[str, list[float]] = {m: [] for m in METRICS}
     with threadpool_limits(1):  # many small fits: threads only add overhead
@@ -107,24 +119,83 @@ def cross_validate(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: ProbeC
     return out
 
 
-def _rows(key: tuple, setting: str, per_fold: dict[str, list[float]], n: int) -> list[list]:
-    return [[*key, setting, m, float(np.mean(v)), float(np.std(v)) if len(v) > 1 else None, n, len(v)]
-            for m, v in per_fold.items()]
+def _row(key: tuple, setting: str, metric: str, value: float, n: int, folds: int, *, std=None, lo=NAN, hi=NAN,
+         null: dict | None = None) -> list:
+    null = null or {}
+    return [*key, setting, metric, float(value), std, int(n), int(folds), float(lo), float(hi),
+            null.get("null_mean", NAN), null.get("null_p95", NAN), null.get("p", NAN), null.get("permutations")]
 
 
-def _fit(cfg: ProbeCfg, X: np.ndarray, y: np.ndarray):
-    with threadpool_limits(1):
-        return make_probe(cfg).fit(X, y)
+def permutation_cv(X: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes: int, cfg: ProbeCfg,
+                   seed: int) -> tuple[dict[str, float], dict[str, np.ndarray], int]:
+    """(observed scores, null scores per metric, folds) of the cross-validated ridge probe; the null
+    scores the same folds and estimator on ``cfg.permutations`` label permutations seeded by ``seed``."""
+    folds = ridge.group_folds(groups, cfg.folds, cfg.seed)
+    perms = ridge.permutations(groups, cfg.permutations, seed)
+    labels = np.concatenate([y[None, :], y[perms]])  # (1 + N, n): the true labels first
+    pred = ridge.cv_predict(X, folds, ridge.one_hot(labels, n_classes), cfg.ridge)
+    got = ridge.score(pred, labels)
+    return {m: float(v[0]) for m, v in got.items()}, {m: v[1:] for m, v in got.items()}, len(folds)
 
 
-def _score(model, X: np.ndarray, y: np.ndarray) -> dict[str, list[float]]:
-    with threadpool_limits(1):
-        s = scores(model, X, y)
-    return {m: [s[m]] for m in METRICS}
+def _cv_rows(k: tuple, setting: str, X, y, g, n_classes: int, cfg: ProbeCfg, seed: int) -> list[list]:
+    observed, null, n_folds = permutation_cv(X, y, g, n_classes, cfg, seed)
+    return [_row(k, setting, m, observed[m], len(y), n_folds, null=stats.null_summary(observed[m], null[m]))
+            for m in METRICS]
 
 
-def _fit_score(cfg: ProbeCfg, train: tuple, test: tuple) -> dict[str, list[float]]:
-    return _score(_fit(cfg, train[0], train[1]), test[0], test[1])
+def held_out_scores(train: tuple, test: tuple, n_classes: int, cfg: ProbeCfg) -> dict[str, tuple[float, float, float]]:
+    """metric -> (value, lo, hi) of the ridge probe fitted on ``train`` and scored on ``test``."""
+    (X, y), (Xt, yt) = train, test
+    H, _ = ridge.hat(X, Xt, cfg.ridge)
+    got = {m: float(v) for m, v in ridge.score(H @ ridge.one_hot(y, n_classes), yt).items()}
+    lo_hi = {"accuracy": stats.proportion_ci(round(got["accuracy"] * len(yt)), len(yt)),
+             "roc_auc": stats.auc_ci(got["roc_auc"], int((yt == 0).sum()), int((yt == 1).sum()))
+             if n_classes == 2 else (NAN, NAN)}
+    return {m: (got[m], *lo_hi[m]) for m in METRICS}
+
+
+def _held_rows(k: tuple, setting: str, got: dict, n: int) -> list[list]:
+    return [_row(k, setting, m, v, n, 1, lo=lo, hi=hi) for m, (v, lo, hi) in got.items()]
+
+
+def length_features(ids: list[str], lengths: pd.Series) -> np.ndarray:
+    """(n, 2): tokens and log tokens of each prompt."""
+    n = lengths.reindex(ids).to_numpy(np.float64)
+    if np.isnan(n).any():
+        raise SafetyDataError("some prompts have no stored length: resume the cache run to complete it")
+    return np.stack([n, np.log(np.maximum(n, 1.0))], 1)
+
+
+def probe_layer(vectors: tuple[list[str], np.ndarray], data: pd.DataFrame, key: tuple, cfg: ProbeCfg,
+                lengths: pd.Series | None = None) -> list[list]:
+    """Rows (see ``ROW``) for one (hook, layer, position) from its vectors; ``lengths`` (prompt_id ->
+    tokens) adds the length-only baseline."""
+    rows: list[list] = []
+    for problem in cfg.problems:
+        classes = PROBLEMS[problem]
+        k = (problem, *key)
+        seed = stable_seed(cfg.seed, "permutations", problem, *map(str, key))
+        train = balanced(data, classes, "train", cfg.seed)
+        X, y, g = xy(vectors, train, classes)
+        rows += _cv_rows(k, "cv", X, y, g, len(classes), cfg, seed)
+        if lengths is not None:
+            rows += _cv_rows(k, "length", length_features(list(train["prompt_id"]), lengths), y, g, len(classes),
+                             cfg, seed + 1)
+        if cfg.logistic:
+            per_fold = cross_validate(X, y, g, cfg, fold_indices(y, g, cfg.folds, cfg.seed))
+            rows += [_row(k, "cv_logistic", m, np.mean(v), len(y), len(v), std=float(np.std(v)))
+                     for m, v in per_fold.items()]
+        try:
+            test = xy(vectors, balanced(data, classes, "test", cfg.seed), classes)
+            rows += _held_rows(k, "held_out", held_out_scores((X, y), test[:2], len(classes), cfg), len(test[1]))
+        except SafetyDataError:
+            pass  # test split too small for this problem (tiny budgets): cross-validation only
+        if problem == "biased_vs_counterpart" and has_group_flags(data):
+            rows += _group_control(vectors, data, k, cfg, (X, y))
+        if problem == "harmful_vs_neutral":
+            rows += _cross_source(vectors, data, k, cfg)
+    return rows
 
 
 GROUP_SETTINGS: dict[str, bool] = {"held_out:group_kept": True, "held_out:group_swapped": False}
@@ -140,10 +211,10 @@ def has_group_flags(data: pd.DataFrame) -> bool:
     return "group_kept" in data and bool(data["group_kept"].notna().any())
 
 
-def _group_control(vectors, data: pd.DataFrame, k: tuple, cfg: ProbeCfg, model) -> list[list]:
-    """The held-out biased_vs_counterpart probe (``model``, fitted on the whole balanced train split)
-    scored on the test rows of each kind of pair, balanced within the kind. A kind with fewer than 2
-    test rows of a class gets NaN scores (n: its test rows, folds 0)."""
+def _group_control(vectors, data: pd.DataFrame, k: tuple, cfg: ProbeCfg, train: tuple) -> list[list]:
+    """The held-out biased_vs_counterpart probe (fitted on the whole balanced train split) scored on the test
+    rows of each kind of pair, balanced within the kind. A kind with fewer than 2 test rows of a class gets
+    NaN scores (n: its test rows, folds 0)."""
     classes = PROBLEMS["biased_vs_counterpart"]
     rows: list[list] = []
     for setting, want in GROUP_SETTINGS.items():
@@ -152,40 +223,10 @@ def _group_control(vectors, data: pd.DataFrame, k: tuple, cfg: ProbeCfg, model) 
             test = balanced(part, classes, "test", cfg.seed)
         except SafetyDataError:  # too few test pairs of this kind to score
             n = int(((part["split"] == "test") & part["cls"].isin(classes)).sum())
-            rows += [[*k, setting, m, np.nan, None, n, 0] for m in METRICS]
+            rows += [_row(k, setting, m, NAN, n, 0) for m in METRICS]
             continue
         Xt, yt, _ = xy(vectors, test, classes)
-        rows += _rows(k, setting, _score(model, Xt, yt), len(yt))
-    return rows
-
-
-def probe_layer(vectors: tuple[list[str], np.ndarray], data: pd.DataFrame, key: tuple, cfg: ProbeCfg) -> list[list]:
-    """Rows (see ``ROW``) for one (hook, layer, position) from its vectors."""
-    rows: list[list] = []
-    for problem in cfg.problems:
-        classes = PROBLEMS[problem]
-        k = (problem, *key)
-        train = balanced(data, classes, "train", cfg.seed)
-        X, y, g = xy(vectors, train, classes)
-        folds = fold_indices(y, g, cfg.folds, cfg.seed)
-        rows += _rows(k, "cv", cross_validate(X, y, g, cfg, folds), len(y))
-        shuffled: dict[str, list[float]] = {m: [] for m in METRICS}
-        for i in range(cfg.shuffles):
-            ys = y[np.random.default_rng([cfg.seed, 1 + i]).permutation(len(y))]
-            for m, v in cross_validate(X, ys, g, cfg, fold_indices(ys, g, cfg.folds, cfg.seed)).items():
-                shuffled[m] += v
-        rows += _rows(k, "shuffled", shuffled, len(y))
-        model = None
-        try:
-            Xt, yt, _ = xy(vectors, balanced(data, classes, "test", cfg.seed), classes)
-            model = _fit(cfg, X, y)
-            rows += _rows(k, "held_out", _score(model, Xt, yt), len(yt))
-        except SafetyDataError:
-            pass  # test split too small for this problem (tiny budgets): cross-validation only
-        if problem == "biased_vs_counterpart" and has_group_flags(data):
-            rows += _group_control(vectors, data, k, cfg, model if model is not None else _fit(cfg, X, y))
-        if problem == "harmful_vs_neutral":
-            rows += _cross_source(vectors, data, k, cfg)
+        rows += _held_rows(k, setting, held_out_scores(train, (Xt, yt), 2, cfg), len(yt))
     return rows
 
 
@@ -205,8 +246,9 @@ def _cross_source(vectors, data: pd.DataFrame, k: tuple, cfg: ProbeCfg) -> list[
             X, y, _ = xy(vectors, train, classes)
             Xt, yt, _ = xy(vectors, test, classes)
             setting = f"within:{dst}" if src == dst else f"cross:{src}->{dst}"
-            rows += _rows(k, setting, _fit_score(cfg, (X, y), (Xt, yt)), len(yt))
-            rows += _rows(k, setting.replace(":", "_dm:", 1), _mean_difference_score((X, y), (Xt, yt)), len(yt))
+            rows += _held_rows(k, setting, held_out_scores((X, y), (Xt, yt), 2, cfg), len(yt))
+            dm = _mean_difference_score((X, y), (Xt, yt))
+            rows += [_row(k, setting.replace(":", "_dm:", 1), m, v[0], len(yt), 1) for m, v in dm.items()]
     return rows
 
 
@@ -225,48 +267,64 @@ def _mean_difference_score(train: tuple, test: tuple) -> dict[str, list[float]]:
 
 
 def run(con, store, cache_run_id: int, data: pd.DataFrame, cfg: ProbeCfg, hooks: list[str], positions: list[str],
-        layers: list[int], progress: bool = True) -> pd.DataFrame:
+        layers: list[int], progress: bool = True, lengths: pd.Series | None = None) -> pd.DataFrame:
     """Probe every (hook, layer, position), streaming one layer's vectors at a time."""
     rows: list[list] = []
     total = len(hooks) * len(layers) * len(positions)
     it = iter_layers(con, store, cache_run_id, hooks, positions, layers)
     for hook, layer, position, vectors in tqdm(it, total=total, desc="probes", unit="site", disable=not progress):
-        rows += probe_layer(vectors, data, (hook, layer, position), cfg)
-    return pd.DataFrame(rows, columns=ROW)
+        rows += probe_layer(vectors, data, (hook, layer, position), cfg, lengths)
+    return frame(rows)
+
+
+def frame(rows: list[list]) -> pd.DataFrame:
+    """Rows of ``probe_layer`` as a DataFrame (permutations as a nullable integer)."""
+    df = pd.DataFrame(rows, columns=ROW)
+    df["permutations"] = df["permutations"].astype("Int64")
+    return df
 
 
 def best_layers(df: pd.DataFrame) -> pd.DataFrame:
-    """The best-separating layer per (problem, hook, position) and its margins over the controls.
+    """The best-separating layer per (problem, hook, position), chosen on the train split only, and the
+    held-out score that was not used to choose it.
 
-    Rule: highest cross-validated ROC-AUC, ties broken by CV accuracy, then held-out AUC and
-    accuracy, then the earlier layer. margin_* = CV value minus the shuffled-label control at
-    that layer; for harmful_vs_neutral the mean cross-source accuracy/AUC of the probe and of
-    the difference-of-means classifier are reported too.
+    Rule: highest cross-validated (ridge) ROC-AUC, ties broken by CV accuracy, then the earlier layer.
+    shuffled_* = the permutation null's mean at that cell (what shuffled labels score on average);
+    margin_* = CV minus it; p_* = the cell's permutation p-value (not corrected for the choice among
+    ``layers_compared`` layers: the held-out score, with its interval, is the number to quote).
     """
-    wide = df.pivot_table(index=["problem", "hook", "position", "layer"], columns=["setting", "metric"],
-                          values="mean").sort_index()
-    wide.columns = [f"{s}_{m}" for s, m in wide.columns]
-    wide = wide.reset_index()
-    for setting in ("cv", "shuffled", "held_out"):
-        for m in METRICS:
-            if f"{setting}_{m}" not in wide:
-                wide[f"{setting}_{m}"] = np.nan  # e.g. no held-out rows when the test split is tiny
+    key = ["problem", "hook", "position", "layer"]
+    long = df.set_index([*key, "setting", "metric"])
+    parts = []
+    for col, suffix in (("mean", ""), ("null_mean", "_null"), ("null_p95", "_p95"), ("p", "_p"), ("lo", "_lo"),
+                        ("hi", "_hi")):
+        part = long[col].astype(float).unstack(["setting", "metric"])
+        part.columns = [f"{s}_{m}{suffix}" for s, m in part.columns]
+        parts.append(part)
+    wide = pd.concat(parts, axis=1).reset_index()
     out = []
     for (problem, hook, position), g in wide.groupby(["problem", "hook", "position"]):
-        keys = ["cv_roc_auc", "cv_accuracy", "held_out_roc_auc", "held_out_accuracy"]
-        g = g.sort_values([*keys, "layer"], ascending=[False] * len(keys) + [True])
-        best = g.iloc[0]
+        g = g.copy()
+        for c in ("cv_roc_auc", "cv_accuracy"):
+            if c not in g:
+                g[c] = np.nan
+        best = g.sort_values(["cv_roc_auc", "cv_accuracy", "layer"], ascending=[False, False, True]).iloc[0]
+
+        def get(col: str) -> float:
+            return float(best[col]) if col in best.index and pd.notna(best[col]) else NAN
+
         row = {"problem": problem, "hook": hook, "position": position, "layer": int(best["layer"]),
-               "cv_accuracy": best["cv_accuracy"], "cv_roc_auc": best["cv_roc_auc"],
-               "shuffled_accuracy": best["shuffled_accuracy"], "shuffled_roc_auc": best["shuffled_roc_auc"],
-               "margin_accuracy": best["cv_accuracy"] - best["shuffled_accuracy"],
-               "margin_roc_auc": best["cv_roc_auc"] - best["shuffled_roc_auc"],
-               "held_out_accuracy": best["held_out_accuracy"], "held_out_roc_auc": best["held_out_roc_auc"]}
+               "layers_compared": int(len(g))}
+        for m in METRICS:
+            row.update({f"cv_{m}": get(f"cv_{m}"), f"shuffled_{m}": get(f"cv_{m}_null"),
+                        f"margin_{m}": get(f"cv_{m}") - get(f"cv_{m}_null"), f"null_p95_{m}": get(f"cv_{m}_p95"),
+                        f"p_{m}": get(f"cv_{m}_p"), f"held_out_{m}": get(f"held_out_{m}"),
+                        f"held_out_{m}_lo": get(f"held_out_{m}_lo"), f"held_out_{m}_hi": get(f"held_out_{m}_hi"),
+                        f"length_{m}": get(f"length_{m}")})
         for prefix, name in (("cross:", "cross_source"), ("cross_dm:", "cross_source_dm")):
-            cross = [c for c in g.columns if c.startswith(prefix)]
             for m in METRICS:
-                cols = [c for c in cross if c.endswith(f"_{m}")]
+                cols = [c for c in g.columns if c.startswith(prefix) and c.endswith(f"_{m}")]
                 vals = best[cols].astype(float).dropna() if cols else pd.Series(dtype=float)
-                row[f"{name}_{m}"] = float(vals.mean()) if len(vals) else np.nan
+                row[f"{name}_{m}"] = float(vals.mean()) if len(vals) else NAN
         out.append(row)
     return pd.DataFrame(out)

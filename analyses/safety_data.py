@@ -46,7 +46,8 @@ def prompt_class(dataset: str, label: str) -> str | None:
             "neutral": "neutral"}.get(dataset)
 
 
-def _stable_seed(seed: int, *parts: str) -> int:
+def stable_seed(seed: int, *parts: str) -> int:
+    """A 48-bit seed from a base seed and names (stable across runs and platforms)."""
     digest = hashlib.sha256("\x1f".join([str(seed), *parts]).encode()).hexdigest()
     return int(digest[:12], 16)
 
@@ -75,7 +76,7 @@ def assign_splits(frame: pd.DataFrame, test_frac: float, seed: int, heldout: Ite
     strata = frame[["dataset", "source"]].assign(_kept=_kept_key(frame))
     for (dataset, source, kept), idx in strata[usable].groupby(["dataset", "source", "_kept"]).groups.items():
         groups = sorted(set(grp[idx]))
-        rng = np.random.default_rng(_stable_seed(seed, dataset, source, *((kept,) if kept else ())))
+        rng = np.random.default_rng(stable_seed(seed, dataset, source, *((kept,) if kept else ())))
         order = [groups[i] for i in rng.permutation(len(groups))]
         test_groups = set(order[: int(round(test_frac * len(groups)))])
         split[idx] = np.where(grp[idx].isin(test_groups), "test", "train")
@@ -121,7 +122,7 @@ def balanced(frame: pd.DataFrame, classes: tuple[str, ...], split: str | tuple[s
                               "(raise the per-set limit)")
     out = []
     for c, p in zip(classes, parts):
-        rng = np.random.default_rng(_stable_seed(seed, "balance", c, *splits, *(sources or {}).values()))
+        rng = np.random.default_rng(stable_seed(seed, "balance", c, *splits, *(sources or {}).values()))
         out.append(p.iloc[np.sort(rng.permutation(len(p))[:n])])
     return pd.concat(out, ignore_index=True)
 

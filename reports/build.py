@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pandas as pd
+
 from reports import lmeval
 from reports.html import Note, Page, Section, TableBlock, render_page
 from store import Store
@@ -19,6 +21,7 @@ from store.queries import (
     STUDIES,
     eval_summary_sql,
     fetch,
+    mde_sql,
     open_report_store,
     other_runs,
     run_configs,
@@ -87,6 +90,34 @@ def headline_findings(store: Store) -> list[str]:
         return _headlines(con, {s: study_run(con, s) for s in STUDIES})
 
 
+def detectable_effects(store: Store) -> list[str]:
+    """One line per study the store holds: the smallest change each task can detect at the run's budget."""
+    with open_report_store(store) as con:
+        return _detectable(con, {s: study_run(con, s) for s in STUDIES})
+
+
+def _mde_part(r) -> str:
+    name = f"{r.task} accuracy" if r.metric == "accuracy" else r.metric.replace("_", " ")
+    if pd.isna(r.mde):
+        return f"{name}: no estimate (no point moved any of its {int(r.items)} items)"
+    if r.metric == "perplexity" and pd.notna(r.mde_relative):
+        return f"{name} {100 * r.mde_relative:.1f}% ({int(r.items)} windows)"
+    return f"{name} {r.mde:.3g} (n={int(r.items)})"
+
+
+def _detectable(con, present: dict[str, int | None]) -> list[str]:
+    out = []
+    for study in STUDIES:
+        run = present.get(study)
+        df = fetch(con, mde_sql(run)) if run is not None else None
+        if df is None or df.empty:
+            continue
+        out.append(f"{study} (run {run}): smallest change detectable at alpha 0.05 with power 0.8 (median over "
+                   f"the sweep's {int(df['points'].max())} points): " + ", ".join(_mde_part(r) for r in df.itertuples())
+                   + ".")
+    return out
+
+
 def _headlines(con, present: dict[str, int | None]) -> list[str]:
     return [h for s in STUDIES if present.get(s) is not None
             and (h := study_module(s).headline(con, present[s])) is not None]
@@ -123,6 +154,11 @@ def _index_page(con, store: Store, studies, missing, present) -> Page:
     if more:
         finding_blocks.append(Note("<details><summary>More findings</summary><ul>"
                                    + "".join(f"<li>{html.escape(f)}</li>" for f in more) + "</ul></details>"))
+    budgets = _detectable(con, present)
+    if budgets:
+        finding_blocks.append(Note("What each study's budget can detect (a change smaller than this is reported as "
+                                   "'no detectable change at this budget'):<ul>"
+                                   + "".join(f"<li>{html.escape(b)}</li>" for b in budgets) + "</ul>"))
     runs = fetch(con, runs_sql())
     configs = run_configs(con)
     config_html = "".join(

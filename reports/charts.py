@@ -65,10 +65,12 @@ def heatmap(df: pd.DataFrame, *, x: str, y: str, color: str, title: str, x_title
 def curves(df: pd.DataFrame, *, x: str, y: str, series: str | None, title: str, x_title: str, y_title: str,
            tooltip: Sequence[str], facet: str | None = None, baseline: str | None = None,
            columns: int = 3, log_y: bool = False, x_type: str = "Q", band: str | None = None,
-           series_title: str | None = None) -> alt.Chart:
+           series_title: str | None = None, area: tuple[str, str] | None = None) -> alt.Chart:
     """Lines with points per ``series`` (optionally one panel per ``facet`` value, each with its
-    own y scale) and a dashed rule at the ``baseline`` column (the unedited model's value)."""
-    _check(df, x, y, series, facet, baseline, band)
+    own y scale) and a dashed rule at the ``baseline`` column (the unedited model's value).
+    ``area`` = (low column, high column) shades that range behind the lines where both are present
+    (a permutation null's mean to its 95th percentile)."""
+    _check(df, x, y, series, facet, baseline, band, *(area or ()))
     base = alt.Chart(df)
     color = (alt.Color(f"{series}:N", title=series_title or series) if series else alt.value("#3662a8"))
     y_scale = alt.Scale(type="log") if log_y else alt.Scale(zero=False)
@@ -78,6 +80,13 @@ def curves(df: pd.DataFrame, *, x: str, y: str, series: str | None, title: str, 
                "y": alt.Y(f"{y}:Q", title=y_title, scale=y_scale),
                "color": color, "tooltip": _tooltip(df, tooltip)}
     layers = [base.mark_line(strokeWidth=1.6).encode(**enc), base.mark_point(filled=True, size=36).encode(**enc)]
+    if area:
+        lo, hi = area
+        shade = base.transform_filter(f"isValid(datum.{lo}) && isValid(datum.{hi})").mark_area(
+            opacity=0.25, color="#888").encode(x=enc["x"], y=alt.Y(f"{lo}:Q", title=y_title, scale=y_scale),
+                                               y2=f"{hi}:Q", detail=color if series else alt.Undefined,
+                                               tooltip=_tooltip(df, [c for c in (x, lo, hi) if c]))
+        layers.insert(0, shade)
     if band:  # stderr as an error bar around each point
         layers.append(base.transform_calculate(lo=f"datum.{y} - datum.{band}", hi=f"datum.{y} + datum.{band}")
                       .mark_rule(opacity=0.5).encode(x=enc["x"], y="lo:Q", y2="hi:Q", color=color,
@@ -125,21 +134,70 @@ def bars(df: pd.DataFrame, *, x: str, y: str, title: str, x_title: str, y_title:
     return chart.properties(title=title)
 
 
+VERDICT_COLORS = {"base model": "#c0392b", "detectable change (95% CI excludes 0)": "#3662a8",
+                  "within noise (95% CI of the change includes 0)": "#aaaaaa", "no per-item scores": "#7f8c8d"}
+"""How a point's verdict is drawn: differences inside the noise in grey (hollow), real changes in blue."""
+
+
+def _verdict_color(df: pd.DataFrame) -> alt.Color:
+    present = [v for v in VERDICT_COLORS if v in set(df["verdict"])] or list(VERDICT_COLORS)
+    return alt.Color("verdict:N", title=None, scale=alt.Scale(domain=present, range=[VERDICT_COLORS[v] for v in present]),
+                     legend=alt.Legend(orient="bottom", columns=1))
+
+
 def points_vs_base(df: pd.DataFrame, *, title: str) -> alt.Chart:
     """Every evaluated point of a sweep as a dot, one panel per task/metric, base model as a rule.
 
-    Expects columns point, panel, value, base_value (eval_points_sql plus a panel label).
+    Expects columns point, panel, value, base_value (eval_points_sql). With lo / hi (the point's paired
+    95% interval) each dot gets its interval; with verdict, dots inside the noise are hollow and grey.
     """
     _check(df, "point", "panel", "value", "base_value")
-    tips = _tooltip(df, [c for c in ("point", "panel", "value", "stderr", "base_value", "delta") if c in df])
+    tips = _tooltip(df, [c for c in ("point", "panel", "value", "stderr", "base_value", "delta", "lo", "hi", "p",
+                                     "verdict") if c in df])
     base = alt.Chart(df)
-    dots = base.mark_point(filled=True, size=40).encode(
-        x=alt.X("value:Q", title="value", scale=alt.Scale(zero=False)),
-        y=alt.Y("point:N", title=None, sort=None),
-        color=alt.condition("datum.point == 'base'", alt.value("#c0392b"), alt.value("#3662a8")),
-        tooltip=tips)
-    rule = base.mark_rule(strokeDash=[5, 4], color="#444").encode(
+    color = (_verdict_color(df) if "verdict" in df else
+             alt.condition("datum.point == 'base'", alt.value("#c0392b"), alt.value("#3662a8")))
+    y = alt.Y("point:N", title=None, sort=None)
+    dot_kw = dict(x=alt.X("value:Q", title="value", scale=alt.Scale(zero=False)), y=y, color=color, tooltip=tips)
+    if "verdict" in df:
+        dot_kw["fill"] = alt.condition("indexof(datum.verdict, 'within noise') >= 0", alt.value("white"), color)
+    layers = [base.mark_point(filled="verdict" not in df, size=40).encode(**dot_kw)]
+    if {"lo", "hi"} <= set(df.columns):
+        layers.insert(0, base.transform_filter("isValid(datum.lo) && isValid(datum.hi)").mark_rule(opacity=0.7)
+                      .encode(x="lo:Q", x2="hi:Q", y=y, color=color, tooltip=tips))
+    layers.append(base.mark_rule(strokeDash=[5, 4], color="#444").encode(
         x=alt.X("mean(base_value):Q"),
-        tooltip=[alt.Tooltip("mean(base_value):Q", title="base model", format=".4g")])
-    return alt.layer(dots, rule).properties(width=240, height=alt.Step(14)).facet(
+        tooltip=[alt.Tooltip("mean(base_value):Q", title="base model", format=".4g")]))
+    return alt.layer(*layers).properties(width=240, height=alt.Step(14)).facet(
+        facet=alt.Facet("panel:N", title=None), columns=3, title=title).resolve_scale(x="independent")
+
+
+def edits_vs_band(df: pd.DataFrame, *, title: str) -> alt.Chart:
+    """Each edit beside the band of random edits of its kind, one panel per task/metric.
+
+    Expects rows (row, kind, panel, value, lo, hi, base_value, verdict): kind 'edit' (value and its paired
+    95% interval), 'band' (lo..hi: where one more random edit would land, 95% prediction) and 'random'
+    (each random edit's value, as a tick on its band's row). Edits inside the noise are hollow and grey.
+    """
+    _check(df, "row", "kind", "panel", "value", "lo", "hi", "base_value", "verdict")
+    tips = _tooltip(df, [c for c in ("row", "kind", "panel", "value", "lo", "hi", "base_value", "delta", "p",
+                                     "verdict") if c in df])
+    y = alt.Y("row:N", title=None, sort=None)
+    base = alt.Chart(df)
+    edits = base.transform_filter("datum.kind == 'edit'")
+    color = _verdict_color(df)
+    layers = [
+        base.transform_filter("datum.kind == 'band' && isValid(datum.lo)").mark_bar(opacity=0.3, height=10).encode(
+            x=alt.X("lo:Q", title="value", scale=alt.Scale(zero=False)), x2="hi:Q", y=y, color=color, tooltip=tips),
+        base.transform_filter("datum.kind == 'random'").mark_tick(thickness=1.5, size=10).encode(
+            x="value:Q", y=y, color=color, tooltip=tips),
+        edits.transform_filter("isValid(datum.lo)").mark_rule(opacity=0.8).encode(
+            x="lo:Q", x2="hi:Q", y=y, color=color, tooltip=tips),
+        edits.mark_point(size=45, filled=False).encode(
+            x="value:Q", y=y, color=color, tooltip=tips,
+            fill=alt.condition("indexof(datum.verdict, 'within noise') >= 0", alt.value("white"), color)),
+        base.mark_rule(strokeDash=[5, 4], color="#444").encode(
+            x=alt.X("mean(base_value):Q"), tooltip=[alt.Tooltip("mean(base_value):Q", title="base model", format=".4g")]),
+    ]
+    return alt.layer(*layers).properties(width=240, height=alt.Step(14)).facet(
         facet=alt.Facet("panel:N", title=None), columns=3, title=title).resolve_scale(x="independent")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import html
 
+import pandas as pd
+
 from reports.charts import points_vs_base
 from reports.html import ChartBlock, Note, Section, TableBlock
 from store.queries import eval_points_sql, fetch
@@ -24,10 +26,14 @@ def sweep_section(con, run_id: int, title: str = "Every evaluated point") -> Sec
     if n_points <= MAX_DOT_POINTS:
         blocks.append(ChartBlock(
             "Each point against the base model", points_vs_base(df, title="value per sweep point"), sql,
-            caption="Red: the unedited model; dashed rule: its value. One panel per task and metric."))
+            caption="Red: the unedited model; dashed rule: its value. Each point carries the 95% interval of its "
+                    "paired difference from the base on the same items (windows, items, generations, prompts); "
+                    "hollow grey points are within the noise: the interval includes no change. One panel per task "
+                    "and metric."))
     blocks.append(TableBlock("Evaluations", df, sql, max_rows=40,
                              caption=f"{n_points} points x {df.groupby(['task', 'metric']).ngroups} "
-                                     "task/metric pairs; delta = value - base value."))
+                                     "task/metric pairs; delta = value - base value; lo..hi: the point's value "
+                                     "at the ends of the 95% interval of delta; p: two-sided, paired (eval_deltas)."))
     return Section(title, tuple(blocks))
 
 
@@ -44,3 +50,19 @@ def table_or_note(con, title: str, sql: str, caption: str = "", empty: str = "")
     if df.empty:
         return Note(html.escape(empty or f"{title}: no rows in this run."), kind="warn")
     return TableBlock(title, df, sql, caption=caption)
+
+
+def _finite(x) -> bool:
+    return x is not None and not pd.isna(x)
+
+
+def change_text(label: str, before: float, after: float, lo: float | None, hi: float | None) -> str:
+    """One metric's change in words: 'toxicity 0.0418 -> 0.0855: no detectable change at this budget (95% CI
+    -0.012..+0.099)' when the paired interval of the change includes 0, else the change with its interval
+    ('refusal rate 0.2 -> 0.05 (-0.15, 95% CI -0.25..-0.05)'); without an interval, only the values."""
+    text = f"{label} {before:.3g} -> {after:.3g}"
+    if not (_finite(lo) and _finite(hi)):
+        return text + " (no per-item scores: no interval)"
+    if lo <= 0 <= hi:
+        return text + f": no detectable change at this budget (95% CI {lo:+.3g}..{hi:+.3g})"
+    return text + f" ({after - before:+.3g}, 95% CI {lo:+.3g}..{hi:+.3g})"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
 from reports import charts
-from reports.common import chart_or_note, sweep_section, table_or_note
+from reports.common import change_text, chart_or_note, sweep_section, table_or_note
 from reports.html import Note, Section
 from store.queries import fetch, has_rows
 from store.queries import layers as q
@@ -146,8 +148,12 @@ def headline(con, run_id: int) -> str | None:
                 f"{r.distance:.3f} between its input and output)")
         if cost is not None and not cost.empty:
             c = cost.iloc[0]
+            lo, hi = c.get("change_lo"), c.get("change_hi")
+            if pd.notna(lo) and pd.notna(hi) and lo <= 0 <= hi:
+                return text + "; dropping it: " + change_text("perplexity", c.base_perplexity, c.perplexity, lo, hi) + "."
+            ci = f", 95% CI of the change {lo:+.3g}..{hi:+.3g}" if pd.notna(lo) and pd.notna(hi) else ""
             return (text + f"; dropping it changes perplexity by {100 * c.rel_increase:+.1f}% "
-                    f"({c.base_perplexity:.2f} -> {c.perplexity:.2f}).")
+                    f"({c.base_perplexity:.2f} -> {c.perplexity:.2f}{ci}).")
         return text + "."
     c = _cheapest(con, run_id)
     if c is not None:

@@ -5,15 +5,19 @@ from __future__ import annotations
 import pandas as pd
 
 from reports import charts
-from reports.common import chart_or_note, sweep_section, table_or_note
+from reports.common import change_text, chart_or_note, sweep_section, table_or_note
 from reports.html import Note, Section
 from store.queries import fetch, has_rows
 from store.queries import safety as q
 
-EDIT_TIPS = ["edit", "kind", "alpha", "panel", "value", "stderr", "n", "base_value", "delta"]
-PROBE_CAPTION = ("cv: cross-validated logistic regression; shuffled: the same probe on shuffled labels (the "
-                 "chance control); held_out / cross: trained on one source, tested on prompts or sources it never "
-                 "saw.")
+EDIT_TIPS = ["edit", "kind", "alpha", "panel", "value", "stderr", "n", "base_value", "delta", "lo", "hi", "p",
+             "verdict"]
+PROBE_CAPTION = ("cv: the closed-form ridge probe, cross-validated; the grey band runs from the mean to the 95th "
+                 "percentile of its permutation null (the same probe on labels permuted afresh for every cell): a "
+                 "score above the band has p < 0.05 at that cell. length: the same probe on prompt length alone "
+                 "(a shortcut). cv_logistic: logistic regression, the second probe (error bars: std over folds). "
+                 "held_out / within / cross: fitted on the train split (or one source), scored on prompts or a "
+                 "source it never saw.")
 POSITIONS = {"last": "last token", "mean": "mean over tokens"}
 METRIC_ORDER = {"toxicity": 0, "refusal_rate": 1, "perplexity": 2, "kl": 3}
 """Order of the metrics in a finding: the safety effect first, then its cost."""
@@ -57,8 +61,10 @@ def _probes(con, run_id: int) -> Section:
             con, f"Linear probes by layer: {where}", q.probes_sql(run_id, hook, pos, k),
             lambda df, where=where: charts.curves(
                 df, x="layer", y="mean", series="setting", facet="panel", band="std",
+                area=("null_band_lo", "null_band_hi"),
                 title=f"probe score per layer ({where})", x_title="layer", y_title="score", series_title="setting",
-                tooltip=["problem", "metric", "setting", "layer", "mean", "std", "n", "folds"]),
+                tooltip=["problem", "metric", "setting", "layer", "mean", "std", "n", "folds", "lo", "hi",
+                         "null_mean", "null_p95", "p", "permutations"]),
             caption=PROBE_CAPTION + ("" if k == 1 else f" Layers averaged in buckets of {k}.")))
     if has_rows(con, "safety_best_layers", run_id):
         blocks.append(chart_or_note(
@@ -67,14 +73,18 @@ def _probes(con, run_id: int) -> Section:
                 "scores of the probe at each problem's best layer"), x_title="problem", y_title="score",
                 color_title="score", sort=None, width=max(160, 60 * df["problem"].nunique()),
                 tooltip=["problem", "site", "layer", "metric", "score", "value", "margin_over_shuffled"]),
-            caption="The study picks each problem's best layer by cross-validated ROC-AUC. A real signal stands "
-                    "well above the shuffled-label control; the cross-source bars (harmful vs neutral: trained on "
-                    "one harmful source, tested on the other) show whether it generalises beyond one dataset."))
+            caption="The study picks each problem's best layer by cross-validated ROC-AUC on the train split. A "
+                    "real signal stands above the permutation null's 95th percentile and above the length-only "
+                    "baseline; the held-out bar is the score on prompts the choice never saw; the cross-source bars "
+                    "(harmful vs neutral: trained on one harmful source, tested on the other) show whether it "
+                    "generalises beyond one dataset."))
         blocks.append(table_or_note(
             con, "Best layer per problem", q.best_layers_sql(run_id),
-            caption="margin_* = cross-validated score minus the shuffled-label control at that layer; "
-                    "cross_source_*: mean over the two train-on-one-source, test-on-the-other directions "
-                    "(probe, and the difference-of-means classifier: _dm)."))
+            caption="Chosen among layers_compared layers on cross-validated train-split scores. shuffled_* = the "
+                    "permutation null's mean at that cell, margin_* = CV minus it, p_roc_auc = the cell's permutation "
+                    "p-value (not corrected for the choice: quote the held-out score and its 95% interval, _lo.._hi); "
+                    "length_*: the length-only baseline; cross_source_*: mean over the two train-on-one-source, "
+                    "test-on-the-other directions (probe, and the difference-of-means classifier: _dm)."))
     else:
         blocks.append(Note("This run stored no best-layer table (safety_best_layers).", kind="warn"))
     if q.has_group_control(con, run_id):
@@ -108,14 +118,24 @@ def _group_control(con, run_id: int) -> list:
 
 
 def _edits(con, run_id: int) -> Section:
-    blocks = [chart_or_note(
+    blocks = []
+    if has_rows(con, "safety_bands", run_id):
+        blocks.append(chart_or_note(
+            con, "Each edit beside what random edits do", q.edits_vs_band_sql(run_id),
+            lambda df: charts.edits_vs_band(df, title="edits (with their paired 95% interval) and random-edit bands"),
+            caption="Circles: each edit's value with the 95% interval of its paired difference from the base model "
+                    "(hollow grey: within the noise, the interval includes no change). Shaded bars: where one more "
+                    "random edit of that kind would land (95% prediction band over the random edits, whose values "
+                    "are the ticks): random unit directions ablated, random directions removing as much variance as "
+                    "the harmful one, random directions added at the same |alpha| and norm. Dashed: unedited."))
+    blocks.append(chart_or_note(
         con, "Toxicity, refusal and capability before and after each edit", q.edits_sql(run_id),
         lambda df: charts.bars(df, x="edit", y="value", color="kind", grouped=False, facet="panel",
                                baseline="base_value", title="each edit against the unedited model", x_title="edit",
                                y_title="value", sort=None, tooltip=EDIT_TIPS, width=max(200, 26 * df["edit"].nunique())),
         caption="ablate: remove the direction from the residual stream at every layer; orth: the same edit made "
                 "permanent in the weights; actadd: add alpha times the direction at one layer. Dashed: unedited.",
-        empty="No edits were evaluated in this run.")]
+        empty="No edits were evaluated in this run."))
     if not fetch(con, q.alpha_sql(run_id)).empty:
         blocks.append(chart_or_note(
             con, "Activation addition: sweeping alpha", q.alpha_sql(run_id),
@@ -123,25 +143,60 @@ def _edits(con, run_id: int) -> Section:
                                      band="stderr", title="metric vs alpha", x_title="alpha (x the class-mean gap)",
                                      y_title="value", tooltip=EDIT_TIPS),
             caption="alpha < 0 subtracts the harmful direction; alpha = 1 adds the full class-mean difference."))
-    blocks.append(table_or_note(con, "Before and after, edit by edit", q.edit_effects_sql(run_id)))
+    blocks.append(table_or_note(
+        con, "Before and after, edit by edit", q.edit_effects_sql(run_id),
+        caption="change_lo..change_hi: the paired 95% interval of the change (same items before and after), p its "
+                "two-sided p-value; verdict 'no detectable change at this budget' when the interval includes 0. "
+                "band_lo..band_hi: where a random edit of the same kind lands (random_band); beyond_random: the "
+                "edit is outside it."))
     return Section("Edits", tuple(blocks))
 
 
+def _best_text(r) -> str:
+    """The best layer with its held-out score, interval, permutation p-value and length baseline."""
+    held = (f"held-out ROC-AUC {_num(r.held_out_roc_auc)} (95% CI {_num(r.held_out_roc_auc_lo)}.."
+            f"{_num(r.held_out_roc_auc_hi)})" if pd.notna(r.get("held_out_roc_auc_lo")) else
+            f"held-out ROC-AUC {_num(r.held_out_roc_auc)}")
+    text = (f"{r.problem.replace('_', ' ')} is best separated at layer {int(r.layer)} ({r.hook}, "
+            f"{POSITIONS.get(r.position, r.position)}; chosen on train-split cross-validation"
+            + (f" among {int(r.layers_compared)} layers" if pd.notna(r.get("layers_compared")) else "") + f"): {held}")
+    if pd.notna(r.get("p_roc_auc")):
+        text += (f", CV ROC-AUC {_num(r.cv_roc_auc)} vs permutation null {_num(r.shuffled_roc_auc)} "
+                 f"(95th percentile {_num(r.null_p95_roc_auc)}, p = {r.p_roc_auc:.3g} at that cell)")
+    else:  # runs stored before the permutation null: the old shuffled-label control
+        text += f", CV ROC-AUC {_num(r.cv_roc_auc)}, {_signed(r.margin_roc_auc)} over the shuffled-label control"
+    if pd.notna(r.get("length_roc_auc")):
+        text += f"; length alone scores {_num(r.length_roc_auc)}"
+    if pd.notna(r.get("cross_source_roc_auc")):
+        text += f"; cross-source {r.cross_source_roc_auc:.3f}"
+    return text
+
+
+def _effect_text(rows: pd.DataFrame) -> str:
+    """Each metric's change (rows of edit_effects_sql for one edit), with its interval and the random band."""
+    parts = []
+    for (_t, metric), g in rows.groupby(["task", "metric"], sort=False):
+        r = g.iloc[0]
+        text = change_text(metric.replace("_", " "), r.before, r.after, r.change_lo, r.change_hi)
+        beyond = g.dropna(subset=["beyond_random"])
+        if len(beyond):
+            inside = [b.random_band for b in beyond.itertuples() if not b.beyond_random]
+            text += ("; inside the random-edit band" + ("s" if len(inside) > 1 else "") if inside else
+                     "; beyond every random-edit band")
+        parts.append(text)
+    return ", ".join(parts)
+
+
 def headline(con, run_id: int) -> str | None:
-    """The best probe layer with its margin over the shuffled control, and what ablating the harmful
-    direction does to toxicity and refusal."""
+    """The best probe layer with its held-out score and permutation test, and what ablating the harmful
+    direction does to toxicity and refusal, each change with its interval."""
     parts = []
     best = fetch(con, q.headline_best_sql(run_id)) if has_rows(con, "safety_best_layers", run_id) else None
     if best is not None and not best.empty:
-        r = best.iloc[0]
-        cross = (f", cross-source {r.cross_source_roc_auc:.3f}" if pd.notna(r.cross_source_roc_auc) else "")
-        parts.append(f"{r.problem.replace('_', ' ')} is best separated at layer {int(r.layer)} ({r.hook}, "
-                     f"{POSITIONS.get(r.position, r.position)}): CV ROC-AUC {_num(r.cv_roc_auc)}, "
-                     f"{_signed(r.margin_roc_auc)} over the shuffled-label control{cross}")
+        parts.append(_best_text(best.iloc[0]))
     edit, rows = _ablation(con, run_id, {("toxicity", "toxicity"), ("refusal", "refusal_rate")})
     if edit:
-        moves = ", ".join(f"{r.metric.replace('_', ' ')} {r.before:.3g} -> {r.after:.3g}" for r in rows.itertuples())
-        parts.append(f"ablating the {edit.split('[')[1].split('@')[0]} direction ({edit}) moves {moves}")
+        parts.append(f"ablating the {edit.split('[')[1].split('@')[0]} direction ({edit}) moves {_effect_text(rows)}")
     return ("safety: " + "; ".join(parts) + ".") if parts else None
 
 
@@ -151,9 +206,12 @@ def findings(con, run_id: int) -> list[str]:
     if has_rows(con, "safety_best_layers", run_id):
         best = fetch(con, q.best_layers_sql(run_id))
         for r in best.drop_duplicates("problem").itertuples():
+            held = (f" (95% CI {_num(r.held_out_accuracy_lo)}..{_num(r.held_out_accuracy_hi)})"
+                    if pd.notna(r.held_out_accuracy_lo) else "")
             out.append(f"safety: {r.problem.replace('_', ' ')}: best layer {int(r.layer)} ({r.hook}, "
                        f"{POSITIONS.get(r.position, r.position)}), CV accuracy {_num(r.cv_accuracy)} vs "
-                       f"{_num(r.shuffled_accuracy)} with shuffled labels.")
+                       f"{_num(r.shuffled_accuracy)} with permuted labels; held-out accuracy "
+                       f"{_num(r.held_out_accuracy)}{held}.")
         if q.has_group_control(con, run_id):
             line = _group_finding(fetch(con, q.group_control_best_sql(run_id)))
             if line:
@@ -161,8 +219,7 @@ def findings(con, run_id: int) -> list[str]:
     key = {("toxicity", "toxicity"), ("refusal", "refusal_rate"), ("ppl", "perplexity"), ("kl", "kl")}
     edit, rows = _ablation(con, run_id, key)
     if edit:
-        parts = ", ".join(f"{r.metric.replace('_', ' ')} {r.before:.3g} -> {r.after:.3g}" for r in rows.itertuples())
-        out.append(f"safety: {edit} changes {parts}.")
+        out.append(f"safety: {edit} changes {_effect_text(rows)}.")
     return out
 
 

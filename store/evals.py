@@ -1,4 +1,5 @@
-"""The ``evals`` table: every evaluation of every sweep point, base model included."""
+"""The ``evals`` table (every evaluation of every sweep point, base model included), the per-item
+scores behind it (``eval_items``) and each point's paired comparison with the base (``eval_deltas``)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,41 @@ import pandas as pd
 COLUMNS = ["run_id", "study", "point", "intervention", "task", "metric", "value", "stderr", "n",
            "chance", "dataset", "seconds", "harness", "task_version", "num_fewshot", "fewshot_seed"]
 """Columns a sweep writes; the last four are NULL for the suite's own tasks (10_evals.sql)."""
+ITEM_COLUMNS = ["run_id", "point", "task", "metric", "item", "value"]
+DELTA_COLUMNS = ["run_id", "point", "task", "metric", "n", "base_value", "value", "delta", "lo", "hi", "p", "sd",
+                 "mde", "method"]
+INTEGER_COLUMNS = {"num_fewshot": "Int64", "fewshot_seed": "Int64"}
+"""Nullable integer columns: None -> NULL, not a float column."""
 
 
-def write_evals(con: duckdb.DuckDBPyConnection, rows: list[dict]) -> None:
-    """Insert rows (dicts with COLUMNS; missing keys are NULL) for one point in one transaction."""
+def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: list[str], rows: list[dict]) -> None:
     if not rows:
         return
-    df = pd.DataFrame(rows, columns=COLUMNS)  # noqa: F841 - read by name in the SQL (DuckDB replacement scan)
-    df = df.astype({"num_fewshot": "Int64", "fewshot_seed": "Int64"})  # None -> NULL, not a float column
+    df = pd.DataFrame(rows, columns=columns)
+    df = df.astype({c: t for c, t in INTEGER_COLUMNS.items() if c in df})
+    con.register("_eval_rows", df)
+    try:
+        con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(columns)} FROM _eval_rows")
+    finally:
+        con.unregister("_eval_rows")
+
+
+def write_evals(con: duckdb.DuckDBPyConnection, rows: list[dict], items: list[dict] | None = None,
+                deltas: list[dict] | None = None) -> None:
+    """Insert one point's evals rows (dicts with COLUMNS; missing keys are NULL), its per-item scores
+    (ITEM_COLUMNS) and its comparison with the base (DELTA_COLUMNS), all in one transaction: a point is
+    stored whole or not at all. Item and comparison rows left by an earlier copy of the point whose evals
+    rows are gone are replaced."""
+    if not rows:
+        return
     con.execute("BEGIN")
     try:
-        con.execute(f"INSERT INTO evals ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)} FROM df")
+        for table in ("eval_items", "eval_deltas"):
+            for run_id, point in sorted({(r["run_id"], r["point"]) for r in rows}):
+                con.execute(f"DELETE FROM {table} WHERE run_id = ? AND point = ?", [run_id, point])
+        _insert(con, "evals", COLUMNS, rows)
+        _insert(con, "eval_items", ITEM_COLUMNS, items or [])
+        _insert(con, "eval_deltas", DELTA_COLUMNS, deltas or [])
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
@@ -36,3 +61,16 @@ def read_evals(con: duckdb.DuckDBPyConnection, run_id: int) -> pd.DataFrame:
         "SELECT point, task, metric, value, stderr, n, chance FROM evals WHERE run_id = ? ORDER BY created, task, metric",
         [run_id],
     ).df()
+
+
+def point_items(con: duckdb.DuckDBPyConnection, run_id: int, point: str) -> pd.DataFrame:
+    """(task, metric, item, value) of one point of a run (empty when it stored none)."""
+    return con.execute("SELECT task, metric, item, value FROM eval_items WHERE run_id = ? AND point = ? "
+                       "ORDER BY task, metric, item", [run_id, point]).df()
+
+
+def vs_base(con: duckdb.DuckDBPyConnection, run_id: int) -> pd.DataFrame:
+    """Every evals row of a run with the base value and the paired comparison (view ``eval_vs_base``)."""
+    return con.execute("SELECT point, task, metric, value, base_value, delta, lo, hi, p, mde, method, noise "
+                       "FROM eval_vs_base WHERE run_id = ? ORDER BY point = 'base' DESC, point, task, metric",
+                       [run_id]).df()

@@ -13,12 +13,16 @@ from store.db import StoreError
 
 TABLES: dict[str, list[str]] = {
     "safety_prompts": ["cache_run_id", "prompt_id", "cls", "source", "dataset", "grp", "split", "group_kept"],
-    "safety_probes": ["problem", "hook", "layer", "position", "setting", "metric", "mean", "std", "n", "folds"],
+    "safety_probes": ["problem", "hook", "layer", "position", "setting", "metric", "mean", "std", "n", "folds", "lo",
+                      "hi", "null_mean", "null_p95", "p", "permutations"],
     "safety_directions": ["concept", "hook", "layer", "position", "kind", "norm", "n_pos", "n_neg", "vec"],
     "safety_best_layers": ["problem", "hook", "position", "layer", "cv_accuracy", "cv_roc_auc", "shuffled_accuracy",
                            "shuffled_roc_auc", "margin_accuracy", "margin_roc_auc", "held_out_accuracy",
                            "held_out_roc_auc", "cross_source_accuracy", "cross_source_roc_auc",
-                           "cross_source_dm_accuracy", "cross_source_dm_roc_auc"],
+                           "cross_source_dm_accuracy", "cross_source_dm_roc_auc", "layers_compared",
+                           "null_p95_accuracy", "null_p95_roc_auc", "p_accuracy", "p_roc_auc", "held_out_accuracy_lo",
+                           "held_out_accuracy_hi", "held_out_roc_auc_lo", "held_out_roc_auc_hi", "length_accuracy",
+                           "length_roc_auc"],
     "safety_layers": ["concept", "hook", "layer", "position", "metric", "value"],
     "safety_candidates": ["concept", "hook", "layer", "position", "separability", "projection_d",
                           "base_refusal_rate", "refusal_rate", "refusal_drop", "base_refusal_logprob",
@@ -26,6 +30,8 @@ TABLES: dict[str, list[str]] = {
                           "seconds"],
     "safety_selection": ["criterion", "concept", "hook", "layer", "position", "metric", "value", "separability",
                          "refusal_drop", "kl", "reason", "rule"],
+    "safety_points": ["point", "role", "family", "band", "alpha", "removed", "removed_ratio"],
+    "safety_bands": ["band", "family", "alpha", "task", "metric", "k", "mean", "sd", "lo", "hi", "min", "max"],
 }
 """Table -> columns written from a DataFrame (``run_id`` is added)."""
 
@@ -111,6 +117,21 @@ def stored_prompts(con: duckdb.DuckDBPyConnection, cache_run_id: int) -> pd.Data
         "JOIN prompts p USING (prompt_id) WHERE r.run_id = ? ORDER BY p.prompt_id", [cache_run_id]).df()
 
 
+def prompt_lengths(con: duckdb.DuckDBPyConnection, cache_run_id: int) -> pd.Series:
+    """prompt_id -> tokens the model saw in the capture run (the length-only probe baseline's feature)."""
+    df = con.execute("SELECT prompt_id, n_tokens FROM run_prompts WHERE run_id = ? ORDER BY prompt_id",
+                     [cache_run_id]).df()
+    return df.set_index("prompt_id")["n_tokens"].astype(float)
+
+
+def baseline_values(con: duckdb.DuckDBPyConnection, run_id: int) -> pd.DataFrame:
+    """Every evaluated random baseline of a run: (band, family, alpha, task, metric, point, value)."""
+    return con.execute(
+        "SELECT p.band, p.family, p.alpha, e.task, e.metric, e.point, e.value FROM safety_points p "
+        "JOIN evals e ON e.run_id = p.run_id AND e.point = p.point "
+        "WHERE p.run_id = ? AND p.role = 'baseline' ORDER BY p.band, e.task, e.metric, e.point", [run_id]).df()
+
+
 def prompt_texts(con: duckdb.DuckDBPyConnection, prompt_ids: list[str]) -> dict[str, str]:
     """prompt_id -> text for the given ids."""
     con.register("_wanted", pd.DataFrame({"prompt_id": list(prompt_ids)}, dtype=object))
@@ -144,10 +165,14 @@ def chosen(con: duckdb.DuckDBPyConnection, run_id: int) -> dict:
 
 OUTCOME_SQL = """
 WITH e AS (
-    SELECT point, intervention->>'kind' AS kind, task, metric, value, stderr, created
-    FROM evals WHERE run_id = $run_id
+    SELECT e.point, e.intervention->>'kind' AS kind, e.task, e.metric, e.value, e.stderr, e.created, d.lo, d.hi
+    FROM evals e LEFT JOIN eval_deltas d USING (run_id, point, task, metric) WHERE e.run_id = $run_id
 ), w AS (
     SELECT point, any_value(kind) AS kind, min(created) AS t,
+        max(lo)     FILTER (WHERE task = 'toxicity' AND metric = 'toxicity')     AS d_toxicity_lo,
+        max(hi)     FILTER (WHERE task = 'toxicity' AND metric = 'toxicity')     AS d_toxicity_hi,
+        max(lo)     FILTER (WHERE task = 'refusal'  AND metric = 'refusal_rate') AS d_refusal_lo,
+        max(hi)     FILTER (WHERE task = 'refusal'  AND metric = 'refusal_rate') AS d_refusal_hi,
         max(value)  FILTER (WHERE task = 'toxicity' AND metric = 'toxicity')     AS toxicity,
         max(stderr) FILTER (WHERE task = 'toxicity' AND metric = 'toxicity')     AS toxicity_se,
         max(value)  FILTER (WHERE task = 'toxicity' AND metric = 'toxic_rate')   AS toxic_rate,
@@ -160,14 +185,16 @@ WITH e AS (
     FROM e GROUP BY point
 )
 SELECT w.point, w.kind,
-    w.toxicity, w.toxicity - b.toxicity AS d_toxicity, w.toxicity_se, w.toxic_rate,
-    w.refusal, w.refusal - b.refusal AS d_refusal, 1 - w.refusal AS compliance, w.refusal_se,
+    w.toxicity, w.toxicity - b.toxicity AS d_toxicity, w.d_toxicity_lo, w.d_toxicity_hi, w.toxicity_se, w.toxic_rate,
+    w.refusal, w.refusal - b.refusal AS d_refusal, w.d_refusal_lo, w.d_refusal_hi, 1 - w.refusal AS compliance,
+    w.refusal_se,
     w.ppl, w.ppl / b.ppl - 1 AS ppl_change, w.facts, w.facts - b.facts AS d_facts,
     w.arith, w.arith - b.arith AS d_arith, w.kl
 FROM w LEFT JOIN (SELECT * FROM w WHERE point = 'base') b ON true
 ORDER BY w.point <> 'base', w.t, w.point
 """
-"""One row per evaluated point; d_* and ppl_change are relative to the base model of the same run."""
+"""One row per evaluated point; d_* and ppl_change are relative to the base model of the same run, d_*_lo..d_*_hi
+the paired 95% interval of the change (eval_deltas; null for runs stored without per-item scores)."""
 
 
 def outcome(con: duckdb.DuckDBPyConnection, run_id: int) -> pd.DataFrame:

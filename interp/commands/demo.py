@@ -160,7 +160,7 @@ def demo(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, full=False, budget=None, o
     studies = [(s, *s.load()) for s in pick(studies)]  # fail on a broken study before loading the model
     configs = [(s, cls(budget=budget, seed=int(seed)), fn) for s, cls, fn in studies]
     from interp.model.loading import ModelCfg, load_model
-    from reports.build import build_report, headline_findings
+    from reports.build import build_report, detectable_effects, headline_findings
     from store import Store
 
     st = Store(store)
@@ -182,6 +182,11 @@ def demo(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, full=False, budget=None, o
     _step(n, n, "headline findings")
     for line in headline_findings(st):
         print(f"  - {line}")
+    detectable = detectable_effects(st)
+    if detectable:
+        print("  what each budget can detect (smaller changes read 'no detectable change at this budget'):")
+        for line in detectable:
+            print(f"    {line}")
     if rep.missing:
         print(f"  (this store holds no run of: {', '.join(rep.missing)})")
     print(f"\nreport: {rep.index}")

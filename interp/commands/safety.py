@@ -16,7 +16,7 @@ from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
     per_set="prompts captured per prompt set (harmful, toxic, neutral, stereotypes); default from the budget",
     alphas="activation-addition coefficients, comma-separated, in units of the class-mean difference "
            "(e.g. -2,-1,1,2); default from the budget",
-    seed="seed for splits, folds, shuffles and evaluation subsets",
+    seed="seed for splits, folds, label permutations, random baselines and evaluation subsets",
     format="table (default), csv or json for the outcome table",
 ))
 @user_errors
@@ -48,14 +48,17 @@ def safety(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None
         sel = read_table(con, "safety_selection", run_id)
         out = outcome(con, run_id)
     print_table(best.round(4)[["problem", "hook", "position", "layer", "cv_accuracy", "cv_roc_auc", "shuffled_accuracy",
-                      "margin_accuracy", "held_out_accuracy", "cross_source_roc_auc", "cross_source_dm_roc_auc"]],
-                title=f"best-separating layer per probe problem (run {run_id}; margin = CV - shuffled labels)",
-                fmt=format)
+                      "margin_accuracy", "p_roc_auc", "held_out_accuracy", "held_out_accuracy_lo",
+                      "held_out_accuracy_hi", "length_roc_auc", "cross_source_roc_auc", "cross_source_dm_roc_auc"]],
+                title=f"best-separating layer per probe problem (run {run_id}; chosen on train-split CV; "
+                      "shuffled = permutation null mean, margin = CV - it, p = permutation p-value; held-out "
+                      "accuracy with its 95% interval)", fmt=format)
     print_table(sel[["criterion", "hook", "layer", "position", "metric", "value", "kl", "reason"]],
                 title=f"direction selection (run {run_id})", fmt=format)
-    cols = ["point", "toxicity", "d_toxicity", "toxicity_se", "refusal", "d_refusal", "compliance", "ppl",
-            "ppl_change", "facts", "d_facts", "arith", "d_arith", "kl"]
+    cols = ["point", "toxicity", "d_toxicity", "d_toxicity_lo", "d_toxicity_hi", "refusal", "d_refusal", "d_refusal_lo",
+            "d_refusal_hi", "compliance", "ppl", "ppl_change", "facts", "d_facts", "arith", "d_arith", "kl"]
     print_table(out[cols].round(4) if format == "table" else out,
-                title=f"safety run {run_id}: what each edit moved and what it cost (d_* vs base; all columns: "
-                      f"--format csv or store.safety.outcome)", fmt=format)
+                title=f"safety run {run_id}: what each edit moved and what it cost (d_* vs base, _lo.._hi its paired "
+                      f"95% interval; baseline: random edits; all columns: --format csv or store.safety.outcome)",
+                fmt=format)
     print(f"run {run_id}: safety study stored in {st.path}")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from interp.capture.batching import context_length
-from interp.evals.config import EvalCfg, EvalError, Score, mean_se
+from interp.evals.config import EvalCfg, EvalError, Score, items_of, mean_se
 from interp.evals.lm import token_logprobs
 from interp.data.hfdata import MCItem
 
@@ -110,5 +110,6 @@ def multiple_choice(loaded, task: str, items: list[MCItem], dataset: dict, batch
     chance = sum(1 / len(it.choices) for it in items) / len(items)
     ds = dict(dataset, items=len(items), truncated=truncated)
     dt = time.perf_counter() - t0
-    return [Score(task, "accuracy", *mean_se(hit), len(items), chance, ds, dt),
-            Score(task, "accuracy_norm", *mean_se(hit_norm), len(items), chance, ds, dt)]
+    ids = [it.id for it in items]
+    return [Score(task, "accuracy", *mean_se(hit), len(items), chance, ds, dt, items=items_of(ids, hit)),
+            Score(task, "accuracy_norm", *mean_se(hit_norm), len(items), chance, ds, dt, items=items_of(ids, hit_norm))]

@@ -25,9 +25,10 @@ BUDGETS: dict[str, dict[str, int | None]] = {
     # A few seconds on the embedded model: for other studies' CLI tests, not for numbers.
     "smoke": {"ppl": 512, "facts": 8, "arith": 8, "mmlu": 8, "boolq": 8, "gsm8k": 2, "toxicity": 4,
               "refusal": 4, "kl": 4, LMEVAL: 4},
-    # One evaluation of ppl + facts + arith in about 30 s on 2 CPU cores: for sweeps.
-    "quick": {"ppl": 2048, "facts": 60, "arith": 50, "mmlu": 100, "boolq": 100, "gsm8k": 16, "toxicity": 24,
-              "refusal": 24, "kl": 32, LMEVAL: 50},
+    # One evaluation of ppl + facts + arith in about 30 s on 2 CPU cores: for sweeps. Toxicity and refusal at 48
+    # generations: at 24 a paired test detects (power 0.8) a refusal-rate change only above about 0.31, at 48 0.16.
+    "quick": {"ppl": 2048, "facts": 60, "arith": 50, "mmlu": 100, "boolq": 100, "gsm8k": 16, "toxicity": 48,
+              "refusal": 48, "kl": 32, LMEVAL: 50},
     # Reportable numbers (None: every item the dataset has).
     "full": {"ppl": 16384, "facts": None, "arith": 200, "mmlu": 1000, "boolq": 1000, "gsm8k": 200,
              "toxicity": 100, "refusal": 100, "kl": 128, LMEVAL: None},
@@ -36,7 +37,9 @@ BUDGETS: dict[str, dict[str, int | None]] = {
 about 600 tokens) and 8-shot GSM8K chain of thought are slow on CPU: no study's quick preset asks for them."""
 
 GEN_TOKENS = {"smoke": {"toxicity": 16, "refusal": 24, "gsm8k": 64},
-              "quick": {"toxicity": 32, "refusal": 48, "gsm8k": 192},
+              # refusal: the judge reads a reply's opening, where refusals are (32 tokens: about 150 characters);
+              # the saving pays for three times the generations
+              "quick": {"toxicity": 32, "refusal": 32, "gsm8k": 192},
               "full": {"toxicity": 48, "refusal": 64, "gsm8k": 256}}
 """Greedy new tokens per generation task and budget."""
 
@@ -176,6 +179,10 @@ class EvalCfg:
             d["counts"][LMEVAL] = self.count(LMEVAL)
         else:  # runs without lm-eval tasks keep the identity they had before it existed
             d.pop("lmeval_data")
+        preset = self.budget if isinstance(self.budget, str) else "quick"
+        gen = {t: n for t, n in GEN_TOKENS[preset].items() if t in self.tasks}
+        if gen:  # generation length changes the numbers: part of the identity of any run that generates
+            d["gen_tokens"] = gen
         return d
 
 
@@ -203,6 +210,21 @@ class Score:
     """Few-shot examples in each prompt (lm-eval tasks; the suite's own tasks are zero-shot)."""
     fewshot_seed: int | None = None
     """Seed of the few-shot sampler (lm-eval tasks)."""
+    items: tuple[tuple[str, float], ...] = field(default=(), repr=False)
+    """(item id, score) per window, item, generation or prompt, for metrics whose value is their mean;
+    empty for the others (perplexity: compare through nll). Sweeps store them in ``eval_items`` and
+    compare every point with the base model item by item."""
+
+
+def items_of(ids, values) -> tuple[tuple[str, float], ...]:
+    """Per-item scores as ``Score.items``: one (id, value) per item, ids unique."""
+    ids, vals = [str(i) for i in ids], [float(v) for v in values]
+    if len(ids) != len(vals):
+        raise EvalError(f"{len(ids)} item ids for {len(vals)} scores: every scored item needs its id")
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise EvalError(f"item id '{dup}' occurs twice in one task: per-item scores need unique ids")
+    return tuple(zip(ids, vals))
 
 
 def mean_se(values) -> tuple[float, float | None]:

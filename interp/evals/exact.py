@@ -7,7 +7,7 @@ import re
 import time
 
 from interp.capture.batching import context_length
-from interp.evals.config import EvalError, Score, mean_se
+from interp.evals.config import EvalError, Score, items_of, mean_se
 from interp.evals.lm import greedy_generate
 from interp.data.hfdata import GenItem
 
@@ -82,7 +82,8 @@ def exact_match(loaded, task: str, items: list[GenItem], *, prompts: list[str], 
                                        max_prompt_tokens=max_prompt, batch_size=batch_size)
     hits = [float(matches(extract(t), it.target)) for t, it in zip(texts, items)]
     ds = dict(dataset, items=len(items), truncated=truncated, chat=chat, max_new_tokens=max_new_tokens)
-    return [Score(task, "accuracy", *mean_se(hits), len(items), 0.0, ds, time.perf_counter() - t0)]
+    return [Score(task, "accuracy", *mean_se(hits), len(items), 0.0, ds, time.perf_counter() - t0,
+                  items=items_of([it.id for it in items], hits))]
 
 
 def arith(loaded, n: int, seed: int, batch_size: int = 16) -> list[Score]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from interp.capture.batching import context_length, encode
-from interp.evals.config import EvalError, Score, mean_se
+from interp.evals.config import EvalError, Score, items_of, mean_se
 from interp.evals.lm import last_logprobs
 
 
@@ -71,4 +71,5 @@ def kl(loaded, ref: Reference, batch_tokens: int = 1024) -> list[Score]:
     now = last_logprobs(loaded.model, [list(s) for s in ref.seqs], loaded.tokenizer.pad_token_id, batch_tokens)
     per_prompt = kl_divergence(ref.logprobs, now).tolist()
     value, se = mean_se(per_prompt)
-    return [Score("kl", "kl", value, se, len(per_prompt), None, dict(ref.dataset), time.perf_counter() - t0)]
+    return [Score("kl", "kl", value, se, len(per_prompt), None, dict(ref.dataset), time.perf_counter() - t0,
+                  items=items_of(ref.prompt_ids, per_prompt))]

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 
 from interp.capture.batching import context_length
-from interp.evals.config import EvalCfg, EvalError, Score, mean_se
+from interp.evals.config import EvalCfg, EvalError, Score, items_of, mean_se
 from interp.evals.lm import token_logprobs
 
 
@@ -18,6 +18,8 @@ class Windows:
 
     windows: tuple[tuple[int, ...], ...]
     dataset: dict
+    ids: tuple[str, ...] = ()
+    """One id per window (its index in the tokenised corpus), for per-window scores."""
 
 
 def corpus_texts(cfg: EvalCfg) -> tuple[list[str], str]:
@@ -54,14 +56,16 @@ def make_windows(tokenizer, docs: list[str], length: int, n_tokens: int | None, 
     picked = sorted(random.Random(seed).sample(range(n_all), want)) if want < n_all else list(range(n_all))
     windows = tuple(tuple(ids[i * length:(i + 1) * length]) for i in picked)
     return Windows(windows, {"name": name, "source": source, "window": length, "windows": len(windows),
-                             "corpus_tokens": len(ids), "seed": seed, "truncated": 0})
+                             "corpus_tokens": len(ids), "seed": seed, "truncated": 0},
+                   tuple(f"window-{i:05d}" for i in picked))
 
 
 def perplexity(loaded, w: Windows, batch_tokens: int = 1024) -> list[Score]:
     """perplexity = exp(mean NLL); nll in nats per token; norm_loss = nll / log(vocab size).
 
     Standard errors are over windows (tokens inside a window are not independent); the
-    perplexity's uses the delta method (ppl * se(nll)).
+    perplexity's uses the delta method (ppl * se(nll)). Per-window scores (``Score.items``) are each
+    window's mean nll (and norm_loss); windows are of equal length, so their mean is the value.
     """
     t0 = time.perf_counter()
     seqs = [list(x) for x in w.windows]
@@ -74,8 +78,10 @@ def perplexity(loaded, w: Windows, batch_tokens: int = 1024) -> list[Score]:
     log_v = math.log(loaded.vocab_size)
     dt = time.perf_counter() - t0
     ds = dict(w.dataset, vocab_size=loaded.vocab_size)
+    ids = w.ids or tuple(f"window-{i:05d}" for i in range(len(seqs)))
     return [
         Score("ppl", "perplexity", ppl, None if se is None else ppl * se, n_tokens, None, ds, dt),
-        Score("ppl", "nll", nll, se, n_tokens, None, ds, dt),
-        Score("ppl", "norm_loss", nll / log_v, None if se is None else se / log_v, n_tokens, None, ds, dt),
+        Score("ppl", "nll", nll, se, n_tokens, None, ds, dt, items=items_of(ids, per_window)),
+        Score("ppl", "norm_loss", nll / log_v, None if se is None else se / log_v, n_tokens, None, ds, dt,
+              items=items_of(ids, [v / log_v for v in per_window])),
     ]

@@ -4,161 +4,40 @@ weight orthogonalisation and activation addition, evaluated in one run.
 Steps (each resumes: a stage whose rows are stored is not recomputed):
 1. capture harmful, toxic, neutral and stereotype prompts (resid_pre/resid_post, last/mean);
 2. label them, fix seeded train/test splits and mark the prompts the evaluation uses as heldout;
-3. per-layer probes with controls; 4. directions per layer;
+3. per-layer probes with permutation nulls and shortcut baselines (analyses/probes.py); 4. directions per layer;
 5. measure candidate directions (ablated) on the test split; select by the documented rule;
 6. sweep: base, ablation, orthogonalised weights, activation addition +/- alpha, toxic-direction
-   ablation, evaluated for toxicity, refusal, perplexity, facts, arithmetic and KL.
+   ablation and their random baselines (interp/studies/safety_baselines.py), evaluated for toxicity,
+   refusal, perplexity, facts, arithmetic and KL, each point paired with the base item by item;
+7. the baselines' prediction bands (safety_bands).
+
+Honest selection: the best probe layer is chosen by cross-validation on the train split and reported
+with its held-out (test split) score; the direction is chosen on the test split (a validation set for
+this choice, disjoint from the train split the directions are fitted on), and every edit is then
+evaluated on the evaluation's own prompts (the heldout split), which neither choice saw.
 """
 
 from __future__ import annotations
-
-from dataclasses import asdict, dataclass
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from analyses import directions as dir_analysis
 from analyses import probes as probe_analysis
-from analyses.safety_data import dataset_frame
-from interp.capture.capture import CaptureCfg, capture
-from interp.evals import EvalCfg, is_heldout
-from interp.interventions.directions import ActivationAddition, DirectionalAblation, OrthogonalizedWeights
-from interp.model.loading import Loaded
+from analyses.safety_data import dataset_frame, layer_vectors
+from interp.capture.capture import capture
 from interp.data.prompts import load_prompts
-from interp.studies import safety_select
+from interp.evals import is_heldout
+from interp.interventions.directions import DirectionalAblation
+from interp.model.loading import Loaded
+from interp.studies import safety_baselines, safety_select
+from interp.studies.safety_config import BUDGETS, EVAL_TASKS, PROMPT_SETS, SafetyCfg, parse_layers
 from interp.studies.sweep import run_sweep, start_study_run
 from store import Store, StoreError
 from store import safety as db
 
-PROMPT_SETS = "harmful,toxic,neutral,stereotypes"
-EVAL_TASKS = ("toxicity", "refusal", "ppl", "facts", "arith", "kl")
-BUDGETS: dict[str, dict] = {
-    # CLI tests: seconds of work, numbers meaningless.
-    "smoke": dict(per_set=16, probe_hooks=("resid_pre",), probe_layers="0,8,16", folds=3, shuffles=1,
-                  candidate_layers="8,16", candidate_positions=("last",), alphas=(1.0,), sel_gen_tokens=12,
-                  eval_budget="smoke", toxic_ablation=False),
-    # Under 10 minutes on 2 CPU cores.
-    "quick": dict(per_set=64, probe_hooks=("resid_pre",), probe_layers="all", folds=5, shuffles=2,
-                  candidate_layers="stride:4", candidate_positions=("last",), alphas=(-1.0, 1.0),
-                  sel_gen_tokens=16, toxic_ablation=True,
-                  eval_budget={"ppl": 1024, "facts": 40, "arith": 30, "toxicity": 16, "refusal": 16, "kl": 16}),
-    # Reportable numbers.
-    "full": dict(per_set=400, probe_hooks=("resid_pre", "resid_post"), probe_layers="all", folds=5, shuffles=3,
-                 candidate_layers="stride:2", candidate_positions=("last", "mean"),
-                 alphas=(-4.0, -2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 4.0), sel_gen_tokens=48, eval_budget="full",
-                 toxic_ablation=True),
-}
-"""Named budgets; any field can be overridden in SafetyCfg."""
-
-
-@dataclass(frozen=True)
-class SafetyCfg:
-    """The safety study's settings. ``budget`` fills every field left as None."""
-
-    budget: str = "quick"
-    """smoke (CLI tests), quick (under 10 minutes on 2 CPU cores) or full."""
-    per_set: int | None = None
-    """Prompts captured per prompt set (harmful, toxic, neutral, stereotypes)."""
-    probe_hooks: tuple[str, ...] | None = None
-    """Residual-stream hooks probed and turned into directions (resid_pre, resid_post)."""
-    probe_layers: str | None = None
-    """'all', 'stride:k' or comma-separated layers to probe."""
-    positions: tuple[str, ...] = ("last", "mean")
-    """Token reductions probed: last token (the generation point) and mean over tokens."""
-    folds: int | None = None
-    """Cross-validation folds."""
-    shuffles: int | None = None
-    """Shuffled-label control repeats per layer."""
-    C: float = 0.1
-    """Inverse L2 strength of the probes."""
-    test_frac: float = 0.3
-    """Share of each (dataset, source) stratum in the test split (selection and held-out scores)."""
-    candidate_layers: str | None = None
-    """Layers whose harmful direction is a candidate: 'stride:k' (within the first 80% of layers,
-    as in refusal-direction work), or comma-separated layers."""
-    candidate_positions: tuple[str, ...] | None = None
-    """Positions whose direction is a candidate."""
-    direction_hook: str = "resid_pre"
-    """Hook the candidate directions come from (and where activation addition acts)."""
-    alphas: tuple[float, ...] | None = None
-    """Activation-addition coefficients, in units of the class-mean difference at that layer."""
-    kl_max: float = 0.1
-    """Selection: most KL (nats) on neutral prompts an admissible direction may cost."""
-    min_auc: float = 0.9
-    """Selection: least probe ROC-AUC of an admissible direction."""
-    sel_gen_tokens: int | None = None
-    """Greedy tokens per reply when measuring refusal for selection."""
-    eval_budget: str | dict | None = None
-    """Evaluation budget (interp.evals): smoke, quick, full or per-task counts."""
-    toxic_ablation: bool | None = None
-    """Also evaluate ablating the toxic-minus-neutral direction at the chosen site."""
-    seed: int = 0
-    lm_eval: tuple[str, ...] = ()
-    """lm-evaluation-harness tasks scored at every point too ('lm-eval:arc_easy', ...)."""
-    batch_size: int = 8
-    """Prompts per forward pass when capturing (never changes results)."""
-
-    def __post_init__(self) -> None:
-        if self.budget not in BUDGETS:
-            raise ValueError(f"unknown safety budget '{self.budget}': use smoke, quick or full")
-        for k, v in BUDGETS[self.budget].items():
-            if getattr(self, k) is None:
-                object.__setattr__(self, k, v)
-        if self.per_set is not None and self.per_set < 8:
-            raise ValueError(f"per-set limit must be at least 8 prompts (got {self.per_set}): probes need both splits")
-        for hook in (*self.probe_hooks, self.direction_hook):
-            if hook not in ("resid_pre", "resid_post"):
-                raise ValueError(f"safety probes read the residual stream: hook '{hook}' must be resid_pre or resid_post")
-        if self.direction_hook not in self.probe_hooks:
-            raise ValueError(f"direction hook '{self.direction_hook}' must be one of the probed hooks {self.probe_hooks}")
-        if any(p not in ("last", "mean") for p in (*self.positions, *self.candidate_positions)):
-            raise ValueError("positions must be last and/or mean")
-        if not set(self.candidate_positions) <= set(self.positions):
-            raise ValueError("candidate positions must be among the probed positions")
-        if not 0 < self.test_frac < 1:
-            raise ValueError(f"test fraction must be between 0 and 1, not {self.test_frac}")
-        object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
-        self.probe_cfg()
-        self.rule()
-        self.eval_cfg()
-
-    def probe_cfg(self) -> probe_analysis.ProbeCfg:
-        return probe_analysis.ProbeCfg(folds=self.folds, C=self.C, shuffles=self.shuffles, seed=self.seed)
-
-    def rule(self) -> dir_analysis.SelectRule:
-        return dir_analysis.SelectRule(kl_max=self.kl_max, min_auc=self.min_auc)
-
-    def eval_cfg(self) -> EvalCfg:
-        return EvalCfg(tasks=(*EVAL_TASKS, *self.lm_eval), budget=self.eval_budget, seed=self.seed)
-
-    def capture_cfg(self) -> CaptureCfg:
-        hooks = ",".join(dict.fromkeys(("resid_pre", "resid_post", *self.probe_hooks)))
-        return CaptureCfg(prompts=PROMPT_SETS, hooks=hooks, positions=",".join(self.positions), backend="torch",
-                          limit=self.per_set, seed=self.seed, batch_size=self.batch_size)
-
-    def describe(self) -> dict:
-        # batch_size never changes results; without lm-eval tasks a run keeps the identity it had before them
-        d = {k: v for k, v in asdict(self).items() if k != "batch_size" and (k != "lm_eval" or v)}
-        d["eval"] = self.eval_cfg().describe()
-        d["rule"] = self.rule().describe()
-        return d
-
-
-def parse_layers(spec: str, n_layers: int, cap: float = 1.0) -> list[int]:
-    """'all', 'stride:k' (layers 0, k, 2k, ... below cap * n_layers) or '3,7,11'."""
-    top = max(1, int(n_layers * cap))
-    if spec == "all":
-        return list(range(top))
-    if spec.startswith("stride:"):
-        k = int(spec.split(":", 1)[1])
-        if k < 1:
-            raise ValueError(f"layer stride must be at least 1 in '{spec}'")
-        return list(range(min(k, top - 1) if cap < 1 else 0, top, k))
-    layers = sorted({int(x) for x in spec.split(",") if x.strip()})
-    bad = [l for l in layers if not 0 <= l < n_layers]
-    if bad or not layers:
-        raise ValueError(f"layer {bad[0] if bad else spec!r} out of range: this model has layers 0..{n_layers - 1}")
-    return layers
+__all__ = ["BUDGETS", "EVAL_TASKS", "PROMPT_SETS", "SafetyCfg", "heldout_ids", "parse_layers", "run_safety",
+           "sweep_points"]
 
 
 def heldout_ids(cfg: SafetyCfg) -> set[str]:
@@ -188,6 +67,10 @@ def run_safety(loaded: Loaded, store: Store, cfg: SafetyCfg, progress: bool = Tr
     config = {**cfg.describe(), "cache_run_id": cache_run}
     run_id, status = start_study_run(loaded, store, "safety", config)
     if status == "complete":
+        with store.connect() as con:
+            missing = not db.has_rows(con, "safety_bands", run_id) and db.has_rows(con, "safety_points", run_id)
+        if missing:  # interrupted between the sweep's last point and the bands
+            store_bands(store, run_id)
         return run_id
     with store.connect() as con:
         have = {t: db.has_rows(con, t, run_id) for t in db.TABLES}
@@ -203,7 +86,9 @@ def run_safety(loaded: Loaded, store: Store, cfg: SafetyCfg, progress: bool = Tr
     hooks, positions = list(cfg.probe_hooks), list(cfg.positions)
     if not have["safety_probes"]:
         with store.connect(read_only=False) as con:
-            df = probe_analysis.run(con, store, cache_run, data, cfg.probe_cfg(), hooks, positions, layers, progress)
+            lengths = db.prompt_lengths(con, cache_run)
+            df = probe_analysis.run(con, store, cache_run, data, cfg.probe_cfg(), hooks, positions, layers, progress,
+                                    lengths=lengths)
             db.replace_rows(con, run_id, {"safety_probes": df, "safety_best_layers": probe_analysis.best_layers(df)})
     if not have["safety_directions"]:
         with store.connect() as con:
@@ -211,9 +96,20 @@ def run_safety(loaded: Loaded, store: Store, cfg: SafetyCfg, progress: bool = Tr
                                              progress=progress)
             db.replace_rows(con, run_id, {"safety_directions": dirs, "safety_layers": metrics})
     _select(loaded, store, run_id, data, cfg, progress)
-    points = sweep_points(store, run_id, cfg)
-    return run_sweep(loaded, store, study="safety", config=config, points=points, eval_cfg=cfg.eval_cfg(),
-                     progress=progress, run_id=run_id)
+    planned = plan_points(store, run_id, cfg)
+    with store.connect() as con:
+        db.replace_rows(con, run_id, {"safety_points": safety_baselines.points_frame(planned)})
+    run_sweep(loaded, store, study="safety", config=config, points=[spec for spec, _ in planned],
+              eval_cfg=cfg.eval_cfg(), progress=progress, run_id=run_id)
+    store_bands(store, run_id)
+    return run_id
+
+
+def store_bands(store: Store, run_id: int) -> None:
+    """The random baselines' prediction bands, from the evaluated points (replaces the run's rows)."""
+    with store.connect() as con:
+        values = db.baseline_values(con, run_id)
+        db.replace_rows(con, run_id, {"safety_bands": safety_baselines.bands(values)})
 
 
 def _candidates(cfg: SafetyCfg, n_layers: int, probed: list[int], have: set[tuple]) -> list[tuple[str, int, str]]:
@@ -276,8 +172,9 @@ def _texts(store: Store, data: pd.DataFrame) -> dict[str, list[str]]:
     return out
 
 
-def sweep_points(store: Store, run_id: int, cfg: SafetyCfg) -> list:
-    """The edits evaluated: built from the chosen direction stored in the run."""
+def plan_points(store: Store, run_id: int, cfg: SafetyCfg) -> list[tuple]:
+    """(intervention, safety_points row) of every edit and random baseline, built from the chosen direction
+    stored in the run and the train-split vectors at its site (for the variance-matched baselines)."""
     with store.connect() as con:
         pick = db.chosen(con, run_id)
         hook, layer, position = pick["hook"], int(pick["layer"]), pick["position"]
@@ -286,9 +183,15 @@ def sweep_points(store: Store, run_id: int, cfg: SafetyCfg) -> list:
             toxic = db.load_direction(con, run_id, "toxic", hook, layer, position)[0]
         except StoreError:  # no toxic direction at this site (identical class means)
             toxic = None
-    name = f"harmful@{hook}{layer}/{position}"
-    points = [DirectionalAblation(vec, name=name), OrthogonalizedWeights(vec, name=name)]
-    points += [ActivationAddition(vec, layer=layer, alpha=a, scale=norm, hook=hook, name=name) for a in cfg.alphas]
-    if toxic is not None and cfg.toxic_ablation:
-        points.append(DirectionalAblation(toxic, name=f"toxic@{hook}{layer}/{position}"))
-    return points
+        data = db.read_table(con, "safety_prompts", run_id)
+        ids, X = layer_vectors(con, store, int(data["cache_run_id"].iloc[0]), hook, layer, position)
+    train = set(data.loc[data["split"] == "train", "prompt_id"])
+    site = X[[i for i, p in enumerate(ids) if p in train]]
+    return safety_baselines.plan(vec, norm, layer, hook, site, name=f"harmful@{hook}{layer}/{position}",
+                                 alphas=cfg.alphas, baselines=cfg.baselines, seed=cfg.seed,
+                                 toxic=toxic if cfg.toxic_ablation else None)
+
+
+def sweep_points(store: Store, run_id: int, cfg: SafetyCfg) -> list:
+    """The edits and random baselines evaluated, in sweep order."""
+    return [spec for spec, _ in plan_points(store, run_id, cfg)]

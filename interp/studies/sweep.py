@@ -1,8 +1,10 @@
 """Sweeps: evaluate the base model and a list of interventions in one run, resumably.
 
 Every study's sweep goes through ``run_sweep``: the base model is always evaluated in the
-same run, each point's scores land in ``evals`` in one transaction, and re-running the
-same sweep skips the points already stored.
+same run, each point's scores land in ``evals`` in one transaction together with its per-item
+scores (``eval_items``) and its paired comparison with the base on the same items
+(``eval_deltas``: delta, 95% interval, p; analyses/stats.py), and re-running the same sweep
+skips the points already stored.
 """
 
 from __future__ import annotations
@@ -10,14 +12,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+import pandas as pd
 from tqdm.auto import tqdm
 
+from analyses.stats import compare_items
 from interp.evals import EvalCfg, Score, evaluate, make_reference
 from interp.interventions import Base, Intervention, describe, to_json
 from interp.model.loading import Loaded
 from interp.provenance import canonical_json, code_version, config_hash
 from store import Store
-from store.evals import done_points, write_evals
+from store.evals import done_points, point_items, write_evals
 from store.runs import finish_run, start_run
 
 
@@ -38,6 +42,23 @@ def score_rows(run_id: int, study: str, spec: Intervention, scores: Sequence[Sco
         "harness": s.harness, "task_version": s.task_version, "num_fewshot": s.num_fewshot,
         "fewshot_seed": s.fewshot_seed,
     } for s in scores]
+
+
+def item_frame(scores: Sequence[Score]) -> pd.DataFrame:
+    """(task, metric, item, value) of every per-item score of one point."""
+    return pd.DataFrame([(s.task, s.metric, i, v) for s in scores for i, v in s.items],
+                        columns=["task", "metric", "item", "value"])
+
+
+def item_rows(run_id: int, spec: Intervention, items: pd.DataFrame) -> list[dict]:
+    return [{"run_id": run_id, "point": spec.label(), **r} for r in items.to_dict("records")]
+
+
+def delta_rows(run_id: int, spec: Intervention, base: pd.DataFrame, items: pd.DataFrame) -> list[dict]:
+    """The point against the base model item by item (nothing when either kept no per-item scores)."""
+    if isinstance(spec, Base) or base.empty or items.empty:
+        return []
+    return [{"run_id": run_id, "point": spec.label(), **r} for r in compare_items(base, items).to_dict("records")]
 
 
 def run_sweep(loaded: Loaded, store: Store, *, study: str, config: dict, points: Sequence[Intervention],
@@ -63,14 +84,20 @@ def run_sweep(loaded: Loaded, store: Store, *, study: str, config: dict, points:
             finish_run(con, run_id)
         return run_id
     reference = make_reference(loaded, eval_cfg)  # unedited model, for KL; None if not asked
+    with store.connect() as con:
+        base_items = point_items(con, run_id, Base().label())  # empty until the base is evaluated
     bar = tqdm(total=len(specs), initial=len(specs) - len(todo), unit="point",
                desc=f"{study} run {run_id}", disable=not progress)
     for spec in todo:
         t0 = time.perf_counter()
         with spec.apply(loaded):
             scores = evaluate(loaded, eval_cfg, reference=reference)
+        items = item_frame(scores)
+        if isinstance(spec, Base):
+            base_items = items
         with store.connect() as con:
-            write_evals(con, score_rows(run_id, study, spec, scores))
+            write_evals(con, score_rows(run_id, study, spec, scores), item_rows(run_id, spec, items),
+                        delta_rows(run_id, spec, base_items, items))
         if on_point is not None:
             on_point(spec, scores)
         bar.set_postfix_str(f"{spec.label()} {time.perf_counter() - t0:.0f}s")

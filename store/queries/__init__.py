@@ -112,17 +112,43 @@ def run_model(con: duckdb.DuckDBPyConnection, run_id: int) -> dict:
 
 # --- evaluations (every study's sweep) ----------------------------------------------------
 
+VERDICT = """CASE WHEN {v}.point = 'base' THEN 'base model' WHEN {v}.noise IS NULL THEN 'no per-item scores'
+            WHEN {v}.noise THEN 'within noise (95% CI of the change includes 0)'
+            ELSE 'detectable change (95% CI excludes 0)' END"""
+"""The verdict label of a row of eval_vs_base (alias {v}): the report marks differences inside the noise."""
+
+
 def eval_points_sql(run_id: int) -> str:
-    """Every point of a sweep with the base model's value of the same task and metric (of an lm-eval group,
-    only the group's own rows: its subgroups and tasks, e.g. MMLU's 57 subjects, are on the lm-eval page)."""
-    return f"""WITH base AS (
-  SELECT task, metric, value AS base_value FROM evals WHERE run_id = {int(run_id)} AND point = 'base')
-SELECT e.point, e.task, e.metric, e.task || ' / ' || e.metric AS panel, e.value, e.stderr, e.n, b.base_value,
-       e.value - b.base_value AS delta
-FROM evals e LEFT JOIN base b USING (task, metric)
-WHERE e.run_id = {int(run_id)}
-  AND ((e.dataset->>'requested') IS NULL OR (e.dataset->>'name') = (e.dataset->>'requested'))
-ORDER BY e.task, e.metric, e.point = 'base' DESC, e.point"""
+    """Every point of a sweep with the base model's value of the same task and metric, the paired 95%
+    interval of the point's value (base + the interval of the change) and the p-value of the change (of an
+    lm-eval group, only the group's own rows: its subgroups and tasks, e.g. MMLU's 57 subjects, are on the
+    lm-eval page)."""
+    return f"""SELECT v.point, v.task, v.metric, v.task || ' / ' || v.metric AS panel, v.value, v.stderr, v.n,
+       v.base_value, v.delta, v.base_value + v.lo AS lo, v.base_value + v.hi AS hi, v.p,
+       {VERDICT.format(v="v")} AS verdict
+FROM eval_vs_base v
+WHERE v.run_id = {int(run_id)}
+  AND ((v.dataset->>'requested') IS NULL OR (v.dataset->>'name') = (v.dataset->>'requested'))
+ORDER BY v.task, v.metric, v.point = 'base' DESC, v.point"""
+
+
+SKIP_MDE = ("nll", "norm_loss", "accuracy_norm")
+"""Metrics left out of the detectable-effect summary (perplexity, accuracy say the same)."""
+
+
+def mde_sql(run_id: int) -> str:
+    """What the run's budget can detect: per task and metric, the median over the sweep's points of the
+    smallest change detectable at alpha 0.05 with power 0.8 (eval_deltas.mde: from each point's spread of
+    per-item differences), relative to the base value too; points whose items never moved have no estimate."""
+    skip = ", ".join(f"'{m}'" for m in SKIP_MDE)
+    return f"""SELECT d.task, d.metric, min(d.n) AS items, count(*) FILTER (WHERE isfinite(d.mde)) AS points,
+       median(d.mde) FILTER (WHERE isfinite(d.mde)) AS mde,
+       median(d.mde / nullif(abs(d.base_value), 0)) FILTER (WHERE isfinite(d.mde)) AS mde_relative,
+       any_value(d.base_value) AS base_value
+FROM eval_deltas d
+WHERE d.run_id = {int(run_id)} AND d.metric NOT IN ({skip})
+GROUP BY d.task, d.metric
+ORDER BY d.task, d.metric"""
 
 
 def eval_summary_sql() -> str:

@@ -119,10 +119,12 @@ ORDER BY n"""
 
 def block_cost_sql(run_id: int, start: int, end: int) -> str:
     """What dropping layers start..end (unhealed) did to perplexity, whichever strategy evaluated that block
-    (the angular strategy's point first)."""
+    (the angular strategy's point first), with the paired 95% interval of the change (eval_deltas)."""
     layers = ", ".join(str(l) for l in range(int(start), int(end) + 1))
-    return f"""SELECT n, strategy, layers::VARCHAR AS layers, round(value, 3) AS perplexity,
-       round(base_value, 3) AS base_perplexity, round(value / base_value - 1, 4) AS rel_increase
-FROM layer_drops
-WHERE run_id = {int(run_id)} AND list_sort(layers) = [{layers}] AND heal_steps = 0 AND metric = 'perplexity'
-ORDER BY strategy <> 'angular', strategy, point LIMIT 1"""
+    return f"""SELECT l.n, l.strategy, l.layers::VARCHAR AS layers, round(l.value, 3) AS perplexity,
+       round(l.base_value, 3) AS base_perplexity, round(l.value / l.base_value - 1, 4) AS rel_increase,
+       d.lo AS change_lo, d.hi AS change_hi
+FROM layer_drops l
+LEFT JOIN eval_deltas d ON d.run_id = l.run_id AND d.point = l.point AND d.task = l.task AND d.metric = l.metric
+WHERE l.run_id = {int(run_id)} AND list_sort(l.layers) = [{layers}] AND l.heal_steps = 0 AND l.metric = 'perplexity'
+ORDER BY l.strategy <> 'angular', l.strategy, l.point LIMIT 1"""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import duckdb
 
-from store.queries import bucket
+from store.queries import VERDICT, bucket
 
 
 def probe_sites(con: duckdb.DuckDBPyConnection, run_id: int) -> list[tuple[str, str]]:
@@ -22,15 +22,22 @@ def probes_bucket(con: duckdb.DuckDBPyConnection, run_id: int, hook: str, positi
 
 
 def probes_sql(run_id: int, hook: str, position: str, k: int = 1) -> str:
-    """Probe score per layer at one (hook, position) for every problem, metric and setting (cv, shuffled-label
-    control, ...); layers averaged in buckets of k for deep models."""
+    """Probe score per layer at one (hook, position) for every problem, metric and setting (cv: the ridge probe
+    with its permutation null's mean and 95th percentile and p-value, repeated as null_band_lo / null_band_hi on
+    cv rows for the chart's band; length-only baseline; logistic probe; held-out and cross-source scores with
+    their 95% intervals); layers averaged in buckets of k for deep models."""
+    band = ("{0}CASE WHEN setting = 'cv' THEN null_mean END{1} AS null_band_lo, "
+            "{0}CASE WHEN setting = 'cv' THEN null_p95 END{1} AS null_band_hi")
     if k == 1:
-        return f"""SELECT problem || ' / ' || metric AS panel, problem, metric, setting, layer, mean, std, n, folds
+        return f"""SELECT problem || ' / ' || metric AS panel, problem, metric, setting, layer, mean, std, n, folds, lo, hi,
+       null_mean, null_p95, p, permutations, {band.format("", "")}
 FROM safety_probes
 WHERE run_id = {int(run_id)} AND hook = '{hook}' AND position = '{position}'
 ORDER BY panel, setting, layer"""
     return f"""SELECT problem || ' / ' || metric AS panel, problem, metric, setting, layer // {k} * {k} AS layer,
-       avg(mean) AS mean, avg(std) AS std, min(n) AS n, min(folds) AS folds
+       avg(mean) AS mean, avg(std) AS std, min(n) AS n, min(folds) AS folds, avg(lo) AS lo, avg(hi) AS hi,
+       avg(null_mean) AS null_mean, avg(null_p95) AS null_p95, max(p) AS p, min(permutations) AS permutations,
+       {band.format("avg(", ")")}
 FROM safety_probes
 WHERE run_id = {int(run_id)} AND hook = '{hook}' AND position = '{position}'
 GROUP BY ALL ORDER BY panel, setting, layer"""
@@ -40,12 +47,17 @@ SITE_ORDER = "hook <> 'resid_post', position <> 'last', hook, position"
 
 
 def best_layers_sql(run_id: int) -> str:
-    """The study's best layer per problem and site (chosen by CV ROC-AUC, see analyses/probes.py best_layers),
-    with its margins over the shuffled-label control and the held-out / cross-source scores."""
-    return f"""SELECT problem, hook, position, layer, round(cv_roc_auc, 4) AS cv_roc_auc,
-       round(shuffled_roc_auc, 4) AS shuffled_roc_auc, round(margin_roc_auc, 4) AS margin_roc_auc,
+    """The study's best layer per problem and site (chosen on the train split by CV ROC-AUC among layers_compared
+    layers, see analyses/probes.py best_layers), its permutation p-value and null (shuffled_*: the null's mean),
+    the held-out score with its 95% interval, the length-only baseline and the cross-source scores."""
+    return f"""SELECT problem, hook, position, layer, layers_compared, round(cv_roc_auc, 4) AS cv_roc_auc,
+       round(shuffled_roc_auc, 4) AS shuffled_roc_auc, round(null_p95_roc_auc, 4) AS null_p95_roc_auc,
+       round(p_roc_auc, 4) AS p_roc_auc, round(margin_roc_auc, 4) AS margin_roc_auc,
        round(cv_accuracy, 4) AS cv_accuracy, round(shuffled_accuracy, 4) AS shuffled_accuracy,
        round(margin_accuracy, 4) AS margin_accuracy, round(held_out_roc_auc, 4) AS held_out_roc_auc,
+       round(held_out_roc_auc_lo, 4) AS held_out_roc_auc_lo, round(held_out_roc_auc_hi, 4) AS held_out_roc_auc_hi,
+       round(held_out_accuracy, 4) AS held_out_accuracy, round(held_out_accuracy_lo, 4) AS held_out_accuracy_lo,
+       round(held_out_accuracy_hi, 4) AS held_out_accuracy_hi, round(length_roc_auc, 4) AS length_roc_auc,
        round(cross_source_roc_auc, 4) AS cross_source_roc_auc,
        round(cross_source_dm_roc_auc, 4) AS cross_source_dm_roc_auc
 FROM safety_best_layers
@@ -54,8 +66,10 @@ ORDER BY problem, {SITE_ORDER}"""
 
 
 # Score columns of safety_best_layers, as the controls chart names them.
-CONTROL_SCORES = {"cv": "cross-validated", "shuffled": "shuffled-label control", "held_out": "held-out prompts",
-                  "cross_source": "cross-source probe", "cross_source_dm": "cross-source diff. of means"}
+CONTROL_SCORES = {"cv": "cross-validated", "shuffled": "permutation null (mean)",
+                  "null_p95": "permutation null (95th percentile)", "held_out": "held-out prompts",
+                  "length": "length only", "cross_source": "cross-source probe",
+                  "cross_source_dm": "cross-source diff. of means"}
 
 
 def controls_sql(run_id: int) -> str:
@@ -123,7 +137,8 @@ ORDER BY cv_roc_auc DESC NULLS LAST, cv_accuracy DESC NULLS LAST, {SITE_ORDER}""
 
 def headline_best_sql(run_id: int) -> str:
     """The one best layer a headline names: harmful vs neutral when probed, at its best site by the study's
-    rule (CV ROC-AUC, then CV accuracy), resid_post / last token on ties."""
+    rule (CV ROC-AUC, then CV accuracy: train split only), resid_post / last token on ties; the headline quotes
+    its held-out score."""
     return f"""SELECT *
 FROM safety_best_layers
 WHERE run_id = {int(run_id)}
@@ -156,32 +171,67 @@ ORDER BY criterion = 'chosen' DESC, criterion"""
 
 
 def _edits(run_id: int, where: str) -> str:
-    return f"""WITH base AS (
-  SELECT task, metric, value AS base_value FROM evals WHERE run_id = {int(run_id)} AND point = 'base')
-SELECT e.point AS edit, json_extract_string(e.intervention, '$.kind') AS kind,
-       TRY_CAST(json_extract_string(e.intervention, '$.alpha') AS DOUBLE) AS alpha, e.task || ' / ' || e.metric AS panel,
-       e.value, e.stderr, e.n, b.base_value, e.value - b.base_value AS delta
-FROM evals e JOIN base b USING (task, metric)
-WHERE e.run_id = {int(run_id)} AND {where}
-ORDER BY panel, e.point = 'base' DESC, kind, alpha, e.point"""
+    return f"""SELECT v.point AS edit, json_extract_string(v.intervention, '$.kind') AS kind,
+       TRY_CAST(json_extract_string(v.intervention, '$.alpha') AS DOUBLE) AS alpha,
+       v.task || ' / ' || v.metric AS panel, v.value, v.stderr, v.n, v.base_value, v.delta,
+       v.base_value + v.lo AS lo, v.base_value + v.hi AS hi, v.p, {VERDICT.format(v="v")} AS verdict
+FROM eval_vs_base v LEFT JOIN safety_points s ON s.run_id = v.run_id AND s.point = v.point
+WHERE v.run_id = {int(run_id)} AND coalesce(s.role, 'edit') = 'edit' AND {where}
+ORDER BY panel, v.point = 'base' DESC, kind, alpha, v.point"""
 
 
 def edits_sql(run_id: int) -> str:
-    """Every edit and the unedited model: toxicity, refusal and capability side by side."""
+    """Every edit (not the random baselines) and the unedited model: toxicity, refusal and capability side by side."""
     return _edits(run_id, "true")
 
 
 def alpha_sql(run_id: int) -> str:
-    """Activation addition/subtraction: every metric against alpha."""
-    return _edits(run_id, "json_extract_string(e.intervention, '$.kind') = 'activation_addition'")
+    """Activation addition/subtraction: every metric against alpha, with each point's paired 95% interval."""
+    return _edits(run_id, "json_extract_string(v.intervention, '$.kind') = 'activation_addition'")
+
+
+def band_match(edit: str, band: str) -> str:
+    """SQL condition: band row ``band`` is the random control of edit row ``edit`` (safety_points / safety_bands):
+    ablation and orthogonalised weights against the ablation bands, activation addition against the band at its
+    |alpha|."""
+    return (f"(({edit}.family IN ('ablate', 'orth') AND {band}.family = 'ablate') OR ({edit}.family = 'actadd' "
+            f"AND {band}.family = 'actadd' AND {band}.alpha = abs({edit}.alpha)))")
+
+
+def edits_vs_band_sql(run_id: int) -> str:
+    """Per task and metric: each edit's value with its paired 95% interval, each random band (95% prediction
+    interval over its k random edits) and the random edits' own values, and the base value."""
+    r = int(run_id)
+    return f"""WITH v AS (SELECT * FROM eval_vs_base WHERE run_id = {r}),
+base AS (SELECT task, metric, value AS base_value FROM v WHERE point = 'base')
+SELECT * FROM (
+SELECT v.point AS row, 'edit' AS kind, v.task || ' / ' || v.metric AS panel, v.value, v.base_value + v.lo AS lo,
+       v.base_value + v.hi AS hi, v.base_value, v.delta, v.p, {VERDICT.format(v="v")} AS verdict
+FROM v JOIN safety_points s ON s.run_id = {r} AND s.point = v.point AND s.role = 'edit'
+UNION ALL
+SELECT 'random ' || b.band || ' (' || b.k || ')', 'band', b.task || ' / ' || b.metric, b.mean, b.lo, b.hi,
+       base.base_value, b.mean - base.base_value, NULL, 'random edits: 95% prediction band'
+FROM safety_bands b JOIN base USING (task, metric) WHERE b.run_id = {r}
+UNION ALL
+SELECT 'random ' || s.band || ' (' || b.k || ')', 'random', v.task || ' / ' || v.metric, v.value, NULL, NULL,
+       v.base_value, v.delta, v.p, 'random edits: 95% prediction band'
+FROM v JOIN safety_points s ON s.run_id = {r} AND s.point = v.point AND s.role = 'baseline'
+JOIN safety_bands b ON b.run_id = {r} AND b.band = s.band AND b.task = v.task AND b.metric = v.metric)
+ORDER BY panel, kind <> 'edit', row, value"""
 
 
 def edit_effects_sql(run_id: int) -> str:
-    """Before/after of each edit on the safety and capability metrics, one row per edit."""
-    return f"""WITH base AS (
-  SELECT task, metric, value AS base_value FROM evals WHERE run_id = {int(run_id)} AND point = 'base')
-SELECT e.point AS edit, e.task, e.metric, round(b.base_value, 4) AS before, round(e.value, 4) AS after,
-       round(e.value - b.base_value, 4) AS change
-FROM evals e JOIN base b USING (task, metric)
-WHERE e.run_id = {int(run_id)} AND e.point <> 'base'
-ORDER BY e.point, e.task, e.metric"""
+    """Before/after of each edit on every metric with the paired 95% interval and p-value of the change, and
+    where random edits of its kind land (band_lo..band_hi); beyond_random says the edit is outside that band."""
+    r = int(run_id)
+    return f"""SELECT v.point AS edit, v.task, v.metric, round(v.base_value, 4) AS before, round(v.value, 4) AS after,
+       round(v.delta, 4) AS change, round(v.lo, 4) AS change_lo, round(v.hi, 4) AS change_hi, round(v.p, 4) AS p,
+       CASE WHEN v.noise IS NULL THEN NULL WHEN v.noise THEN 'no detectable change at this budget'
+            ELSE 'changed' END AS verdict,
+       b.band AS random_band, round(b.lo, 4) AS band_lo, round(b.hi, 4) AS band_hi,
+       CASE WHEN b.band IS NULL THEN NULL ELSE v.value < b.lo OR v.value > b.hi END AS beyond_random
+FROM eval_vs_base v
+LEFT JOIN safety_points s ON s.run_id = v.run_id AND s.point = v.point
+LEFT JOIN safety_bands b ON b.run_id = v.run_id AND b.task = v.task AND b.metric = v.metric AND {band_match("s", "b")}
+WHERE v.run_id = {r} AND v.point <> 'base' AND coalesce(s.role, 'edit') = 'edit'
+ORDER BY v.point, v.task, v.metric, b.band"""

@@ -131,3 +131,61 @@ CREATE TABLE IF NOT EXISTS safety_best_layers (
 -- Added after the table first shipped: top up stores created before.
 ALTER TABLE safety_best_layers ADD COLUMN IF NOT EXISTS cross_source_dm_accuracy DOUBLE;
 ALTER TABLE safety_best_layers ADD COLUMN IF NOT EXISTS cross_source_dm_roc_auc DOUBLE;
+
+-- Issue 18: intervals, permutation nulls and shortcut baselines of the probes. setting cv is the
+-- closed-form ridge probe (pooled out-of-fold scores) with its permutation null; length is the same
+-- probe on prompt length alone; cv_logistic the logistic regression (mean and std over folds);
+-- held_out / held_out:group_* / within / cross carry their 95% interval (lo, hi).
+ALTER TABLE safety_probes ADD COLUMN IF NOT EXISTS lo DOUBLE;            -- 95% interval of a held-out score
+ALTER TABLE safety_probes ADD COLUMN IF NOT EXISTS hi DOUBLE;
+ALTER TABLE safety_probes ADD COLUMN IF NOT EXISTS null_mean DOUBLE;     -- permutation null: mean
+ALTER TABLE safety_probes ADD COLUMN IF NOT EXISTS null_p95 DOUBLE;      -- its 95th percentile
+ALTER TABLE safety_probes ADD COLUMN IF NOT EXISTS p DOUBLE;             -- (1 + k) / (1 + permutations)
+ALTER TABLE safety_probes ADD COLUMN IF NOT EXISTS permutations INTEGER; -- label permutations drawn for this cell
+-- The best layer is chosen on cross-validated (train split) scores among layers_compared layers;
+-- shuffled_* is the permutation null's mean at that cell, p_* its p-value (not corrected for the
+-- choice), held_out_* the test-split score with its 95% interval, length_* the length-only baseline.
+ALTER TABLE safety_best_layers ADD COLUMN IF NOT EXISTS layers_compared INTEGER;
+ALTER TABLE safety_best_layers ADD COLUMN IF NOT EXISTS null_p95_accuracy DOUBLE;
+ALTER TABLE safety_best_layers ADD COLUMN IF NOT EXISTS null_p95_roc_auc DOUBLE;
+ALTER TABLE safety_best_layers ADD COLUMN IF NOT EXISTS p_accuracy DOUBLE;
+ALTER TABLE safety_best_layers ADD COLUMN IF NOT EXISTS p_roc_auc DOUBLE;
+ALTER TABLE safety_best_layers ADD COLUMN IF NOT EXISTS held_out_accuracy_lo DOUBLE;
+ALTER TABLE safety_best_layers ADD COLUMN IF NOT EXISTS held_out_accuracy_hi DOUBLE;
+ALTER TABLE safety_best_layers ADD COLUMN IF NOT EXISTS held_out_roc_auc_lo DOUBLE;
+ALTER TABLE safety_best_layers ADD COLUMN IF NOT EXISTS held_out_roc_auc_hi DOUBLE;
+ALTER TABLE safety_best_layers ADD COLUMN IF NOT EXISTS length_accuracy DOUBLE;
+ALTER TABLE safety_best_layers ADD COLUMN IF NOT EXISTS length_roc_auc DOUBLE;
+
+-- Every point of the sweep but the base: an edit or a random baseline (point joins evals.point).
+CREATE TABLE IF NOT EXISTS safety_points (
+    run_id        INTEGER NOT NULL,
+    point         VARCHAR NOT NULL,
+    role          VARCHAR NOT NULL,   -- edit | baseline
+    family        VARCHAR NOT NULL,   -- ablate | orth | actadd
+    band          VARCHAR,            -- baselines: ablate:random-unit | ablate:random-matched | actadd:random@<|alpha|>
+    alpha         DOUBLE,             -- activation addition's coefficient
+    removed       DOUBLE,             -- ablation: mean squared component along the direction at the chosen site
+    removed_ratio DOUBLE,             -- removed / the harmful direction's (1 for the variance-matched baselines)
+    PRIMARY KEY (run_id, point)
+);
+
+-- Where a random edit of each kind lands: the 95% prediction band mean +/- t * sd * sqrt(1 + 1/k) over
+-- the k baselines' values (and their min / max). An edit of the same family (ablate and orth: the
+-- ablate bands; actadd: the band at its |alpha|) outside the band does more than a random edit would.
+CREATE TABLE IF NOT EXISTS safety_bands (
+    run_id  INTEGER NOT NULL,
+    band    VARCHAR NOT NULL,
+    family  VARCHAR NOT NULL,         -- ablate | actadd
+    alpha   DOUBLE,                   -- actadd: |alpha|
+    task    VARCHAR NOT NULL,
+    metric  VARCHAR NOT NULL,
+    k       INTEGER NOT NULL,
+    mean    DOUBLE,
+    sd      DOUBLE,
+    lo      DOUBLE,
+    hi      DOUBLE,
+    min     DOUBLE,
+    max     DOUBLE,
+    PRIMARY KEY (run_id, band, task, metric)
+);

@@ -116,6 +116,8 @@ def test_demo_runs_every_study_then_the_report_and_one_finding_each(tiny17_dir, 
     assert f"report: {out / 'index.html'}" in r.stdout
     findings = [l[4:] for l in lines if l.startswith("  - ")]
     assert [f.split(":")[0] for f in findings] == list(STUDY_NAMES), findings
+    detectable = [l.strip() for l in lines if l.startswith("    ") and "smallest change detectable" in l]
+    assert [d.split(" (run")[0] for d in detectable] == list(STUDY_NAMES), r.stdout[-3000:]
 
 
 def test_demo_rejects_bad_flags_before_loading_anything(tmp_path):

@@ -25,9 +25,9 @@ def test_safety_smoke_then_rerun(tmp_path):
     with duckdb.connect(store, read_only=True) as con:
         run_id, status = con.execute("SELECT run_id, status FROM runs WHERE kind = 'safety'").fetchone()
         assert status == "complete"
-        probes = con.execute("SELECT count(DISTINCT layer), count(DISTINCT problem) FROM safety_probes "
-                             "WHERE run_id = ? AND setting = 'shuffled'", [run_id]).fetchone()
-        assert probes == (3, 4)
+        probes = con.execute("SELECT count(DISTINCT layer), count(DISTINCT problem), min(permutations) FROM "
+                             "safety_probes WHERE run_id = ? AND setting = 'cv'", [run_id]).fetchone()
+        assert probes == (3, 4, 50)
         chosen = con.execute("SELECT layer FROM safety_selection WHERE run_id = ? AND criterion = 'chosen'",
                              [run_id]).fetchone()[0]
         assert chosen in (8, 16)
@@ -35,7 +35,11 @@ def test_safety_smoke_then_rerun(tmp_path):
         assert n_dim == 576
         points = dict(con.execute("SELECT point, count(*) FROM evals WHERE run_id = ? GROUP BY point",
                                   [run_id]).fetchall())
-        assert "base" in points and len(points) == 4 and len(set(points.values())) == 1
+        # base, ablation, orthogonalised weights, actadd +1; 2 random unit, 2 variance-matched, 2 random additions
+        assert "base" in points and len(points) == 4 + 6 and len(set(points.values())) == 1
+        roles = dict(con.execute("SELECT role, count(*) FROM safety_points WHERE run_id = ? GROUP BY role",
+                                 [run_id]).fetchall())
+        assert roles == {"edit": 3, "baseline": 6}
         tasks = {t for (t,) in con.execute("SELECT DISTINCT task FROM evals WHERE run_id = ?", [run_id]).fetchall()}
         assert tasks == {"toxicity", "refusal", "ppl", "facts", "arith", "kl"}
         splits = dict(con.execute("SELECT split, count(*) FROM safety_prompts WHERE run_id = ? GROUP BY split",

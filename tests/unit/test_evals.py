@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import random
 from types import SimpleNamespace
+from typing import ClassVar
 
 import pandas as pd
 import pytest
@@ -249,38 +251,39 @@ def test_config_validation_and_budgets(tmp_path):
 def test_score_fields_match_the_evals_table():
     from store.evals import COLUMNS
 
+    from store.evals import ITEM_COLUMNS
+
     fields = list(Score.__dataclass_fields__)
     assert fields == ["task", "metric", "value", "stderr", "n", "chance", "dataset", "seconds", "harness",
-                      "task_version", "num_fewshot", "fewshot_seed"]
-    assert set(fields) <= set(COLUMNS)
+                      "task_version", "num_fewshot", "fewshot_seed", "items"]
+    assert set(fields[:-1]) <= set(COLUMNS) and {"item", "value"} <= set(ITEM_COLUMNS)  # items: eval_items rows
 
 
 # ---------- sweeps and fallbacks ----------
 
+@dataclasses.dataclass(frozen=True)
+class ScaleMlp:
+    """A test edit: scales the first MLP's output weights (factor 1: no change), restored on exit."""
+
+    kind: ClassVar[str] = "test-scale-mlp"
+    factor: float = 3.0
+
+    @contextlib.contextmanager
+    def apply(self, loaded):
+        w = loaded.model.model.layers[0].mlp.down_proj.weight
+        saved = w.clone()
+        try:
+            w.mul_(self.factor)
+            yield
+        finally:
+            w.copy_(saved)
+
+    def label(self):
+        return f"scale{self.factor:g}"
+
+
 def test_sweep_stores_base_and_point_once(tiny, store):
-    import contextlib
-    from dataclasses import dataclass
-    from typing import ClassVar
-
     from interp.studies.sweep import run_sweep
-
-    @dataclass(frozen=True)
-    class ScaleMlp:
-        kind: ClassVar[str] = "test-scale-mlp"
-        factor: float = 3.0
-
-        @contextlib.contextmanager
-        def apply(self, loaded):
-            w = loaded.model.model.layers[0].mlp.down_proj.weight
-            saved = w.clone()
-            try:
-                w.mul_(self.factor)
-                yield
-            finally:
-                w.copy_(saved)
-
-        def label(self):
-            return f"scale{self.factor:g}"
 
     cfg = EvalCfg(tasks=("ppl", "kl"), budget={"ppl": 80, "kl": 3}, window=40)
     run = run_sweep(tiny, store, study="eval", config={"study": "test"}, points=[ScaleMlp()], eval_cfg=cfg,

@@ -134,13 +134,20 @@ def test_balanced_subsets_are_equal_sized_and_seeded():
 def test_probe_layer_rows_and_controls():
     frame, vectors = _synthetic_dataset(n=60)
     data = dataset_frame(frame, 0.3, seed=0)
-    rows = pd.DataFrame(probe_layer(vectors, data, ("resid_post", 3, "last"), ProbeCfg(folds=4, shuffles=2)),
-                        columns=probes.ROW)
-    cv = rows[(rows.setting == "cv") & (rows.metric == "accuracy")].set_index("problem")["mean"]
-    assert (cv > 0.9).all(), cv
-    sh = rows[(rows.setting == "shuffled") & (rows.metric == "accuracy")].set_index("problem")["mean"]
-    assert (abs(sh.drop("multiclass") - 0.5) < 0.15).all() and abs(sh["multiclass"] - 0.25) < 0.12, sh
-    assert rows[rows.setting == "shuffled"]["folds"].eq(8).all()  # 2 shuffles x 4 folds
+    lengths = pd.Series({p: float(5 + i % 7) for i, p in enumerate(vectors[0])})  # unrelated to the class
+    rows = probes.frame(probe_layer(vectors, data, ("resid_post", 3, "last"), ProbeCfg(folds=4, permutations=100),
+                                    lengths))
+    cv = rows[(rows.setting == "cv") & (rows.metric == "accuracy")].set_index("problem")
+    assert (cv["mean"] > 0.9).all(), cv
+    # the permutation null: at chance, and the planted signal beats every permutation
+    assert (abs(cv["null_mean"].drop("multiclass") - 0.5) < 0.1).all() and abs(cv.loc["multiclass", "null_mean"] - 0.25) < 0.08
+    assert cv["p"].tolist() == pytest.approx([1 / 101] * 4) and (cv["permutations"] == 100).all() and (cv["folds"] == 4).all()
+    length = rows[(rows.setting == "length") & (rows.metric == "roc_auc")].set_index("problem")
+    assert (length["p"] > 0.01).all() and (length["mean"] < 0.8).all()  # length carries no class signal here
+    logistic = rows[rows.setting == "cv_logistic"]
+    assert (logistic["folds"] == 4).all() and logistic["std"].notna().all() and logistic["p"].isna().all()
+    held = rows[(rows.setting == "held_out") & (rows.metric == "accuracy")]
+    assert ((held["lo"] <= held["mean"]) & (held["mean"] <= held["hi"])).all()
     settings = set(rows.loc[rows.problem == "harmful_vs_neutral", "setting"])
     assert {"cross:harmbench->donotanswer", "cross:donotanswer->harmbench", "within:harmbench"} <= settings
     cross = rows[(rows.setting == "cross:harmbench->donotanswer") & (rows.metric == "roc_auc")]["mean"].iloc[0]
@@ -174,17 +181,25 @@ def test_shuffled_control_near_chance_on_pure_noise():
 
 
 def test_best_layer_and_margins():
+    nan = float("nan")
     rows = []
     for layer, acc in [(0, 0.6), (1, 0.95), (2, 0.95)]:
         auc = {0: 0.62, 1: 0.99, 2: 0.99}[layer]
-        for setting, a, u in [("cv", acc, auc), ("shuffled", 0.5, 0.48), ("held_out", acc - 0.01, auc),
+        held = {0: 0.99, 1: 0.8, 2: 0.9}[layer]  # held-out scores must not sway the choice
+        for setting, a, u in [("cv", acc, auc), ("held_out", held, held), ("length", 0.55, 0.56),
                               ("cross:harmbench->donotanswer", 0.8, 0.85), ("cross:donotanswer->harmbench", 0.7, 0.75)]:
-            rows += [["harmful_vs_neutral", "resid_pre", layer, "last", setting, "accuracy", a, 0.01, 50, 5],
-                     ["harmful_vs_neutral", "resid_pre", layer, "last", setting, "roc_auc", u, 0.01, 50, 5]]
-    best = best_layers(pd.DataFrame(rows, columns=probes.ROW)).iloc[0]
-    assert best["layer"] == 1  # ties with layer 2 go to the earlier layer
+            null = [0.5, 0.6, 0.002, 500] if setting == "cv" else [nan, nan, nan, None]
+            lo_hi = [held - 0.1, held + 0.05] if setting == "held_out" else [nan, nan]
+            rows += [["harmful_vs_neutral", "resid_pre", layer, "last", setting, m, v, 0.01, 50, 5, *lo_hi,
+                      *(null if m == "accuracy" else [0.48, 0.62, 0.004, 500] if setting == "cv" else null)]
+                     for m, v in (("accuracy", a), ("roc_auc", u))]
+    best = best_layers(probes.frame(rows)).iloc[0]
+    assert best["layer"] == 1 and best["layers_compared"] == 3  # CV ties go to the earlier layer
     assert best["margin_accuracy"] == pytest.approx(0.45) and best["margin_roc_auc"] == pytest.approx(0.51)
-    assert best["cross_source_accuracy"] == pytest.approx(0.75)
+    assert best["shuffled_roc_auc"] == 0.48 and best["null_p95_roc_auc"] == 0.62 and best["p_roc_auc"] == 0.004
+    assert (best["held_out_accuracy"], best["held_out_accuracy_lo"], best["held_out_accuracy_hi"]) == \
+        pytest.approx((0.8, 0.7, 0.85))
+    assert best["length_roc_auc"] == 0.56 and best["cross_source_accuracy"] == pytest.approx(0.75)
 
 
 def test_xy_reports_missing_vectors():
@@ -197,5 +212,7 @@ def test_xy_reports_missing_vectors():
 def test_probe_cfg_validation():
     with pytest.raises(ValueError, match="unknown probe problem 'nope'"):
         ProbeCfg(problems=("nope",))
+    with pytest.raises(ValueError, match="permutations must be at least 1"):
+        ProbeCfg(permutations=0)
     with pytest.raises(ValueError, match="at least 2"):
         ProbeCfg(folds=1)

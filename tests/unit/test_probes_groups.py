@@ -77,22 +77,32 @@ def test_a_stereotype_feature_scores_on_both_kinds():
 
 
 def test_subset_scores_match_a_hand_fitted_probe():
+    """The held-out ridge probe against scikit-learn's Ridge on the same standardised features."""
+    from sklearn.linear_model import Ridge
+    from sklearn.preprocessing import StandardScaler
+
+    from analyses import ridge
+
     frame, vectors = _pairs(40, 50, stereotype=0.3, seed=2)
     data, cfg, rows = _probe(frame, vectors)
     ids, X = vectors
     row = {p: i for i, p in enumerate(ids)}
     train = balanced(data, CLASSES, "train", cfg.seed)  # the probe's train set: every kind of pair
-    model = probes.make_probe(cfg).fit(X[[row[p] for p in train.prompt_id]],
-                                       [CLASSES.index(c) for c in train.cls])
+    Xtr, ytr = X[[row[p] for p in train.prompt_id]], np.array([CLASSES.index(c) for c in train.cls])
+    scaler = StandardScaler().fit(Xtr)
+    _, lam = ridge.hat(Xtr, Xtr[:1], cfg.ridge)
+    model = Ridge(alpha=lam).fit(scaler.transform(Xtr), np.eye(2)[ytr])
     for setting, want in (("held_out:group_kept", True), ("held_out:group_swapped", False)):
         test = [(p, c) for p, c, s, k in zip(data.prompt_id, data.cls, data.split, data.group_kept)
                 if s == "test" and k is want]
-        score = model.decision_function(X[[row[p] for p, _ in test]])
+        pred = model.predict(scaler.transform(X[[row[p] for p, _ in test]]))
+        score = pred[:, 1] - pred[:, 0]  # towards class 1 (counterpart)
         y = [CLASSES.index(c) for _, c in test]
         got = rows[rows.setting == setting].set_index("metric")
         assert got.loc["accuracy", "mean"] == pytest.approx(_hand_accuracy([int(v > 0) for v in score], y), abs=1e-12)
         assert got.loc["roc_auc", "mean"] == pytest.approx(_hand_auc(list(score), y), abs=1e-12)
         assert (got["n"] == len(test)).all() and (got["folds"] == 1).all() and got["std"].isna().all()
+        assert (got["lo"] <= got["mean"]).all() and (got["mean"] <= got["hi"]).all()
         assert len(test) == 2 * round(0.3 * (40 if want else 50))  # both kinds stratified into the test split
 
 
@@ -109,7 +119,7 @@ def test_too_few_test_pairs_of_a_kind_score_nan():
 def test_no_flags_no_group_settings_and_the_rest_unchanged():
     frame, vectors = _pairs(30, 30, stereotype=1.0)
     _data, _cfg, rows = _probe(frame.drop(columns="group_kept"), vectors)
-    assert set(rows.setting) == {"cv", "shuffled", "held_out"}
+    assert set(rows.setting) == {"cv", "cv_logistic", "held_out"}
 
 
 def test_splits_stratify_pairs_by_group_kept_and_leave_other_prompts_alone():
@@ -166,13 +176,14 @@ def _report_rows(kept_acc: float, swapped_acc: float, n_kept: int = 22, n_swappe
     rows = []
     for layer in range(3):
         top = layer == 1
-        for setting, acc, n in (("cv", 0.9 if top else 0.7, 200), ("shuffled", 0.5, 200),
+        for setting, acc, n in (("cv", 0.9 if top else 0.7, 200),
                                 ("held_out", 0.85, 96), ("held_out:group_kept", kept_acc if top else 0.5, n_kept),
                                 ("held_out:group_swapped", swapped_acc if top else 0.6, n_swapped)):
+            null = [0.5, 0.6, 0.01, 100] if setting == "cv" else [np.nan, np.nan, np.nan, None]
             for metric in ("accuracy", "roc_auc"):
                 rows.append(["biased_vs_counterpart", "resid_pre", layer, "last", setting, metric,
-                             acc + (0.02 if metric == "roc_auc" else 0), None, n, 1])
-    return pd.DataFrame(rows, columns=probes.ROW)
+                             acc + (0.02 if metric == "roc_auc" else 0), None, n, 1, np.nan, np.nan, *null])
+    return probes.frame(rows)
 
 
 @pytest.mark.parametrize("kept, swapped, says", [

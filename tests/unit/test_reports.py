@@ -226,9 +226,10 @@ def test_deep_model_grids_stay_under_the_row_limit(tmp_path):
         srun = start_run(con, kind="safety", model={"model": "deep", "revision": "r", "dtype": "float32", "device": "cpu",
                                                         "n_layers": L, "d_model": 8}, backend=None, config="{}",
                          config_hash="s", code_version="t").run_id
-        settings = ["cv", "shuffled", "held_out", "within:a", "within:b", "cross:a->b", "cross:b->a", "within:c"]
+        settings = ["cv", "length", "held_out", "within:a", "within:b", "cross:a->b", "cross:b->a", "within:c"]
         probes = pd.DataFrame([{"problem": p, "hook": "resid_pre", "layer": l, "position": pos, "setting": st_, "metric": m,
-                                    "mean": 0.5, "std": 0.0, "n": 10, "folds": 5}
+                                    "mean": 0.5, "std": 0.0, "n": 10, "folds": 5, "lo": 0.4, "hi": 0.6,
+                                    "null_mean": 0.5, "null_p95": 0.6, "p": 0.5, "permutations": 200}
                                for p in ("harmful", "toxic", "biased", "multiclass") for m in ("accuracy", "roc_auc")
                                for st_ in settings for l in range(L) for pos in ("last", "mean")])  # 5120 per site
         ss.replace_rows(con, srun, {"safety_probes": probes})

@@ -59,18 +59,29 @@ def check_top_heads(df, st):
 def check_probes(df, st):
     assert list(df["layer"]) == [0, 1, 2, 3] and set(df["hook"]) == {"resid_post"}
     best = df.loc[df["accuracy"].idxmax()]
-    assert (best.layer, best.accuracy, best.roc_auc, best.shuffled_control) == (2, 0.95, 0.97, 0.5)
+    assert (best.layer, best.accuracy, best.roc_auc, best.permutation_null, best.null_95th_percentile, best.p) == (
+        2, 0.95, 0.97, 0.5, 0.6, 0.002)
 
 
 def check_best_probe(df, st):
     h = df[(df["problem"] == "harmful_vs_neutral") & (df["position"] == "last")].iloc[0]
     assert (h.layer, h.roc_auc, h.margin_over_shuffled, h.cross_source) == (2, 0.97, 0.47, 0.77)
+    assert (h.held_out, h.held_out_lo, h.held_out_hi) == (0.92, 0.87, 0.97)
     assert len(df) == 4  # 2 problems x 2 positions
 
 
 def check_toxicity(df, st):
     assert len(df) == 4 and df.iloc[0]["edit"].startswith("ablate[") and df.iloc[0]["change"] == -0.3
-    assert (df["before"] == 0.4).all()
+    assert (df.iloc[0]["change_lo"], df.iloc[0]["change_hi"], bool(df.iloc[0]["noise"])) == (-0.45, -0.15, False)
+    assert (df["before"] == 0.4).all() and df["change_lo"].iloc[1:].isna().all()  # only the ablation kept items
+
+
+def check_random_band(df, st):
+    assert set(df["edit"]) == {"ablate[harmful@resid_post2/last]", "orth[harmful@resid_post2/last]"}
+    row = df.set_index(["edit", "metric"]).loc[("ablate[harmful@resid_post2/last]", "toxicity")]
+    assert (row.random_lo, row.random_hi, bool(row.beyond_random)) == (0.36, 0.42, True)
+    assert not df.set_index(["edit", "metric"]).loc[("ablate[harmful@resid_post2/last]", "refusal_rate"),
+                                                    "beyond_random"]
 
 
 def check_side_by_side(df, st):
@@ -105,7 +116,7 @@ def check_norms(df, st):
 CHECKS = {
     "nearest layers": check_nearest, "cheapest block to drop": check_cheapest, "top heads": check_top_heads,
     "probe accuracy by layer": check_probes, "best probe layer": check_best_probe,
-    "toxicity before and after an edit": check_toxicity,
+    "toxicity before and after an edit": check_toxicity, "edits beside random edits": check_random_band,
     "edits side by side": check_side_by_side, "wanda vs magnitude": check_wanda, "provenance": check_provenance,
     "residual norm by layer": check_norms,
 }

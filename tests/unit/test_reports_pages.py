@@ -153,10 +153,12 @@ def write_weights(con, tag: str = "") -> int:
 
 
 def probe_rows() -> list[dict]:
-    """Probes peak at layer 2 (last token) and layer 3 (mean over tokens), with the shuffled-label control;
-    harmful vs neutral also has held-out and cross-source scores."""
+    """Probes peak at layer 2 (last token) and layer 3 (mean over tokens), cross-validated scores with a
+    permutation null (mean 0.5, 95th percentile 0.6, p 0.002); harmful vs neutral also has held-out scores
+    (95% interval +/- 0.05) and cross-source scores."""
+    nan = float("nan")
     acc = {"last": {0: 0.6, 1: 0.8, 2: 0.95, 3: 0.9}, "mean": {0: 0.55, 1: 0.7, 2: 0.8, 3: 0.85}}
-    settings = {"cv": 0.0, "shuffled": None, "held_out": -0.05, "cross:harmbench->donotanswer": -0.15,
+    settings = {"cv": 0.0, "held_out": -0.05, "cross:harmbench->donotanswer": -0.15,
                 "cross:donotanswer->harmbench": -0.25, "cross_dm:harmbench->donotanswer": -0.2,
                 "cross_dm:donotanswer->harmbench": -0.3}
     rows = []
@@ -164,14 +166,16 @@ def probe_rows() -> list[dict]:
         for pos, by_layer in acc.items():
             for l, a in by_layer.items():
                 for st, off in settings.items():
-                    if pb != "harmful_vs_neutral" and st not in ("cv", "shuffled"):
+                    if pb != "harmful_vs_neutral" and st != "cv":
                         continue
                     for m in ("accuracy", "roc_auc"):
-                        v = 0.5 if off is None else a + off - (0.1 if pb == "toxic_vs_neutral" else 0) \
-                            + (0.02 if m == "roc_auc" else 0)
+                        v = a + off - (0.1 if pb == "toxic_vs_neutral" else 0) + (0.02 if m == "roc_auc" else 0)
+                        null = dict(null_mean=0.5, null_p95=0.6, p=0.002, permutations=500) if st == "cv" else \
+                            dict(null_mean=nan, null_p95=nan, p=nan, permutations=None)
+                        held = st == "held_out"
                         rows.append({"problem": pb, "hook": "resid_post", "layer": l, "position": pos, "setting": st,
-                                     "metric": m, "mean": v, "std": None if st != "cv" else 0.02, "n": 40,
-                                     "folds": 5 if st in ("cv", "shuffled") else 1})
+                                     "metric": m, "mean": v, "std": None, "n": 40, "folds": 5 if st == "cv" else 1,
+                                     "lo": v - 0.05 if held else nan, "hi": v + 0.05 if held else nan, **null})
     return rows
 
 
@@ -210,7 +214,22 @@ def write_safety(con, tag: str = "") -> int:
                                   ("ppl", "perplexity"): ppl}.items():
             rows.append({"run_id": run_id, "study": "safety", "point": point, "intervention": json.dumps(spec), "task": task,
                              "metric": metric, "value": v, "stderr": 0.01, "n": 24, "chance": None, "dataset": "{}", "seconds": 1.0})
-    write_evals(con, rows)
+    ablate = "ablate[harmful@resid_post2/last]"
+    # paired comparisons of the ablation: toxicity clearly down, refusal inside the noise
+    deltas = [{"run_id": run_id, "point": ablate, "task": t, "metric": m, "n": 24, "base_value": b, "value": v,
+               "delta": v - b, "lo": lo, "hi": hi, "p": p, "sd": 0.2, "mde": 0.12, "method": "test"}
+              for t, m, b, v, lo, hi, p in (("toxicity", "toxicity", 0.4, 0.1, -0.45, -0.15, 0.001),
+                                            ("refusal", "refusal_rate", 0.1, 0.0, -0.25, 0.05, 0.25))]
+    write_evals(con, rows, deltas=deltas)
+    ss.replace_rows(con, run_id, {
+        "safety_points": pd.DataFrame([{"point": p, "role": "edit", "family": p.split("[")[0], "band": None,
+                                        "alpha": float(p.split()[-1].rstrip("]")) if p.startswith("actadd") else None,
+                                        "removed": None, "removed_ratio": None} for p in metrics if p != "base"]),
+        "safety_bands": pd.DataFrame([{"band": "ablate:random-unit", "family": "ablate", "alpha": None, "task": t,
+                                       "metric": m, "k": 5, "mean": mean, "sd": 0.01, "lo": mean - 0.03,
+                                       "hi": mean + 0.03, "min": mean - 0.01, "max": mean + 0.01}
+                                      for t, m, mean in (("toxicity", "toxicity", 0.39), ("refusal", "refusal_rate", 0.02),
+                                                         ("ppl", "perplexity", 10.05))])})
     finish_run(con, run_id)
     return run_id
 
@@ -309,9 +328,12 @@ HEADLINES = [
     ("weights: at 50% of all weights pruned, perplexity is wanda oneshot / row 15.00, magnitude / row 30.00 "
      "(unpruned 10.00)."),
     "heads: the most important head is layer 2 head 1; zero-ablating it raises text loss by +1.000 nats/token.",
-    ("safety: harmful vs neutral is best separated at layer 2 (resid_post, last token): CV ROC-AUC 0.970, +0.470 "
-     "over the shuffled-label control, cross-source 0.770; ablating the harmful direction "
-     "(ablate[harmful@resid_post2/last]) moves toxicity 0.4 -> 0.1, refusal rate 0.1 -> 0."),
+    ("safety: harmful vs neutral is best separated at layer 2 (resid_post, last token; chosen on train-split "
+     "cross-validation among 4 layers): held-out ROC-AUC 0.920 (95% CI 0.870..0.970), CV ROC-AUC 0.970 vs "
+     "permutation null 0.500 (95th percentile 0.600, p = 0.002 at that cell); cross-source 0.770; ablating the "
+     "harmful direction (ablate[harmful@resid_post2/last]) moves toxicity 0.4 -> 0.1 (-0.3, 95% CI -0.45..-0.15); "
+     "beyond every random-edit band, refusal rate 0.1 -> 0: no detectable change at this budget (95% CI "
+     "-0.25..+0.05); inside the random-edit band."),
 ]
 
 
@@ -411,7 +433,7 @@ def test_safety_page(pages):
     # one chart per (hook, position): mean-position probes are charted too
     assert probe_charts == ["Linear probes by layer: resid_post, last token",
                             "Linear probes by layer: resid_post, mean over tokens"]
-    n_settings = {"harmful_vs_neutral": 7, "toxic_vs_neutral": 2}
+    n_settings = {"harmful_vs_neutral": 6, "toxic_vs_neutral": 1}
     for t, pos in zip(probe_charts, ("last", "mean")):
         probes = chart_data(blocks[t])
         assert len(probes) == L * 2 * sum(n_settings.values())  # layers x metrics x (problem, setting)
@@ -432,11 +454,13 @@ def test_safety_page(pages):
     assert "safety_best_layers" in blocks["The best layer against its controls"].sql
     last_auc = ctrl[(ctrl["site"] == "resid_post / last") & (ctrl["metric"] == "roc_auc")
                     & (ctrl["problem"] == "harmful_vs_neutral")].set_index("score")["value"]
-    assert dict(last_auc) == pytest.approx({"cross-validated": 0.97, "shuffled-label control": 0.5,
+    assert dict(last_auc) == pytest.approx({"cross-validated": 0.97, "permutation null (mean)": 0.5,
+                                            "permutation null (95th percentile)": 0.6,
                                             "held-out prompts": 0.92, "cross-source probe": 0.77,
                                             "cross-source diff. of means": 0.72})
     tox = ctrl[ctrl["problem"] == "toxic_vs_neutral"]
-    assert set(tox["score"]) == {"cross-validated", "shuffled-label control"}  # no cross-source for toxic
+    assert set(tox["score"]) == {"cross-validated", "permutation null (mean)",
+                                 "permutation null (95th percentile)"}  # no held-out, no cross-source for toxic
     margins = ctrl[(ctrl["site"] == "resid_post / last") & (ctrl["problem"] == "harmful_vs_neutral")]
     assert set(margins.groupby("metric")["margin_over_shuffled"].unique().map(lambda v: round(v.item(), 6)).items()) \
         == {("accuracy", 0.45), ("roc_auc", 0.47)}
@@ -458,9 +482,12 @@ def test_safety_page(pages):
 def test_safety_findings(full_store):
     found = study_findings(full_store[0], "safety")
     assert "safety: harmful vs neutral: best layer 2 (resid_post, last token), CV accuracy 0.950 vs 0.500 with " \
-           "shuffled labels." in found, found
-    assert any(f.startswith("safety: ablate[harmful@resid_post2/last] changes toxicity 0.4 -> 0.1, "
-                            "refusal rate 0.1 -> 0, perplexity 10 -> 10.5") for f in found), found
+           "permuted labels; held-out accuracy 0.900 (95% CI 0.850..0.950)." in found, found
+    assert any(f.startswith("safety: ablate[harmful@resid_post2/last] changes toxicity 0.4 -> 0.1 (-0.3, 95% CI "
+                            "-0.45..-0.15); beyond every random-edit band, refusal rate 0.1 -> 0: no detectable "
+                            "change at this budget (95% CI -0.25..+0.05); inside the random-edit band, perplexity "
+                            "10 -> 10.5 (no per-item scores: no interval); beyond every random-edit band")
+               for f in found), found
 
 
 def test_safety_headline_follows_the_studys_choice_not_accuracy(tmp_path):
@@ -471,18 +498,19 @@ def test_safety_headline_follows_the_studys_choice_not_accuracy(tmp_path):
     from store import safety as ss
 
     st = Store(tmp_path / "s.duckdb")
-    rows = [{"problem": "harmful_vs_neutral", "hook": "resid_post", "layer": l, "position": "last", "setting": s,
-             "metric": m, "mean": v, "std": 0.0, "n": 10, "folds": 5}
+    rows = [{"problem": "harmful_vs_neutral", "hook": "resid_post", "layer": l, "position": "last", "setting": "cv",
+             "metric": m, "mean": v, "std": 0.0, "n": 10, "folds": 5, "lo": None, "hi": None, "null_mean": null,
+             "null_p95": null + 0.1, "p": 0.01, "permutations": 100}
             for l, (acc, auc) in {0: (0.9, 0.8), 1: (0.8, 0.95)}.items()
-            for s, m, v in (("cv", "accuracy", acc), ("cv", "roc_auc", auc), ("shuffled", "accuracy", 0.5),
-                            ("shuffled", "roc_auc", 0.6))]
+            for m, v, null in (("accuracy", acc, 0.5), ("roc_auc", auc, 0.6))]
     with st.connect() as con:
         run = new_run(con, "safety")
         df = pd.DataFrame(rows)
         ss.replace_rows(con, run, {"safety_probes": df, "safety_best_layers": best_layers(df)})
         line = headline(con, run)
-    assert line == ("safety: harmful vs neutral is best separated at layer 1 (resid_post, last token): CV ROC-AUC "
-                    "0.950, +0.350 over the shuffled-label control."), line
+    assert line == ("safety: harmful vs neutral is best separated at layer 1 (resid_post, last token; chosen on "
+                    "train-split cross-validation among 2 layers): held-out ROC-AUC n/a, CV ROC-AUC 0.950 vs "
+                    "permutation null 0.600 (95th percentile 0.700, p = 0.01 at that cell)."), line
 
 
 def test_weights_headline_on_a_run_that_pruned_single_modules(tmp_path):

@@ -8,9 +8,9 @@ import pytest
 from interp.interventions import from_json
 from interp.studies.safety import SafetyCfg, heldout_ids, parse_layers, run_safety, sweep_points
 
-pytestmark = pytest.mark.slow  # one whole study run on the tiny model (about 20 s on an idle machine)
+pytestmark = pytest.mark.slow  # one whole study run on the tiny model: 12 evaluated points (random baselines included)
 
-TINY = dict(budget="smoke", per_set=12, probe_layers="0,1,2", candidate_layers="1,2", folds=2, alphas=(-1.0, 2.0),
+TINY = dict(budget="smoke", per_set=12, probe_layers="0,1,2", candidate_layers="1,2", folds=2, alphas=(-1.0, 1.0),
             sel_gen_tokens=4, min_auc=0.0, eval_budget="smoke", toxic_ablation=True)
 
 
@@ -49,7 +49,10 @@ def test_study_writes_every_table_and_evaluates_every_edit(done):
     held = prompts[prompts.split == "heldout"]["prompt_id"]
     assert set(held) <= heldout_ids(cfg)  # evaluation prompts are never fitted
     assert set(probes["problem"]) == {"harmful_vs_neutral", "toxic_vs_neutral", "biased_vs_counterpart", "multiclass"}
-    assert {"cv", "shuffled", "held_out"} <= set(probes["setting"]) and set(probes["layer"]) == {0, 1, 2}
+    assert {"cv", "cv_logistic", "length", "held_out"} <= set(probes["setting"]) and set(probes["layer"]) == {0, 1, 2}
+    cv = probes[probes.setting == "cv"]
+    assert (cv["permutations"] == cfg.permutations).all() and cv["p"].between(1 / (1 + cfg.permutations), 1).all()
+    assert (cv["null_mean"] <= cv["null_p95"]).all()
     assert len(best) == 4 * 2 and set(best["layer"]) <= {0, 1, 2}  # problems x positions
     assert (best["margin_accuracy"] == best["cv_accuracy"] - best["shuffled_accuracy"]).all()
     assert set(dirs["kind"]) == {"diff_means", "probe"} and set(dirs["concept"]) == {"harmful", "toxic"}
@@ -57,11 +60,36 @@ def test_study_writes_every_table_and_evaluates_every_edit(done):
     assert sorted(cands["layer"]) == [1, 2] and set(cands["position"]) == {"last"}
     assert set(sel["criterion"]) == {"separability", "ablation", "kl", "chosen"}
     points = set(out["point"])
-    assert "base" in points and len(points) == 1 + 2 + 2 + 1  # ablate, orth, 2 alphas, toxic ablation
+    baselines = {p for p in points if "baseline:" in p}
+    assert "base" in points and len(points - baselines) == 1 + 2 + 2 + 1  # ablate, orth, 2 alphas, toxic ablation
+    # 2 random unit + 2 variance-matched ablations, 2 random additions at |alpha| = 1 (the band for -1 and +1)
+    assert len(baselines) == 2 + 2 + 2
     assert {k[0] for k in kinds} == {"base", "direction_ablation", "direction_orthogonalized", "activation_addition"}
     row = out[out.point.str.startswith("ablate[harmful")].iloc[0]
     assert row["kl"] >= 0 and row["d_refusal"] == pytest.approx(row["refusal"] - out.iloc[0]["refusal"])
     assert out.iloc[0]["point"] == "base" and out.iloc[0]["d_toxicity"] == 0
+
+
+def test_points_are_labelled_paired_and_banded(done):
+    tiny, store, cfg, run_id = done
+    from store.evals import vs_base
+    from store.safety import read_table
+
+    with store.connect(read_only=True) as con:
+        pts = read_table(con, "safety_points", run_id)
+        bands = read_table(con, "safety_bands", run_id)
+        cmp = vs_base(con, run_id)
+        items = con.execute("SELECT point, count(*) FROM eval_items WHERE run_id = ? GROUP BY point",
+                            [run_id]).fetchall()
+    assert set(pts.loc[pts.role == "baseline", "point"]) == {p for p in cmp.point if "baseline:" in p}
+    assert set(bands["band"]) == {"ablate:random-unit", "ablate:random-matched", "actadd:random@1"}
+    assert (bands["k"] == 2).all() and (bands["lo"] <= bands["hi"]).all()
+    # every point but the base is compared with it item by item, on every metric that keeps items
+    edited = cmp[cmp.point != "base"]
+    assert edited[edited.metric.isin(["perplexity", "nll", "accuracy", "toxicity", "refusal_rate", "kl"])]["lo"] \
+        .notna().all()
+    assert (edited["lo"] <= edited["delta"] + 1e-12).all() and (edited["delta"] <= edited["hi"] + 1e-12).all()
+    assert len(set(dict(items).values())) == 1 and len(items) == cmp.point.nunique()  # same items at every point
 
 
 def test_sweep_points_rebuild_from_the_store(done):
@@ -75,7 +103,7 @@ def test_sweep_points_rebuild_from_the_store(done):
         stored = {r[0] for r in con.execute("SELECT DISTINCT intervention::VARCHAR FROM evals WHERE run_id = ?",
                                             [run_id]).fetchall()}
     assert np.allclose(pts[0].direction, vec) and pts[2].scale == pytest.approx(norm)
-    assert [p.alpha for p in pts if hasattr(p, "alpha")] == [-1.0, 2.0]
+    assert [p.alpha for p in pts if hasattr(p, "alpha") and not p.name.startswith("baseline:")] == [-1.0, 1.0]
     assert {from_json(s) for s in stored} >= set(pts)
 
 
@@ -98,7 +126,8 @@ def test_rerun_resumes_without_duplicates(done):
     tiny, store, cfg, run_id = done
     with store.connect(read_only=True) as con:
         before = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                  for t in ("safety_probes", "safety_directions", "safety_candidates", "evals", "runs")}
+                  for t in ("safety_probes", "safety_directions", "safety_candidates", "evals", "runs", "eval_items",
+                            "eval_deltas", "safety_points", "safety_bands")}
         # Simulate an interruption after selection: drop the sweep's last point and the run's status.
     with store.connect() as con:
         last = con.execute("SELECT point FROM evals WHERE run_id = ? ORDER BY created DESC LIMIT 1", [run_id]).fetchone()[0]

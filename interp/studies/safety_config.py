@@ -1,0 +1,159 @@
+"""Configuration of the safety study: ``SafetyCfg`` and its smoke / quick / full presets.
+
+What the quick budget buys on SmolLM2-135M (30 layers; costs in BENCHMARKS.md section 7): 64 prompts
+per set, probes at every layer (resid_pre, last token and mean) with 500 label permutations per cell,
+6 candidate directions, and a sweep of 21 points: base, the 5 edits (ablation, orthogonalised weights,
+activation addition at -1 and +1, toxic-direction ablation) and 15 random baselines (5 random unit
+directions and 5 variance-matched ones ablated, 5 random directions added at |alpha| = 1), each
+evaluated on 48 toxicity and 48 refusal generations (with 16, a paired test detects a refusal-rate change
+only above about 0.45 with power 0.8; with 48, above about 0.16), 2048 perplexity tokens (8 windows),
+40 facts, 30 arithmetic items and 32 KL prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from analyses import directions as dir_analysis
+from analyses import probes as probe_analysis
+from interp.capture.capture import CaptureCfg
+from interp.evals import EvalCfg
+
+PROMPT_SETS = "harmful,toxic,neutral,stereotypes"
+EVAL_TASKS = ("toxicity", "refusal", "ppl", "facts", "arith", "kl")
+BUDGETS: dict[str, dict] = {
+    # CLI tests: seconds of work, numbers meaningless.
+    "smoke": dict(per_set=16, probe_hooks=("resid_pre",), probe_layers="0,8,16", folds=3, permutations=50,
+                  candidate_layers="8,16", candidate_positions=("last",), alphas=(1.0,), sel_gen_tokens=12,
+                  eval_budget="smoke", toxic_ablation=False, baselines=2),
+    # Under 15 minutes on 2 CPU cores (BENCHMARKS.md section 7).
+    "quick": dict(per_set=64, probe_hooks=("resid_pre",), probe_layers="all", folds=5, permutations=500,
+                  candidate_layers="stride:4", candidate_positions=("last",), alphas=(-1.0, 1.0),
+                  sel_gen_tokens=16, toxic_ablation=True, baselines=5,
+                  eval_budget={"ppl": 2048, "facts": 40, "arith": 30, "toxicity": 48, "refusal": 48, "kl": 32}),
+    # Reportable numbers.
+    "full": dict(per_set=400, probe_hooks=("resid_pre", "resid_post"), probe_layers="all", folds=5,
+                 permutations=1000, candidate_layers="stride:2", candidate_positions=("last", "mean"),
+                 alphas=(-4.0, -2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 4.0), sel_gen_tokens=48, eval_budget="full",
+                 toxic_ablation=True, baselines=10),
+}
+"""Named budgets; any field can be overridden in SafetyCfg."""
+
+
+@dataclass(frozen=True)
+class SafetyCfg:
+    """The safety study's settings. ``budget`` fills every field left as None."""
+
+    budget: str = "quick"
+    """smoke (CLI tests), quick (under 15 minutes on 2 CPU cores) or full."""
+    per_set: int | None = None
+    """Prompts captured per prompt set (harmful, toxic, neutral, stereotypes)."""
+    probe_hooks: tuple[str, ...] | None = None
+    """Residual-stream hooks probed and turned into directions (resid_pre, resid_post)."""
+    probe_layers: str | None = None
+    """'all', 'stride:k' or comma-separated layers to probe."""
+    positions: tuple[str, ...] = ("last", "mean")
+    """Token reductions probed: last token (the generation point) and mean over tokens."""
+    folds: int | None = None
+    """Cross-validation folds."""
+    permutations: int | None = None
+    """Label permutations per probed cell (problem, hook, layer, position) for the permutation null."""
+    ridge: float = 1.0
+    """Penalty of the ridge probe, in units of the mean squared norm of a standardised training vector."""
+    C: float = 0.1
+    """Inverse L2 strength of the logistic probe (the second, labelled probe: cv_logistic)."""
+    test_frac: float = 0.3
+    """Share of each (dataset, source) stratum in the test split: held-out probe scores and the
+    validation prompts the direction is chosen on (never the evaluation's prompts)."""
+    candidate_layers: str | None = None
+    """Layers whose harmful direction is a candidate: 'stride:k' (within the first 80% of layers,
+    as in refusal-direction work), or comma-separated layers."""
+    candidate_positions: tuple[str, ...] | None = None
+    """Positions whose direction is a candidate."""
+    direction_hook: str = "resid_pre"
+    """Hook the candidate directions come from (and where activation addition acts)."""
+    alphas: tuple[float, ...] | None = None
+    """Activation-addition coefficients, in units of the class-mean difference at that layer."""
+    kl_max: float = 0.1
+    """Selection: most KL (nats) on neutral prompts an admissible direction may cost."""
+    min_auc: float = 0.9
+    """Selection: least probe ROC-AUC of an admissible direction."""
+    sel_gen_tokens: int | None = None
+    """Greedy tokens per reply when measuring refusal for selection."""
+    eval_budget: str | dict | None = None
+    """Evaluation budget (interp.evals): smoke, quick, full or per-task counts."""
+    toxic_ablation: bool | None = None
+    """Also evaluate ablating the toxic-minus-neutral direction at the chosen site."""
+    baselines: int | None = None
+    """Random edits per kind in the same sweep: random unit directions ablated, variance-matched random
+    directions ablated, and random directions added at each |alpha| (0: none; else at least 2)."""
+    seed: int = 0
+    lm_eval: tuple[str, ...] = ()
+    """lm-evaluation-harness tasks scored at every point too ('lm-eval:arc_easy', ...)."""
+    batch_size: int = 8
+    """Prompts per forward pass when capturing (never changes results)."""
+
+    def __post_init__(self) -> None:
+        if self.budget not in BUDGETS:
+            raise ValueError(f"unknown safety budget '{self.budget}': use smoke, quick or full")
+        for k, v in BUDGETS[self.budget].items():
+            if getattr(self, k) is None:
+                object.__setattr__(self, k, v)
+        if self.per_set is not None and self.per_set < 8:
+            raise ValueError(f"per-set limit must be at least 8 prompts (got {self.per_set}): probes need both splits")
+        for hook in (*self.probe_hooks, self.direction_hook):
+            if hook not in ("resid_pre", "resid_post"):
+                raise ValueError(f"safety probes read the residual stream: hook '{hook}' must be resid_pre or resid_post")
+        if self.direction_hook not in self.probe_hooks:
+            raise ValueError(f"direction hook '{self.direction_hook}' must be one of the probed hooks {self.probe_hooks}")
+        if any(p not in ("last", "mean") for p in (*self.positions, *self.candidate_positions)):
+            raise ValueError("positions must be last and/or mean")
+        if not set(self.candidate_positions) <= set(self.positions):
+            raise ValueError("candidate positions must be among the probed positions")
+        if not 0 < self.test_frac < 1:
+            raise ValueError(f"test fraction must be between 0 and 1, not {self.test_frac}")
+        if self.baselines == 1 or self.baselines < 0:
+            raise ValueError(f"random baselines per kind must be 0 or at least 2 (a band needs two), not {self.baselines}")
+        object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
+        self.probe_cfg()
+        self.rule()
+        self.eval_cfg()
+
+    def probe_cfg(self) -> probe_analysis.ProbeCfg:
+        return probe_analysis.ProbeCfg(folds=self.folds, ridge=self.ridge, permutations=self.permutations, C=self.C,
+                                       seed=self.seed)
+
+    def rule(self) -> dir_analysis.SelectRule:
+        return dir_analysis.SelectRule(kl_max=self.kl_max, min_auc=self.min_auc)
+
+    def eval_cfg(self) -> EvalCfg:
+        return EvalCfg(tasks=(*EVAL_TASKS, *self.lm_eval), budget=self.eval_budget, seed=self.seed)
+
+    def capture_cfg(self) -> CaptureCfg:
+        hooks = ",".join(dict.fromkeys(("resid_pre", "resid_post", *self.probe_hooks)))
+        return CaptureCfg(prompts=PROMPT_SETS, hooks=hooks, positions=",".join(self.positions), backend="torch",
+                          limit=self.per_set, seed=self.seed, batch_size=self.batch_size)
+
+    def describe(self) -> dict:
+        # batch_size never changes results; without lm-eval tasks a run keeps the identity it had before them
+        d = {k: v for k, v in asdict(self).items() if k != "batch_size" and (k != "lm_eval" or v)}
+        d["eval"] = self.eval_cfg().describe()
+        d["rule"] = self.rule().describe()
+        return d
+
+
+def parse_layers(spec: str, n_layers: int, cap: float = 1.0) -> list[int]:
+    """'all', 'stride:k' (layers 0, k, 2k, ... below cap * n_layers) or '3,7,11'."""
+    top = max(1, int(n_layers * cap))
+    if spec == "all":
+        return list(range(top))
+    if spec.startswith("stride:"):
+        k = int(spec.split(":", 1)[1])
+        if k < 1:
+            raise ValueError(f"layer stride must be at least 1 in '{spec}'")
+        return list(range(min(k, top - 1) if cap < 1 else 0, top, k))
+    layers = sorted({int(x) for x in spec.split(",") if x.strip()})
+    bad = [l for l in layers if not 0 <= l < n_layers]
+    if bad or not layers:
+        raise ValueError(f"layer {bad[0] if bad else spec!r} out of range: this model has layers 0..{n_layers - 1}")
+    return layers
