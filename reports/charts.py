@@ -141,8 +141,8 @@ VERDICT_COLORS = {"base model": "#c0392b", "detectable change (95% CI excludes 0
 
 def _verdict_color(df: pd.DataFrame) -> alt.Color:
     present = [v for v in VERDICT_COLORS if v in set(df["verdict"])] or list(VERDICT_COLORS)
-    return alt.Color("verdict:N", title=None, scale=alt.Scale(domain=present, range=[VERDICT_COLORS[v] for v in present]),
-                     legend=alt.Legend(orient="bottom", columns=1))
+    scale = alt.Scale(domain=present, range=[VERDICT_COLORS[v] for v in present])
+    return alt.Color("verdict:N", title=None, scale=scale, legend=alt.Legend(orient="bottom", columns=1))
 
 
 def points_vs_base(df: pd.DataFrame, *, title: str) -> alt.Chart:
@@ -158,7 +158,8 @@ def points_vs_base(df: pd.DataFrame, *, title: str) -> alt.Chart:
     color = (_verdict_color(df) if "verdict" in df else
              alt.condition("datum.point == 'base'", alt.value("#c0392b"), alt.value("#3662a8")))
     y = alt.Y("point:N", title=None, sort=None)
-    dot_kw = dict(x=alt.X("value:Q", title="value", scale=alt.Scale(zero=False)), y=y, color=color, tooltip=tips)
+    dot_kw = {"x": alt.X("value:Q", title="value", scale=alt.Scale(zero=False)), "y": y, "color": color,
+              "tooltip": tips}
     if "verdict" in df:
         dot_kw["fill"] = alt.condition("indexof(datum.verdict, 'within noise') >= 0", alt.value("white"), color)
     layers = [base.mark_point(filled="verdict" not in df, size=40).encode(**dot_kw)]
@@ -197,7 +198,8 @@ def edits_vs_band(df: pd.DataFrame, *, title: str) -> alt.Chart:
             x="value:Q", y=y, color=color, tooltip=tips,
             fill=alt.condition("indexof(datum.verdict, 'within noise') >= 0", alt.value("white"), color)),
         base.mark_rule(strokeDash=[5, 4], color="#444").encode(
-            x=alt.X("mean(base_value):Q"), tooltip=[alt.Tooltip("mean(base_value):Q", title="base model", format=".4g")]),
+            x=alt.X("mean(base_value):Q"),
+            tooltip=[alt.Tooltip("mean(base_value):Q", title="base model", format=".4g")]),
     ]
     return alt.layer(*layers).properties(width=240, height=alt.Step(14)).facet(
         facet=alt.Facet("panel:N", title=None), columns=3, title=title).resolve_scale(x="independent")

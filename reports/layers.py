@@ -150,7 +150,8 @@ def headline(con, run_id: int) -> str | None:
             c = cost.iloc[0]
             lo, hi = c.get("change_lo"), c.get("change_hi")
             if pd.notna(lo) and pd.notna(hi) and lo <= 0 <= hi:
-                return text + "; dropping it: " + change_text("perplexity", c.base_perplexity, c.perplexity, lo, hi) + "."
+                change = change_text("perplexity", c.base_perplexity, c.perplexity, lo, hi)
+                return text + "; dropping it: " + change + "."
             ci = f", 95% CI of the change {lo:+.3g}..{hi:+.3g}" if pd.notna(lo) and pd.notna(hi) else ""
             return (text + f"; dropping it changes perplexity by {100 * c.rel_increase:+.1f}% "
                     f"({c.base_perplexity:.2f} -> {c.perplexity:.2f}{ci}).")

@@ -112,4 +112,5 @@ def multiple_choice(loaded, task: str, items: list[MCItem], dataset: dict, batch
     dt = time.perf_counter() - t0
     ids = [it.id for it in items]
     return [Score(task, "accuracy", *mean_se(hit), len(items), chance, ds, dt, items=items_of(ids, hit)),
-            Score(task, "accuracy_norm", *mean_se(hit_norm), len(items), chance, ds, dt, items=items_of(ids, hit_norm))]
+            Score(task, "accuracy_norm", *mean_se(hit_norm), len(items), chance, ds, dt,
+                  items=items_of(ids, hit_norm))]

@@ -113,7 +113,8 @@ class SafetyCfg:
         if not 0 < self.test_frac < 1:
             raise ValueError(f"test fraction must be between 0 and 1, not {self.test_frac}")
         if self.baselines == 1 or self.baselines < 0:
-            raise ValueError(f"random baselines per kind must be 0 or at least 2 (a band needs two), not {self.baselines}")
+            raise ValueError(f"random baselines per kind must be 0 or at least 2 (a band needs two), "
+                             f"not {self.baselines}")
         object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
         self.probe_cfg()
         self.rule()

@@ -140,8 +140,10 @@ def test_probe_layer_rows_and_controls():
     cv = rows[(rows.setting == "cv") & (rows.metric == "accuracy")].set_index("problem")
     assert (cv["mean"] > 0.9).all(), cv
     # the permutation null: at chance, and the planted signal beats every permutation
-    assert (abs(cv["null_mean"].drop("multiclass") - 0.5) < 0.1).all() and abs(cv.loc["multiclass", "null_mean"] - 0.25) < 0.08
-    assert cv["p"].tolist() == pytest.approx([1 / 101] * 4) and (cv["permutations"] == 100).all() and (cv["folds"] == 4).all()
+    assert (abs(cv["null_mean"].drop("multiclass") - 0.5) < 0.1).all()
+    assert abs(cv.loc["multiclass", "null_mean"] - 0.25) < 0.08
+    assert cv["p"].tolist() == pytest.approx([1 / 101] * 4)
+    assert (cv["permutations"] == 100).all() and (cv["folds"] == 4).all()
     length = rows[(rows.setting == "length") & (rows.metric == "roc_auc")].set_index("problem")
     assert (length["p"] > 0.01).all() and (length["mean"] < 0.8).all()  # length carries no class signal here
     logistic = rows[rows.setting == "cv_logistic"]
