@@ -82,10 +82,10 @@ def curves(df: pd.DataFrame, *, x: str, y: str, series: str | None, title: str, 
     layers = [base.mark_line(strokeWidth=1.6).encode(**enc), base.mark_point(filled=True, size=36).encode(**enc)]
     if area:
         lo, hi = area
-        shade = base.transform_filter(f"isValid(datum.{lo}) && isValid(datum.{hi})").mark_area(
-            opacity=0.25, color="#888").encode(x=enc["x"], y=alt.Y(f"{lo}:Q", title=y_title, scale=y_scale),
-                                               y2=f"{hi}:Q", detail=color if series else alt.Undefined,
-                                               tooltip=_tooltip(df, [c for c in (x, lo, hi) if c]))
+        shade = _span(base, lo, hi, y).mark_area(opacity=0.25, color="#888").encode(
+            x=enc["x"], y=alt.Y("span_lo:Q", title=y_title, scale=y_scale), y2="span_hi:Q",
+            detail=alt.Detail(f"{series}:N") if series else alt.Undefined,
+            tooltip=_tooltip(df, [c for c in (x, lo, hi) if c]))
         layers.insert(0, shade)
     if band:  # stderr as an error bar around each point
         layers.append(base.transform_calculate(lo=f"datum.{y} - datum.{band}", hi=f"datum.{y} + datum.{band}")
@@ -134,15 +134,31 @@ def bars(df: pd.DataFrame, *, x: str, y: str, title: str, x_title: str, y_title:
     return chart.properties(title=title)
 
 
+def _span(chart: alt.Chart, lo: str, hi: str, fallback: str, when: str = "true") -> alt.Chart:
+    """Fields span_lo / span_hi: lo..hi where ``when`` holds and both are present, else a zero-length span
+    at ``fallback`` (span_on says which). Filtering the rows out instead would leave some panels of a
+    faceted chart with no data, and Vega warns about the empty extent."""
+    on = f"({when}) && isValid(datum.{lo}) && isValid(datum.{hi})"
+    return chart.transform_calculate(span_on=on, span_lo=f"{on} ? datum.{lo} : datum.{fallback}",
+                                     span_hi=f"{on} ? datum.{hi} : datum.{fallback}")
+
+
+def _shown(expr: str, opacity: float = 1.0) -> alt.Opacity:
+    return alt.condition(expr, alt.value(opacity), alt.value(0.0))
+
+
 VERDICT_COLORS = {"base model": "#c0392b", "detectable change (95% CI excludes 0)": "#3662a8",
-                  "within noise (95% CI of the change includes 0)": "#aaaaaa", "no per-item scores": "#7f8c8d"}
-"""How a point's verdict is drawn: differences inside the noise in grey (hollow), real changes in blue."""
+                  "within noise (95% CI of the change includes 0)": "#aaaaaa", "no per-item scores": "#7f8c8d",
+                  "random edits: 95% prediction band": "#e8590c"}
+"""How a point's verdict is drawn: differences inside the noise in grey (hollow), real changes in blue, random
+edits and their band in orange (store.queries.VERDICT and edits_vs_band_sql write these labels)."""
 
 
 def _verdict_color(df: pd.DataFrame) -> alt.Color:
     present = [v for v in VERDICT_COLORS if v in set(df["verdict"])] or list(VERDICT_COLORS)
     scale = alt.Scale(domain=present, range=[VERDICT_COLORS[v] for v in present])
-    return alt.Color("verdict:N", title=None, scale=scale, legend=alt.Legend(orient="bottom", columns=1))
+    return alt.Color("verdict:N", title=None, scale=scale,
+                     legend=alt.Legend(orient="bottom", columns=1, labelLimit=500))
 
 
 def points_vs_base(df: pd.DataFrame, *, title: str) -> alt.Chart:
@@ -164,8 +180,8 @@ def points_vs_base(df: pd.DataFrame, *, title: str) -> alt.Chart:
         dot_kw["fill"] = alt.condition("indexof(datum.verdict, 'within noise') >= 0", alt.value("white"), color)
     layers = [base.mark_point(filled="verdict" not in df, size=40).encode(**dot_kw)]
     if {"lo", "hi"} <= set(df.columns):
-        layers.insert(0, base.transform_filter("isValid(datum.lo) && isValid(datum.hi)").mark_rule(opacity=0.7)
-                      .encode(x="lo:Q", x2="hi:Q", y=y, color=color, tooltip=tips))
+        layers.insert(0, _span(base, "lo", "hi", "value").mark_rule().encode(
+            x="span_lo:Q", x2="span_hi:Q", y=y, color=color, tooltip=tips, opacity=_shown("datum.span_on", 0.7)))
     layers.append(base.mark_rule(strokeDash=[5, 4], color="#444").encode(
         x=alt.X("mean(base_value):Q"),
         tooltip=[alt.Tooltip("mean(base_value):Q", title="base model", format=".4g")]))
@@ -185,17 +201,18 @@ def edits_vs_band(df: pd.DataFrame, *, title: str) -> alt.Chart:
                                      "verdict") if c in df])
     y = alt.Y("row:N", title=None, sort=None)
     base = alt.Chart(df)
-    edits = base.transform_filter("datum.kind == 'edit'")
     color = _verdict_color(df)
+    # every layer keeps every row (see _span) and hides the ones it does not draw
     layers = [
-        base.transform_filter("datum.kind == 'band' && isValid(datum.lo)").mark_bar(opacity=0.3, height=10).encode(
-            x=alt.X("lo:Q", title="value", scale=alt.Scale(zero=False)), x2="hi:Q", y=y, color=color, tooltip=tips),
-        base.transform_filter("datum.kind == 'random'").mark_tick(thickness=1.5, size=10).encode(
-            x="value:Q", y=y, color=color, tooltip=tips),
-        edits.transform_filter("isValid(datum.lo)").mark_rule(opacity=0.8).encode(
-            x="lo:Q", x2="hi:Q", y=y, color=color, tooltip=tips),
-        edits.mark_point(size=45, filled=False).encode(
-            x="value:Q", y=y, color=color, tooltip=tips,
+        _span(base, "lo", "hi", "value", "datum.kind == 'band'").mark_bar(height=10).encode(
+            x=alt.X("span_lo:Q", title="value", scale=alt.Scale(zero=False)), x2="span_hi:Q", y=y, color=color,
+            tooltip=tips, opacity=_shown("datum.span_on", 0.3)),
+        base.mark_tick(thickness=1.5, size=10).encode(x="value:Q", y=y, color=color, tooltip=tips,
+                                                      opacity=_shown("datum.kind == 'random'")),
+        _span(base, "lo", "hi", "value", "datum.kind == 'edit'").mark_rule().encode(
+            x="span_lo:Q", x2="span_hi:Q", y=y, color=color, tooltip=tips, opacity=_shown("datum.span_on", 0.8)),
+        base.mark_point(size=45, filled=False).encode(
+            x="value:Q", y=y, color=color, tooltip=tips, opacity=_shown("datum.kind == 'edit'"),
             fill=alt.condition("indexof(datum.verdict, 'within noise') >= 0", alt.value("white"), color)),
         base.mark_rule(strokeDash=[5, 4], color="#444").encode(
             x=alt.X("mean(base_value):Q"),
