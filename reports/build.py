@@ -21,6 +21,7 @@ from store.queries import (
     STUDIES,
     eval_summary_sql,
     fetch,
+    has_rows,
     mde_sql,
     open_report_store,
     other_runs,
@@ -109,8 +110,13 @@ def _detectable(con, present: dict[str, int | None]) -> list[str]:
     out = []
     for study in STUDIES:
         run = present.get(study)
-        df = fetch(con, mde_sql(run)) if run is not None else None
-        if df is None or df.empty:
+        if run is None or not has_rows(con, "evals", run):
+            continue
+        df = fetch(con, mde_sql(run))
+        if df.empty:
+            out.append(f"{study} (run {run}): no paired comparisons stored (each needs per-item scores on at least "
+                       "2 items: this budget, or a run made before them, has none), so no change can be called "
+                       "detectable.")
             continue
         out.append(f"{study} (run {run}): smallest change detectable at alpha 0.05 with power 0.8 (median over "
                    f"the sweep's {int(df['points'].max())} points): " + ", ".join(_mde_part(r) for r in df.itertuples())

@@ -59,10 +59,13 @@ def _finite(x) -> bool:
 def change_text(label: str, before: float, after: float, lo: float | None, hi: float | None) -> str:
     """One metric's change in words: 'toxicity 0.0418 -> 0.0855: no detectable change at this budget (95% CI
     -0.012..+0.099)' when the paired interval of the change includes 0, else the change with its interval
-    ('refusal rate 0.2 -> 0.05 (-0.15, 95% CI -0.25..-0.05)'); without an interval, only the values."""
+    ('refusal rate 0.2 -> 0.05 (-0.15, 95% CI -0.25..-0.05)'); 'no item changed' when every item scored the
+    same; without an interval, only the values."""
     text = f"{label} {before:.3g} -> {after:.3g}"
     if not (_finite(lo) and _finite(hi)):
         return text + " (no per-item scores: no interval)"
+    if lo == hi == 0 and after == before:
+        return text + ": no item changed"
     if lo <= 0 <= hi:
         return text + f": no detectable change at this budget (95% CI {lo:+.3g}..{hi:+.3g})"
     return text + f" ({after - before:+.3g}, 95% CI {lo:+.3g}..{hi:+.3g})"

@@ -185,3 +185,4 @@ def test_a_headline_whose_interval_contains_zero_says_so():
     real = change_text("refusal rate", 0.2, 0.05, -0.25, -0.05)
     assert "no detectable change" not in real and "95% CI -0.25..-0.05" in real and "-0.15" in real
     assert "no interval" in change_text("kl", 0.0, 0.1, None, None)
+    assert change_text("toxicity", 0.04, 0.04, 0.0, 0.0) == "toxicity 0.04 -> 0.04: no item changed"
