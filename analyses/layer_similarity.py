@@ -21,11 +21,18 @@ Gromov's block rule and the ``layer_angular`` table stay at one vector per promp
 which the block choice uses, and ``mean``), as in the paper; Block Influence is given at
 every position, ``tokens`` being ShortGPT's own token-averaged definition.
 
-``run`` streams the cache run one commit at a time (``store.layers.iter_state_parts``), so
-its memory is bounded by the capture's flush size whatever the number of prompts or tokens.
+``run`` streams the cache run one commit at a time (``store.layers.iter_state_parts``) and
+keeps only running moments per pair of states (``PairStats``: count, mean and sum of squared
+deviations of the per-prompt cosine and angular distance; Block Influence is 1 - cosine, so
+it needs nothing more). Memory bound: one commit's vectors (the capture's flush size) plus
+O(S^2) floats for the moments, plus, at ``tokens``, the per-token cosines of the prompts whose
+tokens a commit has not finished (none with the current writer, which never splits a prompt)
+- flat in the number of prompts and tokens (``bench/scaling.py``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import duckdb
 import numpy as np
@@ -97,63 +104,116 @@ def token_means(prompt_ids: np.ndarray, X: np.ndarray) -> dict[str, tuple[np.nda
     return out
 
 
-def _mean_se(v: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
-    n = v.shape[axis]
-    m = v.mean(axis=axis)
-    se = v.std(axis=axis, ddof=1) / np.sqrt(n) if n > 1 else np.full_like(m, np.nan)
-    return m, se
+@dataclass
+class Moments:
+    """Running count, mean and sum of squared deviations of per-prompt values of one shape,
+    merged a batch of prompts at a time (Chan, Golub and LeVeque's pairwise update: as exact
+    as two passes, unlike a raw sum of squares)."""
+
+    n: int = 0
+    mean: np.ndarray | float = 0.0
+    m2: np.ndarray | float = 0.0
+
+    def update(self, values: np.ndarray) -> None:
+        """Add prompts: ``values`` (..., P), the last axis over prompts."""
+        k = values.shape[-1]
+        if k == 0:
+            return
+        bmean = values.mean(axis=-1)
+        bm2 = ((values - bmean[..., None]) ** 2).sum(axis=-1)
+        total = self.n + k
+        delta = bmean - self.mean
+        self.mean = self.mean + delta * (k / total)
+        self.m2 = self.m2 + bm2 + delta ** 2 * (self.n * k / total)
+        self.n = total
+
+    def mean_se(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean over prompts and its standard error (sample sd / sqrt(n); NaN for one prompt)."""
+        mean = np.asarray(self.mean, dtype=np.float64)
+        if self.n < 2:
+            return mean, np.full_like(mean, np.nan)
+        return mean, np.sqrt(np.asarray(self.m2) / (self.n - 1) / self.n)
 
 
-def similarity_frame(C: np.ndarray, position: str, A: np.ndarray | None = None) -> pd.DataFrame:
+@dataclass
+class PairStats:
+    """Moments of the per-prompt cosine and angular distance for every pair of states (S, S)."""
+
+    cos: Moments = field(default_factory=Moments)
+    ang: Moments = field(default_factory=Moments)
+
+    def update(self, C: np.ndarray, A: np.ndarray | None = None) -> None:
+        """Add prompts' cosines C (S, S, P) and angular distances A (default arccos(C)/pi)."""
+        self.cos.update(C)
+        self.ang.update(np.arccos(C) / np.pi if A is None else A)
+
+    @classmethod
+    def of(cls, C: np.ndarray, A: np.ndarray | None = None) -> PairStats:
+        stats = cls()
+        stats.update(C, A)
+        return stats
+
+    @property
+    def n_states(self) -> int:
+        return int(np.shape(self.cos.mean)[0])
+
+
+def _stats(C: np.ndarray | PairStats, A: np.ndarray | None = None) -> PairStats:
+    return C if isinstance(C, PairStats) else PairStats.of(C, A)
+
+
+def similarity_frame(C: np.ndarray | PairStats, position: str, A: np.ndarray | None = None) -> pd.DataFrame:
     """Long table over every pair of states: mean cosine and mean angular distance, from
-    per-prompt cosines C (S, S, P) and per-prompt angular distances A (default arccos(C)/pi)."""
-    S, _, P = C.shape
-    cos_m, cos_se = _mean_se(C)
-    ang_m, ang_se = _mean_se(np.arccos(C) / np.pi if A is None else A)
+    running ``PairStats`` or from per-prompt cosines C (S, S, P) and angular distances A
+    (default arccos(C)/pi)."""
+    st = _stats(C, A)
+    S = st.n_states
+    cos_m, cos_se = st.cos.mean_se()
+    ang_m, ang_se = st.ang.mean_se()
     a, b = np.meshgrid(np.arange(S), np.arange(S), indexing="ij")
     return pd.DataFrame({
         "position": position, "stream": STREAM, "layer_a": a.ravel(), "layer_b": b.ravel(),
         "cosine": cos_m.ravel(), "cosine_se": cos_se.ravel(),
-        "angular": ang_m.ravel(), "angular_se": ang_se.ravel(), "n_prompts": P,
+        "angular": ang_m.ravel(), "angular_se": ang_se.ravel(), "n_prompts": st.cos.n,
     })
 
 
-def angular_frame(C: np.ndarray, position: str) -> pd.DataFrame:
-    """d(l, n) for every block size n = 1..L and start l = 0..L-n, with the best start per n."""
-    S, _, P = C.shape
-    L = S - 1
+def angular_frame(C: np.ndarray | PairStats, position: str) -> pd.DataFrame:
+    """d(l, n) for every block size n = 1..L and start l = 0..L-n, with the best start per n
+    (the mean over prompts of arccos(cos(x_l, x_{l+n})) / pi)."""
+    st = _stats(C)
+    L = st.n_states - 1
+    ang_m, ang_se = st.ang.mean_se()
     rows = []
     for n in range(1, L + 1):
         starts = np.arange(0, L - n + 1)
-        per_prompt = np.arccos(C[starts, starts + n]) / np.pi  # (starts, P)
-        m, se = _mean_se(per_prompt)
+        m, se = ang_m[starts, starts + n], ang_se[starts, starts + n]
         best = int(np.argmin(m))
         rows.append(pd.DataFrame({
             "position": position, "stream": STREAM, "n": n, "start_layer": starts,
             "end_layer": starts + n - 1, "distance": m, "distance_se": se,
-            "best": starts == starts[best], "n_prompts": P,
+            "best": starts == starts[best], "n_prompts": st.ang.n,
         }))
     return pd.concat(rows, ignore_index=True)
 
 
-def influence_frame(C: np.ndarray, position: str) -> pd.DataFrame:
+def influence_frame(C: np.ndarray | PairStats, position: str) -> pd.DataFrame:
     """ShortGPT Block Influence of each layer: 1 - cos(input, output), mean over prompts (at
-    ``tokens``, C holds each prompt's token-mean cosine: ShortGPT's token-averaged definition)."""
-    S, _, P = C.shape
-    layers = np.arange(S - 1)
-    m, se = _mean_se(1.0 - C[layers, layers + 1])
+    ``tokens``, each prompt contributes its token-mean cosine: ShortGPT's token-averaged
+    definition). Its standard error is the cosine's."""
+    st = _stats(C)
+    layers = np.arange(st.n_states - 1)
+    cos_m, cos_se = st.cos.mean_se()
     return pd.DataFrame({"position": position, "stream": STREAM, "layer": layers,
-                         "block_influence": m, "block_influence_se": se, "n_prompts": P})
+                         "block_influence": 1.0 - cos_m[layers, layers + 1],
+                         "block_influence_se": cos_se[layers, layers + 1], "n_prompts": st.cos.n})
 
 
 def _default_positions(stored: list[str]) -> tuple[str, ...]:
     return tuple(p for p in POSITIONS if SOURCE[p] in stored)
 
 
-def prompt_cosines(con: duckdb.DuckDBPyConnection, store: Store, cache_run_id: int,
-                   positions: tuple[str, ...]) -> dict[str, tuple[list[str], np.ndarray, np.ndarray | None]]:
-    """position -> (prompt_ids, C, A): per-prompt cosines C (S, S, P) and, for ``tokens``, the
-    per-prompt token-mean angular distances A (else None), prompts sorted by id, streamed part by part."""
+def _check_positions(con: duckdb.DuckDBPyConnection, cache_run_id: int, positions: tuple[str, ...]) -> None:
     unknown = [p for p in positions if p not in POSITIONS]
     if unknown:
         raise ValueError(f"unknown position '{unknown[0]}': use some of {', '.join(POSITIONS)}")
@@ -163,37 +223,47 @@ def prompt_cosines(con: duckdb.DuckDBPyConnection, store: Store, cache_run_id: i
         raise StoreError(f"cache run {cache_run_id} captured positions {','.join(stored)}; the '{lacking[0]}' "
                          f"similarity needs '{SOURCE[lacking[0]]}' vectors: capture with positions "
                          f"{','.join(dict.fromkeys(SOURCE[p] for p in positions))}")
+
+
+def pair_stats(con: duckdb.DuckDBPyConnection, store: Store, cache_run_id: int,
+               positions: tuple[str, ...]) -> dict[str, PairStats]:
+    """position -> running moments over the run's prompts, streamed one commit at a time.
+
+    At ``tokens`` a prompt's token-mean cosine and angular distance join the moments once all
+    of its tokens (``prompt_lengths``) have been read, so a prompt split across commits would
+    still count once, whole; the sums of unfinished prompts are the only per-prompt state."""
+    _check_positions(con, cache_run_id, positions)
     sites = db.state_sites(con, cache_run_id)
-    vectors: dict[str, tuple[list, list]] = {p: ([], []) for p in positions if p != "tokens"}
-    sums: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
+    stats = {p: PairStats() for p in positions}
+    lengths = db.prompt_lengths(con, cache_run_id) if "tokens" in positions else {}
+    open_sums: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
+    done: set[str] = set()
     reductions = list(dict.fromkeys(SOURCE[p] for p in positions))
     for part in db.iter_state_parts(con, store, cache_run_id, sites, reductions):
-        for p, (ids, Cs) in vectors.items():
-            pids, _, X = part[SOURCE[p]]
-            ids += list(pids)
-            Cs.append(pairwise_cosines(X))
-        if "tokens" in positions:
-            pids, _, X = part["all"]
-            for pid, (c, a, n) in token_means(pids, X).items():
-                if pid in sums:  # a prompt never spans two commits; summing keeps it right if one did
-                    c0, a0, n0 = sums[pid]
-                    c, a, n = c + c0, a + a0, n + n0
-                sums[pid] = (c, a, n)
-    out: dict[str, tuple[list[str], np.ndarray, np.ndarray | None]] = {}
-    for p, (ids, Cs) in vectors.items():
-        order = np.argsort(np.asarray(ids, dtype=str), kind="stable")
-        out[p] = ([ids[i] for i in order], np.concatenate(Cs, axis=-1)[:, :, order], None)
-    if "tokens" in positions:
-        lengths = db.prompt_lengths(con, cache_run_id)
-        short = [pid for pid, (_, _, n) in sums.items() if n != lengths.get(pid)]
-        if short or len(sums) != len(lengths):
-            raise StoreError(f"cache run {cache_run_id} does not hold every token of every prompt "
-                             f"(e.g. {(short or sorted(set(lengths) - set(sums)))[:1]}): resume the cache run")
-        ids = sorted(sums)
-        C = np.stack([sums[pid][0] / sums[pid][2] for pid in ids], axis=-1)
-        A = np.stack([sums[pid][1] / sums[pid][2] for pid in ids], axis=-1)
-        out["tokens"] = (ids, C, A)
-    return out
+        for p in positions:
+            if p != "tokens":
+                stats[p].update(pairwise_cosines(part[SOURCE[p]][2]))
+        if "tokens" not in positions:
+            continue
+        pids, _, X = part["all"]
+        finished_c, finished_a = [], []
+        for pid, (c, a, n) in token_means(pids, X).items():
+            if pid in open_sums:
+                c0, a0, n0 = open_sums.pop(pid)
+                c, a, n = c + c0, a + a0, n + n0
+            if n == lengths.get(pid):
+                finished_c.append(c / n)
+                finished_a.append(a / n)
+                done.add(pid)
+            else:
+                open_sums[pid] = (c, a, n)
+        if finished_c:
+            stats["tokens"].update(np.stack(finished_c, axis=-1), np.stack(finished_a, axis=-1))
+    if "tokens" in positions and (open_sums or len(done) != len(lengths)):
+        missing = sorted(open_sums) or sorted(set(lengths) - done)
+        raise StoreError(f"cache run {cache_run_id} does not hold every token of every prompt "
+                         f"(e.g. {missing[:1]}): resume the cache run")
+    return stats
 
 
 def run(con: duckdb.DuckDBPyConnection, store: Store, cache_run_id: int,
@@ -206,12 +276,12 @@ def run(con: duckdb.DuckDBPyConnection, store: Store, cache_run_id: int,
         positions = _default_positions(db.stored_reductions(con, cache_run_id))
         if not positions:
             raise StoreError(f"cache run {cache_run_id} captured none of the reductions last, mean, all")
-    per = prompt_cosines(con, store, cache_run_id, tuple(positions))
+    per = pair_stats(con, store, cache_run_id, tuple(positions))
     out: dict[str, list[pd.DataFrame]] = {"similarity": [], "angular": [], "influence": []}
     for position in positions:
-        _, C, A = per[position]
-        out["similarity"].append(similarity_frame(C, position, A))
+        st = per[position]
+        out["similarity"].append(similarity_frame(st, position))
         if position in ANGULAR_POSITIONS:
-            out["angular"].append(angular_frame(C, position))
-        out["influence"].append(influence_frame(C, position))
+            out["angular"].append(angular_frame(st, position))
+        out["influence"].append(influence_frame(st, position))
     return {k: pd.concat(v, ignore_index=True) if v else pd.DataFrame() for k, v in out.items()}

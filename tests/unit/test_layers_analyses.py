@@ -341,3 +341,54 @@ def test_layer_tables_replace_rather_than_duplicate(store):
         assert len(read_table(con, "layer_influence", 8)) == len(frames["layer_influence"])
         got = read_table(con, "layer_angular", 7)
         assert got["best"].sum() == X.shape[0] - 1
+
+
+@pytest.mark.parametrize("cuts", [(50,), (1, 49), (7, 20, 1, 22), (25, 25)])
+def test_running_moments_equal_two_pass_statistics_for_any_batching(cuts):
+    rng = np.random.default_rng(3)
+    V = rng.normal(loc=5.0, scale=0.01, size=(3, 4, 50))  # large mean, small spread: a raw sum of squares would lose it
+    m = layer_similarity.Moments()
+    start = 0
+    for k in cuts:
+        m.update(V[..., start:start + k])
+        start += k
+    mean, se = m.mean_se()
+    np.testing.assert_allclose(mean, V.mean(-1), rtol=1e-13)
+    np.testing.assert_allclose(se, V.std(-1, ddof=1) / np.sqrt(50), rtol=1e-9)
+    assert m.n == 50
+    one = layer_similarity.Moments()
+    one.update(V[..., :1])
+    assert np.isnan(one.mean_se()[1]).all()
+
+
+def test_a_prompt_split_across_commits_counts_once_whole(monkeypatch):
+    """Streaming at ``tokens``: a prompt whose tokens come in two commits joins the moments once,
+    with its token mean over all its tokens, exactly as if it had come in one commit."""
+    rng = np.random.default_rng(0)
+    S, d = 4, 6
+    lengths = {"a": 3, "b": 5, "c": 2}
+    X = {pid: np.cumsum(rng.normal(size=(S, n, d)), axis=0).astype(np.float32) for pid, n in lengths.items()}
+
+    def part(rows):  # rows: [(pid, token slice)]
+        ids = np.concatenate([[pid] * (sl.stop - sl.start) for pid, sl in rows]).astype(object)
+        pos = np.concatenate([np.arange(sl.start, sl.stop) for _, sl in rows])
+        return {"all": (ids, pos, np.concatenate([X[pid][:, sl] for pid, sl in rows], axis=1))}
+
+    parts = [part([("a", slice(0, 3)), ("b", slice(0, 2))]), part([("b", slice(2, 5)), ("c", slice(0, 2))])]
+    db = layer_similarity.db
+    monkeypatch.setattr(db, "stored_reductions", lambda con, run: ["all"])
+    monkeypatch.setattr(db, "state_sites", lambda con, run: [("resid_pre", i) for i in range(S)])
+    monkeypatch.setattr(db, "prompt_lengths", lambda con, run: dict(lengths))
+    monkeypatch.setattr(db, "iter_state_parts", lambda *a, **k: iter(parts))
+    got = layer_similarity.pair_stats(None, None, 1, ("tokens",))["tokens"]
+    ref = [layer_similarity.token_cosines(X[pid]) for pid in sorted(lengths)]  # whole prompts, one at a time
+    C = np.stack([K.mean(0) for K in ref], axis=-1)
+    A = np.stack([(np.arccos(K) / np.pi).mean(0) for K in ref], axis=-1)
+    want = layer_similarity.similarity_frame(C, "tokens", A)
+    have = layer_similarity.similarity_frame(got, "tokens")
+    np.testing.assert_allclose(have[["cosine", "cosine_se", "angular", "angular_se"]].to_numpy(),
+                               want[["cosine", "cosine_se", "angular", "angular_se"]].to_numpy(), atol=1e-12)
+    assert got.cos.n == 3
+    monkeypatch.setattr(db, "iter_state_parts", lambda *a, **k: iter(parts[:1]))
+    with pytest.raises(StoreError, match="every token of every prompt"):
+        layer_similarity.pair_stats(None, None, 1, ("tokens",))
