@@ -22,6 +22,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 import numpy as np
@@ -32,7 +33,7 @@ import pyarrow.parquet as pq
 
 from store import remote
 from store.parquet import vector_pages, write_shard
-from store.db import SHARD_SCHEMA, VEC_TYPE, Store, StoreError
+from store.db import SHARD_SCHEMA, Store, StoreError, VEC_TYPE, transaction
 
 
 @dataclass
@@ -185,43 +186,40 @@ class ActivationWriter:
     def _write_shard(self, key: tuple[str, int], blocks: list[Block], part: int) -> tuple:
         hook, layer = key
         rel = f"run_id={self.run_id}/hook={hook}/layer={layer}/part-{part:06d}.parquet"
-        if self.store.is_remote:
+        if self.store.is_remote:  # written by DuckDB's httpfs: no bytes of ours to checksum
             n_rows, n_bytes = remote.write_table(pa.concat_tables([b.table() for b in blocks]),
                                                  self.store.shard_url(rel))
-            return hook, layer, part, rel, n_rows, n_bytes
+            return hook, layer, part, rel, n_rows, n_bytes, None
         tmp = self.store.shard_dir / (rel + ".tmp")
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        n_rows, n_bytes = write_shard(tmp, blocks)
+        n_rows, n_bytes, crc = write_shard(tmp, blocks)
         if self.durable:
             _fsync(tmp)
-        return hook, layer, part, rel, n_rows, n_bytes
+        return hook, layer, part, rel, n_rows, n_bytes, crc
 
     def _commit(self, blocks, prompts, tokens, part) -> None:
         t0 = time.perf_counter()
         try:
             shards = list(self._pool.map(lambda kv: self._write_shard(kv[0], kv[1], part), blocks.items()))
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise StoreError(f"disk full while writing shards to {self.store.shard_root}: free space and "
                                  "rerun the same command to resume (finished prompts are kept)") from None
             raise StoreError(f"cannot write shards to {self.store.shard_root}: {e}") from None
-        shard_df = pd.DataFrame(shards, columns=["hook", "layer", "part", "path", "n_rows", "n_bytes"])
+        shard_df = pd.DataFrame(shards, columns=["hook", "layer", "part", "path", "n_rows", "n_bytes", "crc32"])
+        shard_df["crc32"] = shard_df["crc32"].astype("Int64")
         shard_df.insert(0, "run_id", self.run_id)
         prompt_df = pd.DataFrame(prompts, columns=["prompt_id", "n_tokens", "truncated"])
         prompt_df.insert(0, "run_id", self.run_id)
         token_df = pd.concat(tokens, ignore_index=True)
         token_df.insert(0, "run_id", self.run_id)
         with self.store.connect() as con:
-            con.execute("BEGIN")
-            try:
-                con.execute("INSERT INTO shards SELECT * FROM shard_df")
+            with transaction(con):
+                con.execute("INSERT INTO shards (run_id, hook, layer, part, path, n_rows, n_bytes, crc32) "
+                            "SELECT run_id, hook, layer, part, path, n_rows, n_bytes, crc32 FROM shard_df")
                 con.execute("INSERT INTO run_prompts (run_id, prompt_id, n_tokens, truncated) "
                             "SELECT * FROM prompt_df")
                 con.execute("INSERT INTO tokens SELECT run_id, prompt_id, pos, token_id, token FROM token_df")
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
             if not self.store.is_remote:  # still holding the file: no reader sees a half-renamed commit
                 for rel in shard_df["path"]:
                     os.replace(self.store.shard_dir / (rel + ".tmp"), self.store.shard_dir / rel)
@@ -232,16 +230,6 @@ class ActivationWriter:
 
 
 # --- readers -------------------------------------------------------------------------------
-
-
-def shard_files(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, hook: str,
-                layers: list[int] | None = None) -> list[str]:
-    sql = "SELECT path FROM shards WHERE run_id = ? AND hook = ?"
-    params: list = [run_id, hook]
-    if layers is not None:
-        sql += f" AND layer IN ({', '.join('?' * len(layers))})"
-        params += list(layers)
-    return [store.shard_url(r[0]) for r in con.execute(sql + " ORDER BY layer, part", params).fetchall()]
 
 
 def gather_rows(views: list[np.ndarray], rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -284,60 +272,93 @@ def gather_rows(views: list[np.ndarray], rows: np.ndarray, out: np.ndarray | Non
 _READ_THREADS = min(4, os.cpu_count() or 1)
 
 
+class ShardRef(NamedTuple):
+    """A shard as the manifest lists it: its path relative to the shard root and its size."""
+
+    path: str
+    n_bytes: int | None = None
+
+
 def _shard_rows(con: duckdb.DuckDBPyConnection, run_id: int, hook: str,
-                layers: list[int] | None) -> list[tuple[int, str]]:
-    sql = "SELECT layer, path FROM shards WHERE run_id = ? AND hook = ?"
+                layers: list[int] | None) -> list[tuple[int, ShardRef]]:
+    sql = "SELECT layer, path, n_bytes FROM shards WHERE run_id = ? AND hook = ?"
     params: list = [run_id, hook]
     if layers is not None:
         sql += f" AND layer IN ({', '.join('?' * len(layers))})"
         params += list(layers)
-    return con.execute(sql + " ORDER BY layer, part", params).fetchall()
+    return [(layer, ShardRef(path, n)) for layer, path, n in con.execute(sql + " ORDER BY layer, part", params).fetchall()]
 
 
 _META = [f.name for f in SHARD_SCHEMA if f.name != "vec"]
 _META_SCHEMA = pa.schema([f for f in SHARD_SCHEMA if f.name != "vec"])
 
 
-def _missing(path: str) -> StoreError:
-    return StoreError(f"shard {path} is listed in the store but missing on disk: "
-                      "run `invoke check`, then re-run the cache task to rebuild it")
+def _missing(store: Store, path: str) -> StoreError:
+    return StoreError(f"shard {path} is listed in the store but missing: run `invoke check --store {store.path}`, "
+                      "then re-run the cache task into a new store to rebuild it")
 
 
-def read_shard_file(store: Store, rel: str, columns: list[str]) -> pa.Table:
-    """Some columns of one shard (path relative to the shard root), as stored; a missing
-    file or a remote failure is a StoreError."""
-    path = store.shard_url(rel)
+def _damaged(store: Store, path: str, why: str) -> StoreError:
+    return StoreError(f"shard {path} is damaged ({why}): run `invoke check --deep --store {store.path}` to list "
+                      "every damaged shard, then restore them or re-cache the run into a new store")
+
+
+def _checked_size(store: Store, ref: ShardRef) -> str:
+    """The shard's local path after checking its size against the manifest, before anything maps
+    it: a file that is shorter than its pages raises SIGBUS when a mapped page is touched."""
+    path = store.shard_url(ref.path)
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        raise _missing(store, path) from None
+    if ref.n_bytes is not None and size != ref.n_bytes:
+        raise _damaged(store, path, f"{size} bytes, the manifest says {ref.n_bytes}")
+    return path
+
+
+def read_shard_file(store: Store, rel: str | ShardRef, columns: list[str]) -> pa.Table:
+    """Some columns of one shard (path relative to the shard root, or a ShardRef), as stored; a
+    missing, truncated or unreadable file or a remote failure is a one-line StoreError."""
+    ref = rel if isinstance(rel, ShardRef) else ShardRef(rel)
+    path = store.shard_url(ref.path)
     try:
         if store.is_remote:
             return remote.read_table(path, columns)
+        path = _checked_size(store, ref)
         # memory-mapped, no pre-buffering: uncompressed pages decode straight from the mapping
         return pq.read_table(path, columns=columns, use_threads=False, memory_map=True, pre_buffer=False)
     except remote.RemoteError as e:
         raise StoreError(str(e)) from None
     except FileNotFoundError:
-        raise _missing(path) from None
+        raise _missing(store, path) from None
+    except (OSError, pa.ArrowException, ValueError) as e:
+        raise _damaged(store, path, str(e).splitlines()[0][:160]) from None
 
 
-def read_shard(store: Store, rel: str, columns: list[str] = _META) -> tuple[pa.Table, list[np.ndarray]]:
+def read_shard(store: Store, rel: str | ShardRef, columns: list[str] = _META) -> tuple[pa.Table, list[np.ndarray]]:
     """One shard as (the metadata ``columns``, its vectors as (rows, d) float32 arrays in row order).
 
     The vectors are zero-copy views: of the memory-mapped file's data pages when the shard
     is in the layout ``store.parquet`` writes (checked page by page), else of the buffers
     pyarrow decoded them into (remote shards, other writers' files). The metadata columns
-    have SHARD_SCHEMA's types whichever writer made the file.
+    have SHARD_SCHEMA's types whichever writer made the file. Given a ShardRef, the file's size
+    is checked against the manifest first.
     """
-    path = store.shard_url(rel)
+    ref = rel if isinstance(rel, ShardRef) else ShardRef(rel)
     views = None
     if not store.is_remote:
+        path = _checked_size(store, ref)
         try:
             parquet = pq.ParquetFile(path, memory_map=True, pre_buffer=False)
+            views = vector_pages(path, parquet.metadata)
+            if views is not None:
+                table = parquet.read(columns=columns, use_threads=False)
         except FileNotFoundError:
-            raise _missing(path) from None
-        views = vector_pages(path, parquet.metadata)
-        if views is not None:
-            table = parquet.read(columns=columns, use_threads=False)
+            raise _missing(store, path) from None
+        except (OSError, pa.ArrowException, ValueError) as e:
+            raise _damaged(store, path, str(e).splitlines()[0][:160]) from None
     if views is None:
-        table = read_shard_file(store, rel, [*columns, "vec"])
+        table = read_shard_file(store, ref, [*columns, "vec"])
         vec = table.column("vec")
         table = table.drop_columns(["vec"])
         views = [c.flatten().to_numpy(zero_copy_only=False).reshape(len(c), -1) for c in vec.chunks if len(c)]
@@ -347,7 +368,7 @@ def read_shard(store: Store, rel: str, columns: list[str] = _META) -> tuple[pa.T
     return table, views
 
 
-def read_shard_vectors(store: Store, rel: str, columns: list[str] = _META,
+def read_shard_vectors(store: Store, rel: str | ShardRef, columns: list[str] = _META,
                        reduce: str | None = None) -> tuple[pa.Table, np.ndarray]:
     """One shard as (metadata ``columns``, an (rows, d) float32 array of its vectors), only
     the rows stored with reduction ``reduce`` if given ("reduce" must then be a column)."""

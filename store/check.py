@@ -1,23 +1,29 @@
 """Integrity check of a store: the manifest against the shard files, row counts, duplicates,
-interrupted writes and runs, evaluation duplicates.
+interrupted writes and runs, evaluation duplicates; with ``deep=True`` every byte of every
+shard against the CRC-32 recorded when it was written.
 
-``check_store(store)`` never writes. ``repair(store)`` does only what is provably safe
-(finish the rename of committed ``.tmp`` shards, delete uncommitted ones) under the
-write lock; anything else is reported with what to do, never "fixed" by deleting data.
+``check_store(store)`` never writes (it works on a read-only file system). ``repair(store)``
+does only what is provably safe under the write lock: finish the rename of committed ``.tmp``
+shards, delete uncommitted ones, and migrate an older store (which removes result rows stored
+twice, keeping the first); anything else is reported with what to do, never "fixed" by
+deleting data.
 """
 
 from __future__ import annotations
 
-import fcntl
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
 
-from store import remote
+from store import locks, remote
 from store.activations import recover
-from store.db import Store, StoreError
+from store.db import Store, StoreError, _open, ensure_schema
+from store.layers import NULLABLE_KEYS
+from store.parquet import file_crc32
+from store.runs import claimed_by
 
 
 @dataclass(frozen=True)
@@ -55,17 +61,7 @@ class Report:
 
 def writer_pid(store: Store) -> int | None:
     """The pid holding the store's write lock, or None when nobody is writing."""
-    if not store.lock_path.exists():
-        return None
-    with open(store.lock_path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            text = fh.read().strip()
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return None
+    return locks.holder(store.lock_path)
 
 
 def _first(items: list, n: int = 3) -> str:
@@ -206,6 +202,16 @@ def _check_tables(con, report: Report, busy_runs: set[int]) -> None:
                        "ORDER BY run_id LIMIT 5").fetchall()
     report.add("evals", [f"run {d[0]} point '{d[1]}' {d[2]}/{d[3]} stored {d[4]} times" for d in dups],
                "no evaluation stored twice per (run, point, task, metric)")
+    repeated = []
+    for table, key in NULLABLE_KEYS.items():  # keys the database cannot hold (a NULL-able column)
+        cols = ", ".join(["run_id", *key])
+        n = con.execute(f"SELECT count(*) FROM (SELECT {cols} FROM {table} GROUP BY ALL HAVING count(*) > 1)"
+                        ).fetchone()[0]
+        if n:
+            repeated.append(f"{table}: {n} key(s) stored more than once")
+    report.add("keys", [f"{'; '.join(repeated)}: delete the extra copies with `invoke sql --write` or re-run the "
+                        "study into a new store"] if repeated else [],
+               "no result row stored twice under its natural key")
     tables = [r[0] for r in con.execute(
         "SELECT table_name FROM information_schema.columns WHERE column_name = 'run_id' "
         "AND table_name NOT IN ('runs', 'activations') ORDER BY table_name").fetchall()]
@@ -218,25 +224,74 @@ def _check_tables(con, report: Report, busy_runs: set[int]) -> None:
                f"every row of {len(tables)} table(s) traces to a run")
 
 
-def check_store(store: Store) -> Report:
-    """Check everything; raises StoreError only when the store cannot be opened at all."""
+def _check_bytes(con, store: Store, report: Report, busy_runs: set[int]) -> None:
+    """Every byte of every shard: the CRC-32 recorded at commit, or (shards written before checksums,
+    or through object storage) a full decode of every page."""
+    rows = con.execute("SELECT run_id, path, n_bytes, crc32 FROM shards ORDER BY run_id, path").fetchall()
+    bad, unchecked = [], 0
+    for run_id, rel, n_bytes, crc in rows:
+        if run_id in busy_runs:
+            continue
+        url = store.shard_url(rel)
+        try:
+            if crc is not None and not store.is_remote:
+                got = file_crc32(url)
+                if got != crc:
+                    bad.append(f"{rel} (crc32 {got:08x}, recorded {crc:08x})")
+                continue
+            unchecked += 1
+            if store.is_remote:
+                remote.read_table(url, ["prompt_id", "vec"])
+            else:
+                pq.read_table(url, use_threads=False)
+        except FileNotFoundError:
+            continue  # the manifest check reports it
+        except (OSError, ValueError, remote.RemoteError) as e:
+            bad.append(f"{rel} ({str(e).splitlines()[0][:100]})")
+    note = f" ({unchecked} without a recorded checksum were decoded in full)" if unchecked else ""
+    report.add("bytes", [f"{len(bad)} shard(s) are damaged: {_first(bad, 2)}; restore them or re-cache the run "
+                         "into a new store"] if bad else [],
+               f"every byte of {len(rows)} shard(s) verified{note}")
+
+
+def busy_runs(store: Store, con, writer: int | None) -> set[int]:
+    """Runs another process is computing right now (it holds their claim), and while the shard
+    writer is live, every running run (its commit in flight may not be renamed yet). A claim this
+    process holds does not count: a run that failed in a library caller is reported as unfinished."""
+    running = [r[0] for r in con.execute("SELECT run_id FROM runs WHERE status <> 'complete'").fetchall()]
+    return {r for r in running if writer is not None or claimed_by(store.path, r) not in (None, os.getpid())}
+
+
+def check_store(store: Store, deep: bool = False) -> Report:
+    """Check everything (``deep``: also every shard's bytes); raises StoreError only when the
+    store cannot be opened at all."""
     report = Report(store.path, writer_pid=writer_pid(store))
     with store.connect(read_only=True) as con:
-        busy_runs: set[int] = set()
-        if report.writer_pid is not None:
-            busy_runs = {r[0] for r in con.execute("SELECT run_id FROM runs WHERE status = 'running'").fetchall()}
+        busy = busy_runs(store, con, report.writer_pid)
+        if busy and report.writer_pid is None:
+            report.writer_pid = next(p for p in (claimed_by(store.path, r) for r in sorted(busy)) if p)
         try:
-            _check_files(con, store, report, busy_runs)
+            _check_files(con, store, report, busy)
+            if deep:
+                _check_bytes(con, store, report, busy)
         except remote.RemoteError as e:
             report.add("manifest", [str(e)], "")
-        _check_rows(con, report, busy_runs)
-        _check_tables(con, report, busy_runs)
+        _check_rows(con, report, busy)
+        _check_tables(con, report, busy)
     return report
 
 
-def repair(store: Store) -> dict[str, int]:
-    """Finish or discard interrupted shard writes (never touches committed data)."""
+def repair(store: Store) -> dict:
+    """Finish or discard interrupted shard writes and migrate an older store (never touches
+    committed data, except result rows stored twice, of which the first is kept).
+
+    Returns {"renamed": n, "deleted": n, "notes": [what a migration changed]}."""
     if not store.path.exists():
         raise StoreError(f"no store at {store.path}: nothing to repair")
     with store.write_lock():
-        return recover(store)
+        con = _open(store.path, False, None)
+        try:
+            notes = ensure_schema(con, store)
+        finally:
+            con.close()
+        return {**recover(store), "notes": notes}

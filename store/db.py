@@ -1,16 +1,16 @@
 """Opening a store: one DuckDB file plus a directory of Parquet activation shards.
 
-``Store(path).connect()`` creates or migrates the schema and (re)points the
-``activations`` view at the shard directory; ``connect(read_only=True)`` never writes.
-Shards may live on S3-compatible object storage instead (``Store(path, shards="s3://b/p")``
-or ``INTERP_SHARDS``; see store/remote.py).
+``Store(path).connect()`` creates or migrates the schema and (re)points the ``activations``
+view at the shard directory; ``connect(read_only=True)`` never writes. Shards may live on
+S3-compatible object storage instead (``Store(path, shards="s3://b/p")`` or ``INTERP_SHARDS``;
+see store/remote.py). A shard directory belongs to exactly one store (store/owner.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,14 +18,18 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from store import remote
+from store import locks, owner, remote, view
+from store.errors import StoreError
+from store.migrations import MIGRATIONS, OLDEST_MIGRATABLE, SCHEMA_VERSION
 
-SCHEMA_VERSION = 1
+__all__ = ["DEFAULT_STORE", "MIGRATIONS", "OLDEST_MIGRATABLE", "SCHEMA_VERSION", "SHARD_SCHEMA", "Store",
+           "StoreError", "VEC_TYPE", "transaction"]
+
 CORE_SCHEMA = Path(__file__).with_name("schema.sql")
 SCHEMA_DIR = Path(__file__).with_name("schema")
 DEFAULT_STORE = "interp.duckdb"
+HIVE_TYPES = view.HIVE_TYPES
 
 # Every shard file has these columns; run_id, hook and layer come from the directory names.
 # The vector is a non-nullable list of non-nullable floats: Parquet then stores no definition
@@ -39,16 +43,11 @@ SHARD_SCHEMA = pa.schema([
     ("head", pa.int16()),         # attention head for z, else null
     pa.field("vec", VEC_TYPE, nullable=False),
 ])
-HIVE_TYPES = "{'run_id': INTEGER, 'hook': VARCHAR, 'layer': INTEGER}"
 
-# Migrations from version k to k+1, applied in order inside one transaction.
-MIGRATIONS: dict[int, list[str]] = {}
-# Oldest schema version this code can migrate from (stores older than this are refused).
-OLDEST_MIGRATABLE = 1
-
-
-class StoreError(RuntimeError):
-    """A store that cannot be used as asked; the message says why and what to do."""
+READ_WAIT_S = 30.0
+"""How long a reader waits for a commit in flight (commits are short)."""
+WRITE_NOTE_S = float(os.environ.get("INTERP_WRITE_NOTE_S", "30"))
+"""A writer waits for readers as long as they need; it says so on stderr this often."""
 
 
 @dataclass(frozen=True)
@@ -92,64 +91,131 @@ class Store:
     def lock_path(self) -> Path:
         return self.path.with_name(self.path.name + ".lock")
 
+    def claim_path(self, run_id: int) -> Path:
+        """The lock file a process holds while it computes run ``run_id`` (store.runs)."""
+        return locks.claim_path(self.path, run_id)
+
     @contextlib.contextmanager
-    def connect(self, read_only: bool = False, wait_s: float = 30.0) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection; read-only ones fail if the store does not exist yet."""
+    def connect(self, read_only: bool = False, wait_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection; read-only ones fail if the store does not exist yet.
+
+        A read-only open waits up to ``wait_s`` (default 30 s) for a commit in flight; a
+        write-open waits for readers as long as they hold the file (``wait_s`` caps it)."""
         if read_only and not self.path.exists():
             raise StoreError(f"no store at {self.path}: run `invoke cache` first or pass --store PATH")
-        con = _open(self.path, read_only, wait_s)
+        con = _open(self.path, read_only, READ_WAIT_S if read_only and wait_s is None else wait_s)
         try:
             if self.is_remote:
                 remote.configure(con)
             if read_only:
                 check_version(con, self.path)
                 check_shard_root(con, self)
+                owner.check(con, self, read_only=True)
+                view.shadow_view(con, self)
             else:
                 ensure_schema(con, self)
             yield con
         finally:
             con.close()
 
+    def preflight(self) -> None:
+        """What a writing task needs from the store, checked before it loads a model: the file is
+        an interp store (or absent), its directory can be written, its schema is not newer than
+        this code, its shard location is its own. Writes nothing but the lock file a run makes anyway."""
+        if _is_duckdb_file(self.path) is False:
+            raise _not_ours(self.path)
+        _make_parent(self.path)
+        locks.check_writable(self.lock_path, self.path)
+        if _is_duckdb_file(self.path):
+            con = _open(self.path, True, READ_WAIT_S)
+            try:
+                version = _stored_version(con)
+                if version is None or version > SCHEMA_VERSION or version < OLDEST_MIGRATABLE:
+                    check_version(con, self.path)  # (an older, migratable one is migrated by the task)
+                check_shard_root(con, self)
+                owner.check(con, self, read_only=True)
+            finally:
+                con.close()
+
     @contextlib.contextmanager
     def write_lock(self) -> Iterator[None]:
         """Exclusive right to add shards; a second writer gets a clear error, not a race."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.lock_path, "a+")
+        if locks.holds(self.lock_path) or locks.try_lock(self.lock_path, self.path) is None:
+            pid = locks.holder(self.lock_path)
+            raise StoreError(f"store {self.path} is being written by another process"
+                             f"{f' ({pid})' if pid and pid > 0 and pid != os.getpid() else ''}: wait for it to finish")
         try:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise StoreError(
-                    f"store {self.path} is being written by another process: wait for it to finish"
-                ) from None
-            fh.seek(0)
-            fh.truncate()
-            fh.write(str(os.getpid()))
-            fh.flush()
             yield
         finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-            fh.close()
+            locks.release(self.lock_path)
 
 
-def _open(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnection:
-    """Open the file, waiting briefly while another process holds DuckDB's file lock."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + wait_s
+def _is_duckdb_file(path: Path) -> bool | None:
+    """True for a DuckDB file, False for another kind of file, None when it is empty or absent."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except IsADirectoryError:
+        return False
+    if not head:
+        return None
+    return head[8:12] == b"DUCK"
+
+
+def _not_ours(path: Path) -> StoreError:
+    try:
+        head = path.read_bytes()[:16] if path.is_file() else b""
+    except OSError:
+        head = b""
+    kind = ("a directory" if path.is_dir() else "an SQLite database" if head.startswith(b"SQLite format 3")
+            else "not a DuckDB file")
+    return StoreError(f"{path} is not a readable interp store ({kind}): pass another --store or move the file away")
+
+
+def _make_parent(path: Path) -> None:
+    """The store's directory, created if needed; a one-line StoreError when it cannot be."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if e.errno in locks.READ_ONLY_ERRNOS:
+            raise StoreError(locks.read_only_message(path, e)) from None
+        blocker = next((p for p in path.parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise StoreError(f"cannot create the store {path}: {blocker} is a file, not a directory") from None
+        raise StoreError(f"cannot create {path.parent}: {e.strerror}") from None
+
+
+def _open(path: Path, read_only: bool, wait_s: float | None) -> duckdb.DuckDBPyConnection:
+    """Open the file, waiting while another process holds DuckDB's file lock."""
+    if _is_duckdb_file(path) is False:
+        raise _not_ours(path)  # before DuckDB sees it: it would try to download a reader extension
+    if not read_only:
+        _make_parent(path)
+    start = time.monotonic()
+    noted = start
+    config = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            return duckdb.connect(str(path), read_only=read_only, config=config)
         except duckdb.IOException as e:
-            msg = str(e)
-            if "lock" in msg.lower() and time.monotonic() < deadline:
+            msg = str(e).splitlines()[0]
+            now = time.monotonic()
+            if "lock" in msg.lower() and (wait_s is None or now - start < wait_s):
+                if not read_only and now - noted >= WRITE_NOTE_S:
+                    noted = now
+                    holder = msg.split("(PID ")[-1].split(")")[0] if "(PID " in msg else "another process"
+                    print(f"note: waiting {now - start:.0f}s for process {holder} to close {path} "
+                          "(a long query holds it; this run continues once it lets go)", file=sys.stderr, flush=True)
                 time.sleep(0.05)
                 continue
+            if "read-only file system" in msg.lower() or "permission denied" in msg.lower():
+                raise StoreError(locks.read_only_message(path, OSError(30 if "read-only" in msg.lower() else 13,
+                                                                       msg))) from None
             if "not a valid duckdb" in msg.lower():
-                raise StoreError(
-                    f"{path} is not a readable interp store (not a valid DuckDB file): "
-                    "pass another --store or move the file away"
-                ) from None
-            raise StoreError(f"cannot open store {path}: {msg.splitlines()[0]}") from None
+                raise _not_ours(path) from None
+            raise StoreError(f"cannot open store {path}: {msg}") from None
         except duckdb.Error as e:
             raise StoreError(
                 f"{path} is not a readable interp store ({str(e).splitlines()[0]}): "
@@ -157,11 +223,35 @@ def _open(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnecti
             ) from None
 
 
+DISK_FULL = ("no space left", "file too large", "disk quota")
+
+
+@contextlib.contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """BEGIN ... COMMIT, or ROLLBACK on any error; the original error surfaces, never the rollback's.
+
+    A commit that fails because the disk is full is a StoreError saying so (nothing of the
+    transaction is stored; rerunning the same command resumes)."""
+    con.execute("BEGIN")
+    try:
+        yield con
+        con.execute("COMMIT")
+    except BaseException as e:
+        with contextlib.suppress(duckdb.Error):  # a failed COMMIT has already ended the transaction
+            con.execute("ROLLBACK")
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if isinstance(e, duckdb.Error) and any(k in msg.lower() for k in DISK_FULL):
+            raise StoreError(f"the store's disk is full ({msg.split(': ')[-1]}): nothing of this step was stored; "
+                             "free space and rerun the same command to resume") from None
+        raise
+
+
+def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+    return {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+
+
 def _stored_version(con: duckdb.DuckDBPyConnection) -> int | None:
-    has_meta = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'"
-    ).fetchone()[0]
-    if not has_meta:
+    if "meta" not in _tables(con):
         return None
     row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     return int(row[0]) if row else None
@@ -183,8 +273,8 @@ def check_version(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         )
     if version < SCHEMA_VERSION:
         raise StoreError(
-            f"store {path} has schema version {version}; open it with any writing task (e.g. `invoke cache`) "
-            f"to migrate it to {SCHEMA_VERSION}"
+            f"store {path} has schema version {version}: run `invoke check --repair --store {path}` (or any "
+            f"writing task) to migrate it to {SCHEMA_VERSION}"
         )
 
 
@@ -200,8 +290,9 @@ def _schema_digest() -> str:
     return hashlib.sha256("\n".join(schema_sql()).encode()).hexdigest()[:16]
 
 
-def ensure_schema(con: duckdb.DuckDBPyConnection, store: Store) -> None:
+def ensure_schema(con: duckdb.DuckDBPyConnection, store: Store) -> list[str]:
     """Create, migrate, or top up the schema; idempotent, so it runs on every write-open.
+    Returns what it did (one line per migration that changed something).
 
     A store already at this version, made from these exact schema scripts (their digest is
     in ``meta``) for this shard root, is left alone: no transaction, no commit to sync."""
@@ -210,105 +301,55 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, store: Store) -> None:
         stored = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('schema_digest', 'shard_root')")
                       .fetchall())
         if stored.get("schema_digest") == _schema_digest() and stored.get("shard_root") == store.shard_root:
-            _point_view(con, store)
-            return
+            owner.check(con, store, read_only=False)
+            view.point_view(con, store)
+            return []
     if version is None:
-        tables = con.execute("SELECT count(*) FROM information_schema.tables").fetchone()[0]
-        if tables:
+        if _tables(con):
             raise StoreError(f"{store.path} is a DuckDB file with other tables, not an interp store")
     elif version > SCHEMA_VERSION or version < OLDEST_MIGRATABLE:
         check_version(con, store.path)
     check_shard_root(con, store)
-    con.execute("BEGIN")
-    try:
-        if version is not None and version < SCHEMA_VERSION:
+    notes: list[str] = []
+    if version is not None and version < SCHEMA_VERSION:
+        # The migration steps commit before the schema scripts run: DuckDB checks a new key against
+        # rows deleted earlier in the same transaction. Steps are safe to repeat, and the version
+        # only moves once the scripts (the new keys) are in.
+        with transaction(con):
             for v in range(version, SCHEMA_VERSION):
-                for stmt in MIGRATIONS[v]:
-                    con.execute(stmt)
+                for step in MIGRATIONS[v]:
+                    note = step(con) if callable(step) else con.execute(step) and None
+                    if note:
+                        notes.append(f"schema {v} -> {v + 1}: {note}")
+    with transaction(con):
         for script in schema_sql():
             con.execute(script)
         con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         con.execute("INSERT OR REPLACE INTO meta VALUES ('shard_root', ?)", [store.shard_root])
         con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_digest', ?)", [_schema_digest()])
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
-    _point_view(con, store)
+        con.execute("INSERT INTO meta SELECT 'store_id', ? WHERE NOT EXISTS (SELECT 1 FROM meta WHERE key = 'store_id')",
+                    [owner.new_id()])
+    owner.check(con, store, read_only=False)
+    view.point_view(con, store)
+    return notes
 
 
 def check_shard_root(con: duckdb.DuckDBPyConnection, store: Store) -> None:
     """Refuse to use a store whose shards were written to object storage with another location.
 
-    Local stores may move (the view is re-pointed on the next write-open); shards on object
-    storage cannot be found from the file's location, so both sides must agree.
+    Local stores may move (the view follows the file); shards on object storage cannot be
+    found from the file's location, so both sides must agree.
     """
-    has_meta = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'"
-    ).fetchone()[0]
-    if not has_meta:
+    if "meta" not in _tables(con):
         return
     row = con.execute("SELECT value FROM meta WHERE key = 'shard_root'").fetchone()
     stored = row[0] if row else None
     if stored is None or stored == store.shard_root:
         return
     if remote.is_remote(stored) or store.is_remote:
-        has_shards = con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'shards'"
-        ).fetchone()[0] and con.execute("SELECT count(*) FROM shards").fetchone()[0]
+        has_shards = "shards" in _tables(con) and con.execute("SELECT count(*) FROM shards").fetchone()[0]
         if has_shards:
             raise StoreError(
                 f"store {store.path} keeps its shards at {stored}, not {store.shard_root}: "
                 f"set INTERP_SHARDS={stored} (or pass shards=) to use it"
             )
-
-
-def _point_view(con: duckdb.DuckDBPyConnection, store: Store) -> None:
-    """(Re)create the ``activations`` view over this store's shard directory.
-
-    A zero-row shard fixes the column types so the view works before any capture.
-    """
-    if store.is_remote:
-        _point_remote_view(con, store)
-        return
-    schema_file = store.shard_dir / "run_id=0" / "hook=_schema" / "layer=0" / "part-000000.parquet"
-    if not schema_file.exists():
-        schema_file.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(SHARD_SCHEMA.empty_table(), schema_file)
-    pattern = str(store.shard_dir / "**" / "*.parquet").replace("'", "''")
-    current = con.execute("SELECT value FROM meta WHERE key = 'shard_glob'").fetchone()
-    if current and current[0] == pattern:
-        return
-    con.execute(
-        "CREATE OR REPLACE VIEW activations AS SELECT run_id, hook, layer, prompt_id, reduce, pos, head, vec "
-        f"FROM read_parquet('{pattern}', hive_partitioning = true, hive_types = {HIVE_TYPES}) "
-        "WHERE run_id > 0"
-    )
-    con.execute("INSERT OR REPLACE INTO meta VALUES ('shard_glob', ?)", [pattern])
-
-
-def _point_remote_view(con: duckdb.DuckDBPyConnection, store: Store) -> None:
-    """The view over shards on object storage: only objects listed in the manifest are read,
-    since an interrupted commit may leave an object behind (objects cannot be renamed)."""
-    schema_url = store.shard_url("run_id=0/hook=_schema/layer=0/part-000000.parquet")
-    try:
-        present = remote.list_objects(store.shards, "run_id=0/hook=_schema/layer=0/*.parquet")
-    except remote.RemoteError as e:
-        raise StoreError(str(e)) from None
-    if not present:
-        remote.write_table(SHARD_SCHEMA.empty_table(), schema_url)
-    pattern = remote.join(store.shards, "**/*.parquet").replace("'", "''")
-    root = (store.shards.rstrip("/") + "/").replace("'", "''")
-    current = con.execute("SELECT value FROM meta WHERE key = 'shard_glob'").fetchone()
-    if current and current[0] == pattern:
-        return
-    try:
-        con.execute(
-            "CREATE OR REPLACE VIEW activations AS SELECT run_id, hook, layer, prompt_id, reduce, pos, head, vec "
-            f"FROM read_parquet('{pattern}', hive_partitioning = true, hive_types = {HIVE_TYPES}, filename = true) "
-            f"WHERE run_id > 0 AND filename IN (SELECT '{root}' || path FROM shards)"
-        )
-    except duckdb.Error as e:
-        raise StoreError(f"object storage failed on {store.shards}: {str(e).splitlines()[0]} "
-                         "(check the bucket, AWS_* credentials and AWS_ENDPOINT_URL)") from None
-    con.execute("INSERT OR REPLACE INTO meta VALUES ('shard_glob', ?)", [pattern])

@@ -6,6 +6,8 @@ from __future__ import annotations
 import duckdb
 import pandas as pd
 
+from store.db import transaction
+
 COLUMNS = ["run_id", "study", "point", "intervention", "task", "metric", "value", "stderr", "n",
            "chance", "dataset", "seconds", "harness", "task_version", "num_fewshot", "fewshot_seed"]
 """Columns a sweep writes; the last four are NULL for the suite's own tasks (10_evals.sql)."""
@@ -16,14 +18,16 @@ INTEGER_COLUMNS = {"num_fewshot": "Int64", "fewshot_seed": "Int64"}
 """Nullable integer columns: None -> NULL, not a float column."""
 
 
-def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: list[str], rows: list[dict]) -> None:
+def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: list[str], rows: list[dict],
+            replace: bool = False) -> None:
     if not rows:
         return
     df = pd.DataFrame(rows, columns=columns)
     df = df.astype({c: t for c, t in INTEGER_COLUMNS.items() if c in df})
     con.register("_eval_rows", df)
     try:
-        con.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(columns)} FROM _eval_rows")
+        con.execute(f"INSERT {'OR REPLACE ' if replace else ''}INTO {table} ({', '.join(columns)}) "
+                    f"SELECT {', '.join(columns)} FROM _eval_rows")
     finally:
         con.unregister("_eval_rows")
 
@@ -32,22 +36,17 @@ def write_evals(con: duckdb.DuckDBPyConnection, rows: list[dict], items: list[di
                 deltas: list[dict] | None = None) -> None:
     """Insert one point's evals rows (dicts with COLUMNS; missing keys are NULL), its per-item scores
     (ITEM_COLUMNS) and its comparison with the base (DELTA_COLUMNS), all in one transaction: a point is
-    stored whole or not at all. Item and comparison rows left by an earlier copy of the point whose evals
-    rows are gone are replaced."""
+    stored whole or not at all. Writing a point again replaces it: its evals rows by the table's key
+    (run, point, task, metric), its item and comparison rows by deleting the point's old ones first."""
     if not rows:
         return
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         for table in ("eval_items", "eval_deltas"):
             for run_id, point in sorted({(r["run_id"], r["point"]) for r in rows}):
                 con.execute(f"DELETE FROM {table} WHERE run_id = ? AND point = ?", [run_id, point])
-        _insert(con, "evals", COLUMNS, rows)
+        _insert(con, "evals", COLUMNS, rows, replace=True)
         _insert(con, "eval_items", ITEM_COLUMNS, items or [])
         _insert(con, "eval_deltas", DELTA_COLUMNS, deltas or [])
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
 
 
 def done_points(con: duckdb.DuckDBPyConnection, run_id: int) -> set[str]:

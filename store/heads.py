@@ -11,20 +11,17 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from store.db import transaction
+
 IMPORTANCE_COLUMNS = ["run_id", "method", "metric", "layer", "head", "value", "stderr", "n", "n_tokens", "dataset"]
 
 
 def _replace(con: duckdb.DuckDBPyConnection, table: str, df: pd.DataFrame, where: str, params: list) -> None:
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         con.execute(f"DELETE FROM {table} WHERE {where}", params)
         if not df.empty:
             cols = ", ".join(df.columns)
             con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM df")
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
 
 
 def write_importance(con: duckdb.DuckDBPyConnection, run_id: int, method: str, df: pd.DataFrame) -> None:
@@ -94,8 +91,7 @@ def read_pruning(con: duckdb.DuckDBPyConnection, run_id: int) -> pd.DataFrame:
 def save_checkpoint(con: duckdb.DuckDBPyConnection, run_id: int, top_k: int, step: int, state: bytes,
                     steps: pd.DataFrame) -> None:
     """The training curve up to ``step`` and the state after it, in one transaction."""
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         if not steps.empty:
             con.execute("DELETE FROM heads_router_steps WHERE run_id = ? AND top_k = ? AND step >= ?",
                         [run_id, top_k, int(steps["step"].min())])
@@ -103,10 +99,6 @@ def save_checkpoint(con: duckdb.DuckDBPyConnection, run_id: int, top_k: int, ste
             con.execute("INSERT INTO heads_router_steps (run_id, top_k, step, lm_loss, lb_loss, loss, seconds) "
                         "SELECT run_id, top_k, step, lm_loss, lb_loss, loss, seconds FROM df")
         con.execute("INSERT OR REPLACE INTO heads_router_ckpt VALUES (?, ?, ?, ?)", [run_id, top_k, step, state])
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
 
 
 def load_checkpoint(con: duckdb.DuckDBPyConnection, run_id: int, top_k: int) -> tuple[int, bytes] | None:
@@ -131,17 +123,12 @@ def write_router(con: duckdb.DuckDBPyConnection, run_id: int, top_k: int, digest
     })
     usage = usage.assign(run_id=run_id, top_k=top_k)
     summ = pd.DataFrame([{**summary, "run_id": run_id, "top_k": top_k, "digest": digest}])
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         for table, df in (("heads_router_params", params), ("heads_router_usage", usage),
                           ("heads_router_summary", summ)):
             con.execute(f"DELETE FROM {table} WHERE run_id = ? AND top_k = ?", [run_id, top_k])
             cols = ", ".join(df.columns)
             con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM df")
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
 
 
 def router_digest(con: duckdb.DuckDBPyConnection, run_id: int, top_k: int) -> str | None:

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow.compute as pc
 
 from store.activations import gather_rows, read_shard
-from store.db import Store, StoreError
+from store.db import Store, StoreError, transaction
 from store.scan import parts_of_sites
 
 TABLES: dict[str, list[str]] = {
@@ -32,6 +32,12 @@ TABLES: dict[str, list[str]] = {
     "layer_heal": ["point", "step", "loss", "seconds"],
 }
 """Table -> columns written from a DataFrame (``run_id`` is added)."""
+NULLABLE_KEYS: dict[str, list[str]] = {
+    "layer_points": ["strategy", "n", "seed", "heal_steps", "point"],
+    "layer_agreement": ["scope", "n", "proxy", "position", "task", "metric"],
+}
+"""Natural keys (after run_id) of the tables whose key has a NULL-able column, so the database
+cannot hold it as a PRIMARY KEY (store/schema/20_layers.sql): ``replace_rows`` keeps it."""
 
 
 def replace_rows(con: duckdb.DuckDBPyConnection, run_id: int, frames: dict[str, pd.DataFrame]) -> None:
@@ -39,14 +45,17 @@ def replace_rows(con: duckdb.DuckDBPyConnection, run_id: int, frames: dict[str, 
     for table in frames:
         if table not in TABLES:
             raise StoreError(f"unknown layer table '{table}': one of {', '.join(TABLES)}")
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         for table, df in frames.items():
             cols = TABLES[table]
             missing = [c for c in cols if c not in df.columns]
             if missing:
                 raise StoreError(f"rows for {table} lack columns {missing}")
             data = df[cols].copy()
+            key = NULLABLE_KEYS.get(table)
+            if key is not None and data.duplicated(subset=key).any():  # (NaN/None count as one value)
+                twice = data[data.duplicated(subset=key, keep=False)][key].iloc[0].to_dict()
+                raise StoreError(f"rows for {table} repeat the key {twice}: each must be stored once")
             if "layers" in data:
                 data["layers"] = [[int(x) for x in v] for v in data["layers"]]
             data.insert(0, "run_id", run_id)
@@ -55,10 +64,6 @@ def replace_rows(con: duckdb.DuckDBPyConnection, run_id: int, frames: dict[str, 
             con.execute(f"INSERT INTO {table} (run_id, {', '.join(cols)}) "
                         f"SELECT run_id, {', '.join(cols)} FROM _layer_rows")
             con.unregister("_layer_rows")
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
 
 
 def add_heal_log(con: duckdb.DuckDBPyConnection, run_id: int, point: str, log: pd.DataFrame) -> None:
@@ -66,17 +71,12 @@ def add_heal_log(con: duckdb.DuckDBPyConnection, run_id: int, point: str, log: p
     data = log[["step", "loss", "seconds"]].copy()
     data.insert(0, "point", point)
     data.insert(0, "run_id", run_id)
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         con.execute("DELETE FROM layer_heal WHERE run_id = ? AND point = ?", [run_id, point])
         con.register("_heal_rows", data)
         con.execute("INSERT INTO layer_heal (run_id, point, step, loss, seconds) "
                     "SELECT run_id, point, step, loss, seconds FROM _heal_rows")
         con.unregister("_heal_rows")
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
 
 
 def read_table(con: duckdb.DuckDBPyConnection, table: str, run_id: int) -> pd.DataFrame:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -223,10 +224,12 @@ def _optional_column(name: str, physical: int, parts: list[tuple[int, object]]) 
     return col
 
 
-def write_shard(path: str | Path, blocks: Sequence) -> tuple[int, int]:
+def write_shard(path: str | Path, blocks: Sequence) -> tuple[int, int, int]:
     """Write blocks (``store.activations.Block``) of one (hook, layer) as a Parquet file.
 
-    Returns (rows, bytes). Every block's vectors must have the same length. Raises OSError
+    Returns (rows, bytes, CRC-32 of the bytes). The checksum is computed from the pieces as
+    they go to the file (zlib's crc32, about 3 GB/s on one core here, releasing the GIL), so
+    nothing is read back. Every block's vectors must have the same length. Raises OSError
     (errno kept, so a full disk stays recognisable) if the file cannot be written.
     """
     blocks = [b for b in blocks if len(b.vec)]
@@ -238,7 +241,9 @@ def write_shard(path: str | Path, blocks: Sequence) -> tuple[int, int]:
         from store.db import SHARD_SCHEMA
 
         pq.write_table(SHARD_SCHEMA.empty_table(), str(path))
-        return 0, os.path.getsize(path)
+        with open(path, "rb") as f:
+            data = f.read()
+        return 0, len(data), zlib.crc32(data)
     d = d.pop()
 
     ids = _Column("prompt_id", _BYTE_ARRAY, ["prompt_id"])
@@ -291,18 +296,30 @@ def write_shard(path: str | Path, blocks: Sequence) -> tuple[int, int]:
                       (4, _LIST, (_STRUCT, [row_group])), (6, _BINARY, _CREATED_BY)])
 
     with open(path, "wb", buffering=0) as f:
-        _write_all(f, b"PAR1")
+        crc = _write_all(f, b"PAR1", 0)
         for col in columns:
             for piece in (p for page in col.pages for p in page):
-                _write_all(f, piece)
-        _write_all(f, footer + len(footer).to_bytes(4, "little") + b"PAR1")
-    return n_rows, offset + len(footer) + 8
+                crc = _write_all(f, piece, crc)
+        crc = _write_all(f, footer + len(footer).to_bytes(4, "little") + b"PAR1", crc)
+    return n_rows, offset + len(footer) + 8, crc
 
 
-def _write_all(f, data) -> None:
+def _write_all(f, data, crc: int) -> int:
+    """Write all of ``data``; returns the running CRC-32 updated with it."""
     view = memoryview(data).cast("B")
+    crc = zlib.crc32(view, crc)
     while view.nbytes:
         view = view[f.write(view):]
+    return crc
+
+
+def file_crc32(path: str | Path, chunk: int = 8 << 20) -> int:
+    """CRC-32 of a whole file, read in chunks (``invoke check --deep``, exports)."""
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            crc = zlib.crc32(block, crc)
+    return crc
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -460,4 +477,4 @@ def vector_pages(path: str | Path, metadata: pq.FileMetaData | None = None) -> l
     return views
 
 
-__all__ = ["vector_pages", "write_shard"]
+__all__ = ["file_crc32", "vector_pages", "write_shard"]

@@ -138,6 +138,24 @@ def read_table(url: str, columns: list[str]) -> pa.Table:
         raise _error(e, url) from None
 
 
+def write_value(url: str, value: str) -> None:
+    """A one-value CSV object at ``url`` (not Parquet: the view's ``**/*.parquet`` must not see it)."""
+    con = connection()
+    try:
+        con.execute(f"COPY (SELECT {_sql_str(value)} AS value) TO {_sql_str(url)} (FORMAT csv, HEADER true)")
+    except duckdb.Error as e:
+        raise _error(e, url) from None
+
+
+def read_value(url: str) -> str:
+    con = connection()
+    try:
+        return str(con.execute(f"SELECT value FROM read_csv({_sql_str(url)}, header = true, all_varchar = true)")
+                   .fetchone()[0])
+    except duckdb.Error as e:
+        raise _error(e, url) from None
+
+
 def list_objects(root: str, pattern: str = "**/*") -> list[str]:
     """Keys under ``root`` matching ``pattern`` (full URLs)."""
     con = connection()

@@ -9,7 +9,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from store.db import StoreError
+from store.db import StoreError, transaction
 
 TABLES: dict[str, list[str]] = {
     "safety_prompts": ["cache_run_id", "prompt_id", "cls", "source", "dataset", "grp", "split", "group_kept"],
@@ -63,29 +63,19 @@ def replace_rows(con: duckdb.DuckDBPyConnection, run_id: int, frames: dict[str, 
     """Replace the run's rows of each named table by the frame's, all in one transaction."""
     for table in frames:
         _check(table)
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         for table, df in frames.items():
             con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
             _insert(con, table, run_id, df)
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
 
 
 def add_candidate(con: duckdb.DuckDBPyConnection, run_id: int, row: dict) -> None:
     """Store one measured candidate (replacing an earlier measurement of the same one)."""
     df = pd.DataFrame([row])
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         con.execute("DELETE FROM safety_candidates WHERE run_id = ? AND concept = ? AND hook = ? AND layer = ? "
                     "AND position = ?", [run_id, row["concept"], row["hook"], int(row["layer"]), row["position"]])
         _insert(con, "safety_candidates", run_id, df)
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
 
 
 def has_rows(con: duckdb.DuckDBPyConnection, table: str, run_id: int) -> bool:

@@ -13,29 +13,29 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from store.activations import read_shard_vectors
+from store.activations import ShardRef, read_shard_vectors
 from store.db import Store, StoreError
 
 
-def _read(store: Store, rel: str, reduce: str) -> tuple[list[str], np.ndarray]:
+def _read(store: Store, rel: ShardRef, reduce: str) -> tuple[list[str], np.ndarray]:
     table, X = read_shard_vectors(store, rel, ["prompt_id", "reduce"], reduce)
     return table.column("prompt_id").to_pylist(), X
 
 
 def parts_of_sites(con: duckdb.DuckDBPyConnection, run_id: int,
-                   sites: list[tuple[str, int]]) -> Iterator[tuple[int, dict[tuple[str, int], str]]]:
-    """(part, {site: shard path}) for every committed part of the run, in order; every part
+                   sites: list[tuple[str, int]]) -> Iterator[tuple[int, dict[tuple[str, int], ShardRef]]]:
+    """(part, {site: shard}) for every committed part of the run, in order; every part
     must hold every site (one commit writes all of them)."""
     con.register("wanted_sites", pd.DataFrame({"hook": [s[0] for s in sites], "layer": [s[1] for s in sites]}))
     try:
         rows = con.execute(
-            "SELECT s.part, s.hook, s.layer, s.path FROM shards s JOIN wanted_sites w USING (hook, layer) "
+            "SELECT s.part, s.hook, s.layer, s.path, s.n_bytes FROM shards s JOIN wanted_sites w USING (hook, layer) "
             "WHERE s.run_id = ? ORDER BY s.part", [run_id]).fetchall()
     finally:
         con.unregister("wanted_sites")
-    by_part: dict[int, dict[tuple[str, int], str]] = {}
-    for part, hook, layer, path in rows:
-        by_part.setdefault(part, {})[(hook, layer)] = path
+    by_part: dict[int, dict[tuple[str, int], ShardRef]] = {}
+    for part, hook, layer, path, n_bytes in rows:
+        by_part.setdefault(part, {})[(hook, layer)] = ShardRef(path, n_bytes)
     if not by_part:
         raise StoreError(f"run {run_id} has none of the sites {sites[:3]}...: capture them first")
     for part in sorted(by_part):

@@ -1,4 +1,4 @@
--- interp store, core tables (schema version 1, SCHEMA_VERSION in store/db.py and
+-- interp store, core tables (schema version 2, SCHEMA_VERSION in store/db.py and
 -- meta.schema_version in every store). This file, then the per-study files in store/schema/
 -- in name order, run on a write-open whenever a store's meta.schema_digest differs from
 -- theirs; each uses CREATE ... IF NOT EXISTS, so a study's new tables appear in older
@@ -55,6 +55,8 @@ CREATE TABLE IF NOT EXISTS run_prompts (
 );
 
 -- The exact tokens of each prompt in a run (chat template applied as recorded in runs.config).
+-- No key on purpose: a prompt's tokens are inserted in the transaction that inserts it into
+-- run_prompts, whose key refuses a second copy; an index here would slow every cache commit.
 CREATE TABLE IF NOT EXISTS tokens (
     run_id    INTEGER NOT NULL,
     prompt_id VARCHAR NOT NULL,
@@ -74,3 +76,6 @@ CREATE TABLE IF NOT EXISTS shards (
     n_bytes BIGINT NOT NULL,
     PRIMARY KEY (run_id, hook, layer, part)
 );
+-- CRC-32 of the file's bytes, computed while writing them (`invoke check --deep` verifies it);
+-- null for shards written before checksums or through object storage.
+ALTER TABLE shards ADD COLUMN IF NOT EXISTS crc32 BIGINT;

@@ -6,6 +6,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from store.db import transaction
+
 POINT_COLUMNS = ["run_id", "point", "intervention", "method", "calibration", "grp", "structure", "modules",
                  "target_rate", "n_params", "n_pruned", "n_zero", "sparsity", "total_params", "calib_id", "seconds"]
 STAT_COLUMNS = ["run_id", "point", "layer", "module", "rate", "n_params", "n_pruned", "n_zero", "sparsity"]
@@ -15,14 +17,10 @@ def _in_transaction(con: duckdb.DuckDBPyConnection, statements, frames: dict[str
     """Run statements in one transaction with ``frames`` registered as views under their names."""
     for name, frame in frames.items():
         con.register(name, frame)
-    con.execute("BEGIN")
     try:
-        for sql, params in statements:
-            con.execute(sql, params)
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
+        with transaction(con):
+            for sql, params in statements:
+                con.execute(sql, params)
     finally:
         for name in frames:
             con.unregister(name)

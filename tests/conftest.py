@@ -94,3 +94,41 @@ def store(tmp_path):
     from store import Store
 
     return Store(tmp_path / "test.duckdb")
+
+
+def read_only_fs(monkeypatch, root) -> None:
+    """Every write under ``root`` fails with EROFS, as on a read-only mount (CI runs as root, where
+    chmod does not stop writes, and cannot mount): Python-level opens for writing, os.open with a
+    writing flag, and mkdir/replace/rename/unlink/rmdir."""
+    import builtins
+    import errno
+    from pathlib import Path
+
+    root = Path(root).resolve()
+
+    def refuse(path):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    def under(path) -> bool:
+        try:
+            return Path(os.fsdecode(path)).resolve().is_relative_to(root)
+        except (TypeError, ValueError):
+            return False
+
+    real_open, real_os_open = builtins.open, os.open
+
+    def fake_open(file, mode="r", *a, **k):
+        if any(c in mode for c in "wax+") and under(file):
+            refuse(file)
+        return real_open(file, mode, *a, **k)
+
+    def fake_os_open(path, flags, *a, **k):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and under(path):
+            refuse(path)
+        return real_os_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(os, "open", fake_os_open)
+    for name in ("mkdir", "replace", "rename", "unlink", "rmdir"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda p, *a, _real=real, **k: refuse(p) if under(p) else _real(p, *a, **k))

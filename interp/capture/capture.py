@@ -1,8 +1,8 @@
 """Capture: run prompts through a model, read sites, stream vectors into the store.
 
 A run is identified by its model and config (batch size excluded: it never changes
-results), so running the same command again resumes an interrupted run and skips a
-finished one.
+results) and the content of its prompts, so running the same command again resumes an
+interrupted run and skips a finished one, and an edited prompt file makes a new run.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from tqdm.auto import tqdm
 from interp.capture.backends import BACKENDS, open_backend
 from interp.capture.batching import Batch, context_length, encode, last_index, pad
 from interp.model.loading import Loaded
-from interp.data.prompts import Prompt, check_prompt_specs, load_prompts
+from interp.data.prompts import Prompt, check_prompt_specs, load_prompts, prompts_digest
 from interp.provenance import canonical_json, code_version, config_hash
 from interp.model.sites import Site, check_hook_names, parse_sites
 from store import Store, StoreError
 from store.activations import ActivationWriter, Block, recover
-from store.prompts import add_prompts, done_prompt_ids
-from store.runs import finish_run, start_run
+from store.prompts import add_prompts, done_prompt_ids, stored_prompts_match
+from store.runs import adopt_run, finish_run, release, start_run
 
 POSITIONS = ("last", "mean", "all")
 
@@ -164,16 +164,25 @@ def capture(loaded: Loaded, store: Store, cfg: CaptureCfg, progress: bool = True
     """Capture ``cfg`` into ``store``; returns the run id (resuming or skipping as needed)."""
     sites = parse_sites(cfg.hooks, loaded.n_layers)
     prompts: list[Prompt] = load_prompts(cfg.prompts, cfg.limit, cfg.seed)
-    config = run_config(loaded, cfg, sites)
+    legacy = run_config(loaded, cfg, sites)  # the identity before prompt contents joined it
+    config = {**legacy, "prompts_sha256": prompts_digest(prompts)}
     with store.write_lock():
         recover(store)
         with store.connect() as con:
+            add_prompts(con, prompts)  # first: a prompt stored with another text is refused before any run exists
             run = start_run(con, kind="cache", model=loaded.describe(), backend=cfg.backend,
                             config=canonical_json(config), config_hash=config_hash(config),
-                            code_version=code_version())
+                            code_version=code_version(), legacy_hash=config_hash(legacy))
+            if run.legacy:  # made before prompt contents joined the identity: adopt it if it holds these prompts
+                if stored_prompts_match(con, run.run_id, prompts, whole=run.status == "complete"):
+                    adopt_run(con, run.run_id, canonical_json(config), config_hash(config))
+                else:
+                    release(con, run.run_id)
+                    run = start_run(con, kind="cache", model=loaded.describe(), backend=cfg.backend,
+                                    config=canonical_json(config), config_hash=config_hash(config),
+                                    code_version=code_version())
             if run.status == "complete":
                 return run.run_id
-            add_prompts(con, prompts)
             done = done_prompt_ids(con, run.run_id)
         todo = [p for p in prompts if p.id not in done]
         _capture_prompts(loaded, store, cfg, config, sites, run.run_id, todo, len(prompts), progress)

@@ -5,10 +5,14 @@ from __future__ import annotations
 from invoke import task
 
 from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, HELP_COMMON
-from interp.commands.cli import opt_bool, opt_int, user_errors
+from interp.commands.cli import CliTask, user_errors
+from interp.validate import Boolean, Optional, Whole
 
 
-@task(help={
+@task(klass=CliTask, types={
+    "batch_size": Whole(min=1), "limit": Optional(Whole(min=1)), "chat": Optional(Boolean()),
+    "flush_mb": Whole(min=0),
+}, help={
     **HELP_COMMON,
     "prompts": "prompt sets or files, comma-separated: harmful, harmbench, donotanswer, toxic, neutral, "
                "stereotypes, path.jsonl/.csv",
@@ -35,8 +39,8 @@ def cache(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, prompts="harmful,neutral"
     from store import Store
 
     cfg = CaptureCfg(prompts=prompts, hooks=hooks, positions=positions, backend=backend,
-                     batch_size=int(batch_size), limit=opt_int(limit), chat=opt_bool(chat),
-                     flush_mb=int(flush_mb))
+                     batch_size=batch_size, limit=limit, chat=chat, flush_mb=flush_mb)
+    Store(store).preflight()
     loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
     run_id = capture(loaded, Store(store), cfg)
     print(f"run {run_id}: cached into {Store(store).path}")

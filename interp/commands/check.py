@@ -5,17 +5,19 @@ from __future__ import annotations
 from invoke import task
 from invoke.exceptions import Exit
 
-from interp.commands.cli import user_errors
+from interp.commands.cli import CliTask, user_errors
 from interp.commands import DEFAULT_STORE, HELP_COMMON
 
 
-@task(help={
+@task(klass=CliTask, help={
     "store": HELP_COMMON["store"],
-    "repair": "first finish or remove the .tmp shards an interrupted write left (never deletes committed data)",
+    "repair": "first finish or remove the .tmp shards an interrupted write left and migrate an older store "
+              "(which removes result rows stored twice, keeping the first); never deletes other committed data",
+    "deep": "also read every byte of every shard and compare it with the checksum recorded at commit",
     "quiet": "print only problems",
 })
 @user_errors
-def check(c, store=DEFAULT_STORE, repair=False, quiet=False):
+def check(c, store=DEFAULT_STORE, repair=False, deep=False, quiet=False):
     """Check a store: manifest vs shard files, row counts, duplicates, interrupted writes and runs."""
     from store import Store
     from store.check import check_store
@@ -25,7 +27,9 @@ def check(c, store=DEFAULT_STORE, repair=False, quiet=False):
     if repair:
         done = repair_store(s)
         print(f"repair: {done['renamed']} committed shard(s) renamed, {done['deleted']} uncommitted removed")
-    report = check_store(s)
+        for note in done["notes"]:
+            print(f"repair: {note}")
+    report = check_store(s, deep=deep)
     if report.writer_pid is not None:
         print(f"note: process {report.writer_pid} is writing this store; its run in progress was not checked")
     for f in report.findings:

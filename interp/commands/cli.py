@@ -1,14 +1,42 @@
-"""Helpers for tasks.py: one-line errors, tables on the terminal, flag parsing."""
+"""Helpers for tasks.py: one-line errors, typed flags, tables on the terminal.
+
+Every task is declared with ``@task(klass=CliTask, types={...})``: CliTask converts each flag
+with ``interp.validate`` before the task body runs, so a bad value is one line and exit status
+2 (invoke's own parser would print a traceback for ``--batch-size abc``), names the flag, what
+it accepts and the closest valid value. Flags whose default is a whole number are whole numbers
+without being listed; ``types`` adds ranges, booleans that take a value (``--chat true``),
+choices and lists.
+"""
 
 from __future__ import annotations
 
 import functools
+import inspect
+import math
+import os
 import sys
 
 import pandas as pd
+from invoke import Task
+from invoke.parser import Argument
+
+from interp.validate import Choice, InvalidValue, Whole
 
 # Errors that carry a message written for the user: printed as one line, exit code 2.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, FileNotFoundError, KeyError)
+FORMATS = Choice(("table", "csv", "json"))
+
+
+def _quiet_broken_pipe():
+    """stdout's reader went away (``invoke sql ... | head``): end quietly, as Unix tools do."""
+    from invoke.exceptions import Exit
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+    except OSError:
+        pass
+    return Exit(code=141)  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
 
 
 def user_errors(fn):
@@ -19,20 +47,70 @@ def user_errors(fn):
 
         try:
             return fn(*args, **kwargs)
+        except BrokenPipeError:
+            raise _quiet_broken_pipe() from None
         except USER_ERRORS as e:
             if isinstance(e, KeyError):
                 e = str(e).strip("'\"")
-            raise Exit(f"error: {e}", code=2) from None
+            message = " ".join(str(e).split("\n")[0].split()) or type(e).__name__
+            raise Exit(f"error: {message}", code=2) from None
     return wrapper
+
+
+class _RawValue(Argument):
+    """A typed flag whose text reaches CliTask unconverted (help still shows INT)."""
+
+    def set_value(self, value, cast: bool = True) -> None:
+        super().set_value(value, cast=False)
+
+
+class CliTask(Task):
+    """An invoke Task whose flags are converted by ``interp.validate`` specs (see the module doc)."""
+
+    def __init__(self, body, types: dict | None = None, **kwargs):
+        self.types = dict(types or {})
+        super().__init__(body, **kwargs)
+        params = inspect.signature(body).parameters
+        for name, p in params.items():
+            if isinstance(p.default, int) and not isinstance(p.default, bool) and name not in self.types:
+                self.types[name] = Whole()
+        unknown = set(self.types) - set(params)
+        if unknown:
+            raise TypeError(f"types for unknown flags {sorted(unknown)} of task {body.__name__}")
+
+    def arg_opts(self, name: str, default, taken_names: set[str]) -> dict:
+        opts = super().arg_opts(name, default, taken_names)
+        # invoke takes the first free character of the name as the short flag, a '-' included
+        # (shown as `--=STRING`): only letters make short flags
+        long, *short = opts["names"]
+        if short and not short[0].isalpha():
+            free = [c for c in long if c.isalpha() and c not in taken_names and c != long]
+            opts["names"] = [long, *free[:1]]
+        return opts
+
+    def get_arguments(self, ignore_unknown_help: bool | None = None) -> list[Argument]:
+        args = super().get_arguments(ignore_unknown_help)
+        for arg in args:
+            if arg.kind is int:
+                arg.__class__ = _RawValue
+        return args
+
+    def __call__(self, *args, **kwargs):
+        from invoke.exceptions import Exit
+
+        for name, spec in self.types.items():
+            if name in kwargs:
+                try:
+                    kwargs[name] = spec.parse(kwargs[name], "--" + name.replace("_", "-"))
+                except InvalidValue as e:
+                    raise Exit(f"error: {e}", code=2) from None
+        return super().__call__(*args, **kwargs)
 
 
 def opt_int(value) -> int | None:
     if value in (None, "", "none", "None"):
         return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected a whole number, got '{value}'") from None
+    return Whole().parse(value, "value")
 
 
 def lmeval_tasks(value) -> tuple[str, ...]:
@@ -46,15 +124,18 @@ def lmeval_tasks(value) -> tuple[str, ...]:
     return names
 
 
-def opt_bool(value) -> bool | None:
+def opt_bool(value, name: str = "value") -> bool | None:
+    """None for a missing value ('', 'auto'); true/false strictly (a typo is an error, never False)."""
     if value in (None, "", "auto"):
         return None
-    if isinstance(value, bool):
-        return value
-    return str(value).lower() in {"1", "true", "yes", "on"}
+    from interp.validate import Boolean
+
+    return Boolean().parse(value, name)
 
 
 def print_table(df: pd.DataFrame, title: str | None = None, max_rows: int = 200, fmt: str = "table") -> None:
+    """Print ``df`` as a table (NULLs as NULL), CSV (NULLs empty) or JSON (NULLs null)."""
+    fmt = FORMATS.parse(fmt, "--format")
     if fmt == "csv":
         df.to_csv(sys.stdout, index=False)
         return
@@ -78,8 +159,12 @@ def print_table(df: pd.DataFrame, title: str | None = None, max_rows: int = 200,
 
 
 def _cell(v) -> str:
+    if v is None or v is pd.NA or v is pd.NaT:
+        return "NULL"
     if isinstance(v, float):
-        return f"{v:.6g}"
-    if hasattr(v, "__len__") and not isinstance(v, str) and len(v) > 6:
-        return f"[{', '.join(_cell(x) for x in list(v)[:4])}, ... ({len(v)} values)]"
+        return "NaN" if math.isnan(v) else f"{v:.6g}"
+    if hasattr(v, "__len__") and not isinstance(v, (str, bytes, dict)):
+        items = list(v)
+        more = f", ... ({len(items)} values)" if len(items) > 6 else ""
+        return f"[{', '.join(_cell(x) for x in items[:4 if more else 6])}{more}]"
     return str(v)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from invoke import task
 
-from interp.commands.cli import user_errors
+from interp.commands.cli import CliTask, user_errors
+from interp.validate import Choice, Optional
 from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
 
 BUDGETS = ("smoke", "quick", "full")
@@ -140,7 +141,7 @@ def _done(t0: float, text: str = "done") -> None:
     print(f"      {text} in {time.perf_counter() - t0:.0f}s", flush=True)
 
 
-@task(help=helps(
+@task(klass=CliTask, types={"budget": Optional(Choice(BUDGETS))}, help=helps(
     "dtype", "device", "device_map", "revision",
     full="run the complete sweeps (hours on a CPU) instead of the quick ones",
     budget="smoke (seconds per study, for tests), quick (default) or full; --full is --budget full",
@@ -158,12 +159,13 @@ def demo(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, full=False, budget=None, o
     if full and budget != "full":
         raise ValueError(f"--full and --budget {budget} disagree: pass one of them")
     studies = [(s, *s.load()) for s in pick(studies)]  # fail on a broken study before loading the model
-    configs = [(s, cls(budget=budget, seed=int(seed)), fn) for s, cls, fn in studies]
+    configs = [(s, cls(budget=budget, seed=seed), fn) for s, cls, fn in studies]
     from interp.model.loading import ModelCfg, load_model
     from reports.build import build_report, detectable_effects, headline_findings
     from store import Store
 
     st = Store(store)
+    st.preflight()
     n = len(configs) + 3
     start = time.perf_counter()
     t0 = _step(1, n, f"load {model}")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from invoke import task
 
-from interp.commands.cli import lmeval_tasks, opt_bool, opt_int, print_table, user_errors
+from interp.commands.cli import FORMATS, CliTask, lmeval_tasks, print_table, user_errors
+from interp.validate import Boolean, Optional, Whole
 from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
 
 
-@task(name="eval", help=helps(
+@task(name="eval", klass=CliTask, types={
+    "window": Optional(Whole(min=2)), "chat": Optional(Boolean()), "format": FORMATS,
+}, help=helps(
     "dtype", "device", "device_map", "revision",
     tasks="comma-separated: ppl, facts, arith, mmlu, boolq, gsm8k (the suite's zero-shot cloze versions), "
           "toxicity, refusal, kl, or lm-eval:NAME (default ppl,facts,arith)",
@@ -44,12 +47,13 @@ def eval_(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, tasks=None, budget="quick
 
     harness = lmeval_tasks(lm_eval)
     names = [*(t for t in (tasks or ("" if harness else "ppl,facts,arith")).split(",") if t.strip()), *harness]
-    cfg = EvalCfg(tasks=tuple(names), budget=budget, seed=int(seed), corpus=corpus, window=opt_int(window),
-                  chat=opt_bool(chat), wikitext2_path=wikitext2_path, c4_path=c4_path, mmlu_path=mmlu_path,
+    cfg = EvalCfg(tasks=tuple(names), budget=budget, seed=seed, corpus=corpus, window=window,
+                  chat=chat, wikitext2_path=wikitext2_path, c4_path=c4_path, mmlu_path=mmlu_path,
                   boolq_path=boolq_path, gsm8k_path=gsm8k_path, toxicity_scorer=toxicity_scorer,
                   lmeval_data=lm_eval_data)
-    loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
     st = Store(store)
+    st.preflight()
+    loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
     run_id = run_sweep(loaded, st, study="eval", config={"study": "eval"}, points=[], eval_cfg=cfg)
     with st.connect(read_only=True) as con:
         df = read_evals(con, run_id)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from invoke import task
 
-from interp.commands.cli import user_errors
+from interp.commands.cli import CliTask, user_errors
+from interp.validate import ListOf, Optional, Whole
 from interp.commands import DEFAULT_STORE, HELP_COMMON
 
 
-@task(help={
+@task(klass=CliTask, types={"run": Optional(ListOf(Whole(min=1)))}, help={
     "store": HELP_COMMON["store"],
     "out": "output directory or s3://bucket/prefix (must not hold an export yet)",
     "run": "only these run ids, comma-separated (default: all)",
@@ -22,10 +23,7 @@ def export(c, out, store=DEFAULT_STORE, run=None, hook=None, tables=True, link=F
     from store import Store
     from store.export import export_store
 
-    try:
-        runs = [int(r) for r in str(run).split(",") if r.strip()] if run else None
-    except ValueError:
-        raise ValueError(f"--run takes run ids like 1,3, not '{run}'") from None
+    runs = list(run) if run else None
     hooks = [h.strip() for h in str(hook).split(",") if h.strip()] if hook else None
     n = export_store(Store(store), out, runs=runs, hooks=hooks, tables=tables, link=link)
     print(f"exported {n['shards']} shard(s), {n['rows']} vector row(s) and {n['tables']} table(s) to {out}")

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from invoke import task
 
-from interp.commands.cli import lmeval_tasks, opt_bool, opt_int, print_table, user_errors
+from interp.commands.cli import FORMATS, CliTask, lmeval_tasks, print_table, user_errors
+from interp.validate import Boolean, Optional, Whole
 from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
 
 
-@task(help=helps(
+@task(klass=CliTask, types={
+    "router_steps": Optional(Whole(min=1)), "text_seqs": Optional(Whole(min=1)), "grad_seqs": Optional(Whole(min=1)),
+    "gradient_seq": Optional(Boolean()), "format": FORMATS,
+}, help=helps(
     "quick", "dtype", "device", "device_map", "revision", "lm_eval",
     budget="smoke (CLI tests, seconds of work), quick (under 10 minutes on 2 CPU cores) or full; "
            "--quick is --budget quick; default full",
@@ -35,13 +39,12 @@ def heads(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None,
 
     if quick and budget not in (None, "quick"):
         raise ValueError(f"--quick and --budget {budget} disagree: pass one of them")
-    if gradient_seq not in (None, True, False) and str(gradient_seq).lower() not in {"true", "false", "1", "0", "yes", "no"}:
-        raise ValueError(f"--gradient-seq takes true or false, not '{gradient_seq}'")
-    cfg = HeadsCfg(budget="quick" if quick else (budget or "full"), router_steps=opt_int(router_steps),
-                   text_seqs=opt_int(text_seqs), grad_seqs=opt_int(grad_seqs),
-                   gradient_seq=opt_bool(gradient_seq), seed=int(seed), lm_eval=lmeval_tasks(lm_eval))
-    loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
+    cfg = HeadsCfg(budget="quick" if quick else (budget or "full"), router_steps=router_steps,
+                   text_seqs=text_seqs, grad_seqs=grad_seqs, gradient_seq=gradient_seq, seed=seed,
+                   lm_eval=lmeval_tasks(lm_eval))
     st = Store(store)
+    st.preflight()
+    loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
     run_id = run_heads(loaded, st, cfg)
     show(st, run_id, format)
     print(f"run {run_id}: head study stored in {st.path}")

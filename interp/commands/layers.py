@@ -5,24 +5,19 @@ from __future__ import annotations
 
 from invoke import task
 
-from interp.commands.cli import opt_bool, opt_int, print_table, user_errors
+from interp.commands.cli import FORMATS, CliTask, print_table, user_errors
+from interp.validate import ListOf, Optional, Whole
 from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
-
-
-def _ints(value) -> tuple[int, ...] | None:
-    if value in (None, ""):
-        return None
-    try:
-        return tuple(int(x) for x in str(value).split(",") if x.strip())
-    except ValueError:
-        raise ValueError(f"expected comma-separated whole numbers, got '{value}'") from None
 
 
 def _names(value) -> tuple[str, ...] | None:
     return None if value in (None, "") else tuple(x.strip() for x in str(value).split(",") if x.strip())
 
 
-@task(help=helps(
+@task(klass=CliTask, types={
+    "heal_steps": Whole(min=0), "heal_sizes": Optional(ListOf(Whole(min=1))), "sizes": Optional(ListOf(Whole(min=1))),
+    "seeds": Optional(ListOf(Whole())), "limit": Optional(Whole(min=1)), "format": FORMATS,
+}, help=helps(
     "quick", "dtype", "device", "device_map", "revision",
     budget="smoke (CLI tests, seconds of work), quick (meant to finish under 10 minutes on 2 CPU cores) or full; "
            "--quick is --budget quick; default full",
@@ -57,12 +52,13 @@ def layers(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None
 
     if quick and budget not in (None, "quick"):
         raise ValueError(f"--quick and --budget {budget} disagree: pass one of them")
-    cfg = LayersCfg(budget="quick" if quick else (budget or "full"), prompts=prompts, limit=opt_int(limit),
-                    chat=bool(opt_bool(chat)), sizes=_ints(sizes), strategies=_names(strategies) or STRATEGIES,
-                    seeds=_ints(seeds), heal_steps=opt_int(heal_steps) or 0, heal_sizes=_ints(heal_sizes), tasks=_names(tasks),
-                    eval_budget=eval_budget, mmlu_path=mmlu_path, boolq_path=boolq_path, seed=int(seed))
-    loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
+    cfg = LayersCfg(budget="quick" if quick else (budget or "full"), prompts=prompts, limit=limit,
+                    chat=bool(chat), sizes=sizes, strategies=_names(strategies) or STRATEGIES,
+                    seeds=seeds, heal_steps=heal_steps, heal_sizes=heal_sizes, tasks=_names(tasks),
+                    eval_budget=eval_budget, mmlu_path=mmlu_path, boolq_path=boolq_path, seed=seed)
     st = Store(store)
+    st.preflight()
+    loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
     result = run_layers(loaded, st, cfg)
     show(st, result.run_id, format)
     print(f"run {result.run_id}: layer study ({result.n_points} points incl. base, vectors from cache run "

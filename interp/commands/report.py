@@ -5,13 +5,13 @@ from __future__ import annotations
 from invoke import task
 from invoke.exceptions import Exit
 
-from interp.commands.cli import user_errors
+from interp.commands.cli import CliTask, user_errors
 from interp.commands import DEFAULT_STORE, HELP_COMMON
 
 DEFAULT_OUT = "report"
 
 
-@task(help={"store": HELP_COMMON["store"],
+@task(klass=CliTask, help={"store": HELP_COMMON["store"],
             "out": f"directory for the HTML pages (default ./{DEFAULT_OUT}); existing pages are replaced",
             "check": "open every page in headless Chromium: fail on any JS/console error or undrawn chart, "
                      "save screenshots under OUT/screenshots"})

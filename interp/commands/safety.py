@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from invoke import task
 
-from interp.commands.cli import lmeval_tasks, opt_int, print_table, user_errors
+from interp.commands.cli import FORMATS, CliTask, lmeval_tasks, print_table, user_errors
+from interp.validate import ListOf, Number, Optional, Whole
 from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
 
 
-@task(help=helps(
+@task(klass=CliTask, types={"per_set": Optional(Whole(min=1)), "alphas": Optional(ListOf(Number())), "format": FORMATS},
+      help=helps(
     "quick", "dtype", "device", "device_map", "revision", "lm_eval",
     budget="smoke (CLI tests, seconds of work), quick (under 10 minutes on 2 CPU cores) or full; "
            "--quick is --budget quick; default full",
@@ -32,16 +34,10 @@ def safety(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None
     if quick and budget not in (None, "quick"):
         raise ValueError(f"--quick and --budget {budget} disagree: pass one of them")
     name = "quick" if quick else (budget or "full")
-    parsed = None
-    if alphas not in (None, ""):
-        try:
-            parsed = tuple(float(a) for a in str(alphas).split(",") if a.strip())
-        except ValueError:
-            raise ValueError(f"alphas must be comma-separated numbers, e.g. -2,-1,1,2 (got '{alphas}')") from None
-    cfg = SafetyCfg(budget=name, per_set=opt_int(per_set), alphas=parsed, seed=int(seed),
-                    lm_eval=lmeval_tasks(lm_eval))
-    loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
+    cfg = SafetyCfg(budget=name, per_set=per_set, alphas=alphas, seed=seed, lm_eval=lmeval_tasks(lm_eval))
     st = Store(store)
+    st.preflight()
+    loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
     run_id = run_safety(loaded, st, cfg)
     with st.connect(read_only=True) as con:
         best = read_table(con, "safety_best_layers", run_id)

@@ -5,25 +5,30 @@ from __future__ import annotations
 from invoke import task
 
 from interp.commands import DEFAULT_STORE, HELP_COMMON
-from interp.commands.cli import print_table, user_errors
+from interp.commands.cli import FORMATS, CliTask, print_table, user_errors
 
 
-@task(help={"store": HELP_COMMON["store"], "write": "allow statements that modify the store",
-            "format": "table (default), csv or json"})
+@task(klass=CliTask, types={"format": FORMATS},
+      help={"store": HELP_COMMON["store"],
+            "write": "run any SQL on a writable connection (no statement check, no file sandbox; under the "
+                     "store's write lock): tables can be changed or dropped, COPY may write any file",
+            "format": "table (default; NULL shown as NULL), csv (NULL empty) or json (NULL null)"})
 @user_errors
 def sql(c, query, store=DEFAULT_STORE, write=False, format="table"):
     """Run SQL on the store (read-only unless --write) and print the result."""
+    import pandas as pd
+
     from store import Store
-    from store.sql import run_sql
+    from store.sql import query_table
 
-    df = run_sql(Store(store), query, write=write)
-    if df.empty and not len(df.columns):
+    table = query_table(Store(store), query, write=write)
+    if table is None:
         print("ok")
-    else:
-        print_table(df, fmt=format)
+    else:  # Arrow-backed columns: a SQL NULL stays NULL (pd.NA), apart from a float NaN
+        print_table(table.to_pandas(types_mapper=pd.ArrowDtype), fmt=format)
 
 
-@task(help={"store": HELP_COMMON["store"]})
+@task(klass=CliTask, help={"store": HELP_COMMON["store"]})
 @user_errors
 def runs(c, store=DEFAULT_STORE):
     """List the runs in the store with their provenance."""

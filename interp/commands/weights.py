@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from invoke import task
 
-from interp.commands.cli import opt_int, print_table, user_errors
+from interp.commands.cli import FORMATS, CliTask, print_table, user_errors
+from interp.validate import Optional, Whole
 from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
 
 
-@task(help=helps(
+@task(klass=CliTask, types={"calib_windows": Optional(Whole(min=1)), "format": FORMATS}, help=helps(
     "quick", "dtype", "device", "device_map", "revision",
     budget="smoke (CLI tests, seconds of work), quick (under 10 minutes on 2 CPU cores) or full; "
            "--quick is --budget quick; default full",
@@ -33,11 +34,12 @@ def weights(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=Non
 
     if quick and budget not in (None, "quick"):
         raise ValueError(f"--quick and --budget {budget} disagree: pass one of them")
-    cfg = WeightsCfg(budget="quick" if quick else (budget or "full"), seed=int(seed), methods=methods,
+    cfg = WeightsCfg(budget="quick" if quick else (budget or "full"), seed=seed, methods=methods,
                      calibration=calibration, tasks=tasks or None, eval_budget=eval_budget or None,
-                     calib_windows=opt_int(calib_windows))
-    loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
+                     calib_windows=calib_windows)
     st = Store(store)
+    st.preflight()
+    loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
     run_id = run_weights(loaded, st, cfg)
     print_table(summary(st, run_id), title=f"pruning sweep (run {run_id}): sparsity reached and headline metric",
                 fmt=format)

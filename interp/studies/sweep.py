@@ -71,6 +71,11 @@ def run_sweep(loaded: Loaded, store: Store, *, study: str, config: dict, points:
     study already started.
     """
     specs: list[Intervention] = [Base(), *[p for p in points if not isinstance(p, Base)]]
+    labels = [s.label() for s in specs]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:  # evals' key is (run, point, task, metric): the second would overwrite the first's scores
+        raise ValueError(f"two different points of the {study} sweep are both labelled '{twice[0]}': "
+                         "give each point its own label")
     if run_id is None:
         full = {**config, "eval": eval_cfg.describe(), "points": [describe(p) for p in specs]}
         run_id, status = start_study_run(loaded, store, study, full)

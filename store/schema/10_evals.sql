@@ -13,7 +13,8 @@ CREATE TABLE IF NOT EXISTS evals (
     chance       DOUBLE,              -- chance level for accuracies, else null
     dataset      JSON NOT NULL,       -- dataset spec: name, source, budget, seed, truncated count
     seconds      DOUBLE,              -- wall time of this task at this point
-    created      TIMESTAMP NOT NULL DEFAULT current_timestamp
+    created      TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    PRIMARY KEY (run_id, point, task, metric)   -- writers replace a point's rows (INSERT OR REPLACE)
 );
 
 -- lm-evaluation-harness rows (interp.evals.lmeval): who computed a value and with which few-shot

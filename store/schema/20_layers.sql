@@ -62,6 +62,11 @@ CREATE TABLE IF NOT EXISTS layer_points (
     layers       INTEGER[] NOT NULL,
     point        VARCHAR NOT NULL
 );
+-- Natural key (run_id, strategy, n, seed, heal_steps, point) with seed NULL but for random blocks:
+-- not a database key (a NULL key column is refused by PRIMARY KEY, and DuckDB 1.5.5 has no
+-- NULLS NOT DISTINCT; its unique indexes refuse a delete-then-insert of the same key once the
+-- store was reopened). store.layers.replace_rows refuses a repeated key and replaces a run's
+-- rows in one transaction; `invoke check` reports repeated keys (NULL counted as a value).
 
 -- LoRA healing: training loss of each healed point, every few steps.
 CREATE TABLE IF NOT EXISTS layer_heal (
@@ -89,6 +94,8 @@ CREATE TABLE IF NOT EXISTS layer_agreement (
     expected_sign  DOUBLE NOT NULL,
     agreement      DOUBLE
 );
+-- Natural key (run_id, scope, n, proxy, position, task, metric), n NULL for the pooled 'blocks'
+-- scope: kept by the writer and `invoke check` as for layer_points.
 
 -- Every evaluated drop with its strategy and the base model's value from the same run.
 -- e.g. the block of 8 layers that costs least perplexity:

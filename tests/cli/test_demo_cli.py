@@ -124,7 +124,7 @@ def test_demo_runs_every_study_then_the_report_and_one_finding_each(tiny17_dir, 
 
 
 def test_demo_rejects_bad_flags_before_loading_anything(tmp_path):
-    for args, msg in ((["--studies", "nope"], "unknown study 'nope'"), (["--budget", "huge"], "unknown budget"),
+    for args, msg in ((["--studies", "nope"], "unknown study 'nope'"), (["--budget", "huge"], "--budget takes one of smoke, quick, full"),
                       (["--full", "--budget", "smoke"], "disagree")):
         r = invoke("demo", *args, "--store", str(tmp_path / "s.duckdb"))
         lines = [l for l in r.stderr.splitlines() if l.strip()]

@@ -50,7 +50,7 @@ def test_heads_smoke_run(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--budget", "huge"], "unknown heads budget 'huge'"),
     (["--quick", "--budget", "full"], "--quick and --budget full disagree"),
-    (["--router-steps", "many"], "expected a whole number, got 'many'"),
+    (["--router-steps", "many"], "--router-steps takes a whole number of at least 1, not 'many'"),
     (["--gradient-seq", "maybe"], "--gradient-seq takes true or false, not 'maybe'"),
     (["--model", "./no/such/dir", "--budget", "smoke"], "model directory './no/such/dir' does not exist"),
 ])

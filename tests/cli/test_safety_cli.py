@@ -55,7 +55,7 @@ def test_safety_smoke_then_rerun(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--budget", "huge"], "unknown safety budget 'huge'"),
     (["--quick", "--budget", "full"], "--quick and --budget full disagree"),
-    (["--alphas", "one,two"], "alphas must be comma-separated numbers"),
+    (["--alphas", "one,two"], "--alphas (item 1) takes a number, not 'one'"),
     (["--per-set", "3"], "per-set limit must be at least 8"),
 ])
 def test_bad_flags_fail_before_loading(tmp_path, args, message):

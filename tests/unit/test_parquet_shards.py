@@ -33,7 +33,7 @@ def _expected(blocks: list[Block]) -> pa.Table:
 def test_every_reader_reads_back_exactly_what_was_written(tmp_path, d):
     blocks = _blocks(d, n=300 if d < 10_000 else 4)
     path = tmp_path / "s.parquet"
-    rows, nbytes = write_shard(path, blocks)
+    rows, nbytes, _crc = write_shard(path, blocks)
     want = _expected(blocks)
     assert rows == want.num_rows and nbytes == path.stat().st_size
     got = pq.read_table(path)

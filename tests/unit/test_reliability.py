@@ -90,7 +90,8 @@ def test_check_duplicate_vectors(cached):
         dup = part.replace("part-000000", "part-000500")
         shutil.copy(store.shard_dir / part, store.shard_dir / dup)
         n, size = con.execute("SELECT n_rows, n_bytes FROM shards WHERE path = ?", [part]).fetchone()
-        con.execute("INSERT INTO shards VALUES (1, 'resid_post', 0, 500, ?, ?, ?)", [dup, n, size])
+        con.execute("INSERT INTO shards (run_id, hook, layer, part, path, n_rows, n_bytes) "
+                    "VALUES (1, 'resid_post', 0, 500, ?, ?, ?)", [dup, n, size])
     found = _problems(store)
     assert "stored more than once" in found["duplicates"] and "layer 0" in found["duplicates"]
     assert "coverage" not in found or "resid_post layer 0" in found["coverage"]
@@ -109,7 +110,7 @@ def test_check_interrupted_write_and_repair(cached):
     assert "2 unfinished .tmp shard file(s)" in found["tmp"] and "--repair" in found["tmp"]
     assert "did not finish: re-run the same command" in found["runs"]
     assert "missing" in found["manifest"]
-    assert repair(store) == {"renamed": 1, "deleted": 1}
+    assert repair(store) == {"renamed": 1, "deleted": 1, "notes": []}
     assert set(_problems(store)) == {"runs"}
 
 
@@ -127,18 +128,29 @@ def test_check_skips_the_run_a_live_writer_owns(cached):
 def test_check_eval_duplicates_and_orphan_rows(cached):
     store, run = cached
     row = (run, "layers", "base", '{"kind": "base"}', "ppl", "perplexity", 10.0, 0.1, 100, None, "{}", 1.0)
+    insert = ("INSERT INTO evals (run_id, study, point, intervention, task, metric, value, stderr, n, chance, "
+              "dataset, seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
     with store.connect() as con:
-        con.execute("INSERT INTO evals (run_id, study, point, intervention, task, metric, value, stderr, n, chance, "
-                    "dataset, seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", list(row))
-    assert check_store(store).ok
-    with store.connect() as con:
-        con.execute("INSERT INTO evals (run_id, study, point, intervention, task, metric, value, stderr, n, chance, "
-                    "dataset, seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [99, *row[1:]])
-        con.execute("INSERT INTO evals (run_id, study, point, intervention, task, metric, value, stderr, n, chance, "
-                    "dataset, seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", list(row))
+        con.execute(insert, list(row))
+        with pytest.raises(duckdb.ConstraintException):  # the key makes a second copy impossible
+            con.execute(insert, list(row))
+        con.execute(insert, [99, *row[1:]])
     found = _problems(store)
-    assert "point 'base' ppl/perplexity stored 2 times" in found["evals"]
     assert "evals: 1 row(s)" in found["provenance"]
+    # a store from before the key (schema 1) may hold copies: check finds them, --repair removes them
+    with store.connect() as con:
+        con.execute("CREATE TABLE evals_old AS SELECT * FROM evals")  # schema 1's evals: no key
+        con.execute("DROP TABLE evals")
+        con.execute("ALTER TABLE evals_old RENAME TO evals")
+        con.execute("ALTER TABLE evals ALTER COLUMN created SET DEFAULT current_timestamp")
+        con.execute(insert, list(row))
+        con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="check --repair"):
+        check_store(store)
+    assert repair(store)["notes"] == ["schema 1 -> 2: removed duplicated rows: evals 1"]
+    with store.connect(read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM evals WHERE run_id = ?", [run]).fetchone()[0] == 1
+    assert "evals" not in _problems(store)
 
 
 # --- invoke sql is read-only ------------------------------------------------------------
@@ -203,24 +215,24 @@ def test_store_of_an_unmigratable_old_schema_is_refused(tmp_path):
 
 def test_older_schema_is_migrated_on_write_open_atomically(cached, monkeypatch):
     store, _ = cached
-    monkeypatch.setattr(store_db, "SCHEMA_VERSION", 2)
-    with pytest.raises(StoreError, match="schema version 1; open it with any writing task"):
+    monkeypatch.setattr(store_db, "SCHEMA_VERSION", 3)
+    with pytest.raises(StoreError, match=r"schema version 2: run `invoke check --repair"):
         with store.connect(read_only=True):
             pass
-    # a migration that fails half-way leaves version 1 and the old layout
-    monkeypatch.setattr(store_db, "MIGRATIONS", {1: ["ALTER TABLE runs ADD COLUMN note VARCHAR",
+    # a migration that fails half-way leaves version 2 and the old layout
+    monkeypatch.setattr(store_db, "MIGRATIONS", {2: ["ALTER TABLE runs ADD COLUMN note VARCHAR",
                                                      "ALTER TABLE no_such_table ADD COLUMN x INT"]})
     with pytest.raises(duckdb.Error), store.connect():
         pass
     con = duckdb.connect(str(store.path), read_only=True)
-    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
     assert "note" not in [c[0] for c in con.execute("DESCRIBE runs").fetchall()]
     con.close()
-    monkeypatch.setattr(store_db, "MIGRATIONS", {1: ["ALTER TABLE runs ADD COLUMN note VARCHAR"]})
+    monkeypatch.setattr(store_db, "MIGRATIONS", {2: ["ALTER TABLE runs ADD COLUMN note VARCHAR"]})
     with store.connect() as con:
         assert "note" in [c[0] for c in con.execute("DESCRIBE runs").fetchall()]
     with store.connect(read_only=True) as con:
-        assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+        assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
         assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
 
 
