@@ -113,16 +113,18 @@ def _worker_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
 
 
-def query_table(store: Store, sql: str, write: bool = False) -> pa.Table | None:
+def query_table(store: Store, sql: str, write: bool = False, as_frame: bool = False) -> pa.Table | None:
     """Run ``sql`` (read-only unless ``write``) in a child process; the last statement's rows as
-    Arrow (SQL NULLs stay nulls), None when it returns no rows or columns."""
+    Arrow (SQL NULLs stay nulls), None when it returns no rows or columns. ``as_frame``: the
+    DataFrame DuckDB's ``.df()`` makes, carried in Arrow (``to_pandas()`` restores its dtypes)."""
     if not sql.strip():
         raise StoreError('empty SQL: pass a query, e.g. invoke sql "SELECT * FROM runs"')
     if not write:
         check_read_only(sql)
         if not store.path.exists():
             raise StoreError(f"no store at {store.path}: run `invoke cache` first or pass --store PATH")
-    job = json.dumps({"path": str(store.path), "shards": store.shards, "sql": sql, "write": write})
+    job = json.dumps({"path": str(store.path), "shards": store.shards, "sql": sql, "write": write,
+                      "as_frame": as_frame})
     proc = subprocess.run([sys.executable, "-m", "store.sql_worker"], input=job.encode(), capture_output=True,
                           env=_worker_env(), check=False)
     if proc.returncode != 0:
@@ -140,10 +142,6 @@ def query_table(store: Store, sql: str, write: bool = False) -> pa.Table | None:
 
 
 def run_sql(store: Store, sql: str, write: bool = False) -> pd.DataFrame:
-    """``query_table`` as a plain DataFrame (as DuckDB's ``.df()`` gives: NULL numbers become NaN)."""
-    table = query_table(store, sql, write)
-    if table is None:
-        return pd.DataFrame()
-    # DECIMAL and HUGEINT (sum(), avg() of integers) as float64, as DuckDB's own .df() gives them
-    schema = pa.schema([f.with_type(pa.float64()) if pa.types.is_decimal(f.type) else f for f in table.schema])
-    return table.cast(schema).to_pandas()
+    """The rows as DuckDB's own ``.df()`` gives them (the same dtypes as a direct connection)."""
+    table = query_table(store, sql, write, as_frame=True)
+    return pd.DataFrame() if table is None else table.to_pandas()

@@ -1,7 +1,7 @@
 """The child process that runs user SQL for store/sql.py (``python -m store.sql_worker``).
 
-Reads a JSON job from stdin ({path, shards, sql, write}), writes the last statement's rows to
-stdout as an Arrow IPC stream, or one line to stderr and exit status 2. Read-only jobs run on a
+Reads a JSON job from stdin ({path, shards, sql, write, as_frame}), writes the last statement's rows
+to stdout as an Arrow IPC stream (``as_frame``: the DataFrame DuckDB's ``.df()`` makes, dtypes kept), or one line to stderr and exit status 2. Read-only jobs run on a
 read-only connection inside DuckDB's sandbox (``sandbox``); write jobs run on a read-write
 connection under the store's write lock, without the sandbox.
 """
@@ -37,16 +37,21 @@ def sandbox(con: duckdb.DuckDBPyConnection, store: Store) -> None:
     con.execute("SET lock_configuration = true")
 
 
+def _rows(rel, as_frame: bool) -> pa.Table | None:
+    """The result as Arrow; ``as_frame``: DuckDB's own DataFrame (its dtypes) carried in Arrow."""
+    if not rel.description:
+        return None
+    return pa.Table.from_pandas(rel.df(), preserve_index=False) if as_frame else rel.to_arrow_table()
+
+
 def run(job: dict) -> pa.Table | None:
     store = Store(job["path"], shards=job.get("shards"))
     if job.get("write"):
         with store.write_lock(), store.connect() as con:
-            rel = con.execute(job["sql"])
-            return rel.to_arrow_table() if rel.description else None
+            return _rows(con.execute(job["sql"]), job.get("as_frame", False))
     with store.connect(read_only=True) as con:
         sandbox(con, store)
-        rel = con.execute(job["sql"])
-        return rel.to_arrow_table() if rel.description else None
+        return _rows(con.execute(job["sql"]), job.get("as_frame", False))
 
 
 def main() -> int:
