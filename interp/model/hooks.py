@@ -49,6 +49,22 @@ def _input_hook(fn: SiteFn, n_heads: int | None):
     return hook
 
 
+def _as_added(fn: SiteFn, arch: ArchSites, site: Site) -> SiteFn:
+    """``fn`` on what a sublayer adds to the residual stream, where that is not the module output
+    itself: Granite multiplies it by ``residual_scale`` after the module (``fn`` sees the product
+    and its replacement is divided back, so the block's own multiply rebuilds it), and Falcon adds
+    the attention output into the MLP output in place (``fn`` sees a copy taken before that)."""
+    scale = arch.residual_scale if site.hook in ("attn_out", "mlp_out") else 1.0
+    if scale != 1.0:
+        def scaled(x: torch.Tensor) -> torch.Tensor | None:
+            new = fn(x * scale)
+            return None if new is None else new / scale
+        return scaled
+    if site.hook == "mlp_out" and arch.inplace_mlp:
+        return lambda x: fn(x.clone())
+    return fn
+
+
 @contextlib.contextmanager
 def hooked(model: nn.Module, arch: ArchSites, fns: dict[Site, SiteFn], n_heads: int) -> Iterator[None]:
     """Run ``fns`` on their sites during every forward pass inside the block."""
@@ -57,6 +73,7 @@ def hooked(model: nn.Module, arch: ArchSites, fns: dict[Site, SiteFn], n_heads: 
         for site, fn in fns.items():
             module, where = site_module(model, arch, site)
             heads = n_heads if site.hook == "z" else None
+            fn = _as_added(fn, arch, site)
             if where == "output":
                 handles.append(module.register_forward_hook(_output_hook(fn, heads)))
             else:

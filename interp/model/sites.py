@@ -1,30 +1,40 @@
 """Hook-site addressing: TransformerLens hook names as the public vocabulary, mapped onto
-the Hugging Face module tree by a small per-architecture table (data, not if-chains).
+the Hugging Face module tree by a per-model table (data, not if-chains) that
+``interp.model.families`` reads from TransformerLens's architecture adapters.
 
 A *site* is one (hook, layer) pair such as ``blocks.5.hook_resid_post``. Users may write
 the short hook name (``resid_post``, every layer), ``resid_post:5`` / ``resid_post:3-7``,
-or the full TransformerLens name.
+or the full TransformerLens name. Sites mean the same in every family: ``attn_out`` and
+``mlp_out`` are what the sublayer adds to the residual stream (after a post-sublayer norm
+where there is one, times the residual multiplier where there is one), ``z`` is the per-head
+input of the attention output projection.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
+import torch
 from torch import nn
+
+Rows = tuple[tuple[int, int], ...]
+"""Row spans (start, stop) of a fused weight in (out, in) orientation."""
 
 
 @dataclass(frozen=True)
 class ArchSites:
-    """Where each part of a decoder block lives, as attribute paths."""
+    """Where each part of a decoder block lives, as attribute paths, and how the block combines
+    them. Built per model by ``interp.model.families.arch_sites`` from TransformerLens's adapter."""
 
     layers: str
     """Path from the causal-LM object to the ModuleList of decoder blocks."""
     attn: str
-    """Attention module, relative to a block; its output[0] is what attention adds to the residual."""
+    """Attention module, relative to a block (its input is the normed residual stream)."""
     mlp: str
-    """MLP module, relative to a block; its output is what the MLP adds to the residual."""
+    """MLP module, relative to a block."""
     o_proj: str
     """Attention output projection, relative to a block; its input is the per-head z, concatenated."""
     embed: str
@@ -34,45 +44,44 @@ class ArchSites:
     lm_head: str
     """Unembedding, from the model root."""
     proj: dict[str, str]
-    """Named linear projections relative to a block (q, k, v, o, gate, up, down), for pruning."""
+    """Linear projections relative to a block (q, k, v, o, gate, up, down). A fused matrix
+    (GPT-2 c_attn, GPT-NeoX query_key_value, Phi-3 gate_up_proj) appears under each name it
+    holds, with the rows of each in ``slices``."""
     conv1d: bool = False
     """GPT-2 style Conv1D weights stored as (in, out) instead of nn.Linear's (out, in)."""
+    slices: dict[str, Rows] = field(default_factory=dict)
+    """Projection name -> its rows inside a fused weight; absent: the whole module."""
+    family: str = ""
+    """HF model_type."""
+    adapter: str = ""
+    """The transformer-lens adapter class the table was read from."""
+    pos_embed: str | None = None
+    """Learned position embedding from the model root (GPT-2): it also writes to the residual stream."""
+    post_attn_norm: str | None = None
+    """Norm applied to the attention output before it joins the residual (Gemma 2/3, OLMo 2)."""
+    post_mlp_norm: str | None = None
+    """Norm applied to the MLP output before it joins the residual."""
+    norm_offset: float = 0.0
+    """RMSNorm scale is (offset + weight): 1.0 for the Gemma family, 0.0 elsewhere."""
+    parallel: bool = False
+    """Attention and MLP both read the block input (GPT-J, GPT-NeoX, Phi, Falcon, Cohere)."""
+    residual_scale: float = 1.0
+    """Each sublayer output is multiplied by this before the residual add (Granite)."""
+    inplace_mlp: bool = False
+    """The block adds the attention output into the MLP output tensor in place (Falcon)."""
+    logits_transform: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, compare=False, repr=False)
+    """lm_head output -> the model's logits (softcap, logit scale), from the adapter."""
 
+    @property
+    def attn_out(self) -> str:
+        """Module whose output is what attention adds to the residual (before ``residual_scale``)."""
+        return self.post_attn_norm or self.attn
 
-_LLAMA = ArchSites(
-    layers="model.layers",
-    attn="self_attn",
-    mlp="mlp",
-    o_proj="self_attn.o_proj",
-    embed="model.embed_tokens",
-    final_norm="model.norm",
-    lm_head="lm_head",
-    proj={
-        "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
-        "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
-        "down": "mlp.down_proj",
-    },
-)
-_GPT2 = ArchSites(
-    layers="transformer.h",
-    attn="attn",
-    mlp="mlp",
-    o_proj="attn.c_proj",
-    embed="transformer.wte",
-    final_norm="transformer.ln_f",
-    lm_head="lm_head",
-    proj={"qkv": "attn.c_attn", "o": "attn.c_proj", "up": "mlp.c_fc", "down": "mlp.c_proj"},
-    conv1d=True,
-)
+    @property
+    def mlp_out(self) -> str:
+        """Module whose output is what the MLP adds to the residual (before ``residual_scale``)."""
+        return self.post_mlp_norm or self.mlp
 
-ARCHITECTURES: dict[str, ArchSites] = {
-    "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "qwen2": _LLAMA,
-    "qwen3": _LLAMA,
-    "gpt2": _GPT2,
-}
-"""model_type (from the HF config) -> site table. Anything else is refused at load time."""
 
 HOOKS: dict[str, str] = {
     "resid_pre": "blocks.{layer}.hook_resid_pre",
@@ -96,21 +105,6 @@ class Site:
     @property
     def tl_name(self) -> str:
         return HOOKS[self.hook].format(layer=self.layer)
-
-
-def unsupported_architecture_message(model_type: str) -> str:
-    supported = ", ".join(sorted(ARCHITECTURES))
-    return (
-        f"unsupported architecture '{model_type}': interp knows {supported}; "
-        "add its module paths to interp.model.sites.ARCHITECTURES to use it"
-    )
-
-
-def arch_for(model_type: str) -> ArchSites:
-    try:
-        return ARCHITECTURES[model_type]
-    except KeyError:
-        raise ValueError(unsupported_architecture_message(model_type)) from None
 
 
 def all_tl_names(n_layers: int) -> list[str]:
@@ -187,7 +181,7 @@ def site_module(model: nn.Module, arch: ArchSites, site: Site) -> tuple[nn.Modul
     return {
         "resid_pre": (blk, "input"),
         "resid_post": (blk, "output"),
-        "attn_out": (blk.get_submodule(arch.attn), "output"),
-        "mlp_out": (blk.get_submodule(arch.mlp), "output"),
+        "attn_out": (blk.get_submodule(arch.attn_out), "output"),
+        "mlp_out": (blk.get_submodule(arch.mlp_out), "output"),
         "z": (blk.get_submodule(arch.o_proj), "input"),
     }[site.hook]
