@@ -21,7 +21,7 @@ from interp.model.sites import HOOKS, Site
 
 Sink = Callable[[Site, torch.Tensor], None]
 BACKENDS = ("tl", "nnsight", "torch", "ndif")
-"""tl: TransformerLens TransformerBridge; nnsight: nnsight LanguageModel; torch: plain module hooks;
+"""tl: TransformerLens TransformerBridge; nnsight: nnsight TransformersModel; torch: plain module hooks;
 ndif: nnsight remote execution on an NDIF server (needs network and an API key, see NNsightBackend)."""
 
 
@@ -75,10 +75,10 @@ class NNsightBackend:
     """
 
     def __init__(self, loaded: Loaded, remote: bool | str = False):
-        from nnsight import LanguageModel
+        from nnsight import TransformersModel
 
         self.loaded, self.remote = loaded, remote
-        self.lm = LanguageModel(loaded.model, tokenizer=loaded.tokenizer)
+        self.lm = TransformersModel(loaded.model, tokenizer=loaded.tokenizer, task="text-generation")
         if remote and remote != "local":
             import os
             import re
@@ -91,18 +91,19 @@ class NNsightBackend:
             self.lm.revision = loaded.revision if re.fullmatch(r"[0-9a-f]{40}", loaded.revision) else None
 
     def _proxy(self, site: Site):
-        """The nnsight proxy for a site: a block's input/output or a submodule's."""
+        """The value at a site: a block's input/output or a submodule's (inside a trace, where
+        nnsight serves real tensors). Modules that return tuples give their first element."""
         arch = self.loaded.arch
         blk = _walk(self.lm, arch.layers)[site.layer]
         if site.hook == "resid_pre":
             return blk.input
-        if site.hook == "resid_post":
-            return blk.output
         if site.hook == "z":
             return _walk(blk, arch.o_proj).input
-        if site.hook == "attn_out":
-            return _walk(blk, arch.attn).output[0]
-        return _walk(blk, arch.mlp).output
+        out = {"resid_post": blk, "attn_out": None, "mlp_out": None}[site.hook]
+        if out is None:
+            out = _walk(blk, arch.attn_out if site.hook == "attn_out" else arch.mlp_out)
+        out = out.output
+        return out[0] if isinstance(out, tuple) else out
 
     def run(self, batch: Batch, sites: list[Site], sink: Sink) -> None:
         ordered = sorted(sites, key=lambda s: (s.layer, _ORDER[s.hook]))
@@ -111,7 +112,10 @@ class NNsightBackend:
         try:
             with torch.no_grad(), self.lm.trace(batch.model_kwargs(), use_cache=False, **remote):
                 for site in ordered:
-                    saved.append(self._proxy(site).save())
+                    value = self._proxy(site)
+                    if site.hook == "mlp_out" and self.loaded.arch.inplace_mlp:
+                        value = value.clone()  # the block adds attention into it in place afterwards
+                    saved.append(value.save())
         except Exception as e:  # no network, host down, hub unreachable, job refused by the server
             if not self.remote or self.remote == "local":
                 raise
@@ -121,9 +125,12 @@ class NNsightBackend:
             raise RuntimeError(f"remote nnsight run of {self.loaded.name} on {CONFIG.API.HOST} failed "
                                f"({type(e).__name__}: {first}): remote execution needs network access, "
                                "an NDIF API key (NDIF_API_KEY) and a model NDIF hosts") from None
+        scale = self.loaded.arch.residual_scale
         for site, value in zip(ordered, saved):
             if site.hook == "z":
                 value = value.view(*value.shape[:-1], self.loaded.n_heads, self.loaded.d_head)
+            elif site.hook in ("attn_out", "mlp_out") and scale != 1.0:
+                value = value * scale  # what the block adds to the residual (Granite)
             sink(site, value)
 
 
@@ -152,6 +159,8 @@ def transformer_bridge(loaded: Loaded) -> Iterator[object]:
     """
     model = loaded.model
     plain = {m: dict(m._modules) for m in model.modules()}
+    # Some adapters patch instance methods at boot (Falcon's linear and decoder forwards).
+    own = {m: {k: v for k, v in vars(m).items() if k == "forward"} for m in plain}
     attn_impl = getattr(model.config, "_attn_implementation", None)
     booted = loaded.bridge_cache
     try:
@@ -171,21 +180,44 @@ def transformer_bridge(loaded: Loaded) -> Iterator[object]:
         for module, kids in plain.items():
             module._modules.clear()
             module._modules.update(kids)
+            if "forward" in vars(module) and "forward" not in own[module]:
+                del module.forward
+            module.__dict__.update(own[module])
         if attn_impl is not None and getattr(model.config, "_attn_implementation", None) != attn_impl:
             model.set_attn_implementation(attn_impl)
+
+
+TL_REFUSED = {
+    ("falcon", "new_decoder_architecture"): (
+        "transformer-lens 4.3's Falcon adapter splits the new decoder architecture's fused qkv as "
+        "[q | k | v], but the model groups it per key/value head"),
+}
+"""(family, config flag that is true) -> why the tl backend would capture wrong values there."""
+
+
+def _tl_refusal(loaded: Loaded) -> str | None:
+    for (family, flag), why in TL_REFUSED.items():
+        if loaded.arch.family == family and getattr(loaded.config, flag, False):
+            return f"the tl backend cannot capture {loaded.name}: {why}; use --backend nnsight or torch"
+    return None
 
 
 def _boot(loaded: Loaded):
     from transformer_lens.model_bridge import TransformerBridge
 
+    if (why := _tl_refusal(loaded)) is not None:
+        raise ValueError(why)
     model = loaded.model
     # The bridge re-loads the tokenizer by name (a hub or disk round trip) unless it already
     # adds BOS. We always pass token ids, so give it a copy marked that way.
     tokenizer = copy.deepcopy(loaded.tokenizer)
     tokenizer.init_kwargs["add_bos_token"] = True
     tokenizer.init_kwargs.setdefault("name_or_path", loaded.name)
+    # The adapter is picked by the model's class (a config built in code has no
+    # ``architectures``), the same adapter interp.model.families read the site table from.
     return TransformerBridge.boot_transformers(
         loaded.name, hf_model=model, tokenizer=tokenizer, dtype=next(model.parameters()).dtype,
+        hf_config_overrides={"architectures": [type(model).__name__]},
     )
 
 

@@ -41,7 +41,7 @@ class CaptureCfg:
     positions: str = "last"
     """Comma-separated reductions: last (last token), mean (over tokens), all (every token)."""
     backend: str = "nnsight"
-    """nnsight (LanguageModel tracing), tl (TransformerLens TransformerBridge) or torch (plain
+    """nnsight (TransformersModel tracing), tl (TransformerLens TransformerBridge) or torch (plain
     hooks): the same vectors to 1e-5; tl is the slowest (BENCHMARKS.md, section 1)."""
     limit: int | None = None
     """At most this many prompts per prompt set (a fixed, seeded subset)."""

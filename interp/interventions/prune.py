@@ -47,7 +47,7 @@ class PruneSpec:
     """Fraction of weights removed from each selected module, or per-selector rates given as a
     dict / pairs such as {"attn": 0.2, "mlp": 0.6}. None with N:M (the structure fixes it)."""
     modules: tuple[str, ...] = ("all",)
-    """Selectors a single rate applies to: q, k, v, o, gate, up, down, qkv (GPT-2), attn, mlp, all.
+    """Selectors a single rate applies to: q, k, v, o, gate, up, down, qkv (q, k and v), attn, mlp, all.
     Taken from the keys when ``rate`` is per selector."""
     structure: str = "unstructured"
     """'unstructured' or semi-structured 'N:M': keep N of every M consecutive inputs of a row."""

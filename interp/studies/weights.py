@@ -69,7 +69,7 @@ class Plan:
 PLANS = {
     # Seconds of pruning work: one small projection per method (the CLI test).
     "smoke": Plan(uniform=(), global_rates=(), nm=(), group_rates=(), group_methods=(), single_rates=(0.5,),
-                  single_methods=("magnitude", "wanda"), single_modules=("k", "qkv"), mixed=(), oneshot_rates=(),
+                  single_methods=("magnitude", "wanda"), single_modules=("k",), mixed=(), oneshot_rates=(),
                   tasks=("ppl",), eval_budget="smoke", calib_windows=4, calib_length=64),
     # About 5 minutes on 2 idle CPU cores for SmolLM2-135M (18 points, perplexity on 1024 tokens).
     "quick": Plan(uniform=(0.3, 0.5, 0.7), global_rates=(0.5,), nm=("2:4",), group_rates=(0.5,),

@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS input_norms (
     calib_id  VARCHAR NOT NULL,
     run_id    INTEGER NOT NULL,
     layer     INTEGER NOT NULL,
-    module    VARCHAR NOT NULL,           -- q | k | v | qkv | o | gate | up | down
+    module    VARCHAR NOT NULL,           -- q | k | v | o | gate | up | down (qkv in stores written before fused slices)
     n_in      INTEGER NOT NULL,
     norms     FLOAT[] NOT NULL,           -- (n_in,), feature j at index j + 1
     PRIMARY KEY (calib_id, layer, module)

@@ -4,6 +4,7 @@ import json
 import os
 
 from interp.model import embedded
+from interp.model.gguf import is_valid
 
 
 def _fake_cache(tmp_path, payload=b"weights" * 1000):
@@ -17,21 +18,21 @@ def _fake_cache(tmp_path, payload=b"weights" * 1000):
 
 def test_valid_cache_is_trusted_and_remembered(tmp_path):
     target = _fake_cache(tmp_path)
-    assert embedded._is_valid(target)
+    assert is_valid(target)
     meta = json.loads((target / "interp_manifest.json").read_text())
     assert meta["verified_mtime_ns"] == (target / "model.safetensors").stat().st_mtime_ns
-    assert embedded._is_valid(target)
+    assert is_valid(target)
 
 
 def test_tampered_weights_are_rejected(tmp_path):
     target = _fake_cache(tmp_path)
-    assert embedded._is_valid(target)
+    assert is_valid(target)
     w = target / "model.safetensors"
     w.write_bytes(b"WEIGHTS" * 1000)  # same size, other bytes, new mtime
     os.utime(w, ns=(w.stat().st_atime_ns, w.stat().st_mtime_ns + 1_000_000))
-    assert not embedded._is_valid(target)
+    assert not is_valid(target)
     w.write_bytes(b"short")
-    assert not embedded._is_valid(target)
+    assert not is_valid(target)
 
 
 def test_cache_dir_env(monkeypatch, tmp_path):

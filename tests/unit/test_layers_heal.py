@@ -49,17 +49,9 @@ def test_training_windows_leave_out_exactly_the_evaluated_windows(tiny):
     assert all(len(w) == length for w in train)
 
 
-def test_mlp_targets():
-    from interp.model.sites import ARCHITECTURES
-
-    class L:
-        arch = ARCHITECTURES["llama"]
-
-    class G:
-        arch = ARCHITECTURES["gpt2"]
-
-    assert mlp_targets(L) == ["mlp.down_proj", "mlp.gate_proj", "mlp.up_proj"]
-    assert mlp_targets(G) == ["mlp.c_fc", "mlp.c_proj"]
+def test_mlp_targets(tiny, tiny_gpt):
+    assert mlp_targets(tiny) == ["mlp.down_proj", "mlp.gate_proj", "mlp.up_proj"]
+    assert mlp_targets(tiny_gpt) == ["mlp.c_fc", "mlp.c_proj"]
 
 
 @pytest.mark.parametrize("fixture", ["tiny", "tiny_gpt"])

@@ -131,12 +131,22 @@ def test_per_module_rates(tiny):
 
 
 def test_gpt2_refuses_projections_it_does_not_have(tiny_gpt):
-    with pytest.raises(ModuleSelectionError, match="select qkv"), PruneSpec("magnitude", 0.5, ("q",)).apply(tiny_gpt):
-        pass
-    with pytest.raises(ModuleSelectionError, match="no 'gate' projection.*qkv, o, up, down"):
+    with pytest.raises(ModuleSelectionError, match="no 'gate' projection.*q, k, v, o, up, down, qkv"):
         resolve(tiny_gpt.model, tiny_gpt.arch, (("gate", 0.5),))
     names = {t.name for t in all_targets(tiny_gpt.model, tiny_gpt.arch)}
-    assert names == {"qkv", "o", "up", "down"}
+    assert names == {"q", "k", "v", "o", "up", "down"}
+
+
+def test_gpt2_prunes_only_the_selected_slice_of_c_attn(tiny_gpt):
+    w = tiny_gpt.model.transformer.h[0].attn.c_attn.weight  # Conv1D (in, out): columns are q | k | v
+    before = w.detach().clone()
+    with PruneSpec("magnitude", 0.5, ("k",)).apply(tiny_gpt) as report:
+        d = tiny_gpt.d_model
+        zero = (w == 0)
+        assert not zero[:, :d].any() and not zero[:, 2 * d:].any()
+        assert zero[:, d:2 * d].sum(0).tolist() == [d // 2] * d  # every k output unit lost half its inputs
+    assert torch.equal(w, before)
+    assert set(report.frame()["module"]) == {"k"} and report.totals()["sparsity"] == 0.5
 
 
 def test_a_projection_selected_twice_is_refused(tiny):

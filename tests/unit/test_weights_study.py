@@ -137,6 +137,6 @@ def test_plans_cover_the_issue(tiny, tiny_gpt):
         assert label in full
     assert len(full) == len(set(full))
     gpt = [s.label() for s in plan_points(tiny_gpt, WeightsCfg(budget="quick"))]
-    assert "magnitude qkv=50%" in gpt and not any(" q=" in g or "gate" in g for g in gpt)
+    assert "magnitude q=50%" in gpt and "magnitude v=50%" in gpt and not any("gate" in g for g in gpt)
     quick = plan_points(tiny, WeightsCfg(budget="quick", methods="magnitude"))
     assert {s.method for s in quick} == {"magnitude"}

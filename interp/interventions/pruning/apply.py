@@ -66,9 +66,8 @@ class _Pruner:
         self.rows: list[dict] = []
 
     def prune(self, t: Target, mask: torch.Tensor) -> None:
-        self.saved.append((t, t.module.weight.data.clone()))
-        w = t.weight  # (out, in) view
-        w.masked_fill_(mask.to(w.device), 0)
+        self.saved.append((t, t.weight.clone()))
+        w = t.zero(mask)  # (out, in)
         n_zero = t.n_params - int(torch.count_nonzero(w))
         self.rows.append({"layer": t.layer, "module": t.name, "rate": t.rate, "n_params": t.n_params,
                           "n_pruned": int(torch.count_nonzero(mask)), "n_zero": n_zero, "sparsity": n_zero / t.n_params})
@@ -109,7 +108,7 @@ class _Pruner:
 
     def restore(self) -> None:
         for t, w in reversed(self.saved):
-            t.module.weight.data.copy_(w)
+            t.write(w)
         self.saved.clear()
 
 
@@ -179,7 +178,7 @@ def dense_report(loaded) -> PruneReport:
     """The report of pruning nothing: the base model's own zeros in every prunable projection."""
     rows = []
     for t in all_targets(loaded.model, loaded.arch):
-        n_zero = t.n_params - int(torch.count_nonzero(t.module.weight))
+        n_zero = t.n_params - int(torch.count_nonzero(t.weight))
         rows.append({"layer": t.layer, "module": t.name, "rate": 0.0, "n_params": t.n_params, "n_pruned": 0,
                      "n_zero": n_zero, "sparsity": n_zero / t.n_params})
     return PruneReport(rows)
