@@ -147,6 +147,22 @@ def _tree(children: dict) -> tuple:
 
 
 @contextlib.contextmanager
+def own_forwards(model: torch.nn.Module) -> Iterator[None]:
+    """Put back every module's instance-level ``forward`` on exit: nnsight wraps each module's
+    forward when it wraps a model, and some TransformerLens adapters patch forwards at boot
+    (Falcon's linear and decoder layers). The class's own forward runs again afterwards."""
+    own = {m: vars(m).get("forward") for m in model.modules()}
+    try:
+        yield
+    finally:
+        for m, fwd in own.items():
+            if fwd is None:
+                vars(m).pop("forward", None)
+            else:
+                m.forward = fwd
+
+
+@contextlib.contextmanager
 def transformer_bridge(loaded: Loaded) -> Iterator[object]:
     """A TransformerBridge around the loaded model, undone on exit.
 
@@ -159,8 +175,6 @@ def transformer_bridge(loaded: Loaded) -> Iterator[object]:
     """
     model = loaded.model
     plain = {m: dict(m._modules) for m in model.modules()}
-    # Some adapters patch instance methods at boot (Falcon's linear and decoder forwards).
-    own = {m: {k: v for k, v in vars(m).items() if k == "forward"} for m in plain}
     attn_impl = getattr(model.config, "_attn_implementation", None)
     booted = loaded.bridge_cache
     try:
@@ -180,9 +194,6 @@ def transformer_bridge(loaded: Loaded) -> Iterator[object]:
         for module, kids in plain.items():
             module._modules.clear()
             module._modules.update(kids)
-            if "forward" in vars(module) and "forward" not in own[module]:
-                del module.forward
-            module.__dict__.update(own[module])
         if attn_impl is not None and getattr(model.config, "_attn_implementation", None) != attn_impl:
             model.set_attn_implementation(attn_impl)
 
@@ -224,12 +235,11 @@ def _boot(loaded: Loaded):
 @contextlib.contextmanager
 def open_backend(loaded: Loaded, name: str) -> Iterator[TorchBackend | TLBackend | NNsightBackend]:
     if name == "tl":
-        with transformer_bridge(loaded) as bridge:
+        with own_forwards(loaded.model), transformer_bridge(loaded) as bridge:
             yield TLBackend(bridge)
-    elif name == "nnsight":
-        yield NNsightBackend(loaded)
-    elif name == "ndif":
-        yield NNsightBackend(loaded, remote=True)
+    elif name in ("nnsight", "ndif"):
+        with own_forwards(loaded.model):
+            yield NNsightBackend(loaded, remote=name == "ndif")
     elif name == "torch":
         yield TorchBackend(loaded)
     else:

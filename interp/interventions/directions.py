@@ -22,11 +22,8 @@ from torch import nn
 from interp.model import ops
 from interp.model.hooks import hooked
 from interp.interventions import register
-from interp.model.sites import Site
+from interp.model.sites import Site, block
 
-EXTRA_WRITERS: dict[str, tuple[str, ...]] = {"gpt2": ("transformer.wpe",)}
-"""model_type -> further modules (from the root) whose weights add to the residual stream,
-beyond the token embedding and every block's attention and MLP output projections."""
 
 
 class DirectionError(ValueError):
@@ -92,12 +89,40 @@ class DirectionalAblation:
 
 
 def residual_writers(loaded) -> list[tuple[str, nn.Module]]:
-    """(path, module) of every module whose output is added to the residual stream."""
+    """(path, module) of every module whose weights write to the residual stream: the token and
+    position embeddings and every block's attention and MLP output projections (in post-norm
+    families these write through the post-sublayer norm, see ``writer_directions``)."""
     model, arch = loaded.model, loaded.arch
-    paths = [arch.embed, *EXTRA_WRITERS.get(model.config.model_type, ())]
+    paths = [arch.embed, *([arch.pos_embed] if arch.pos_embed else [])]
     for l in range(loaded.n_layers):
         paths += [f"{arch.layers}.{l}.{arch.o_proj}", f"{arch.layers}.{l}.{arch.proj['down']}"]
     return [(p, model.get_submodule(p)) for p in paths]
+
+
+def _effective_scale(loaded, norm: nn.Module) -> torch.Tensor:
+    """The elementwise scale an RMSNorm applies after normalising: weight (+1 in the Gemma family)."""
+    if getattr(norm, "bias", None) is not None:
+        raise DirectionError(f"{type(norm).__name__} after a sublayer has a bias: the weight edit cannot remove "
+                             "the direction exactly here; use DirectionalAblation")
+    return norm.weight.detach().to(torch.float64) + loaded.arch.norm_offset
+
+
+def writer_directions(loaded, r: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor]]:
+    """(module, unit direction to remove from its output) for every residual writer.
+
+    Where the output passes through a post-sublayer RMSNorm with effective scale g before the
+    residual add (Gemma 2/3, OLMo 2), the norm's output is g * u / rms(u); its component along r
+    is (g * r) . u / rms(u), which is zero for every token exactly when u has no component along
+    g * r. So those projections lose the direction g * r (normalised), not r.
+    """
+    arch, model = loaded.arch, loaded.model
+    out = [(model.get_submodule(p), r) for p in [arch.embed, *([arch.pos_embed] if arch.pos_embed else [])]]
+    for layer in range(loaded.n_layers):
+        blk = block(model, arch, layer)
+        for proj, norm in ((arch.o_proj, arch.post_attn_norm), (arch.proj["down"], arch.post_mlp_norm)):
+            d = r if norm is None else ops.unit(_effective_scale(loaded, blk.get_submodule(norm)) * r.double())
+            out.append((blk.get_submodule(proj), d.to(r.dtype)))
+    return out
 
 
 def _orthogonal_params(module: nn.Module, r: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -138,6 +163,14 @@ class OrthogonalizedWeights:
     With tied input/output embeddings (SmolLM2, the tiny test Llama) only the input side is
     edited: the unembedding keeps the original matrix (the tie is undone while applied and
     restored on exit), so the output vocabulary projection does not change.
+
+    Post-norm families (Gemma 2/3, OLMo 2) normalise each sublayer output and scale it by the
+    norm's weight g before the residual add; there the projections lose g * r instead of r
+    (``writer_directions``), which still leaves zero r-component in every residual state. It
+    is then not the same edit as ``DirectionalAblation``: ablation removes r after the norm,
+    while here the norm sees the edited output, so its per-token scale 1 / rms(u) changes too
+    (other components of what the sublayer adds change in size). The two are separate sweep
+    points; in pre-norm and parallel families they agree to float rounding.
     """
 
     direction: tuple[float, ...]
@@ -161,8 +194,8 @@ class OrthogonalizedWeights:
         saved: list[tuple[nn.Module, str, nn.Parameter]] = []
         try:
             with torch.no_grad():
-                for _path, module in residual_writers(loaded):
-                    for attr, value in _orthogonal_params(module, r).items():
+                for module, d in writer_directions(loaded, r):
+                    for attr, value in _orthogonal_params(module, d).items():
                         saved.append((module, attr, getattr(module, attr)))
                         # A new Parameter object: the original tensor (and anything tied to it,
                         # such as a tied lm_head) is never written to.
@@ -187,8 +220,8 @@ def orthogonalize_model(loaded, direction: Sequence[float]) -> None:
             model.config.tie_word_embeddings = False
             if hasattr(model.config, "get_text_config"):
                 model.config.get_text_config().tie_word_embeddings = False
-        for _path, module in residual_writers(loaded):
-            for attr, value in _orthogonal_params(module, r).items():
+        for module, d in writer_directions(loaded, r):
+            for attr, value in _orthogonal_params(module, d).items():
                 getattr(module, attr).copy_(value)
 
 
