@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from interp.model import ops
-from interp.model.hooks import hooked
+from interp.model.hooks import BlockCall, block_calls, hooked
 from interp.model.loading import Loaded
 from interp.model.sites import Site
 
@@ -65,10 +65,6 @@ def head_gates(loaded: Loaded, layers: dict[int, LayerGate]) -> Iterator[None]:
         yield
 
 
-class _Stop(Exception):
-    """Raised inside a hook to end a forward pass once what it needed is captured."""
-
-
 def _first(out):
     return out[0] if isinstance(out, tuple) else out
 
@@ -88,7 +84,7 @@ class Suffix:
         self.kwargs = {k: v.to(loaded.device) for k, v in kwargs.items()}  # the clean batch
         self.batch = kwargs["input_ids"].shape[0]
         self.inputs: list[torch.Tensor] = []  # block inputs (batch, pos, d_model), per layer
-        self._call: dict[int, tuple[tuple, dict]] = {}  # repeats -> (extra args, kwargs) of a block call
+        self._calls: dict[int, list[BlockCall]] = {}  # repeats -> how each block is called
         self.final = self._clean()
         """Final-norm output of the clean pass (batch, pos, d_model)."""
 
@@ -117,35 +113,22 @@ class Suffix:
                 h.remove()
         return seen["final"]
 
-    def _block_call(self, repeats: int) -> tuple[tuple, dict]:
-        """The extra arguments every block gets (masks, rotary embeddings) for a batch repeated
-        ``repeats`` times, taken from a forward pass stopped at the first block."""
-        if repeats not in self._call:
-            seen: dict = {}
-
-            def grab(_m, args, kwargs):
-                seen["call"] = (args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"})
-                raise _Stop
-
+    def _block_calls(self, repeats: int) -> list[BlockCall]:
+        """How each block is called (masks, rotary embeddings: they can differ per block) for the
+        batch repeated ``repeats`` times."""
+        if repeats not in self._calls:
             rep = {k: v.repeat(repeats, *([1] * (v.dim() - 1))) for k, v in self.kwargs.items()}
-            h = self._blocks()[0].register_forward_pre_hook(grab, with_kwargs=True)
-            try:
-                self.loaded.model(**rep, use_cache=False)
-            except _Stop:
-                pass
-            finally:
-                h.remove()
-            self._call[repeats] = seen["call"]
-        return self._call[repeats]
+            self._calls[repeats] = block_calls(self.loaded.model, self._blocks(), rep)
+        return self._calls[repeats]
 
     @torch.no_grad()
     def run(self, layer: int, repeats: int) -> torch.Tensor:
         """Final-norm output (repeats * batch, pos, d_model) of blocks ``layer..`` onward."""
-        args, kwargs = self._block_call(repeats)
+        calls = self._block_calls(repeats)
         h = self.inputs[layer].repeat(repeats, 1, 1)
         blocks = self._blocks()
         for i in range(layer, len(blocks)):
-            h = _first(blocks[i](h, *args, **kwargs))
+            h = calls[i].run(blocks[i], h)
         return _first(self.loaded.model.get_submodule(self.loaded.arch.final_norm)(h))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -82,3 +83,56 @@ def hooked(model: nn.Module, arch: ArchSites, fns: dict[Site, SiteFn], n_heads: 
     finally:
         for h in handles:
             h.remove()
+
+
+class _Stop(Exception):
+    """Raised inside a hook to end a forward pass once what it needed is captured."""
+
+
+@dataclass(frozen=True)
+class BlockCall:
+    """How a model called one decoder block: its hidden input and everything else it passed."""
+
+    hidden: torch.Tensor | None
+    """(batch, pos, d_model) input of block 0; None for the others (kept small: replaying
+    blocks one by one feeds each the previous block's output)."""
+    args: tuple
+    """Positional arguments after the hidden states."""
+    kwargs: dict
+    """Keyword arguments (masks, position embeddings, ...), without hidden_states."""
+    positional: bool
+    """Whether the hidden states came positionally."""
+
+    def run(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """The block's output on ``hidden`` (instead of the recorded input), called the same way."""
+        out = block(hidden, *self.args, **self.kwargs) if self.positional else \
+            block(*self.args, hidden_states=hidden, **self.kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
+
+@torch.no_grad()
+def block_calls(model: nn.Module, blocks: nn.ModuleList, inputs: dict) -> list[BlockCall]:
+    """How every block is called in a forward pass of ``inputs``, one per block.
+
+    Blocks of one model can get different arguments: Gemma 2/3 give sliding-window layers
+    their own mask and (Gemma 3) their own rotary embeddings, so replaying a block needs its
+    own call, not block 0's. The pass stops before the last block runs.
+    """
+    calls: list[BlockCall] = []
+
+    def grab(_m, args, kwargs):
+        kw = dict(kwargs)
+        hidden = args[0] if args else kw.pop("hidden_states")
+        calls.append(BlockCall(None if calls else hidden, tuple(args[1:]), kw, bool(args)))
+        if len(calls) == len(blocks):
+            raise _Stop
+
+    handles = [b.register_forward_pre_hook(grab, with_kwargs=True) for b in blocks]
+    try:
+        model(**inputs, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return calls

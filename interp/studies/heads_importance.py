@@ -79,7 +79,8 @@ def row_metrics(logits_fn, hidden: torch.Tensor, targets: torch.Tensor) -> tuple
 
 
 def _head(loaded: Loaded):
-    return loaded.model.get_submodule(loaded.arch.lm_head)
+    """Final hidden states -> logits, with the family's softcap / logit scale."""
+    return loaded.logits
 
 
 def final_hidden(loaded: Loaded, batch: Scored) -> torch.Tensor:

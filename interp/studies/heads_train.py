@@ -69,7 +69,7 @@ def losses(loaded: Loaded, router: HeadRouter, k: int, batch: Scored) -> tuple[t
     record: dict = {}
     with routed(loaded, router, k, record):
         hidden = final_hidden(loaded, batch)
-    nll, _, _ = row_metrics(loaded.model.get_submodule(loaded.arch.lm_head), hidden, batch.targets)
+    nll, _, _ = row_metrics(loaded.logits, hidden, batch.targets)
     mask = batch.kwargs["attention_mask"].to(loaded.device)
     lb = torch.stack([load_balance(p, c, mask) for _, p, c in record.values()]).mean()
     return nll.mean(), lb, record
@@ -151,6 +151,5 @@ def usage(loaded: Loaded, router: HeadRouter, k: int, batches: list[Scored]) -> 
 @torch.no_grad()
 def mean_nll(loaded: Loaded, batches: list[Scored]) -> float:
     """Mean over sequences of the mean next-token NLL, with whatever edits are active."""
-    head = loaded.model.get_submodule(loaded.arch.lm_head)
-    vals = [row_metrics(head, final_hidden(loaded, b), b.targets)[0] for b in batches]
+    vals = [row_metrics(loaded.logits, final_hidden(loaded, b), b.targets)[0] for b in batches]
     return float(torch.cat(vals).mean())

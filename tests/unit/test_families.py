@@ -181,3 +181,28 @@ def test_direction_edits_leave_no_component_in_any_residual_state(loaded, monkey
         with OrthogonalizedWeights(r.tolist()).apply(loaded):
             monkeypatch.undo()  # read the states through the real table
             assert _max_component(_capture(loaded, "torch", spec), ru) > 1e-3
+
+
+def test_suffix_runs_equal_the_full_forward(loaded):
+    """Blocks replayed from a cached input get their own call (Gemma 3's sliding layers have
+    their own mask and rotary embeddings), so every suffix reproduces the clean pass."""
+    from interp.interventions.gating import Suffix
+
+    kwargs = pad([list(range(5, 17)), list(range(30, 42))], 256, side="right").model_kwargs()
+    suffix = Suffix(loaded, kwargs)
+    for layer in range(loaded.n_layers):
+        torch.testing.assert_close(suffix.run(layer, 2), suffix.final.repeat(2, 1, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_wanda_norms_replayed_block_by_block_equal_a_plain_forward(loaded):
+    from interp.interventions.pruning.calibrate import input_norms, layerwise_norms
+
+    windows = [list(range(5 + i, 21 + i)) for i in range(3)]  # 16 tokens: past the sliding windows
+    targets = all_targets(loaded.model, loaded.arch)
+    norms = layerwise_norms(loaded.model, loaded.model.get_submodule(loaded.arch.layers), targets, windows)
+    modules = {f"{t.layer}:{t.name}": t.module for t in targets}
+    with input_norms(modules) as acc, torch.no_grad():
+        loaded.model(input_ids=torch.tensor(windows), use_cache=False)
+    ref = acc.norms()
+    for t in targets:
+        torch.testing.assert_close(norms[(t.layer, t.name)], ref[f"{t.layer}:{t.name}"], rtol=1e-5, atol=1e-6)

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from interp.interventions.pruning.targets import Target
+from interp.model.hooks import BlockCall, block_calls
 
 BATCH = 8
 """Calibration windows per forward pass."""
@@ -61,54 +61,14 @@ def input_norms(modules: dict[str, nn.Module]) -> Iterator[NormAccumulator]:
             h.remove()
 
 
-class _Stop(Exception):
-    pass
-
-
-@dataclass
-class _BlockCall:
-    """One batch's input to a decoder block, as the model called it (replayed block by block)."""
-
-    hidden: torch.Tensor  # (batch, pos, d_model)
-    args: tuple = ()
-    kwargs: dict = field(default_factory=dict)
-    positional: bool = True
-
-    def run(self, block: nn.Module) -> torch.Tensor:
-        if self.positional:
-            out = block(self.hidden, *self.args, **self.kwargs)
-        else:
-            out = block(*self.args, **{**self.kwargs, "hidden_states": self.hidden})
-        return out[0] if isinstance(out, tuple) else out
-
-    def next(self, hidden: torch.Tensor) -> _BlockCall:
-        return _BlockCall(hidden, self.args, self.kwargs, self.positional)
-
-
 @torch.no_grad()
-def _first_block_inputs(model: nn.Module, first: nn.Module, windows: list[list[int]], device) -> list[_BlockCall]:
-    """Run the embedding only: catch what the model passes to block 0, then stop the forward."""
-    calls: list[_BlockCall] = []
-
-    def catch(_module, args, kwargs):
-        if args:
-            calls.append(_BlockCall(args[0], tuple(args[1:]), dict(kwargs), True))
-        else:
-            kw = dict(kwargs)
-            calls.append(_BlockCall(kw.pop("hidden_states"), (), kw, False))
-        raise _Stop
-
-    handle = first.register_forward_pre_hook(catch, with_kwargs=True)
-    try:
-        for b in range(0, len(windows), BATCH):
-            ids = torch.tensor(windows[b:b + BATCH], dtype=torch.long, device=device)
-            try:
-                model(input_ids=ids, use_cache=False)
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
-    return calls
+def _block_calls(model: nn.Module, blocks: nn.ModuleList, windows: list[list[int]], device) -> list[list[BlockCall]]:
+    """Per calibration batch, how the model calls each block (inputs of block 0 included)."""
+    out = []
+    for b in range(0, len(windows), BATCH):
+        ids = torch.tensor(windows[b:b + BATCH], dtype=torch.long, device=device)
+        out.append(block_calls(model, blocks, {"input_ids": ids}))
+    return out
 
 
 @torch.no_grad()
@@ -122,18 +82,19 @@ def layerwise_norms(model: nn.Module, blocks: nn.ModuleList, targets: list[Targe
     if not by_layer:
         return {}
     device = next(model.parameters()).device
-    calls = _first_block_inputs(model, blocks[0], windows, device)
+    calls = _block_calls(model, blocks, windows, device)  # per batch, per block
+    inputs = [c[0].hidden for c in calls]
     last = max(by_layer)
     out: Norms = {}
     for layer in tqdm(range(last + 1), desc="calibration", unit="layer", disable=not progress):
         block, here = blocks[layer], by_layer.get(layer, [])
         with input_norms({t.name: t.module for t in here}) as acc:
-            hidden = [c.run(block) for c in calls]  # dense output of this block (the stats pass)
+            hidden = [c[layer].run(block, x) for c, x in zip(calls, inputs)]  # dense output (the stats pass)
         layer_norms = {(layer, k): v for k, v in acc.norms().items()}
         out.update(layer_norms)
         if here and prune_layer is not None:
             prune_layer(layer, layer_norms)
             if layer < last:
-                hidden = [c.run(block) for c in calls]  # the pruned block's output feeds the next
-        calls = [c.next(h) for c, h in zip(calls, hidden)]
+                hidden = [c[layer].run(block, x) for c, x in zip(calls, inputs)]  # the pruned output feeds on
+        inputs = hidden
     return out
