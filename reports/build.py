@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from reports import lmeval
+from reports import models as compare
 from reports.html import Note, Page, Section, TableBlock, render_page
 from store import Store
 from store.queries import (
@@ -63,6 +64,8 @@ def build_pages(con, store: Store) -> tuple[list[Page], tuple[str, ...], tuple[s
     pages = [_study_page(con, s, present[s], list(study_module(s).sections(con, present[s]))) for s in studies]
     if (lmeval_run := lmeval.available(con)) is not None:  # lm-eval scores, from whichever study ran them
         pages.append(lmeval.page(con, lmeval_run))
+    if compare.wanted(con):  # more than one model: overlay them
+        pages.append(compare.page(con))
     index = _index_page(con, store, studies, missing, present)
     nav = (("index", "Overview"),) + tuple((p.slug, p.title.split(":")[0]) for p in pages)
     return [replace(p, nav=nav) for p in (index, *pages)], studies, missing
@@ -148,6 +151,8 @@ def _study_page(con, study: str, run_id: int, sections: list[Section]) -> Page:
 def _index_page(con, store: Store, studies, missing, present) -> Page:
     items = "".join(
         f"<li><a href='{s}.html'>{html.escape(TITLES[s])}</a> (run {present[s]})</li>" for s in studies)
+    if compare.wanted(con):
+        items += f"<li><a href='models.html'>{compare.TITLE}</a> (every model of this store overlaid)</li>"
     blocks = [Note(f"<ul>{items}</ul>" if items else "No study has run on this store yet.")]
     if missing:
         todo = ", ".join(f"{s} (<code>{COMMANDS[s]}</code>)" for s in missing)
