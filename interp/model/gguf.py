@@ -155,7 +155,14 @@ def cached_conversion(target: Path, source: str, source_sha256: str, name: str,
             architecture(gguf)
             print(f"interp: dequantising {gguf.name} once into {target} (about a minute)...", file=sys.stderr)
             out = work / "model"
-            convert(gguf, out, name)
+            try:
+                convert(gguf, out, name)
+            except GGUFError:
+                raise
+            except Exception as e:  # transformers' reader on a file it cannot map to a model
+                first = str(e).splitlines()[0] if str(e) else ""
+                raise GGUFError(f"transformers could not build a model from {gguf.name} ({type(e).__name__}: "
+                                f"{first[:200]}): the file may be incomplete or of an unsupported variant") from None
             weights = out / "model.safetensors"
             manifest = {"source": source, "source_sha256": source_sha256, "name": name,
                         "weights_size": weights.stat().st_size, "weights_sha256": sha256_file(weights)}
