@@ -17,12 +17,24 @@ import torch
 from interp.capture.batching import Batch
 from interp.model.hooks import hooked
 from interp.model.loading import Loaded
-from interp.model.sites import HOOKS, Site
+from interp.model.sites import HOOKS, Site, block
 
 Sink = Callable[[Site, torch.Tensor], None]
 BACKENDS = ("tl", "nnsight", "torch", "ndif")
 """tl: TransformerLens TransformerBridge; nnsight: nnsight TransformersModel; torch: plain module hooks;
 ndif: nnsight remote execution on an NDIF server (needs network and an API key, see NNsightBackend)."""
+
+
+class _Stop(Exception):
+    """Ends a forward pass once the last requested block has run."""
+
+
+def _stop_after(block: torch.nn.Module):
+    """Hook that ends the forward pass after ``block``: every backend stops there, so the blocks
+    above the last site and the unembedding (most of the work for a 262k vocabulary) never run."""
+    def hook(_m, _args, _out):
+        raise _Stop
+    return block.register_forward_hook(hook)
 
 
 class TorchBackend:
@@ -31,8 +43,15 @@ class TorchBackend:
 
     def run(self, batch: Batch, sites: list[Site], sink: Sink) -> None:
         fns = {s: (lambda x, s=s: sink(s, x)) for s in sites}
+        last = block(self.loaded.model, self.loaded.arch, max(s.layer for s in sites))
         with torch.no_grad(), hooked(self.loaded.model, self.loaded.arch, fns, self.loaded.n_heads):
-            self.loaded.model(**batch.model_kwargs(), use_cache=False)
+            handle = _stop_after(last)  # registered after the site hooks, so they run first
+            try:
+                self.loaded.model(**batch.model_kwargs(), use_cache=False)
+            except _Stop:
+                pass
+            finally:
+                handle.remove()
 
 
 class TLBackend:
@@ -50,6 +69,7 @@ class TLBackend:
             self.bridge.run_with_hooks(
                 batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                 fwd_hooks=[(s.tl_name, make(s)) for s in sites], use_cache=False,
+                stop_at_layer=max(s.layer for s in sites) + 1,
             )
 
 
@@ -110,12 +130,15 @@ class NNsightBackend:
         saved = []
         remote = {"remote": self.remote} if self.remote else {}
         try:
-            with torch.no_grad(), self.lm.trace(batch.model_kwargs(), use_cache=False, **remote):
+            with torch.no_grad(), self.lm.trace(batch.model_kwargs(), use_cache=False, **remote) as tracer:
                 for site in ordered:
                     value = self._proxy(site)
                     if site.hook == "mlp_out" and self.loaded.arch.inplace_mlp:
                         value = value.clone()  # the block adds attention into it in place afterwards
                     saved.append(value.save())
+                if not ordered[-1].hook == "resid_post":  # the rest of the last block runs, then stop
+                    _walk(self.lm, self.loaded.arch.layers)[ordered[-1].layer].output  # noqa: B018
+                tracer.stop()  # nothing after the last site runs (later blocks, the unembedding)
         except Exception as e:  # no network, host down, hub unreachable, job refused by the server
             if not self.remote or self.remote == "local":
                 raise

@@ -39,15 +39,19 @@ def token_logprobs(model, seqs: list[list[int]], starts: list[int], pad_id: int,
     device = next(model.parameters()).device
     for idx in _batches([len(s) for s in seqs], max_tokens):
         batch = pad([seqs[i] for i in idx], pad_id, side="right").to(device)
-        logits = model(**batch.model_kwargs()).logits.float()  # (batch, pos, vocab)
-        lse = torch.logsumexp(logits[:, :-1], dim=-1)  # (batch, pos-1)
-        targets = batch.input_ids[:, 1:]
-        picked = logits[:, :-1].gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse  # (batch, pos-1)
+        # Unembed only the positions that predict a scored token: with a 262k vocabulary the
+        # unembedding costs more than the blocks, and a choice is a few tokens after a long context.
+        keep = torch.zeros_like(batch.input_ids, dtype=torch.bool)  # (batch, pos)
         for row, i in enumerate(idx):
             if starts[i] < 1:
                 raise ValueError("the first token of a sequence has no log-probability: start must be >= 1")
-            out[i] = picked[row, starts[i] - 1:len(seqs[i]) - 1].cpu()
-        del logits, lse, picked
+            keep[row, starts[i] - 1:len(seqs[i]) - 1] = True
+        logits = model(**batch.model_kwargs(), logits_to_keep=keep).logits.float()  # (kept, vocab), row-major
+        targets = batch.input_ids.roll(-1, dims=1)[keep]  # the token each kept position predicts
+        picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        for i, lp in zip(idx, picked.split(keep.sum(1).tolist())):
+            out[i] = lp.cpu()
+        del logits, picked
     return out  # type: ignore[return-value]
 
 
@@ -58,8 +62,8 @@ def last_logprobs(model, seqs: list[list[int]], pad_id: int, max_tokens: int = 1
     rows: list[torch.Tensor | None] = [None] * len(seqs)
     for idx in _batches([len(s) for s in seqs], max_tokens):
         batch = pad([seqs[i] for i in idx], pad_id, side="right").to(device)
-        logits = model(**batch.model_kwargs()).logits  # (batch, pos, vocab)
-        last = logits[torch.arange(len(idx), device=device), batch.lengths - 1].float()
+        last_pos = (batch.lengths - 1).unsqueeze(1).to(device)  # (batch, 1): only the last token is unembedded
+        last = model(**batch.model_kwargs(), logits_to_keep=last_pos).logits[:, 0].float()  # (batch, vocab)
         lp = torch.log_softmax(last, dim=-1).cpu()
         for row, i in enumerate(idx):
             rows[i] = lp[row]

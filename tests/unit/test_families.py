@@ -206,3 +206,16 @@ def test_wanda_norms_replayed_block_by_block_equal_a_plain_forward(loaded):
     ref = acc.norms()
     for t in targets:
         torch.testing.assert_close(norms[(t.layer, t.name)], ref[f"{t.layer}:{t.name}"], rtol=1e-5, atol=1e-6)
+
+
+def test_eval_logprobs_unembed_only_the_scored_positions(loaded):
+    from interp.evals.lm import last_logprobs, token_logprobs
+
+    seqs, starts = [[5, 6, 7, 8, 9, 10], [20, 21, 22], [30, 31, 32, 33, 34, 35, 36, 37]], [3, 1, 5]
+    got = token_logprobs(loaded.model, seqs, starts, 256)
+    last = last_logprobs(loaded.model, seqs, 256)
+    for seq, start, lp, lp_last in zip(seqs, starts, got, last):
+        full = torch.log_softmax(_logits(loaded, torch.tensor([seq]))[0].float(), dim=-1)  # one sequence, no padding
+        ref = full[start - 1:-1].gather(-1, torch.tensor(seq[start:]).unsqueeze(-1)).squeeze(-1)
+        torch.testing.assert_close(lp, ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(lp_last, full[-1], rtol=1e-5, atol=1e-5)
