@@ -159,7 +159,7 @@ def cached_conversion(target: Path, source: str, source_sha256: str, name: str,
                 convert(gguf, out, name)
             except GGUFError:
                 raise
-            except Exception as e:  # transformers' reader on a file it cannot map to a model
+            except Exception as e:  # noqa: BLE001 - whatever transformers raises on a file it cannot map to a model
                 first = str(e).splitlines()[0] if str(e) else ""
                 raise GGUFError(f"transformers could not build a model from {gguf.name} ({type(e).__name__}: "
                                 f"{first[:200]}): the file may be incomplete or of an unsupported variant") from None

@@ -43,10 +43,10 @@ def test_backends_agree_and_sublayers_add_up(gemma):
     sites = parse_sites("resid_pre:5,attn_out:5,mlp_out:5,resid_post:5,z:5", gemma.n_layers)
     got = {}
     for backend in ("torch", "tl", "nnsight"):
-        out = {}
+        out = got.setdefault(backend, {})
         with open_backend(gemma, backend) as be:
-            be.run(batch, sites, lambda s, x: out.__setitem__(s, x.detach().clone()))
-        got[backend] = out
+            be.run(batch, sites, lambda s, x, out=out: out.__setitem__(s, x.detach().clone()))
+
     def rel(a, b):  # Gemma's residual stream reaches 1e4: compare to each site's scale
         return float((a - b)[mask].abs().max() / b[mask].abs().max())
 
@@ -71,7 +71,7 @@ def test_weight_edit_is_exact_under_post_norms(gemma):
 
 def test_skipping_layers_keeps_cached_generation_exact(gemma):
     ids = gemma.tokenizer("One, two, three, four,", return_tensors="pt")["input_ids"]
-    gen = dict(max_new_tokens=4, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    gen = {"max_new_tokens": 4, "do_sample": False, "output_scores": True, "return_dict_in_generate": True}
     with torch.no_grad(), skip_layers(gemma, [5, 6]):
         cached = gemma.model.generate(input_ids=ids, **gen)
         plain = gemma.model.generate(input_ids=ids, use_cache=False, **gen)

@@ -112,7 +112,7 @@ def test_logits_from_final_hidden_states(loaded):
 
 def test_skipping_layers_keeps_kv_cache_generation_exact(loaded):
     prompt = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12, 13, 14]])  # longer than the sliding windows
-    gen = dict(max_new_tokens=5, do_sample=False, pad_token_id=256, output_scores=True, return_dict_in_generate=True)
+    gen = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 256, "output_scores": True, "return_dict_in_generate": True}
     base = _logits(loaded, prompt)
     with torch.no_grad(), skip_layers(loaded, [0]):
         assert loaded.n_layers == 2
