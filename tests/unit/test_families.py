@@ -125,7 +125,7 @@ def test_skipping_layers_keeps_kv_cache_generation_exact(loaded):
     assert loaded.n_layers == 3 and torch.equal(_logits(loaded, prompt), base)
 
 
-def test_wanda_half_on_every_projection_and_selectors_hit_their_rows(loaded):
+def test_wanda_half_nm_and_selectors_hit_their_rows(loaded):
     before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
     with PruneSpec("wanda", 0.5, calib=CalibData(windows=2, length=16)).apply(loaded) as report:
         frame = report.frame()
@@ -138,6 +138,10 @@ def test_wanda_half_on_every_projection_and_selectors_hit_their_rows(loaded):
         for t in all_targets(loaded.model, loaded.arch):
             zeros = int((t.weight == 0).sum())
             assert zeros == (t.n_params // 2 if t.name == selected else 0), (t.layer, t.name)
+    with PruneSpec("magnitude", None, structure="2:4").apply(loaded):  # N:M on every projection, fused too
+        for t in all_targets(loaded.model, loaded.arch):
+            groups = (t.weight == 0).reshape(t.weight.shape[0], -1, 4).sum(-1)
+            assert (groups == 2).all(), (t.layer, t.name)
     after = loaded.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -219,3 +223,33 @@ def test_eval_logprobs_unembed_only_the_scored_positions(loaded):
         ref = full[start - 1:-1].gather(-1, torch.tensor(seq[start:]).unsqueeze(-1)).squeeze(-1)
         torch.testing.assert_close(lp, ref, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(lp_last, full[-1], rtol=1e-5, atol=1e-5)
+
+
+def test_head_router_reads_each_attention_input(loaded):
+    from interp.interventions.router import HeadRouter, routed
+
+    router = HeadRouter(loaded.n_layers, loaded.d_model, loaded.n_heads).requires_grad_(False)
+    base = _logits(loaded)
+    with routed(loaded, router, loaded.n_heads):  # uniform router, every head kept: gates are all 1
+        torch.testing.assert_close(_logits(loaded), base, rtol=1e-5, atol=1e-5)
+    torch.nn.init.normal_(router.weight, generator=torch.Generator().manual_seed(0))
+    record: dict = {}
+    with routed(loaded, router, 1, record):
+        one = _logits(loaded)
+    assert not torch.allclose(one, base, atol=1e-3)
+    for layer, (gates, _probs, chosen) in record.items():  # one head per real token, gate 1
+        assert gates.shape == (*BATCH.input_ids.shape, loaded.n_heads)
+        assert (chosen.sum(-1) == 1).all() and torch.equal(gates, chosen.to(gates.dtype))
+
+
+def test_head_gate_gradients_reach_every_head(loaded):
+    """Gradient importance (Michel et al.): d loss / d gate exists for every head of every layer."""
+    from interp.interventions.gating import LayerGate, head_gates
+
+    xi = torch.ones(loaded.n_layers, loaded.n_heads, requires_grad=True)
+    with head_gates(loaded, {layer: LayerGate(xi[layer]) for layer in range(loaded.n_layers)}):
+        out = loaded.model(**BATCH.model_kwargs(), use_cache=False).logits
+        loss = torch.nn.functional.cross_entropy(out[:, :-1][MASK[:, 1:]], BATCH.input_ids[:, 1:][MASK[:, 1:]])
+        loss.backward()
+    assert torch.isfinite(xi.grad).all() and (xi.grad != 0).all()
+    assert not any(p.requires_grad for p in loaded.model.parameters())
