@@ -196,10 +196,31 @@ def arch_sites(model: nn.Module) -> ArchSites:
         parallel=isinstance(blocks, ParallelBlockBridge),
         residual_scale=float(getattr(blocks, "residual_contribution_scale", 1.0)),
         inplace_mlp=model_type in _INPLACE_MLP,
-        logits_transform=adapter.apply_output_logits_transform,
+        **_logits_transform(adapter),
     )
     _check_paths(model, sites)
     return sites
+
+
+def _logits_transform(adapter) -> dict:
+    """The adapter's post-unembedding transform as numbers (a scale, then a softcap), checked
+    against the adapter on random logits. Numbers, not the adapter's method: ``ArchSites``
+    travels with the model (nnsight's remote path serialises it) and must not pull in
+    transformer-lens where it is unpickled."""
+    import torch
+
+    transform = adapter.apply_output_logits_transform
+    cap = getattr(adapter.cfg, "output_logits_soft_cap", None)
+    cap = float(cap) if cap and cap > 0 else None
+    tiny = torch.tensor([1e-6], dtype=torch.float64)  # where tanh is the identity to 1e-13
+    scale = float(transform(tiny)[0] / tiny[0])
+    sites = {"logit_scale": scale, "logit_softcap": cap}
+    probe = 20 * torch.randn(64, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ours = ArchSites("", "", "", "", "", "", "", {}, **sites).logits(probe)
+    if not torch.allclose(ours, transform(probe), rtol=1e-9, atol=1e-9):
+        raise UnsupportedModelError(f"{type(adapter).__name__} transforms logits in a way interp does not model "
+                                    "(not a scale then a softcap)")
+    return {"logit_scale": round(scale, 12), "logit_softcap": cap}
 
 
 def _has(model: nn.Module, path: str) -> bool:

@@ -113,8 +113,7 @@ class Loaded:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The model's logits from final-norm hidden states (batch, pos, d_model): the unembedding
         plus whatever the family applies after it (Gemma 2 softcap, Granite and Cohere scales)."""
-        out = self.model.get_submodule(self.arch.lm_head)(hidden)
-        return self.arch.logits_transform(out) if self.arch.logits_transform is not None else out
+        return self.arch.logits(self.model.get_submodule(self.arch.lm_head)(hidden))
 
     @property
     def is_chat(self) -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -69,8 +68,18 @@ class ArchSites:
     """Each sublayer output is multiplied by this before the residual add (Granite)."""
     inplace_mlp: bool = False
     """The block adds the attention output into the MLP output tensor in place (Falcon)."""
-    logits_transform: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, compare=False, repr=False)
-    """lm_head output -> the model's logits (softcap, logit scale), from the adapter."""
+    logit_scale: float = 1.0
+    """The unembedding's output is multiplied by this (Cohere's logit_scale, Granite's 1 / logits_scaling)."""
+    logit_softcap: float | None = None
+    """Then soft-capped: cap * tanh(x / cap) (Gemma 2's final_logit_softcapping)."""
+
+    def logits(self, out: torch.Tensor) -> torch.Tensor:
+        """lm_head output -> the model's logits."""
+        if self.logit_scale != 1.0:
+            out = out * self.logit_scale
+        if self.logit_softcap:
+            out = torch.tanh(out / self.logit_softcap) * self.logit_softcap
+        return out
 
     @property
     def attn_out(self) -> str:
