@@ -10,6 +10,8 @@ milliseconds.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 D, HEADS, LAYERS, VOCAB = 64, 4, 3, 259
@@ -86,9 +88,17 @@ def build_model(family: str, seed: int = 0):
     return model.eval()
 
 
+@functools.cache
+def _tokenizer():
+    """One byte tokenizer for every tiny model: corpus windows (Wanda calibration, LoRA healing)
+    are cached per tokenizer, so the book corpus is tokenised once per test session."""
+    from tests.conftest import byte_tokenizer
+
+    return byte_tokenizer()
+
+
 def build(family: str, seed: int = 0):
     """A ``Loaded`` tiny model of ``family`` with the byte tokenizer."""
     from interp.model.loading import wrap
-    from tests.conftest import byte_tokenizer
 
-    return wrap(build_model(family, seed), byte_tokenizer(), name=f"tiny-{family}", revision=f"seed{seed}")
+    return wrap(build_model(family, seed), _tokenizer(), name=f"tiny-{family}", revision=f"seed{seed}")

@@ -7,6 +7,8 @@ position ids (see ``interp.capture.batching``).
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from interp.capture.batching import encode, pad
@@ -24,6 +26,14 @@ def _batches(lengths: list[int], max_tokens: int, min_fill: float = 0.0) -> list
         else:
             out.append([i])
     return out
+
+
+def _kept_logits(model, kwargs: dict, keep: torch.Tensor) -> torch.Tensor:
+    """Logits at the True positions of ``keep`` (batch, pos), flattened row-major to (kept, vocab).
+    Hugging Face models unembed only those positions (``logits_to_keep``); others are sliced."""
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        return model(**kwargs, logits_to_keep=keep).logits
+    return model(**kwargs).logits[keep]
 
 
 @torch.no_grad()
@@ -46,7 +56,7 @@ def token_logprobs(model, seqs: list[list[int]], starts: list[int], pad_id: int,
             if starts[i] < 1:
                 raise ValueError("the first token of a sequence has no log-probability: start must be >= 1")
             keep[row, starts[i] - 1:len(seqs[i]) - 1] = True
-        logits = model(**batch.model_kwargs(), logits_to_keep=keep).logits.float()  # (kept, vocab), row-major
+        logits = _kept_logits(model, batch.model_kwargs(), keep).float()  # (kept, vocab), row-major
         targets = batch.input_ids.roll(-1, dims=1)[keep]  # the token each kept position predicts
         picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
         for i, lp in zip(idx, picked.split(keep.sum(1).tolist())):
@@ -62,8 +72,9 @@ def last_logprobs(model, seqs: list[list[int]], pad_id: int, max_tokens: int = 1
     rows: list[torch.Tensor | None] = [None] * len(seqs)
     for idx in _batches([len(s) for s in seqs], max_tokens):
         batch = pad([seqs[i] for i in idx], pad_id, side="right").to(device)
-        last_pos = (batch.lengths - 1).unsqueeze(1).to(device)  # (batch, 1): only the last token is unembedded
-        last = model(**batch.model_kwargs(), logits_to_keep=last_pos).logits[:, 0].float()  # (batch, vocab)
+        keep = torch.zeros_like(batch.input_ids, dtype=torch.bool)  # only the last token is unembedded
+        keep[torch.arange(len(idx), device=device), batch.lengths.to(device) - 1] = True
+        last = _kept_logits(model, batch.model_kwargs(), keep).float()  # (batch, vocab)
         lp = torch.log_softmax(last, dim=-1).cpu()
         for row, i in enumerate(idx):
             rows[i] = lp[row]

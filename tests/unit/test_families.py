@@ -253,3 +253,17 @@ def test_head_gate_gradients_reach_every_head(loaded):
         loss.backward()
     assert torch.isfinite(xi.grad).all() and (xi.grad != 0).all()
     assert not any(p.requires_grad for p in loaded.model.parameters())
+
+
+def test_lora_healing_trains_the_mlps_and_restores_the_model(loaded):
+    from interp.interventions.heal import HealCfg, healed
+
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    base = _logits(loaded)
+    cfg = HealCfg(steps=2, rank=2, lr=1e-2, batch=2, window=16, holdout_tokens=64, log_every=1)
+    with healed(loaded, cfg) as log:
+        assert len(log) == 2 and log["loss"].notna().all()
+        assert not torch.allclose(_logits(loaded), base, atol=1e-6)  # the adapters changed the MLPs
+    after = loaded.model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(_logits(loaded), base)
