@@ -119,10 +119,9 @@ class NNsightBackend:
             return blk.input
         if site.hook == "z":
             return _walk(blk, arch.o_proj).input
-        out = {"resid_post": blk, "attn_out": None, "mlp_out": None}[site.hook]
-        if out is None:
-            out = _walk(blk, arch.attn_out if site.hook == "attn_out" else arch.mlp_out)
-        out = out.output
+        module = blk if site.hook == "resid_post" else _walk(blk, arch.attn_out if site.hook == "attn_out"
+                                                             else arch.mlp_out)
+        out = module.output
         return out[0] if isinstance(out, tuple) else out
 
     def run(self, batch: Batch, sites: list[Site], sink: Sink) -> None:
@@ -136,8 +135,6 @@ class NNsightBackend:
                     if site.hook == "mlp_out" and self.loaded.arch.inplace_mlp:
                         value = value.clone()  # the block adds attention into it in place afterwards
                     saved.append(value.save())
-                if not ordered[-1].hook == "resid_post":  # the rest of the last block runs, then stop
-                    _walk(self.lm, self.loaded.arch.layers)[ordered[-1].layer].output  # noqa: B018
                 tracer.stop()  # nothing after the last site runs (later blocks, the unembedding)
         except Exception as e:  # no network, host down, hub unreachable, job refused by the server
             if not self.remote or self.remote == "local":
