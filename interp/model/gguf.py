@@ -23,6 +23,13 @@ from pathlib import Path
 MANIFEST = "interp_manifest.json"
 
 
+GGUF_FAMILIES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2",
+                 "gemma3": "gemma3_text", "phi3": "phi3", "gpt2": "gpt2", "falcon": "falcon", "stablelm": "stablelm",
+                 "starcoder2": "starcoder2"}
+"""GGUF ``general.architecture`` -> the model type transformers' GGUF reader builds, for the ones in
+``interp.model.families.FAMILIES``; any other is refused before anything is dequantised."""
+
+
 class GGUFError(RuntimeError):
     """A GGUF file that cannot become a model; the message says why and what to do."""
 
@@ -80,6 +87,9 @@ def architecture(path: Path) -> str:
         raise GGUFError(f"GGUF file {path} holds a '{arch}' model, which transformers' GGUF reader cannot read "
                         f"(it reads {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))}): convert the checkpoint "
                         "to a Hugging Face directory instead")
+    if arch not in GGUF_FAMILIES:
+        raise GGUFError(f"GGUF file {path} holds a '{arch}' model, which interp does not support: GGUF files of "
+                        f"{', '.join(GGUF_FAMILIES)} work (other families through a Hugging Face directory)")
     return arch
 
 

@@ -45,13 +45,14 @@ def test_a_whole_gguf_parses_and_names_its_architecture(tmp_path):
     ("garbage", "is not a GGUF file"),
     ("truncated", "corrupt or truncated"),
     ("unreadable_arch", "holds a 'rwkv6' model, which transformers' GGUF reader cannot read"),
+    ("unsupported_arch", "holds a 'mamba' model, which interp does not support: GGUF files of llama"),
 ])
 def test_bad_gguf_files_are_refused_in_one_line(tmp_path, cache, damage, msg):
     path = tmp_path / "model.gguf"
     if damage == "garbage":
         path.write_bytes(b"PK\x03\x04 not a model" * 10)
     else:
-        _write_gguf(path, "rwkv6" if damage == "unreadable_arch" else "llama")
+        _write_gguf(path, {"unreadable_arch": "rwkv6", "unsupported_arch": "mamba"}.get(damage, "llama"))
         if damage == "truncated":
             data = path.read_bytes()
             path.write_bytes(data[: len(data) - 1000])
@@ -112,3 +113,11 @@ def test_gemma_chunks_are_concatenated_in_order(tmp_path, monkeypatch):
     monkeypatch.setattr(gemma, "stated_sha256", lambda: gemma.SHA256)
     out = gemma.assemble(tmp_path / "whole.gguf")
     assert out.read_bytes() == whole and not (tmp_path / "whole.part").exists()
+
+
+def test_gguf_families_are_supported_families():
+    from interp.model.families import FAMILIES
+    from interp.model.gguf import GGUF_FAMILIES
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    assert set(GGUF_FAMILIES.values()) <= set(FAMILIES) and set(GGUF_FAMILIES) <= set(GGUF_SUPPORTED_ARCHITECTURES)
