@@ -112,8 +112,7 @@ class ActivationWriter:
         self._pending: Future | None = None
         self._lock = threading.Lock()
         with store.connect() as con:
-            last = con.execute("SELECT max(part) FROM shards WHERE run_id = ?", [run_id]).fetchone()[0]
-        self._part = 0 if last is None else last + 1
+            self._part = next_part(con, run_id)
         self.stats = {"commits": 0, "rows": 0, "bytes": 0, "write_s": 0.0}
         self._reset()
 
@@ -184,49 +183,76 @@ class ActivationWriter:
             pending.result()  # re-raises a failed commit in the caller's thread
 
     def _write_shard(self, key: tuple[str, int], blocks: list[Block], part: int) -> tuple:
-        hook, layer = key
-        rel = f"run_id={self.run_id}/hook={hook}/layer={layer}/part-{part:06d}.parquet"
-        if self.store.is_remote:  # written by DuckDB's httpfs: no bytes of ours to checksum
-            n_rows, n_bytes = remote.write_table(pa.concat_tables([b.table() for b in blocks]),
-                                                 self.store.shard_url(rel))
-            return hook, layer, part, rel, n_rows, n_bytes, None
-        tmp = self.store.shard_dir / (rel + ".tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        n_rows, n_bytes, crc = write_shard(tmp, blocks)
-        if self.durable:
-            _fsync(tmp)
-        return hook, layer, part, rel, n_rows, n_bytes, crc
+        return write_part(self.store, self.run_id, key[0], key[1], part, blocks, self.durable)
 
     def _commit(self, blocks, prompts, tokens, part) -> None:
         t0 = time.perf_counter()
         try:
             shards = list(self._pool.map(lambda kv: self._write_shard(kv[0], kv[1], part), blocks.items()))
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                raise StoreError(f"disk full while writing shards to {self.store.shard_root}: free space and "
-                                 "rerun the same command to resume (finished prompts are kept)") from None
-            raise StoreError(f"cannot write shards to {self.store.shard_root}: {e}") from None
-        shard_df = pd.DataFrame(shards, columns=["hook", "layer", "part", "path", "n_rows", "n_bytes", "crc32"])
-        shard_df["crc32"] = shard_df["crc32"].astype("Int64")
-        shard_df.insert(0, "run_id", self.run_id)
-        prompt_df = pd.DataFrame(prompts, columns=["prompt_id", "n_tokens", "truncated"])
-        prompt_df.insert(0, "run_id", self.run_id)
-        token_df = pd.concat(tokens, ignore_index=True)
-        token_df.insert(0, "run_id", self.run_id)
-        with self.store.connect() as con:
-            with transaction(con):
-                con.execute("INSERT INTO shards (run_id, hook, layer, part, path, n_rows, n_bytes, crc32) "
-                            "SELECT run_id, hook, layer, part, path, n_rows, n_bytes, crc32 FROM shard_df")
-                con.execute("INSERT INTO run_prompts (run_id, prompt_id, n_tokens, truncated) "
-                            "SELECT * FROM prompt_df")
-                con.execute("INSERT INTO tokens SELECT run_id, prompt_id, pos, token_id, token FROM token_df")
-            if not self.store.is_remote:  # still holding the file: no reader sees a half-renamed commit
-                for rel in shard_df["path"]:
-                    os.replace(self.store.shard_dir / (rel + ".tmp"), self.store.shard_dir / rel)
+            raise shard_write_error(self.store, e) from None
+        shard_df = commit_parts(self.store, self.run_id, shards, prompts, tokens)
         self.stats["commits"] += 1
         self.stats["rows"] += int(shard_df["n_rows"].sum())
         self.stats["bytes"] += int(shard_df["n_bytes"].sum())
         self.stats["write_s"] += time.perf_counter() - t0
+
+
+def next_part(con: duckdb.DuckDBPyConnection, run_id: int) -> int:
+    """The first part number no committed shard of run ``run_id`` uses."""
+    last = con.execute("SELECT max(part) FROM shards WHERE run_id = ?", [run_id]).fetchone()[0]
+    return 0 if last is None else last + 1
+
+
+def shard_write_error(store: Store, e: OSError) -> StoreError:
+    """A failed shard write as one line saying what to do."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return StoreError(f"disk full while writing shards to {store.shard_root}: free space and "
+                          "rerun the same command to resume (finished prompts are kept)")
+    return StoreError(f"cannot write shards to {store.shard_root}: {e}")
+
+
+def write_part(store: Store, run_id: int, hook: str, layer: int, part: int, blocks: list[Block],
+               durable: bool = True) -> tuple:
+    """Step 1 of the commit protocol for one (hook, layer) shard: write ``part-N.parquet.tmp``
+    (fsynced when ``durable``), or the final object on object storage. Returns the manifest row
+    (hook, layer, part, path, n_rows, n_bytes, crc32) for ``commit_parts``. Needs no DuckDB
+    connection, so any process that reaches the shard location can call it (Ray capture workers)."""
+    rel = f"run_id={run_id}/hook={hook}/layer={layer}/part-{part:06d}.parquet"
+    if store.is_remote:  # written by DuckDB's httpfs: no bytes of ours to checksum
+        n_rows, n_bytes = remote.write_table(pa.concat_tables([b.table() for b in blocks]), store.shard_url(rel))
+        return hook, layer, part, rel, n_rows, n_bytes, None
+    tmp = store.shard_dir / (rel + ".tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    n_rows, n_bytes, crc = write_shard(tmp, blocks)
+    if durable:
+        _fsync(tmp)
+    return hook, layer, part, rel, n_rows, n_bytes, crc
+
+
+def commit_parts(store: Store, run_id: int, shards: list[tuple], prompts: list[tuple[str, int, int]],
+                 tokens: list[pd.DataFrame]) -> pd.DataFrame:
+    """Steps 2 and 3 of the commit protocol: one transaction records the shards (rows from
+    ``write_part``), the finished prompts and their tokens, then the ``.tmp`` files are renamed
+    while the DuckDB file is still held. Call under the store's write lock. Returns the shards."""
+    shard_df = pd.DataFrame(shards, columns=["hook", "layer", "part", "path", "n_rows", "n_bytes", "crc32"])
+    shard_df["crc32"] = shard_df["crc32"].astype("Int64")
+    shard_df.insert(0, "run_id", run_id)
+    prompt_df = pd.DataFrame(prompts, columns=["prompt_id", "n_tokens", "truncated"])
+    prompt_df.insert(0, "run_id", run_id)
+    token_df = pd.concat(tokens, ignore_index=True)
+    token_df.insert(0, "run_id", run_id)
+    with store.connect() as con:
+        with transaction(con):
+            con.execute("INSERT INTO shards (run_id, hook, layer, part, path, n_rows, n_bytes, crc32) "
+                        "SELECT run_id, hook, layer, part, path, n_rows, n_bytes, crc32 FROM shard_df")
+            con.execute("INSERT INTO run_prompts (run_id, prompt_id, n_tokens, truncated) "
+                        "SELECT * FROM prompt_df")
+            con.execute("INSERT INTO tokens SELECT run_id, prompt_id, pos, token_id, token FROM token_df")
+        if not store.is_remote:  # still holding the file: no reader sees a half-renamed commit
+            for rel in shard_df["path"]:
+                os.replace(store.shard_dir / (rel + ".tmp"), store.shard_dir / rel)
+    return shard_df
 
 
 # --- readers -------------------------------------------------------------------------------

@@ -160,8 +160,12 @@ def run_config(loaded: Loaded, cfg: CaptureCfg, sites: list[Site]) -> dict:
             "max_tokens": cfg.max_tokens or context_length(loaded.model)}
 
 
-def capture(loaded: Loaded, store: Store, cfg: CaptureCfg, progress: bool = True) -> int:
-    """Capture ``cfg`` into ``store``; returns the run id (resuming or skipping as needed)."""
+def capture(loaded: Loaded, store: Store, cfg: CaptureCfg, progress: bool = True, loop=None) -> int:
+    """Capture ``cfg`` into ``store``; returns the run id (resuming or skipping as needed).
+
+    ``loop`` replaces the in-process capture loop (``_capture_prompts``, same signature): the Ray
+    pipeline (interp/capture/ray_capture.py) runs the prompts on workers; everything else (prompts,
+    identity, write lock, run claim, recovery, completion check) stays here, in this process."""
     sites = parse_sites(cfg.hooks, loaded.n_layers)
     prompts: list[Prompt] = load_prompts(cfg.prompts, cfg.limit, cfg.seed)
     legacy = run_config(loaded, cfg, sites)  # the identity before prompt contents joined it
@@ -185,7 +189,7 @@ def capture(loaded: Loaded, store: Store, cfg: CaptureCfg, progress: bool = True
                 return run.run_id
             done = done_prompt_ids(con, run.run_id)
         todo = [p for p in prompts if p.id not in done]
-        _capture_prompts(loaded, store, cfg, config, sites, run.run_id, todo, len(prompts), progress)
+        (loop or _capture_prompts)(loaded, store, cfg, config, sites, run.run_id, todo, len(prompts), progress)
         with store.connect() as con:
             if len(done_prompt_ids(con, run.run_id)) != len({p.id for p in prompts}):
                 raise StoreError(f"run {run.run_id} is missing prompts after capture: rerun to resume")

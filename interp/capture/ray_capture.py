@@ -1,0 +1,295 @@
+"""Capture on a Ray Data pipeline (``invoke cache --workers N``): the forward passes move to N
+actors, the store's guarantees stay with the driver.
+
+The driver (this process) does what a single-process run does (``capture.capture``): prompts,
+run identity, the store's write lock and the run's claim, ``recover()``, tokenising, the final
+completeness check. Only the loop is replaced. The prompts, longest first, are cut into chunks of
+whole batches and become a Ray dataset; ``map_batches`` runs them through a pool of N actors, each
+of which loads the model once, runs the ordinary capture backend over a chunk and writes one shard
+per (hook, layer) straight to the shard location (``store.activations.write_part``: step 1 of the
+commit protocol). Each chunk sends back only its manifest rows. The driver, the only process that
+opens the DuckDB file, commits groups of finished chunks, one transaction per group
+(``commit_parts``: steps 2 and 3), as the single-process writer does.
+
+Why the single-process guarantees hold:
+- the driver numbers the parts (chunk i writes part ``base + i``), so no two chunks share a file,
+  and a retried chunk rewrites its own ``.tmp``;
+- a killed actor is restarted and its chunk retried (``RayCfg.max_restarts``; finite, so an actor
+  that always dies fails the run instead of hanging the pool);
+- a killed driver leaves ``.tmp`` files no manifest lists: the next run's ``recover()`` deletes
+  them and the prompts resume after the last committed group. A local Ray's processes die with
+  their driver; on a cluster Ray ends a dead driver's actors (its job).
+
+Every worker must reach the store's shard location: local disk when Ray runs on this machine, S3
+(``INTERP_SHARDS=s3://...``) or a shared file system on a cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from functools import partial
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from interp.capture.backends import open_backend
+from interp.capture.batching import encode, pad
+from interp.capture.capture import CaptureCfg, _blocks, _Collector, _token_frame, capture
+from interp.model.loading import Loaded, ModelCfg, load_model
+from interp.model.sites import Site
+from interp.provenance import code_version
+from store import Store, StoreError
+from store.activations import Block, commit_parts, next_part, shard_write_error, write_part
+
+
+@dataclass(frozen=True)
+class RayCfg:
+    """Where and how wide the pipeline runs. None of it is part of a run's identity."""
+
+    workers: int = 2
+    """Actors, each holding its own copy of the model."""
+    address: str | None = None
+    """A running Ray cluster (what ``ray start --head`` prints); None: ``RAY_ADDRESS``, else a
+    private local Ray in a temporary directory, shut down at the end."""
+    threads: int = 1
+    """Torch threads per actor (more threads than cores slowed evaluation about 4x here)."""
+    cpus: float | None = None
+    """CPUs Ray reserves per actor. None: locally (cores - 1) / workers, at most ``threads``, so
+    Ray Data's own tasks keep a core (actors holding every CPU of 2 hung the pipeline); on a
+    cluster ``threads``."""
+    gpus: float | None = None
+    """GPUs per actor. None: 1 when the cluster has GPUs (the actor loads the model on cuda), else 0."""
+    max_restarts: int = 3
+    """How often Ray restarts a dead actor (and retries its chunk) before the run fails."""
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.threads < 1:
+            raise ValueError("--workers and threads per worker must be at least 1")
+        if (self.cpus is not None and self.cpus <= 0) or (self.gpus is not None and self.gpus < 0):
+            raise ValueError("CPUs per worker must be positive and GPUs per worker not negative")
+        if self.max_restarts < 0:
+            raise ValueError("max_restarts must be 0 or more")
+
+
+def capture_ray(model_cfg: ModelCfg, store: Store, cfg: CaptureCfg, ray_cfg: RayCfg, progress: bool = True) -> int:
+    """Capture ``cfg`` into ``store`` on a Ray pool; returns the run id. The same run (identity,
+    prompts, vectors to 1e-5) as ``capture(load_model(model_cfg), store, cfg)``.
+
+    The driver loads the model too, on CPU, for what the run records and the tokenizer; the
+    actors load it on their own device (cuda when Ray gives them a GPU)."""
+    if cfg.backend == "ndif":
+        raise ValueError("--workers runs the model on Ray workers; --backend ndif runs it on NDIF: use one of them")
+    if model_cfg.device_map is not None:
+        raise ValueError("--workers loads one whole model copy per actor: drop --device-map (or use one process)")
+    loaded = load_model(replace(model_cfg, device="cpu"))
+    return capture(loaded, store, cfg, progress, loop=partial(_pipeline, model_cfg, ray_cfg))
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None):
+    """Ray for one run: connected to ``address`` (or ``RAY_ADDRESS``), or a private local Ray in
+    a new temporary directory, shut down and removed on exit. Yields (ray, local)."""
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise RuntimeError("--workers needs Ray: pip install 'interp[ray]'") from None
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if ray.is_initialized():
+        raise RuntimeError("Ray is already initialised in this process: capture starts and stops its own session")
+    tmp = None
+    common = {"logging_level": logging.WARNING, "log_to_driver": False}
+    try:
+        if address:
+            ray.init(address=address, **common)
+        else:
+            tmp = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths must fit in 107 bytes
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, _temp_dir=tmp,
+                     object_store_memory=256 << 20, **common)
+    except ConnectionError as e:
+        raise RuntimeError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]} "
+                           "(start one with `ray start --head`, or omit --ray-address for a local Ray)") from None
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        yield ray, address is None
+    finally:
+        ray.shutdown()
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def placement(resources: dict, rc: RayCfg, local: bool) -> tuple[float, float]:
+    """(CPUs, GPUs) per actor for a cluster with ``resources``; a pool that cannot fit (and would
+    wait forever) is a one-line error."""
+    have_cpu, have_gpu = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    gpus = rc.gpus if rc.gpus is not None else (1.0 if have_gpu >= 1 else 0.0)
+    cpus = rc.cpus if rc.cpus is not None else (
+        min(float(rc.threads), max(0.1, (have_cpu - 1) / rc.workers)) if local else float(rc.threads))
+    if gpus * rc.workers > have_gpu:
+        raise ValueError(f"--workers {rc.workers} needs {gpus * rc.workers:g} GPUs ({gpus:g} per actor) but the "
+                         f"Ray cluster has {have_gpu:g}: use fewer workers")
+    if cpus * rc.workers + min(1.0, have_cpu / 4) > have_cpu:
+        raise ValueError(f"--workers {rc.workers} at {cpus:g} CPUs each would leave Ray Data no CPU on a cluster "
+                         f"of {have_cpu:g} (it hangs): use fewer workers")
+    return cpus, gpus
+
+
+def plan_chunks(n_tokens: list[int], batch_size: int, bytes_per_prompt: float, bytes_per_token: float,
+                flush_bytes: int, workers: int) -> list[range]:
+    """Cut prompts (in the given order) into chunks of whole batches: about ``flush_bytes`` of
+    vectors each (one shard per site per chunk), and at least two chunks per worker so a slow one
+    does not hold the others up."""
+    n = len(n_tokens)
+    if n == 0:
+        return []
+    per_prompt = bytes_per_prompt + bytes_per_token * sum(n_tokens) / n
+    by_bytes = max(1, int(flush_bytes // max(per_prompt, 1.0)))
+    size = max(batch_size, min(by_bytes, math.ceil(n / (2 * workers))))
+    size = math.ceil(size / batch_size) * batch_size
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def capture_chunk(loaded: Loaded, cfg: CaptureCfg, sites: list[Site], store: Store, run_id: int, part: int,
+                  prompt_ids: list[str], seqs: list[list[int]]) -> list[tuple]:
+    """Run one chunk through the model in batches of ``cfg.batch_size`` and write its shards (one
+    per hook and layer, all numbered ``part``); returns their manifest rows."""
+    by_site: dict[tuple[str, int], list[Block]] = {}
+    with open_backend(loaded, cfg.backend) as backend:
+        for start in range(0, len(seqs), cfg.batch_size):
+            batch_seqs, ids = seqs[start:start + cfg.batch_size], prompt_ids[start:start + cfg.batch_size]
+            batch = pad(batch_seqs, loaded.tokenizer.pad_token_id, cfg.padding_side).to(loaded.device)
+            col = _Collector(batch, cfg.position_list)
+            backend.run(batch, sites, col)
+            for b in _blocks(col, ids, [len(s) for s in batch_seqs]):
+                by_site.setdefault((b.hook, b.layer), []).append(b)
+    try:
+        return [write_part(store, run_id, hook, layer, part, blocks) for (hook, layer), blocks in by_site.items()]
+    except OSError as e:
+        raise shard_write_error(store, e) from None
+
+
+class CaptureWorker:
+    """A Ray actor of the pool: loads the model once, then captures the chunks it is given."""
+
+    def __init__(self, model_cfg: ModelCfg, cfg: CaptureCfg, sites: list[Site], store: Store, run_id: int,
+                 threads: int):
+        import ray
+
+        torch.set_num_threads(threads)
+        device = "cuda" if ray.get_gpu_ids() else "cpu"
+        self.loaded = load_model(replace(model_cfg, device=device, device_map=None))
+        self.cfg, self.sites, self.store, self.run_id = cfg, sites, store, run_id
+        self.version = code_version()
+
+    def __call__(self, batch: dict) -> dict:
+        out: dict[str, list] = {"chunk": [], "shards": [], "code_version": [], "revision": []}
+        for chunk, part, payload in zip(batch["chunk"], batch["part"], batch["payload"]):
+            job = json.loads(payload)
+            shards = capture_chunk(self.loaded, self.cfg, self.sites, self.store, self.run_id, int(part),
+                                   job["ids"], job["seqs"])
+            out["chunk"].append(int(chunk))
+            out["shards"].append(json.dumps(shards, default=int))
+            out["code_version"].append(self.version)
+            out["revision"].append(str(self.loaded.revision))
+        return {k: np.array(v) for k, v in out.items()}
+
+
+class _Group:
+    """Finished chunks waiting for the driver's next commit (one transaction per ``flush_bytes`` of
+    shards, or per ``flush_seconds``)."""
+
+    def __init__(self, store: Store, run_id: int, flush_bytes: int, flush_seconds: float = 30.0):
+        self.store, self.run_id, self.flush_bytes, self.flush_seconds = store, run_id, flush_bytes, flush_seconds
+        self._reset()
+
+    def _reset(self) -> None:
+        self.shards, self.prompts, self.tokens, self.bytes = [], [], [], 0
+        self.since = time.monotonic()
+
+    def add(self, shards: list[tuple], prompts: list[tuple[str, int, int]], tokens) -> None:
+        self.shards += [tuple(s) for s in shards]
+        self.prompts += prompts
+        self.tokens.append(tokens)
+        self.bytes += sum(int(s[5]) for s in shards)
+        if self.bytes >= self.flush_bytes or time.monotonic() - self.since >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.prompts:
+            commit_parts(self.store, self.run_id, self.shards, self.prompts, self.tokens)
+        self._reset()
+
+
+def _worker_error(e: BaseException) -> BaseException:
+    """The user-facing error inside Ray's wrappers (a worker's StoreError or ValueError as it was
+    raised), else one line naming the worker failure."""
+    seen = e
+    while seen is not None:
+        if isinstance(seen, (StoreError, ValueError, FileNotFoundError)):
+            return seen
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+    return RuntimeError(f"a capture worker failed: {first[:200]} (rerun the same command to resume)")
+
+
+def _pipeline(model_cfg: ModelCfg, rc: RayCfg, loaded: Loaded, store: Store, cfg: CaptureCfg, config: dict,
+              sites: list[Site], run_id: int, todo: list, total: int, progress: bool) -> None:
+    """The loop of ``capture`` on Ray (same signature as ``capture._capture_prompts``)."""
+    if not todo:
+        return
+    tok = loaded.tokenizer
+    encoded = encode(tok, [p.text for p in todo], config["chat"], config["max_tokens"])
+    order = sorted(range(len(todo)), key=lambda i: -len(encoded[i].ids))  # longest first, as in one process
+    row_bytes = 4.0 * len(sites) * loaded.d_model
+    fixed = sum(p != "all" for p in cfg.position_list)
+    chunks = [[order[k] for k in r] for r in plan_chunks(
+        [len(encoded[i].ids) for i in order], cfg.batch_size, row_bytes * fixed,
+        row_bytes * ("all" in cfg.position_list), cfg.flush_mb << 20, rc.workers)]
+    with store.connect() as con:
+        base = next_part(con, run_id)
+    items = [{"chunk": c, "part": base + c, "payload": json.dumps(
+        {"ids": [todo[i].id for i in idx], "seqs": [encoded[i].ids for i in idx]})} for c, idx in enumerate(chunks)]
+    version, group = code_version(), _Group(store, run_id, cfg.flush_mb << 20)
+    bar = tqdm(total=total, initial=total - len(todo), unit="prompt", desc=f"cache run {run_id} ({rc.workers} workers)",
+               disable=not progress)
+    with ray_session(rc.address) as (ray, local):
+        cpus, gpus = placement(ray.cluster_resources(), rc, local)
+        ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            CaptureWorker, batch_size=1, concurrency=rc.workers, num_cpus=cpus, num_gpus=gpus or None,
+            fn_constructor_kwargs={"model_cfg": model_cfg, "cfg": cfg, "sites": sites, "store": store,
+                                   "run_id": run_id, "threads": rc.threads},
+            max_restarts=rc.max_restarts, max_task_retries=rc.max_restarts)
+        try:
+            for row in ds.iter_rows():
+                if row["code_version"] != version or row["revision"] != str(loaded.revision):
+                    raise StoreError(f"a Ray worker runs interp {row['code_version']} on model revision "
+                                     f"{row['revision']}, the driver {version} on {loaded.revision}: install the "
+                                     "same interp and model on every node")
+                idx = chunks[int(row["chunk"])]
+                ids, seqs = [todo[i].id for i in idx], [encoded[i].ids for i in idx]
+                group.add(json.loads(row["shards"]),
+                          [(todo[i].id, len(encoded[i].ids), encoded[i].truncated) for i in idx],
+                          _token_frame(tok, ids, seqs))
+                bar.update(len(idx))
+        except KeyboardInterrupt:
+            group.flush()  # keep the chunks already finished, as the single-process writer does
+            raise
+        except (ray.exceptions.RayError, ray.exceptions.RayTaskError) as e:
+            raise _worker_error(e) from None
+        except Exception as e:  # Ray Data wraps a worker's exception in its own types
+            if "ray" in type(e).__module__:
+                raise _worker_error(e) from None
+            raise
+    group.flush()
+    bar.close()
