@@ -34,6 +34,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -90,8 +91,13 @@ def capture_ray(model_cfg: ModelCfg, store: Store, cfg: CaptureCfg, ray_cfg: Ray
         raise ValueError("--workers runs the model on Ray workers; --backend ndif runs it on NDIF: use one of them")
     if model_cfg.device_map is not None:
         raise ValueError("--workers loads one whole model copy per actor: drop --device-map (or use one process)")
-    loaded = load_model(replace(model_cfg, device="cpu"))
-    return capture(loaded, store, cfg, progress, loop=partial(_pipeline, model_cfg, ray_cfg))
+    with ray_session(ray_cfg.address) as (ray, local):  # first: Ray's errors come before anything is stored
+        cpus, gpus = placement(ray.cluster_resources(), ray_cfg, local)
+        if model_cfg.device != "cpu" and not gpus:
+            raise ValueError(f"--device {model_cfg.device} with --workers, but the Ray cluster has no GPUs: "
+                             "omit --device (each actor uses the GPU Ray gives it, else the CPU)")
+        loaded = load_model(replace(model_cfg, device="cpu"))
+        return capture(loaded, store, cfg, progress, loop=partial(_pipeline, ray, model_cfg, ray_cfg, cpus, gpus))
 
 
 @contextlib.contextmanager
@@ -243,8 +249,9 @@ def _worker_error(e: BaseException) -> BaseException:
     return RuntimeError(f"a capture worker failed: {first[:200]} (rerun the same command to resume)")
 
 
-def _pipeline(model_cfg: ModelCfg, rc: RayCfg, loaded: Loaded, store: Store, cfg: CaptureCfg, config: dict,
-              sites: list[Site], run_id: int, todo: list, total: int, progress: bool) -> None:
+def _pipeline(ray, model_cfg: ModelCfg, rc: RayCfg, cpus: float, gpus: float, loaded: Loaded, store: Store,
+              cfg: CaptureCfg, config: dict, sites: list[Site], run_id: int, todo: list, total: int,
+              progress: bool) -> None:
     """The loop of ``capture`` on Ray (same signature as ``capture._capture_prompts``)."""
     if not todo:
         return
@@ -261,35 +268,34 @@ def _pipeline(model_cfg: ModelCfg, rc: RayCfg, loaded: Loaded, store: Store, cfg
     items = [{"chunk": c, "part": base + c, "payload": json.dumps(
         {"ids": [todo[i].id for i in idx], "seqs": [encoded[i].ids for i in idx]})} for c, idx in enumerate(chunks)]
     version, group = code_version(), _Group(store, run_id, cfg.flush_mb << 20)
-    bar = tqdm(total=total, initial=total - len(todo), unit="prompt", desc=f"cache run {run_id} ({rc.workers} workers)",
-               disable=not progress)
-    with ray_session(rc.address) as (ray, local):
-        cpus, gpus = placement(ray.cluster_resources(), rc, local)
+    bar = tqdm(total=total, initial=total - len(todo), unit="prompt",
+               desc=f"cache run {run_id} ({rc.workers} workers)", disable=not progress)
+    with warnings.catch_warnings():  # max_restarts has no named parameter in Ray 2.60, only **ray_remote_args
+        warnings.simplefilter("ignore", DeprecationWarning)
         ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            CaptureWorker, batch_size=1, concurrency=rc.workers, num_cpus=cpus, num_gpus=gpus or None,
+            CaptureWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=rc.workers),
+            num_cpus=cpus, num_gpus=gpus or None,
             fn_constructor_kwargs={"model_cfg": model_cfg, "cfg": cfg, "sites": sites, "store": store,
                                    "run_id": run_id, "threads": rc.threads},
             max_restarts=rc.max_restarts, max_task_retries=rc.max_restarts)
-        try:
-            for row in ds.iter_rows():
-                if row["code_version"] != version or row["revision"] != str(loaded.revision):
-                    raise StoreError(f"a Ray worker runs interp {row['code_version']} on model revision "
-                                     f"{row['revision']}, the driver {version} on {loaded.revision}: install the "
-                                     "same interp and model on every node")
-                idx = chunks[int(row["chunk"])]
-                ids, seqs = [todo[i].id for i in idx], [encoded[i].ids for i in idx]
-                group.add(json.loads(row["shards"]),
-                          [(todo[i].id, len(encoded[i].ids), encoded[i].truncated) for i in idx],
-                          _token_frame(tok, ids, seqs))
-                bar.update(len(idx))
-        except KeyboardInterrupt:
-            group.flush()  # keep the chunks already finished, as the single-process writer does
-            raise
-        except (ray.exceptions.RayError, ray.exceptions.RayTaskError) as e:
+    try:
+        for row in ds.iter_rows():
+            if row["code_version"] != version or row["revision"] != str(loaded.revision):
+                raise StoreError(f"a Ray worker runs interp {row['code_version']} on model revision "
+                                 f"{row['revision']}, the driver {version} on {loaded.revision}: install the "
+                                 "same interp and model on every node")
+            idx = chunks[int(row["chunk"])]
+            ids, seqs = [todo[i].id for i in idx], [encoded[i].ids for i in idx]
+            group.add(json.loads(row["shards"]),
+                      [(todo[i].id, len(encoded[i].ids), encoded[i].truncated) for i in idx],
+                      _token_frame(tok, ids, seqs))
+            bar.update(len(idx))
+    except KeyboardInterrupt:
+        group.flush()  # keep the chunks already finished, as the single-process writer does
+        raise
+    except Exception as e:  # Ray (Data) wraps a worker's exception in its own types
+        if type(e).__module__.startswith("ray"):
             raise _worker_error(e) from None
-        except Exception as e:  # Ray Data wraps a worker's exception in its own types
-            if "ray" in type(e).__module__:
-                raise _worker_error(e) from None
-            raise
+        raise
     group.flush()
     bar.close()

@@ -28,11 +28,13 @@ from interp.validate import Boolean, Optional, Whole
     "device_map": "accelerate device map, e.g. auto, for models larger than one device",
     "revision": "hub branch/tag/commit",
     "flush_mb": "commit to the store every N MB of vectors (smaller: finer-grained resume)",
+    "workers": "run the model on N Ray actors (one model copy each; needs interp[ray]); the same run as one process",
+    "ray_address": "with --workers: a running Ray cluster (default: RAY_ADDRESS, else a private local Ray)",
 })
 @user_errors
 def cache(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, prompts="harmful,neutral", hooks="resid_post",
           positions="last", backend="nnsight", batch_size=8, limit=None, chat=None, dtype="float32",
-          device="cpu", device_map=None, revision=None, flush_mb=128):
+          device="cpu", device_map=None, revision=None, flush_mb=128, workers=None, ray_address=None):
     """Run prompts through the model and store activations (resumes an interrupted run)."""
     from interp.capture.capture import CaptureCfg, capture
     from interp.model.loading import ModelCfg, load_model
@@ -41,6 +43,11 @@ def cache(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, prompts="harmful,neutral"
     cfg = CaptureCfg(prompts=prompts, hooks=hooks, positions=positions, backend=backend,
                      batch_size=batch_size, limit=limit, chat=chat, flush_mb=flush_mb)
     Store(store).preflight()
-    loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
-    run_id = capture(loaded, Store(store), cfg)
+    model_cfg = ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map)
+    if workers is None and ray_address is None:
+        run_id = capture(load_model(model_cfg), Store(store), cfg)
+    else:
+        from interp.capture.ray_capture import RayCfg, capture_ray
+
+        run_id = capture_ray(model_cfg, Store(store), cfg, RayCfg(workers=workers or 1, address=ray_address))
     print(f"run {run_id}: cached into {Store(store).path}")

@@ -1,0 +1,206 @@
+"""`invoke cache --workers N` on a local Ray: the same store as one process (identity, prompts,
+vectors to 1e-5), a killed worker restarted without loss, a killed driver resumed without loss or
+duplicates, and every Ray process gone afterwards (found and, if need be, ended by pid).
+
+Ray runs in a private temporary directory per test (TMPDIR): short, because Ray's socket paths
+must fit in 107 bytes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'interp[ray]'")
+psutil = pytest.importorskip("psutil")
+
+from interp.capture.capture import CaptureCfg, capture
+from interp.capture.ray_capture import RayCfg, capture_ray, placement, plan_chunks
+from interp.model.loading import ModelCfg, load_model
+from store import Store
+from store.activations import read_vectors
+
+REPO = Path(__file__).resolve().parents[2]
+N_PROMPTS = 96
+HOOKS, POSITIONS = "resid_post,z:2", "last,all"
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """The tiny model saved to a directory (every worker loads it), a prompt file, and the store
+    one process writes from them: the reference every Ray run is compared with."""
+    from interp.model.loading import wrap
+    from tests.conftest import byte_tokenizer, tiny_llama
+
+    d = tmp_path_factory.mktemp("ray")
+    tiny = wrap(tiny_llama(), byte_tokenizer(), name="tiny-llama", revision="seed0")
+    tiny.model.save_pretrained(d / "tiny")
+    tiny.tokenizer.save_pretrained(d / "tiny")
+    words = ["river", "garden", "stone", "light", "paper", "window", "music", "field", "cloud", "number"]
+    rng = random.Random(0)
+    (d / "p.jsonl").write_text("\n".join(
+        json.dumps({"id": f"p{i:03d}", "text": " ".join(rng.choices(words, k=rng.randint(2, 30)))})
+        for i in range(N_PROMPTS)))
+    ref = Store(d / "one.duckdb")
+    capture(load_model(str(d / "tiny")), ref, _cfg(d, batch_size=8), progress=False)
+    return d, ref
+
+
+def _cfg(d: Path, batch_size: int = 2) -> CaptureCfg:
+    return CaptureCfg(prompts=str(d / "p.jsonl"), hooks=HOOKS, positions=POSITIONS, backend="torch",
+                      batch_size=batch_size, flush_mb=0)
+
+
+@pytest.fixture
+def ray_tmp(monkeypatch):
+    """A private, short temporary directory for Ray (checked empty and removed afterwards)."""
+    path = tempfile.mkdtemp(prefix="r", dir="/tmp")
+    monkeypatch.setenv("TMPDIR", path)
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _same_store(store: Store, ref: Store) -> None:
+    """One run with the reference's identity and prompts, every vector once and equal to 1e-5."""
+    with store.connect(read_only=True) as con, ref.connect(read_only=True) as rcon:
+        q = "SELECT run_id, config_hash, status FROM runs"
+        assert con.execute(q).fetchall() == rcon.execute(q).fetchall()
+        q = "SELECT prompt_id, n_tokens, truncated FROM run_prompts ORDER BY prompt_id"
+        assert con.execute(q).fetchall() == rcon.execute(q).fetchall()
+        q = "SELECT count(*) FROM tokens"
+        assert con.execute(q).fetchone() == rcon.execute(q).fetchone()
+        dups = con.execute("SELECT count(*) FROM (SELECT hook, layer, prompt_id, reduce, pos, head FROM activations "
+                           "GROUP BY ALL HAVING count(*) > 1)").fetchone()[0]
+        assert dups == 0
+        for hook in ("resid_post", "z"):
+            for reduce in ("last", "all"):
+                meta, X = read_vectors(con, store, 1, hook, None, reduce)
+                meta2, X2 = read_vectors(rcon, ref, 1, hook, None, reduce)
+                assert meta.equals(meta2)
+                np.testing.assert_allclose(X, X2, rtol=1e-5, atol=1e-5)
+
+
+def _descendants(pid: int) -> list:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _end(procs: list, timeout: float = 30.0) -> list:
+    """Wait for ``procs`` to exit; end the survivors by pid. Returns the survivors' command lines."""
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    survivors = []
+    for p in alive:
+        with __import__("contextlib").suppress(psutil.NoSuchProcess):
+            survivors.append(" ".join(p.cmdline())[:80])
+            p.kill()
+    psutil.wait_procs(alive, timeout=10)
+    return survivors
+
+
+def _invoke(*args) -> list[str]:
+    return [sys.executable, "-m", "invoke", *args]
+
+
+def _cache_cmd(d: Path, store: Path) -> list[str]:
+    return _invoke("cache", "--model", str(d / "tiny"), "--store", str(store), "--prompts", str(d / "p.jsonl"),
+                   "--hooks", HOOKS, "--positions", POSITIONS, "--backend", "torch", "--batch-size", "2",
+                   "--flush-mb", "0", "--workers", "2")
+
+
+def _check(store: Path) -> tuple[int, str]:
+    r = subprocess.run(_invoke("check", "--store", str(store)), cwd=REPO, capture_output=True, text=True, timeout=120)
+    return r.returncode, r.stdout + r.stderr
+
+
+def _wait_for_commit(proc, store: Store, timeout: float = 150.0) -> None:
+    layer0 = store.shard_dir / "run_id=1" / "hook=resid_post" / "layer=0"
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if list(layer0.glob("part-*.parquet")):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no commit within {timeout} s: {proc.poll()=}")
+
+
+def test_plan_and_placement():
+    # whole batches, about flush_bytes each, at least two chunks per worker
+    chunks = plan_chunks([10] * 100, 4, 1000.0, 0.0, 10_000, 2)
+    assert all(len(c) % 4 == 0 for c in chunks[:-1]) and sum(map(len, chunks)) == 100
+    assert len(chunks[0]) == 12 and len(chunks) == 9
+    assert len(plan_chunks([10] * 100, 4, 1.0, 0.0, 1 << 30, 2)[0]) == 28  # ceil(100 / 4) up to whole batches
+    assert placement({"CPU": 2.0}, RayCfg(workers=2), local=True) == (0.5, 0.0)
+    assert placement({"CPU": 16.0, "GPU": 4.0}, RayCfg(workers=4), local=False) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="needs 4 GPUs"):
+        placement({"CPU": 16.0, "GPU": 2.0}, RayCfg(workers=4), local=False)
+    with pytest.raises(ValueError, match="leave Ray Data no CPU"):
+        placement({"CPU": 2.0}, RayCfg(workers=2, cpus=1.0), local=True)
+
+
+def test_two_workers_write_the_store_one_process_writes(work, ray_tmp):
+    d, ref = work
+    store = Store(d / "two.duckdb")
+    run = capture_ray(ModelCfg(str(d / "tiny")), store, _cfg(d, batch_size=4), RayCfg(workers=2), progress=False)
+    assert run == 1
+    _same_store(store, ref)
+    assert os.listdir(ray_tmp) == []  # Ray's session directory removed
+    assert not [p for p in _descendants(os.getpid()) if "ray" in " ".join(p.cmdline())]
+
+
+def test_killed_worker_is_restarted_and_nothing_is_lost(work, ray_tmp):
+    d, ref = work
+    store = Store(d / "worker.duckdb")
+    env = {**os.environ, "TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_cache_cmd(d, store.path), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_commit(proc, store)
+        workers = [p for p in _descendants(proc.pid) if "CaptureWorker" in " ".join(p.cmdline())]
+        assert workers, "no Ray worker found while the run was going"
+        os.kill(workers[0].pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        rest = _descendants(proc.pid)
+        proc.kill()
+        _end(rest, timeout=5)
+    assert proc.returncode == 0, out[-2000:]
+    code, report = _check(store.path)
+    assert code == 0 and "is consistent" in report, report
+    _same_store(store, ref)
+
+
+def test_killed_driver_leaves_a_store_check_accepts_and_a_rerun_completes(work, ray_tmp):
+    d, ref = work
+    store = Store(d / "driver.duckdb")
+    env = {**os.environ, "TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(_cache_cmd(d, store.path), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _wait_for_commit(proc, store)
+    ray_procs = _descendants(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    survivors = _end(ray_procs)
+    assert not survivors, f"Ray processes outlived their driver: {survivors}"
+    # what the kill left: an interrupted run and perhaps uncommitted .tmp files, nothing else
+    code, report = _check(store.path)
+    bad = [line for line in report.splitlines() if line.startswith("BAD")]
+    assert code == 1 and bad and all(line.split()[1] in ("runs", "tmp") for line in bad), report
+    with store.connect(read_only=True) as con:
+        assert 0 < con.execute("SELECT count(*) FROM run_prompts").fetchone()[0] < N_PROMPTS
+    done = subprocess.run(_cache_cmd(d, store.path), cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    code, report = _check(store.path)
+    assert code == 0 and "is consistent" in report, report
+    _same_store(store, ref)
