@@ -19,6 +19,7 @@ import errno
 import os
 import threading
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,13 +79,17 @@ def recover(store: Store) -> dict[str, int]:
     """
     if store.is_remote or not store.shard_dir.exists():
         return {"renamed": 0, "deleted": 0}
-    tmps = list(store.shard_dir.rglob("*.parquet.tmp"))
+    tmps = list(store.shard_dir.rglob("*.parquet*.tmp"))
     if not tmps:
         return {"renamed": 0, "deleted": 0}
     with store.connect() as con:
         committed = {r[0] for r in con.execute("SELECT path FROM shards").fetchall()}
     renamed = deleted = 0
     for tmp in tmps:
+        if not tmp.name.endswith(".parquet.tmp"):  # a Ray worker's file (worker_suffix) no commit took
+            tmp.unlink()
+            deleted += 1
+            continue
         rel = str(tmp.relative_to(store.shard_dir))[: -len(".tmp")]
         if rel in committed:
             os.replace(tmp, store.shard_dir / rel)
@@ -213,21 +218,44 @@ def shard_write_error(store: Store, e: OSError) -> StoreError:
 
 
 def write_part(store: Store, run_id: int, hook: str, layer: int, part: int, blocks: list[Block],
-               durable: bool = True) -> tuple:
+               durable: bool = True, suffix: str = ".tmp") -> tuple:
     """Step 1 of the commit protocol for one (hook, layer) shard: write ``part-N.parquet.tmp``
     (fsynced when ``durable``), or the final object on object storage. Returns the manifest row
     (hook, layer, part, path, n_rows, n_bytes, crc32) for ``commit_parts``. Needs no DuckDB
-    connection, so any process that reaches the shard location can call it (Ray capture workers)."""
+    connection, so any process that reaches the shard location can call it: Ray capture workers
+    pass a ``worker_suffix()`` and the driver takes the file with ``take_worker_part``."""
     rel = f"run_id={run_id}/hook={hook}/layer={layer}/part-{part:06d}.parquet"
     if store.is_remote:  # written by DuckDB's httpfs: no bytes of ours to checksum
         n_rows, n_bytes = remote.write_table(pa.concat_tables([b.table() for b in blocks]), store.shard_url(rel))
         return hook, layer, part, rel, n_rows, n_bytes, None
-    tmp = store.shard_dir / (rel + ".tmp")
+    tmp = store.shard_dir / (rel + suffix)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     n_rows, n_bytes, crc = write_shard(tmp, blocks)
     if durable:
         _fsync(tmp)
     return hook, layer, part, rel, n_rows, n_bytes, crc
+
+
+def worker_suffix() -> str:
+    """A file suffix of its own for one attempt of a Ray worker at a part (``.w<random>.tmp``).
+
+    Ray may run a chunk twice (a task retried after its result was delivered): each attempt
+    writes its own file, and only the driver turns the attempt it commits into ``part-N.parquet.tmp``
+    (``take_worker_part``), so a late attempt can never write a file that ``recover()`` would
+    rename over a committed shard; ``recover()`` deletes every worker file no commit took."""
+    return f".w{uuid.uuid4().hex[:12]}.tmp"
+
+
+def take_worker_part(store: Store, rel: str, suffix: str) -> None:
+    """The driver's side of ``worker_suffix``: the worker's file becomes ``rel.tmp``, before the
+    commit that lists it (call under the write lock). Object storage has no ``.tmp`` step."""
+    if store.is_remote:
+        return
+    try:
+        os.replace(store.shard_dir / (rel + suffix), store.shard_dir / (rel + ".tmp"))
+    except FileNotFoundError:
+        raise StoreError(f"a Ray worker wrote {rel} where the driver cannot see it ({store.shard_root}): every "
+                         "worker must write to the store's shard location (a shared file system or S3)") from None
 
 
 def commit_parts(store: Store, run_id: int, shards: list[tuple], prompts: list[tuple[str, int, int]],

@@ -93,7 +93,7 @@ def _files_on_storage(store: Store) -> tuple[set[str], list[str]]:
             return set(), []
         names = [str(p.relative_to(store.shard_dir)) for p in store.shard_dir.rglob("*.parquet*")]
     parquet = {n for n in names if n.endswith(".parquet") and not n.startswith("run_id=0/")}
-    tmps = sorted(n for n in names if n.endswith(".parquet.tmp"))
+    tmps = sorted(n for n in names if n.endswith(".tmp"))  # .parquet.tmp, and Ray workers' .parquet.w*.tmp
     return parquet, tmps
 
 

@@ -49,7 +49,16 @@ from interp.model.loading import Loaded, ModelCfg, load_model
 from interp.model.sites import Site
 from interp.provenance import code_version
 from store import Store, StoreError
-from store.activations import Block, commit_parts, next_part, shard_write_error, write_part
+from store.activations import (
+    Block,
+    commit_parts,
+    next_part,
+    recover,
+    shard_write_error,
+    take_worker_part,
+    worker_suffix,
+    write_part,
+)
 
 
 @dataclass(frozen=True)
@@ -167,9 +176,10 @@ def plan_chunks(n_tokens: list[int], batch_size: int, bytes_per_prompt: float, b
 
 
 def capture_chunk(loaded: Loaded, cfg: CaptureCfg, sites: list[Site], store: Store, run_id: int, part: int,
-                  prompt_ids: list[str], seqs: list[list[int]]) -> list[tuple]:
+                  prompt_ids: list[str], seqs: list[list[int]]) -> tuple[list[tuple], str]:
     """Run one chunk through the model in batches of ``cfg.batch_size`` and write its shards (one
-    per hook and layer, all numbered ``part``); returns their manifest rows."""
+    per hook and layer, all numbered ``part``, in files of this attempt's own suffix); returns
+    their manifest rows and the suffix."""
     by_site: dict[tuple[str, int], list[Block]] = {}
     with open_backend(loaded, cfg.backend) as backend:
         for start in range(0, len(seqs), cfg.batch_size):
@@ -179,8 +189,10 @@ def capture_chunk(loaded: Loaded, cfg: CaptureCfg, sites: list[Site], store: Sto
             backend.run(batch, sites, col)
             for b in _blocks(col, ids, [len(s) for s in batch_seqs]):
                 by_site.setdefault((b.hook, b.layer), []).append(b)
+    suffix = worker_suffix()
     try:
-        return [write_part(store, run_id, hook, layer, part, blocks) for (hook, layer), blocks in by_site.items()]
+        return [write_part(store, run_id, hook, layer, part, blocks, suffix=suffix)
+                for (hook, layer), blocks in by_site.items()], suffix
     except OSError as e:
         raise shard_write_error(store, e) from None
 
@@ -199,13 +211,14 @@ class CaptureWorker:
         self.version = code_version()
 
     def __call__(self, batch: dict) -> dict:
-        out: dict[str, list] = {"chunk": [], "shards": [], "code_version": [], "revision": []}
+        out: dict[str, list] = {"chunk": [], "shards": [], "suffix": [], "code_version": [], "revision": []}
         for chunk, part, payload in zip(batch["chunk"], batch["part"], batch["payload"]):
             job = json.loads(payload)
-            shards = capture_chunk(self.loaded, self.cfg, self.sites, self.store, self.run_id, int(part),
+            shards, suffix = capture_chunk(self.loaded, self.cfg, self.sites, self.store, self.run_id, int(part),
                                    job["ids"], job["seqs"])
             out["chunk"].append(int(chunk))
             out["shards"].append(json.dumps(shards, default=int))
+            out["suffix"].append(suffix)
             out["code_version"].append(self.version)
             out["revision"].append(str(self.loaded.revision))
         return {k: np.array(v) for k, v in out.items()}
@@ -220,11 +233,12 @@ class _Group:
         self._reset()
 
     def _reset(self) -> None:
-        self.shards, self.prompts, self.tokens, self.bytes = [], [], [], 0
+        self.shards, self.suffixes, self.prompts, self.tokens, self.bytes = [], [], [], [], 0
         self.since = time.monotonic()
 
-    def add(self, shards: list[tuple], prompts: list[tuple[str, int, int]], tokens) -> None:
+    def add(self, shards: list[tuple], suffix: str, prompts: list[tuple[str, int, int]], tokens) -> None:
         self.shards += [tuple(s) for s in shards]
+        self.suffixes += [suffix] * len(shards)
         self.prompts += prompts
         self.tokens.append(tokens)
         self.bytes += sum(int(s[5]) for s in shards)
@@ -233,6 +247,8 @@ class _Group:
 
     def flush(self) -> None:
         if self.prompts:
+            for shard, suffix in zip(self.shards, self.suffixes):
+                take_worker_part(self.store, shard[3], suffix)
             commit_parts(self.store, self.run_id, self.shards, self.prompts, self.tokens)
         self._reset()
 
@@ -278,15 +294,19 @@ def _pipeline(ray, model_cfg: ModelCfg, rc: RayCfg, cpus: float, gpus: float, lo
             fn_constructor_kwargs={"model_cfg": model_cfg, "cfg": cfg, "sites": sites, "store": store,
                                    "run_id": run_id, "threads": rc.threads},
             max_restarts=rc.max_restarts, max_task_retries=rc.max_restarts)
+    received: set[int] = set()
     try:
         for row in ds.iter_rows():
+            if int(row["chunk"]) in received:  # a retried chunk reported twice: its files are removed below
+                continue
+            received.add(int(row["chunk"]))
             if row["code_version"] != version or row["revision"] != str(loaded.revision):
                 raise StoreError(f"a Ray worker runs interp {row['code_version']} on model revision "
                                  f"{row['revision']}, the driver {version} on {loaded.revision}: install the "
                                  "same interp and model on every node")
             idx = chunks[int(row["chunk"])]
             ids, seqs = [todo[i].id for i in idx], [encoded[i].ids for i in idx]
-            group.add(json.loads(row["shards"]),
+            group.add(json.loads(row["shards"]), str(row["suffix"]),
                       [(todo[i].id, len(encoded[i].ids), encoded[i].truncated) for i in idx],
                       _token_frame(tok, ids, seqs))
             bar.update(len(idx))
@@ -299,3 +319,4 @@ def _pipeline(ray, model_cfg: ModelCfg, rc: RayCfg, cpus: float, gpus: float, lo
         raise
     group.flush()
     bar.close()
+    recover(store)  # files of chunks Ray ran twice (under the write lock this run holds)

@@ -11,7 +11,7 @@ from interp.validate import Boolean, Optional, Whole
 
 @task(klass=CliTask, types={
     "batch_size": Whole(min=1), "limit": Optional(Whole(min=1)), "chat": Optional(Boolean()),
-    "flush_mb": Whole(min=0),
+    "flush_mb": Whole(min=0), "workers": Optional(Whole(min=1)),
 }, help={
     **HELP_COMMON,
     "prompts": "prompt sets or files, comma-separated: harmful, harmbench, donotanswer, toxic, neutral, "

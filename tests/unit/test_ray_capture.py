@@ -7,6 +7,7 @@ must fit in 107 bytes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +26,10 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'interp[ray]'")
 psutil = pytest.importorskip("psutil")
 
-from interp.capture.capture import CaptureCfg, capture
+from interp.capture.capture import CaptureCfg, _capture_prompts, capture
 from interp.capture.ray_capture import RayCfg, capture_ray, placement, plan_chunks
 from interp.model.loading import ModelCfg, load_model
-from store import Store
+from store import Store, StoreError
 from store.activations import read_vectors
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,6 +93,10 @@ def _same_store(store: Store, ref: Store) -> None:
                 np.testing.assert_allclose(X, X2, rtol=1e-5, atol=1e-5)
 
 
+def _capture_prompts_first(n, loaded, store, cfg, config, sites, run_id, todo, total, progress):
+    _capture_prompts(loaded, store, cfg, config, sites, run_id, todo[:n], total, progress)
+
+
 def _descendants(pid: int) -> list:
     try:
         return psutil.Process(pid).children(recursive=True)
@@ -103,7 +109,7 @@ def _end(procs: list, timeout: float = 30.0) -> list:
     _, alive = psutil.wait_procs(procs, timeout=timeout)
     survivors = []
     for p in alive:
-        with __import__("contextlib").suppress(psutil.NoSuchProcess):
+        with contextlib.suppress(psutil.NoSuchProcess):
             survivors.append(" ".join(p.cmdline())[:80])
             p.kill()
     psutil.wait_procs(alive, timeout=10)
@@ -152,6 +158,10 @@ def test_plan_and_placement():
 def test_two_workers_write_the_store_one_process_writes(work, ray_tmp):
     d, ref = work
     store = Store(d / "two.duckdb")
+    # one process stores the first 30 prompts and is stopped; the pool resumes the same run
+    half = partial(_capture_prompts_first, 30)
+    with pytest.raises(StoreError, match="missing prompts"):
+        capture(load_model(str(d / "tiny")), store, _cfg(d), progress=False, loop=half)
     run = capture_ray(ModelCfg(str(d / "tiny")), store, _cfg(d, batch_size=4), RayCfg(workers=2), progress=False)
     assert run == 1
     _same_store(store, ref)
@@ -199,7 +209,8 @@ def test_killed_driver_leaves_a_store_check_accepts_and_a_rerun_completes(work, 
     assert code == 1 and bad and all(line.split()[1] in ("runs", "tmp") for line in bad), report
     with store.connect(read_only=True) as con:
         assert 0 < con.execute("SELECT count(*) FROM run_prompts").fetchone()[0] < N_PROMPTS
-    done = subprocess.run(_cache_cmd(d, store.path), cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    # the same command without --workers resumes it: one process, the same run
+    done = subprocess.run(_cache_cmd(d, store.path)[:-2], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     code, report = _check(store.path)
     assert code == 0 and "is consistent" in report, report
