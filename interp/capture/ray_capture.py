@@ -26,16 +26,11 @@ Every worker must reach the store's shard location: local disk when Ray runs on 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import math
-import os
-import shutil
-import tempfile
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -45,6 +40,7 @@ from tqdm.auto import tqdm
 from interp.capture.backends import open_backend
 from interp.capture.batching import encode, pad
 from interp.capture.capture import CaptureCfg, _blocks, _Collector, _token_frame, capture
+from interp.capture.ray_session import RayCfg, placement, ray_session
 from interp.model.loading import Loaded, ModelCfg, load_model
 from interp.model.sites import Site
 from interp.provenance import code_version
@@ -59,35 +55,6 @@ from store.activations import (
     worker_suffix,
     write_part,
 )
-
-
-@dataclass(frozen=True)
-class RayCfg:
-    """Where and how wide the pipeline runs. None of it is part of a run's identity."""
-
-    workers: int = 2
-    """Actors, each holding its own copy of the model."""
-    address: str | None = None
-    """A running Ray cluster (what ``ray start --head`` prints); None: ``RAY_ADDRESS``, else a
-    private local Ray in a temporary directory, shut down at the end."""
-    threads: int = 1
-    """Torch threads per actor (more threads than cores slowed evaluation about 4x here)."""
-    cpus: float | None = None
-    """CPUs Ray reserves per actor. None: locally (cores - 1) / workers, at most ``threads``, so
-    Ray Data's own tasks keep a core (actors holding every CPU of 2 hung the pipeline); on a
-    cluster ``threads``."""
-    gpus: float | None = None
-    """GPUs per actor. None: 1 when the cluster has GPUs (the actor loads the model on cuda), else 0."""
-    max_restarts: int = 3
-    """How often Ray restarts a dead actor (and retries its chunk) before the run fails."""
-
-    def __post_init__(self) -> None:
-        if self.workers < 1 or self.threads < 1:
-            raise ValueError("--workers and threads per worker must be at least 1")
-        if (self.cpus is not None and self.cpus <= 0) or (self.gpus is not None and self.gpus < 0):
-            raise ValueError("CPUs per worker must be positive and GPUs per worker not negative")
-        if self.max_restarts < 0:
-            raise ValueError("max_restarts must be 0 or more")
 
 
 def capture_ray(model_cfg: ModelCfg, store: Store, cfg: CaptureCfg, ray_cfg: RayCfg, progress: bool = True) -> int:
@@ -107,57 +74,6 @@ def capture_ray(model_cfg: ModelCfg, store: Store, cfg: CaptureCfg, ray_cfg: Ray
                              "omit --device (each actor uses the GPU Ray gives it, else the CPU)")
         loaded = load_model(replace(model_cfg, device="cpu"))
         return capture(loaded, store, cfg, progress, loop=partial(_pipeline, ray, model_cfg, ray_cfg, cpus, gpus))
-
-
-@contextlib.contextmanager
-def ray_session(address: str | None):
-    """Ray for one run: connected to ``address`` (or ``RAY_ADDRESS``), or a private local Ray in
-    a new temporary directory, shut down and removed on exit. Yields (ray, local)."""
-    try:
-        import ray
-        import ray.data
-    except ImportError:
-        raise RuntimeError("--workers needs Ray: pip install 'interp[ray]'") from None
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if ray.is_initialized():
-        raise RuntimeError("Ray is already initialised in this process: capture starts and stops its own session")
-    tmp = None
-    common = {"logging_level": logging.WARNING, "log_to_driver": False}
-    try:
-        if address:
-            ray.init(address=address, **common)
-        else:
-            tmp = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths must fit in 107 bytes
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, _temp_dir=tmp,
-                     object_store_memory=256 << 20, **common)
-    except ConnectionError as e:
-        raise RuntimeError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]} "
-                           "(start one with `ray start --head`, or omit --ray-address for a local Ray)") from None
-    try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.print_on_execution_start = False
-        yield ray, address is None
-    finally:
-        ray.shutdown()
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def placement(resources: dict, rc: RayCfg, local: bool) -> tuple[float, float]:
-    """(CPUs, GPUs) per actor for a cluster with ``resources``; a pool that cannot fit (and would
-    wait forever) is a one-line error."""
-    have_cpu, have_gpu = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
-    gpus = rc.gpus if rc.gpus is not None else (1.0 if have_gpu >= 1 else 0.0)
-    cpus = rc.cpus if rc.cpus is not None else (
-        min(float(rc.threads), max(0.1, (have_cpu - 1) / rc.workers)) if local else float(rc.threads))
-    if gpus * rc.workers > have_gpu:
-        raise ValueError(f"--workers {rc.workers} needs {gpus * rc.workers:g} GPUs ({gpus:g} per actor) but the "
-                         f"Ray cluster has {have_gpu:g}: use fewer workers")
-    if cpus * rc.workers + min(1.0, have_cpu / 4) > have_cpu:
-        raise ValueError(f"--workers {rc.workers} at {cpus:g} CPUs each would leave Ray Data no CPU on a cluster "
-                         f"of {have_cpu:g} (it hangs): use fewer workers")
-    return cpus, gpus
 
 
 def plan_chunks(n_tokens: list[int], batch_size: int, bytes_per_prompt: float, bytes_per_token: float,
