@@ -102,7 +102,8 @@ def _descendants(pid: int) -> list[int]:
             parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
     found, todo = [], [pid]
     while todo:
-        kids = [c for c, p in parent.items() if p == todo.pop()]
+        here = todo.pop()
+        kids = [c for c, p in parent.items() if p == here]
         found += kids
         todo += kids
     return found
