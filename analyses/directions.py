@@ -9,6 +9,12 @@
   onto the unit difference of means, on the balanced test split.
 - ``select``: the documented rule combining probe separability, ablation effect and KL cost.
 No model is imported: ablation effects and KL costs are measured by the study and passed in.
+
+Memory bound: one (hook, layer, position) at a time (``safety_data.iter_layers``), so flat in the
+number of layers, and linear in the prompts P of that layer: its vectors (P x d float32) and the
+logistic probe's standardised float64 copy (P x d); the difference of means itself is streamed
+(``MeanFitter``: 2 x d float64 whatever P), and the variance-matched baseline adds one d x d
+second moment (``bench/scaling.py`` measures it).
 """
 
 from __future__ import annotations

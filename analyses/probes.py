@@ -19,6 +19,14 @@ For every (hook, layer, position) and problem in ``safety_data.PROBLEMS``, on th
   (``cross_dm:A->B``, ``within_dm:B``).
 ``best_layers`` picks each problem's layer on the train split only (cross-validated scores) and reports
 the held-out score beside it. Vectors stream from the store one layer at a time; no model is imported.
+
+Memory bound: one (hook, layer, position) at a time, so flat in the number of layers and sites, but
+linear in the number of prompts P of that layer: its vectors (P x d float32, as read), a standardised
+float64 copy of the training rows, and the ridge probe's dual form, which holds the n x n Gram matrix
+of a fold's n training rows (float64; 8 n^2 bytes: 80 MB at 3,200 training prompts) and an
+(n_test x n) hat matrix shared by every permutation. At 10x the prompts the Gram term is 100x: the
+probe is meant for labelled probing sets (thousands of prompts), not for whole activation datasets
+(``bench/scaling.py`` measures it).
 """
 
 from __future__ import annotations
