@@ -10,13 +10,17 @@ out). Each phase runs in its own process so its peak RSS is its own:
   ``--flush-mb``, which bounds its buffers);
 - stream: mean cosine and angular distance between every pair of residual states, streamed
   part by part from the store (``store.scan.iter_parts``; memory bounded by one commit);
-- study: the layer study's own analysis (``analyses.layer_similarity.run``), for comparison
-  (``--no-in-memory`` skips it). Until 2026-11-23 it held every vector at once; it now
-  streams the store part by part too.
+- study: the layer study's own analysis (``analyses.layer_similarity.run``: cosine, angular
+  distance, Block Influence), for comparison (``--no-in-memory`` skips it). Until 2026-11-23 it
+  held every vector at once; it now streams the store part by part too;
+- probes, directions: the safety study's per-layer probes (``analyses.probes.run``) and concept
+  directions (``analyses.directions.run``) over three layers, on the prompts labelled by a hash of
+  their id (``--no-safety`` skips them). Both read one layer at a time: their memory is meant to
+  grow with the prompts of one layer (the probe's n x n Gram matrix), not with the layers.
 
 Ratios are against 1x: ``time/token`` near 1.0 means linear time, ``RSS`` near 1.0 flat memory.
 
-    python bench/scaling.py [--scales 1,10,100] [--base-prompts 64] [--flush-mb 16] [--batch-size 16]
+    python bench/scaling.py [--scales 1,10,100] [--base-prompts 64] [--flush-mb 16] [--batch-size 16] [--no-safety]
 """
 
 from __future__ import annotations
@@ -127,8 +131,56 @@ def phase_memory(args) -> dict:
     return {"memory_s": t, "rss_memory_mb": peak_rss_mb(), "cos_mem": cos.tolist()}
 
 
+SAFETY_LAYERS = 3
+"""Layers the probe and direction phases read (first, middle, last resid_pre): each reads one layer
+at a time, so its memory depends on the prompts per layer, not on how many layers it reads."""
+
+
+def _labelled(store, run: int):
+    """The run's prompts labelled harmful/neutral by a fixed hash of their id: book passages carry no
+    such classes, so the scores mean nothing; only time and memory are measured."""
+    import zlib
+
+    import pandas as pd
+
+    from analyses.safety_data import dataset_frame
+
+    with store.connect(read_only=True) as con:
+        ids = [r[0] for r in con.execute("SELECT prompt_id FROM run_prompts WHERE run_id = ? ORDER BY prompt_id",
+                                         [run]).fetchall()]
+    cls = ["harmful" if zlib.crc32(i.encode()) % 2 else "neutral" for i in ids]
+    frame = pd.DataFrame({"prompt_id": ids, "dataset": cls, "source": "book", "label": cls, "grp": None,
+                          "group_kept": None})
+    return dataset_frame(frame, 0.2, 0, ())
+
+
+def phase_safety(args) -> dict:
+    """Per-layer probes (ridge CV with a permutation null, logistic CV, held-out) and concept
+    directions (difference of means, logistic direction) over SAFETY_LAYERS layers."""
+    from analyses import directions, probes
+    from store import Store
+
+    store = Store(args.store)
+    data = _labelled(store, args.run)
+    cfg = probes.ProbeCfg(problems=("harmful_vs_neutral",), permutations=50)
+    layers = sorted({0, args.n_layers // 2, args.n_layers - 1})[:SAFETY_LAYERS]
+    out = {}
+    t0 = time.perf_counter()
+    with store.connect(read_only=True) as con:
+        if args.phase == "probes":
+            df = probes.run(con, store, args.run, data, cfg, ["resid_pre"], ["last"], layers, progress=False)
+        else:
+            df, _ = directions.run(con, store, args.run, data, cfg, ["resid_pre"], ["last"], layers,
+                                   concepts=("harmful",), progress=False)
+    out[f"{args.phase}_s"] = time.perf_counter() - t0
+    out[f"rss_{args.phase}_mb"] = peak_rss_mb()
+    out[f"{args.phase}_rows"] = len(df)
+    return out
+
+
 def worker(args) -> None:
-    fn = {"cache": phase_cache, "stream": phase_stream, "memory": phase_memory}[args.phase]
+    fn = {"cache": phase_cache, "stream": phase_stream, "memory": phase_memory, "probes": phase_safety,
+          "directions": phase_safety}[args.phase]
     print("RESULT " + json.dumps(fn(args)), flush=True)
 
 
@@ -148,6 +200,7 @@ def main() -> None:
     ap.add_argument("--flush-mb", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--no-in-memory", action="store_true", help="skip the layer study's own analysis (layer_similarity.run)")
+    ap.add_argument("--no-safety", action="store_true", help="skip the probe and direction phases")
     ap.add_argument("--phase", help=argparse.SUPPRESS)
     ap.add_argument("--store", help=argparse.SUPPRESS)
     ap.add_argument("--prompt-file", help=argparse.SUPPRESS)
@@ -180,6 +233,9 @@ def main() -> None:
                 m = run_phase("memory", store=store, run=c["run"])
                 row.update(m)
                 row["stream_vs_memory_max_diff"] = float(np.abs(np.array(s["cos"]) - np.array(m["cos_mem"])).max())
+            if not args.no_safety:
+                for phase in ("probes", "directions"):
+                    row.update(run_phase(phase, store=store, run=c["run"], n_layers=n_layers))
             rows.append(row)
             print(f"{scale}x done: {c['tokens']} tokens, cache {c['cache_s']:.0f}s, load avg "
                   f"{os.getloadavg()[0]:.1f}", flush=True)
@@ -199,6 +255,10 @@ def main() -> None:
             t.update({"study analysis s": r["memory_s"], "study analysis RSS MB": r["rss_memory_mb"],
                       "study analysis RSS ratio": r["rss_memory_mb"] / base["rss_memory_mb"],
                       "max |cos stream - study|": r["stream_vs_memory_max_diff"]})
+        for phase in ("probes", "directions"):
+            if f"{phase}_s" in r:
+                t.update({f"{phase} s": r[f"{phase}_s"], f"{phase} RSS MB": r[f"rss_{phase}_mb"],
+                          f"{phase} RSS ratio": r[f"rss_{phase}_mb"] / base[f"rss_{phase}_mb"]})
         table.append(t)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 30)
