@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scaling import HOOKS, write_prompts  # noqa: E402  (the same prompts and sites as bench/scaling.py)
+from scaling import HOOKS, write_prompts  # (the same prompts and sites as bench/scaling.py)
 
 
 def phase(args) -> dict:
