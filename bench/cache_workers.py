@@ -19,14 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scaling import HOOKS, write_prompts  # (the same prompts and sites as bench/scaling.py)
+from scaling import (  # (the same prompts and sites as bench/scaling.py)
+    HOOKS,
+    run_phase,
+    write_prompts,
+)
 
 
 def phase(args) -> dict:
@@ -56,14 +59,6 @@ def phase(args) -> dict:
     return {"wall_s": wall, "tokens": int(tokens), "config_hash": config_hash}
 
 
-def run_phase(**kw) -> dict:
-    cmd = [sys.executable, __file__, "--phase"] + [f"--{k.replace('_', '-')}={v}" for k, v in kw.items()]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise SystemExit(f"phase failed:\n{out.stderr[-3000:]}")
-    return json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=64, help="prompts at the small size (the large one is 4x)")
@@ -71,7 +66,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--flush-mb", type=int, default=16)
-    ap.add_argument("--phase", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--phase", help=argparse.SUPPRESS)
     ap.add_argument("--store", help=argparse.SUPPRESS)
     ap.add_argument("--prompt-file", help=argparse.SUPPRESS)
     ap.add_argument("--n-layers", help=argparse.SUPPRESS)
@@ -91,7 +86,7 @@ def main() -> None:
             write_prompts(prompt_file, n)
             for workers in (0, args.workers):
                 store = Path(tmp) / f"s{n}-{workers}.duckdb"
-                results[(n, workers)] = run_phase(model=args.model, store=store, prompt_file=prompt_file,
+                results[(n, workers)] = run_phase("capture", __file__, model=args.model, store=store, prompt_file=prompt_file,
                                                   n_layers=n_layers, workers=workers, batch_size=args.batch_size,
                                                   flush_mb=args.flush_mb)
                 print(f"{n} prompts, {workers or 'one process'} workers: {results[(n, workers)]['wall_s']:.1f}s",

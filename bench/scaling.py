@@ -184,8 +184,10 @@ def worker(args) -> None:
     print("RESULT " + json.dumps(fn(args)), flush=True)
 
 
-def run_phase(phase: str, **kw) -> dict:
-    cmd = [sys.executable, __file__, "--phase", phase] + [f"--{k.replace('_', '-')}={v}" for k, v in kw.items()]
+def run_phase(phase: str, script: str = __file__, **kw) -> dict:
+    """Run ``script --phase PHASE --key=value ...`` in a fresh process (its peak RSS its own) and
+    return the JSON it prints after ``RESULT ``."""
+    cmd = [sys.executable, script, "--phase", phase] + [f"--{k.replace('_', '-')}={v}" for k, v in kw.items()]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"{phase} failed:\n{out.stderr[-3000:]}")

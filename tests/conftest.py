@@ -57,6 +57,17 @@ def tiny_gpt2(n_layers: int = 3, d_model: int = 64, n_heads: int = 4, seed: int 
     return GPT2LMHeadModel(cfg)
 
 
+def word_prompts(path, n: int, seed: int = 0) -> None:
+    """A JSONL prompt file of ``n`` prompts p000.. of 2-30 random words (varied lengths, seeded)."""
+    import json
+    import random
+
+    words = ["river", "garden", "stone", "light", "paper", "window", "music", "field", "cloud", "number"]
+    rng = random.Random(seed)
+    path.write_text("\n".join(json.dumps({"id": f"p{i:03d}", "text": " ".join(rng.choices(words, k=rng.randint(2, 30)))})
+                              for i in range(n)))
+
+
 @pytest.fixture
 def tiny():
     """A 4-layer grouped-query Llama (4 query heads, 2 KV heads) with a byte tokenizer."""

@@ -1,7 +1,6 @@
 """Crash safety with real processes: SIGKILL a cache run and a sweep at random points, rerun,
 and find every row exactly once and `invoke check` clean."""
 
-import json
 import os
 import random
 import signal
@@ -16,6 +15,7 @@ import pytest
 from interp.capture.capture import CaptureCfg, capture
 from store import Store
 from store.activations import read_vectors
+from tests.conftest import word_prompts
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -29,11 +29,7 @@ def tiny_dir(tiny, tmp_path):
     d = tmp_path / "crash"
     tiny.model.save_pretrained(d / "tiny")
     tiny.tokenizer.save_pretrained(d / "tiny")
-    words = ["river", "garden", "stone", "light", "paper", "window", "music", "field", "cloud", "number"]
-    rng = random.Random(0)
-    (d / "p.jsonl").write_text("\n".join(
-        json.dumps({"id": f"p{i:03d}", "text": " ".join(rng.choices(words, k=rng.randint(2, 30)))})
-        for i in range(N_PROMPTS)))
+    word_prompts(d / "p.jsonl", N_PROMPTS)
     return d
 
 

@@ -8,9 +8,7 @@ must fit in 107 bytes."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -44,17 +42,13 @@ def work(tmp_path_factory):
     """The tiny model saved to a directory (every worker loads it), a prompt file, and the store
     one process writes from them: the reference every Ray run is compared with."""
     from interp.model.loading import wrap
-    from tests.conftest import byte_tokenizer, tiny_llama
+    from tests.conftest import byte_tokenizer, tiny_llama, word_prompts
 
     d = tmp_path_factory.mktemp("ray")
     tiny = wrap(tiny_llama(), byte_tokenizer(), name="tiny-llama", revision="seed0")
     tiny.model.save_pretrained(d / "tiny")
     tiny.tokenizer.save_pretrained(d / "tiny")
-    words = ["river", "garden", "stone", "light", "paper", "window", "music", "field", "cloud", "number"]
-    rng = random.Random(0)
-    (d / "p.jsonl").write_text("\n".join(
-        json.dumps({"id": f"p{i:03d}", "text": " ".join(rng.choices(words, k=rng.randint(2, 30)))})
-        for i in range(N_PROMPTS)))
+    word_prompts(d / "p.jsonl", N_PROMPTS)
     ref = Store(d / "one.duckdb")
     capture(load_model(str(d / "tiny")), ref, _cfg(d, batch_size=8), progress=False)
     return d, ref
