@@ -130,8 +130,8 @@ class CaptureWorker:
         out: dict[str, list] = {"chunk": [], "shards": [], "suffix": [], "code_version": [], "revision": []}
         for chunk, part, payload in zip(batch["chunk"], batch["part"], batch["payload"]):
             job = json.loads(payload)
-            shards, suffix = capture_chunk(self.loaded, self.cfg, self.sites, self.store, self.run_id, int(part),
-                                   job["ids"], job["seqs"])
+            shards, suffix = capture_chunk(self.loaded, self.cfg, self.sites, self.store, self.run_id,
+                                           int(part), job["ids"], job["seqs"])
             out["chunk"].append(int(chunk))
             out["shards"].append(json.dumps(shards, default=int))
             out["suffix"].append(suffix)
