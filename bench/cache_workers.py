@@ -89,8 +89,8 @@ def main() -> None:
                 results[(n, workers)] = run_phase("capture", __file__, model=args.model, store=store, prompt_file=prompt_file,
                                                   n_layers=n_layers, workers=workers, batch_size=args.batch_size,
                                                   flush_mb=args.flush_mb)
-                print(f"{n} prompts, {workers or 'one process'} workers: {results[(n, workers)]['wall_s']:.1f}s",
-                      flush=True)
+                side = f"{workers} Ray workers" if workers else "1 process"
+                print(f"{n} prompts, {side}: {results[(n, workers)]['wall_s']:.1f}s", flush=True)
     small, large = args.prompts, 4 * args.prompts
     print(f"\n| side | wall s ({small} / {large} prompts) | steady tokens/s | start-up s | same run identity |")
     print("|---|---|---|---|---|")
