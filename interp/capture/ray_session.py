@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,7 @@ def ray_session(address: str | None):
     common = {"logging_level": logging.WARNING, "log_to_driver": False}
     try:
         if address:
+            _reachable(address)
             ray.init(address=address, **common)
         else:
             end_orphans(tempfile.gettempdir())
@@ -84,6 +86,20 @@ def ray_session(address: str | None):
         ray.shutdown()
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse an address nobody listens on in one line: ``ray.init`` retries an unreachable GCS for
+    minutes (measured: still waiting after 3 minutes)."""
+    host_port = address.removeprefix("ray://")
+    if address == "auto" or ":" not in host_port:
+        return  # Ray finds the cluster itself (or says why)
+    host, port = host_port.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError):
+        raise RuntimeError(f"no Ray cluster answers at {address}: start one with `ray start --head` (it prints "
+                           "the address), or omit --ray-address and RAY_ADDRESS for a local Ray") from None
 
 
 def _started(pid: int) -> int | None:

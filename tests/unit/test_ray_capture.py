@@ -26,7 +26,7 @@ psutil = pytest.importorskip("psutil")
 
 from interp.capture.capture import CaptureCfg, _capture_prompts, capture
 from interp.capture.ray_capture import capture_ray, plan_chunks
-from interp.capture.ray_session import RayCfg, end_orphans, placement
+from interp.capture.ray_session import RayCfg, _reachable, end_orphans, placement
 from interp.model.loading import ModelCfg, load_model
 from store import Store, StoreError
 from store.activations import read_vectors
@@ -127,6 +127,16 @@ def _check(store: Store) -> list[str]:
     return [f"{f.check}: {f.message}" for f in check_store(store).problems]
 
 
+def _start(d: Path, store: Store, env: dict) -> subprocess.Popen:
+    """`invoke cache --workers 2` in a child process, its output in ``<store>.log``."""
+    with open(store.path.with_suffix(".log"), "w") as log:
+        return subprocess.Popen(_cache_cmd(d, store.path), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _output(store: Store) -> str:
+    return store.path.with_suffix(".log").read_text()[-2000:]
+
+
 def _wait_for_commit(proc, store: Store, timeout: float = 150.0) -> None:
     layer0 = store.shard_dir / "run_id=1" / "hook=resid_post" / "layer=0"
     deadline = time.time() + timeout
@@ -134,7 +144,7 @@ def _wait_for_commit(proc, store: Store, timeout: float = 150.0) -> None:
         if list(layer0.glob("part-*.parquet")):
             return
         time.sleep(0.05)
-    raise AssertionError(f"no commit within {timeout} s: {proc.poll()=}")
+    raise AssertionError(f"no commit within {timeout} s (exit status {proc.poll()}): {_output(store)}")
 
 
 def test_plan_and_placement():
@@ -149,6 +159,8 @@ def test_plan_and_placement():
         placement({"CPU": 16.0, "GPU": 2.0}, RayCfg(workers=4), local=False)
     with pytest.raises(ValueError, match="leave Ray Data no CPU"):
         placement({"CPU": 2.0}, RayCfg(workers=2, cpus=1.0), local=True)
+    with pytest.raises(RuntimeError, match="no Ray cluster answers at 127.0.0.1:9"):
+        _reachable("127.0.0.1:9", timeout=2.0)  # at once, where ray.init would retry for minutes
 
 
 def test_two_workers_write_the_store_one_process_writes(work, ray_tmp):
@@ -169,19 +181,18 @@ def test_killed_worker_is_restarted_and_nothing_is_lost(work, ray_tmp):
     d, ref = work
     store = Store(d / "worker.duckdb")
     env = {**os.environ, "TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(_cache_cmd(d, store.path), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = _start(d, store, env)
     try:
         _wait_for_commit(proc, store)
         workers = [p for p in _descendants(proc.pid) if "CaptureWorker" in " ".join(p.cmdline())]
         assert workers, "no Ray worker found while the run was going"
         os.kill(workers[0].pid, signal.SIGKILL)
-        out, _ = proc.communicate(timeout=180)
+        proc.wait(timeout=180)
     finally:
         rest = _descendants(proc.pid)
         proc.kill()
         _end(rest, timeout=5)
-    assert proc.returncode == 0, out[-2000:]
+    assert proc.returncode == 0, _output(store)
     assert _check(store) == []
     _same_store(store, ref)
 
@@ -190,8 +201,7 @@ def test_killed_driver_leaves_a_store_check_accepts_and_a_rerun_completes(work, 
     d, ref = work
     store = Store(d / "driver.duckdb")
     env = {**os.environ, "TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(_cache_cmd(d, store.path), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = _start(d, store, env)
     _wait_for_commit(proc, store)
     ray_procs = _descendants(proc.pid)
     proc.send_signal(signal.SIGKILL)
