@@ -74,13 +74,13 @@ def ray_session(address: str | None):
             ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, _temp_dir=tmp,
                      object_store_memory=256 << 20, **common)
             _write_pids(tmp)
-    except BaseException as e:
+    except ConnectionError as e:
+        raise RuntimeError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]} (start one "
+                           "with `ray start --head`, or omit --ray-address for a local Ray)") from None
+    except BaseException:
         if tmp:  # a local Ray that did not start: nothing of it is left behind
             ray.shutdown()
             shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, ConnectionError):
-            raise RuntimeError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]} (start one "
-                               "with `ray start --head`, or omit --ray-address for a local Ray)") from None
         raise
     try:
         ctx = ray.data.DataContext.get_current()
