@@ -6,47 +6,34 @@ from __future__ import annotations
 import duckdb
 import pandas as pd
 
+from store import tables
 from store.db import transaction
 
-COLUMNS = ["run_id", "study", "point", "intervention", "task", "metric", "value", "stderr", "n",
-           "chance", "dataset", "seconds", "harness", "task_version", "num_fewshot", "fewshot_seed"]
-"""Columns a sweep writes; the last four are NULL for the suite's own tasks (10_evals.sql)."""
-ITEM_COLUMNS = ["run_id", "point", "task", "metric", "item", "value"]
-DELTA_COLUMNS = ["run_id", "point", "task", "metric", "n", "base_value", "value", "delta", "lo", "hi", "p", "sd",
-                 "mde", "method"]
 INTEGER_COLUMNS = {"num_fewshot": "Int64", "fewshot_seed": "Int64"}
 """Nullable integer columns: None -> NULL, not a float column."""
 
 
-def _insert(con: duckdb.DuckDBPyConnection, table: str, columns: list[str], rows: list[dict],
-            replace: bool = False) -> None:
-    if not rows:
-        return
-    df = pd.DataFrame(rows, columns=columns)
-    df = df.astype({c: t for c, t in INTEGER_COLUMNS.items() if c in df})
-    con.register("_eval_rows", df)
-    try:
-        con.execute(f"INSERT {'OR REPLACE ' if replace else ''}INTO {table} ({', '.join(columns)}) "
-                    f"SELECT {', '.join(columns)} FROM _eval_rows")
-    finally:
-        con.unregister("_eval_rows")
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    return df.astype({c: t for c, t in INTEGER_COLUMNS.items() if c in df})
 
 
 def write_evals(con: duckdb.DuckDBPyConnection, rows: list[dict], items: list[dict] | None = None,
                 deltas: list[dict] | None = None) -> None:
-    """Insert one point's evals rows (dicts with COLUMNS; missing keys are NULL), its per-item scores
-    (ITEM_COLUMNS) and its comparison with the base (DELTA_COLUMNS), all in one transaction: a point is
-    stored whole or not at all. Writing a point again replaces it: its evals rows by the table's key
-    (run, point, task, metric), its item and comparison rows by deleting the point's old ones first."""
+    """Insert one point's evals rows (dicts with the ``evals`` columns; missing keys are NULL), its
+    per-item scores (``eval_items`` rows) and its comparison with the base (``eval_deltas`` rows), all in
+    one transaction: a point is stored whole or not at all. Writing a point again replaces it: its evals
+    rows by the table's key (run, point, task, metric), its item and comparison rows by deleting the
+    point's old ones first."""
     if not rows:
         return
     with transaction(con):
         for table in ("eval_items", "eval_deltas"):
             for run_id, point in sorted({(r["run_id"], r["point"]) for r in rows}):
-                con.execute(f"DELETE FROM {table} WHERE run_id = ? AND point = ?", [run_id, point])
-        _insert(con, "evals", COLUMNS, rows, replace=True)
-        _insert(con, "eval_items", ITEM_COLUMNS, items or [])
-        _insert(con, "eval_deltas", DELTA_COLUMNS, deltas or [])
+                tables.delete(con, table, run_id=run_id, point=point)
+        tables.insert(con, "evals", _frame(rows), replace=True)
+        tables.insert(con, "eval_items", _frame(items or []))
+        tables.insert(con, "eval_deltas", _frame(deltas or []))
 
 
 def done_points(con: duckdb.DuckDBPyConnection, run_id: int) -> set[str]:

@@ -11,26 +11,16 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from store import tables
 from store.db import transaction
-
-IMPORTANCE_COLUMNS = ["run_id", "method", "metric", "layer", "head", "value", "stderr", "n", "n_tokens", "dataset"]
-
-
-def _replace(con: duckdb.DuckDBPyConnection, table: str, df: pd.DataFrame, where: str, params: list) -> None:
-    with transaction(con):
-        con.execute(f"DELETE FROM {table} WHERE {where}", params)
-        if not df.empty:
-            cols = ", ".join(df.columns)
-            con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM df")
 
 
 def write_importance(con: duckdb.DuckDBPyConnection, run_id: int, method: str, df: pd.DataFrame) -> None:
     """All rows of one importance method (every metric, layer and head) at once; ``n_tokens`` may be
     left out (stored as NULL)."""
     tokens = df["n_tokens"].tolist() if "n_tokens" in df else [None] * len(df)
-    df = df.assign(run_id=run_id, method=method, n_tokens=pd.array(tokens, dtype="Int64"))
-    df = df[IMPORTANCE_COLUMNS]
-    _replace(con, "heads_importance", df, "run_id = ? AND method = ?", [run_id, method])
+    df = df.assign(n_tokens=pd.array(tokens, dtype="Int64"))
+    tables.replace_rows(con, {"heads_importance": df}, run_id=run_id, method=method)
 
 
 def importance_methods(con: duckdb.DuckDBPyConnection, run_id: int) -> set[str]:
@@ -51,7 +41,7 @@ def write_means(con: duckdb.DuckDBPyConnection, run_id: int, means: np.ndarray, 
         "run_id": run_id, "layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L),
         "n_tokens": n_tokens, "vec": list(means.reshape(L * H, -1).astype(np.float32)),
     })
-    _replace(con, "heads_means", df, "run_id = ?", [run_id])
+    tables.replace_rows(con, {"heads_means": df}, run_id=run_id)
 
 
 def read_means(con: duckdb.DuckDBPyConnection, run_id: int) -> np.ndarray | None:
@@ -64,7 +54,7 @@ def read_means(con: duckdb.DuckDBPyConnection, run_id: int) -> np.ndarray | None
 
 
 def write_agreement(con: duckdb.DuckDBPyConnection, run_id: int, df: pd.DataFrame) -> None:
-    _replace(con, "heads_agreement", df.assign(run_id=run_id), "run_id = ?", [run_id])
+    tables.replace_rows(con, {"heads_agreement": df}, run_id=run_id)
 
 
 def read_agreement(con: duckdb.DuckDBPyConnection, run_id: int) -> pd.DataFrame:
@@ -73,7 +63,7 @@ def read_agreement(con: duckdb.DuckDBPyConnection, run_id: int) -> pd.DataFrame:
 
 
 def write_points(con: duckdb.DuckDBPyConnection, run_id: int, df: pd.DataFrame) -> None:
-    _replace(con, "heads_points", df.assign(run_id=run_id), "run_id = ?", [run_id])
+    tables.replace_rows(con, {"heads_points": df}, run_id=run_id)
 
 
 def read_pruning(con: duckdb.DuckDBPyConnection, run_id: int) -> pd.DataFrame:
@@ -95,9 +85,7 @@ def save_checkpoint(con: duckdb.DuckDBPyConnection, run_id: int, top_k: int, ste
         if not steps.empty:
             con.execute("DELETE FROM heads_router_steps WHERE run_id = ? AND top_k = ? AND step >= ?",
                         [run_id, top_k, int(steps["step"].min())])
-            df = steps.assign(run_id=run_id, top_k=top_k)  # noqa: F841 (read by DuckDB's replacement scan)
-            con.execute("INSERT INTO heads_router_steps (run_id, top_k, step, lm_loss, lb_loss, loss, seconds) "
-                        "SELECT run_id, top_k, step, lm_loss, lb_loss, loss, seconds FROM df")
+            tables.insert(con, "heads_router_steps", steps.assign(run_id=run_id, top_k=top_k))
         con.execute("INSERT OR REPLACE INTO heads_router_ckpt VALUES (?, ?, ?, ?)", [run_id, top_k, step, state])
 
 
@@ -121,14 +109,9 @@ def write_router(con: duckdb.DuckDBPyConnection, run_id: int, top_k: int, digest
         "head": np.tile(np.arange(H), L), "bias": bias.reshape(-1).astype(float),
         "weight": list(weight.reshape(L * H, -1).astype(np.float32)),
     })
-    usage = usage.assign(run_id=run_id, top_k=top_k)
-    summ = pd.DataFrame([{**summary, "run_id": run_id, "top_k": top_k, "digest": digest}])
-    with transaction(con):
-        for table, df in (("heads_router_params", params), ("heads_router_usage", usage),
-                          ("heads_router_summary", summ)):
-            con.execute(f"DELETE FROM {table} WHERE run_id = ? AND top_k = ?", [run_id, top_k])
-            cols = ", ".join(df.columns)
-            con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM df")
+    summ = pd.DataFrame([{**summary, "digest": digest}])
+    tables.replace_rows(con, {"heads_router_params": params, "heads_router_usage": usage,
+                              "heads_router_summary": summ}, run_id=run_id, top_k=top_k)
 
 
 def router_digest(con: duckdb.DuckDBPyConnection, run_id: int, top_k: int) -> str | None:

@@ -17,21 +17,12 @@ import pandas as pd
 import pyarrow.compute as pc
 
 from store.activations import gather_rows, read_shard
-from store.db import Store, StoreError, transaction
+from store import tables
+from store.db import Store, StoreError
 from store.scan import parts_of_sites
 
-TABLES: dict[str, list[str]] = {
-    "layer_similarity": ["position", "stream", "layer_a", "layer_b", "cosine", "cosine_se", "angular",
-                         "angular_se", "n_prompts"],
-    "layer_angular": ["position", "stream", "n", "start_layer", "end_layer", "distance", "distance_se", "best",
-                      "n_prompts"],
-    "layer_influence": ["position", "stream", "layer", "block_influence", "block_influence_se", "n_prompts"],
-    "layer_points": ["strategy", "n", "seed", "heal_steps", "layers", "point"],
-    "layer_agreement": ["scope", "n", "proxy", "position", "task", "metric", "spearman", "p_value", "n_points",
-                        "expected_sign", "agreement"],
-    "layer_heal": ["point", "step", "loss", "seconds"],
-}
-"""Table -> columns written from a DataFrame (``run_id`` is added)."""
+TABLES = ("layer_similarity", "layer_angular", "layer_influence", "layer_points", "layer_agreement", "layer_heal")
+"""The layer study's tables; their columns are the schema's (store/schema/20_layers.sql)."""
 NULLABLE_KEYS: dict[str, list[str]] = {
     "layer_points": ["strategy", "n", "seed", "heal_steps", "point"],
     "layer_agreement": ["scope", "n", "proxy", "position", "task", "metric"],
@@ -40,54 +31,36 @@ NULLABLE_KEYS: dict[str, list[str]] = {
 cannot hold it as a PRIMARY KEY (store/schema/20_layers.sql): ``replace_rows`` keeps it."""
 
 
+def _check(table: str) -> None:
+    if table not in TABLES:
+        raise StoreError(f"unknown layer table '{table}': one of {', '.join(TABLES)}")
+
+
 def replace_rows(con: duckdb.DuckDBPyConnection, run_id: int, frames: dict[str, pd.DataFrame]) -> None:
     """Replace the run's rows of each named table by the frame's, all in one transaction."""
-    for table in frames:
-        if table not in TABLES:
-            raise StoreError(f"unknown layer table '{table}': one of {', '.join(TABLES)}")
-    with transaction(con):
-        for table, df in frames.items():
-            cols = TABLES[table]
-            missing = [c for c in cols if c not in df.columns]
-            if missing:
-                raise StoreError(f"rows for {table} lack columns {missing}")
-            data = df[cols].copy()
-            key = NULLABLE_KEYS.get(table)
-            if key is not None and data.duplicated(subset=key).any():  # (NaN/None count as one value)
-                twice = data[data.duplicated(subset=key, keep=False)][key].iloc[0].to_dict()
-                raise StoreError(f"rows for {table} repeat the key {twice}: each must be stored once")
-            if "layers" in data:
-                data["layers"] = [[int(x) for x in v] for v in data["layers"]]
-            data.insert(0, "run_id", run_id)
-            con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
-            con.register("_layer_rows", data)
-            con.execute(f"INSERT INTO {table} (run_id, {', '.join(cols)}) "
-                        f"SELECT run_id, {', '.join(cols)} FROM _layer_rows")
-            con.unregister("_layer_rows")
+    for table, df in frames.items():
+        _check(table)
+        key = NULLABLE_KEYS.get(table)
+        if key is not None and df.duplicated(subset=key).any():  # (NaN/None count as one value)
+            twice = df[df.duplicated(subset=key, keep=False)][key].iloc[0].to_dict()
+            raise StoreError(f"rows for {table} repeat the key {twice}: each must be stored once")
+    frames = {t: df.assign(layers=[[int(x) for x in v] for v in df["layers"]]) if "layers" in df else df
+              for t, df in frames.items()}
+    tables.replace_rows(con, frames, run_id=run_id)
 
 
 def add_heal_log(con: duckdb.DuckDBPyConnection, run_id: int, point: str, log: pd.DataFrame) -> None:
     """Replace one healed point's training log (step, loss, seconds)."""
-    data = log[["step", "loss", "seconds"]].copy()
-    data.insert(0, "point", point)
-    data.insert(0, "run_id", run_id)
-    with transaction(con):
-        con.execute("DELETE FROM layer_heal WHERE run_id = ? AND point = ?", [run_id, point])
-        con.register("_heal_rows", data)
-        con.execute("INSERT INTO layer_heal (run_id, point, step, loss, seconds) "
-                    "SELECT run_id, point, step, loss, seconds FROM _heal_rows")
-        con.unregister("_heal_rows")
+    tables.replace_rows(con, {"layer_heal": log}, run_id=run_id, point=point)
 
 
 def read_table(con: duckdb.DuckDBPyConnection, table: str, run_id: int) -> pd.DataFrame:
-    if table not in TABLES:
-        raise StoreError(f"unknown layer table '{table}': one of {', '.join(TABLES)}")
+    _check(table)
     return con.execute(f"SELECT * EXCLUDE (run_id) FROM {table} WHERE run_id = ? ORDER BY ALL", [run_id]).df()
 
 
 def has_rows(con: duckdb.DuckDBPyConnection, table: str, run_id: int) -> bool:
-    if table not in TABLES:
-        raise StoreError(f"unknown layer table '{table}'")
+    _check(table)
     return con.execute(f"SELECT count(*) FROM {table} WHERE run_id = ?", [run_id]).fetchone()[0] > 0
 
 

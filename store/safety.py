@@ -9,73 +9,35 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from store.db import StoreError, transaction
+from store import tables
+from store.db import StoreError
 
-TABLES: dict[str, list[str]] = {
-    "safety_prompts": ["cache_run_id", "prompt_id", "cls", "source", "dataset", "grp", "split", "group_kept"],
-    "safety_probes": ["problem", "hook", "layer", "position", "setting", "metric", "mean", "std", "n", "folds", "lo",
-                      "hi", "null_mean", "null_p95", "p", "permutations"],
-    "safety_directions": ["concept", "hook", "layer", "position", "kind", "norm", "n_pos", "n_neg", "vec"],
-    "safety_best_layers": ["problem", "hook", "position", "layer", "cv_accuracy", "cv_roc_auc", "shuffled_accuracy",
-                           "shuffled_roc_auc", "margin_accuracy", "margin_roc_auc", "held_out_accuracy",
-                           "held_out_roc_auc", "cross_source_accuracy", "cross_source_roc_auc",
-                           "cross_source_dm_accuracy", "cross_source_dm_roc_auc", "layers_compared",
-                           "null_p95_accuracy", "null_p95_roc_auc", "p_accuracy", "p_roc_auc", "held_out_accuracy_lo",
-                           "held_out_accuracy_hi", "held_out_roc_auc_lo", "held_out_roc_auc_hi", "length_accuracy",
-                           "length_roc_auc"],
-    "safety_layers": ["concept", "hook", "layer", "position", "metric", "value"],
-    "safety_candidates": ["concept", "hook", "layer", "position", "separability", "projection_d",
-                          "base_refusal_rate", "refusal_rate", "refusal_drop", "base_refusal_logprob",
-                          "refusal_logprob", "refusal_logprob_drop", "kl", "kl_stderr", "n_refusal", "n_kl",
-                          "seconds"],
-    "safety_selection": ["criterion", "concept", "hook", "layer", "position", "metric", "value", "separability",
-                         "refusal_drop", "kl", "reason", "rule"],
-    "safety_points": ["point", "role", "family", "band", "alpha", "removed", "removed_ratio"],
-    "safety_bands": ["band", "family", "alpha", "task", "metric", "k", "mean", "sd", "lo", "hi", "min", "max"],
-}
-"""Table -> columns written from a DataFrame (``run_id`` is added)."""
+TABLES = ("safety_prompts", "safety_probes", "safety_directions", "safety_best_layers", "safety_layers",
+          "safety_candidates", "safety_selection", "safety_points", "safety_bands")
+"""The safety study's tables; their columns are the schema's (store/schema/50_safety.sql)."""
 
 
-def _check(table: str) -> list[str]:
+def _check(table: str) -> None:
     if table not in TABLES:
         raise StoreError(f"unknown safety table '{table}': one of {', '.join(TABLES)}")
-    return TABLES[table]
 
 
-def _insert(con: duckdb.DuckDBPyConnection, table: str, run_id: int, df: pd.DataFrame) -> None:
-    cols = _check(table)
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise StoreError(f"rows for {table} lack columns {missing}")
-    data = df[cols].copy()
-    if "vec" in data:
-        data["vec"] = [np.asarray(v, np.float64).tolist() for v in data["vec"]]
-    data.insert(0, "run_id", run_id)
-    con.register("_safety_rows", data)
-    try:
-        con.execute(f"INSERT INTO {table} (run_id, {', '.join(cols)}) SELECT run_id, {', '.join(cols)} "
-                    "FROM _safety_rows")
-    finally:
-        con.unregister("_safety_rows")
+def _frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Directions are stored as DOUBLE[] lists."""
+    return df.assign(vec=[np.asarray(v, np.float64).tolist() for v in df["vec"]]) if "vec" in df else df
 
 
 def replace_rows(con: duckdb.DuckDBPyConnection, run_id: int, frames: dict[str, pd.DataFrame]) -> None:
     """Replace the run's rows of each named table by the frame's, all in one transaction."""
     for table in frames:
         _check(table)
-    with transaction(con):
-        for table, df in frames.items():
-            con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
-            _insert(con, table, run_id, df)
+    tables.replace_rows(con, {t: _frame(df) for t, df in frames.items()}, run_id=run_id)
 
 
 def add_candidate(con: duckdb.DuckDBPyConnection, run_id: int, row: dict) -> None:
     """Store one measured candidate (replacing an earlier measurement of the same one)."""
-    df = pd.DataFrame([row])
-    with transaction(con):
-        con.execute("DELETE FROM safety_candidates WHERE run_id = ? AND concept = ? AND hook = ? AND layer = ? "
-                    "AND position = ?", [run_id, row["concept"], row["hook"], int(row["layer"]), row["position"]])
-        _insert(con, "safety_candidates", run_id, df)
+    tables.replace_rows(con, {"safety_candidates": pd.DataFrame([row])}, run_id=run_id, concept=row["concept"],
+                        hook=row["hook"], layer=int(row["layer"]), position=row["position"])
 
 
 def has_rows(con: duckdb.DuckDBPyConnection, table: str, run_id: int) -> bool:
@@ -84,8 +46,8 @@ def has_rows(con: duckdb.DuckDBPyConnection, table: str, run_id: int) -> bool:
 
 
 def read_table(con: duckdb.DuckDBPyConnection, table: str, run_id: int) -> pd.DataFrame:
-    cols = _check(table)
-    return con.execute(f"SELECT {', '.join(cols)} FROM {table} WHERE run_id = ? ORDER BY ALL", [run_id]).df()
+    _check(table)
+    return con.execute(f"SELECT * EXCLUDE (run_id) FROM {table} WHERE run_id = ? ORDER BY ALL", [run_id]).df()
 
 
 def set_splits(con: duckdb.DuckDBPyConnection, cache_run_id: int, splits: pd.DataFrame) -> None:

@@ -6,24 +6,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from store import tables
 from store.db import transaction
-
-POINT_COLUMNS = ["run_id", "point", "intervention", "method", "calibration", "grp", "structure", "modules",
-                 "target_rate", "n_params", "n_pruned", "n_zero", "sparsity", "total_params", "calib_id", "seconds"]
-STAT_COLUMNS = ["run_id", "point", "layer", "module", "rate", "n_params", "n_pruned", "n_zero", "sparsity"]
-
-
-def _in_transaction(con: duckdb.DuckDBPyConnection, statements, frames: dict[str, pd.DataFrame]) -> None:
-    """Run statements in one transaction with ``frames`` registered as views under their names."""
-    for name, frame in frames.items():
-        con.register(name, frame)
-    try:
-        with transaction(con):
-            for sql, params in statements:
-                con.execute(sql, params)
-    finally:
-        for name in frames:
-            con.unregister(name)
 
 
 def has_norms(con: duckdb.DuckDBPyConnection, calib_id: str) -> bool:
@@ -39,13 +23,12 @@ def write_norms(con: duckdb.DuckDBPyConnection, *, calib_id: str, run_id: int, m
                         "n_in": len(v), "norms": np.asarray(v, dtype=np.float32).tolist()}
                        for (layer, module), v in sorted(norms.items())],
                       columns=["calib_id", "run_id", "layer", "module", "n_in", "norms"])
-    _in_transaction(con, [
-        (("INSERT INTO calibrations (calib_id, run_id, model, revision, mode, spec, dataset, n_tokens, "
-          "seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-         [calib_id, run_id, model, revision, info["mode"], info.get("spec"), info["dataset"], info["n_tokens"],
-          info.get("seconds")]),
-        ("INSERT INTO input_norms SELECT calib_id, run_id, layer, module, n_in, norms::FLOAT[] FROM norms_frame", None),
-    ], {"norms_frame": df})
+    calib = pd.DataFrame([{"calib_id": calib_id, "run_id": run_id, "model": model, "revision": revision,
+                           "mode": info["mode"], "spec": info.get("spec"), "dataset": info["dataset"],
+                           "n_tokens": info["n_tokens"], "seconds": info.get("seconds")}])
+    with transaction(con):
+        tables.insert(con, "calibrations", calib)
+        tables.insert(con, "input_norms", df)
 
 
 def read_norms(con: duckdb.DuckDBPyConnection, calib_id: str) -> dict[tuple[int, str], np.ndarray] | None:
@@ -63,15 +46,8 @@ def done_prune_points(con: duckdb.DuckDBPyConnection, run_id: int) -> set[str]:
 
 def write_prune_point(con: duckdb.DuckDBPyConnection, point: dict, stats: pd.DataFrame) -> None:
     """Replace one point's totals and per-module rows in one transaction (idempotent on re-run)."""
-    pt = pd.DataFrame([point], columns=POINT_COLUMNS)
-    st = stats.reindex(columns=STAT_COLUMNS)
-    key = [point["run_id"], point["point"]]
-    _in_transaction(con, [
-        ("DELETE FROM prune_stats WHERE run_id = ? AND point = ?", key),
-        ("DELETE FROM prune_points WHERE run_id = ? AND point = ?", key),
-        (f"INSERT INTO prune_points ({', '.join(POINT_COLUMNS)}) SELECT {', '.join(POINT_COLUMNS)} FROM point_frame", None),
-        (f"INSERT INTO prune_stats ({', '.join(STAT_COLUMNS)}) SELECT {', '.join(STAT_COLUMNS)} FROM stat_frame", None),
-    ], {"point_frame": pt, "stat_frame": st})
+    tables.replace_rows(con, {"prune_stats": stats, "prune_points": pd.DataFrame([point])},
+                        run_id=point["run_id"], point=point["point"])
 
 
 def read_prune_points(con: duckdb.DuckDBPyConnection, run_id: int) -> pd.DataFrame:

@@ -248,15 +248,16 @@ def test_config_validation_and_budgets(tmp_path):
             EvalCfg(**kwargs)
 
 
-def test_score_fields_match_the_evals_table():
-    from store.evals import COLUMNS
+def test_score_fields_match_the_evals_table(tmp_path):
+    from store import Store
+    from store.tables import columns
 
-    from store.evals import ITEM_COLUMNS
-
+    with Store(tmp_path / "s.duckdb").connect() as con:
+        evals, items = columns(con, "evals"), columns(con, "eval_items")
     fields = list(Score.__dataclass_fields__)
     assert fields == ["task", "metric", "value", "stderr", "n", "chance", "dataset", "seconds", "harness",
                       "task_version", "num_fewshot", "fewshot_seed", "items"]
-    assert set(fields[:-1]) <= set(COLUMNS) and {"item", "value"} <= set(ITEM_COLUMNS)  # items: eval_items rows
+    assert set(fields[:-1]) <= set(evals) and {"item", "value"} <= set(items)  # items: eval_items rows
 
 
 # ---------- sweeps and fallbacks ----------
