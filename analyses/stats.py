@@ -32,6 +32,16 @@ MIN_BOOTSTRAP = 16
 """Fewest items for a bootstrap interval; fewer get the t interval (see the module docstring)."""
 
 
+def standard_error(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Standard error of the mean along ``axis`` (sample sd / sqrt(n), ``scipy.stats.sem``); NaN
+    where fewer than two values. The suite's one way to compute it from values in memory (streamed
+    means keep running sums: analyses.layer_similarity; SQL aggregates: store.queries.layers)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.shape[axis] < 2:
+        return np.full(np.delete(v.shape, axis % v.ndim), np.nan)
+    return stats.sem(v, axis=axis, ddof=1)
+
+
 @dataclass(frozen=True)
 class Paired:
     """One metric of an edited point against the base model on the same items."""

@@ -16,11 +16,16 @@ import math
 import os
 import sys
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 from invoke import Task
 from invoke.parser import Argument
 
 from interp.validate import Choice, InvalidValue, Whole
+
+if TYPE_CHECKING:
+    from interp.model.loading import Loaded
 
 # Errors that carry a message written for the user: printed as one line, exit code 2.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, FileNotFoundError, KeyError)
@@ -168,3 +173,10 @@ def _cell(v) -> str:
         more = f", ... ({len(items)} values)" if len(items) > 6 else ""
         return f"[{', '.join(_cell(x) for x in items[:4 if more else 6])}{more}]"
     return str(v)
+
+
+def load(model: str, *, revision: str | None, dtype: str, device: str, device_map: str | None) -> Loaded:
+    """The model the task's --model/--revision/--dtype/--device/--device-map flags name."""
+    from interp.model.loading import ModelCfg, load_model
+
+    return load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))

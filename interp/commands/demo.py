@@ -160,7 +160,7 @@ def demo(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, full=False, budget=None, o
         raise ValueError(f"--full and --budget {budget} disagree: pass one of them")
     studies = [(s, *s.load()) for s in pick(studies)]  # fail on a broken study before loading the model
     configs = [(s, cls(budget=budget, seed=seed), fn) for s, cls, fn in studies]
-    from interp.model.loading import ModelCfg, load_model
+    from interp.commands.cli import load
     from reports.build import build_report, detectable_effects, headline_findings
     from store import Store
 
@@ -169,7 +169,7 @@ def demo(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, full=False, budget=None, o
     n = len(configs) + 3
     start = time.perf_counter()
     t0 = _step(1, n, f"load {model}")
-    loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
+    loaded = load(model, revision=revision, dtype=dtype, device=device, device_map=device_map)
     _done(t0, f"{loaded.name}: {loaded.n_layers} layers, d_model {loaded.d_model}, loaded")
     for i, (study, cfg, fn) in enumerate(configs, start=2):
         t0 = _step(i, n, f"{study.name} ({budget}): {study.what}")

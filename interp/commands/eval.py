@@ -40,7 +40,7 @@ def eval_(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, tasks=None, budget="quick
     toxicity, refusal, lm-evaluation-harness tasks; prints the scores and stores them (re-running the
     same command reuses them). Default tasks: ppl,facts,arith, or only the --lm-eval ones when given."""
     from interp.evals import EvalCfg
-    from interp.model.loading import ModelCfg, load_model
+    from interp.commands.cli import load
     from interp.studies.sweep import run_sweep
     from store import Store
     from store.evals import read_evals
@@ -53,7 +53,7 @@ def eval_(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, tasks=None, budget="quick
                   lmeval_data=lm_eval_data)
     st = Store(store)
     st.preflight()
-    loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
+    loaded = load(model, revision=revision, dtype=dtype, device=device, device_map=device_map)
     run_id = run_sweep(loaded, st, study="eval", config={"study": "eval"}, points=[], eval_cfg=cfg)
     with st.connect(read_only=True) as con:
         df = read_evals(con, run_id)

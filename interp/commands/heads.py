@@ -33,7 +33,7 @@ def heads(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None,
     """Head study: which attention heads matter (ablation and gradient importance), pruning the
     least important ones, and a trained top-k head router against static pruning."""
     from interp.studies.heads_config import HeadsCfg
-    from interp.model.loading import ModelCfg, load_model
+    from interp.commands.cli import load
     from interp.studies.heads import run_heads
     from store import Store
 
@@ -44,7 +44,7 @@ def heads(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None,
                    lm_eval=lmeval_tasks(lm_eval))
     st = Store(store)
     st.preflight()
-    loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
+    loaded = load(model, revision=revision, dtype=dtype, device=device, device_map=device_map)
     run_id = run_heads(loaded, st, cfg)
     show(st, run_id, format)
     print(f"run {run_id}: head study stored in {st.path}")

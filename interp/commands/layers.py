@@ -45,7 +45,7 @@ def layers(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None
     """Layer study: which layers the residual stream barely changes (cosine, angular distance,
     Block Influence), what dropping single layers and blocks really costs, and whether the
     cheap proxies predict it."""
-    from interp.model.loading import ModelCfg, load_model
+    from interp.commands.cli import load
     from interp.studies.layers import run_layers
     from interp.studies.layers_config import STRATEGIES, LayersCfg
     from store import Store
@@ -58,7 +58,7 @@ def layers(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None
                     eval_budget=eval_budget, mmlu_path=mmlu_path, boolq_path=boolq_path, seed=seed)
     st = Store(store)
     st.preflight()
-    loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
+    loaded = load(model, revision=revision, dtype=dtype, device=device, device_map=device_map)
     result = run_layers(loaded, st, cfg)
     show(st, result.run_id, format)
     print(f"run {result.run_id}: layer study ({result.n_points} points incl. base, vectors from cache run "

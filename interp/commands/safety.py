@@ -26,7 +26,7 @@ def safety(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None
            seed=0, lm_eval=None, dtype="float32", device="cpu", device_map=None, revision=None, format="table"):
     """Safety study: probes per layer, harmful direction, ablation / orthogonalisation / activation
     addition, and how much toxicity and compliance moved under each edit and what it cost."""
-    from interp.model.loading import ModelCfg, load_model
+    from interp.commands.cli import load
     from interp.studies.safety import SafetyCfg, run_safety
     from store import Store
     from store.safety import outcome, read_table
@@ -37,7 +37,7 @@ def safety(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None
     cfg = SafetyCfg(budget=name, per_set=per_set, alphas=alphas, seed=seed, lm_eval=lmeval_tasks(lm_eval))
     st = Store(store)
     st.preflight()
-    loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
+    loaded = load(model, revision=revision, dtype=dtype, device=device, device_map=device_map)
     run_id = run_safety(loaded, st, cfg)
     with st.connect(read_only=True) as con:
         best = read_table(con, "safety_best_layers", run_id)

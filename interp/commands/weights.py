@@ -28,7 +28,7 @@ def weights(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=Non
             device="cpu", device_map=None, revision=None, format="table"):
     """Weight-pruning study: magnitude and Wanda at uniform rates, per module group and per projection,
     N:M; sparsity reached per module and every evaluation into the store (resumes when re-run)."""
-    from interp.model.loading import ModelCfg, load_model
+    from interp.commands.cli import load
     from interp.studies.weights import WeightsCfg, run_weights, summary
     from store import Store
 
@@ -39,7 +39,7 @@ def weights(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=Non
                      calib_windows=calib_windows)
     st = Store(store)
     st.preflight()
-    loaded = load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
+    loaded = load(model, revision=revision, dtype=dtype, device=device, device_map=device_map)
     run_id = run_weights(loaded, st, cfg)
     print_table(summary(st, run_id), title=f"pruning sweep (run {run_id}): sparsity reached and headline metric",
                 fmt=format)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -228,12 +227,14 @@ def items_of(ids, values) -> tuple[tuple[str, float], ...]:
 
 
 def mean_se(values) -> tuple[float, float | None]:
-    """Mean and its standard error (sample std / sqrt(n)); se is None for fewer than 2 values."""
-    vals = [float(v) for v in values]
-    if not vals:
+    """Mean and its standard error (``scipy.stats.sem``, as analyses.stats.standard_error, which
+    this room cannot import); se is None for fewer than 2 values."""
+    import numpy as np  # here, not at the top: flag validation imports this module and needs neither
+    from scipy.stats import sem
+
+    vals = np.asarray([float(v) for v in values], dtype=np.float64)
+    if not vals.size:
         raise EvalError("cannot average an empty list of results")
-    m = sum(vals) / len(vals)
-    if len(vals) < 2:
-        return m, None
-    var = sum((v - m) ** 2 for v in vals) / (len(vals) - 1)
-    return m, math.sqrt(var / len(vals))
+    if vals.size < 2:
+        return float(vals.mean()), None
+    return float(vals.mean()), float(sem(vals, ddof=1))

@@ -40,6 +40,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from analyses.stats import standard_error
 from interp.interventions.gating import LayerGate, Suffix, head_gates
 from interp.studies.heads_text import IGNORE, Scored
 from interp.model.hooks import hooked
@@ -213,9 +214,7 @@ class Ablation:
     def delta(self, metric: str) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard error over rows of edited - clean: each (mode, layer, head)."""
         d = self.edited[metric] - self.clean[metric]
-        n = d.shape[-1]
-        se = d.std(-1, ddof=1) / np.sqrt(n) if n > 1 else np.full(d.shape[:-1], np.nan)
-        return d.mean(-1), se
+        return d.mean(-1), standard_error(d, axis=-1)
 
 
 def ablation_importance(loaded: Loaded, batches: list[Scored], means: torch.Tensor | None,

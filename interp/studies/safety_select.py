@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from analyses.stats import standard_error
 from interp.capture.batching import context_length, encode
 from interp.evals.kl import kl_divergence
 from interp.evals.lm import greedy_generate, last_logprobs, token_logprobs
@@ -87,7 +88,7 @@ def candidate_row(base: Measure, edited: Measure, n_harmful: int, seconds: float
         "refusal_drop": base.refusal_rate - edited.refusal_rate,
         "base_refusal_logprob": base.refusal_logprob, "refusal_logprob": edited.refusal_logprob,
         "refusal_logprob_drop": base.refusal_logprob - edited.refusal_logprob,
-        "kl": float(kl.mean()), "kl_stderr": float(kl.std(ddof=1) / np.sqrt(len(kl))) if len(kl) > 1 else None,
+        "kl": float(kl.mean()), "kl_stderr": float(standard_error(kl)) if len(kl) > 1 else None,
         "n_refusal": n_harmful, "n_kl": int(len(kl)), "seconds": seconds,
     }
 

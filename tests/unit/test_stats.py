@@ -186,3 +186,15 @@ def test_a_headline_whose_interval_contains_zero_says_so():
     assert "no detectable change" not in real and "95% CI -0.25..-0.05" in real and "-0.15" in real
     assert "no interval" in change_text("kl", 0.0, 0.1, None, None)
     assert change_text("toxicity", 0.04, 0.04, 0.0, 0.0) == "toxicity 0.04 -> 0.04: no item changed"
+
+
+def test_standard_error_is_sd_over_root_n_and_agrees_with_the_evals_helper():
+    from analyses.stats import standard_error
+    from interp.evals.config import mean_se
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 7))
+    slow = [np.sqrt(sum((v - row.mean()) ** 2 for v in row) / (len(row) - 1) / len(row)) for row in x]
+    np.testing.assert_allclose(standard_error(x, axis=-1), slow, rtol=1e-12)
+    assert np.isclose(mean_se(x[0])[1], slow[0]) and mean_se([2.0])[1] is None
+    assert np.isnan(standard_error(x[:, :1], axis=-1)).all() and standard_error(x[:, :1], axis=-1).shape == (3,)
