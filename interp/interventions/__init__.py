@@ -17,6 +17,26 @@ from typing import ClassVar, Protocol
 from interp.provenance import canonical_json, to_jsonable
 
 
+class ByProduct(Protocol):
+    """Something applying an intervention made, yielded by ``apply`` (a prune report, a heal log):
+    the sweep stores it with the point, before the point's scores, so a stored point has it."""
+
+    def save(self, con, run_id: int, point: str) -> None:
+        """Write it into the store (idempotent: replaces what the same point stored before)."""
+
+
+def byproducts(made: object) -> list[ByProduct]:
+    """What an ``apply`` yielded, as a list: nothing (None), one by-product, or a tuple of them."""
+    if made is None:
+        return []
+    items = list(made) if isinstance(made, (list, tuple)) else [made]
+    bad = [type(x).__name__ for x in items if not callable(getattr(x, "save", None))]
+    if bad:
+        raise TypeError(f"apply() yielded a {bad[0]}, which has no save(con, run_id, point): "
+                        "yield by-products (interp.interventions.ByProduct) or nothing")
+    return items
+
+
 class Intervention(Protocol):
     kind: ClassVar[str]
 
@@ -80,9 +100,8 @@ class Base:
 
 
 @contextlib.contextmanager
-def applied(loaded, specs: list[Intervention]) -> Iterator[None]:
-    """Apply several interventions at once (innermost last)."""
+def applied(loaded, specs: list[Intervention]) -> Iterator[list[ByProduct]]:
+    """Apply several interventions at once (innermost last); yields every by-product they made."""
     with contextlib.ExitStack() as stack:
-        for spec in specs:
-            stack.enter_context(spec.apply(loaded))
-        yield
+        made = [b for spec in specs for b in byproducts(stack.enter_context(spec.apply(loaded)))]
+        yield made

@@ -27,6 +27,7 @@ from torch import nn
 
 from interp.interventions.heal import HealCfg, healed
 from interp.interventions import register
+from store.layers import add_heal_log
 
 _CONFIG_FIELDS = ("num_hidden_layers", "layer_types")
 """Config attributes that describe the layer stack (per-layer lists are sliced to the kept layers)."""
@@ -148,9 +149,15 @@ class LayerDrop:
             yield
 
 
-HEAL_LOGS: dict[str, pd.DataFrame] = {}
-"""Training log of each healed point applied in this process, by point label; the layer
-study reads (and removes) it after the point's evaluation to store it."""
+@dataclass(frozen=True)
+class HealLog:
+    """By-product of a healed point: its LoRA training log, stored in ``layer_heal``."""
+
+    log: pd.DataFrame
+    """step, loss, seconds: the training loss every few steps."""
+
+    def save(self, con, run_id: int, point: str) -> None:
+        add_heal_log(con, run_id, point, self.log)
 
 
 @register
@@ -179,7 +186,7 @@ class HealedDrop:
         return f"{LayerDrop(self.layers).label()}+heal{self.heal.steps}"
 
     @contextlib.contextmanager
-    def apply(self, loaded) -> Iterator[None]:
+    def apply(self, loaded) -> Iterator[HealLog]:
+        """Yields the healing's training log (a by-product the sweep stores)."""
         with skip_layers(loaded, self.layers), healed(loaded, self.heal, progress=True) as log:
-            HEAL_LOGS[self.label()] = log
-            yield
+            yield HealLog(log)

@@ -24,7 +24,7 @@ import pandas as pd
 from analyses import layer_agreement, layer_blocks, layer_similarity
 from interp.capture.capture import CaptureCfg, capture
 from interp.interventions import describe
-from interp.interventions.layers import HEAL_LOGS, HealedDrop, LayerDrop
+from interp.interventions.layers import HealedDrop, LayerDrop
 from interp.model.loading import Loaded
 from interp.studies.layers_config import LayersCfg
 from interp.studies.sweep import run_sweep, start_study_run
@@ -90,15 +90,6 @@ def run_config(loaded: Loaded, cfg: LayersCfg, cache_run_id: int, specs: list) -
     return {**config, "eval": cfg.eval_cfg().describe(), "points": [{"kind": "base"}, *map(describe, specs)]}
 
 
-def _store_heal_log(store: Store, run_id: int):
-    def on_point(spec, _scores) -> None:
-        log = HEAL_LOGS.pop(spec.label(), None)
-        if log is not None:
-            with store.connect() as con:
-                db.add_heal_log(con, run_id, spec.label(), log)
-    return on_point
-
-
 def run_layers(loaded: Loaded, store: Store, cfg: LayersCfg, progress: bool = True) -> LayersResult:
     """The whole study into ``store``; returns the run ids (see the module docstring for the steps)."""
     cfg.block_sizes(loaded.n_layers)  # refuse sizes the model cannot take before any work
@@ -113,7 +104,7 @@ def run_layers(loaded: Loaded, store: Store, cfg: LayersCfg, progress: bool = Tr
                                       "layer_influence": tables["influence"],
                                       "layer_points": plan.drop(columns="spec")})
     run_sweep(loaded, store, study=STUDY, config=config, points=specs, eval_cfg=cfg.eval_cfg(),
-              progress=progress, run_id=run_id, on_point=_store_heal_log(store, run_id))
+              progress=progress, run_id=run_id)
     with store.connect() as con:
         evals = db.point_evals(con, run_id)
         table = layer_agreement.agreement(plan.drop(columns="spec"), evals, tables["similarity"], tables["influence"])

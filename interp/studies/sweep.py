@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from analyses.stats import compare_items
 from interp.evals import EvalCfg, Score, evaluate, make_reference
-from interp.interventions import Base, Intervention, describe, to_json
+from interp.interventions import Base, Intervention, byproducts, describe, to_json
 from interp.model.loading import Loaded
 from interp.provenance import canonical_json, code_version, config_hash
 from store import Store
@@ -95,12 +95,14 @@ def run_sweep(loaded: Loaded, store: Store, *, study: str, config: dict, points:
                desc=f"{study} run {run_id}", disable=not progress)
     for spec in todo:
         t0 = time.perf_counter()
-        with spec.apply(loaded):
+        with spec.apply(loaded) as made:
             scores = evaluate(loaded, eval_cfg, reference=reference)
         items = item_frame(scores)
         if isinstance(spec, Base):
             base_items = items
         with store.connect() as con:
+            for product in byproducts(made):  # first: a point whose scores are stored has its by-products
+                product.save(con, run_id, spec.label())
             write_evals(con, score_rows(run_id, study, spec, scores), item_rows(run_id, spec, items),
                         delta_rows(run_id, spec, base_items, items))
         if on_point is not None:

@@ -6,9 +6,10 @@ Steps (re-running resumes: stored calibrations and evaluated points are never re
 1. the sweep plan from the budget: uniform rates for each method (magnitude also with one
    global threshold), N:M, attention-only and MLP-only, each projection alone, mixed rates;
 2. the base model's own sparsity -> prune_points ('base');
-3. ``run_sweep`` with a store-backed pruning session: applying a point stores its sparsity
-   per module (prune_points, prune_stats) and Wanda's input norms (calibrations, input_norms)
-   before it is evaluated (evals); the ``prune_curve`` view joins metric and rate / pruned weights.
+3. ``run_sweep`` with a store-backed lookup of Wanda norms: applying a point yields its report,
+   which the sweep stores (sparsity per module in prune_points, prune_stats; the Wanda input norms
+   it computed in calibrations, input_norms) with the point's evals; the ``prune_curve`` view
+   joins metric and rate / pruned weights.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ from interp.model.loading import Loaded
 from interp.interventions.pruning.apply import dense_report
 from interp.interventions.pruning.calibdata import CalibData
 from interp.interventions.pruning.session import using
-from interp.interventions.pruning.stored import StoreSession, point_row
+from interp.interventions.pruning.stored import StoreSession
 from interp.interventions.pruning.targets import PROJECTIONS
 from interp.studies.sweep import run_sweep, start_study_run
 from store import Store
-from store.weights import curve, done_prune_points, write_prune_point
+from store.weights import curve, done_prune_points
 
 STUDY = "weights"
 BUDGETS = ("smoke", "quick", "full")
@@ -182,20 +183,17 @@ def run_weights(loaded: Loaded, store: Store, cfg: WeightsCfg, progress: bool = 
     run_id, status = start_study_run(loaded, store, STUDY, config)
     if status == "complete":
         return run_id
-    session = StoreSession(store, run_id, loaded)
     with store.connect() as con:
         if "base" not in done_prune_points(con, run_id):
-            base = dense_report(loaded)
-            write_prune_point(con, point_row(run_id, None, base, session.total),
-                              base.frame().assign(run_id=run_id, point="base"))
-    with using(session):
+            dense_report(loaded).save(con, run_id, "base")
+    with using(StoreSession(store)):
         run_sweep(loaded, store, study=STUDY, config=config, points=points, eval_cfg=cfg.eval_cfg(),
                   progress=progress, run_id=run_id)
         with store.connect() as con:
             missing = [s for s in points if s.label() not in done_prune_points(con, run_id)]
-        for spec in missing:  # evaluated by an interrupted run before its stats were kept: record them again
-            with spec.apply(loaded):
-                pass
+        for spec in missing:  # evaluated by a run older than the by-product channel: record them again
+            with spec.apply(loaded) as report, store.connect() as con:
+                report.save(con, run_id, spec.label())
     return run_id
 
 

@@ -107,7 +107,7 @@ def test_layer_statistics_from_real_activations(embedded, store):
 
 def test_healing_the_embedded_model_changes_it_only_inside(embedded):
     from interp.interventions.heal import HealCfg
-    from interp.interventions.layers import HEAL_LOGS, HealedDrop
+    from interp.interventions.layers import HealedDrop
 
     ids = torch.tensor([embedded.tokenizer("It was a dark and stormy night; the rain fell")["input_ids"]])
     before = _checksums(embedded.model)
@@ -115,10 +115,10 @@ def test_healing_the_embedded_model_changes_it_only_inside(embedded):
     with torch.no_grad():
         with LayerDrop((20, 21)).apply(embedded):
             dropped = embedded.model(input_ids=ids).logits
-        with spec.apply(embedded):
+        with spec.apply(embedded) as made:
             healed = embedded.model(input_ids=ids).logits
         after = embedded.model(input_ids=ids).logits
-    log = HEAL_LOGS.pop(spec.label())
+    log = made.log
     assert list(log["step"]) == [1, 2] and log["loss"].notna().all()
     assert not torch.allclose(healed, dropped, atol=1e-4)
     assert _checksums(embedded.model) == before

@@ -8,7 +8,7 @@ import torch
 from interp.evals import ppl
 from interp.interventions.heal import HealCfg, HealError, healed, mlp_targets, training_windows
 from interp.interventions import from_json, to_json
-from interp.interventions.layers import HEAL_LOGS, HealedDrop, LayerDrop, skip_layers
+from interp.interventions.layers import HealedDrop, HealLog, LayerDrop, skip_layers
 
 
 def _ids(seed: int = 0) -> torch.Tensor:
@@ -80,11 +80,11 @@ def test_healed_drop_is_a_value_and_records_its_log(tiny):
     assert from_json(to_json(spec)) == spec
     assert spec != HealedDrop((1, 2), HealCfg(steps=3, batch=1, holdout_tokens=256, window=32))
     snap = _snapshot(tiny.model)
-    with pytest.raises(RuntimeError, match="boom"), spec.apply(tiny):
+    with pytest.raises(RuntimeError, match="boom"), spec.apply(tiny) as made:
         assert tiny.n_layers == 2
         raise RuntimeError("boom")
     _assert_restored(tiny.model, snap)
-    assert len(HEAL_LOGS.pop(spec.label())) == 2
+    assert isinstance(made, HealLog) and list(made.log["step"]) == [1, 2]
     assert LayerDrop((1, 2)).label() + "+heal2" == spec.label()
 
 

@@ -231,12 +231,13 @@ def test_sequential_norms_are_measured_on_the_pruned_prefix(tiny):
 def test_stored_norms_are_reused_and_give_the_same_masks(tiny):
     spec = PruneSpec("wanda", 0.5, calib=CALIB)
     with using(MemorySession()) as sess:
-        with spec.apply(tiny):
+        with spec.apply(tiny) as computed:
             first = {k: (v == 0).clone() for k, v in tiny.model.state_dict().items()}
-        with spec.apply(tiny):
+        with spec.apply(tiny) as found:
             second = {k: (v == 0).clone() for k, v in tiny.model.state_dict().items()}
         assert len(sess.computed) == 1
-        assert sess.reports[spec.label()].totals()["sparsity"] == 0.5
+        assert found.totals()["sparsity"] == 0.5 and found.calib_id == computed.calib_id
+        assert computed.norms is not None and found.norms is None  # only what an apply computed is stored
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 

@@ -105,13 +105,15 @@ def test_norms_round_trip_and_are_written_once(store):
     assert got.keys() == norms.keys() and all(np.array_equal(got[k], norms[k]) for k in norms)
 
 
-def test_store_session_records_each_applied_spec_once(tiny, store):
+def test_the_yielded_report_stores_each_applied_spec_once_and_the_norms_it_computed(tiny, store):
     spec = PruneSpec("wanda", 0.5, calibration="oneshot", calib=CalibData(windows=2, length=32))
-    sess = StoreSession(store, 7, tiny)
+    sess = StoreSession(store)
     with using(sess):
         for _ in range(2):
-            with spec.apply(tiny):
-                pass
+            with spec.apply(tiny) as report, store.connect() as con:
+                report.save(con, 7, spec.label())
+    with using(StoreSession(store)) as again, spec.apply(tiny) as report:
+        assert report.norms is None and again.loaded_from_store == [report.calib_id]  # found in the store
     with store.connect(read_only=True) as con:
         assert con.execute("SELECT count(*) FROM prune_points").fetchone()[0] == 1
         assert con.execute("SELECT count(*) FROM prune_stats").fetchone()[0] == 4 * 7

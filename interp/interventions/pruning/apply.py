@@ -11,6 +11,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 import torch
@@ -20,17 +21,29 @@ from interp.interventions.pruning import masks, session
 from interp.interventions.pruning.calibdata import calibration_windows
 from interp.interventions.pruning.calibrate import Norms, layerwise_norms
 from interp.interventions.pruning.targets import PROJECTIONS, Target, all_targets, resolve
+from store.weights import write_norms, write_prune_point
 
 
 @dataclass
 class PruneReport:
-    """What a spec did: one row per (layer, module) and the totals."""
+    """What a spec did: one row per (layer, module) and the totals. A by-product of applying it
+    (``save`` writes prune_points / prune_stats, and the Wanda norms when this apply computed them)."""
 
     rows: list[dict] = field(default_factory=list)
     """layer, module, rate, n_params, n_pruned (weights the mask removed), n_zero (zeros after), sparsity."""
     calib_id: str | None = None
     """Identity of the Wanda norms used (stored in input_norms), None for magnitude."""
     seconds: float = 0.0
+    spec: Any = None
+    """The applied ``PruneSpec``; None for the base model (nothing pruned)."""
+    total_params: int = 0
+    """Weights in every prunable projection of the model (the denominator of 'pruned fraction')."""
+    norms: Norms | None = None
+    """The Wanda norms this apply computed (None when they were found, or for magnitude): stored by ``save``."""
+    norm_info: dict | None = None
+    """mode, spec JSON (sequential), dataset, n_tokens, seconds of the computed norms."""
+    model: tuple[str, str] = ("", "")
+    """(name, revision) of the model, recorded with computed norms."""
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=["layer", "module", "rate", "n_params", "n_pruned", "n_zero",
@@ -46,6 +59,35 @@ class PruneReport:
         n_zero = sum(r["n_zero"] for r in self.rows)
         return {"n_params": n_params, "n_pruned": sum(r["n_pruned"] for r in self.rows), "n_zero": n_zero,
                 "sparsity": n_zero / n_params if n_params else 0.0}
+
+    def point_row(self, run_id: int) -> dict:
+        """The ``prune_points`` row (the base model's when ``spec`` is None)."""
+        from interp.interventions import to_json
+
+        tot, frame, spec = self.totals(), self.frame(), self.spec
+        target = float((frame["rate"] * frame["n_params"]).sum() / tot["n_params"]) if tot["n_params"] else 0.0
+        if spec is None:
+            return {"run_id": run_id, "point": "base", "intervention": '{"kind":"base"}', "method": "base",
+                    "calibration": None, "grp": "row", "structure": "unstructured", "modules": "all",
+                    "target_rate": 0.0, **tot, "total_params": self.total_params, "calib_id": None,
+                    "seconds": self.seconds}
+        return {"run_id": run_id, "point": spec.label(), "intervention": to_json(spec), "method": spec.method,
+                "calibration": spec.calibration, "grp": spec.group, "structure": spec.structure,
+                "modules": ",".join(spec.modules), "target_rate": target, **tot, "total_params": self.total_params,
+                "calib_id": self.calib_id, "seconds": self.seconds}
+
+    def save(self, con, run_id: int, point: str) -> None:
+        """Computed norms (kept as stored when another run stored them first), then the point's rows."""
+        if self.norms is not None and self.calib_id is not None:
+            arrays = {k: v.detach().cpu().numpy() for k, v in self.norms.items()}
+            write_norms(con, calib_id=self.calib_id, run_id=run_id, model=self.model[0], revision=self.model[1],
+                        info=self.norm_info or {}, norms=arrays)
+        write_prune_point(con, self.point_row(run_id), self.frame().assign(point=point))
+
+
+def total_params(loaded) -> int:
+    """Weights in every prunable projection of the model."""
+    return sum(t.n_params for t in all_targets(loaded.model, loaded.arch))
 
 
 def calibration_id(loaded, spec) -> str:
@@ -125,32 +167,34 @@ def _norm_info(spec, dataset: dict, n_tokens: int, seconds: float) -> dict:
             "dataset": canonical_json(dataset), "n_tokens": n_tokens, "seconds": seconds}
 
 
-def _wanda(loaded, spec, targets: list[Target], pruner: _Pruner, progress: bool) -> str:
+def _wanda(loaded, spec, targets: list[Target], pruner: _Pruner, progress: bool,
+           report: PruneReport) -> None:
+    """Prune with Wanda scores; norms found in the active session are used as they are, norms
+    computed here go into the report (the sweep stores them) and the session's memory."""
     sess = session.current()
-    calib_id = calibration_id(loaded, spec)
+    report.calib_id = calib_id = calibration_id(loaded, spec)
     norms = sess.get_norms(calib_id)
     if norms is not None:  # stored: the masks follow from the weights and these norms alone
         pruner.run(targets, _wanda_score(norms))
-        return calib_id
+        return
     t0 = time.perf_counter()
     windows, dataset = calibration_windows(loaded.tokenizer, spec.calib)
     blocks = loaded.model.get_submodule(loaded.arch.layers)
     if spec.calibration == "oneshot":  # every projection, so one calibration serves every spec
         norms = layerwise_norms(loaded.model, blocks, all_targets(loaded.model, loaded.arch), windows,
                                 progress=progress)
-        sess.put_norms(calib_id, _norm_info(spec, dataset, spec.calib.n_tokens, time.perf_counter() - t0), norms)
         pruner.run(targets, _wanda_score(norms))
-        return calib_id
-    by_layer: dict[int, list[Target]] = {}
-    for t in targets:
-        by_layer.setdefault(t.layer, []).append(t)
+    else:
+        by_layer: dict[int, list[Target]] = {}
+        for t in targets:
+            by_layer.setdefault(t.layer, []).append(t)
 
-    def prune_layer(layer: int, layer_norms: Norms) -> None:
-        pruner.run(by_layer[layer], _wanda_score(layer_norms))
+        def prune_layer(layer: int, layer_norms: Norms) -> None:
+            pruner.run(by_layer[layer], _wanda_score(layer_norms))
 
-    norms = layerwise_norms(loaded.model, blocks, targets, windows, prune_layer, progress=progress)
-    sess.put_norms(calib_id, _norm_info(spec, dataset, spec.calib.n_tokens, time.perf_counter() - t0), norms)
-    return calib_id
+        norms = layerwise_norms(loaded.model, blocks, targets, windows, prune_layer, progress=progress)
+    sess.put_norms(calib_id, norms)
+    report.norms, report.norm_info = norms, _norm_info(spec, dataset, spec.calib.n_tokens, time.perf_counter() - t0)
 
 
 @contextlib.contextmanager
@@ -159,16 +203,16 @@ def pruned(loaded, spec, progress: bool = False) -> Iterator[PruneReport]:
     t0 = time.perf_counter()
     targets = resolve(loaded.model, loaded.arch, spec.rates)
     pruner = _Pruner(spec)
+    report = PruneReport(pruner.rows, spec=spec, total_params=total_params(loaded),
+                         model=(loaded.name, loaded.revision))
     try:
         with torch.no_grad():
-            calib_id = None
             if spec.method == "magnitude":
                 pruner.run(targets, lambda t: masks.magnitude_scores(t.weight))
             else:
-                calib_id = _wanda(loaded, spec, targets, pruner, progress)
+                _wanda(loaded, spec, targets, pruner, progress, report)
         pruner.rows.sort(key=lambda r: (r["layer"], PROJECTIONS.index(r["module"])))
-        report = PruneReport(pruner.rows, calib_id, time.perf_counter() - t0)
-        session.current().record(spec, report)
+        report.seconds = time.perf_counter() - t0
         yield report
     finally:
         pruner.restore()
@@ -181,4 +225,4 @@ def dense_report(loaded) -> PruneReport:
         n_zero = t.n_params - int(torch.count_nonzero(t.weight))
         rows.append({"layer": t.layer, "module": t.name, "rate": 0.0, "n_params": t.n_params, "n_pruned": 0,
                      "n_zero": n_zero, "sparsity": n_zero / t.n_params})
-    return PruneReport(rows)
+    return PruneReport(rows, total_params=sum(r["n_params"] for r in rows))

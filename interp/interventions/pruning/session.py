@@ -1,9 +1,9 @@
-"""Where pruning keeps its by-products: Wanda input norms (looked up before computing them
-again) and the sparsity report of every applied spec.
+"""Where pruning looks up Wanda input norms before computing them again.
 
-A spec stays a plain value with ``apply(loaded)``; the study makes these side channels
-durable by activating a store-backed session around its sweep (``with using(session):``).
-Without one, norms are computed on every apply and reports are only returned.
+A spec stays a plain value with ``apply(loaded)``; what applying it makes (the sparsity report,
+norms it computed) is yielded as a by-product (``PruneReport``) and stored by the sweep. Finding
+norms computed earlier is an input, not a by-product: a study activates a store-backed lookup
+around its sweep (``with using(session):``). Without one, norms are computed on every apply.
 """
 
 from __future__ import annotations
@@ -16,38 +16,29 @@ import torch
 
 
 class PruneSession:
-    """Default: remembers nothing."""
+    """Default: finds nothing, remembers nothing."""
 
     def get_norms(self, calib_id: str) -> dict[tuple[int, str], torch.Tensor] | None:
         return None
 
-    def put_norms(self, calib_id: str, info: dict, norms: dict[tuple[int, str], torch.Tensor]) -> None:
-        """``info``: mode, spec JSON (sequential), dataset, n_tokens, seconds."""
-
-    def record(self, spec, report) -> None:
-        """Called with every applied spec's ``PruneReport`` before the model is used."""
+    def put_norms(self, calib_id: str, norms: dict[tuple[int, str], torch.Tensor]) -> None:
+        """Norms computed by an apply, for the applies after it in this session."""
 
 
 class MemorySession(PruneSession):
-    """Keeps norms and reports in memory (tests, notebooks, and the front of the store session)."""
+    """Keeps computed norms in memory (tests, notebooks, and the front of the store session)."""
 
     def __init__(self) -> None:
         self.norms: dict[str, dict[tuple[int, str], torch.Tensor]] = {}
-        self.infos: dict[str, dict] = {}
-        self.reports: dict[str, object] = {}
         self.computed: list[str] = []
         """calib ids computed (not found) in this session, in order."""
 
     def get_norms(self, calib_id):
         return self.norms.get(calib_id)
 
-    def put_norms(self, calib_id, info, norms):
+    def put_norms(self, calib_id, norms):
         self.norms[calib_id] = norms
-        self.infos[calib_id] = info
         self.computed.append(calib_id)
-
-    def record(self, spec, report):
-        self.reports[spec.label()] = report
 
 
 _NONE = PruneSession()
