@@ -7,12 +7,10 @@ points are reused), so running the demo again only does what is missing.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import importlib
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from invoke import task
@@ -33,11 +31,10 @@ class Study:
     cfg: str
     """module:Class of the study's frozen config; built as Class(budget=..., seed=...)."""
     runner: str
-    """module:function called as function(loaded, store, cfg)."""
+    """module:function called as function(loaded, store, cfg, on_phase=...)."""
     phases: tuple[tuple[str, str], ...] = ()
-    """(name of a function the runner's module calls, phase it starts): the demo prints a numbered
-    sub-step the first time the runner calls each. The runners take no phase callback, so the demo
-    wraps these module-level names while the study runs (see ``phase_steps``)."""
+    """(phase name the runner passes to ``on_phase``, what the demo prints for it as a numbered
+    sub-step the first time the runner starts it)."""
 
     def load(self):
         """(config class, runner); import errors surface, nothing is skipped quietly."""
@@ -46,7 +43,7 @@ class Study:
         return getattr(importlib.import_module(cfg_mod), cfg_cls), getattr(importlib.import_module(run_mod), run_fn)
 
 
-SWEEP = ("run_sweep", "sweep + evaluation (base model in the same run)")
+SWEEP = ("sweep", "sweep + evaluation (base model in the same run)")
 STUDIES = (
     Study("layers", "residual-stream cache, layer similarity and angular distance, layer-dropping sweeps",
           "interp.studies.layers_config:LayersCfg", "interp.studies.layers:run_layers",
@@ -54,16 +51,16 @@ STUDIES = (
            SWEEP)),
     Study("weights", "magnitude and Wanda pruning: rates, module groups, sparsity reached",
           "interp.studies.weights:WeightsCfg", "interp.studies.weights:run_weights",
-          (("plan_points", "plan the pruning points"), ("dense_report", "analyses (dense weights)"),
-           ("run_sweep", "sweep: calibration, pruning and evaluation (base model in the same run)"))),
+          (("plan", "plan the pruning points"), ("dense", "analyses (dense weights)"),
+           ("sweep", "sweep: calibration, pruning and evaluation (base model in the same run)"))),
     Study("heads", "head importance (ablation, gradient), head pruning, Mixture-of-Head routers",
           "interp.studies.heads_config:HeadsCfg", "interp.studies.heads:run_heads",
-          (("prepare", "data (text sample, task items)"), ("compute_importance", "analyses (head importance)"),
-           ("train_routers", "router training"), SWEEP)),
+          (("prepare", "data (text sample, task items)"), ("importance", "analyses (head importance)"),
+           ("routers", "router training"), SWEEP)),
     Study("safety", "probes per layer, harmful directions, ablation / orthogonalisation / activation addition",
           "interp.studies.safety:SafetyCfg", "interp.studies.safety:run_safety",
-          (("capture", "cache (labelled prompts)"), ("parse_layers", "analyses (probes, directions)"),
-           ("_select", "choosing the direction (candidates ablated)"), SWEEP)),
+          (("capture", "cache (labelled prompts)"), ("analyse", "analyses (probes, directions)"),
+           ("select", "choosing the direction (candidates ablated)"), SWEEP)),
 )
 
 
@@ -77,38 +74,6 @@ def pick(names: str | None) -> list[Study]:
         if n not in known:
             raise ValueError(f"unknown study '{n}': use some of {', '.join(known)}")
     return [s for s in STUDIES if s.name in wanted]
-
-
-@contextlib.contextmanager
-def phase_steps(study: Study, on_phase: Callable[[str], None]) -> Iterator[list[str]]:
-    """While the block runs, call ``on_phase(phase)`` when the study's runner first enters each phase.
-
-    Wraps the module-level functions named in ``study.phases`` (the runner looks them up at call
-    time) and restores them on exit; a name the module no longer has is skipped (no sub-step).
-    Yields the phases entered so far."""
-    mod = importlib.import_module(study.runner.split(":")[0])
-    seen: list[str] = []
-    saved: list[tuple[str, object]] = []
-
-    def wrap(fn, phase: str):
-        @functools.wraps(fn)
-        def entered(*args, **kwargs):
-            if phase not in seen:
-                seen.append(phase)
-                on_phase(phase)
-            return fn(*args, **kwargs)
-        return entered
-
-    try:
-        for name, phase in study.phases:
-            fn = getattr(mod, name, None)
-            if callable(fn):
-                saved.append((name, fn))
-                setattr(mod, name, wrap(fn, phase))
-        yield seen
-    finally:
-        for name, fn in reversed(saved):
-            setattr(mod, name, fn)
 
 
 def stored_summary(st, run_id: int) -> str:
@@ -128,12 +93,15 @@ def _step(i: int, n: int, text: str) -> float:
     return time.perf_counter()
 
 
-def _sub_step(i: int) -> Callable[[str], None]:
-    """Prints step i's phases as i.1, i.2, ..."""
+def _sub_step(i: int, study: Study) -> Callable[[str], None]:
+    """The study's progress callback: prints each phase it starts as i.1, i.2, ... (once each)."""
     count = itertools.count(1)
+    texts, seen = dict(study.phases), set()
 
     def on_phase(phase: str) -> None:
-        print(f"  {i}.{next(count)} {phase}", flush=True)
+        if phase not in seen:
+            seen.add(phase)
+            print(f"  {i}.{next(count)} {texts.get(phase, phase)}", flush=True)
     return on_phase
 
 
@@ -173,8 +141,7 @@ def demo(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, full=False, budget=None, o
     _done(t0, f"{loaded.name}: {loaded.n_layers} layers, d_model {loaded.d_model}, loaded")
     for i, (study, cfg, fn) in enumerate(configs, start=2):
         t0 = _step(i, n, f"{study.name} ({budget}): {study.what}")
-        with phase_steps(study, _sub_step(i)):
-            result = fn(loaded, st, cfg)
+        result = fn(loaded, st, cfg, on_phase=_sub_step(i, study))
         run_id = getattr(result, "run_id", result)
         _done(t0, f"run {run_id} complete")
         print(f"      stored: {stored_summary(st, run_id)}", flush=True)

@@ -42,7 +42,7 @@ from interp.studies.heads_train import RouterCfg, mean_nll, train_router, usage
 from interp.interventions.heads import HeadMask, HeadRouting, router_dir
 from interp.model.loading import Loaded
 from interp.data.prompts import book_corpus
-from interp.studies.sweep import run_sweep, start_study_run
+from interp.studies.sweep import Phase, no_phase, run_sweep, start_study_run
 from store import Store
 from store import heads as db
 
@@ -230,23 +230,28 @@ def build_points(cfg: HeadsCfg, n_layers: int, n_heads: int, importance: pd.Data
     return points, pd.DataFrame(rows)
 
 
-def run_heads(loaded: Loaded, store: Store, cfg: HeadsCfg, progress: bool = True) -> int:
+def run_heads(loaded: Loaded, store: Store, cfg: HeadsCfg, progress: bool = True,
+              on_phase: Phase = no_phase) -> int:
     """Run (or resume) the head study; returns its run id."""
     config = cfg.describe()
     run_id, status = start_study_run(loaded, store, "heads", config)
     if status == "complete":
         return run_id
     cfg.ablated_layers(loaded.n_layers)  # fail before any work when the methods need every layer
+    on_phase("prepare")
     data = prepare(loaded, cfg)
+    on_phase("importance")
     compute_importance(loaded, store, run_id, cfg, data, progress)
     with store.connect() as con:
         importance = db.read_importance(con, run_id)
         means = save_means(torch.from_numpy(db.read_means(con, run_id)), router_dir())  # (re)writes the file
     ks = sorted({head_pruning.keep_count(f, loaded.n_heads) for f in cfg.router_keep})
+    on_phase("routers")
     routers = train_routers(loaded, store, run_id, cfg, data, ks, importance, progress)
     points, rows = build_points(cfg, loaded.n_layers, loaded.n_heads, importance, routers, means)
     with store.connect() as con:
         db.write_points(con, run_id, rows)
+    on_phase("sweep")
     run_sweep(loaded, store, study="heads", config=config, points=points, eval_cfg=cfg.eval_cfg(),
               progress=progress, run_id=run_id)
     return run_id

@@ -27,7 +27,7 @@ from interp.interventions import describe
 from interp.interventions.layers import HealedDrop, LayerDrop
 from interp.model.loading import Loaded
 from interp.studies.layers_config import LayersCfg
-from interp.studies.sweep import run_sweep, start_study_run
+from interp.studies.sweep import Phase, no_phase, run_sweep, start_study_run
 from store import Store
 from store import layers as db
 from store.runs import finish_run
@@ -90,10 +90,13 @@ def run_config(loaded: Loaded, cfg: LayersCfg, cache_run_id: int, specs: list) -
     return {**config, "eval": cfg.eval_cfg().describe(), "points": [{"kind": "base"}, *map(describe, specs)]}
 
 
-def run_layers(loaded: Loaded, store: Store, cfg: LayersCfg, progress: bool = True) -> LayersResult:
+def run_layers(loaded: Loaded, store: Store, cfg: LayersCfg, progress: bool = True,
+               on_phase: Phase = no_phase) -> LayersResult:
     """The whole study into ``store``; returns the run ids (see the module docstring for the steps)."""
     cfg.block_sizes(loaded.n_layers)  # refuse sizes the model cannot take before any work
+    on_phase("capture")
     cache_run_id = capture(loaded, store, capture_cfg(loaded, cfg), progress=progress)
+    on_phase("analyse")
     tables = analyse(store, cache_run_id)
     plan = plan_points(loaded, cfg, tables)
     specs = distinct_specs(plan)
@@ -103,6 +106,7 @@ def run_layers(loaded: Loaded, store: Store, cfg: LayersCfg, progress: bool = Tr
         db.replace_rows(con, run_id, {"layer_similarity": tables["similarity"], "layer_angular": tables["angular"],
                                       "layer_influence": tables["influence"],
                                       "layer_points": plan.drop(columns="spec")})
+    on_phase("sweep")
     run_sweep(loaded, store, study=STUDY, config=config, points=specs, eval_cfg=cfg.eval_cfg(),
               progress=progress, run_id=run_id)
     with store.connect() as con:

@@ -32,7 +32,7 @@ from interp.interventions.directions import DirectionalAblation
 from interp.model.loading import Loaded
 from interp.studies import safety_baselines, safety_select
 from interp.studies.safety_config import BUDGETS, EVAL_TASKS, PROMPT_SETS, SafetyCfg, parse_layers
-from interp.studies.sweep import run_sweep, start_study_run
+from interp.studies.sweep import Phase, no_phase, run_sweep, start_study_run
 from store import Store, StoreError
 from store import safety as db
 
@@ -61,8 +61,10 @@ def _dataset(store: Store, cache_run: int, cfg: SafetyCfg) -> pd.DataFrame:
     return data.assign(cache_run_id=cache_run)
 
 
-def run_safety(loaded: Loaded, store: Store, cfg: SafetyCfg, progress: bool = True) -> int:
+def run_safety(loaded: Loaded, store: Store, cfg: SafetyCfg, progress: bool = True,
+               on_phase: Phase = no_phase) -> int:
     """Run (or resume) the whole study; returns the safety run id."""
+    on_phase("capture")
     cache_run = capture(loaded, store, cfg.capture_cfg(), progress=progress)
     config = {**cfg.describe(), "cache_run_id": cache_run}
     run_id, status = start_study_run(loaded, store, "safety", config)
@@ -82,6 +84,7 @@ def run_safety(loaded: Loaded, store: Store, cfg: SafetyCfg, progress: bool = Tr
         with store.connect() as con:
             db.replace_rows(con, run_id, {"safety_prompts": data})
             db.set_splits(con, cache_run, data)
+    on_phase("analyse")
     layers = parse_layers(cfg.probe_layers, loaded.n_layers)
     hooks, positions = list(cfg.probe_hooks), list(cfg.positions)
     if not have["safety_probes"]:
@@ -95,10 +98,12 @@ def run_safety(loaded: Loaded, store: Store, cfg: SafetyCfg, progress: bool = Tr
             dirs, metrics = dir_analysis.run(con, store, cache_run, data, cfg.probe_cfg(), hooks, positions, layers,
                                              progress=progress)
             db.replace_rows(con, run_id, {"safety_directions": dirs, "safety_layers": metrics})
+    on_phase("select")
     _select(loaded, store, run_id, data, cfg, progress)
     planned = plan_points(store, run_id, cfg)
     with store.connect() as con:
         db.replace_rows(con, run_id, {"safety_points": safety_baselines.points_frame(planned)})
+    on_phase("sweep")
     run_sweep(loaded, store, study="safety", config=config, points=[spec for spec, _ in planned],
               eval_cfg=cfg.eval_cfg(), progress=progress, run_id=run_id)
     store_bands(store, run_id)

@@ -25,6 +25,15 @@ from store.evals import done_points, point_items, write_evals
 from store.runs import finish_run, start_run
 
 
+Phase = Callable[[str], None]
+"""A study's progress callback: called with a phase's name (capture, analyse, sweep, ...) as the
+study starts it; the demo prints them as numbered sub-steps."""
+
+
+def no_phase(_name: str) -> None:
+    """The default progress callback: nothing."""
+
+
 def start_study_run(loaded: Loaded, store: Store, study: str, config: dict) -> tuple[int, str]:
     """Create (or find, for resume) the run of a study with this model and config."""
     with store.connect() as con:

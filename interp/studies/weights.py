@@ -28,7 +28,7 @@ from interp.interventions.pruning.calibdata import CalibData
 from interp.interventions.pruning.session import using
 from interp.interventions.pruning.stored import StoreSession
 from interp.interventions.pruning.targets import PROJECTIONS
-from interp.studies.sweep import run_sweep, start_study_run
+from interp.studies.sweep import Phase, no_phase, run_sweep, start_study_run
 from store import Store
 from store.weights import curve, done_prune_points
 
@@ -176,8 +176,10 @@ def run_config(loaded: Loaded, cfg: WeightsCfg, points: list[PruneSpec]) -> dict
     return {**cfg.identity(), "eval": cfg.eval_cfg().describe(), "points": [{"kind": "base"}, *map(describe, points)]}
 
 
-def run_weights(loaded: Loaded, store: Store, cfg: WeightsCfg, progress: bool = True) -> int:
+def run_weights(loaded: Loaded, store: Store, cfg: WeightsCfg, progress: bool = True,
+                on_phase: Phase = no_phase) -> int:
     """The whole study into ``store``; returns the run id (see the module docstring for the steps)."""
+    on_phase("plan")
     points = plan_points(loaded, cfg)
     config = run_config(loaded, cfg, points)
     run_id, status = start_study_run(loaded, store, STUDY, config)
@@ -185,7 +187,9 @@ def run_weights(loaded: Loaded, store: Store, cfg: WeightsCfg, progress: bool = 
         return run_id
     with store.connect() as con:
         if "base" not in done_prune_points(con, run_id):
+            on_phase("dense")
             dense_report(loaded).save(con, run_id, "base")
+    on_phase("sweep")
     with using(StoreSession(store)):
         run_sweep(loaded, store, study=STUDY, config=config, points=points, eval_cfg=cfg.eval_cfg(),
                   progress=progress, run_id=run_id)

@@ -26,7 +26,11 @@ def tiny_plan(monkeypatch):
 
 
 def test_run_stores_points_stats_norms_and_the_curve(tiny, store, tiny_plan):
-    run_id = run_weights(tiny, store, tiny_plan, progress=False)
+    from interp.commands.demo import STUDIES
+
+    phases: list[str] = []
+    run_id = run_weights(tiny, store, tiny_plan, progress=False, on_phase=phases.append)
+    assert phases == [key for key, _ in next(s for s in STUDIES if s.name == "weights").phases]  # the demo's steps
     points = [s.label() for s in plan_points(tiny, tiny_plan)]
     assert points == ["magnitude all=50%", "wanda all=50%", "wanda all 2:4", "magnitude down=50%",
                       "wanda attn=20%,mlp=60%"]
