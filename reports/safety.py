@@ -173,14 +173,12 @@ def _best_text(r) -> str:
 
 
 def _effect_text(rows: pd.DataFrame) -> str:
-    """Each metric's change (rows of edit_effects_sql for one edit), with its interval and the random band."""
+    """Each metric's change (rows of ablation_effects_sql), with its interval and the random band."""
     parts = []
-    for (_t, metric), g in rows.groupby(["task", "metric"], sort=False):
-        r = g.iloc[0]
-        text = change_text(metric.replace("_", " "), r.before, r.after, r.change_lo, r.change_hi)
-        beyond = g.dropna(subset=["beyond_random"])
-        if len(beyond):
-            inside = [b.random_band for b in beyond.itertuples() if not b.beyond_random]
+    for r in rows.itertuples():
+        text = change_text(r.metric.replace("_", " "), r.before, r.after, r.change_lo, r.change_hi)
+        if r.n_bands:
+            inside = list(r.inside)
             text += ("; inside the random-edit band" + ("s" if len(inside) > 1 else "") if inside else
                      "; beyond every random-edit band")
         parts.append(text)
@@ -253,17 +251,10 @@ def _group_finding(best: pd.DataFrame) -> str | None:
 
 
 def _ablation(con, run_id: int, key: set[tuple[str, str]]):
-    """(label, before/after rows) of the directional ablation of the harmful direction (else any ablation)."""
-    eff = fetch(con, q.edit_effects_sql(run_id))
-    eff = eff.loc[[(t, m) in key for t, m in zip(eff["task"], eff["metric"])]]
-    eff = eff.assign(_o=eff["metric"].map(METRIC_ORDER).fillna(len(METRIC_ORDER))).sort_values(
-        ["edit", "_o", "task"], kind="stable").drop(columns="_o")
-    abl = eff[eff["edit"].str.startswith("ablate[")]
-    if abl.empty:
-        return None, None
-    harmful = abl[abl["edit"].str.startswith("ablate[harmful@")]
-    edit = (harmful if not harmful.empty else abl)["edit"].iloc[0]
-    return edit, abl[abl["edit"] == edit]
+    """(label, per-metric rows) of the directional ablation of the harmful direction (else any ablation)."""
+    metrics = tuple(sorted(key, key=lambda tm: (METRIC_ORDER.get(tm[1], len(METRIC_ORDER)), tm[0])))
+    rows = fetch(con, q.ablation_effects_sql(run_id, metrics))
+    return (None, None) if rows.empty else (rows["edit"].iloc[0], rows)
 
 
 def _num(x) -> str:

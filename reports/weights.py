@@ -71,14 +71,10 @@ def headline(con, run_id: int) -> str | None:
     module group that both methods pruned (the largest)."""
     if not has_rows(con, "prune_points", run_id):
         return None
-    df = fetch(con, q.methods_by_group_at_sql(run_id, 0.5))
-    if df.empty:
+    rows = fetch(con, q.headline_group_sql(run_id, 0.5))
+    if rows.empty:
         return None
-    groups = df.groupby("modules").agg(methods=("method", "nunique"), n_params=("n_params", "max")).reset_index()
-    groups["every"] = groups["modules"] == "all"
-    pick = groups.sort_values(["every", "methods", "n_params", "modules"], ascending=[False, False, False, True])
-    group = pick["modules"].iloc[0]
-    rows = df[df["modules"] == group]
+    group = rows["modules"].iloc[0]
     parts = ", ".join(f"{r.recipe} {r.perplexity:.2f}" for r in rows.itertuples())
     what = "all weights" if group == "all" else f"the {group} weights"
     return f"weights: at 50% of {what} pruned, perplexity is {parts} (unpruned {rows['base_perplexity'].iloc[0]:.2f})."

@@ -235,3 +235,21 @@ LEFT JOIN safety_points s ON s.run_id = v.run_id AND s.point = v.point
 LEFT JOIN safety_bands b ON b.run_id = v.run_id AND b.task = v.task AND b.metric = v.metric AND {band_match("s", "b")}
 WHERE v.run_id = {r} AND v.point <> 'base' AND coalesce(s.role, 'edit') = 'edit'
 ORDER BY v.point, v.task, v.metric, b.band"""
+
+
+def ablation_effects_sql(run_id: int, metrics: tuple[tuple[str, str], ...]) -> str:
+    """The change the directional ablation makes on each (task, metric) of ``metrics``, in that order: the
+    harmful direction's ablation, else the first ablation by name. before, after, the paired 95% interval
+    of the change, and against the random-edit bands: n_bands (bands it is compared with) and inside (the
+    bands it lands inside)."""
+    keys = ", ".join(f"'{t}/{m}'" for t, m in metrics)
+    order = " ".join(f"WHEN task = '{t}' AND metric = '{m}' THEN {i}" for i, (t, m) in enumerate(metrics))
+    return f"""WITH eff AS ({edit_effects_sql(run_id)}),
+abl AS (SELECT * FROM eff WHERE starts_with(edit, 'ablate[') AND task || '/' || metric IN ({keys})),
+pick AS (SELECT edit FROM abl ORDER BY NOT starts_with(edit, 'ablate[harmful@'), edit LIMIT 1)
+SELECT edit, task, metric, any_value(before) AS before, any_value(after) AS after,
+       any_value(change_lo) AS change_lo, any_value(change_hi) AS change_hi, count(beyond_random) AS n_bands,
+       coalesce(list(random_band ORDER BY random_band) FILTER (WHERE NOT beyond_random), []) AS inside
+FROM abl JOIN pick USING (edit)
+GROUP BY edit, task, metric
+ORDER BY CASE {order} END, task"""

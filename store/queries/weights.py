@@ -78,3 +78,12 @@ WHERE e.run_id = {int(run_id)} AND e.metric = 'perplexity' AND p.structure = 'un
   AND abs(p.target_rate - {float(rate)}) < 1e-9 AND p.method <> 'base'
 QUALIFY row_number() OVER (PARTITION BY p.modules, p.method ORDER BY e.value, p.point) = 1
 ORDER BY p.modules, perplexity"""
+
+
+def headline_group_sql(run_id: int, rate: float = 0.5) -> str:
+    """``methods_by_group_at_sql`` for the one module group a headline names: every module when the run
+    pruned them all at once, else the group most methods pruned (then the largest, then by name)."""
+    return f"""WITH m AS ({methods_by_group_at_sql(run_id, rate)}),
+g AS (SELECT modules FROM m GROUP BY modules
+      ORDER BY modules = 'all' DESC, count(DISTINCT method) DESC, max(n_params) DESC, modules LIMIT 1)
+SELECT m.* FROM m JOIN g USING (modules) ORDER BY perplexity, recipe"""
