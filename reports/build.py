@@ -17,6 +17,7 @@ import pandas as pd
 from reports import lmeval
 from reports import models as compare
 from reports.html import Note, Page, Section, TableBlock, render_page
+from reports.panels import render
 from store import Store
 from store.queries import (
     STUDIES,
@@ -49,7 +50,7 @@ class Report:
 
 
 def study_module(study: str):
-    """reports.<study>: ``sections(con, run_id) -> list[Section]``, ``headline(con, run_id) -> str | None``
+    """reports.<study>: ``parts(con, run_id) -> list[Part]`` (the page's panels, drawn by ``render``), ``headline(con, run_id) -> str | None``
     (the study's one headline finding) and ``findings(con, run_id) -> list[str]`` (more detail).
 
     Import errors surface: a study page that cannot be built is a bug, not a missing study."""
@@ -61,7 +62,7 @@ def build_pages(con, store: Store) -> tuple[list[Page], tuple[str, ...], tuple[s
     present = {s: study_run(con, s) for s in STUDIES}
     studies = tuple(s for s in STUDIES if present[s] is not None)
     missing = tuple(s for s in STUDIES if present[s] is None)
-    pages = [_study_page(con, s, present[s], list(study_module(s).sections(con, present[s]))) for s in studies]
+    pages = [_study_page(con, s, present[s], render(con, study_module(s).parts(con, present[s]))) for s in studies]
     if (lmeval_run := lmeval.available(con)) is not None:  # lm-eval scores, from whichever study ran them
         pages.append(lmeval.page(con, lmeval_run))
     if compare.wanted(con):  # more than one model: overlay them

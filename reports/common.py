@@ -7,34 +7,30 @@ import html
 import pandas as pd
 
 from reports.charts import points_vs_base
-from reports.html import ChartBlock, Note, Section, TableBlock
+from reports.html import ChartBlock, Note, TableBlock
+from reports.panels import Panel, Part
 from store.queries import eval_points_sql, fetch
 
 MAX_DOT_POINTS = 60
 """Above this many points a sweep is shown as a table only (a dot per point stops being readable)."""
 
 
-def sweep_section(con, run_id: int, title: str = "Every evaluated point") -> Section:
+def sweep_part(run_id: int, title: str = "Every evaluated point") -> Part:
     """All points of the run's sweep with the base model's value beside them."""
-    sql = eval_points_sql(run_id)
-    df = fetch(con, sql)
-    if df.empty:
-        return Section(title, (Note(f"Run {run_id} has no evaluations yet: rerun the study to resume it.",
-                                    kind="warn"),))
-    blocks = []
-    n_points = df["point"].nunique()
-    if n_points <= MAX_DOT_POINTS:
-        blocks.append(ChartBlock(
-            "Each point against the base model", points_vs_base(df, title="value per sweep point"), sql,
-            caption="Red: the unedited model; dashed rule: its value. Each point carries the 95% interval of its "
-                    "paired difference from the base on the same items (windows, items, generations, prompts); "
-                    "hollow grey points are within the noise: the interval includes no change. One panel per task "
-                    "and metric."))
-    blocks.append(TableBlock("Evaluations", df, sql, max_rows=40,
-                             caption=f"{n_points} points x {df.groupby(['task', 'metric']).ngroups} "
-                                     "task/metric pairs; delta = value - base value; lo..hi: the point's value "
-                                     "at the ends of the 95% interval of delta; p: two-sided, paired (eval_deltas)."))
-    return Section(title, tuple(blocks))
+    return Part(title, (
+        Panel("Each point against the base model", eval_points_sql, (run_id,),
+              lambda df: points_vs_base(df, title="value per sweep point")
+              if df["point"].nunique() <= MAX_DOT_POINTS else None,  # a table only: too many points for dots
+              caption="Red: the unedited model; dashed rule: its value. Each point carries the 95% interval of its "
+                      "paired difference from the base on the same items (windows, items, generations, prompts); "
+                      "hollow grey points are within the noise: the interval includes no change. One panel per "
+                      "task and metric.", say_empty=False),
+        Panel("Evaluations", eval_points_sql, (run_id,), max_rows=40,
+              caption=lambda df: (f"{df['point'].nunique()} points x {len(df[['task', 'metric']].drop_duplicates())} "
+                                  "task/metric pairs; delta = value - base value; lo..hi: the point's value at the "
+                                  "ends of the 95% interval of delta; p: two-sided, paired (eval_deltas)."),
+              empty=f"Run {run_id} has no evaluations yet: rerun the study to resume it."),
+    ))
 
 
 def chart_or_note(con, title: str, sql: str, make, caption: str = "", empty: str = "") -> ChartBlock | Note:

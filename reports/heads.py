@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from reports import charts
-from reports.common import chart_or_note, sweep_section, table_or_note
-from reports.html import Note, Section
+from reports.common import sweep_part
+from reports.html import Note
+from reports.panels import Panel, Part
 from store.queries import fetch, has_rows
 from store.queries import heads as q
 
 
-def sections(con, run_id: int) -> list[Section]:
+def parts(con, run_id: int) -> list[Part]:
     out = []
     if has_rows(con, "heads_importance", run_id):
         out.append(_importance(con, run_id))
     else:
-        out.append(Section("Head importance", (Note("This run stored no head importance.", kind="warn"),)))
-    out.append(Section("Pruning the least important heads", (chart_or_note(
-        con, "Quality as heads are pruned or routed", q.pruning_sql(run_id),
+        out.append(Part("Head importance", (Note("This run stored no head importance.", kind="warn"),)))
+    out.append(Part("Pruning the least important heads", (Panel("Quality as heads are pruned or routed", q.pruning_sql, (run_id,),
         lambda df: charts.curves(df, x="frac_off", y="value", series="strategy", facet="panel",
                                  baseline="base_value", band="stderr", title="metric vs share of heads pruned",
                                  x_title="share of heads pruned", y_title="value", series_title="ranking",
@@ -30,37 +30,36 @@ def sections(con, run_id: int) -> list[Section]:
         empty="No head-pruning points were evaluated in this run."),)))
     if has_rows(con, "heads_router_summary", run_id):
         out.append(_router(con, run_id))
-    out.append(sweep_section(con, run_id))
+    out.append(sweep_part(run_id))
     return out
 
 
-def _importance(con, run_id: int) -> Section:
+def _importance(con, run_id: int) -> Part:
     k = q.importance_bucket(con, run_id)
     blocks = []
     for method, metric, meaning in q.importance_scores(con, run_id):
         signed = metric.startswith("delta")
-        blocks.append(chart_or_note(
-            con, f"{method} / {metric}", q.importance_sql(run_id, method, metric, k),
+        blocks.append(Panel(f"{method} / {metric}", q.importance_sql, (run_id, method, metric, k),
             lambda df, meaning=meaning, signed=signed: charts.heatmap(
                 df, x="layer", y="head", color="importance", title=meaning, x_title="layer", y_title="head",
                 color_title="importance", tooltip=["layer", "head", "importance", "stderr", "n"],
                 diverging=signed, size=min(640, 20 * df["layer"].nunique() + 40),
                 height=min(400, 22 * df["head"].nunique() + 20)),
             caption=meaning + ("" if k == 1 else f" (layers averaged in buckets of {k})")))
-    blocks.append(table_or_note(con, "Heads that matter most", q.top_heads_sql(run_id),
+    blocks.append(Panel("Heads that matter most", q.top_heads_sql, (run_id,),
                                 caption="Zero-ablating these raises the text loss most.",
                                 empty="No zero-ablation scores in this run."))
-    blocks.append(table_or_note(con, "Do the scores agree?", q.agreement_sql(run_id),
+    blocks.append(Panel("Do the scores agree?", q.agreement_sql, (run_id,),
                                 caption="Rank correlation over all heads and overlap of the top-n sets."))
-    return Section("Head importance", tuple(blocks),
+    return Part("Head importance", tuple(blocks),
                    intro="Each cell is one attention head. Ablation replaces the head's output z with zeros "
                          "or its mean; gradient importance gates each head with xi = 1 and averages |dL/dxi|.")
 
 
-def _router(con, run_id: int) -> Section:
+def _router(con, run_id: int) -> Part:
     usage_bucket = q.usage_bucket(con, run_id)
     blocks = (
-        chart_or_note(con, "Router: how often each head is active", q.router_usage_sql(run_id, usage_bucket),
+        Panel("Router: how often each head is active", q.router_usage_sql, (run_id, usage_bucket),
                       lambda df: charts.heatmap(
                           df, x="layer", y="head", color="frequency", facet="router", columns=1,
                           title="share of tokens on which the head is among the top k", x_title="layer",
@@ -70,12 +69,12 @@ def _router(con, run_id: int) -> Section:
                           height=min(400, 22 * df["head"].nunique() + 20)),
                       caption="Per-token head routing (Mixture-of-Head style); a balanced router spreads use "
                               "evenly."),
-        chart_or_note(con, "Router training", q.router_steps_sql(run_id),
+        Panel("Router training", q.router_steps_sql, (run_id,),
                       lambda df: charts.curves(df, x="step", y="value", series="router", facet="term",
                                                title="LM loss and load-balancing loss per step",
                                                x_title="step", y_title="loss",
                                                tooltip=["router", "term", "step", "value"])),
-        chart_or_note(con, "Quality against compute", q.router_summary_sql(run_id),
+        Panel("Quality against compute", q.router_summary_sql, (run_id,),
                       lambda df: charts.bars(df, x="router", y="nll", color="model", baseline="base_nll",
                                              title="held-out NLL: trained router vs uniform router vs static "
                                                    "pruning at the same k", x_title="heads active per token",
@@ -84,7 +83,7 @@ def _router(con, run_id: int) -> Section:
                       caption="uniform: an untrained router (a fixed arbitrary subset); static: the k most "
                               "gradient-important heads of each layer kept for every token."),
     )
-    return Section("Mixture-of-Head routing", blocks)
+    return Part("Mixture-of-Head routing", blocks)
 
 
 def headline(con, run_id: int) -> str | None:
@@ -102,10 +101,9 @@ def findings(con, run_id: int) -> list[str]:
             out.append(f"heads: the most important head is layer {int(r.layer)} head {int(r['head'])}; "
                        f"zero-ablating it raises text loss by {r.delta_loss:+.3f} nats/token.")
     if has_rows(con, "heads_router_summary", run_id):
-        s = fetch(con, q.router_summary_sql(run_id)).pivot_table(index="top_k", columns="model", values="nll")
-        if not s.empty and {"router", "static", "base"} <= set(s.columns):
-            k = int(s.index.min())
-            row = s.loc[k]
-            out.append(f"heads: a trained top-{k} head router reaches held-out NLL {row.router:.3f} vs "
+        best = fetch(con, q.router_headline_sql(run_id))
+        if not best.empty:
+            row = best.iloc[0]
+            out.append(f"heads: a trained top-{int(row.top_k)} head router reaches held-out NLL {row.router:.3f} vs "
                        f"{row.static:.3f} for static pruning at the same k (base {row.base:.3f}).")
     return out

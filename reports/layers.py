@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 
 from reports import charts
-from reports.common import change_text, chart_or_note, sweep_section, table_or_note
-from reports.html import Note, Section
+from reports.common import change_text, sweep_part
+from reports.html import Note
+from reports.panels import Panel, Part
 from store.queries import fetch, has_rows
 from store.queries import layers as q
 
@@ -14,14 +15,14 @@ DROP_TIPS = ["strategy", "n", "panel", "value", "stderr", "base_value", "seeds",
 SINGLE_TIPS = ["layer", "panel", "value", "stderr", "base_value", "delta", "point"]
 
 
-def sections(con, run_id: int) -> list[Section]:
+def parts(con, run_id: int) -> list[Part]:
     out = [_similarity(con, run_id)] if has_rows(con, "layer_similarity", run_id) else [
-        Section("Layer similarity", (Note("This run stored no layer similarity.", kind="warn"),))]
+        Part("Layer similarity", (Note("This run stored no layer similarity.", kind="warn"),))]
     if has_rows(con, "layer_points", run_id):
         out.append(_removal(con, run_id))
     else:
-        out.append(Section("Removing layers", (Note("No layer-dropping points in this run.", kind="warn"),)))
-    out.append(sweep_section(con, run_id))
+        out.append(Part("Removing layers", (Note("No layer-dropping points in this run.", kind="warn"),)))
+    out.append(sweep_part(run_id))
     return out
 
 
@@ -35,13 +36,12 @@ POSITION_CAPTIONS = {
 }
 
 
-def _similarity(con, run_id: int) -> Section:
+def _similarity(con, run_id: int) -> Part:
     k = q.similarity_bucket(con, run_id)
     size = min(560, 16 * (q.n_states(con, run_id) // k + 1) + 40)
     blocks = []
     for pos in q.positions(con, run_id, "layer_similarity"):
-        blocks.append(chart_or_note(
-            con, f"Cosine similarity of the residual stream: {pos}", q.similarity_sql(run_id, pos, k),
+        blocks.append(Panel(f"Cosine similarity of the residual stream: {pos}", q.similarity_sql, (run_id, pos, k),
             lambda df, pos=pos: charts.heatmap(
                 df, x="layer_a", y="layer_b", color="cosine", title=f"cosine ({pos})",
                 x_title="state a (input of layer a)", y_title="state b", color_title="cosine",
@@ -52,8 +52,7 @@ def _similarity(con, run_id: int) -> Section:
             + ("" if k == 1 else f" (states averaged in buckets of {k})") + "."))
     apos = q.position(con, run_id, "layer_angular")
     if apos:
-        blocks.append(chart_or_note(
-            con, "Angular distance by block size and start", q.angular_sql(run_id, apos),
+        blocks.append(Panel("Angular distance by block size and start", q.angular_sql, (run_id, apos),
             lambda df: charts.heatmap(df, x="start_layer", y="n", color="distance", highlight="best",
                                       title="d(x_l, x_l+n) = arccos(cos)/pi", x_title="first layer of the block (l)",
                                       y_title="block size (n)", color_title="distance", scheme="viridis",
@@ -61,25 +60,23 @@ def _similarity(con, run_id: int) -> Section:
                                                "n_prompts"], size=size),
             caption="Gromov et al.: for each n the ringed start l*(n) has the smallest distance between the "
                     "block's input and output: the block to drop."))
-        blocks.append(table_or_note(con, "The block to drop for each n", q.best_blocks_sql(run_id, apos)))
+        blocks.append(Panel("The block to drop for each n", q.best_blocks_sql, (run_id, apos)))
     ipos = q.position(con, run_id, "layer_influence")
     if ipos:
-        blocks.append(chart_or_note(
-            con, "Block Influence per layer", q.influence_sql(run_id, ipos),
+        blocks.append(Panel("Block Influence per layer", q.influence_sql, (run_id, ipos),
             lambda df: charts.bars(df, x="layer", y="block_influence", title="1 - cos(input, output) per layer",
                                    x_title="layer", y_title="Block Influence", sort=None,
                                    tooltip=["layer", "block_influence", "block_influence_se", "n_prompts"],
                                    width=min(640, 18 * len(df) + 40)),
             caption="ShortGPT's one-layer special case: low influence marks a layer that barely changes the "
                     "stream."))
-    return Section("Layer similarity", tuple(blocks))
+    return Part("Layer similarity", tuple(blocks))
 
 
-def _removal(con, run_id: int) -> Section:
+def _removal(con, run_id: int) -> Part:
     blocks = []
     for ppl, label in ((True, "perplexity (log scale)"), (False, "other metrics")):
-        blocks.append(chart_or_note(
-            con, f"Dropping one layer: {label}", q.single_drop_sql(run_id, ppl),
+        blocks.append(Panel(f"Dropping one layer: {label}", q.single_drop_sql, (run_id, ppl),
             lambda df, ppl=ppl: charts.curves(df, x="layer", y="value", series=None, facet="panel",
                                               baseline="base_value", band="stderr", log_y=ppl,
                                               title="one layer skipped at a time", x_title="layer dropped",
@@ -87,8 +84,7 @@ def _removal(con, run_id: int) -> Section:
             caption="Each point skips one layer (its input passes straight to the next). Dashed: the full model.",
             empty=f"No single-layer drops with {label} in this run."))
     for ppl, label in ((True, "perplexity (log scale)"), (False, "other metrics")):
-        blocks.append(chart_or_note(
-            con, f"Dropping blocks of layers: {label}", q.block_drop_sql(run_id, ppl),
+        blocks.append(Panel(f"Dropping blocks of layers: {label}", q.block_drop_sql, (run_id, ppl),
             lambda df, ppl=ppl: charts.curves(df, x="n", y="value", series="strategy", facet="panel",
                                               baseline="base_value", band="stderr", log_y=ppl,
                                               title="n layers dropped, per strategy", x_title="layers dropped (n)",
@@ -97,19 +93,17 @@ def _removal(con, run_id: int) -> Section:
                     "the final one; shallowest: the first n; random: random contiguous blocks (mean over seeds). "
                     "Dashed: the full model.",
             empty=f"No block drops with {label} in this run."))
-    blocks.append(table_or_note(con, "Cheapest block of each size", q.cheapest_blocks_sql(run_id),
+    blocks.append(Panel("Cheapest block of each size", q.cheapest_blocks_sql, (run_id,),
                                 caption="The evaluated drop that raised perplexity least, per block size."))
     if has_rows(con, "layer_heal", run_id):
-        blocks.append(chart_or_note(
-            con, "LoRA healing", q.heal_sql(run_id),
+        blocks.append(Panel("LoRA healing", q.heal_sql, (run_id,),
             lambda df: charts.curves(df, x="step", y="loss", series="point", title="training loss while healing",
                                      x_title="step", y_title="loss", tooltip=["point", "step", "loss", "seconds"])))
     if has_rows(con, "layer_agreement", run_id):
-        blocks.append(table_or_note(
-            con, "Do the cheap proxies predict the harm?", q.agreement_sql(run_id),
+        blocks.append(Panel("Do the cheap proxies predict the harm?", q.agreement_sql, (run_id,),
             caption="Spearman correlation of each similarity proxy with the real harm of dropping; agreement > 0 "
                     "means the proxy ranks the harm the right way round."))
-    return Section("Removing layers", tuple(blocks))
+    return Part("Removing layers", tuple(blocks))
 
 
 def _gromov_block(con, run_id: int):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 
 from reports import charts
-from reports.common import change_text, chart_or_note, sweep_section, table_or_note
-from reports.html import Note, Section
+from reports.common import change_text, sweep_part
+from reports.html import Note
+from reports.panels import Panel, Part
 from store.queries import fetch, has_rows
 from store.queries import safety as q
 
@@ -23,19 +24,18 @@ METRIC_ORDER = {"toxicity": 0, "refusal_rate": 1, "perplexity": 2, "kl": 3}
 """Order of the metrics in a finding: the safety effect first, then its cost."""
 
 
-def sections(con, run_id: int) -> list[Section]:
+def parts(con, run_id: int) -> list[Part]:
     out = [_probes(con, run_id)]
     if has_rows(con, "safety_layers", run_id):
-        out.append(Section("Directions", (chart_or_note(
-            con, "Direction metrics by layer", q.direction_layers_sql(run_id),
+        out.append(Part("Directions", (Panel("Direction metrics by layer", q.direction_layers_sql, (run_id,),
             lambda df: charts.curves(df, x="layer", y="value", series="direction", facet="metric",
                                      title="per-layer direction metrics", x_title="layer", y_title="value",
                                      series_title="direction", tooltip=["direction", "metric", "layer", "value"]),
             caption="cosine_dm_probe: cosine between the class-mean difference and the probe weights; "
                     "projection_d / projection_auc: how well the direction separates held-out prompts."),)))
     if has_rows(con, "safety_candidates", run_id):
-        out.append(Section("Choosing the direction to edit", (
-            chart_or_note(con, "Candidate directions", q.candidates_sql(run_id),
+        out.append(Part("Choosing the direction to edit", (
+            Panel("Candidate directions", q.candidates_sql, (run_id,),
                           lambda df: charts.curves(df, x="layer", y="value", series="direction", facet="criterion",
                                                    title="selection criteria per candidate layer",
                                                    x_title="layer of the direction", y_title="value",
@@ -43,22 +43,21 @@ def sections(con, run_id: int) -> list[Section]:
                                                    tooltip=["direction", "criterion", "layer", "value"]),
                           caption="Each candidate is ablated everywhere on held-out prompts: refusal_drop is what "
                                   "the edit removes, kl what it costs on neutral prompts."),
-            table_or_note(con, "What each criterion picks", q.selection_sql(run_id)))))
+            Panel("What each criterion picks", q.selection_sql, (run_id,)))))
     out.append(_edits(con, run_id))
-    out.append(sweep_section(con, run_id))
+    out.append(sweep_part(run_id))
     return out
 
 
-def _probes(con, run_id: int) -> Section:
+def _probes(con, run_id: int) -> Part:
     title = "Where the concepts are represented"
     if not has_rows(con, "safety_probes", run_id):
-        return Section(title, (Note("This run stored no probes.", kind="warn"),))
+        return Part(title, (Note("This run stored no probes.", kind="warn"),))
     blocks = []
     for hook, pos in q.probe_sites(con, run_id):
         k = q.probes_bucket(con, run_id, hook, pos)
         where = f"{hook}, {POSITIONS.get(pos, pos)}"
-        blocks.append(chart_or_note(
-            con, f"Linear probes by layer: {where}", q.probes_sql(run_id, hook, pos, k),
+        blocks.append(Panel(f"Linear probes by layer: {where}", q.probes_sql, (run_id, hook, pos, k),
             lambda df, where=where: charts.curves(
                 df, x="layer", y="mean", series="setting", facet="panel", band="std",
                 area=("null_band_lo", "null_band_hi"),
@@ -67,8 +66,7 @@ def _probes(con, run_id: int) -> Section:
                          "null_mean", "null_p95", "p", "permutations"]),
             caption=PROBE_CAPTION + ("" if k == 1 else f" Layers averaged in buckets of {k}.")))
     if has_rows(con, "safety_best_layers", run_id):
-        blocks.append(chart_or_note(
-            con, "The best layer against its controls", q.controls_sql(run_id),
+        blocks.append(Panel("The best layer against its controls", q.controls_sql, (run_id,),
             lambda df: charts.bars(df, x="problem", y="value", color="score", facet="panel", title=(
                 "scores of the probe at each problem's best layer"), x_title="problem", y_title="score",
                 color_title="score", sort=None, width=max(160, 60 * df["problem"].nunique()),
@@ -78,8 +76,7 @@ def _probes(con, run_id: int) -> Section:
                     "baseline; the held-out bar is the score on prompts the choice never saw; the cross-source bars "
                     "(harmful vs neutral: trained on one harmful source, tested on the other) show whether it "
                     "generalises beyond one dataset."))
-        blocks.append(table_or_note(
-            con, "Best layer per problem", q.best_layers_sql(run_id),
+        blocks.append(Panel("Best layer per problem", q.best_layers_sql, (run_id,),
             caption="Chosen among layers_compared layers on cross-validated train-split scores. shuffled_* = the "
                     "permutation null's mean at that cell, margin_* = CV minus it, p_roc_auc = the cell's permutation "
                     "p-value (not corrected for the choice: quote the held-out score and its 95% interval, _lo.._hi); "
@@ -89,7 +86,7 @@ def _probes(con, run_id: int) -> Section:
         blocks.append(Note("This run stored no best-layer table (safety_best_layers).", kind="warn"))
     if q.has_group_control(con, run_id):
         blocks += _group_control(con, run_id)
-    return Section(title, tuple(blocks))
+    return Part(title, tuple(blocks))
 
 
 GROUP_CAPTION = ("Stereotype pairs come in two kinds. In most, the neutral counterpart swaps the social group out "
@@ -102,54 +99,48 @@ GROUP_CAPTION = ("Stereotype pairs come in two kinds. In most, the neutral count
 
 
 def _group_control(con, run_id: int) -> list:
-    blocks = [chart_or_note(
-        con, "Stereotype probe: pairs that keep the group vs pairs that swap it out", q.group_control_sql(run_id),
+    blocks = [Panel("Stereotype probe: pairs that keep the group vs pairs that swap it out", q.group_control_sql, (run_id,),
         lambda df: charts.curves(df, x="layer", y="mean", series="setting", facet="panel",
                                  title="biased vs counterpart, held-out score per layer by kind of pair",
                                  x_title="layer", y_title="score", series_title="setting",
                                  tooltip=["hook", "position", "metric", "setting", "layer", "mean", "n"]),
         caption=GROUP_CAPTION)]
     if has_rows(con, "safety_best_layers", run_id):
-        blocks.append(table_or_note(
-            con, "Stereotype probe at its best layer, by kind of pair", q.group_control_best_sql(run_id),
+        blocks.append(Panel("Stereotype probe at its best layer, by kind of pair", q.group_control_best_sql, (run_id,),
             caption="group_kept_* / group_swapped_*: held-out scores on the test pairs whose counterpart keeps / "
                     "swaps out the group (n: prompts scored; NaN where too few test pairs of that kind)."))
     return blocks
 
 
-def _edits(con, run_id: int) -> Section:
+def _edits(con, run_id: int) -> Part:
     blocks = []
     if has_rows(con, "safety_bands", run_id):
-        blocks.append(chart_or_note(
-            con, "Each edit beside what random edits do", q.edits_vs_band_sql(run_id),
+        blocks.append(Panel("Each edit beside what random edits do", q.edits_vs_band_sql, (run_id,),
             lambda df: charts.edits_vs_band(df, title="edits (with their paired 95% interval) and random-edit bands"),
             caption="Circles: each edit's value with the 95% interval of its paired difference from the base model "
                     "(hollow grey: within the noise, the interval includes no change). Shaded bars: where one more "
                     "random edit of that kind would land (95% prediction band over the random edits, whose values "
                     "are the ticks): random unit directions ablated, random directions removing as much variance as "
                     "the harmful one, random directions added at the same |alpha| and norm. Dashed: unedited."))
-    blocks.append(chart_or_note(
-        con, "Toxicity, refusal and capability before and after each edit", q.edits_sql(run_id),
+    blocks.append(Panel("Toxicity, refusal and capability before and after each edit", q.edits_sql, (run_id,),
         lambda df: charts.bars(df, x="edit", y="value", color="kind", grouped=False, facet="panel",
                                baseline="base_value", title="each edit against the unedited model", x_title="edit",
                                y_title="value", sort=None, tooltip=EDIT_TIPS, width=max(200, 26 * df["edit"].nunique())),
         caption="ablate: remove the direction from the residual stream at every layer; orth: the same edit made "
                 "permanent in the weights; actadd: add alpha times the direction at one layer. Dashed: unedited.",
         empty="No edits were evaluated in this run."))
-    if not fetch(con, q.alpha_sql(run_id)).empty:
-        blocks.append(chart_or_note(
-            con, "Activation addition: sweeping alpha", q.alpha_sql(run_id),
-            lambda df: charts.curves(df, x="alpha", y="value", series=None, facet="panel", baseline="base_value",
-                                     band="stderr", title="metric vs alpha", x_title="alpha (x the class-mean gap)",
-                                     y_title="value", tooltip=EDIT_TIPS),
-            caption="alpha < 0 subtracts the harmful direction; alpha = 1 adds the full class-mean difference."))
-    blocks.append(table_or_note(
-        con, "Before and after, edit by edit", q.edit_effects_sql(run_id),
+    blocks.append(Panel("Activation addition: sweeping alpha", q.alpha_sql, (run_id,),
+        lambda df: charts.curves(df, x="alpha", y="value", series=None, facet="panel", baseline="base_value",
+                                 band="stderr", title="metric vs alpha", x_title="alpha (x the class-mean gap)",
+                                 y_title="value", tooltip=EDIT_TIPS),
+        caption="alpha < 0 subtracts the harmful direction; alpha = 1 adds the full class-mean difference.",
+        say_empty=False))
+    blocks.append(Panel("Before and after, edit by edit", q.edit_effects_sql, (run_id,),
         caption="change_lo..change_hi: the paired 95% interval of the change (same items before and after), p its "
                 "two-sided p-value; verdict 'no detectable change at this budget' when the interval includes 0. "
                 "band_lo..band_hi: where a random edit of the same kind lands (random_band); beyond_random: the "
                 "edit is outside it."))
-    return Section("Edits", tuple(blocks))
+    return Part("Edits", tuple(blocks))
 
 
 def _best_text(r) -> str:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from reports import charts
-from reports.common import chart_or_note, sweep_section, table_or_note
-from reports.html import Note, Section
+from reports.common import sweep_part
+from reports.html import Note
+from reports.panels import Panel, Part
 from store.queries import fetch, has_rows
 from store.queries import weights as q
 
@@ -12,12 +13,11 @@ TIPS = ["recipe", "modules", "point", "target_rate", "sparsity", "n_pruned", "pr
         "base_value"]
 
 
-def sections(con, run_id: int) -> list[Section]:
+def parts(con, run_id: int) -> list[Part]:
     if not has_rows(con, "prune_points", run_id):
-        return [Section("Pruning", (Note("This run stored no pruning points.", kind="warn"),)),
-                sweep_section(con, run_id)]
-    curves = [chart_or_note(
-        con, "Pruning every module", q.rate_curve_sql(run_id),
+        return [Part("Pruning", (Note("This run stored no pruning points.", kind="warn"),)),
+                sweep_part(run_id)]
+    curves = [Panel("Pruning every module", q.rate_curve_sql, (run_id,),
         lambda df: charts.curves(df, x="target_rate", y="value", series="recipe", facet="panel",
                                  baseline="base_value", band="stderr", title="metric vs pruning rate (all modules)",
                                  x_title="share of weights pruned", y_title="value", series_title="recipe",
@@ -28,13 +28,13 @@ def sections(con, run_id: int) -> list[Section]:
     groups = []
     if q.has_module_groups(con, run_id):
         groups = [
-            chart_or_note(con, "Module groups: against the rate", q.module_curve_sql(run_id),
+            Panel("Module groups: against the rate", q.module_curve_sql, (run_id,),
                           lambda df: charts.curves(df, x="target_rate", y="value", series="series", facet="panel",
                                                    baseline="base_value", title="metric vs rate, per module group",
                                                    x_title="share of the group's weights pruned", y_title="value",
                                                    series_title="modules · recipe", tooltip=TIPS),
                           caption="Only the named projections are pruned (attn: q, k, v, o; mlp: gate, up, down)."),
-            chart_or_note(con, "Module groups: against pruned weights", q.module_curve_sql(run_id),
+            Panel("Module groups: against pruned weights", q.module_curve_sql, (run_id,),
                           lambda df: charts.curves(df, x="n_pruned", y="value", series="series", facet="panel",
                                                    baseline="base_value",
                                                    title="metric vs number of weights removed",
@@ -42,13 +42,13 @@ def sections(con, run_id: int) -> list[Section]:
                                                    series_title="modules · recipe", tooltip=TIPS),
                           caption="The same points by weights removed: the MLP holds several times more weights "
                                   "than attention, so equal rates are not equal cuts."),
-            chart_or_note(con, "Weights per module type", q.module_sizes_sql(run_id),
+            Panel("Weights per module type", q.module_sizes_sql, (run_id,),
                           lambda df: charts.bars(df, x="module", y="n_params", title="prunable weights per module",
                                                  x_title="module", y_title="weights", sort="-y",
                                                  tooltip=["module", "n_params"])),
         ]
     reached = [
-        chart_or_note(con, "Sparsity reached", q.sparsity_sql(run_id),
+        Panel("Sparsity reached", q.sparsity_sql, (run_id,),
                       lambda df: charts.heatmap(df, x="module", y="point", color="sparsity", domain=(0, 1),
                                                 title="share of zero weights per module (all layers)",
                                                 x_title="module", y_title=None, color_title="sparsity",
@@ -58,12 +58,12 @@ def sections(con, run_id: int) -> list[Section]:
                                                 height=14 * df["point"].nunique() + 20),
                       caption="What the masks actually removed (ties and already-zero weights can differ from "
                               "the rate asked)."),
-        table_or_note(con, "Wanda against magnitude at 50%", q.methods_at_sql(run_id, 0.5),
+        Panel("Wanda against magnitude at 50%", q.methods_at_sql, (run_id, 0.5),
                       empty="No 50% all-module points in this run."),
     ]
-    return [Section("Pruning curves", tuple(curves)),
-            *([Section("Module-specific rates", tuple(groups))] if groups else []),
-            Section("What was pruned", tuple(reached)), sweep_section(con, run_id)]
+    return [Part("Pruning curves", tuple(curves)),
+            *([Part("Module-specific rates", tuple(groups))] if groups else []),
+            Part("What was pruned", tuple(reached)), sweep_part(run_id)]
 
 
 def headline(con, run_id: int) -> str | None:

@@ -105,3 +105,11 @@ def top_heads_sql(run_id: int, limit: int = 10) -> str:
 FROM heads_importance
 WHERE run_id = {int(run_id)} AND method = 'zero' AND metric = 'delta_loss'
 ORDER BY value DESC, layer, head LIMIT {int(limit)}"""
+
+
+def router_headline_sql(run_id: int) -> str:
+    """The smallest k's held-out NLL of the trained router, static pruning and the base model (one row)."""
+    return f"""SELECT top_k, router_nll AS router, static_nll AS static, base_nll AS base
+FROM heads_router_summary
+WHERE run_id = {int(run_id)} AND router_nll IS NOT NULL AND static_nll IS NOT NULL AND base_nll IS NOT NULL
+ORDER BY top_k LIMIT 1"""
