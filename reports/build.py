@@ -16,8 +16,8 @@ import pandas as pd
 
 from reports import lmeval
 from reports import models as compare
-from reports.html import Note, Page, Section, TableBlock, render_page
-from reports.panels import render
+from reports.html import Note, Page, Section, render_page
+from reports.panels import Panel, Part, render
 from store import Store
 from store.queries import (
     STUDIES,
@@ -177,21 +177,20 @@ def _index_page(con, store: Store, studies, missing, present) -> Page:
         f"<details><summary>run {r.run_id} ({html.escape(r.kind)}) config</summary>"
         f"<pre><code>{html.escape(json.dumps(json.loads(r.config), indent=2, sort_keys=True))}</code></pre></details>"
         for r in configs.itertuples())
-    base = fetch(con, eval_summary_sql())
-    sections = [
-        Section("Studies", tuple(blocks)),
-        Section("Headline findings", tuple(finding_blocks)),
-        Section("Runs (provenance)", (
-            TableBlock("Every run in this store", runs, runs_sql(),
-                       caption="Model, revision, dtype and code version behind every stored number; "
-                               "each result row carries its run_id."),
+    parts = [
+        Part("Studies", tuple(blocks)),
+        Part("Headline findings", tuple(finding_blocks)),
+        Part("Runs (provenance)", (
+            Panel("Every run in this store", runs_sql,
+                  caption="Model, revision, dtype and code version behind every stored number; "
+                          "each result row carries its run_id."),
             Note(config_html or "No runs."))),
     ]
-    if not base.empty:
-        sections.append(Section("Base model scores", (
-            TableBlock("The unedited model in each run", base, eval_summary_sql(),
-                       caption="Each sweep evaluates the base model in the same run (point 'base')."),)))
+    if has_rows(con, "evals"):
+        parts.append(Part("Base model scores", (
+            Panel("The unedited model in each run", eval_summary_sql,
+                  caption="Each sweep evaluates the base model in the same run (point 'base')."),)))
     models = ", ".join(sorted(set(runs["model"])))
     intro = (f"Store <code>{html.escape(str(store.path))}</code> with {len(runs)} runs of "
              f"{html.escape(models)}. Each study page shows its newest complete run.")
-    return Page(slug="index", title="interp report", intro=intro, sections=tuple(sections))
+    return Page(slug="index", title="interp report", intro=intro, sections=tuple(render(con, parts)))

@@ -1,15 +1,12 @@
-"""Sections every study page has: the sweep's evaluated points against the base model."""
+"""What every study page has: the sweep's evaluated points against the base model, and changes in words."""
 
 from __future__ import annotations
-
-import html
 
 import pandas as pd
 
 from reports.charts import points_vs_base
-from reports.html import ChartBlock, Note, TableBlock
 from reports.panels import Panel, Part
-from store.queries import eval_points_sql, fetch
+from store.queries import eval_points_sql
 
 MAX_DOT_POINTS = 60
 """Above this many points a sweep is shown as a table only (a dot per point stops being readable)."""
@@ -31,21 +28,6 @@ def sweep_part(run_id: int, title: str = "Every evaluated point") -> Part:
                                   "ends of the 95% interval of delta; p: two-sided, paired (eval_deltas)."),
               empty=f"Run {run_id} has no evaluations yet: rerun the study to resume it."),
     ))
-
-
-def chart_or_note(con, title: str, sql: str, make, caption: str = "", empty: str = "") -> ChartBlock | Note:
-    """Run ``sql``; chart its rows with ``make(df)``, or say plainly that there is nothing to draw."""
-    df = fetch(con, sql)
-    if df.empty:
-        return Note(html.escape(empty or f"{title}: no rows in this run."), kind="warn")
-    return ChartBlock(title, make(df), sql, caption=caption)
-
-
-def table_or_note(con, title: str, sql: str, caption: str = "", empty: str = "") -> TableBlock | Note:
-    df = fetch(con, sql)
-    if df.empty:
-        return Note(html.escape(empty or f"{title}: no rows in this run."), kind="warn")
-    return TableBlock(title, df, sql, caption=caption)
 
 
 def _finite(x) -> bool:

@@ -7,9 +7,8 @@ from __future__ import annotations
 import html
 
 from reports import charts
-from reports.common import chart_or_note, table_or_note
-from reports.html import ChartBlock, Note, Page, Section, TableBlock
-from store.queries import fetch
+from reports.html import Page
+from reports.panels import Panel, Part, render
 from store.queries import lmeval as q
 
 SLUG = "lmeval"
@@ -33,79 +32,70 @@ def page(con, run_id: int) -> Page:
              "figures differ by them.")
     if others:
         intro += f" Other runs with lm-eval scores (not shown): {', '.join(map(str, others))}."
-    return Page(slug=SLUG, title=TITLE, intro=intro, sections=tuple(sections(con, run_id)))
+    return Page(slug=SLUG, title=TITLE, intro=intro, sections=tuple(render(con, parts(run_id))))
 
 
-def sections(con, run_id: int) -> list[Section]:
-    return [_overview(con, run_id), _mmlu(con, run_id), _gsm8k(con, run_id), _cloze(con, run_id)]
+def parts(run_id: int) -> list[Part]:
+    return [
+        Part("Scores", (
+            Panel("Every lm-eval task and group at every point", q.scores_sql, (run_id,),
+                  lambda df: charts.points_vs_base(df, title="lm-eval score per point"),
+                  caption="Red: the unedited model; dashed rule: its value. Group rows are lm-eval's aggregate "
+                          "(named in the table's average column) and the suite's macro average (metric *_macro).",
+                  say_empty=False),
+            Panel("lm-eval scores", q.scores_sql, (run_id,), max_rows=60,
+                  columns=("point", "task", "metric", "value", "stderr", "n", "chance", "base_value", "task_version",
+                           "average"),
+                  caption="stderr as lm-eval reports it (empty where it reports N/A, e.g. one item); n: items "
+                          "scored."))),
+        Part("MMLU", (
+            Panel("Per subject", q.mmlu_subjects_sql, (run_id,), _subjects, caption=_subjects_caption,
+                  empty="No MMLU task in this run: add lm-eval:mmlu (5 shots from the dev split, letters A-D: the "
+                        "Hendrycks protocol)."),
+            Panel("MMLU averages: micro and macro", q.mmlu_averages_sql, (run_id,),
+                  lambda d: charts.bars(d, x="point", y="accuracy", color="average",
+                                        title="MMLU: micro vs macro average", x_title=None, y_title="accuracy",
+                                        color_title="average",
+                                        tooltip=["point", "average", "accuracy", "stderr", "n", "subjects"]),
+                  caption="micro: lm-eval's mmlu group score, every question counts once (subjects weighted by "
+                          "size); macro: the mean of the subject accuracies, every subject counts once. Chance is "
+                          "0.25.",
+                  empty="MMLU subjects were scored on their own, not as lm-eval's mmlu group: no group averages."),
+            Panel("MMLU averages", q.mmlu_averages_sql, (run_id,), say_empty=False))),
+        Part("GSM8K", (
+            Panel("GSM8K exact match per answer filter", q.gsm8k_sql, (run_id,),
+                  lambda d: charts.bars(d, x="point", y="exact_match", color="filter", title="GSM8K exact match",
+                                        x_title=None, y_title="exact match", color_title="answer filter",
+                                        tooltip=["point", "task", "filter", "exact_match", "stderr", "n"]),
+                  caption="strict-match: the number after 'The answer is' (the chain-of-thought format); "
+                          "flexible-extract: the last number in the generation. Each bar names its filter.",
+                  empty="No GSM8K task in this run: add lm-eval:gsm8k_cot (8-shot chain of thought; slow on CPU)."),)),
+        Part("The suite's zero-shot cloze tasks", (
+            Panel("Zero-shot cloze scores (not lm-eval's protocol)", q.cloze_sql, (run_id,),
+                  caption="The suite's own mmlu, boolq and gsm8k tasks: each choice scored alone after the question, "
+                          "no letters, no shots. Comparable between points of one sweep, not with published tables.",
+                  empty="This run has none of the suite's zero-shot cloze tasks."),)),
+    ]
 
 
-def _overview(con, run_id: int) -> Section:
-    sql = q.scores_sql(run_id)
-    df = fetch(con, sql)
-    chart = ChartBlock("Every lm-eval task and group at every point", charts.points_vs_base(
-        df, title="lm-eval score per point"), sql,
-        caption="Red: the unedited model; dashed rule: its value. Group rows are lm-eval's aggregate "
-                "(named in the table's average column) and the suite's macro average (metric *_macro).")
-    shown = df[["point", "task", "metric", "value", "stderr", "n", "chance", "base_value", "task_version",
-                "average"]]
-    return Section("Scores", (chart, TableBlock("lm-eval scores", shown, sql, max_rows=60,
-                                                caption="stderr as lm-eval reports it (empty where it reports "
-                                                        "N/A, e.g. one item); n: items scored.")))
-
-
-def _mmlu(con, run_id: int) -> Section:
-    sql = q.mmlu_subjects_sql(run_id)
-    df = fetch(con, sql)
-    if df.empty:
-        return Section("MMLU", (Note("No MMLU task in this run: add <code>lm-eval:mmlu</code> (5 shots from the "
-                                    "dev split, letters A-D: the Hendrycks protocol).", kind="info"),))
+def _subjects(df):
     tips = ["point", "subject", "category", "accuracy", "stderr", "n", "task"]
     if df["point"].nunique() <= MAX_GROUPED:
         chart = charts.bars(df, x="subject", y="accuracy", color="point", horizontal=True, sort="ascending",
                             title="MMLU accuracy per subject", x_title=None, y_title="accuracy",
                             tooltip=tips, color_title="point")
-        chart = chart.properties(height=_height(df))
-    else:
-        chart = charts.heatmap(df, x="point", y="subject", color="accuracy", domain=(0, 1),
-                               title="MMLU accuracy per subject", x_title=None, y_title=None,
-                               color_title="accuracy", tooltip=tips, size=24 * df["point"].nunique() + 40,
-                               height=12 * df["subject"].nunique() + 20)
-    averages = chart_or_note(
-        con, "MMLU averages: micro and macro", q.mmlu_averages_sql(run_id),
-        lambda d: charts.bars(d, x="point", y="accuracy", color="average", title="MMLU: micro vs macro average",
-                              x_title=None, y_title="accuracy", color_title="average",
-                              tooltip=["point", "average", "accuracy", "stderr", "n", "subjects"]),
-        caption="micro: lm-eval's mmlu group score, every question counts once (subjects weighted by size); "
-                "macro: the mean of the subject accuracies, every subject counts once. Chance is 0.25.",
-        empty="MMLU subjects were scored on their own, not as lm-eval's mmlu group: no group averages.")
-    table = table_or_note(con, "MMLU averages", q.mmlu_averages_sql(run_id), empty="No MMLU group rows.")
+        return chart.properties(height=_height(df))
+    return charts.heatmap(df, x="point", y="subject", color="accuracy", domain=(0, 1),
+                          title="MMLU accuracy per subject", x_title=None, y_title=None,
+                          color_title="accuracy", tooltip=tips, size=24 * df["point"].nunique() + 40,
+                          height=12 * df["subject"].nunique() + 20)
+
+
+def _subjects_caption(df) -> str:
     shots = ", ".join(f"{k} shots (seed {s})" for k, s in sorted(set(zip(df["num_fewshot"], df["fewshot_seed"]))))
-    return Section("MMLU", (ChartBlock("Per subject", chart, sql,
-                                       caption=html.escape(f"{df['subject'].nunique()} subjects, {shots}; hover a "
-                                                           "bar for its task name, stderr and items.")),
-                            averages, table))
+    return html.escape(f"{df['subject'].nunique()} subjects, {shots}; hover a bar for its task name, stderr and "
+                       "items.")
 
 
 def _height(df) -> int:
     return max(120, 14 * df["subject"].nunique() * min(df["point"].nunique(), MAX_GROUPED))
-
-
-def _gsm8k(con, run_id: int) -> Section:
-    block = chart_or_note(
-        con, "GSM8K exact match per answer filter", q.gsm8k_sql(run_id),
-        lambda d: charts.bars(d, x="point", y="exact_match", color="filter", title="GSM8K exact match",
-                              x_title=None, y_title="exact match", color_title="answer filter",
-                              tooltip=["point", "task", "filter", "exact_match", "stderr", "n"]),
-        caption="strict-match: the number after 'The answer is' (the chain-of-thought format); flexible-extract: "
-                "the last number in the generation. Each bar names its filter.",
-        empty="No GSM8K task in this run: add lm-eval:gsm8k_cot (8-shot chain of thought; slow on CPU).")
-    return Section("GSM8K", (block,))
-
-
-def _cloze(con, run_id: int) -> Section:
-    return Section("The suite's zero-shot cloze tasks", (table_or_note(
-        con, "Zero-shot cloze scores (not lm-eval's protocol)", q.cloze_sql(run_id),
-        caption="The suite's own mmlu, boolq and gsm8k tasks: each choice scored alone after the question, no "
-                "letters, no shots. Comparable between points of one sweep, not with published tables.",
-        empty="This run has none of the suite's zero-shot cloze tasks."),))

@@ -37,6 +37,8 @@ class Panel:
     """Said instead of the panel when the query returns no rows (default: '<title>: no rows in this run.')."""
     max_rows: int = 60
     """Rows a table shows."""
+    columns: tuple[str, ...] = ()
+    """Columns a table shows (all when empty)."""
     say_empty: bool = True
     """False: nothing at all for no rows (another panel of the same rows says it)."""
 
@@ -52,7 +54,8 @@ class Panel:
             return [Note(html.escape(self.empty or f"{self.title}: no rows in this run."), kind="warn")]
         caption = self.caption(df) if callable(self.caption) else self.caption
         if self.chart is None:
-            return [TableBlock(self.title, df, sql, caption=caption, max_rows=self.max_rows)]
+            shown = df[list(self.columns)] if self.columns else df
+            return [TableBlock(self.title, shown, sql, caption=caption, max_rows=self.max_rows)]
         chart = self.chart(df)
         return [] if chart is None else [ChartBlock(self.title, chart, sql, caption=caption)]
 

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
-from store.activations import gather_rows, read_shard
 from store import tables
+from store.activations import gather_rows, read_shard
 from store.db import Store, StoreError
 from store.scan import parts_of_sites
 

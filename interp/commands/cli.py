@@ -15,7 +15,6 @@ import inspect
 import math
 import os
 import sys
-
 from typing import TYPE_CHECKING
 
 import pandas as pd

@@ -25,8 +25,8 @@ from typing import ClassVar
 import pandas as pd
 from torch import nn
 
-from interp.interventions.heal import HealCfg, healed
 from interp.interventions import register
+from interp.interventions.heal import HealCfg, healed
 from store.layers import add_heal_log
 
 _CONFIG_FIELDS = ("num_hidden_layers", "layer_types")

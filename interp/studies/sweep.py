@@ -24,7 +24,6 @@ from store import Store
 from store.evals import done_points, point_items, write_evals
 from store.runs import finish_run, start_run
 
-
 Phase = Callable[[str], None]
 """A study's progress callback: called with a phase's name (capture, analyse, sweep, ...) as the
 study starts it; the demo prints them as numbered sub-steps."""

@@ -16,11 +16,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-from interp.provenance import canonical_json, config_hash
 from interp.interventions.pruning import masks, session
 from interp.interventions.pruning.calibdata import calibration_windows
 from interp.interventions.pruning.calibrate import Norms, layerwise_norms
 from interp.interventions.pruning.targets import PROJECTIONS, Target, all_targets, resolve
+from interp.provenance import canonical_json, config_hash
 from store.weights import write_norms, write_prune_point
 
 
