@@ -5,6 +5,12 @@ has rendered (the page sets ``window.interpReport.finished``), and reports per c
 many data marks its SVG holds, every JavaScript exception and console error or warning, and
 a full-page screenshot. Needs a Chromium/Chrome binary (Debian: ``apt-get install chromium``)
 and the ``websocket-client`` package; nothing else.
+
+Why a small DevTools client of our own rather than playwright (issue 23, measured Nov 29): the check
+needs five protocol calls (navigate, evaluate, console events, screenshot, close); playwright's
+wheel is 53 MB (1.65.2, a bundled Node.js driver started per session) against websocket-client's
+1 MB, its own browser download cannot run here, so it would drive the same system Chromium, and
+``invoke report --check`` runs from the runtime package, where a 53 MB dev-only dependency cannot be.
 """
 
 from __future__ import annotations
