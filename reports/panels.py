@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import altair as alt
+import duckdb
 import pandas as pd
 
 from reports.html import Block, ChartBlock, Note, Section, TableBlock
@@ -45,7 +46,7 @@ class Panel:
     def sql(self) -> str:
         return self.query(*self.args)
 
-    def blocks(self, con) -> list[Block]:
+    def blocks(self, con: duckdb.DuckDBPyConnection) -> list[Block]:
         sql = self.sql()
         df = fetch(con, sql)
         if df.empty:
@@ -74,7 +75,7 @@ def warn(title: str, text: str) -> Part:
     return Part(title, (Note(text, kind="warn"),))
 
 
-def render(con, parts: Sequence[Part]) -> list[Section]:
+def render(con: duckdb.DuckDBPyConnection, parts: Sequence[Part]) -> list[Section]:
     """Run every panel's query and draw it: the page's sections."""
     return [Section(p.title, tuple(b for item in p.panels
                                    for b in (item.blocks(con) if isinstance(item, Panel) else [item])), p.intro)

@@ -12,16 +12,19 @@ import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from interp.provenance import canonical_json, to_jsonable
+
+if TYPE_CHECKING:
+    import duckdb
 
 
 class ByProduct(Protocol):
     """Something applying an intervention made, yielded by ``apply`` (a prune report, a heal log):
     the sweep stores it with the point, before the point's scores, so a stored point has it."""
 
-    def save(self, con, run_id: int, point: str) -> None:
+    def save(self, con: duckdb.DuckDBPyConnection, run_id: int, point: str) -> None:
         """Write it into the store (idempotent: replaces what the same point stored before)."""
 
 

@@ -20,7 +20,7 @@ import contextlib
 import operator
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import pandas as pd
 from torch import nn
@@ -28,6 +28,9 @@ from torch import nn
 from interp.interventions import register
 from interp.interventions.heal import HealCfg, healed
 from store.layers import add_heal_log
+
+if TYPE_CHECKING:
+    import duckdb
 
 _CONFIG_FIELDS = ("num_hidden_layers", "layer_types")
 """Config attributes that describe the layer stack (per-layer lists are sliced to the kept layers)."""
@@ -156,7 +159,7 @@ class HealLog:
     log: pd.DataFrame
     """step, loss, seconds: the training loss every few steps."""
 
-    def save(self, con, run_id: int, point: str) -> None:
+    def save(self, con: duckdb.DuckDBPyConnection, run_id: int, point: str) -> None:
         add_heal_log(con, run_id, point, self.log)
 
 

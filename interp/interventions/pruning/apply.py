@@ -11,7 +11,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -22,6 +22,11 @@ from interp.interventions.pruning.calibrate import Norms, layerwise_norms
 from interp.interventions.pruning.targets import PROJECTIONS, Target, all_targets, resolve
 from interp.provenance import canonical_json, config_hash
 from store.weights import write_norms, write_prune_point
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from interp.model.loading import Loaded
 
 
 @dataclass
@@ -76,7 +81,7 @@ class PruneReport:
                 "modules": ",".join(spec.modules), "target_rate": target, **tot, "total_params": self.total_params,
                 "calib_id": self.calib_id, "seconds": self.seconds}
 
-    def save(self, con, run_id: int, point: str) -> None:
+    def save(self, con: duckdb.DuckDBPyConnection, run_id: int, point: str) -> None:
         """Computed norms (kept as stored when another run stored them first), then the point's rows."""
         if self.norms is not None and self.calib_id is not None:
             arrays = {k: v.detach().cpu().numpy() for k, v in self.norms.items()}
@@ -85,7 +90,7 @@ class PruneReport:
         write_prune_point(con, self.point_row(run_id), self.frame().assign(point=point))
 
 
-def total_params(loaded) -> int:
+def total_params(loaded: Loaded) -> int:
     """Weights in every prunable projection of the model."""
     return sum(t.n_params for t in all_targets(loaded.model, loaded.arch))
 
