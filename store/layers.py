@@ -21,7 +21,8 @@ from store.activations import gather_rows, read_shard
 from store.db import Store, StoreError
 from store.scan import parts_of_sites
 
-TABLES = ("layer_similarity", "layer_angular", "layer_influence", "layer_points", "layer_agreement", "layer_heal")
+TABLES = ("layer_similarity", "layer_angular", "layer_influence", "layer_points", "layer_agreement", "layer_heal",
+          "layer_heal_adapters")
 """The layer study's tables; their columns are the schema's (store/schema/20_layers.sql)."""
 NULLABLE_KEYS: dict[str, list[str]] = {
     "layer_points": ["strategy", "n", "seed", "heal_steps", "point"],
@@ -49,9 +50,21 @@ def replace_rows(con: duckdb.DuckDBPyConnection, run_id: int, frames: dict[str, 
     tables.replace_rows(con, frames, run_id=run_id)
 
 
-def add_heal_log(con: duckdb.DuckDBPyConnection, run_id: int, point: str, log: pd.DataFrame) -> None:
-    """Replace one healed point's training log (step, loss, seconds)."""
-    tables.replace_rows(con, {"layer_heal": log}, run_id=run_id, point=point)
+def add_heal_log(con: duckdb.DuckDBPyConnection, run_id: int, point: str, log: pd.DataFrame,
+                 adapters: dict[str, np.ndarray] | None = None) -> None:
+    """Replace one healed point's training log (step, loss, seconds) and trained LoRA adapters (name ->
+    matrix), in one transaction."""
+    mats = adapters or {}
+    frame = pd.DataFrame({"name": list(mats), "shape": [list(np.shape(m)) for m in mats.values()],
+                          "weights": [np.asarray(m, np.float32).reshape(-1) for m in mats.values()]})
+    tables.replace_rows(con, {"layer_heal": log, "layer_heal_adapters": frame}, run_id=run_id, point=point)
+
+
+def heal_adapters(con: duckdb.DuckDBPyConnection, run_id: int, point: str) -> dict[str, np.ndarray]:
+    """The LoRA adapters a healed point trained (name -> float32 matrix)."""
+    rows = con.execute("SELECT name, shape, weights FROM layer_heal_adapters WHERE run_id = ? AND point = ? "
+                       "ORDER BY name", [run_id, point]).fetchall()
+    return {name: np.asarray(w, np.float32).reshape(shape) for name, shape, w in rows}
 
 
 def read_table(con: duckdb.DuckDBPyConnection, table: str, run_id: int) -> pd.DataFrame:

@@ -14,14 +14,35 @@ import time
 import warnings
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 import torch
+
+from store.layers import add_heal_log
+
+if TYPE_CHECKING:
+    import duckdb
 
 
 class HealError(ValueError):
     """A healing config that cannot run (bad numbers, no training text left)."""
+
+
+@dataclass(frozen=True, eq=False)
+class HealLog:
+    """By-product of healing a point: its training log and the LoRA adapters it trained, stored in
+    ``layer_heal`` and ``layer_heal_adapters`` by the sweep."""
+
+    log: pd.DataFrame
+    """step, loss, seconds: the training loss every few steps."""
+    adapters: dict[str, np.ndarray] = field(default_factory=dict)
+    """peft parameter name -> trained LoRA matrix (float32; lora_A (rank, in), lora_B (out, rank))."""
+
+    def save(self, con: duckdb.DuckDBPyConnection, run_id: int, point: str) -> None:
+        add_heal_log(con, run_id, point, self.log, self.adapters)
 
 
 @dataclass(frozen=True)
@@ -113,9 +134,9 @@ def mlp_targets(loaded) -> list[str]:
 
 
 @contextlib.contextmanager
-def healed(loaded, cfg: HealCfg, progress: bool = False) -> Iterator[pd.DataFrame]:
+def healed(loaded, cfg: HealCfg, progress: bool = False) -> Iterator[HealLog]:
     """Fine-tune LoRA adapters on the MLPs of the model *as it is now*; yields the training log
-    (step, loss, seconds). The adapters are removed on exit, restoring the model exactly."""
+    (step, loss, seconds) and the trained adapters. They are removed on exit, restoring the model exactly."""
     from peft import LoraConfig, get_peft_model
     from tqdm.auto import tqdm
 
@@ -147,7 +168,9 @@ def healed(loaded, cfg: HealCfg, progress: bool = False) -> Iterator[pd.DataFram
                     rows.append((step, float(loss.detach()), time.perf_counter() - t0))
         for p in params:
             p.requires_grad_(False)
-        yield pd.DataFrame(rows, columns=["step", "loss", "seconds"])
+        adapters = {n: p.detach().float().cpu().numpy().copy() for n, p in peft_model.named_parameters()
+                    if "lora_" in n}
+        yield HealLog(pd.DataFrame(rows, columns=["step", "loss", "seconds"]), adapters)
     finally:
         peft_model.unload()
         for p, flag in grad_flags:

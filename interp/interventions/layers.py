@@ -20,17 +20,13 @@ import contextlib
 import operator
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import pandas as pd
 from torch import nn
 
 from interp.interventions import register
-from interp.interventions.heal import HealCfg, healed
-from store.layers import add_heal_log
-
-if TYPE_CHECKING:
-    import duckdb
+from interp.interventions.heal import HealCfg, HealLog, healed
 
 _CONFIG_FIELDS = ("num_hidden_layers", "layer_types")
 """Config attributes that describe the layer stack (per-layer lists are sliced to the kept layers)."""
@@ -152,17 +148,6 @@ class LayerDrop:
             yield
 
 
-@dataclass(frozen=True)
-class HealLog:
-    """By-product of a healed point: its LoRA training log, stored in ``layer_heal``."""
-
-    log: pd.DataFrame
-    """step, loss, seconds: the training loss every few steps."""
-
-    def save(self, con: duckdb.DuckDBPyConnection, run_id: int, point: str) -> None:
-        add_heal_log(con, run_id, point, self.log)
-
-
 @register
 @dataclass(frozen=True)
 class HealedDrop:
@@ -190,6 +175,6 @@ class HealedDrop:
 
     @contextlib.contextmanager
     def apply(self, loaded) -> Iterator[HealLog]:
-        """Yields the healing's training log (a by-product the sweep stores)."""
-        with skip_layers(loaded, self.layers), healed(loaded, self.heal, progress=True) as log:
-            yield HealLog(log)
+        """Yields the healing's training log and adapters (a by-product the sweep stores)."""
+        with skip_layers(loaded, self.layers), healed(loaded, self.heal, progress=True) as made:
+            yield made

@@ -107,3 +107,14 @@ SELECT p.run_id, p.strategy, p.n, p.seed, p.heal_steps, p.layers, p.point, e.tas
 FROM layer_points p
 JOIN evals e ON e.run_id = p.run_id AND e.point = p.point
 LEFT JOIN evals b ON b.run_id = p.run_id AND b.point = 'base' AND b.task = e.task AND b.metric = e.metric;
+
+-- LoRA healing: the adapters each healed point trained (peft parameter names; weights row-major, shape
+-- [rank, in] for lora_A and [out, rank] for lora_B), so a healed model can be rebuilt without training.
+CREATE TABLE IF NOT EXISTS layer_heal_adapters (
+    run_id   INTEGER NOT NULL,
+    point    VARCHAR NOT NULL,
+    name     VARCHAR NOT NULL,
+    shape    INTEGER[] NOT NULL,
+    weights  FLOAT[] NOT NULL,
+    PRIMARY KEY (run_id, point, name)
+);

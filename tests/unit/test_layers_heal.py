@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,10 +63,11 @@ def test_healing_learns_is_deterministic_and_restores_the_model(request, fixture
     cfg = HealCfg(steps=6, lr=3e-2, batch=2, rank=4, log_every=1, holdout_tokens=512, window=64)
     with skip_layers(loaded, [1]):
         dropped = _logits(loaded, ids)
-        with healed(loaded, cfg) as log:
+        with healed(loaded, cfg) as made:
             first = _logits(loaded, ids)
-        with healed(loaded, cfg) as log2:
+        with healed(loaded, cfg) as made2:
             second = _logits(loaded, ids)
+        log, log2 = made.log, made2.log
         assert torch.equal(_logits(loaded, ids), dropped)  # adapters gone, drop still active
     _assert_restored(loaded.model, snap)
     assert not torch.allclose(first, dropped, atol=1e-4), "healing changed nothing"
@@ -85,6 +87,8 @@ def test_healed_drop_is_a_value_and_records_its_log(tiny):
         raise RuntimeError("boom")
     _assert_restored(tiny.model, snap)
     assert isinstance(made, HealLog) and list(made.log["step"]) == [1, 2]
+    b = {n: m for n, m in made.adapters.items() if "lora_B" in n}  # lora_B starts at zero: trained ones moved
+    assert len(b) == len(made.adapters) // 2 > 0 and all(np.abs(m).max() > 0 for m in b.values())
     assert LayerDrop((1, 2)).label() + "+heal2" == spec.label()
 
 
