@@ -37,13 +37,14 @@ def cache(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, prompts="harmful,neutral"
           device="cpu", device_map=None, revision=None, flush_mb=128, workers=None, ray_address=None):
     """Run prompts through the model and store activations (resumes an interrupted run)."""
     from interp.capture.capture import CaptureCfg, capture
-    from interp.model.loading import ModelCfg, load_model
+    from interp.commands.cli import model_cfg as flags_model
+    from interp.model.loading import load_model
     from store import Store
 
     cfg = CaptureCfg(prompts=prompts, hooks=hooks, positions=positions, backend=backend,
                      batch_size=batch_size, limit=limit, chat=chat, flush_mb=flush_mb)
     Store(store).preflight()
-    model_cfg = ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map)
+    model_cfg = flags_model(model, revision=revision, dtype=dtype, device=device, device_map=device_map)
     if workers is None and ray_address is None:
         run_id = capture(load_model(model_cfg), Store(store), cfg)
     else:

@@ -24,7 +24,7 @@ from invoke.parser import Argument
 from interp.validate import Choice, InvalidValue, Whole
 
 if TYPE_CHECKING:
-    from interp.model.loading import Loaded
+    from interp.model.loading import Loaded, ModelCfg
 
 # Errors that carry a message written for the user: printed as one line, exit code 2.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, FileNotFoundError, KeyError)
@@ -174,8 +174,15 @@ def _cell(v) -> str:
     return str(v)
 
 
-def load(model: str, *, revision: str | None, dtype: str, device: str, device_map: str | None) -> Loaded:
+def model_cfg(model: str, *, revision: str | None, dtype: str, device: str, device_map: str | None) -> ModelCfg:
     """The model the task's --model/--revision/--dtype/--device/--device-map flags name."""
-    from interp.model.loading import ModelCfg, load_model
+    from interp.model.loading import ModelCfg
 
-    return load_model(ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
+    return ModelCfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map)
+
+
+def load(model: str, *, revision: str | None, dtype: str, device: str, device_map: str | None) -> Loaded:
+    """That model, loaded."""
+    from interp.model.loading import load_model
+
+    return load_model(model_cfg(model, revision=revision, dtype=dtype, device=device, device_map=device_map))
