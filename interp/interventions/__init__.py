@@ -50,6 +50,15 @@ class Intervention(Protocol):
         """Short readable name used as the sweep point, e.g. 'drop[20-27]'."""
 
 
+def first_layer(spec: Intervention, n_layers: int) -> int:
+    """The first decoder block whose computation ``spec`` can change (``n_layers``: none). Blocks below
+    it compute exactly what the unedited model computes, so a sweep may serve them from a cache
+    (``interp.evals.prefix``). A kind declares it with ``first_layer(n_layers)``; kinds that do not
+    (edits of the embedding, of every layer, or training) count as changing block 0."""
+    fn = getattr(spec, "first_layer", None)
+    return 0 if fn is None else max(0, min(n_layers, int(fn(n_layers))))
+
+
 REGISTRY: dict[str, type] = {}
 
 
@@ -100,6 +109,9 @@ class Base:
 
     def label(self) -> str:
         return "base"
+
+    def first_layer(self, n_layers: int) -> int:
+        return n_layers
 
 
 @contextlib.contextmanager

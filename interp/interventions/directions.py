@@ -269,6 +269,11 @@ class ActivationAddition:
     def label(self) -> str:
         return f"actadd[{self.name} {self.alpha:+g}]"
 
+    def first_layer(self, n_layers: int) -> int:
+        """Every site of block ``layer`` (its input, its sublayers' outputs, its output) is hooked on
+        that block, which must therefore run; the blocks below it are untouched."""
+        return self.layer
+
     @contextlib.contextmanager
     def apply(self, loaded) -> Iterator[None]:
         if self.layer >= loaded.n_layers:

@@ -92,6 +92,10 @@ class HeadMask:
     def label(self) -> str:
         return f"{self.name or 'mask'}-{len(self.heads)}"
 
+    def first_layer(self, n_layers: int) -> int:
+        """The lowest layer with a masked head (gates act inside that block's attention)."""
+        return min((layer for layer, _ in self.heads), default=n_layers)
+
 
 def router_dir() -> Path:
     """Where trained routers and head means live, content-addressed by digest:

@@ -142,6 +142,10 @@ class LayerDrop:
     def label(self) -> str:
         return f"drop[{layer_label(self.layers)}]" if self.layers else "drop[]"
 
+    def first_layer(self, n_layers: int) -> int:
+        """Blocks below the first dropped one keep their place and their computation."""
+        return min(self.layers, default=n_layers)
+
     @contextlib.contextmanager
     def apply(self, loaded) -> Iterator[None]:
         with skip_layers(loaded, self.layers):

@@ -5,10 +5,15 @@ same run, each point's scores land in ``evals`` in one transaction together with
 scores (``eval_items``) and its paired comparison with the base on the same items
 (``eval_deltas``: delta, 95% interval, p; analyses/stats.py), and re-running the same sweep
 skips the points already stored.
+
+Every point's forward passes on fixed inputs start at the first block its edit changes: the
+blocks below come from a per-sweep cache of the unedited model's residual stream
+(``interp.evals.prefix``), so results are the full forward's and only the compute is saved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 
@@ -17,7 +22,8 @@ from tqdm.auto import tqdm
 
 from analyses.stats import compare_items
 from interp.evals import EvalCfg, Score, evaluate, make_reference
-from interp.interventions import Base, Intervention, byproducts, describe, to_json
+from interp.evals.prefix import PrefixCache, PrefixCfg, reuse
+from interp.interventions import Base, Intervention, byproducts, describe, first_layer, to_json
 from interp.model.loading import Loaded
 from interp.provenance import canonical_json, code_version, config_hash
 from store import Store
@@ -71,12 +77,14 @@ def delta_rows(run_id: int, spec: Intervention, base: pd.DataFrame, items: pd.Da
 
 def run_sweep(loaded: Loaded, store: Store, *, study: str, config: dict, points: Sequence[Intervention],
               eval_cfg: EvalCfg, progress: bool = True, run_id: int | None = None,
-              on_point: Callable[[Intervention, list[Score]], None] | None = None) -> int:
+              on_point: Callable[[Intervention, list[Score]], None] | None = None,
+              prefix: PrefixCfg | None = PrefixCfg()) -> int:
     """Evaluate ``Base()`` then every point; returns the run id.
 
     ``config`` is the study's own config (it becomes the run's identity together with
     the points and the evaluation config). Pass ``run_id`` to add points to a run the
-    study already started.
+    study already started. ``prefix`` bounds the cache of unedited block outputs (None: every
+    point runs its forward passes in full; stored values are the same either way).
     """
     specs: list[Intervention] = [Base(), *[p for p in points if not isinstance(p, Base)]]
     labels = [s.label() for s in specs]
@@ -101,22 +109,24 @@ def run_sweep(loaded: Loaded, store: Store, *, study: str, config: dict, points:
         base_items = point_items(con, run_id, Base().label())  # empty until the base is evaluated
     bar = tqdm(total=len(specs), initial=len(specs) - len(todo), unit="point",
                desc=f"{study} run {run_id}", disable=not progress)
-    for spec in todo:
-        t0 = time.perf_counter()
-        with spec.apply(loaded) as made:
-            scores = evaluate(loaded, eval_cfg, reference=reference)
-        items = item_frame(scores)
-        if isinstance(spec, Base):
-            base_items = items
-        with store.connect() as con:
-            for product in byproducts(made):  # first: a point whose scores are stored has its by-products
-                product.save(con, run_id, spec.label())
-            write_evals(con, score_rows(run_id, study, spec, scores), item_rows(run_id, spec, items),
-                        delta_rows(run_id, spec, base_items, items))
-        if on_point is not None:
-            on_point(spec, scores)
-        bar.set_postfix_str(f"{spec.label()} {time.perf_counter() - t0:.0f}s")
-        bar.update(1)
+    with contextlib.ExitStack() as stack:
+        cache = None if prefix is None else stack.enter_context(PrefixCache(prefix))
+        for spec in todo:
+            t0 = time.perf_counter()
+            with spec.apply(loaded) as made, reuse(loaded, cache, first_layer(spec, loaded.n_layers)):
+                scores = evaluate(loaded, eval_cfg, reference=reference)
+            items = item_frame(scores)
+            if isinstance(spec, Base):
+                base_items = items
+            with store.connect() as con:
+                for product in byproducts(made):  # first: a point whose scores are stored has its by-products
+                    product.save(con, run_id, spec.label())
+                write_evals(con, score_rows(run_id, study, spec, scores), item_rows(run_id, spec, items),
+                            delta_rows(run_id, spec, base_items, items))
+            if on_point is not None:
+                on_point(spec, scores)
+            bar.set_postfix_str(f"{spec.label()} {time.perf_counter() - t0:.0f}s")
+            bar.update(1)
     bar.close()
     with store.connect() as con:
         finish_run(con, run_id)

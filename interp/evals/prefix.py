@@ -1,0 +1,230 @@
+"""Prefix reuse: the residual stream of fixed evaluation inputs, computed once per sweep.
+
+A sweep evaluates many edits on the same inputs (perplexity windows, multiple-choice
+contexts and choices, KL prompts). An edit that first touches block ``f`` leaves blocks
+``0..f-1`` computing exactly what the unedited model computes, so their outputs can come
+from a cache. ``reuse(loaded, cache, first)`` swaps blocks ``0..f-1`` of the model's layer
+list for stand-ins while a forward pass runs: Hugging Face's forward still runs (embedding,
+masks, rotary tables, every later block, final norm, unembedding), only the stand-ins return
+the cached output of block ``f-1`` instead of computing it. The cache is keyed by the exact
+batch (token ids, attention mask, position ids), so the block ``f`` sees bit-for-bit the
+input the full forward gives it and results equal the full forward's.
+
+The cache fills itself: a stand-in whose block output is not cached yet runs the real block
+(which is unedited below ``f``) and stores what it returns, so the base point of a sweep
+(``first = n_layers``) records every layer and a resumed sweep fills it on its first point.
+Calls that carry a KV cache (generation) or no token ids run in full and store nothing.
+
+Memory: entries live on the model's device up to ``PrefixCfg.memory_mb``; past it they are
+written to a scratch directory (``np.save``-speed files, removed by ``PrefixCache.close``),
+and when that is off or fails, not stored at all (those layers are recomputed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class PrefixCfg:
+    """How much of the prefix a sweep keeps (never part of a run's identity: results are equal)."""
+
+    memory_mb: int = 1024
+    """Block outputs kept in memory (on the model's device), in MiB."""
+    spill: bool = True
+    """Past ``memory_mb``, write block outputs to a scratch directory (removed when the sweep
+    ends) instead of recomputing them."""
+    scratch: str | None = None
+    """Parent of the scratch directory; None: the system temporary directory."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.memory_mb, int) or self.memory_mb < 0:
+            raise ValueError(f"prefix memory must be a whole number of MiB >= 0, not {self.memory_mb!r}")
+
+
+def batch_key(kwargs: dict) -> str | None:
+    """Identity of one forward call's inputs, or None when its prefix must not be reused
+    (a KV cache is passed: generation; embeddings instead of token ids; per-layer attentions or
+    hidden states asked for)."""
+    if kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None:
+        return None
+    if kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
+        return None  # stand-ins give neither
+    ids = kwargs.get("input_ids")
+    if ids is None or kwargs.get("inputs_embeds") is not None:
+        return None
+    h = hashlib.sha1()
+    for name in ("input_ids", "attention_mask", "position_ids"):
+        t = kwargs.get(name)
+        h.update(name.encode())
+        if t is not None:
+            t = t.detach()
+            h.update(str((tuple(t.shape), str(t.dtype))).encode())
+            h.update(t.contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+class PrefixCache:
+    """Clean block outputs per (batch key, layer): block ``i``'s output is layer ``i``'s entry.
+
+    ``depth(key)`` layers (0..depth-1) are known for a batch; entries are added in layer order.
+    Use as a context manager (or call ``close``) so the scratch directory is removed."""
+
+    def __init__(self, cfg: PrefixCfg | None = None):
+        self.cfg = cfg or PrefixCfg()
+        self._mem: dict[tuple[str, int], torch.Tensor] = {}
+        self._disk: dict[tuple[str, int], tuple[Path, torch.device, torch.dtype]] = {}
+        self._depth: dict[str, int] = {}
+        self._tails: dict[int, tuple | None] = {}  # layer -> what follows the hidden states in a tuple output
+        self._scratch: Path | None = None
+        self.bytes = 0
+        """Bytes held in memory."""
+        self.spilled = 0
+        """Bytes written to the scratch directory."""
+        self.skipped = 0
+        """Block calls served from the cache (the compute saved)."""
+
+    def depth(self, key: str) -> int:
+        return self._depth.get(key, 0)
+
+    def get(self, key: str, layer: int) -> torch.Tensor:
+        if (key, layer) in self._mem:
+            return self._mem[(key, layer)]
+        path, device, dtype = self._disk[(key, layer)]
+        return _load(path, dtype).to(device)
+
+    def tail(self, layer: int) -> tuple | None:
+        return self._tails.get(layer)
+
+    def put(self, key: str, layer: int, out) -> None:
+        """Store block ``layer``'s output (a tensor, or a tuple led by the hidden states)."""
+        if layer != self.depth(key):
+            return  # only whole prefixes are useful
+        # What follows the hidden states in a tuple output (attention weights: Falcon returns them
+        # always) is read by the model only when attentions or a KV cache are asked for, and such
+        # calls are never served from the cache (``batch_key``): stand-ins return None in their place.
+        hidden, tail = (out[0], (None,) * (len(out) - 1)) if isinstance(out, tuple) else (out, None)
+        if self._tails.setdefault(layer, tail) != tail:
+            return
+        hidden = hidden.detach()
+        size = hidden.numel() * hidden.element_size()
+        if self.bytes + size <= self.cfg.memory_mb << 20:
+            self._mem[(key, layer)] = hidden.clone()
+            self.bytes += size
+        elif not self._spill(key, layer, hidden):
+            return
+        self._depth[key] = layer + 1
+
+    def _spill(self, key: str, layer: int, hidden: torch.Tensor) -> bool:
+        if not self.cfg.spill:
+            return False
+        try:
+            if self._scratch is None:
+                self._scratch = Path(tempfile.mkdtemp(prefix="interp-prefix-", dir=self.cfg.scratch))
+            path = self._scratch / f"{key}-{layer}.npy"
+            _save(path, hidden)
+        except OSError:  # full or unwritable disk: recompute instead
+            return False
+        self._disk[(key, layer)] = (path, hidden.device, hidden.dtype)
+        self.spilled += hidden.numel() * hidden.element_size()
+        return True
+
+    def close(self) -> None:
+        self._mem.clear()
+        self._disk.clear()
+        self._depth.clear()
+        self.bytes = 0
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+
+    def __enter__(self) -> PrefixCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _save(path: Path, t: torch.Tensor) -> None:
+    import numpy as np
+
+    t = t.cpu()
+    np.save(path, t.view(torch.int16).numpy() if t.dtype == torch.bfloat16 else t.numpy())  # NumPy has no bfloat16
+
+
+def _load(path: Path, dtype: torch.dtype) -> torch.Tensor:
+    import numpy as np
+
+    t = torch.from_numpy(np.load(path))
+    return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
+
+
+class _StandIn(nn.Module):
+    """Takes block ``layer``'s place: serves its output from the cache, or runs the real block
+    and caches what it returns."""
+
+    def __init__(self, block: nn.Module, layer: int, top: int, state: dict):
+        super().__init__()
+        self.__dict__["block"] = block  # not a submodule: the model's module tree stays the real one
+        self.layer, self.top, self.state = layer, top, state
+
+    def forward(self, *args, **kwargs):
+        key, cache = self.state.get("key"), self.state["cache"]
+        if key is None:
+            return self.block(*args, **kwargs)
+        known = min(self.top, cache.depth(key))  # blocks 0..known-1 come from the cache
+        if self.layer < known - 1:
+            cache.skipped += 1
+            return args[0] if args else kwargs["hidden_states"]  # discarded by the next stand-in
+        if self.layer == known - 1:
+            cache.skipped += 1
+            hidden, tail = cache.get(key, self.layer), cache.tail(self.layer)
+            return hidden if tail is None else (hidden, *tail)
+        out = self.block(*args, **kwargs)
+        cache.put(key, self.layer, out)
+        return out
+
+
+@contextlib.contextmanager
+def reuse(loaded, cache: PrefixCache | None, first: int) -> Iterator[None]:
+    """Inside the block, blocks ``0..first-1`` of the current layer list are served from ``cache``
+    for every forward call on token ids without a KV cache. ``first`` is the first block the active
+    edit changes (``interp.interventions.first_layer``); 0 or no cache: nothing changes."""
+    blocks = loaded.model.get_submodule(loaded.arch.layers)
+    first = min(first, len(blocks))
+    if cache is None or first <= 0:
+        yield
+        return
+    state: dict = {"cache": cache, "key": None}
+
+    def enter(_m, args, kwargs):
+        state["key"] = None if args else batch_key(kwargs)
+        if state["key"] is not None and kwargs.get("use_cache") is not False:
+            return args, {**kwargs, "use_cache": False}  # the KV cache of a one-shot call is thrown away
+        return None
+
+    def leave(_m, _args, _kwargs, _out):
+        state["key"] = None
+
+    originals = [blocks[i] for i in range(first)]
+    handles = []
+    try:
+        handles.append(loaded.model.register_forward_pre_hook(enter, with_kwargs=True))
+        handles.append(loaded.model.register_forward_hook(leave, with_kwargs=True, always_call=True))
+        for i in range(first):
+            blocks[i] = _StandIn(originals[i], i, first, state)
+        yield
+    finally:
+        for i, block in enumerate(originals):
+            blocks[i] = block
+        for h in handles:
+            h.remove()
