@@ -84,6 +84,7 @@ class PrefixCache:
         self._mem: dict[tuple[str, int], torch.Tensor] = {}
         self._disk: dict[tuple[str, int], tuple[Path, torch.device, torch.dtype]] = {}
         self._depth: dict[str, int] = {}
+        self._alias: dict[str, tuple[str, int]] = {}
         self._tails: dict[int, tuple | None] = {}  # layer -> what follows the hidden states in a tuple output
         self._scratch: Path | None = None
         self.bytes = 0
@@ -94,9 +95,21 @@ class PrefixCache:
         """Block calls served from the cache (the compute saved)."""
 
     def depth(self, key: str) -> int:
+        if key in self._alias:
+            return self.depth(self._alias[key][0])
         return self._depth.get(key, 0)
 
+    def alias(self, key: str, base: str, repeats: int) -> None:
+        """Serve batch ``key`` (the batch ``base`` repeated ``repeats`` times along rows) from
+        ``base``'s entries; nothing is stored for it."""
+        if key != base:
+            self._alias[key] = (base, repeats)
+
     def get(self, key: str, layer: int) -> torch.Tensor:
+        if key in self._alias:
+            base, repeats = self._alias[key]
+            t = self.get(base, layer)
+            return t.repeat(repeats, *([1] * (t.dim() - 1)))
         if (key, layer) in self._mem:
             return self._mem[(key, layer)]
         path, device, dtype = self._disk[(key, layer)]
@@ -107,8 +120,8 @@ class PrefixCache:
 
     def put(self, key: str, layer: int, out) -> None:
         """Store block ``layer``'s output (a tensor, or a tuple led by the hidden states)."""
-        if layer != self.depth(key):
-            return  # only whole prefixes are useful
+        if layer != self.depth(key) or key in self._alias:
+            return  # only whole prefixes are useful; an alias is served from its base
         # What follows the hidden states in a tuple output (attention weights: Falcon returns them
         # always) is read by the model only when attentions or a KV cache are asked for, and such
         # calls are never served from the cache (``batch_key``): stand-ins return None in their place.
@@ -142,6 +155,7 @@ class PrefixCache:
         self._mem.clear()
         self._disk.clear()
         self._depth.clear()
+        self._alias.clear()
         self.bytes = 0
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)

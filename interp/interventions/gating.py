@@ -7,9 +7,10 @@ gradient gates xi of Michel et al. (2019). Gates act on query heads, so grouped-
 models (several query heads per key/value head) are gated per query head; no
 ``head_mask`` argument is needed.
 
-``Suffix`` caches every block's input from one clean forward pass, then runs only blocks
-l..L-1 for each edit at layer l. Ablating all heads of a deep layer costs a fraction of a
-full forward pass; results equal the full forward pass (tested).
+``Suffix`` caches every block's output from one clean forward pass, then runs only blocks
+l..L-1 for each edit at layer l (through Hugging Face's forward, with the blocks below served
+from the cache: the sweeps' prefix reuse). Ablating all heads of a deep layer costs a fraction
+of a full forward pass; results equal the full forward pass (tested).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
+from interp.evals.prefix import PrefixCache, PrefixCfg, batch_key, reuse
 from interp.model import ops
-from interp.model.hooks import BlockCall, block_calls, hooked
+from interp.model.hooks import _Stop, hooked
 from interp.model.loading import Loaded
 from interp.model.sites import Site
 
@@ -65,71 +67,57 @@ def head_gates(loaded: Loaded, layers: dict[int, LayerGate]) -> Iterator[None]:
         yield
 
 
-def _first(out):
-    return out[0] if isinstance(out, tuple) else out
+def final_hidden(loaded: Loaded, kwargs: dict) -> torch.Tensor:
+    """Final-norm output (batch, pos, d_model) of a forward pass of ``kwargs`` (whatever hooks are
+    active); the pass stops there, so the unembedding runs only where the caller scores a position."""
+    seen = {}
+
+    def grab(_m, _args, out):
+        seen["h"] = out[0] if isinstance(out, tuple) else out
+        raise _Stop
+
+    h = loaded.model.get_submodule(loaded.arch.final_norm).register_forward_hook(grab)
+    try:
+        loaded.model(**kwargs, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        h.remove()
+    return seen["h"]
 
 
 class Suffix:
-    """Clean block inputs of one batch, and forward passes that start at any block.
+    """Clean block outputs of one batch, and forward passes that start at any block.
 
     Outputs are final-norm hidden states; apply the unembedding only where a target is scored.
 
-    ``run(layer, rows)`` runs blocks ``layer..L-1`` on the clean input of ``layer``
-    repeated ``rows // batch`` times (row r is batch row r % batch), so several edits of
-    the same layer share one wide forward pass. Edits come from hooks active around it.
+    ``run(layer, rows)`` runs the batch repeated ``rows // batch`` times (row r is batch row
+    r % batch) with blocks ``0..layer-1`` served from the clean pass (``interp.evals.prefix``: the
+    sweeps' prefix reuse, one mechanism), so several edits of the same layer share one wide forward
+    pass that computes only blocks ``layer..L-1``. Edits come from hooks active around it.
     """
 
-    def __init__(self, loaded: Loaded, kwargs: dict):
+    def __init__(self, loaded: Loaded, kwargs: dict, cfg: PrefixCfg | None = None):
         self.loaded = loaded
         self.kwargs = {k: v.to(loaded.device) for k, v in kwargs.items()}  # the clean batch
         self.batch = kwargs["input_ids"].shape[0]
-        self.inputs: list[torch.Tensor] = []  # block inputs (batch, pos, d_model), per layer
-        self._calls: dict[int, list[BlockCall]] = {}  # repeats -> how each block is called
-        self.final = self._clean()
+        self.cache = PrefixCache(cfg)
+        self.key = batch_key(self.kwargs)
+        with torch.no_grad(), reuse(loaded, self.cache, loaded.n_layers):  # records every block's output
+            self.final = final_hidden(loaded, self.kwargs).detach()
         """Final-norm output of the clean pass (batch, pos, d_model)."""
-
-    def _blocks(self):
-        return self.loaded.model.get_submodule(self.loaded.arch.layers)
-
-    @torch.no_grad()
-    def _clean(self) -> torch.Tensor:
-        """One plain forward pass: records every block's input; returns the final-norm output."""
-        handles, seen = [], {}
-
-        def grab(_m, args, kwargs):
-            self.inputs.append((args[0] if args else kwargs["hidden_states"]).detach())
-
-        def grab_final(_m, _args, out):
-            seen["final"] = _first(out).detach()
-
-        try:
-            for blk in self._blocks():
-                handles.append(blk.register_forward_pre_hook(grab, with_kwargs=True))
-            norm = self.loaded.model.get_submodule(self.loaded.arch.final_norm)
-            handles.append(norm.register_forward_hook(grab_final))
-            self.loaded.model(**self.kwargs, use_cache=False)
-        finally:
-            for h in handles:
-                h.remove()
-        return seen["final"]
-
-    def _block_calls(self, repeats: int) -> list[BlockCall]:
-        """How each block is called (masks, rotary embeddings: they can differ per block) for the
-        batch repeated ``repeats`` times."""
-        if repeats not in self._calls:
-            rep = {k: v.repeat(repeats, *([1] * (v.dim() - 1))) for k, v in self.kwargs.items()}
-            self._calls[repeats] = block_calls(self.loaded.model, self._blocks(), rep)
-        return self._calls[repeats]
 
     @torch.no_grad()
     def run(self, layer: int, repeats: int) -> torch.Tensor:
         """Final-norm output (repeats * batch, pos, d_model) of blocks ``layer..`` onward."""
-        calls = self._block_calls(repeats)
-        h = self.inputs[layer].repeat(repeats, 1, 1)
-        blocks = self._blocks()
-        for i in range(layer, len(blocks)):
-            h = calls[i].run(blocks[i], h)
-        return _first(self.loaded.model.get_submodule(self.loaded.arch.final_norm)(h))
+        rep = {k: v.repeat(repeats, *([1] * (v.dim() - 1))) for k, v in self.kwargs.items()}
+        self.cache.alias(batch_key(rep), self.key, repeats)
+        with reuse(self.loaded, self.cache, layer):
+            return final_hidden(self.loaded, rep)
+
+    def close(self) -> None:
+        """Free the clean block outputs (and any scratch files) now rather than when collected."""
+        self.cache.close()
 
 
 def means_digest(means: torch.Tensor) -> str:

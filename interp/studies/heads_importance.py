@@ -41,6 +41,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from analyses.stats import standard_error
+from interp.interventions import gating
 from interp.interventions.gating import LayerGate, Suffix, head_gates
 from interp.studies.heads_text import IGNORE, Scored
 from interp.model.hooks import hooked
@@ -85,18 +86,9 @@ def _head(loaded: Loaded):
 
 
 def final_hidden(loaded: Loaded, batch: Scored) -> torch.Tensor:
-    """Final-norm output of a plain forward pass (whatever hooks are active)."""
-    seen = {}
-
-    def grab(_m, _a, out):
-        seen["h"] = out[0] if isinstance(out, tuple) else out
-
-    h = loaded.model.get_submodule(loaded.arch.final_norm).register_forward_hook(grab)
-    try:
-        loaded.model(**batch.on(loaded.device), use_cache=False)
-    finally:
-        h.remove()
-    return seen["h"]
+    """Final-norm output of a plain forward pass (whatever hooks are active); the unembedding is
+    not run (callers unembed only the scored positions)."""
+    return gating.final_hidden(loaded, batch.on(loaded.device))
 
 
 @torch.no_grad()
