@@ -108,7 +108,7 @@ def head_means(loaded: Loaded, batches: list[Scored]) -> torch.Tensor:
     with hooked(loaded.model, loaded.arch, {Site("z", l): reader(l) for l in range(L)}, H):
         for b in batches:
             state["mask"] = b.kwargs["attention_mask"].to(loaded.device)
-            loaded.model(**b.on(loaded.device), use_cache=False)
+            final_hidden(loaded, b)  # stops before the unembedding, which nothing here reads
             n += b.tokens
     return (total / n).float()
 
