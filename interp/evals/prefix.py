@@ -8,12 +8,15 @@ list for stand-ins while a forward pass runs: Hugging Face's forward still runs 
 masks, rotary tables, every later block, final norm, unembedding), only the stand-ins return
 the cached output of block ``f-1`` instead of computing it. The cache is keyed by the exact
 batch (token ids, attention mask, position ids), so the block ``f`` sees bit-for-bit the
-input the full forward gives it and results equal the full forward's.
+input the full forward gives it and results equal the full forward's. In generation the prompt
+(the first call, with an empty KV cache) is served the same way, and each stand-in also replays
+the KV cache writes its block made when it was recorded, so the decoding steps (which run every
+block in full: their tokens depend on the edit) find the cache the full forward would leave.
 
 The cache fills itself: a stand-in whose block output is not cached yet runs the real block
 (which is unedited below ``f``) and stores what it returns, so the base point of a sweep
 (``first = n_layers``) records every layer and a resumed sweep fills it on its first point.
-Calls that carry a KV cache (generation) or no token ids run in full and store nothing.
+Decoding steps, and calls without token ids, run in full and store nothing.
 
 Memory: entries live on the model's device up to ``PrefixCfg.memory_mb``; past it they are
 written to a scratch directory (``np.save``-speed files, removed by ``PrefixCache.close``),
@@ -51,18 +54,29 @@ class PrefixCfg:
             raise ValueError(f"prefix memory must be a whole number of MiB >= 0, not {self.memory_mb!r}")
 
 
+def kv_cache(kwargs: dict):
+    """The KV cache a forward call was given (transformers 5 names it ``cache``), or None."""
+    kv = kwargs.get("cache")
+    return kwargs.get("past_key_values") if kv is None else kv
+
+
 def batch_key(kwargs: dict) -> str | None:
-    """Identity of one forward call's inputs, or None when its prefix must not be reused
-    (a KV cache is passed: generation; embeddings instead of token ids; per-layer attentions or
-    hidden states asked for)."""
-    if kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None:
+    """Identity of one forward call's inputs, or None when its prefix must not be reused: a
+    decoding step (its KV cache already holds tokens), embeddings instead of token ids, or
+    per-layer attentions or hidden states asked for. A generation's first call (an empty KV
+    cache: the prompt) has its own key, its entries also hold what each block wrote to the cache."""
+    kv = kv_cache(kwargs)
+    try:
+        if kv is not None and kv.get_seq_length() > 0:
+            return None
+    except (AttributeError, TypeError):  # a cache of another kind: do not guess
         return None
     if kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
         return None  # stand-ins give neither
     ids = kwargs.get("input_ids")
     if ids is None or kwargs.get("inputs_embeds") is not None:
         return None
-    h = hashlib.sha1()
+    h = hashlib.sha1(b"prefill" if kv is not None else b"")
     for name in ("input_ids", "attention_mask", "position_ids"):
         t = kwargs.get(name)
         h.update(name.encode())
@@ -71,6 +85,23 @@ def batch_key(kwargs: dict) -> str | None:
             h.update(str((tuple(t.shape), str(t.dtype))).encode())
             h.update(t.contiguous().cpu().numpy().tobytes())
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def recording_updates(kv) -> Iterator[list]:
+    """Record every ``kv.update(...)`` call (what attention writes to the KV cache) made inside."""
+    calls: list = []
+    real = kv.update
+
+    def update(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    kv.update = update
+    try:
+        yield calls
+    finally:
+        del kv.update  # the class's method again
 
 
 class PrefixCache:
@@ -85,6 +116,7 @@ class PrefixCache:
         self._disk: dict[tuple[str, int], tuple[Path, torch.device, torch.dtype]] = {}
         self._depth: dict[str, int] = {}
         self._alias: dict[str, tuple[str, int]] = {}
+        self._writes: dict[tuple[str, int], list] = {}  # prompt batches: each block's KV cache updates
         self._tails: dict[int, tuple | None] = {}  # layer -> what follows the hidden states in a tuple output
         self._scratch: Path | None = None
         self.bytes = 0
@@ -118,10 +150,24 @@ class PrefixCache:
     def tail(self, layer: int) -> tuple | None:
         return self._tails.get(layer)
 
-    def put(self, key: str, layer: int, out) -> None:
-        """Store block ``layer``'s output (a tensor, or a tuple led by the hidden states)."""
+    def replay(self, key: str, layer: int, kv) -> None:
+        """Write to ``kv`` what block ``layer`` wrote when its output was stored (prompt batches)."""
+        for args, kwargs in self._writes[(key, layer)]:
+            kv.update(*args, **kwargs)
+
+    def put(self, key: str, layer: int, out, writes: list | None = None) -> None:
+        """Store block ``layer``'s output (a tensor, or a tuple led by the hidden states) and, for a
+        generation's prompt, the KV cache updates it made (``writes``; none recorded: not stored)."""
         if layer != self.depth(key) or key in self._alias:
             return  # only whole prefixes are useful; an alias is served from its base
+        if writes is not None:
+            if not writes:
+                return  # the block wrote its keys and values some other way: cannot replay it
+            size = sum(t.numel() * t.element_size() for a, _ in writes for t in a if isinstance(t, torch.Tensor))
+            if self.bytes + size > self.cfg.memory_mb << 20:
+                return  # KV writes stay in memory only
+            self._writes[(key, layer)] = writes
+            self.bytes += size
         # What follows the hidden states in a tuple output (attention weights: Falcon returns them
         # always) is read by the model only when attentions or a KV cache are asked for, and such
         # calls are never served from the cache (``batch_key``): stand-ins return None in their place.
@@ -156,6 +202,7 @@ class PrefixCache:
         self._disk.clear()
         self._depth.clear()
         self._alias.clear()
+        self._writes.clear()
         self.bytes = 0
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
@@ -192,42 +239,50 @@ class _StandIn(nn.Module):
         self.layer, self.top, self.state = layer, top, state
 
     def forward(self, *args, **kwargs):
-        key, cache = self.state.get("key"), self.state["cache"]
+        key, cache, kv = self.state.get("key"), self.state["cache"], self.state.get("kv")
         if key is None:
             return self.block(*args, **kwargs)
         known = min(self.top, cache.depth(key))  # blocks 0..known-1 come from the cache
-        if self.layer < known - 1:
+        if self.layer < known:
             cache.skipped += 1
-            return args[0] if args else kwargs["hidden_states"]  # discarded by the next stand-in
-        if self.layer == known - 1:
-            cache.skipped += 1
+            if kv is not None:
+                cache.replay(key, self.layer, kv)  # the KV cache gets what the block would have written
+            if self.layer < known - 1:
+                return args[0] if args else kwargs["hidden_states"]  # discarded by the next stand-in
             hidden, tail = cache.get(key, self.layer), cache.tail(self.layer)
             return hidden if tail is None else (hidden, *tail)
-        out = self.block(*args, **kwargs)
-        cache.put(key, self.layer, out)
+        if kv is None:
+            out = self.block(*args, **kwargs)
+            cache.put(key, self.layer, out)
+            return out
+        with recording_updates(kv) as writes:
+            out = self.block(*args, **kwargs)
+        cache.put(key, self.layer, out, writes)
         return out
 
 
 @contextlib.contextmanager
 def reuse(loaded, cache: PrefixCache | None, first: int) -> Iterator[None]:
     """Inside the block, blocks ``0..first-1`` of the current layer list are served from ``cache``
-    for every forward call on token ids without a KV cache. ``first`` is the first block the active
+    for every forward call on token ids (and a generation's prompt, whose KV cache entries are
+    replayed; its decoding steps run in full). ``first`` is the first block the active
     edit changes (``interp.interventions.first_layer``); 0 or no cache: nothing changes."""
     blocks = loaded.model.get_submodule(loaded.arch.layers)
     first = min(first, len(blocks))
     if cache is None or first <= 0:
         yield
         return
-    state: dict = {"cache": cache, "key": None}
+    state: dict = {"cache": cache, "key": None, "kv": None}
 
     def enter(_m, args, kwargs):
         state["key"] = None if args else batch_key(kwargs)
-        if state["key"] is not None and kwargs.get("use_cache") is not False:
+        state["kv"] = kv_cache(kwargs)
+        if state["key"] is not None and state["kv"] is None and kwargs.get("use_cache") is not False:
             return args, {**kwargs, "use_cache": False}  # the KV cache of a one-shot call is thrown away
         return None
 
     def leave(_m, _args, _kwargs, _out):
-        state["key"] = None
+        state["key"] = state["kv"] = None
 
     originals = [blocks[i] for i in range(first)]
     handles = []

@@ -124,19 +124,50 @@ def test_over_budget_spills_or_recomputes(llama, spill, tmp_path, one_thread):
     assert not list(tmp_path.iterdir())  # the scratch directory is gone
 
 
-def test_generation_with_kv_cache_unchanged(llama, one_thread):
-    """Generation passes a KV cache: it runs in full inside a reuse block and gives the same text."""
-    L = llama.n_layers
-    spec = LayerDrop((2,))
-    prompts = ["abc", "hello there", "x"]
-    with spec.apply(llama):
-        full = greedy_generate(llama, prompts, chat=False, max_new_tokens=6, max_prompt_tokens=32)
+PROMPTS = ["abc", "hello there", "x", "the capital of"]
+
+
+def _generate(loaded):
+    """Greedy continuations (the suite's generation path) and every step's logits."""
+    from transformers import GenerationConfig
+
+    from interp.capture.batching import pad
+
+    texts = greedy_generate(loaded, PROMPTS, chat=False, max_new_tokens=6, max_prompt_tokens=32, batch_size=3)
+    pad_id = loaded.tokenizer.pad_token_id
+    batch = pad([loaded.tokenizer(p)["input_ids"] for p in PROMPTS], pad_id, side="left")
+    out = loaded.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                generation_config=GenerationConfig(max_new_tokens=5, do_sample=False, pad_token_id=pad_id,
+                                                                   eos_token_id=None),
+                                output_scores=True, return_dict_in_generate=True)
+    return texts, torch.stack(out.scores)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3_text", "gpt_neox", "falcon"])
+def test_generation_with_kv_cache_equals_full(family, one_thread):
+    """A generation's prompt is served from the cache, its KV cache entries replayed; the
+    decoding steps run in full and the generated text is the full forward's."""
+    loaded = build(family)
+    L = loaded.n_layers
+    d = tuple(float(x) for x in torch.linspace(-1, 1, loaded.d_model))
+    specs = [LayerDrop((2,)), HeadMask(((1, 2),)), ActivationAddition(d, layer=1, alpha=3.0)]
     with PrefixCache() as cache:
-        with reuse(llama, cache, L):
-            greedy_generate(llama, prompts, chat=False, max_new_tokens=6, max_prompt_tokens=32)
-        with spec.apply(llama), reuse(llama, cache, first_layer(spec, L)):
-            assert greedy_generate(llama, prompts, chat=False, max_new_tokens=6, max_prompt_tokens=32) == full
-        assert cache.bytes == 0  # generation stored nothing
+        with reuse(loaded, cache, L):
+            base = _generate(loaded)
+            again = _generate(loaded)  # served from the first's entries
+        assert cache.bytes > 0 and cache.skipped > 0
+        assert again[0] == base[0]
+        torch.testing.assert_close(again[1], base[1], rtol=1e-5, atol=1e-5)
+        for spec in specs:
+            with spec.apply(loaded):
+                full = _generate(loaded)
+            assert not torch.allclose(full[1], base[1]), f"{spec.label()} changed nothing"
+            skipped = cache.skipped
+            with spec.apply(loaded), reuse(loaded, cache, first_layer(spec, L)):
+                fast = _generate(loaded)
+            assert fast[0] == full[0], spec.label()
+            torch.testing.assert_close(fast[1], full[1], rtol=1e-5, atol=1e-5)
+            assert cache.skipped > skipped
 
 
 def test_sweep_with_reuse_stores_the_same_numbers(llama, tmp_path, one_thread, monkeypatch):
