@@ -8,7 +8,7 @@
    batched), once as the study runs it (``ablation_importance``: all edits of a layer in wide forward
    passes that start at that layer).
 
-For each it prints seconds, the speed-up, its upper bound and the share of the bound reached, and
+For each it prints wall and CPU seconds, the speed-up, its upper bound and the share of the bound reached, and
 the largest relative difference between the two variants' numbers (must be below 1e-5). The bound
 is what skipping the cached blocks can save given the FLOPs each forward spends in every block and in
 the unembedding, measured with ``torch.utils.flop_counter`` on the base point: the unembedding (and
@@ -81,15 +81,16 @@ def drop_sweep(loaded, eval_spec: str, layers: list[int]) -> dict:
 
     out = {}
     for name, prefix in (("full", None), ("reuse", PrefixCfg())):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         got = []
         with PrefixCache(prefix) if prefix else _null() as cache:
             for s in specs:
                 with s.apply(loaded), reuse(loaded, cache, first_layer(s, loaded.n_layers)):
                     got += values(evaluate(loaded, cfg, reference=ref))
-        out[name] = (time.perf_counter() - t0, got)
+        out[name] = (time.perf_counter() - t0, time.process_time() - c0, got)
     return {"sweep": f"single drop ({len(layers)} layers + base)", "full_s": out["full"][0],
-            "fast_s": out["reuse"][0], "bound": bound, "max_rel_diff": rel_diff(out["reuse"][1], out["full"][1])}
+            "fast_s": out["reuse"][0], "full_cpu_s": out["full"][1], "fast_cpu_s": out["reuse"][1],
+            "bound": bound, "max_rel_diff": rel_diff(out["reuse"][2], out["full"][2])}
 
 
 def _null():
@@ -119,7 +120,7 @@ def head_sweep(loaded, text_seqs: int, seq_len: int) -> dict:
     suffix_cost = sum(len(imp.MODES) * H * (total - sum(per[:l])) for l in range(L))
     bound = units * total / (total + suffix_cost)  # + total: the clean pass that records the block inputs
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     naive = np.full((len(imp.MODES), L, H, text_seqs), np.nan)
     for m, mode in enumerate(imp.MODES):
         for layer in range(L):
@@ -133,12 +134,12 @@ def head_sweep(loaded, text_seqs: int, seq_len: int) -> dict:
                         nll, _, _ = imp.row_metrics(loaded.logits, imp.final_hidden(loaded, b), b.targets)
                     naive[m, layer, head, row0:row0 + b.rows] = nll.numpy()
                     row0 += b.rows
-    naive_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    naive_s, naive_cpu = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
     fast = imp.ablation_importance(loaded, sample, means).edited["nll"]
-    fast_s = time.perf_counter() - t0
+    fast_s, fast_cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"sweep": f"head ablation ({units} edits, {text_seqs}x{seq_len} tokens)", "full_s": naive_s,
-            "fast_s": fast_s, "bound": bound, "max_rel_diff": rel_diff(fast.ravel(), naive.ravel())}
+            "fast_s": fast_s, "full_cpu_s": naive_cpu, "fast_cpu_s": fast_cpu, "bound": bound, "max_rel_diff": rel_diff(fast.ravel(), naive.ravel())}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     out = pd.DataFrame(rows)
     out["speedup"] = out["full_s"] / out["fast_s"]
     out["share_of_bound"] = out["speedup"] / out["bound"]
+    out["cpu_speedup"] = out["full_cpu_s"] / out["fast_cpu_s"]  # the guide on a busy machine
     print(f"model {loaded.name}, {args.threads} threads")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(out.round(4).to_string(index=False))
