@@ -60,6 +60,16 @@ def _scored(logits_fn, hidden: torch.Tensor, targets: torch.Tensor):
     return logits, targets[r, p].to(logits.device), r.to(logits.device)
 
 
+LOGIT_BYTES = 256 << 20
+"""Most float32 logits ``row_metrics`` holds at once."""
+
+
+def _vocab(logits_fn, hidden: torch.Tensor) -> int:
+    """Output size of ``logits_fn`` (one position run through it)."""
+    with torch.no_grad():
+        return int(logits_fn(hidden.reshape(-1, hidden.shape[-1])[:1].detach()).shape[-1])
+
+
 def row_metrics(logits_fn, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per row: mean NLL over scored positions, token accuracy, and exact match (all correct).
 
@@ -67,9 +77,22 @@ def row_metrics(logits_fn, hidden: torch.Tensor, targets: torch.Tensor) -> tuple
     positions to logits, so the unembedding only runs where a target is scored.
     """
     rows = hidden.shape[0]
-    logits, tgt, r = _scored(logits_fn, hidden, targets)
-    nll = F.cross_entropy(logits, tgt, reduction="none")
-    hit = (logits.argmax(-1) == tgt).to(nll.dtype)
+    r, p = (targets != IGNORE).nonzero(as_tuple=True)
+    if not len(r):
+        raise ValueError("a row has no scored position: every sequence needs at least one target")
+    nll, hit = [], []
+    # The unembedding in chunks of positions: a batch of many ablations at once would otherwise hold
+    # (positions, vocab) logits at a time (2 GB for 2048 positions of Gemma 3's 262k vocabulary).
+    step = max(1, LOGIT_BYTES // (4 * _vocab(logits_fn, hidden)))
+    for i in range(0, len(r), step):
+        logits = logits_fn(hidden[r[i:i + step], p[i:i + step]])  # (chunk, vocab)
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        tgt = targets[r[i:i + step], p[i:i + step]].to(logits.device)
+        nll.append(F.cross_entropy(logits, tgt, reduction="none"))
+        hit.append((logits.argmax(-1) == tgt).to(nll[-1].dtype))
+    nll, hit = torch.cat(nll), torch.cat(hit)
+    r = r.to(nll.device)
     zeros = torch.zeros(rows, dtype=nll.dtype, device=nll.device)
     count = zeros.index_add(0, r, torch.ones_like(nll))
     if bool((count == 0).any()):
