@@ -278,6 +278,7 @@ def ablation_importance(loaded: Loaded, batches: list[Scored], means: torch.Tens
                     for g, (mode, head) in enumerate(chunk):
                         edited[k][modes.index(mode), layer, head, row0:row0 + b.rows] = v[g]
             bar.update(1)
+        suffix.close()
         row0 += b.rows
     bar.close()
     return Ablation({k: np.concatenate(v) for k, v in clean.items()}, edited)
