@@ -208,7 +208,7 @@ class PrefixCache:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
 
-    def __enter__(self) -> PrefixCache:
+    def __enter__(self):  # -> the cache itself
         return self
 
     def __exit__(self, *exc) -> None:

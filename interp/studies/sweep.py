@@ -39,6 +39,10 @@ def no_phase(_name: str) -> None:
     """The default progress callback: nothing."""
 
 
+DEFAULT_PREFIX = PrefixCfg()
+"""Prefix reuse of every sweep unless told otherwise (1 GiB in memory, then a scratch directory)."""
+
+
 def start_study_run(loaded: Loaded, store: Store, study: str, config: dict) -> tuple[int, str]:
     """Create (or find, for resume) the run of a study with this model and config."""
     with store.connect() as con:
@@ -78,7 +82,7 @@ def delta_rows(run_id: int, spec: Intervention, base: pd.DataFrame, items: pd.Da
 def run_sweep(loaded: Loaded, store: Store, *, study: str, config: dict, points: Sequence[Intervention],
               eval_cfg: EvalCfg, progress: bool = True, run_id: int | None = None,
               on_point: Callable[[Intervention, list[Score]], None] | None = None,
-              prefix: PrefixCfg | None = PrefixCfg()) -> int:
+              prefix: PrefixCfg | None = DEFAULT_PREFIX) -> int:
     """Evaluate ``Base()`` then every point; returns the run id.
 
     ``config`` is the study's own config (it becomes the run's identity together with
