@@ -100,18 +100,29 @@ def recover(store: Store) -> dict[str, int]:
     return {"renamed": renamed, "deleted": deleted}
 
 
+SYNCS = ("commit", "end", "off")
+"""When shards are fsynced: before their commit is recorded (the default), once when the writer
+closes, or never (the page cache only). Only ``commit`` survives a power loss mid-run; all three
+survive a killed process (the kernel still writes its page cache)."""
+
+
 class ActivationWriter:
     """Buffers blocks and commits them in the background every ``flush_bytes`` or ``flush_seconds``.
 
     At most one commit is in flight and one buffer is filling, so memory stays flat
     whatever the dataset size. Call ``close()`` (or use as a context manager) to commit
-    the rest; ``abort()`` drops what is not committed.
+    the rest; ``abort()`` drops what is not committed. ``sync`` (one of SYNCS; None: "commit"
+    if ``durable`` else "off") says when shard files are fsynced.
     """
 
     def __init__(self, store: Store, run_id: int, *, flush_bytes: int = 128 << 20,
-                 flush_seconds: float = 30.0, threads: int = 2, durable: bool = True):
-        self.store, self.run_id = store, run_id
-        self.flush_bytes, self.flush_seconds, self.durable = flush_bytes, flush_seconds, durable
+                 flush_seconds: float = 30.0, threads: int = 2, durable: bool = True, sync: str | None = None):
+        sync = sync or ("commit" if durable else "off")
+        if sync not in SYNCS:
+            raise ValueError(f"unknown sync '{sync}': use one of {', '.join(SYNCS)}")
+        self.store, self.run_id, self.sync = store, run_id, sync
+        self.flush_bytes, self.flush_seconds, self.durable = flush_bytes, flush_seconds, sync == "commit"
+        self._unsynced: list[Path] = []  # committed shards still to fsync at close (sync="end")
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="shard")
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="commit")
         self._pending: Future | None = None
@@ -154,6 +165,9 @@ class ActivationWriter:
         try:
             self.commit()
             self._wait()
+            if self._unsynced:  # sync="end": one pass over every shard this writer committed
+                list(self._pool.map(_fsync, self._unsynced))
+                self._unsynced = []
         finally:
             self._shutdown()
 
@@ -197,6 +211,8 @@ class ActivationWriter:
         except OSError as e:
             raise shard_write_error(self.store, e) from None
         shard_df = commit_parts(self.store, self.run_id, shards, prompts, tokens)
+        if self.sync == "end" and not self.store.is_remote:
+            self._unsynced += [self.store.shard_dir / rel for rel in shard_df["path"]]
         self.stats["commits"] += 1
         self.stats["rows"] += int(shard_df["n_rows"].sum())
         self.stats["bytes"] += int(shard_df["n_bytes"].sum())

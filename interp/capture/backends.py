@@ -171,15 +171,22 @@ def own_forwards(model: torch.nn.Module) -> Iterator[None]:
     """Put back every module's instance-level ``forward`` on exit: nnsight wraps each module's
     forward when it wraps a model, and some TransformerLens adapters patch forwards at boot
     (Falcon's linear and decoder layers). The class's own forward runs again afterwards."""
-    own = {m: vars(m).get("forward") for m in model.modules()}
+    own = {m: {k: vars(m).get(k) for k in _PATCHED} for m in model.modules()}
     try:
         yield
     finally:
-        for m, fwd in own.items():
-            if fwd is None:
-                vars(m).pop("forward", None)
-            else:
-                m.forward = fwd
+        for m, attrs in own.items():
+            for k, value in attrs.items():
+                if value is None:
+                    vars(m).pop(k, None)
+                else:
+                    setattr(m, k, value)
+
+
+_PATCHED = ("forward", "__nnsight__")
+"""Instance attributes wrappers set on modules: the forward, and nnsight's per-module state (left
+behind, it makes the next nnsight wrapper of the same model think its forward was replaced and
+refuse every site with OutOfOrderError)."""
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from interp.data.prompts import Prompt, check_prompt_specs, load_prompts, prompt
 from interp.provenance import canonical_json, code_version, config_hash
 from interp.model.sites import Site, check_hook_names, parse_sites
 from store import Store, StoreError
-from store.activations import ActivationWriter, Block, recover
+from store.activations import SYNCS, ActivationWriter, Block, recover
 from store.prompts import add_prompts, done_prompt_ids, stored_prompts_match
 from store.runs import adopt_run, finish_run, release, start_run
 
@@ -32,7 +32,7 @@ POSITIONS = ("last", "mean", "all")
 
 @dataclass(frozen=True)
 class CaptureCfg:
-    """What to capture. Every field except batch_size and flush_mb is part of the run's identity."""
+    """What to capture. Every field except batch_size, flush_mb and sync is part of the run's identity."""
 
     prompts: str = "harmful,neutral"
     """Comma-separated prompt sets or files (see interp.data.prompts.load_prompts)."""
@@ -53,6 +53,11 @@ class CaptureCfg:
     padding_side: str = "right"
     batch_size: int = field(default=8, compare=False)
     flush_mb: int = field(default=128, compare=False)
+    sync: str = field(default="commit", compare=False)
+    """When shard files reach the disk: commit (the default: each is fsynced before its commit is
+    recorded, so a power loss never leaves a committed shard torn), end (one fsync pass when the
+    run finishes: a killed process still loses nothing, a power loss mid-run can tear committed
+    shards, which `invoke check --deep` finds) or off (the page cache only, like torch.save)."""
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -68,13 +73,15 @@ class CaptureCfg:
             raise ValueError("limit must be at least 1 (or omitted for every prompt)")
         if self.padding_side not in ("left", "right"):
             raise ValueError("padding side must be 'left' or 'right'")
+        if self.sync not in SYNCS:
+            raise ValueError(f"unknown sync '{self.sync}': use one of {', '.join(SYNCS)}")
 
     @property
     def position_list(self) -> list[str]:
         return [p.strip() for p in self.positions.split(",") if p.strip()]
 
     def identity(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("batch_size", "flush_mb")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("batch_size", "flush_mb", "sync")}
 
 
 def _reduce(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
@@ -205,7 +212,7 @@ def _capture_prompts(loaded: Loaded, store: Store, cfg: CaptureCfg, config: dict
     order = sorted(range(len(todo)), key=lambda i: -len(encoded[i].ids))
     bar = tqdm(total=total, initial=total - len(todo), unit="prompt", desc=f"cache run {run_id}",
                disable=not progress)
-    writer = ActivationWriter(store, run_id, flush_bytes=cfg.flush_mb << 20)
+    writer = ActivationWriter(store, run_id, flush_bytes=cfg.flush_mb << 20, sync=cfg.sync)
     with writer, open_backend(loaded, cfg.backend) as backend:
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
