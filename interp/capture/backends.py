@@ -65,12 +65,22 @@ class TLBackend:
                 return x
             return hook
 
-        with torch.no_grad():
-            self.bridge.run_with_hooks(
-                batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                fwd_hooks=[(s.tl_name, make(s)) for s in sites], use_cache=False,
-                stop_at_layer=max(s.layer for s in sites) + 1,
-            )
+        # TransformerLens's stop_at_layer never stops after the last block (it counts blocks
+        # started), so a capture of the last layer ran the final norm and the unembedding too
+        # (most of the tl backend's extra cost over the others, BENCHMARKS.md section 8): stop
+        # after the last site's block as the other backends do. run_with_hooks removes its
+        # hooks in a finally, so the exception leaves nothing behind.
+        handle = _stop_after(self.bridge.blocks[max(s.layer for s in sites)])
+        try:
+            with torch.no_grad():
+                self.bridge.run_with_hooks(
+                    batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                    fwd_hooks=[(s.tl_name, make(s)) for s in sites], use_cache=False,
+                )
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
 
 
 def _walk(obj, path: str):
