@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from store import remote
-from store.parquet import vector_pages, write_shard
+from store.parquet import row_segments, vector_pages, write_shard
 from store.db import SHARD_SCHEMA, Store, StoreError, VEC_TYPE, transaction
 
 
@@ -45,13 +45,18 @@ class Block:
     layer: int
     reduce: str
     prompt_ids: list[str] | pa.Array  # an Arrow string array can be shared by the blocks of one batch
-    vec: np.ndarray                 # (n, d) float32
+    vec: np.ndarray | list[np.ndarray]  # (n, d) float32, or its consecutive row segments (written without a copy)
     pos: np.ndarray | None = None   # (n,) token index, None for mean
     head: np.ndarray | None = None  # (n,) head index for z
 
+    @property
+    def nbytes(self) -> int:
+        return sum(v.nbytes for v in row_segments(self.vec))
+
     def table(self) -> pa.Table:
-        n, d = self.vec.shape
-        values = pa.array(np.ascontiguousarray(self.vec, dtype=np.float32).reshape(-1))
+        vec = np.concatenate(row_segments(self.vec)) if isinstance(self.vec, (list, tuple)) else self.vec
+        n, d = vec.shape
+        values = pa.array(np.ascontiguousarray(vec, dtype=np.float32).reshape(-1))
         offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
         ids = self.prompt_ids if isinstance(self.prompt_ids, pa.Array) else pa.array(self.prompt_ids, pa.string())
         return pa.table({
@@ -145,7 +150,7 @@ class ActivationWriter:
         self._check()
         for b in blocks:
             self._blocks.setdefault((b.hook, b.layer), []).append(b)
-            self._bytes += b.vec.nbytes
+            self._bytes += b.nbytes
         self._prompts += prompts
         self._tokens.append(tokens)
         if self._bytes >= self.flush_bytes or time.monotonic() - self._since >= self.flush_seconds:

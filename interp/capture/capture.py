@@ -116,22 +116,36 @@ def _blocks(col: _Collector, ids: list[str], lengths: list[int]) -> list[Block]:
         row_of = np.nonzero(real)[0]                      # batch row of every real token, in order
         pos_all = (mask.cumsum(1) - 1).numpy()[real].astype(np.int32)
         ids_all = ids_one.take(pa.array(row_of))
+        spans = _spans(real)
     for (site, how), t in col.out.items():
         arr = t.numpy()
         if how == "all":  # one row per real token, positions from 0 whatever the padding side
-            arr, pids, pos_arr = arr[real], ids_all, pos_all
+            # each prompt's real tokens as a view of the batch (no copy: the shard writer
+            # writes the views; the masked copy cost as much CPU as writing the shard)
+            segs, pids, pos_arr = [arr[i, a:b] for i, (a, b) in enumerate(spans)], ids_all, pos_all
         else:
-            pids = ids_one
+            segs, pids = [arr], ids_one
             pos_arr = None if how == "mean" else np.array([n - 1 for n in lengths], np.int32)
         head = None
         if site.hook == "z":  # (rows, head, d_head) -> one row per head
-            n_rows, n_heads = arr.shape[0], arr.shape[1]
+            n_rows, n_heads = sum(len(s) for s in segs), arr.shape[-2]
             head = np.tile(np.arange(n_heads, dtype=np.int16), n_rows)
             pids = pids.take(pa.array(np.repeat(np.arange(n_rows), n_heads)))
             pos_arr = None if pos_arr is None else np.repeat(pos_arr, n_heads)
-            arr = arr.reshape(n_rows * n_heads, -1)
-        blocks.append(Block(site.hook, site.layer, how, pids, arr, pos_arr, head))
+            segs = [s.reshape(len(s) * n_heads, -1) for s in segs]
+        blocks.append(Block(site.hook, site.layer, how, pids, segs if len(segs) > 1 else segs[0], pos_arr, head))
     return blocks
+
+
+def _spans(real: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of each row's real tokens; ``pad`` puts them in one run on either side."""
+    out = []
+    for row in real:
+        idx = np.flatnonzero(row)
+        if len(idx) != idx[-1] - idx[0] + 1:
+            raise ValueError("a batch row's real tokens are not one contiguous run: pad() makes them so")
+        out.append((int(idx[0]), int(idx[-1]) + 1))
+    return out
 
 
 def _load_malloc_trim():
