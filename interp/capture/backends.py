@@ -67,7 +67,7 @@ class TLBackend:
 
         # TransformerLens's stop_at_layer never stops after the last block (it counts blocks
         # started), so a capture of the last layer ran the final norm and the unembedding too
-        # (most of the tl backend's extra cost over the others, BENCHMARKS.md section 8): stop
+        # (most of the tl backend's extra cost over the others, BENCHMARKS.md section 10): stop
         # after the last site's block as the other backends do. run_with_hooks removes its
         # hooks in a finally, so the exception leaves nothing behind.
         handle = _stop_after(self.bridge.blocks[max(s.layer for s in sites)])
