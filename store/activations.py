@@ -143,11 +143,13 @@ class ActivationWriter:
     At most one commit is in flight and one buffer is filling, so memory stays flat
     whatever the dataset size. Call ``close()`` (or use as a context manager) to commit
     the rest; ``abort()`` drops what is not committed. ``sync`` (one of SYNCS; None: "commit"
-    if ``durable`` else "off") says when shard files are fsynced.
+    if ``durable`` else "off") says when shard files are fsynced; ``first_part`` (``next_part``
+    read by the caller while the run cannot change) saves the writer an open of the store.
     """
 
     def __init__(self, store: Store, run_id: int, *, flush_bytes: int = 128 << 20,
-                 flush_seconds: float = 30.0, threads: int = 2, durable: bool = True, sync: str | None = None):
+                 flush_seconds: float = 30.0, threads: int = 2, durable: bool = True, sync: str | None = None,
+                 first_part: int | None = None):
         sync = sync or ("commit" if durable else "off")
         if sync not in SYNCS:
             raise ValueError(f"unknown sync '{sync}': use one of {', '.join(SYNCS)}")
@@ -158,8 +160,10 @@ class ActivationWriter:
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="commit")
         self._pending: Future | None = None
         self._lock = threading.Lock()
-        with store.connect() as con:
-            self._part = next_part(con, run_id)
+        if first_part is None:  # the caller may have read it in a connection of its own (one open less)
+            with store.connect() as con:
+                first_part = next_part(con, run_id)
+        self._part = first_part
         self.stats = {"commits": 0, "rows": 0, "bytes": 0, "write_s": 0.0}
         self._reset()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,7 @@ from interp.data.prompts import Prompt, check_prompt_specs, load_prompts, prompt
 from interp.provenance import canonical_json, code_version, config_hash
 from interp.model.sites import Site, check_hook_names, parse_sites
 from store import Store, StoreError
-from store.activations import SYNCS, ActivationWriter, Block, recover
+from store.activations import SYNCS, ActivationWriter, Block, next_part, recover
 from store.prompts import add_prompts, done_prompt_ids, stored_prompts_match
 from store.runs import adopt_run, finish_run, release, start_run
 
@@ -209,8 +210,12 @@ def capture(loaded: Loaded, store: Store, cfg: CaptureCfg, progress: bool = True
             if run.status == "complete":
                 return run.run_id
             done = done_prompt_ids(con, run.run_id)
+            part = next_part(con, run.run_id)
         todo = [p for p in prompts if p.id not in done]
-        (loop or _capture_prompts)(loaded, store, cfg, config, sites, run.run_id, todo, len(prompts), progress)
+        # the in-process loop is told the first part number read above (one DuckDB open less);
+        # a replacement loop (Ray) keeps the documented signature
+        (loop or partial(_capture_prompts, first_part=part))(loaded, store, cfg, config, sites, run.run_id, todo,
+                                                             len(prompts), progress)
         with store.connect() as con:
             if len(done_prompt_ids(con, run.run_id)) != len({p.id for p in prompts}):
                 raise StoreError(f"run {run.run_id} is missing prompts after capture: rerun to resume")
@@ -219,14 +224,16 @@ def capture(loaded: Loaded, store: Store, cfg: CaptureCfg, progress: bool = True
 
 
 def _capture_prompts(loaded: Loaded, store: Store, cfg: CaptureCfg, config: dict, sites: list[Site],
-                     run_id: int, todo: list[Prompt], total: int, progress: bool) -> None:
+                     run_id: int, todo: list[Prompt], total: int, progress: bool,
+                     first_part: int | None = None) -> None:
     tok = loaded.tokenizer
     encoded = encode(tok, [p.text for p in todo], config["chat"], config["max_tokens"])
     # Longest first keeps padding low; batching never changes the stored numbers.
     order = sorted(range(len(todo)), key=lambda i: -len(encoded[i].ids))
     bar = tqdm(total=total, initial=total - len(todo), unit="prompt", desc=f"cache run {run_id}",
                disable=not progress)
-    writer = ActivationWriter(store, run_id, flush_bytes=cfg.flush_mb << 20, sync=cfg.sync)
+    writer = ActivationWriter(store, run_id, flush_bytes=cfg.flush_mb << 20, sync=cfg.sync,
+                            first_part=first_part)
     with writer, open_backend(loaded, cfg.backend) as backend:
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
