@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from store import remote
-from store.parquet import vector_pages, write_shard
+from store.parquet import row_segments, vector_pages, write_shard
 from store.db import SHARD_SCHEMA, Store, StoreError, VEC_TYPE, transaction
 
 
@@ -45,13 +45,18 @@ class Block:
     layer: int
     reduce: str
     prompt_ids: list[str] | pa.Array  # an Arrow string array can be shared by the blocks of one batch
-    vec: np.ndarray                 # (n, d) float32
+    vec: np.ndarray | list[np.ndarray]  # (n, d) float32, or its consecutive row segments (written without a copy)
     pos: np.ndarray | None = None   # (n,) token index, None for mean
     head: np.ndarray | None = None  # (n,) head index for z
 
+    @property
+    def nbytes(self) -> int:
+        return sum(v.nbytes for v in row_segments(self.vec))
+
     def table(self) -> pa.Table:
-        n, d = self.vec.shape
-        values = pa.array(np.ascontiguousarray(self.vec, dtype=np.float32).reshape(-1))
+        vec = np.concatenate(row_segments(self.vec)) if isinstance(self.vec, (list, tuple)) else self.vec
+        n, d = vec.shape
+        values = pa.array(np.ascontiguousarray(vec, dtype=np.float32).reshape(-1))
         offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
         ids = self.prompt_ids if isinstance(self.prompt_ids, pa.Array) else pa.array(self.prompt_ids, pa.string())
         return pa.table({
@@ -67,6 +72,32 @@ def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _load_sync_file_range():
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+        fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        return fn
+    except (OSError, AttributeError):  # not Linux: the fsync at close does all the work
+        return None
+
+
+_SYNC_FILE_RANGE = _load_sync_file_range()
+
+
+def _start_writeback(path: Path) -> None:
+    """Ask the kernel to start writing a file's dirty pages now, without waiting (Linux
+    sync_file_range, SYNC_FILE_RANGE_WRITE), so the fsync pass of sync="end" finds them written."""
+    if _SYNC_FILE_RANGE is None:
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _SYNC_FILE_RANGE(fd, 0, 0, 2)
     finally:
         os.close(fd)
 
@@ -100,24 +131,39 @@ def recover(store: Store) -> dict[str, int]:
     return {"renamed": renamed, "deleted": deleted}
 
 
+SYNCS = ("commit", "end", "off")
+"""When shards are fsynced: before their commit is recorded (the default), once when the writer
+closes, or never (the page cache only). Only ``commit`` survives a power loss mid-run; all three
+survive a killed process (the kernel still writes its page cache)."""
+
+
 class ActivationWriter:
     """Buffers blocks and commits them in the background every ``flush_bytes`` or ``flush_seconds``.
 
     At most one commit is in flight and one buffer is filling, so memory stays flat
     whatever the dataset size. Call ``close()`` (or use as a context manager) to commit
-    the rest; ``abort()`` drops what is not committed.
+    the rest; ``abort()`` drops what is not committed. ``sync`` (one of SYNCS; None: "commit"
+    if ``durable`` else "off") says when shard files are fsynced; ``first_part`` (``next_part``
+    read by the caller while the run cannot change) saves the writer an open of the store.
     """
 
     def __init__(self, store: Store, run_id: int, *, flush_bytes: int = 128 << 20,
-                 flush_seconds: float = 30.0, threads: int = 2, durable: bool = True):
-        self.store, self.run_id = store, run_id
-        self.flush_bytes, self.flush_seconds, self.durable = flush_bytes, flush_seconds, durable
+                 flush_seconds: float = 30.0, threads: int = 2, durable: bool = True, sync: str | None = None,
+                 first_part: int | None = None):
+        sync = sync or ("commit" if durable else "off")
+        if sync not in SYNCS:
+            raise ValueError(f"unknown sync '{sync}': use one of {', '.join(SYNCS)}")
+        self.store, self.run_id, self.sync = store, run_id, sync
+        self.flush_bytes, self.flush_seconds, self.durable = flush_bytes, flush_seconds, sync == "commit"
+        self._unsynced: list[Path] = []  # committed shards still to fsync at close (sync="end")
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="shard")
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="commit")
         self._pending: Future | None = None
         self._lock = threading.Lock()
-        with store.connect() as con:
-            self._part = next_part(con, run_id)
+        if first_part is None:  # the caller may have read it in a connection of its own (one open less)
+            with store.connect() as con:
+                first_part = next_part(con, run_id)
+        self._part = first_part
         self.stats = {"commits": 0, "rows": 0, "bytes": 0, "write_s": 0.0}
         self._reset()
 
@@ -134,7 +180,7 @@ class ActivationWriter:
         self._check()
         for b in blocks:
             self._blocks.setdefault((b.hook, b.layer), []).append(b)
-            self._bytes += b.vec.nbytes
+            self._bytes += b.nbytes
         self._prompts += prompts
         self._tokens.append(tokens)
         if self._bytes >= self.flush_bytes or time.monotonic() - self._since >= self.flush_seconds:
@@ -154,6 +200,9 @@ class ActivationWriter:
         try:
             self.commit()
             self._wait()
+            if self._unsynced:  # sync="end": one pass over every shard this writer committed
+                list(self._pool.map(_fsync, self._unsynced))
+                self._unsynced = []
         finally:
             self._shutdown()
 
@@ -188,7 +237,10 @@ class ActivationWriter:
             pending.result()  # re-raises a failed commit in the caller's thread
 
     def _write_shard(self, key: tuple[str, int], blocks: list[Block], part: int) -> tuple:
-        return write_part(self.store, self.run_id, key[0], key[1], part, blocks, self.durable)
+        row = write_part(self.store, self.run_id, key[0], key[1], part, blocks, self.durable)
+        if self.sync == "end" and not self.store.is_remote:
+            _start_writeback(self.store.shard_dir / (row[3] + ".tmp"))
+        return row
 
     def _commit(self, blocks, prompts, tokens, part) -> None:
         t0 = time.perf_counter()
@@ -197,6 +249,8 @@ class ActivationWriter:
         except OSError as e:
             raise shard_write_error(self.store, e) from None
         shard_df = commit_parts(self.store, self.run_id, shards, prompts, tokens)
+        if self.sync == "end" and not self.store.is_remote:
+            self._unsynced += [self.store.shard_dir / rel for rel in shard_df["path"]]
         self.stats["commits"] += 1
         self.stats["rows"] += int(shard_df["n_rows"].sum())
         self.stats["bytes"] += int(shard_df["n_bytes"].sum())

@@ -207,12 +207,14 @@ class _Column:
         self.n_values = 0
 
     def page(self, n_values: int, levels: bytes, values) -> None:
-        size = len(levels) + memoryview(values).nbytes
-        self.pages.append([_page_header(n_values, size), levels, values])
+        """``values``: one buffer, or a list of buffers written one after another."""
+        pieces = values if isinstance(values, list) else [values]
+        size = len(levels) + sum(memoryview(v).nbytes for v in pieces)
+        self.pages.append([_page_header(n_values, size), levels, *pieces])
         self.n_values += n_values
 
     def nbytes(self) -> int:
-        return sum(len(p[0]) + len(p[1]) + memoryview(p[2]).nbytes for p in self.pages)
+        return sum(memoryview(p).nbytes for page in self.pages for p in page)
 
 
 def _optional_column(name: str, physical: int, parts: list[tuple[int, object]]) -> _Column:
@@ -232,11 +234,13 @@ def write_shard(path: str | Path, blocks: Sequence) -> tuple[int, int, int]:
     nothing is read back. Every block's vectors must have the same length. Raises OSError
     (errno kept, so a full disk stays recognisable) if the file cannot be written.
     """
-    blocks = [b for b in blocks if len(b.vec)]
-    d = {int(b.vec.shape[1]) for b in blocks}
+    segments = [[np.ascontiguousarray(v, dtype="<f4") for v in row_segments(b.vec) if len(v)] for b in blocks]
+    blocks, segments = [b for b, seg in zip(blocks, segments) if seg], [seg for seg in segments if seg]
+    d = {int(v.shape[1]) for seg in segments for v in seg}
     if len(d) > 1:
         raise ValueError(f"one shard holds vectors of one length, got {sorted(d)}")
-    n_rows = sum(len(b.vec) for b in blocks)
+    counts = [sum(len(v) for v in seg) for seg in segments]
+    n_rows = sum(counts)
     if not n_rows:
         from store.db import SHARD_SCHEMA
 
@@ -252,21 +256,30 @@ def write_shard(path: str | Path, blocks: Sequence) -> tuple[int, int, int]:
         .tobytes() for b in blocks))
     reduce = _Column("reduce", _BYTE_ARRAY, ["reduce"])
     reduce.page(n_rows, _rle([(1, n_rows)]), b"".join(
-        (len(b.reduce.encode()).to_bytes(4, "little") + b.reduce.encode()) * len(b.vec) for b in blocks))
-    pos = _optional_column("pos", _INT32, [(len(b.vec), None if b.pos is None else np.asarray(b.pos, "<i4"))
-                                           for b in blocks])
-    head = _optional_column("head", _INT32, [(len(b.vec), None if b.head is None else np.asarray(b.head, "<i4"))
-                                             for b in blocks])
+        (len(b.reduce.encode()).to_bytes(4, "little") + b.reduce.encode()) * n for b, n in zip(blocks, counts)))
+    pos = _optional_column("pos", _INT32, [(n, None if b.pos is None else np.asarray(b.pos, "<i4"))
+                                           for b, n in zip(blocks, counts)])
+    head = _optional_column("head", _INT32, [(n, None if b.head is None else np.asarray(b.head, "<i4"))
+                                             for b, n in zip(blocks, counts)])
     vec = _Column("vec", _FLOAT, ["vec", "list", "element"])
     per_page = max(1, _PAGE_VALUES // (4 * d))
     pattern = _row_pattern(d)
-    for b in blocks:
-        values = np.ascontiguousarray(b.vec, dtype="<f4")
-        for start in range(0, len(values), per_page):
-            rows = values[start:start + per_page]
-            rep = pattern * len(rows)
-            levels = len(rep).to_bytes(4, "little") + rep + _rle([(1, rows.size)])
-            vec.page(rows.size, levels, rows.reshape(-1).view(np.uint8))
+    for seg, n in zip(segments, counts):
+        # Pages of ``per_page`` rows from the start of each block, whatever its segments: a page
+        # spanning several segments is written as several pieces, so the file is byte for byte
+        # the one the block concatenated into one array would give, without that copy.
+        pieces, rows = [], 0
+        for values in seg:
+            start = 0
+            while start < len(values):
+                take = min(len(values) - start, per_page - rows)
+                pieces.append(values[start:start + take].reshape(-1).view(np.uint8))
+                start, rows = start + take, rows + take
+                if rows == per_page:
+                    vec.page(rows * d, _vec_levels(pattern, rows, d), pieces)
+                    pieces, rows = [], 0
+        if rows:
+            vec.page(rows * d, _vec_levels(pattern, rows, d), pieces)
     columns = [ids, reduce, pos, head, vec]
 
     chunks, offset = [], 4
@@ -302,6 +315,17 @@ def write_shard(path: str | Path, blocks: Sequence) -> tuple[int, int, int]:
                 crc = _write_all(f, piece, crc)
         crc = _write_all(f, footer + len(footer).to_bytes(4, "little") + b"PAR1", crc)
     return n_rows, offset + len(footer) + 8, crc
+
+
+def row_segments(vec) -> list:
+    """A block's vectors as a list of (rows, d) arrays: ``vec`` itself, or the consecutive row
+    segments it was given as (e.g. each prompt's real tokens, views of the padded batch)."""
+    return list(vec) if isinstance(vec, (list, tuple)) else [vec]
+
+
+def _vec_levels(pattern: bytes, rows: int, d: int) -> bytes:
+    rep = pattern * rows
+    return len(rep).to_bytes(4, "little") + rep + _rle([(1, rows * d)])
 
 
 def _write_all(f, data, crc: int) -> int:
@@ -477,4 +501,4 @@ def vector_pages(path: str | Path, metadata: pq.FileMetaData | None = None) -> l
     return views
 
 
-__all__ = ["file_crc32", "vector_pages", "write_shard"]
+__all__ = ["file_crc32", "row_segments", "vector_pages", "write_shard"]

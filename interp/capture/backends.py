@@ -65,12 +65,22 @@ class TLBackend:
                 return x
             return hook
 
-        with torch.no_grad():
-            self.bridge.run_with_hooks(
-                batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                fwd_hooks=[(s.tl_name, make(s)) for s in sites], use_cache=False,
-                stop_at_layer=max(s.layer for s in sites) + 1,
-            )
+        # TransformerLens's stop_at_layer never stops after the last block (it counts blocks
+        # started), so a capture of the last layer ran the final norm and the unembedding too
+        # (most of the tl backend's extra cost over the others, BENCHMARKS.md section 11): stop
+        # after the last site's block as the other backends do. run_with_hooks removes its
+        # hooks in a finally, so the exception leaves nothing behind.
+        handle = _stop_after(self.bridge.blocks[max(s.layer for s in sites)])
+        try:
+            with torch.no_grad():
+                self.bridge.run_with_hooks(
+                    batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                    fwd_hooks=[(s.tl_name, make(s)) for s in sites], use_cache=False,
+                )
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
 
 
 def _walk(obj, path: str):
@@ -171,15 +181,22 @@ def own_forwards(model: torch.nn.Module) -> Iterator[None]:
     """Put back every module's instance-level ``forward`` on exit: nnsight wraps each module's
     forward when it wraps a model, and some TransformerLens adapters patch forwards at boot
     (Falcon's linear and decoder layers). The class's own forward runs again afterwards."""
-    own = {m: vars(m).get("forward") for m in model.modules()}
+    own = {m: {k: vars(m).get(k) for k in _PATCHED} for m in model.modules()}
     try:
         yield
     finally:
-        for m, fwd in own.items():
-            if fwd is None:
-                vars(m).pop("forward", None)
-            else:
-                m.forward = fwd
+        for m, attrs in own.items():
+            for k, value in attrs.items():
+                if value is None:
+                    vars(m).pop(k, None)
+                else:
+                    setattr(m, k, value)
+
+
+_PATCHED = ("forward", "__nnsight__")
+"""Instance attributes wrappers set on modules: the forward, and nnsight's per-module state (left
+behind, it makes the next nnsight wrapper of the same model think its forward was replaced and
+refuse every site with OutOfOrderError)."""
 
 
 @contextlib.contextmanager

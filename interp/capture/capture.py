@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,7 @@ from interp.data.prompts import Prompt, check_prompt_specs, load_prompts, prompt
 from interp.provenance import canonical_json, code_version, config_hash
 from interp.model.sites import Site, check_hook_names, parse_sites
 from store import Store, StoreError
-from store.activations import ActivationWriter, Block, recover
+from store.activations import SYNCS, ActivationWriter, Block, next_part, recover
 from store.prompts import add_prompts, done_prompt_ids, stored_prompts_match
 from store.runs import adopt_run, finish_run, release, start_run
 
@@ -32,7 +33,7 @@ POSITIONS = ("last", "mean", "all")
 
 @dataclass(frozen=True)
 class CaptureCfg:
-    """What to capture. Every field except batch_size and flush_mb is part of the run's identity."""
+    """What to capture. Every field except batch_size, flush_mb and sync is part of the run's identity."""
 
     prompts: str = "harmful,neutral"
     """Comma-separated prompt sets or files (see interp.data.prompts.load_prompts)."""
@@ -53,6 +54,11 @@ class CaptureCfg:
     padding_side: str = "right"
     batch_size: int = field(default=8, compare=False)
     flush_mb: int = field(default=128, compare=False)
+    sync: str = field(default="commit", compare=False)
+    """When shard files reach the disk: commit (the default: each is fsynced before its commit is
+    recorded, so a power loss never leaves a committed shard torn), end (one fsync pass when the
+    run finishes: a killed process still loses nothing, a power loss mid-run can tear committed
+    shards, which `invoke check --deep` finds) or off (the page cache only, like torch.save)."""
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -68,13 +74,15 @@ class CaptureCfg:
             raise ValueError("limit must be at least 1 (or omitted for every prompt)")
         if self.padding_side not in ("left", "right"):
             raise ValueError("padding side must be 'left' or 'right'")
+        if self.sync not in SYNCS:
+            raise ValueError(f"unknown sync '{self.sync}': use one of {', '.join(SYNCS)}")
 
     @property
     def position_list(self) -> list[str]:
         return [p.strip() for p in self.positions.split(",") if p.strip()]
 
     def identity(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("batch_size", "flush_mb")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("batch_size", "flush_mb", "sync")}
 
 
 def _reduce(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
@@ -109,22 +117,36 @@ def _blocks(col: _Collector, ids: list[str], lengths: list[int]) -> list[Block]:
         row_of = np.nonzero(real)[0]                      # batch row of every real token, in order
         pos_all = (mask.cumsum(1) - 1).numpy()[real].astype(np.int32)
         ids_all = ids_one.take(pa.array(row_of))
+        spans = _spans(real)
     for (site, how), t in col.out.items():
         arr = t.numpy()
         if how == "all":  # one row per real token, positions from 0 whatever the padding side
-            arr, pids, pos_arr = arr[real], ids_all, pos_all
+            # each prompt's real tokens as a view of the batch (no copy: the shard writer
+            # writes the views; the masked copy cost as much CPU as writing the shard)
+            segs, pids, pos_arr = [arr[i, a:b] for i, (a, b) in enumerate(spans)], ids_all, pos_all
         else:
-            pids = ids_one
+            segs, pids = [arr], ids_one
             pos_arr = None if how == "mean" else np.array([n - 1 for n in lengths], np.int32)
         head = None
         if site.hook == "z":  # (rows, head, d_head) -> one row per head
-            n_rows, n_heads = arr.shape[0], arr.shape[1]
+            n_rows, n_heads = sum(len(s) for s in segs), arr.shape[-2]
             head = np.tile(np.arange(n_heads, dtype=np.int16), n_rows)
             pids = pids.take(pa.array(np.repeat(np.arange(n_rows), n_heads)))
             pos_arr = None if pos_arr is None else np.repeat(pos_arr, n_heads)
-            arr = arr.reshape(n_rows * n_heads, -1)
-        blocks.append(Block(site.hook, site.layer, how, pids, arr, pos_arr, head))
+            segs = [s.reshape(len(s) * n_heads, -1) for s in segs]
+        blocks.append(Block(site.hook, site.layer, how, pids, segs if len(segs) > 1 else segs[0], pos_arr, head))
     return blocks
+
+
+def _spans(real: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of each row's real tokens; ``pad`` puts them in one run on either side."""
+    out = []
+    for row in real:
+        idx = np.flatnonzero(row)
+        if len(idx) != idx[-1] - idx[0] + 1:
+            raise ValueError("a batch row's real tokens are not one contiguous run: pad() makes them so")
+        out.append((int(idx[0]), int(idx[-1]) + 1))
+    return out
 
 
 def _load_malloc_trim():
@@ -188,8 +210,12 @@ def capture(loaded: Loaded, store: Store, cfg: CaptureCfg, progress: bool = True
             if run.status == "complete":
                 return run.run_id
             done = done_prompt_ids(con, run.run_id)
+            part = next_part(con, run.run_id)
         todo = [p for p in prompts if p.id not in done]
-        (loop or _capture_prompts)(loaded, store, cfg, config, sites, run.run_id, todo, len(prompts), progress)
+        # the in-process loop is told the first part number read above (one DuckDB open less);
+        # a replacement loop (Ray) keeps the documented signature
+        (loop or partial(_capture_prompts, first_part=part))(loaded, store, cfg, config, sites, run.run_id, todo,
+                                                             len(prompts), progress)
         with store.connect() as con:
             if len(done_prompt_ids(con, run.run_id)) != len({p.id for p in prompts}):
                 raise StoreError(f"run {run.run_id} is missing prompts after capture: rerun to resume")
@@ -198,14 +224,16 @@ def capture(loaded: Loaded, store: Store, cfg: CaptureCfg, progress: bool = True
 
 
 def _capture_prompts(loaded: Loaded, store: Store, cfg: CaptureCfg, config: dict, sites: list[Site],
-                     run_id: int, todo: list[Prompt], total: int, progress: bool) -> None:
+                     run_id: int, todo: list[Prompt], total: int, progress: bool,
+                     first_part: int | None = None) -> None:
     tok = loaded.tokenizer
     encoded = encode(tok, [p.text for p in todo], config["chat"], config["max_tokens"])
     # Longest first keeps padding low; batching never changes the stored numbers.
     order = sorted(range(len(todo)), key=lambda i: -len(encoded[i].ids))
     bar = tqdm(total=total, initial=total - len(todo), unit="prompt", desc=f"cache run {run_id}",
                disable=not progress)
-    writer = ActivationWriter(store, run_id, flush_bytes=cfg.flush_mb << 20)
+    writer = ActivationWriter(store, run_id, flush_bytes=cfg.flush_mb << 20, sync=cfg.sync,
+                            first_part=first_part)
     with writer, open_backend(loaded, cfg.backend) as backend:
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]

@@ -6,12 +6,12 @@ from invoke import task
 
 from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, HELP_COMMON
 from interp.commands.cli import CliTask, user_errors
-from interp.validate import Boolean, Optional, Whole
+from interp.validate import Boolean, Choice, Optional, Whole
 
 
 @task(klass=CliTask, types={
     "batch_size": Whole(min=1), "limit": Optional(Whole(min=1)), "chat": Optional(Boolean()),
-    "flush_mb": Whole(min=0), "workers": Optional(Whole(min=1)),
+    "flush_mb": Whole(min=0), "workers": Optional(Whole(min=1)), "sync": Choice(("commit", "end", "off")),
 }, help={
     **HELP_COMMON,
     "prompts": "prompt sets or files, comma-separated: harmful, harmbench, donotanswer, toxic, neutral, "
@@ -30,11 +30,14 @@ from interp.validate import Boolean, Optional, Whole
     "flush_mb": "commit to the store every N MB of vectors (smaller: finer-grained resume)",
     "workers": "run the model on N Ray actors (one model copy each; needs interp[ray]); the same run as one process",
     "ray_address": "with --workers: a running Ray cluster (default: RAY_ADDRESS, else a private local Ray)",
+    "sync": "when shards are fsynced: commit (default: before each commit, safe against power loss), "
+            "end (once when the run ends) or off (page cache only; a killed process still loses nothing)",
 })
 @user_errors
 def cache(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, prompts="harmful,neutral", hooks="resid_post",
           positions="last", backend="nnsight", batch_size=8, limit=None, chat=None, dtype="float32",
-          device="cpu", device_map=None, revision=None, flush_mb=128, workers=None, ray_address=None):
+          device="cpu", device_map=None, revision=None, flush_mb=128, workers=None, ray_address=None,
+          sync="commit"):
     """Run prompts through the model and store activations (resumes an interrupted run)."""
     from interp.capture.capture import CaptureCfg, capture
     from interp.commands.cli import model_cfg as flags_model
@@ -42,7 +45,7 @@ def cache(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, prompts="harmful,neutral"
     from store import Store
 
     cfg = CaptureCfg(prompts=prompts, hooks=hooks, positions=positions, backend=backend,
-                     batch_size=batch_size, limit=limit, chat=chat, flush_mb=flush_mb)
+                     batch_size=batch_size, limit=limit, chat=chat, flush_mb=flush_mb, sync=sync)
     Store(store).preflight()
     model_cfg = flags_model(model, revision=revision, dtype=dtype, device=device, device_map=device_map)
     if workers is None and ray_address is None:

@@ -75,3 +75,48 @@ def test_bridge_is_booted_once_and_again_when_the_module_tree_changes(tiny, monk
         assert len(boots) == 2 and not torch.allclose(ref, outs[0])
     finally:
         layers[1] = old
+
+
+def test_no_backend_runs_the_unembedding_and_all_agree_at_the_last_layer(tiny):
+    """Capturing the last block stops there in every backend (TransformerLens's stop_at_layer did
+    not: the tl backend ran the final norm and the unembedding) and gives the same vectors."""
+    sites = parse_sites(f"resid_post:{tiny.n_layers - 1},z:{tiny.n_layers - 1}", tiny.n_layers)
+    batch = pad([[1, 2, 3, 4], [5, 6]], 0)
+    calls = []
+    got = {}
+    for name in ("torch", "tl", "nnsight"):
+        handle = tiny.model.get_output_embeddings().register_forward_hook(lambda *a: calls.append(name))
+        try:
+            with open_backend(tiny, name) as backend:
+                out = {}
+                backend.run(batch, sites, lambda s, x: out.__setitem__(s, x.clone()))
+        finally:
+            handle.remove()
+        got[name] = out
+    assert calls == []
+    real = batch.attention_mask.bool()
+    for name in ("tl", "nnsight"):
+        for s in sites:
+            torch.testing.assert_close(got[name][s][real], got["torch"][s][real], rtol=1e-5, atol=1e-5)
+
+
+def test_nnsight_backend_works_after_a_users_own_nnsight_wrapper(tiny):
+    from nnsight import TransformersModel
+
+    from interp.capture.backends import own_forwards
+
+    sites = parse_sites("resid_post", tiny.n_layers)
+    batch = pad([[1, 2, 3]], 0)
+    with own_forwards(tiny.model):  # the user's wrapper, then its forwards put back
+        lm = TransformersModel(tiny.model, tokenizer=tiny.tokenizer, task="text-generation")
+        with torch.no_grad(), lm.trace(batch.model_kwargs(), use_cache=False):
+            mine = lm.model.layers[0].output.save()
+    out = {}
+    with open_backend(tiny, "nnsight") as backend:  # raised OutOfOrderError on every site before
+        backend.run(batch, sites, lambda s, x: out.__setitem__(s, x.clone()))
+    with open_backend(tiny, "torch") as backend:
+        ref = {}
+        backend.run(batch, sites, lambda s, x: ref.__setitem__(s, x.clone()))
+    torch.testing.assert_close(out[sites[0]], mine if not isinstance(mine, tuple) else mine[0])
+    for s in sites:
+        torch.testing.assert_close(out[s], ref[s], rtol=1e-5, atol=1e-5)

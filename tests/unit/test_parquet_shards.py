@@ -152,3 +152,31 @@ def test_one_row_of_another_length_inside_a_page_is_caught(tmp_path):
     path.write_bytes(bytes(raw))
     assert pq.read_table(path).column("vec")[10].as_py() == [1.0] * 39  # a valid file, with ragged rows
     assert vector_pages(path) is None
+
+
+@pytest.mark.parametrize("per_page", [1, 5, 64])
+def test_row_segments_write_the_same_file_as_one_array(tmp_path, monkeypatch, per_page):
+    """A block given as consecutive row segments (the capture loop's views of each prompt's
+    real tokens) is written byte for byte as the block concatenated into one array, also
+    where a page spans several segments or a segment several pages."""
+    import store.parquet as parquet
+
+    d = 7
+    monkeypatch.setattr(parquet, "_PAGE_VALUES", 4 * d * per_page)
+    rng = np.random.default_rng(3)
+    batch = rng.standard_normal((6, 13, d), dtype=np.float32)     # (batch, pos, d), like a padded batch
+    spans = [(0, 13), (0, 1), (0, 9), (0, 4), (0, 12), (0, 2)]
+    segs = [batch[i, a:b] for i, (a, b) in enumerate(spans)]
+    n = sum(len(s) for s in segs)
+    ids = [f"p{i}" for i, (a, b) in enumerate(spans) for _ in range(b - a)]
+    pos = np.concatenate([np.arange(b - a, dtype=np.int32) for a, b in spans])
+    whole = Block("resid_post", 0, "all", ids, np.concatenate(segs), pos)
+    split = Block("resid_post", 0, "all", ids, segs, pos)
+    assert split.nbytes == whole.nbytes == n * d * 4
+    got = [write_shard(tmp_path / f"{name}.parquet", [b, _blocks(d, n=20)[2]])
+           for name, b in (("whole", whole), ("split", split))]
+    assert got[0] == got[1]  # rows, bytes and CRC-32
+    assert (tmp_path / "whole.parquet").read_bytes() == (tmp_path / "split.parquet").read_bytes()
+    assert np.array_equal(pq.read_table(tmp_path / "split.parquet").column("vec").combine_chunks().flatten()
+                          .to_numpy()[:n * d].reshape(n, d), np.concatenate(segs))
+    assert split.table().equals(whole.table())
