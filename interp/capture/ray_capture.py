@@ -107,7 +107,10 @@ def capture_chunk(loaded: Loaded, cfg: CaptureCfg, sites: list[Site], store: Sto
                 by_site.setdefault((b.hook, b.layer), []).append(b)
     suffix = worker_suffix()
     try:
-        return [write_part(store, run_id, hook, layer, part, blocks, suffix=suffix)
+        # sync=off skips the fsync; commit and end both fsync here (a worker cannot defer it to
+        # the driver's close, which does not hold the worker's files)
+        durable = getattr(cfg, "sync", "commit") != "off"
+        return [write_part(store, run_id, hook, layer, part, blocks, durable=durable, suffix=suffix)
                 for (hook, layer), blocks in by_site.items()], suffix
     except OSError as e:
         raise shard_write_error(store, e) from None
