@@ -109,7 +109,7 @@ def capture_chunk(loaded: Loaded, cfg: CaptureCfg, sites: list[Site], store: Sto
     try:
         # sync=off skips the fsync; commit and end both fsync here (a worker cannot defer it to
         # the driver's close, which does not hold the worker's files)
-        durable = getattr(cfg, "sync", "commit") != "off"
+        durable = cfg.sync != "off"
         return [write_part(store, run_id, hook, layer, part, blocks, durable=durable, suffix=suffix)
                 for (hook, layer), blocks in by_site.items()], suffix
     except OSError as e:
