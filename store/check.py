@@ -23,6 +23,7 @@ from store.activations import recover
 from store.db import Store, StoreError, _open, ensure_schema
 from store.layers import NULLABLE_KEYS
 from store.parquet import file_crc32
+from store.rows import first_row
 from store.runs import claimed_by
 
 
@@ -86,8 +87,8 @@ def _file_facts(store: Store, rel: str) -> tuple[int, int] | str:
 def _files_on_storage(store: Store) -> tuple[set[str], list[str]]:
     """(committed-looking shard paths relative to the root, leftover .tmp paths)."""
     if store.is_remote:
-        root = store.shards.rstrip("/") + "/"
-        names = [u[len(root):] for u in remote.list_objects(store.shards, "**/*.parquet*")]
+        root = store.remote_url.rstrip("/") + "/"
+        names = [u[len(root):] for u in remote.list_objects(store.remote_url, "**/*.parquet*")]
     else:
         if not store.shard_dir.exists():
             return set(), []
@@ -97,7 +98,7 @@ def _files_on_storage(store: Store) -> tuple[set[str], list[str]]:
     return parquet, tmps
 
 
-def _check_files(con, store: Store, report: Report, busy_runs: set[int]) -> None:
+def _check_files(con: duckdb.DuckDBPyConnection, store: Store, report: Report, busy_runs: set[int]) -> None:
     manifest = con.execute("SELECT run_id, path, n_rows, n_bytes FROM shards ORDER BY run_id, path").fetchall()
     on_storage, tmps = _files_on_storage(store)
     listed = {r[1] for r in manifest}
@@ -163,7 +164,7 @@ ORDER BY run_id, hook, layer, reduce
 """
 
 
-def _check_rows(con, report: Report, busy_runs: set[int]) -> None:
+def _check_rows(con: duckdb.DuckDBPyConnection, report: Report, busy_runs: set[int]) -> None:
     busy = f"WHERE run_id NOT IN ({', '.join(map(str, busy_runs))})" if busy_runs else ""
     src = f"SELECT run_id, hook, layer, prompt_id, reduce, pos, head FROM activations {busy}"
     try:
@@ -192,7 +193,7 @@ def _check_rows(con, report: Report, busy_runs: set[int]) -> None:
                if orphans else [], "every finished prompt has its text")
 
 
-def _check_tables(con, report: Report, busy_runs: set[int]) -> None:
+def _check_tables(con: duckdb.DuckDBPyConnection, report: Report, busy_runs: set[int]) -> None:
     busy = f" AND run_id NOT IN ({', '.join(map(str, busy_runs))})" if busy_runs else ""
     stuck = con.execute(f"SELECT run_id, kind, strftime(created, '%Y-%m-%d %H:%M') FROM runs "
                         f"WHERE status <> 'complete'{busy} ORDER BY run_id").fetchall()
@@ -205,8 +206,8 @@ def _check_tables(con, report: Report, busy_runs: set[int]) -> None:
     repeated = []
     for table, key in NULLABLE_KEYS.items():  # keys the database cannot hold (a NULL-able column)
         cols = ", ".join(["run_id", *key])
-        n = con.execute(f"SELECT count(*) FROM (SELECT {cols} FROM {table} GROUP BY ALL HAVING count(*) > 1)"
-                        ).fetchone()[0]
+        n = first_row(con.execute(f"SELECT count(*) FROM (SELECT {cols} FROM {table} GROUP BY ALL HAVING count(*) > 1)"
+                        ))[0]
         if n:
             repeated.append(f"{table}: {n} key(s) stored more than once")
     report.add("keys", [f"{'; '.join(repeated)}: delete the extra copies with `invoke sql --write` or re-run the "
@@ -217,14 +218,14 @@ def _check_tables(con, report: Report, busy_runs: set[int]) -> None:
         "AND table_name NOT IN ('runs', 'activations') ORDER BY table_name").fetchall()]
     orphan = []
     for t in tables:
-        n = con.execute(f'SELECT count(*) FROM "{t}" WHERE run_id NOT IN (SELECT run_id FROM runs)').fetchone()[0]
+        n = first_row(con.execute(f'SELECT count(*) FROM "{t}" WHERE run_id NOT IN (SELECT run_id FROM runs)'))[0]
         if n:
             orphan.append(f"{t}: {n} row(s)")
     report.add("provenance", [f"rows whose run_id is not in runs: {_first(orphan)}"] if orphan else [],
                f"every row of {len(tables)} table(s) traces to a run")
 
 
-def _check_bytes(con, store: Store, report: Report, busy_runs: set[int]) -> None:
+def _check_bytes(con: duckdb.DuckDBPyConnection, store: Store, report: Report, busy_runs: set[int]) -> None:
     """Every byte of every shard: the CRC-32 recorded at commit, or (shards written before checksums,
     or through object storage) a full decode of every page."""
     rows = con.execute("SELECT run_id, path, n_bytes, crc32 FROM shards ORDER BY run_id, path").fetchall()
@@ -254,7 +255,7 @@ def _check_bytes(con, store: Store, report: Report, busy_runs: set[int]) -> None
                f"every byte of {len(rows)} shard(s) verified{note}")
 
 
-def busy_runs(store: Store, con, writer: int | None) -> set[int]:
+def busy_runs(store: Store, con: duckdb.DuckDBPyConnection, writer: int | None) -> set[int]:
     """Runs another process is computing right now (it holds their claim), and while the shard
     writer is live, every running run (its commit in flight may not be renamed yet). A claim this
     process holds does not count: a run that failed in a library caller is reported as unfinished."""

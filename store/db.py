@@ -22,6 +22,7 @@ import pyarrow as pa
 from store import locks, owner, remote, view
 from store.errors import StoreError
 from store.migrations import MIGRATIONS, OLDEST_MIGRATABLE, SCHEMA_VERSION
+from store.rows import first_row
 
 __all__ = ["DEFAULT_STORE", "MIGRATIONS", "OLDEST_MIGRATABLE", "SCHEMA_VERSION", "SHARD_SCHEMA", "Store",
            "StoreError", "VEC_TYPE", "transaction"]
@@ -57,7 +58,7 @@ class Store:
     """Where the shards live: None for ``<name>.shards`` beside the file, or ``s3://bucket/prefix``
     (default: the ``INTERP_SHARDS`` environment variable)."""
 
-    def __init__(self, path: str | Path = DEFAULT_STORE, shards: str | None = None):
+    def __init__(self, path: str | Path = DEFAULT_STORE, shards: str | None = None) -> None:
         object.__setattr__(self, "path", Path(path).expanduser().resolve())
         shards = shards or os.environ.get("INTERP_SHARDS") or None
         if shards is not None and not remote.is_remote(shards):
@@ -68,6 +69,13 @@ class Store:
     def is_remote(self) -> bool:
         """True when the shards live on object storage (s3://...)."""
         return self.shards is not None and remote.is_remote(self.shards)
+
+    @property
+    def remote_url(self) -> str:
+        """The shards' object-storage URL (``s3://...``); only for a store whose shards are remote."""
+        if self.shards is None or not self.is_remote:
+            raise StoreError(f"the shards of {self.path} are on local disk, not on object storage")
+        return self.shards
 
     @property
     def shard_dir(self) -> Path:
@@ -81,11 +89,11 @@ class Store:
     @property
     def shard_root(self) -> str:
         """The shard location as a string: a local directory or an s3:// URL."""
-        return self.shards if self.is_remote else str(self.shard_dir)
+        return self.remote_url if self.is_remote else str(self.shard_dir)
 
     def shard_url(self, rel: str) -> str:
         """Where the shard at manifest path ``rel`` lives (local path or URL)."""
-        return remote.join(self.shards, rel) if self.is_remote else str(self.shard_dir / rel)
+        return remote.join(self.remote_url, rel) if self.is_remote else str(self.shard_dir / rel)
 
     @property
     def lock_path(self) -> Path:
@@ -195,7 +203,8 @@ def _open(path: Path, read_only: bool, wait_s: float | None) -> duckdb.DuckDBPyC
         _make_parent(path)
     start = time.monotonic()
     noted = start
-    config = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+    config: dict[str, str | bool | int | float | list[str]] = {"autoinstall_known_extensions": False,
+                                                               "autoload_known_extensions": False}
     while True:
         try:
             return duckdb.connect(str(path), read_only=read_only, config=config)
@@ -347,7 +356,7 @@ def check_shard_root(con: duckdb.DuckDBPyConnection, store: Store) -> None:
     if stored is None or stored == store.shard_root:
         return
     if remote.is_remote(stored) or store.is_remote:
-        has_shards = "shards" in _tables(con) and con.execute("SELECT count(*) FROM shards").fetchone()[0]
+        has_shards = "shards" in _tables(con) and first_row(con.execute("SELECT count(*) FROM shards"))[0]
         if has_shards:
             raise StoreError(
                 f"store {store.path} keeps its shards at {stored}, not {store.shard_root}: "

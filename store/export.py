@@ -27,6 +27,7 @@ import duckdb
 from store import remote
 from store.db import Store, StoreError
 from store.parquet import file_crc32
+from store.rows import first_row
 
 
 def _q(value: str) -> str:
@@ -59,7 +60,7 @@ def _copy_shard(store: Store, src: str, dst: str, local: bool, link: bool, n_row
     try:
         con.execute(f"COPY (SELECT * FROM read_parquet({_q(src)})) TO {_q(dst)} "
                     "(FORMAT parquet, COMPRESSION uncompressed)")
-        got = con.execute(f"SELECT count(*) FROM read_parquet({_q(dst)})").fetchone()[0]
+        got = first_row(con.execute(f"SELECT count(*) FROM read_parquet({_q(dst)})"))[0]
     except duckdb.Error as e:
         raise StoreError(f"cannot copy {src} to {dst}: {str(e).splitlines()[0]}") from None
     if got != n_rows:
@@ -84,7 +85,8 @@ def export_store(store: Store, out: str | Path, runs: list[int] | None = None, h
                          "exported shard as a second copy of its rows; pass an --out outside it")
     if _already_exported(out):
         raise StoreError(f"{out} already holds an export: pass an empty or new --out")
-    where, params = ["TRUE"], []
+    where: list[str] = ["TRUE"]
+    params: list[int | str] = []
     if runs:
         where.append(f"run_id IN ({', '.join('?' * len(runs))})")
         params += list(runs)

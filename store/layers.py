@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from store import tables
 from store.activations import gather_rows, read_shard
 from store.db import Store, StoreError
+from store.rows import first_row
 from store.scan import parts_of_sites
 
 TABLES = ("layer_similarity", "layer_angular", "layer_influence", "layer_points", "layer_agreement", "layer_heal",
@@ -74,7 +75,7 @@ def read_table(con: duckdb.DuckDBPyConnection, table: str, run_id: int) -> pd.Da
 
 def has_rows(con: duckdb.DuckDBPyConnection, table: str, run_id: int) -> bool:
     _check(table)
-    return con.execute(f"SELECT count(*) FROM {table} WHERE run_id = ?", [run_id]).fetchone()[0] > 0
+    return first_row(con.execute(f"SELECT count(*) FROM {table} WHERE run_id = ?", [run_id]))[0] > 0
 
 
 def point_evals(con: duckdb.DuckDBPyConnection, run_id: int) -> pd.DataFrame:

@@ -13,10 +13,11 @@ import fcntl
 import os
 import threading
 from pathlib import Path
+from typing import TextIO
 
 from store.errors import StoreError
 
-_HELD: dict[str, object] = {}
+_HELD: dict[str, TextIO] = {}
 _GUARD = threading.Lock()
 
 READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
@@ -33,7 +34,7 @@ def claim_path(store_path: Path, run_id: int) -> Path:
     return store_path.with_name(store_path.name + ".claims") / f"run-{run_id}.lock"
 
 
-def _open_lock_file(path: Path, store_path: Path):
+def _open_lock_file(path: Path, store_path: Path) -> TextIO:
     """``path`` opened for appending (created if needed, never modified); a one-line StoreError
     when the store's location cannot be written."""
     try:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import duckdb
 
+from store.rows import first_row
+
 SCHEMA_VERSION = 2
 OLDEST_MIGRATABLE = 1
 """Oldest schema version this code can migrate from (older stores are refused)."""
@@ -31,8 +33,8 @@ _V2_KEYS = {
 
 
 def _has_primary_key(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    return bool(con.execute("SELECT count(*) FROM duckdb_constraints() WHERE table_name = ? "
-                            "AND constraint_type = 'PRIMARY KEY'", [table]).fetchone()[0])
+    return bool(first_row(con.execute("SELECT count(*) FROM duckdb_constraints() WHERE table_name = ? "
+                            "AND constraint_type = 'PRIMARY KEY'", [table]))[0])
 
 
 def v1_to_v2(con: duckdb.DuckDBPyConnection) -> str | None:
@@ -46,7 +48,7 @@ def v1_to_v2(con: duckdb.DuckDBPyConnection) -> str | None:
         if table not in have:
             continue
         first = f"SELECT min(rowid) FROM {table} GROUP BY {key}"
-        before = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        before = first_row(con.execute(f"SELECT count(*) FROM {table}"))[0]
         if table == "evals" and not _has_primary_key(con, "evals"):
             con.execute(f"CREATE TABLE evals_v2 AS SELECT * FROM evals WHERE rowid IN ({first}) ORDER BY rowid")
             con.execute("DROP TABLE evals")
@@ -57,7 +59,7 @@ def v1_to_v2(con: duckdb.DuckDBPyConnection) -> str | None:
             con.execute(f"ALTER TABLE evals ADD PRIMARY KEY ({key})")
         else:
             con.execute(f"DELETE FROM {table} WHERE rowid NOT IN ({first})")
-        n = before - con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        n = before - first_row(con.execute(f"SELECT count(*) FROM {table}"))[0]
         if n:
             removed.append(f"{table} {n}")
     con.execute("DELETE FROM meta WHERE key = 'shard_glob'")

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import os
 import uuid
+from typing import TYPE_CHECKING
 
 import duckdb
 
 from store import remote
 from store.errors import StoreError
+
+if TYPE_CHECKING:
+    from store.db import Store
 
 MARKER = ".interp-store"
 REMOTE_MARKER = "interp-store.csv"
@@ -31,11 +35,11 @@ def store_id(con: duckdb.DuckDBPyConnection) -> str | None:
     return row[0] if row else None
 
 
-def _read_marker(store) -> str | None:
+def _read_marker(store: Store) -> str | None:
     if store.is_remote:
-        url = remote.join(store.shards, REMOTE_MARKER)
+        url = remote.join(store.remote_url, REMOTE_MARKER)
         try:
-            if not remote.list_objects(store.shards, REMOTE_MARKER.replace(".csv", "*.csv")):  # an exact name is not looked up
+            if not remote.list_objects(store.remote_url, REMOTE_MARKER.replace(".csv", "*.csv")):  # an exact name is not looked up
                 return None
             return remote.read_value(url)
         except remote.RemoteError as e:
@@ -46,10 +50,10 @@ def _read_marker(store) -> str | None:
         return None
 
 
-def _write_marker(store, sid: str) -> str:
+def _write_marker(store: Store, sid: str) -> str:
     """Write this store's id to its shard location unless one is there; returns the id found there."""
     if store.is_remote:
-        remote.write_value(remote.join(store.shards, REMOTE_MARKER), sid)
+        remote.write_value(remote.join(store.remote_url, REMOTE_MARKER), sid)
         return sid
     store.shard_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -61,7 +65,7 @@ def _write_marker(store, sid: str) -> str:
     return sid
 
 
-def check(con: duckdb.DuckDBPyConnection, store, read_only: bool) -> None:
+def check(con: duckdb.DuckDBPyConnection, store: Store, read_only: bool) -> None:
     """Refuse a shard location that belongs to another store; a write-open marks an unmarked one."""
     sid = store_id(con)
     if sid is None:

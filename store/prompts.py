@@ -6,6 +6,7 @@ import duckdb
 import pandas as pd
 
 from store.db import StoreError
+from store.rows import first_row
 
 COLUMNS = ["prompt_id", "dataset", "source", "label", "category", "text"]
 
@@ -30,10 +31,10 @@ def add_prompts(con: duckdb.DuckDBPyConnection, prompts: list) -> int:
             what = "text" if clash[1] else "label"
             raise StoreError(f"prompt '{clash[0]}' is already stored with a different {what} (an earlier run used "
                              "it): give changed prompts new ids, or use another --store")
-        return con.execute(
+        return first_row(con.execute(
             "INSERT INTO prompts SELECT * FROM incoming_prompts "
             "WHERE prompt_id NOT IN (SELECT prompt_id FROM prompts)"
-        ).fetchone()[0]
+        ))[0]
     finally:
         con.unregister("incoming_prompts")
 

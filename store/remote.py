@@ -28,6 +28,8 @@ from urllib.parse import urlparse
 import duckdb
 import pyarrow as pa
 
+from store.rows import first_row
+
 SCHEMES = ("s3://", "s3a://", "r2://", "gcs://", "gs://")
 _local = threading.local()
 
@@ -120,8 +122,8 @@ def write_table(table: pa.Table, url: str) -> tuple[int, int]:
     con = connection()
     con.register("_shard", table)
     try:
-        row = con.execute(f"COPY _shard TO {_sql_str(url)} (FORMAT parquet, COMPRESSION uncompressed, "
-                          "RETURN_STATS true)").fetchone()
+        row = first_row(con.execute(f"COPY _shard TO {_sql_str(url)} (FORMAT parquet, COMPRESSION uncompressed, "
+                                    "RETURN_STATS true)"))
     except duckdb.Error as e:
         raise _error(e, url) from None
     finally:
@@ -150,8 +152,7 @@ def write_value(url: str, value: str) -> None:
 def read_value(url: str) -> str:
     con = connection()
     try:
-        return str(con.execute(f"SELECT value FROM read_csv({_sql_str(url)}, header = true, all_varchar = true)")
-                   .fetchone()[0])
+        return str(first_row(con.execute(f"SELECT value FROM read_csv({_sql_str(url)}, header = true, all_varchar = true)"))[0])
     except duckdb.Error as e:
         raise _error(e, url) from None
 
@@ -169,8 +170,8 @@ def object_rows(url: str) -> tuple[int, int]:
     """(rows, bytes) of a Parquet object, from its footer only."""
     con = connection()
     try:
-        rows = con.execute("SELECT sum(num_rows) FROM parquet_file_metadata(?)", [url]).fetchone()[0]
-        size = con.execute("SELECT size FROM read_blob(?)", [url]).fetchone()[0]
+        rows = first_row(con.execute("SELECT sum(num_rows) FROM parquet_file_metadata(?)", [url]))[0]
+        size = first_row(con.execute("SELECT size FROM read_blob(?)", [url]))[0]
     except duckdb.Error as e:
         raise _error(e, url) from None
     return int(rows or 0), int(size)

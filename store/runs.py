@@ -12,6 +12,7 @@ import pandas as pd
 
 from store import locks
 from store.db import StoreError
+from store.rows import first_row
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,8 @@ class RunInfo:
 
 
 def _db_path(con: duckdb.DuckDBPyConnection) -> Path:
-    return Path(con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()")
-                .fetchone()[0]).resolve()
+    return Path(first_row(con.execute(
+        "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"))[0]).resolve()
 
 
 def claim(con: duckdb.DuckDBPyConnection, run_id: int, kind: str) -> None:
@@ -73,12 +74,12 @@ def start_run(con: duckdb.DuckDBPyConnection, *, kind: str, model: dict, backend
         if row[1] != "complete":
             claim(con, row[0], kind)
         return RunInfo(row[0], row[1], legacy)
-    run_id = con.execute(
+    run_id = first_row(con.execute(
         "INSERT INTO runs (kind, model, revision, dtype, device, backend, n_layers, d_model, config, "
         "config_hash, code_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING run_id",
         [kind, model["model"], model["revision"], model["dtype"], model["device"], backend,
          model["n_layers"], model["d_model"], config, config_hash, code_version],
-    ).fetchone()[0]
+    ))[0]
     claim(con, run_id, kind)
     return RunInfo(run_id, "new")
 

@@ -11,6 +11,7 @@ import pandas as pd
 
 from store import tables
 from store.db import StoreError
+from store.rows import first_row
 
 TABLES = ("safety_prompts", "safety_probes", "safety_directions", "safety_best_layers", "safety_layers",
           "safety_candidates", "safety_selection", "safety_points", "safety_bands")
@@ -42,7 +43,7 @@ def add_candidate(con: duckdb.DuckDBPyConnection, run_id: int, row: dict) -> Non
 
 def has_rows(con: duckdb.DuckDBPyConnection, table: str, run_id: int) -> bool:
     _check(table)
-    return con.execute(f"SELECT count(*) FROM {table} WHERE run_id = ?", [run_id]).fetchone()[0] > 0
+    return first_row(con.execute(f"SELECT count(*) FROM {table} WHERE run_id = ?", [run_id]))[0] > 0
 
 
 def read_table(con: duckdb.DuckDBPyConnection, table: str, run_id: int) -> pd.DataFrame:

@@ -38,6 +38,7 @@ import pandas as pd
 import pyarrow as pa
 
 from store.db import Store, StoreError
+from store.rows import first_row
 
 # Statement kinds that only read (EXPLAIN is judged by the statement it explains).
 READ_ONLY_KINDS = {"SELECT", "EXPLAIN"}
@@ -54,7 +55,7 @@ DENIED = {
 """Functions refused in read-only SQL, with why."""
 
 
-def _functions(node, out: set[str]) -> set[str]:
+def _functions(node: object, out: set[str]) -> set[str]:
     if isinstance(node, dict):
         name = node.get("function_name")
         if isinstance(name, str):
@@ -94,7 +95,7 @@ def check_read_only(sql: str, checker: duckdb.DuckDBPyConnection | None = None) 
                 continue
             if kind not in READ_ONLY_KINDS:
                 raise StoreError(f"{kind} is not allowed: `invoke sql` is read-only; add --write to modify the store")
-            tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [st.query]).fetchone()[0])
+            tree = json.loads(first_row(con.execute("SELECT json_serialize_sql(?)", [st.query]))[0])
             if tree.get("error"):
                 why = tree.get("error_message", "not a plain query")
                 raise StoreError(f"cannot check `{st.query.strip()[:60]}` ({why}): write it as a plain SELECT "

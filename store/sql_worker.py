@@ -37,7 +37,7 @@ def sandbox(con: duckdb.DuckDBPyConnection, store: Store) -> None:
     con.execute("SET lock_configuration = true")
 
 
-def _rows(rel, as_frame: bool) -> pa.Table | None:
+def _rows(rel: duckdb.DuckDBPyConnection, as_frame: bool) -> pa.Table | None:
     """The result as Arrow; ``as_frame``: DuckDB's own DataFrame (its dtypes) carried in Arrow."""
     if not rel.description:
         return None

@@ -9,7 +9,6 @@ NULL); leaving out a NOT NULL column is a StoreError naming it.
 from __future__ import annotations
 
 import itertools
-from typing import Any
 
 import duckdb
 import pandas as pd
@@ -56,7 +55,7 @@ def insert(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame, *, r
         con.unregister(name)
 
 
-def delete(con: duckdb.DuckDBPyConnection, table: str, **key: Any) -> None:
+def delete(con: duckdb.DuckDBPyConnection, table: str, **key: object) -> None:
     """Delete the rows whose columns equal ``key`` (at least one column)."""
     if not key:
         raise StoreError(f"deleting from {table} needs a key (e.g. run_id=...)")
@@ -67,7 +66,7 @@ def delete(con: duckdb.DuckDBPyConnection, table: str, **key: Any) -> None:
     con.execute(f"DELETE FROM {table} WHERE {where}", list(key.values()))
 
 
-def replace_rows(con: duckdb.DuckDBPyConnection, frames: dict[str, pd.DataFrame], **key: Any) -> None:
+def replace_rows(con: duckdb.DuckDBPyConnection, frames: dict[str, pd.DataFrame], **key: object) -> None:
     """Replace the rows under ``key`` (e.g. ``run_id=3, point="drop-4"``) of each named table by the
     frame's, all in one transaction; the key's values are written into every row. Writing the same
     frames twice leaves one copy."""

@@ -9,11 +9,16 @@ as one-character classes (``[[]``), which DuckDB's glob matches literally.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import duckdb
 import pyarrow.parquet as pq
 
 from store import remote
 from store.errors import StoreError
+
+if TYPE_CHECKING:
+    from store.db import Store
 
 HIVE_TYPES = "{'run_id': INTEGER, 'hook': VARCHAR, 'layer': INTEGER}"
 COLUMNS = "run_id, hook, layer, prompt_id, reduce, pos, head, vec"
@@ -31,20 +36,20 @@ def _q(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _local_sql(store) -> str:
+def _local_sql(store: Store) -> str:
     pattern = glob_escape(str(store.shard_dir)) + "/**/*.parquet"
     return (f"SELECT {COLUMNS} FROM read_parquet({_q(pattern)}, hive_partitioning = true, "
             f"hive_types = {HIVE_TYPES}) WHERE run_id > 0")
 
 
-def _remote_sql(store) -> str:
-    pattern = remote.join(store.shards, "**/*.parquet")
-    root = store.shards.rstrip("/") + "/"
+def _remote_sql(store: Store) -> str:
+    pattern = remote.join(store.remote_url, "**/*.parquet")
+    root = store.remote_url.rstrip("/") + "/"
     return (f"SELECT {COLUMNS} FROM read_parquet({_q(pattern)}, hive_partitioning = true, hive_types = {HIVE_TYPES}, "
             f"filename = true) WHERE run_id > 0 AND filename IN (SELECT {_q(root)} || path FROM shards)")
 
 
-def view_sql(store) -> str:
+def view_sql(store: Store) -> str:
     return _remote_sql(store) if store.is_remote else _local_sql(store)
 
 
@@ -53,13 +58,13 @@ def _stored(con: duckdb.DuckDBPyConnection) -> str | None:
     return row[0] if row else None
 
 
-def ensure_schema_file(store) -> None:
+def ensure_schema_file(store: Store) -> None:
     """The zero-row shard that fixes the view's column types before any capture."""
     from store.db import SHARD_SCHEMA
 
     if store.is_remote:
         try:
-            present = remote.list_objects(store.shards, SCHEMA_REL.rsplit("/", 1)[0] + "/*.parquet")
+            present = remote.list_objects(store.remote_url, SCHEMA_REL.rsplit("/", 1)[0] + "/*.parquet")
         except remote.RemoteError as e:
             raise StoreError(str(e)) from None
         if not present:
@@ -71,7 +76,7 @@ def ensure_schema_file(store) -> None:
         pq.write_table(SHARD_SCHEMA.empty_table(), schema_file)
 
 
-def point_view(con: duckdb.DuckDBPyConnection, store) -> None:
+def point_view(con: duckdb.DuckDBPyConnection, store: Store) -> None:
     """Write-open: (re)create the stored view when it does not read this store's shards."""
     ensure_schema_file(store)
     sql = view_sql(store)
@@ -85,7 +90,7 @@ def point_view(con: duckdb.DuckDBPyConnection, store) -> None:
     con.execute("INSERT OR REPLACE INTO meta VALUES ('view_sql', ?)", [sql])
 
 
-def shadow_view(con: duckdb.DuckDBPyConnection, store) -> None:
+def shadow_view(con: duckdb.DuckDBPyConnection, store: Store) -> None:
     """Read-only open: a TEMP view over this store's own shards when the stored one reads others."""
     sql = view_sql(store)
     if _stored(con) == sql:

@@ -8,10 +8,11 @@ import pandas as pd
 
 from store import tables
 from store.db import transaction
+from store.rows import first_row
 
 
 def has_norms(con: duckdb.DuckDBPyConnection, calib_id: str) -> bool:
-    return con.execute("SELECT count(*) FROM calibrations WHERE calib_id = ?", [calib_id]).fetchone()[0] > 0
+    return first_row(con.execute("SELECT count(*) FROM calibrations WHERE calib_id = ?", [calib_id]))[0] > 0
 
 
 def write_norms(con: duckdb.DuckDBPyConnection, *, calib_id: str, run_id: int, model: str, revision: str,

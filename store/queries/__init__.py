@@ -13,6 +13,7 @@ import duckdb
 import pandas as pd
 
 from store.db import Store, StoreError
+from store.rows import first_row
 
 STUDIES = ("layers", "weights", "heads", "safety")
 """The studies that get a report page, in page order."""
@@ -25,7 +26,7 @@ MAX_CELLS = 4900
 def open_report_store(store: Store) -> Iterator[duckdb.DuckDBPyConnection]:
     """Read-only connection to an interp store that holds at least one run."""
     with store.connect(read_only=True) as con:
-        if not con.execute("SELECT count(*) FROM runs").fetchone()[0]:
+        if not first_row(con.execute("SELECT count(*) FROM runs"))[0]:
             raise StoreError(f"store {store.path} holds no runs yet: run `invoke demo` (or any study) first")
         yield con
 
@@ -35,15 +36,15 @@ def fetch(con: duckdb.DuckDBPyConnection, sql: str) -> pd.DataFrame:
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    return bool(con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0])
+    return bool(first_row(con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]))[0])
 
 
 def has_rows(con: duckdb.DuckDBPyConnection, table: str, run_id: int | None = None) -> bool:
     if not table_exists(con, table):
         return False
     where = f" WHERE run_id = {int(run_id)}" if run_id is not None else ""
-    return con.execute(f"SELECT EXISTS (SELECT 1 FROM {table}{where})").fetchone()[0]
+    return first_row(con.execute(f"SELECT EXISTS (SELECT 1 FROM {table}{where})"))[0]
 
 
 def bucket(n: int, other: int | None = None) -> int:
@@ -64,10 +65,10 @@ def stored_rows(con: duckdb.DuckDBPyConnection, run_id: int) -> list[tuple[str, 
         "ORDER BY c.table_name").fetchall()]
     out = []
     for t in tables:
-        n = con.execute(f"SELECT count(*) FROM {t} WHERE run_id = ?", [run_id]).fetchone()[0]
+        n = first_row(con.execute(f"SELECT count(*) FROM {t} WHERE run_id = ?", [run_id]))[0]
         if n and t == "shards":
-            out.append(("activations", int(con.execute(
-                "SELECT coalesce(sum(n_rows), 0) FROM shards WHERE run_id = ?", [run_id]).fetchone()[0])))
+            out.append(("activations", int(first_row(con.execute(
+                "SELECT coalesce(sum(n_rows), 0) FROM shards WHERE run_id = ?", [run_id]))[0])))
         elif n:
             out.append((t, int(n)))
     return out
@@ -107,6 +108,8 @@ def other_runs(con: duckdb.DuckDBPyConnection, study: str, shown: int) -> list[i
 
 def run_model(con: duckdb.DuckDBPyConnection, run_id: int) -> dict:
     row = con.execute("SELECT model, n_layers, d_model, status FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    if row is None:
+        raise StoreError(f"the store has no run {run_id}")
     return {"model": row[0], "n_layers": row[1], "d_model": row[2], "status": row[3]}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import duckdb
 
 from store.queries import bucket
+from store.rows import first_row
 
 # Importance scores shown as heat maps, in page order: (method, metric, what it means).
 IMPORTANCE_SCORES = (
@@ -17,8 +18,8 @@ IMPORTANCE_SCORES = (
 
 
 def n_layers_heads(con: duckdb.DuckDBPyConnection, run_id: int) -> tuple[int, int]:
-    row = con.execute("SELECT max(layer) + 1, max(head) + 1 FROM heads_importance WHERE run_id = ?",
-                      [run_id]).fetchone()
+    row = first_row(con.execute("SELECT max(layer) + 1, max(head) + 1 FROM heads_importance WHERE run_id = ?",
+                                [run_id]))
     return (row[0] or 0), (row[1] or 0)
 
 
@@ -67,9 +68,9 @@ ORDER BY panel, strategy, p.heads_off"""
 
 def usage_bucket(con: duckdb.DuckDBPyConnection, run_id: int) -> int:
     """Layer bucket so every router's (layer, head) grid together stays under MAX_CELLS."""
-    layers, heads, routers = con.execute(
+    layers, heads, routers = first_row(con.execute(
         "SELECT max(layer) + 1, max(head) + 1, count(DISTINCT top_k) FROM heads_router_usage WHERE run_id = ?",
-        [run_id]).fetchone()
+        [run_id]))
     return bucket(layers or 0, (heads or 0) * (routers or 1))
 
 

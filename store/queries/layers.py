@@ -5,6 +5,7 @@ from __future__ import annotations
 import duckdb
 
 from store.queries import bucket
+from store.rows import first_row
 
 
 def position(con: duckdb.DuckDBPyConnection, run_id: int, table: str) -> str | None:
@@ -20,13 +21,13 @@ def positions(con: duckdb.DuckDBPyConnection, run_id: int, table: str) -> list[s
 
 
 def n_states(con: duckdb.DuckDBPyConnection, run_id: int) -> int:
-    return con.execute("SELECT coalesce(max(layer_a) + 1, 0) FROM layer_similarity WHERE run_id = ?",
-                       [run_id]).fetchone()[0]
+    return first_row(con.execute("SELECT coalesce(max(layer_a) + 1, 0) FROM layer_similarity WHERE run_id = ?",
+                       [run_id]))[0]
 
 
 def run_n_layers(con: duckdb.DuckDBPyConnection, run_id: int) -> int:
     """How many layers the model of this run has (from its provenance row)."""
-    return int(con.execute("SELECT n_layers FROM runs WHERE run_id = ?", [int(run_id)]).fetchone()[0])
+    return int(first_row(con.execute("SELECT n_layers FROM runs WHERE run_id = ?", [int(run_id)]))[0])
 
 
 def similarity_sql(run_id: int, position: str, k: int = 1) -> str:

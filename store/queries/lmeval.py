@@ -9,11 +9,13 @@ listed apart, labelled as such.
 
 from __future__ import annotations
 
+import duckdb
+
 LEVEL = "(e.dataset->>'level')"
 NAME = "(e.dataset->>'name')"
 
 
-def lmeval_run(con) -> int | None:
+def lmeval_run(con: duckdb.DuckDBPyConnection) -> int | None:
     """The newest run holding lm-eval scores (a complete one first)."""
     row = con.execute("SELECT r.run_id FROM runs r WHERE EXISTS (SELECT 1 FROM evals e WHERE e.run_id = r.run_id "
                       "AND e.harness IS NOT NULL) ORDER BY r.status = 'complete' DESC, r.run_id DESC LIMIT 1"
@@ -21,7 +23,7 @@ def lmeval_run(con) -> int | None:
     return row[0] if row else None
 
 
-def other_lmeval_runs(con, shown: int) -> list[int]:
+def other_lmeval_runs(con: duckdb.DuckDBPyConnection, shown: int) -> list[int]:
     return [r[0] for r in con.execute("SELECT DISTINCT run_id FROM evals WHERE harness IS NOT NULL AND run_id <> ? "
                                       "ORDER BY run_id", [shown]).fetchall()]
 

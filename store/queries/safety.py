@@ -5,6 +5,7 @@ from __future__ import annotations
 import duckdb
 
 from store.queries import VERDICT, bucket
+from store.rows import first_row
 
 
 def probe_sites(con: duckdb.DuckDBPyConnection, run_id: int) -> list[tuple[str, str]]:
@@ -15,9 +16,9 @@ def probe_sites(con: duckdb.DuckDBPyConnection, run_id: int) -> list[tuple[str, 
 
 def probes_bucket(con: duckdb.DuckDBPyConnection, run_id: int, hook: str, position: str) -> int:
     """Layer bucket keeping the probe chart (problems x metrics x settings x layers) under MAX_CELLS."""
-    layers, series = con.execute(
+    layers, series = first_row(con.execute(
         "SELECT count(DISTINCT layer), count(DISTINCT (problem, metric, setting)) FROM safety_probes "
-        "WHERE run_id = ? AND hook = ? AND position = ?", [run_id, hook, position]).fetchone()
+        "WHERE run_id = ? AND hook = ? AND position = ?", [run_id, hook, position]))
     return bucket(layers, series)
 
 
@@ -97,8 +98,8 @@ and on those that swap it out (analyses/probes.py)."""
 
 def has_group_control(con: duckdb.DuckDBPyConnection, run_id: int) -> bool:
     """Whether the run scored the stereotype probe on each kind of pair (runs before group_kept did not)."""
-    return con.execute("SELECT EXISTS (SELECT 1 FROM safety_probes WHERE run_id = ? AND problem = "
-                       "'biased_vs_counterpart' AND setting LIKE 'held_out:group_%')", [run_id]).fetchone()[0]
+    return first_row(con.execute("SELECT EXISTS (SELECT 1 FROM safety_probes WHERE run_id = ? AND problem = "
+                       "'biased_vs_counterpart' AND setting LIKE 'held_out:group_%')", [run_id]))[0]
 
 
 def group_control_sql(run_id: int) -> str:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import duckdb
+
+from store.rows import first_row
+
 # A readable name for one pruning recipe: method (+ calibration), group, structure.
 RECIPE = ("p.method || coalesce(' ' || p.calibration, '') || ' / ' || p.grp "
           "|| CASE WHEN p.structure <> 'unstructured' THEN ' ' || p.structure ELSE '' END")
@@ -29,10 +33,10 @@ def module_curve_sql(run_id: int) -> str:
     return _curve(run_id, "p.structure = 'unstructured'")
 
 
-def has_module_groups(con, run_id: int) -> bool:
+def has_module_groups(con: duckdb.DuckDBPyConnection, run_id: int) -> bool:
     """Whether the run pruned some module groups on their own (not only every module at once)."""
-    return con.execute("SELECT count(*) > 0 FROM prune_points WHERE run_id = ? AND method <> 'base' "
-                       "AND modules <> 'all'", [run_id]).fetchone()[0]
+    return first_row(con.execute("SELECT count(*) > 0 FROM prune_points WHERE run_id = ? AND method <> 'base' "
+                       "AND modules <> 'all'", [run_id]))[0]
 
 
 def sparsity_sql(run_id: int) -> str:
