@@ -20,7 +20,9 @@ second moment (``bench/scaling.py`` measures it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import duckdb
 import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
@@ -29,6 +31,9 @@ from tqdm.auto import tqdm
 from analyses.probes import ProbeCfg, make_probe
 from analyses.safety_data import CONCEPTS, SafetyDataError, balanced, iter_layers, xy
 
+if TYPE_CHECKING:
+    from store.db import Store
+
 DIRECTION_COLUMNS = ["concept", "hook", "layer", "position", "kind", "norm", "n_pos", "n_neg", "vec"]
 METRIC_COLUMNS = ["concept", "hook", "layer", "position", "metric", "value"]
 
@@ -36,7 +41,7 @@ METRIC_COLUMNS = ["concept", "hook", "layer", "position", "metric", "value"]
 class MeanFitter:
     """Streaming per-class means in float64: ``update(X, y)`` batch by batch, then ``means()``."""
 
-    def __init__(self, n_classes: int, d: int):
+    def __init__(self, n_classes: int, d: int) -> None:
         self.sums = np.zeros((n_classes, d), np.float64)
         self.counts = np.zeros(n_classes, np.int64)
 
@@ -90,7 +95,7 @@ def projection_separation(r: np.ndarray, X: np.ndarray, y: np.ndarray) -> dict[s
     return {"projection_d": float(d), "projection_auc": float(roc_auc_score(y == 0, s))}
 
 
-def directions_layer(vectors, data: pd.DataFrame, key: tuple, concepts: tuple[str, ...],
+def directions_layer(vectors: tuple[list[str], np.ndarray], data: pd.DataFrame, key: tuple, concepts: tuple[str, ...],
                      cfg: ProbeCfg) -> tuple[list[list], list[list]]:
     """Direction rows and metric rows for one (hook, layer, position)."""
     dirs, metrics = [], []
@@ -118,7 +123,7 @@ def directions_layer(vectors, data: pd.DataFrame, key: tuple, concepts: tuple[st
     return dirs, metrics
 
 
-def run(con, store, cache_run_id: int, data: pd.DataFrame, cfg: ProbeCfg, hooks: list[str], positions: list[str],
+def run(con: duckdb.DuckDBPyConnection, store: Store, cache_run_id: int, data: pd.DataFrame, cfg: ProbeCfg, hooks: list[str], positions: list[str],
         layers: list[int], concepts: tuple[str, ...] = tuple(CONCEPTS),
         progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(directions, per-layer metrics) for every (concept, hook, layer, position)."""

@@ -65,7 +65,7 @@ def proxies(points: pd.DataFrame, similarity: pd.DataFrame, influence: pd.DataFr
     return pd.DataFrame(rows, columns=["point", "n", "proxy", "position", "value"])
 
 
-def spearman(x, y) -> tuple[float, float]:
+def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Spearman's rho and its two-sided p-value; NaN when either side is constant."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:

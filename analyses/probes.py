@@ -32,14 +32,29 @@ probe is meant for labelled probing sets (thousands of prompts), not for whole a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import duckdb
 import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from analyses import ridge, stats
-from analyses.safety_data import HARMFUL_SOURCES, PROBLEMS, SafetyDataError, balanced, iter_layers, stable_seed, xy
+from analyses.safety_data import (
+    HARMFUL_SOURCES,
+    PROBLEMS,
+    SafetyDataError,
+    balanced,
+    iter_layers,
+    stable_seed,
+    xy,
+)
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
+
+    from store.db import Store
 
 METRICS = ("accuracy", "roc_auc")
 ROW = ["problem", "hook", "layer", "position", "setting", "metric", "mean", "std", "n", "folds", "lo", "hi",
@@ -81,7 +96,7 @@ class ProbeCfg:
         object.__setattr__(self, "problems", tuple(self.problems))
 
 
-def make_probe(cfg: ProbeCfg):
+def make_probe(cfg: ProbeCfg) -> Pipeline:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -99,7 +114,7 @@ def fold_indices(y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> li
     return list(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y, groups))
 
 
-def scores(model, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def scores(model: Pipeline, X: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Accuracy and ROC-AUC of a fitted scikit-learn classifier (one-vs-rest macro for more than two classes)."""
     from sklearn.metrics import roc_auc_score
 
@@ -127,7 +142,7 @@ def cross_validate(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: ProbeC
     return out
 
 
-def _row(key: tuple, setting: str, metric: str, value: float, n: int, folds: int, *, std=None, lo=NAN, hi=NAN,
+def _row(key: tuple, setting: str, metric: str, value: float, n: int, folds: int, *, std: float | None = None, lo: float = NAN, hi: float = NAN,
          null: dict | None = None) -> list:
     null = null or {}
     return [*key, setting, metric, float(value), std, int(n), int(folds), float(lo), float(hi),
@@ -146,7 +161,7 @@ def permutation_cv(X: np.ndarray, y: np.ndarray, groups: np.ndarray, n_classes: 
     return {m: float(v[0]) for m, v in got.items()}, {m: v[1:] for m, v in got.items()}, len(folds)
 
 
-def _cv_rows(k: tuple, setting: str, X, y, g, n_classes: int, cfg: ProbeCfg, seed: int) -> list[list]:
+def _cv_rows(k: tuple, setting: str, X: np.ndarray, y: np.ndarray, g: np.ndarray, n_classes: int, cfg: ProbeCfg, seed: int) -> list[list]:
     observed, null, n_folds = permutation_cv(X, y, g, n_classes, cfg, seed)
     return [_row(k, setting, m, observed[m], len(y), n_folds, null=stats.null_summary(observed[m], null[m]))
             for m in METRICS]
@@ -192,7 +207,7 @@ def probe_layer(vectors: tuple[list[str], np.ndarray], data: pd.DataFrame, key: 
                              cfg, seed + 1)
         if cfg.logistic:
             per_fold = cross_validate(X, y, g, cfg, fold_indices(y, g, cfg.folds, cfg.seed))
-            rows += [_row(k, "cv_logistic", m, np.mean(v), len(y), len(v), std=float(np.std(v)))
+            rows += [_row(k, "cv_logistic", m, float(np.mean(v)), len(y), len(v), std=float(np.std(v)))
                      for m, v in per_fold.items()]
         try:
             test = xy(vectors, balanced(data, classes, "test", cfg.seed), classes)
@@ -210,7 +225,7 @@ GROUP_SETTINGS: dict[str, bool] = {"held_out:group_kept": True, "held_out:group_
 """biased_vs_counterpart settings -> the group_kept flag of the test pairs they score."""
 
 
-def _flag_is(value, want: bool) -> bool:
+def _flag_is(value: object, want: bool) -> bool:
     return value is not None and not pd.isna(value) and bool(value) == want
 
 
@@ -219,7 +234,7 @@ def has_group_flags(data: pd.DataFrame) -> bool:
     return "group_kept" in data and bool(data["group_kept"].notna().any())
 
 
-def _group_control(vectors, data: pd.DataFrame, k: tuple, cfg: ProbeCfg, train: tuple) -> list[list]:
+def _group_control(vectors: tuple[list[str], np.ndarray], data: pd.DataFrame, k: tuple, cfg: ProbeCfg, train: tuple) -> list[list]:
     """The held-out biased_vs_counterpart probe (fitted on the whole balanced train split) scored on the test
     rows of each kind of pair, balanced within the kind. A kind with fewer than 2 test rows of a class gets
     NaN scores (n: its test rows, folds 0)."""
@@ -238,7 +253,7 @@ def _group_control(vectors, data: pd.DataFrame, k: tuple, cfg: ProbeCfg, train: 
     return rows
 
 
-def _cross_source(vectors, data: pd.DataFrame, k: tuple, cfg: ProbeCfg) -> list[list]:
+def _cross_source(vectors: tuple[list[str], np.ndarray], data: pd.DataFrame, k: tuple, cfg: ProbeCfg) -> list[list]:
     classes = PROBLEMS["harmful_vs_neutral"]
     present = set(data.loc[data["cls"] == "harmful", "source"])
     rows: list[list] = []
@@ -274,7 +289,7 @@ def _mean_difference_score(train: tuple, test: tuple) -> dict[str, list[float]]:
     return {"accuracy": [float(np.mean(pred == test[1]))], "roc_auc": [float(auc)]}
 
 
-def run(con, store, cache_run_id: int, data: pd.DataFrame, cfg: ProbeCfg, hooks: list[str], positions: list[str],
+def run(con: duckdb.DuckDBPyConnection, store: Store, cache_run_id: int, data: pd.DataFrame, cfg: ProbeCfg, hooks: list[str], positions: list[str],
         layers: list[int], progress: bool = True, lengths: pd.Series | None = None) -> pd.DataFrame:
     """Probe every (hook, layer, position), streaming one layer's vectors at a time."""
     rows: list[list] = []

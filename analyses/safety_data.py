@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
+import duckdb
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from store.db import Store
 
 PROBLEMS: dict[str, tuple[str, ...]] = {
     "harmful_vs_neutral": ("harmful", "neutral"),
@@ -127,7 +132,7 @@ def balanced(frame: pd.DataFrame, classes: tuple[str, ...], split: str | tuple[s
     return pd.concat(out, ignore_index=True)
 
 
-def xy(vectors: dict[str, np.ndarray] | tuple[list[str], np.ndarray], subset: pd.DataFrame,
+def xy(vectors: tuple[list[str], np.ndarray], subset: pd.DataFrame,
        classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(X, y, groups) for ``subset``'s prompts: y indexes ``classes``; groups keep pairs together."""
     ids, X = vectors
@@ -142,7 +147,7 @@ def xy(vectors: dict[str, np.ndarray] | tuple[list[str], np.ndarray], subset: pd
     return X[rows], y, grp
 
 
-def layer_vectors(con, store, run_id: int, hook: str, layer: int, position: str) -> tuple[list[str], np.ndarray]:
+def layer_vectors(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, hook: str, layer: int, position: str) -> tuple[list[str], np.ndarray]:
     """(prompt_ids, X (prompt, d) float32) of one layer, read from the store."""
     from store.activations import read_vectors
 
@@ -150,7 +155,7 @@ def layer_vectors(con, store, run_id: int, hook: str, layer: int, position: str)
     return meta["prompt_id"].tolist(), X
 
 
-def iter_layers(con, store, run_id: int, hooks: Iterable[str], positions: Iterable[str],
+def iter_layers(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, hooks: Iterable[str], positions: Iterable[str],
                 layers: Iterable[int]) -> Iterator[tuple[str, int, str, tuple[list[str], np.ndarray]]]:
     """Stream (hook, layer, position, (ids, X)) one layer at a time: memory is one layer's vectors."""
     for hook in hooks:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from scipy import optimize, stats
 
 ALPHA = 0.05
@@ -80,7 +81,7 @@ def is_binary(*arrays: np.ndarray) -> bool:
     return all(np.isin(np.asarray(a), (0.0, 1.0)).all() for a in arrays)
 
 
-def paired(base, edited, *, confidence: float = 0.95, resamples: int = 9999, seed: int = 0) -> Paired:
+def paired(base: ArrayLike, edited: ArrayLike, *, confidence: float = 0.95, resamples: int = 9999, seed: int = 0) -> Paired:
     """Compare ``edited`` with ``base``, two arrays of per-item scores in the same item order."""
     b, e = np.asarray(base, np.float64), np.asarray(edited, np.float64)
     if b.shape != e.shape or b.ndim != 1:
@@ -170,7 +171,7 @@ def mde(n: int, sd: float, alpha: float = ALPHA, power: float = POWER) -> float:
 
 # --- permutation nulls (probes) ---------------------------------------------------------------
 
-def permutation_p(observed: float, null) -> float:
+def permutation_p(observed: float, null: ArrayLike) -> float:
     """(1 + k) / (1 + N): k of the N permutation scores reach the observed one (ties count)."""
     null = np.asarray(null, np.float64)
     if null.size == 0:
@@ -179,7 +180,7 @@ def permutation_p(observed: float, null) -> float:
     return (1 + k) / (1 + null.size)
 
 
-def null_summary(observed: float, null) -> dict:
+def null_summary(observed: float, null: ArrayLike) -> dict:
     """What the store keeps of a permutation null: its mean, 95th percentile, the p-value and N."""
     null = np.asarray(null, np.float64)
     return {"null_mean": float(null.mean()), "null_p95": float(np.quantile(null, 0.95)),
@@ -214,7 +215,7 @@ def auc_ci(auc: float, n_pos: int, n_neg: int, confidence: float = 0.95) -> tupl
 
 # --- random-edit bands -------------------------------------------------------------------------
 
-def random_band(values, level: float = 0.95) -> dict:
+def random_band(values: ArrayLike, level: float = 0.95) -> dict:
     """Where one more random edit of the same kind would land: the prediction interval
     mean +/- t(level, k-1) * sd * sqrt(1 + 1/k) over the k random edits' values, with their range."""
     v = np.asarray(values, np.float64)
