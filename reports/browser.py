@@ -25,6 +25,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -73,14 +74,14 @@ class PageCheck:
 class DevTools:
     """One page target driven over its DevTools websocket (synchronous, one call at a time)."""
 
-    def __init__(self, ws_url: str, timeout: float):
+    def __init__(self, ws_url: str, timeout: float) -> None:
         import websocket  # websocket-client
 
         self.ws = websocket.create_connection(ws_url, timeout=timeout, suppress_origin=True)
         self.next_id = 0
         self.events: list[dict] = []
 
-    def call(self, method: str, timeout: float = 30.0, **params) -> dict:
+    def call(self, method: str, timeout: float = 30.0, **params: object) -> dict:
         self.next_id += 1
         my_id = self.next_id
         self.ws.send(json.dumps({"id": my_id, "method": method, "params": params}))
@@ -95,7 +96,7 @@ class DevTools:
                 self.events.append(msg)
         raise BrowserError(f"browser did not answer {method} within {timeout:.0f}s")
 
-    def evaluate(self, expression: str):
+    def evaluate(self, expression: str) -> Any:  # noqa: ANN401 (whatever JSON the page's expression returns)
         res = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
         if "exceptionDetails" in res:
             raise BrowserError(f"evaluating {expression[:60]!r}: {res['exceptionDetails'].get('text')}")
@@ -108,11 +109,12 @@ class DevTools:
 class Chromium:
     """A headless Chromium process with a throwaway profile; use as a context manager."""
 
-    def __init__(self, binary: str | None = None, timeout: float = 30.0):
-        self.binary = binary or find_browser()
-        if not self.binary:
+    def __init__(self, binary: str | None = None, timeout: float = 30.0) -> None:
+        found = binary or find_browser()
+        if not found:
             raise BrowserError("no Chromium/Chrome found: install it (Debian: apt-get install chromium) "
                                "or set INTERP_CHROMIUM to its path")
+        self.binary: str = found
         self.timeout = timeout
 
     def __enter__(self) -> Chromium:  # noqa: PYI034 (3.10 has no typing.Self)
@@ -124,7 +126,8 @@ class Chromium:
         deadline = time.monotonic() + self.timeout
         while not (port_file.exists() and port_file.read_text().strip()):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                err = self.proc.stderr.read().decode(errors="replace")[-500:] if self.proc.poll() is not None else ""
+                err = (self.proc.stderr.read().decode(errors="replace")[-500:]
+                       if self.proc.poll() is not None and self.proc.stderr is not None else "")
                 self.__exit__(None, None, None)
                 raise BrowserError(f"{self.binary} did not start its DevTools endpoint: {err.strip()}")
             time.sleep(0.1)
@@ -137,7 +140,7 @@ class Chromium:
             target = json.loads(r.read())
         return DevTools(target["webSocketDebuggerUrl"], self.timeout)
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if getattr(self, "proc", None) is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -170,8 +173,7 @@ def check_page(browser: Chromium, path: Path, shots_dir: Path | None = None, wai
                 result.errors.append(f"charts did not finish rendering within {wait_s:.0f}s")
                 break
             time.sleep(0.2)
-        result.state = page.evaluate("JSON.stringify(window.interpReport || {})") or "{}"
-        result.state = json.loads(result.state)
+        result.state = json.loads(page.evaluate("JSON.stringify(window.interpReport || {})") or "{}")
         result.charts = json.loads(page.evaluate(PROBE_JS))
         if shots_dir is not None:
             result.screenshot = _screenshot(page, path, Path(shots_dir))

@@ -11,7 +11,9 @@ import importlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import ModuleType
 
+import duckdb
 import pandas as pd
 
 from reports import lmeval
@@ -49,7 +51,7 @@ class Report:
     """Studies with no run in the store."""
 
 
-def study_module(study: str):
+def study_module(study: str) -> ModuleType:
     """reports.<study>: ``parts(con, run_id) -> list[Part]`` (the page's panels, drawn by ``render``), ``headline(con, run_id) -> str | None``
     (the study's one headline finding) and ``findings(con, run_id) -> list[str]`` (more detail).
 
@@ -57,12 +59,13 @@ def study_module(study: str):
     return importlib.import_module(f"reports.{study}")
 
 
-def build_pages(con, store: Store) -> tuple[list[Page], tuple[str, ...], tuple[str, ...]]:
+def build_pages(con: duckdb.DuckDBPyConnection, store: Store) -> tuple[list[Page], tuple[str, ...], tuple[str, ...]]:
     """(pages with the index first, studies present, studies missing) for an open store."""
     present = {s: study_run(con, s) for s in STUDIES}
     studies = tuple(s for s in STUDIES if present[s] is not None)
     missing = tuple(s for s in STUDIES if present[s] is None)
-    pages = [_study_page(con, s, present[s], render(con, study_module(s).parts(con, present[s]))) for s in studies]
+    pages = [_study_page(con, s, run, render(con, study_module(s).parts(con, run)))
+             for s, run in present.items() if run is not None]
     if (lmeval_run := lmeval.available(con)) is not None:  # lm-eval scores, from whichever study ran them
         pages.append(lmeval.page(con, lmeval_run))
     if compare.wanted(con):  # more than one model: overlay them
@@ -101,7 +104,7 @@ def detectable_effects(store: Store) -> list[str]:
         return _detectable(con, {s: study_run(con, s) for s in STUDIES})
 
 
-def _mde_part(r) -> str:
+def _mde_part(r: pd.Series) -> str:
     name = f"{r.task} accuracy" if r.metric == "accuracy" else r.metric.replace("_", " ")
     if pd.isna(r.mde):
         return f"{name}: no estimate (no point moved any of its {int(r.items)} items)"
@@ -110,7 +113,7 @@ def _mde_part(r) -> str:
     return f"{name} {r.mde:.3g} (n={int(r.items)})"
 
 
-def _detectable(con, present: dict[str, int | None]) -> list[str]:
+def _detectable(con: duckdb.DuckDBPyConnection, present: dict[str, int | None]) -> list[str]:
     out = []
     for study in STUDIES:
         run = present.get(study)
@@ -128,7 +131,7 @@ def _detectable(con, present: dict[str, int | None]) -> list[str]:
     return out
 
 
-def _headlines(con, present: dict[str, int | None]) -> list[str]:
+def _headlines(con: duckdb.DuckDBPyConnection, present: dict[str, int | None]) -> list[str]:
     return [h for s in STUDIES if present.get(s) is not None
             and (h := study_module(s).headline(con, present[s])) is not None]
 
@@ -137,7 +140,7 @@ def _shell_arg(path: str) -> str:
     return path if all(c.isalnum() or c in "/._-+" for c in path) else "'" + path.replace("'", "'\\''") + "'"
 
 
-def _study_page(con, study: str, run_id: int, sections: list[Section]) -> Page:
+def _study_page(con: duckdb.DuckDBPyConnection, study: str, run_id: int, sections: list[Section]) -> Page:
     info = run_model(con, run_id)
     others = other_runs(con, study, run_id)
     intro = (f"Run {run_id} ({html.escape(info['model'])}, {info['n_layers']} layers, d_model {info['d_model']}, "
@@ -149,7 +152,8 @@ def _study_page(con, study: str, run_id: int, sections: list[Section]) -> Page:
     return Page(slug=study, title=TITLES[study], intro=intro, sections=tuple(sections))
 
 
-def _index_page(con, store: Store, studies, missing, present) -> Page:
+def _index_page(con: duckdb.DuckDBPyConnection, store: Store, studies: tuple[str, ...], missing: tuple[str, ...],
+                present: dict[str, int | None]) -> Page:
     items = "".join(
         f"<li><a href='{s}.html'>{html.escape(TITLES[s])}</a> (run {present[s]})</li>" for s in studies)
     if compare.wanted(con):

@@ -7,9 +7,17 @@ names are passed in so the same shape serves every study.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import altair as alt
 import pandas as pd
+
+if TYPE_CHECKING:
+    from altair.typing import ChannelOpacity
+    from altair.vegalite.v6.schema._typing import ColorScheme_T
+
+AnyChart = alt.Chart | alt.LayerChart | alt.FacetChart
+"""What the chart shapes return: a chart, layers of charts, or their facets."""
 
 WIDTH = 300
 HEIGHT = 220
@@ -36,11 +44,11 @@ def _check(df: pd.DataFrame, *fields: str | None) -> None:
         raise KeyError(f"chart data lacks columns {missing}: it has {list(df.columns)}")
 
 
-def heatmap(df: pd.DataFrame, *, x: str, y: str, color: str, title: str, x_title: str, y_title: str,
-            color_title: str, tooltip: Sequence[str], scheme: str = "viridis",
+def heatmap(df: pd.DataFrame, *, x: str, y: str, color: str, title: str, x_title: str | None, y_title: str | None,
+            color_title: str, tooltip: Sequence[str], scheme: ColorScheme_T = "viridis",
             domain: tuple[float, float] | None = None, diverging: bool = False,
             size: int = 360, height: int | None = None, facet: str | None = None, columns: int = 3,
-            highlight: str | None = None) -> alt.Chart:
+            highlight: str | None = None) -> AnyChart:
     """A grid of rects; x and y are ordinal (layers, heads), colour quantitative.
 
     ``diverging`` centres a red-blue scale on 0 (signed changes); ``facet`` makes one grid per value;
@@ -62,10 +70,10 @@ def heatmap(df: pd.DataFrame, *, x: str, y: str, color: str, title: str, x_title
     return chart.properties(title=title)
 
 
-def curves(df: pd.DataFrame, *, x: str, y: str, series: str | None, title: str, x_title: str, y_title: str,
+def curves(df: pd.DataFrame, *, x: str, y: str, series: str | None, title: str, x_title: str | None, y_title: str | None,
            tooltip: Sequence[str], facet: str | None = None, baseline: str | None = None,
            columns: int = 3, log_y: bool = False, x_type: str = "Q", band: str | None = None,
-           series_title: str | None = None, area: tuple[str, str] | None = None) -> alt.Chart:
+           series_title: str | None = None, area: tuple[str, str] | None = None) -> AnyChart:
     """Lines with points per ``series`` (optionally one panel per ``facet`` value, each with its
     own y scale) and a dashed rule at the ``baseline`` column (the unedited model's value).
     ``area`` = (low column, high column) shades that range behind the lines where both are present
@@ -102,17 +110,17 @@ def curves(df: pd.DataFrame, *, x: str, y: str, series: str | None, title: str, 
     return chart.properties(title=title)
 
 
-def bars(df: pd.DataFrame, *, x: str, y: str, title: str, x_title: str, y_title: str, tooltip: Sequence[str],
+def bars(df: pd.DataFrame, *, x: str, y: str, title: str, x_title: str | None, y_title: str | None, tooltip: Sequence[str],
          color: str | None = None, facet: str | None = None, columns: int = 3, baseline: str | None = None,
          horizontal: bool = False, sort: str | list | None = None, width: int = WIDTH,
-         color_title: str | None = None, grouped: bool = True) -> alt.Chart:
+         color_title: str | None = None, grouped: bool = True) -> AnyChart:
     """Bars of ``y`` per category ``x``, side by side per ``color`` when ``grouped`` (else ``color`` only
     colours each bar), optional baseline rule."""
     _check(df, x, y, color, facet, baseline)
     base = alt.Chart(df)
     cat = alt.X(f"{x}:N", title=x_title, sort=sort) if not horizontal else alt.Y(f"{x}:N", title=x_title, sort=sort)
     val = alt.Y(f"{y}:Q", title=y_title) if not horizontal else alt.X(f"{y}:Q", title=y_title)
-    enc = {"x": cat, "y": val} if not horizontal else {"y": cat, "x": val}
+    enc: dict[str, Any] = {"x": cat, "y": val} if not horizontal else {"y": cat, "x": val}
     if color:
         enc["color"] = alt.Color(f"{color}:N", title=color_title or color)
         if grouped and not horizontal:
@@ -128,7 +136,7 @@ def bars(df: pd.DataFrame, *, x: str, y: str, title: str, x_title: str, y_title:
     chart = alt.layer(*layers).properties(width=width, height=HEIGHT)
     if facet:
         # The offset scale must be resolved per panel too, else Vega-Lite squeezes grouped bars to hairlines.
-        offset = {("yOffset" if horizontal else "xOffset"): "independent"} if color and grouped else {}
+        offset: dict[str, Literal["independent"]] = {("yOffset" if horizontal else "xOffset"): "independent"} if color and grouped else {}
         return chart.facet(facet=alt.Facet(f"{facet}:N", title=None), columns=columns, title=title) \
             .resolve_scale(y="independent", x="independent", **offset)
     return chart.properties(title=title)
@@ -143,7 +151,7 @@ def _span(chart: alt.Chart, lo: str, hi: str, fallback: str, when: str = "true")
                                      span_hi=f"{on} ? datum.{hi} : datum.{fallback}")
 
 
-def _shown(expr: str, opacity: float = 1.0) -> alt.Opacity:
+def _shown(expr: str, opacity: float = 1.0) -> ChannelOpacity:
     return alt.condition(expr, alt.value(opacity), alt.value(0.0))
 
 
@@ -161,7 +169,7 @@ def _verdict_color(df: pd.DataFrame) -> alt.Color:
                      legend=alt.Legend(orient="bottom", columns=1, labelLimit=500))
 
 
-def points_vs_base(df: pd.DataFrame, *, title: str) -> alt.Chart:
+def points_vs_base(df: pd.DataFrame, *, title: str) -> AnyChart:
     """Every evaluated point of a sweep as a dot, one panel per task/metric, base model as a rule.
 
     Expects columns point, panel, value, base_value (eval_points_sql). With lo / hi (the point's paired
@@ -189,7 +197,7 @@ def points_vs_base(df: pd.DataFrame, *, title: str) -> alt.Chart:
         facet=alt.Facet("panel:N", title=None), columns=3, title=title).resolve_scale(x="independent")
 
 
-def edits_vs_band(df: pd.DataFrame, *, title: str) -> alt.Chart:
+def edits_vs_band(df: pd.DataFrame, *, title: str) -> AnyChart:
     """Each edit beside the band of random edits of its kind, one panel per task/metric.
 
     Expects rows (row, kind, panel, value, lo, hi, base_value, verdict): kind 'edit' (value and its paired

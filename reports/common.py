@@ -30,7 +30,7 @@ def sweep_part(run_id: int, title: str = "Every evaluated point") -> Part:
     ))
 
 
-def _finite(x) -> bool:
+def _finite(x: float | None) -> bool:
     return x is not None and not pd.isna(x)
 
 
@@ -40,7 +40,7 @@ def change_text(label: str, before: float, after: float, lo: float | None, hi: f
     ('refusal rate 0.2 -> 0.05 (-0.15, 95% CI -0.25..-0.05)'); 'no item changed' when every item scored the
     same; without an interval, only the values."""
     text = f"{label} {before:.3g} -> {after:.3g}"
-    if not (_finite(lo) and _finite(hi)):
+    if lo is None or hi is None or not (_finite(lo) and _finite(hi)):
         return text + " (no per-item scores: no interval)"
     if lo == hi == 0 and after == before:
         return text + ": no item changed"

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
+
+import duckdb
+import pandas as pd
+
 from reports import charts
 from reports.common import sweep_part
 from reports.html import Note
@@ -10,7 +15,7 @@ from store.queries import fetch, has_rows
 from store.queries import heads as q
 
 
-def parts(con, run_id: int) -> list[Part]:
+def parts(con: duckdb.DuckDBPyConnection, run_id: int) -> list[Part]:
     out = []
     if has_rows(con, "heads_importance", run_id):
         out.append(_importance(con, run_id))
@@ -34,17 +39,21 @@ def parts(con, run_id: int) -> list[Part]:
     return out
 
 
-def _importance(con, run_id: int) -> Part:
+def _importance_chart(df: pd.DataFrame, meaning: str, signed: bool) -> charts.AnyChart:
+    return charts.heatmap(
+        df, x="layer", y="head", color="importance", title=meaning, x_title="layer", y_title="head",
+        color_title="importance", tooltip=["layer", "head", "importance", "stderr", "n"],
+        diverging=signed, size=min(640, 20 * df["layer"].nunique() + 40),
+        height=min(400, 22 * df["head"].nunique() + 20))
+
+
+def _importance(con: duckdb.DuckDBPyConnection, run_id: int) -> Part:
     k = q.importance_bucket(con, run_id)
-    blocks = []
+    blocks: list[Panel | Note] = []
     for method, metric, meaning in q.importance_scores(con, run_id):
         signed = metric.startswith("delta")
         blocks.append(Panel(f"{method} / {metric}", q.importance_sql, (run_id, method, metric, k),
-            lambda df, meaning=meaning, signed=signed: charts.heatmap(
-                df, x="layer", y="head", color="importance", title=meaning, x_title="layer", y_title="head",
-                color_title="importance", tooltip=["layer", "head", "importance", "stderr", "n"],
-                diverging=signed, size=min(640, 20 * df["layer"].nunique() + 40),
-                height=min(400, 22 * df["head"].nunique() + 20)),
+            partial(_importance_chart, meaning=meaning, signed=signed),
             caption=meaning + ("" if k == 1 else f" (layers averaged in buckets of {k})")))
     blocks.append(Panel("Heads that matter most", q.top_heads_sql, (run_id,),
                                 caption="Zero-ablating these raises the text loss most.",
@@ -56,7 +65,7 @@ def _importance(con, run_id: int) -> Part:
                          "or its mean; gradient importance gates each head with xi = 1 and averages |dL/dxi|.")
 
 
-def _router(con, run_id: int) -> Part:
+def _router(con: duckdb.DuckDBPyConnection, run_id: int) -> Part:
     usage_bucket = q.usage_bucket(con, run_id)
     blocks = (
         Panel("Router: how often each head is active", q.router_usage_sql, (run_id, usage_bucket),
@@ -86,13 +95,13 @@ def _router(con, run_id: int) -> Part:
     return Part("Mixture-of-Head routing", blocks)
 
 
-def headline(con, run_id: int) -> str | None:
+def headline(con: duckdb.DuckDBPyConnection, run_id: int) -> str | None:
     """The most important head (else the router against static pruning)."""
     found = findings(con, run_id)
     return found[0] if found else None
 
 
-def findings(con, run_id: int) -> list[str]:
+def findings(con: duckdb.DuckDBPyConnection, run_id: int) -> list[str]:
     out = []
     if has_rows(con, "heads_importance", run_id):
         top = fetch(con, q.top_heads_sql(run_id, 1))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import partial
+
+import duckdb
 import pandas as pd
 
 from reports import charts
@@ -15,7 +18,7 @@ DROP_TIPS = ["strategy", "n", "panel", "value", "stderr", "base_value", "seeds",
 SINGLE_TIPS = ["layer", "panel", "value", "stderr", "base_value", "delta", "point"]
 
 
-def parts(con, run_id: int) -> list[Part]:
+def parts(con: duckdb.DuckDBPyConnection, run_id: int) -> list[Part]:
     out = [_similarity(con, run_id)] if has_rows(con, "layer_similarity", run_id) else [
         Part("Layer similarity", (Note("This run stored no layer similarity.", kind="warn"),))]
     if has_rows(con, "layer_points", run_id):
@@ -36,14 +39,14 @@ POSITION_CAPTIONS = {
 }
 
 
-def _similarity(con, run_id: int) -> Part:
+def _similarity(con: duckdb.DuckDBPyConnection, run_id: int) -> Part:
     k = q.similarity_bucket(con, run_id)
     size = min(560, 16 * (q.n_states(con, run_id) // k + 1) + 40)
-    blocks = []
+    blocks: list[Panel | Note] = []
     for pos in q.positions(con, run_id, "layer_similarity"):
         blocks.append(Panel(f"Cosine similarity of the residual stream: {pos}", q.similarity_sql, (run_id, pos, k),
-            lambda df, pos=pos: charts.heatmap(
-                df, x="layer_a", y="layer_b", color="cosine", title=f"cosine ({pos})",
+            partial(charts.heatmap,
+                x="layer_a", y="layer_b", color="cosine", title=f"cosine ({pos})",
                 x_title="state a (input of layer a)", y_title="state b", color_title="cosine",
                 tooltip=["layer_a", "layer_b", "cosine", "angular", "cosine_se", "n_prompts"], size=size),
             caption=POSITION_CAPTIONS.get(pos, f"{pos}: a position label this report does not know.")
@@ -73,22 +76,22 @@ def _similarity(con, run_id: int) -> Part:
     return Part("Layer similarity", tuple(blocks))
 
 
-def _removal(con, run_id: int) -> Part:
-    blocks = []
+def _removal(con: duckdb.DuckDBPyConnection, run_id: int) -> Part:
+    blocks: list[Panel | Note] = []
     for ppl, label in ((True, "perplexity (log scale)"), (False, "other metrics")):
         blocks.append(Panel(f"Dropping one layer: {label}", q.single_drop_sql, (run_id, ppl),
-            lambda df, ppl=ppl: charts.curves(df, x="layer", y="value", series=None, facet="panel",
-                                              baseline="base_value", band="stderr", log_y=ppl,
-                                              title="one layer skipped at a time", x_title="layer dropped",
-                                              y_title="value", tooltip=SINGLE_TIPS),
+            partial(charts.curves, x="layer", y="value", series=None, facet="panel",
+                    baseline="base_value", band="stderr", log_y=ppl,
+                    title="one layer skipped at a time", x_title="layer dropped",
+                    y_title="value", tooltip=SINGLE_TIPS),
             caption="Each point skips one layer (its input passes straight to the next). Dashed: the full model.",
             empty=f"No single-layer drops with {label} in this run."))
     for ppl, label in ((True, "perplexity (log scale)"), (False, "other metrics")):
         blocks.append(Panel(f"Dropping blocks of layers: {label}", q.block_drop_sql, (run_id, ppl),
-            lambda df, ppl=ppl: charts.curves(df, x="n", y="value", series="strategy", facet="panel",
-                                              baseline="base_value", band="stderr", log_y=ppl,
-                                              title="n layers dropped, per strategy", x_title="layers dropped (n)",
-                                              y_title="value", series_title="strategy", tooltip=DROP_TIPS),
+            partial(charts.curves, x="n", y="value", series="strategy", facet="panel",
+                    baseline="base_value", band="stderr", log_y=ppl,
+                    title="n layers dropped, per strategy", x_title="layers dropped (n)",
+                    y_title="value", series_title="strategy", tooltip=DROP_TIPS),
             caption="angular: the block with the smallest angular distance; deepest: the last n layers before "
                     "the final one; shallowest: the first n; random: random contiguous blocks (mean over seeds). "
                     "Dashed: the full model.",
@@ -106,7 +109,7 @@ def _removal(con, run_id: int) -> Part:
     return Part("Removing layers", tuple(blocks))
 
 
-def _gromov_block(con, run_id: int):
+def _gromov_block(con: duckdb.DuckDBPyConnection, run_id: int) -> pd.Series | None:
     """The block Gromov's rule drops at the largest size up to a quarter of the layers (a row of
     best_blocks_sql), or None."""
     pos = q.position(con, run_id, "layer_angular") if has_rows(con, "layer_angular", run_id) else None
@@ -118,12 +121,12 @@ def _gromov_block(con, run_id: int):
     return None if target.empty else target.iloc[-1]
 
 
-def _block_name(r) -> str:
+def _block_name(r: pd.Series) -> str:
     return f"layer {int(r.start_layer)}" if r.n == 1 else \
         f"the block of {int(r.n)} layers {int(r.start_layer)}-{int(r.end_layer)}"
 
 
-def _cheapest(con, run_id: int):
+def _cheapest(con: duckdb.DuckDBPyConnection, run_id: int) -> pd.Series | None:
     """The most layers that go for at most +25% perplexity (a row of cheapest_blocks_sql), or None."""
     if not has_rows(con, "layer_points", run_id):
         return None
@@ -132,7 +135,7 @@ def _cheapest(con, run_id: int):
     return None if ok.empty else ok.iloc[-1]
 
 
-def headline(con, run_id: int) -> str | None:
+def headline(con: duckdb.DuckDBPyConnection, run_id: int) -> str | None:
     """The most similar block of layers and what dropping it cost (else the cheapest block to drop)."""
     r = _gromov_block(con, run_id)
     cost = fetch(con, q.block_cost_sql(run_id, int(r.start_layer), int(r.end_layer))) if r is not None and has_rows(
@@ -157,7 +160,7 @@ def headline(con, run_id: int) -> str | None:
     return None
 
 
-def findings(con, run_id: int) -> list[str]:
+def findings(con: duckdb.DuckDBPyConnection, run_id: int) -> list[str]:
     out = []
     r = _gromov_block(con, run_id)
     if r is not None:

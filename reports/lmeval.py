@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import html
 
+import duckdb
+import pandas as pd
+
 from reports import charts
 from reports.html import Page
 from reports.panels import Panel, Part, render
 from store.queries import lmeval as q
+from store.rows import first_row
 
 SLUG = "lmeval"
 TITLE = "lm-eval: standard benchmarks"
@@ -17,14 +21,14 @@ MAX_GROUPED = 4
 """Most sweep points drawn as grouped bars per subject; more become a heat map."""
 
 
-def available(con) -> int | None:
+def available(con: duckdb.DuckDBPyConnection) -> int | None:
     """The run the page shows, or None when no run holds lm-eval scores (or the store predates them)."""
-    has = con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'evals' "
-                      "AND column_name = 'harness'").fetchone()[0]
+    has = first_row(con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = 'evals' "
+                      "AND column_name = 'harness'"))[0]
     return q.lmeval_run(con) if has else None
 
 
-def page(con, run_id: int) -> Page:
+def page(con: duckdb.DuckDBPyConnection, run_id: int) -> Page:
     others = q.other_lmeval_runs(con, run_id)
     intro = (f"lm-evaluation-harness scores of run {run_id}, computed by lm-eval's own tasks (prompts, few-shot "
              "examples, filters, metrics) on the model as each point leaves it. Each task name carries its few-shot "
@@ -78,7 +82,7 @@ def parts(run_id: int) -> list[Part]:
     ]
 
 
-def _subjects(df):
+def _subjects(df: pd.DataFrame) -> charts.AnyChart:
     tips = ["point", "subject", "category", "accuracy", "stderr", "n", "task"]
     if df["point"].nunique() <= MAX_GROUPED:
         chart = charts.bars(df, x="subject", y="accuracy", color="point", horizontal=True, sort="ascending",
@@ -91,11 +95,11 @@ def _subjects(df):
                           height=12 * df["subject"].nunique() + 20)
 
 
-def _subjects_caption(df) -> str:
+def _subjects_caption(df: pd.DataFrame) -> str:
     shots = ", ".join(f"{k} shots (seed {s})" for k, s in sorted(set(zip(df["num_fewshot"], df["fewshot_seed"]))))
     return html.escape(f"{df['subject'].nunique()} subjects, {shots}; hover a bar for its task name, stderr and "
                        "items.")
 
 
-def _height(df) -> int:
+def _height(df: pd.DataFrame) -> int:
     return max(120, 14 * df["subject"].nunique() * min(df["point"].nunique(), MAX_GROUPED))

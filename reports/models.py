@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import html
 
+import duckdb
+
 from reports import charts
 from reports.html import Page
 from reports.panels import Panel, Part, render
@@ -17,12 +19,12 @@ from store.queries import models as q
 TITLE = "Models compared"
 
 
-def wanted(con) -> bool:
+def wanted(con: duckdb.DuckDBPyConnection) -> bool:
     """Whether the store holds study runs of more than one model."""
     return len(q.study_models(con)) > 1
 
 
-def page(con) -> Page:
+def page(con: duckdb.DuckDBPyConnection) -> Page:
     models = q.study_models(con)
     drops = Panel("Loss against the fraction of layers dropped", q.layer_drop_sql, (),
         lambda df: charts.curves(df, x="fraction_dropped", y="value", series="model", facet="panel",

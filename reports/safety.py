@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import partial
+
+import duckdb
 import pandas as pd
 
 from reports import charts
@@ -24,7 +27,7 @@ METRIC_ORDER = {"toxicity": 0, "refusal_rate": 1, "perplexity": 2, "kl": 3}
 """Order of the metrics in a finding: the safety effect first, then its cost."""
 
 
-def parts(con, run_id: int) -> list[Part]:
+def parts(con: duckdb.DuckDBPyConnection, run_id: int) -> list[Part]:
     out = [_probes(con, run_id)]
     if has_rows(con, "safety_layers", run_id):
         out.append(Part("Directions", (Panel("Direction metrics by layer", q.direction_layers_sql, (run_id,),
@@ -49,17 +52,17 @@ def parts(con, run_id: int) -> list[Part]:
     return out
 
 
-def _probes(con, run_id: int) -> Part:
+def _probes(con: duckdb.DuckDBPyConnection, run_id: int) -> Part:
     title = "Where the concepts are represented"
     if not has_rows(con, "safety_probes", run_id):
         return Part(title, (Note("This run stored no probes.", kind="warn"),))
-    blocks = []
+    blocks: list[Panel | Note] = []
     for hook, pos in q.probe_sites(con, run_id):
         k = q.probes_bucket(con, run_id, hook, pos)
         where = f"{hook}, {POSITIONS.get(pos, pos)}"
         blocks.append(Panel(f"Linear probes by layer: {where}", q.probes_sql, (run_id, hook, pos, k),
-            lambda df, where=where: charts.curves(
-                df, x="layer", y="mean", series="setting", facet="panel", band="std",
+            partial(charts.curves,
+                x="layer", y="mean", series="setting", facet="panel", band="std",
                 area=("null_band_lo", "null_band_hi"),
                 title=f"probe score per layer ({where})", x_title="layer", y_title="score", series_title="setting",
                 tooltip=["problem", "metric", "setting", "layer", "mean", "std", "n", "folds", "lo", "hi",
@@ -98,7 +101,7 @@ GROUP_CAPTION = ("Stereotype pairs come in two kinds. In most, the neutral count
                  "mostly detects a group mention.")
 
 
-def _group_control(con, run_id: int) -> list:
+def _group_control(con: duckdb.DuckDBPyConnection, run_id: int) -> list:
     blocks = [Panel("Stereotype probe: pairs that keep the group vs pairs that swap it out", q.group_control_sql, (run_id,),
         lambda df: charts.curves(df, x="layer", y="mean", series="setting", facet="panel",
                                  title="biased vs counterpart, held-out score per layer by kind of pair",
@@ -112,8 +115,8 @@ def _group_control(con, run_id: int) -> list:
     return blocks
 
 
-def _edits(con, run_id: int) -> Part:
-    blocks = []
+def _edits(con: duckdb.DuckDBPyConnection, run_id: int) -> Part:
+    blocks: list[Panel | Note] = []
     if has_rows(con, "safety_bands", run_id):
         blocks.append(Panel("Each edit beside what random edits do", q.edits_vs_band_sql, (run_id,),
             lambda df: charts.edits_vs_band(df, title="edits (with their paired 95% interval) and random-edit bands"),
@@ -143,7 +146,7 @@ def _edits(con, run_id: int) -> Part:
     return Part("Edits", tuple(blocks))
 
 
-def _best_text(r) -> str:
+def _best_text(r: pd.Series) -> str:
     """The best layer with its held-out score, interval, permutation p-value and length baseline."""
     held = (f"held-out ROC-AUC {_num(r.held_out_roc_auc)} (95% CI {_num(r.held_out_roc_auc_lo)}.."
             f"{_num(r.held_out_roc_auc_hi)})" if pd.notna(r.get("held_out_roc_auc_lo")) else
@@ -176,7 +179,7 @@ def _effect_text(rows: pd.DataFrame) -> str:
     return ", ".join(parts)
 
 
-def headline(con, run_id: int) -> str | None:
+def headline(con: duckdb.DuckDBPyConnection, run_id: int) -> str | None:
     """The best probe layer with its held-out score and permutation test, and what ablating the harmful
     direction does to toxicity and refusal, each change with its interval."""
     parts = []
@@ -189,7 +192,7 @@ def headline(con, run_id: int) -> str | None:
     return ("safety: " + "; ".join(parts) + ".") if parts else None
 
 
-def findings(con, run_id: int) -> list[str]:
+def findings(con: duckdb.DuckDBPyConnection, run_id: int) -> list[str]:
     """More than the headline: every problem's best layer, and the ablation's capability cost."""
     out = []
     if has_rows(con, "safety_best_layers", run_id):
@@ -241,16 +244,17 @@ def _group_finding(best: pd.DataFrame) -> str | None:
             f"(n={n_swapped}); {verdict}.")
 
 
-def _ablation(con, run_id: int, key: set[tuple[str, str]]):
+def _ablation(con: duckdb.DuckDBPyConnection, run_id: int, key: set[tuple[str, str]]
+             ) -> tuple[str, pd.DataFrame] | tuple[None, None]:
     """(label, per-metric rows) of the directional ablation of the harmful direction (else any ablation)."""
     metrics = tuple(sorted(key, key=lambda tm: (METRIC_ORDER.get(tm[1], len(METRIC_ORDER)), tm[0])))
     rows = fetch(con, q.ablation_effects_sql(run_id, metrics))
     return (None, None) if rows.empty else (rows["edit"].iloc[0], rows)
 
 
-def _num(x) -> str:
+def _num(x: float | None) -> str:
     return f"{x:.3f}" if pd.notna(x) else "n/a"
 
 
-def _signed(x) -> str:
+def _signed(x: float | None) -> str:
     return f"{x:+.3f}" if pd.notna(x) else "n/a"

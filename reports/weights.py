@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import duckdb
+
 from reports import charts
 from reports.common import sweep_part
 from reports.html import Note
@@ -13,7 +15,7 @@ TIPS = ["recipe", "modules", "point", "target_rate", "sparsity", "n_pruned", "pr
         "base_value"]
 
 
-def parts(con, run_id: int) -> list[Part]:
+def parts(con: duckdb.DuckDBPyConnection, run_id: int) -> list[Part]:
     if not has_rows(con, "prune_points", run_id):
         return [Part("Pruning", (Note("This run stored no pruning points.", kind="warn"),)),
                 sweep_part(run_id)]
@@ -66,7 +68,7 @@ def parts(con, run_id: int) -> list[Part]:
             Part("What was pruned", tuple(reached)), sweep_part(run_id)]
 
 
-def headline(con, run_id: int) -> str | None:
+def headline(con: duckdb.DuckDBPyConnection, run_id: int) -> str | None:
     """Wanda against magnitude at 50% pruned: every module when the run pruned them all at once, else the
     module group that both methods pruned (the largest)."""
     if not has_rows(con, "prune_points", run_id):
@@ -80,7 +82,7 @@ def headline(con, run_id: int) -> str | None:
     return f"weights: at 50% of {what} pruned, perplexity is {parts} (unpruned {rows['base_perplexity'].iloc[0]:.2f})."
 
 
-def findings(con, run_id: int) -> list[str]:
+def findings(con: duckdb.DuckDBPyConnection, run_id: int) -> list[str]:
     """Wanda against magnitude at 50% of every module."""
     if not has_rows(con, "prune_points", run_id):
         return []
