@@ -8,6 +8,7 @@ import json
 import subprocess
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from interp import __version__
 
@@ -26,7 +27,7 @@ def code_version() -> str:
     return f"interp {__version__}" + (f" {sha}{'+dirty' if dirty else ''}" if sha else "")
 
 
-def to_jsonable(obj):
+def to_jsonable(obj: object) -> Any:  # noqa: ANN401 (a JSON value: dict, list or scalar)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
@@ -38,9 +39,9 @@ def to_jsonable(obj):
     return obj
 
 
-def canonical_json(obj) -> str:
+def canonical_json(obj: object) -> str:
     return json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"))
 
 
-def config_hash(obj) -> str:
+def config_hash(obj: object) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:16]

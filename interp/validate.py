@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Generic, Protocol, SupportsFloat, TypeVar, cast
 
 __all__ = ["Boolean", "Choice", "InvalidValue", "ListOf", "Number", "Optional", "Text", "Whole", "closest", "parse"]
 
@@ -29,16 +31,26 @@ TRUE = ("true", "yes", "on", "1")
 FALSE = ("false", "no", "off", "0")
 
 
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Spec(Protocol[T_co]):
+    """What ``parse`` takes: anything that converts a raw value, or raises InvalidValue naming the key."""
+
+    def parse(self, value: object, name: str) -> T_co: ...
+
+
 class InvalidValue(ValueError):
     """A value a key does not accept; the message is one line naming the key and the fix."""
 
 
-def _show(value) -> str:
+def _show(value: object) -> str:
     text = repr(value) if not isinstance(value, str) else f"'{value}'"
     return text if len(text) <= 60 else text[:57] + "...'"
 
 
-def closest(value, choices) -> str | None:
+def closest(value: object, choices: Iterable[object]) -> str | None:
     """The valid value nearest to ``value`` (difflib's ratio), or None if none is close."""
     options = [str(c) for c in choices]
     found = difflib.get_close_matches(str(value).strip().lower(), [o.lower() for o in options], n=1, cutoff=0.6)
@@ -47,7 +59,7 @@ def closest(value, choices) -> str | None:
     return next(o for o in options if o.lower() == found[0])
 
 
-def _fail(name: str, accepts: str, value, suggestion: str | None = None) -> InvalidValue:
+def _fail(name: str, accepts: str, value: object, suggestion: str | None = None) -> InvalidValue:
     hint = f" (did you mean {suggestion}?)" if suggestion is not None else ""
     return InvalidValue(f"{name} takes {accepts}, not {_show(value)}{hint}")
 
@@ -68,7 +80,7 @@ class Whole:
             return f"a whole number of at most {self.max}"
         return "a whole number"
 
-    def parse(self, value, name: str) -> int:
+    def parse(self, value: object, name: str) -> int:
         if isinstance(value, bool):
             raise _fail(name, self.accepts(), value)
         if isinstance(value, int):
@@ -96,11 +108,11 @@ class Number:
         hi = "" if self.max is None else f"{' and' if lo else ' of'} at most {self.max:g}"
         return f"a number{lo}{hi}"
 
-    def parse(self, value, name: str) -> float:
+    def parse(self, value: object, name: str) -> float:
         if isinstance(value, bool):
             raise _fail(name, self.accepts(), value)
         try:
-            number = float(value.strip() if isinstance(value, str) else value)
+            number = float(cast("SupportsFloat | str", value.strip() if isinstance(value, str) else value))
         except (TypeError, ValueError):
             raise _fail(name, self.accepts(), value) from None
         if not math.isfinite(number) or (self.min is not None and number < self.min) or (
@@ -113,7 +125,7 @@ class Number:
 class Boolean:
     """true/false (also yes/no, on/off, 1/0, any case); anything else is an error, never False."""
 
-    def parse(self, value, name: str) -> bool:
+    def parse(self, value: object, name: str) -> bool:
         if isinstance(value, bool):
             return value
         text = str(value).strip().lower()
@@ -135,7 +147,7 @@ class Choice:
         names = list(self.choices)
         return "one of " + ", ".join(names) if len(names) > 2 else " or ".join(names)
 
-    def parse(self, value, name: str) -> str:
+    def parse(self, value: object, name: str) -> str:
         text = str(value).strip() if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
         if text is not None:
             for c in self.choices:
@@ -150,7 +162,7 @@ class Text:
 
     empty: bool = True
 
-    def parse(self, value, name: str) -> str:
+    def parse(self, value: object, name: str) -> str:
         if not isinstance(value, str):
             raise InvalidValue(f"{name} takes text, not {type(value).__name__} {_show(value)}")
         if not self.empty and not value.strip():
@@ -159,14 +171,14 @@ class Text:
 
 
 @dataclass(frozen=True)
-class ListOf:
+class ListOf(Generic[T]):
     """A list of ``item``: a Python list/tuple, or a string split on ``sep``."""
 
-    item: object
+    item: Spec[T]
     sep: str = ","
     min_len: int = 1
 
-    def parse(self, value, name: str) -> tuple:
+    def parse(self, value: object, name: str) -> tuple[T, ...]:
         parts = [p.strip() for p in value.split(self.sep) if p.strip()] if isinstance(value, str) else value
         if not isinstance(parts, (list, tuple)):
             raise InvalidValue(f"{name} takes a list, not {_show(value)}")
@@ -176,18 +188,18 @@ class ListOf:
 
 
 @dataclass(frozen=True)
-class Optional:
+class Optional(Generic[T]):
     """``inner``, or None for a missing value (None, '', 'none', 'auto')."""
 
-    inner: object
+    inner: Spec[T]
     none: tuple[str, ...] = ("", "none", "auto")
 
-    def parse(self, value, name: str):
+    def parse(self, value: object, name: str) -> T | None:
         if value is None or (isinstance(value, str) and value.strip().lower() in self.none):
             return None
         return self.inner.parse(value, name)
 
 
-def parse(value, spec, name: str):
+def parse(value: object, spec: Spec[T], name: str) -> T:
     """``spec.parse(value, name)``: the value converted, or an InvalidValue naming ``name``."""
     return spec.parse(value, name)

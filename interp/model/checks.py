@@ -12,8 +12,12 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
                    "tokenizer_config.json")
@@ -102,7 +106,7 @@ def tokenizer_error(spec: str, e: Exception) -> ModelFileError:
                           "files (tokenizer.json or tokenizer_config.json with its vocabulary)")
 
 
-def check_vocab(rows: int | None, tokenizer, spec: str) -> None:
+def check_vocab(rows: int | None, tokenizer: PreTrainedTokenizerBase, spec: str) -> None:
     """Refuse a tokenizer with more tokens than the model's input embedding has ``rows`` (checked
     against the config's vocab_size before the weights load, and the real embedding after)."""
     n = len(tokenizer)

@@ -52,7 +52,7 @@ def file_digest(path: str | Path, cache: dict | None = None) -> str:
     st = path.stat()
     key = [st.st_size, st.st_mtime_ns, st.st_ino]
     own = cache is None
-    entries = _load() if own else cache
+    entries = _load() if cache is None else cache
     hit = entries.get(str(path))
     if hit and hit[:3] == key:
         return hit[3]

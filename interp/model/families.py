@@ -17,7 +17,13 @@ Hand-written parts, each because the adapter does not say what a study needs:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, cast
+
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge.architecture_adapter import ArchitectureAdapter
+    from transformers import PretrainedConfig
 
 from interp.model.sites import ArchSites, Rows
 
@@ -57,7 +63,7 @@ class UnsupportedModelError(ValueError):
     """A model interp cannot address; the message names what is missing."""
 
 
-def _adapter(cls: str, config):
+def _adapter(cls: str, config: PretrainedConfig) -> ArchitectureAdapter | None:
     """The transformer-lens adapter for the model class named ``cls``, built from its config."""
     import torch
     from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
@@ -80,7 +86,7 @@ def _ranges(*spans: tuple[int, int]) -> Rows:
     return tuple(out)
 
 
-def _fused_rows(model_type: str, config, n_heads: int, n_kv: int, d_head: int) -> dict[str, Rows]:
+def _fused_rows(model_type: str, config: PretrainedConfig, n_heads: int, n_kv: int, d_head: int) -> dict[str, Rows]:
     """Row spans of q, k and v inside a fused qkv weight, in (out, in) orientation.
 
     gpt2 / phi3: [q | k | v] concatenated. gpt_neox: per head [q_h | k_h | v_h]
@@ -102,7 +108,7 @@ def _fused_rows(model_type: str, config, n_heads: int, n_kv: int, d_head: int) -
     return {"q": ((0, q),), "k": ((q, q + kv),), "v": ((q + kv, q + 2 * kv),)}
 
 
-def _kv_heads(model_type: str, config, n_heads: int) -> int:
+def _kv_heads(model_type: str, config: PretrainedConfig, n_heads: int) -> int:
     if model_type == "falcon":
         if config.new_decoder_architecture:
             return config.num_kv_heads
@@ -110,7 +116,7 @@ def _kv_heads(model_type: str, config, n_heads: int) -> int:
     return getattr(config, "num_key_value_heads", None) or n_heads
 
 
-def _refusal(cls: str, model_type: str, adapter) -> str | None:
+def _refusal(cls: str, model_type: str, adapter: ArchitectureAdapter | None) -> str | None:
     """Why interp cannot address a model of class ``cls``, or None."""
     known = ", ".join(FAMILIES)
     if adapter is None:
@@ -131,13 +137,14 @@ def _refusal(cls: str, model_type: str, adapter) -> str | None:
     return None
 
 
-def check_config(config) -> None:
+def check_config(config: PretrainedConfig) -> None:
     """Refuse a model from its config alone, before any weights are loaded."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     model_type = getattr(config, "model_type", "?")
     try:
-        cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)].__name__
+        # transformers types the lazy mapping's values as class pairs; a lookup returns one class
+        cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)].__name__  # type: ignore[attr-defined]
     except KeyError:
         raise UnsupportedModelError(f"unsupported model type '{model_type}': transformers has no causal-LM "
                                     f"class for it; interp supports {', '.join(FAMILIES)}") from None
@@ -149,12 +156,13 @@ def arch_sites(model: nn.Module) -> ArchSites:
     """The module table of ``model`` (its class picks the adapter), checked against its modules."""
     from transformer_lens.model_bridge.generalized_components import ParallelBlockBridge
 
-    config, cls = model.config, type(model).__name__
+    config, cls = cast("PretrainedConfig", model.config), type(model).__name__  # a Hugging Face causal LM
     model_type = getattr(config, "model_type", "?")
     adapter = _adapter(cls, config)
     if (why := _refusal(cls, model_type, adapter)) is not None:
         raise UnsupportedModelError(why)
-    mapping = adapter.component_mapping
+    assert adapter is not None  # _refusal refuses a model with no adapter
+    mapping: dict[str, Any] = adapter.components  # the bridges are read by name: dynamic to the checker
     blocks = mapping["blocks"]
     subs = blocks.submodules
     attn, mlp = subs["attn"], subs["mlp"]
@@ -202,7 +210,7 @@ def arch_sites(model: nn.Module) -> ArchSites:
     return sites
 
 
-def _logits_transform(adapter) -> dict:
+def _logits_transform(adapter: ArchitectureAdapter) -> dict:
     """The adapter's post-unembedding transform as numbers (a scale, then a softcap), checked
     against the adapter on random logits. Numbers, not the adapter's method: ``ArchSites``
     travels with the model (nnsight's remote path serialises it) and must not pull in
@@ -214,9 +222,8 @@ def _logits_transform(adapter) -> dict:
     cap = float(cap) if cap and cap > 0 else None
     tiny = torch.tensor([1e-6], dtype=torch.float64)  # where tanh is the identity to 1e-13
     scale = float(transform(tiny)[0] / tiny[0])
-    sites = {"logit_scale": scale, "logit_softcap": cap}
     probe = 20 * torch.randn(64, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    ours = ArchSites("", "", "", "", "", "", "", {}, **sites).logits(probe)
+    ours = ArchSites("", "", "", "", "", "", "", {}, logit_scale=scale, logit_softcap=cap).logits(probe)
     if not torch.allclose(ours, transform(probe), rtol=1e-9, atol=1e-9):
         raise UnsupportedModelError(f"{type(adapter).__name__} transforms logits in a way interp does not model "
                                     "(not a scale then a softcap)")

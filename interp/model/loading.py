@@ -13,16 +13,26 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from interp.model import embedded, gemma
-from interp.model.checks import check_device, check_files, check_tokenizer_files, check_vocab, tokenizer_error
+from interp.model.checks import (
+    check_device,
+    check_files,
+    check_tokenizer_files,
+    check_vocab,
+    tokenizer_error,
+)
 from interp.model.digest import content_digest
 from interp.model.families import UnsupportedModelError, arch_sites, check_config
 from interp.model.sites import ArchSites
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 DEFAULT_MODEL = embedded.EMBEDDED_NAME
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -72,12 +82,12 @@ class Loaded:
     """The TransformerBridge booted for this model, kept between uses (interp.capture.backends)."""
 
     @property
-    def config(self):
-        return self.model.config
+    def config(self) -> PretrainedConfig:
+        return cast("PretrainedConfig", self.model.config)  # a Hugging Face model's config
 
     @property
     def n_layers(self) -> int:
-        return len(self.model.get_submodule(self.arch.layers))
+        return len(cast(nn.ModuleList, self.model.get_submodule(self.arch.layers)))
 
     @property
     def d_model(self) -> int:
@@ -208,7 +218,7 @@ def _resolve(cfg: ModelCfg) -> tuple[str, dict, str]:
     return spec, kwargs, cfg.revision or "main"
 
 
-def load_model(spec: str | ModelCfg = DEFAULT_MODEL, **overrides) -> Loaded:
+def load_model(spec: str | ModelCfg = DEFAULT_MODEL, **overrides: Any) -> Loaded:  # noqa: ANN401 (ModelCfg's fields)
     """Load a causal LM and its tokenizer, ready for either hooking backend."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -238,9 +248,9 @@ def load_model(spec: str | ModelCfg = DEFAULT_MODEL, **overrides) -> Loaded:
         model = AutoModelForCausalLM.from_pretrained(source, **load_kwargs)
     except OSError as e:
         raise ModelLoadError(f"could not load model '{cfg.spec}': {str(e).splitlines()[0]}") from None
-    check_vocab(model.get_input_embeddings().num_embeddings, tokenizer, cfg.spec)
+    check_vocab(cast(nn.Embedding, model.get_input_embeddings()).num_embeddings, tokenizer, cfg.spec)
     if not cfg.device_map:
-        model.to(cfg.device)
+        model.to(cfg.device)  # type: ignore[arg-type]  # transformers' wrapper of .to is typed as a method taking the model
     model.eval()
     model.requires_grad_(False)
     if tokenizer.pad_token is None:
@@ -263,7 +273,7 @@ def _arch(model: nn.Module) -> ArchSites:
         raise ModelLoadError(str(e)) from None
 
 
-def wrap(model: nn.Module, tokenizer, name: str = "in-memory", revision: str = "in-memory",
+def wrap(model: nn.Module, tokenizer: PreTrainedTokenizerBase, name: str = "in-memory", revision: str = "in-memory",
          dtype: str = "float32") -> Loaded:
     """A ``Loaded`` around a model built in code (tests, notebooks)."""
     arch = _arch(model)

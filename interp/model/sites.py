@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -181,7 +182,7 @@ def get_module(root: nn.Module, path: str) -> nn.Module:
 
 
 def block(model: nn.Module, arch: ArchSites, layer: int) -> nn.Module:
-    return model.get_submodule(arch.layers)[layer]
+    return cast(nn.ModuleList, model.get_submodule(arch.layers))[layer]
 
 
 def site_module(model: nn.Module, arch: ArchSites, site: Site) -> tuple[nn.Module, str]:
