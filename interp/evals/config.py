@@ -43,6 +43,8 @@ GEN_TOKENS = {"smoke": {"toxicity": 16, "refusal": 24, "gsm8k": 64},
 """Greedy new tokens per generation task and budget."""
 
 CORPORA = ("book", "wikitext2", "c4")
+DATA_PATHS = ("wikitext2_path", "c4_path", "mmlu_path", "boolq_path", "gsm8k_path", "lmeval_data")
+"""Fields naming local data; their content digest joins the run identity (``describe``)."""
 
 
 class EvalError(ValueError):
@@ -149,7 +151,7 @@ class EvalCfg:
             raise EvalError("batch_tokens must be >= 2 and gen_batch >= 1")
         if self.lmeval_data is None and any(map(lmeval_spec.is_lmeval, self.tasks)):
             object.__setattr__(self, "lmeval_data", os.environ.get("INTERP_LMEVAL_DATA") or None)
-        for name in ("wikitext2_path", "c4_path", "mmlu_path", "boolq_path", "gsm8k_path", "lmeval_data"):
+        for name in DATA_PATHS:
             value = getattr(self, name)
             if value is not None:
                 path = Path(value).expanduser()
@@ -182,6 +184,11 @@ class EvalCfg:
         gen = {t: n for t, n in GEN_TOKENS[preset].items() if t in self.tasks}
         if gen:  # generation length changes the numbers: part of the identity of any run that generates
             d["gen_tokens"] = gen
+        data = {name: getattr(self, name) for name in DATA_PATHS if d.get(name)}
+        if data:  # a local data file can change under the same name: its content is the identity
+            from interp.model.digest import content_digest
+
+            d["data_sha256"] = {name: content_digest(path) for name, path in data.items()}
         return d
 
 

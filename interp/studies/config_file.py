@@ -129,10 +129,11 @@ def read(path: str | Path) -> dict:
         raise ConfigError(f"config file '{path}' is not valid TOML: {' '.join(str(e).split())}") from None
 
 
-def load(study: str, cls, path: str | None, flags: dict, model_flags: dict):
+def load(study: str, cls, path: str | None, flags: dict, model_flags: dict, defaults: dict | None = None):
     """(ModelCfg, study config) from the file at ``path`` (or none) with ``flags`` on top.
 
-    ``flags`` and ``model_flags`` hold only the flags the user gave (None: not given)."""
+    ``flags`` and ``model_flags`` hold the flags (None: not given); ``defaults`` lie under the file
+    (a command's own defaults, such as its budget, where they differ from the config class's)."""
     data = read(path) if path else {}
     where = f"config file '{path}'"
     other = [k for k in data if k not in ("model", study)]
@@ -144,7 +145,7 @@ def load(study: str, cls, path: str | None, flags: dict, model_flags: dict):
         if name in data and not isinstance(data[name], dict):
             raise ConfigError(f"{where}: '{name}' must be a table ([{name}]), not a single value")
     model_vals = _model_values(data.get("model", {}), where + " [model]")
-    values = parse_values(cls, data.get(study, {}), f"{where} [{study}]")
+    values = {**(defaults or {}), **parse_values(cls, data.get(study, {}), f"{where} [{study}]")}
     values.update({k: v for k, v in flags.items() if v is not None})
     model_vals.update({k: v for k, v in model_flags.items() if v is not None})
     try:
