@@ -7,15 +7,18 @@ from invoke import task
 
 from interp.commands import DEFAULT_STORE, helps
 from interp.commands.cli import FORMATS, CliTask, lmeval_tasks, print_table, user_errors
-from interp.commands.settings import HELP, MODEL_FLAGS, flag_types, resolve
+from interp.commands.settings import HELP, MODEL_FLAGS, FieldSpec, flag_types, resolve
 
 
 SAFETY_FLAGS = ("budget", "per_set", "alphas", "seed", "lm_eval", "probe_hooks", "probe_layers", "positions", "folds",
-                "permutations", "ridge", "C", "test_frac", "candidate_layers", "candidate_positions", "direction_hook",
+                "permutations", "ridge", "test_frac", "candidate_layers", "candidate_positions", "direction_hook",
                 "kl_max", "min_auc", "sel_gen_tokens", "eval_budget", "toxic_ablation", "baselines", "batch_size")
 
 
-@task(klass=CliTask, types=flag_types("interp.studies.safety_config:SafetyCfg", *SAFETY_FLAGS, format=FORMATS),
+CFG = "interp.studies.safety_config:SafetyCfg"
+
+
+@task(klass=CliTask, types=flag_types(CFG, *SAFETY_FLAGS, format=FORMATS, probe_c=FieldSpec(CFG, "C")),
       help=helps(
     "quick", "device_map", "revision", "lm_eval", **HELP,
     budget="smoke (CLI tests, seconds of work), quick (under 10 minutes on 2 CPU cores) or full; "
@@ -26,7 +29,7 @@ SAFETY_FLAGS = ("budget", "per_set", "alphas", "seed", "lm_eval", "probe_hooks",
     probe_hooks="residual hooks probed: resid_pre and/or resid_post", probe_layers="all, stride:K or 3,7,11",
     positions="token reductions probed: last and/or mean", folds="cross-validation folds",
     permutations="label permutations per probed cell", ridge="ridge probe penalty",
-    C="inverse L2 strength of the logistic probe (default 0.1)", test_frac="held-out share of each stratum",
+    probe_c="inverse L2 strength of the logistic probe (default 0.1)", test_frac="held-out share of each stratum",
     candidate_layers="layers whose direction is a candidate: stride:K or 3,7,11",
     candidate_positions="positions whose direction is a candidate", direction_hook="resid_pre or resid_post",
     kl_max="most KL on neutral prompts a chosen direction may cost", min_auc="least probe AUC of a chosen direction",
@@ -39,7 +42,7 @@ SAFETY_FLAGS = ("budget", "per_set", "alphas", "seed", "lm_eval", "probe_hooks",
 @user_errors
 def safety(c, model=None, store=DEFAULT_STORE, config=None, print_config=False, quick=False, budget=None, per_set=None,
            alphas=None, seed=None, lm_eval=None, probe_hooks=None, probe_layers=None, positions=None, folds=None,
-           permutations=None, ridge=None, C=None, test_frac=None, candidate_layers=None, candidate_positions=None,
+           permutations=None, ridge=None, probe_c=None, test_frac=None, candidate_layers=None, candidate_positions=None,
            direction_hook=None, kl_max=None, min_auc=None, sel_gen_tokens=None, eval_budget=None, toxic_ablation=None,
            baselines=None, batch_size=None, dtype=None, device=None, device_map=None, revision=None, format="table"):
     """Safety study: probes per layer, harmful direction, ablation / orthogonalisation / activation
@@ -50,7 +53,7 @@ def safety(c, model=None, store=DEFAULT_STORE, config=None, print_config=False, 
     from store.safety import outcome, read_table
 
     values = locals()
-    flags = {k: values[k] for k in SAFETY_FLAGS}
+    flags = {**{k: values[k] for k in SAFETY_FLAGS}, "C": probe_c}
     if lm_eval is not None:
         flags["lm_eval"] = lmeval_tasks(",".join(lm_eval))
     got = resolve("safety", SafetyCfg, config, print_config, flags, {k: values[k] for k in MODEL_FLAGS},

@@ -34,11 +34,15 @@ class FieldSpec:
     where: str
     name: str
 
-    def parse(self, value, flag: str):
+    def resolve(self):
+        """The field's own spec (from the config class's annotation)."""
         from interp.studies.config_file import fields_of
 
         module, _, cls = self.where.partition(":")
-        return Optional(fields_of(getattr(importlib.import_module(module), cls))[self.name]).parse(value, flag)
+        return Optional(fields_of(getattr(importlib.import_module(module), cls))[self.name])
+
+    def parse(self, value, flag: str):
+        return self.resolve().parse(value, flag)
 
 
 def flag_types(where: str, *names: str, **extra) -> dict:

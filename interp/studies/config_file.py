@@ -74,8 +74,13 @@ class Pairs:
             value = list(value.items())
         if not isinstance(value, (list, tuple)) or not value:
             raise InvalidValue(f"{name} takes name=rate pairs like attn=0.2{self.sep}mlp=0.6, not {value!r}")
-        return tuple((Text(empty=False).parse(k, name), Number(min=0, max=1).parse(v, f"{name}.{k}"))
-                     for k, v in value)
+        out = []
+        for k, v in value:
+            try:
+                out.append((Text(empty=False).parse(k, name), Number(min=0, max=1).parse(v, name)))
+            except InvalidValue:
+                raise InvalidValue(f"{name} takes name=rate pairs with rates from 0 to 1, not '{k}={v}'") from None
+        return tuple(out)
 
 
 def _spec(hint, where: str):
