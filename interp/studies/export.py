@@ -182,9 +182,7 @@ def save(loaded: Loaded, out: Path) -> None:
 
 def export_point(loaded: Loaded, spec, out: str | Path, manifest: dict | None = None) -> dict:
     """Write ``spec``'s checkpoint to ``out`` (a new or empty directory); returns what was done."""
-    out = Path(out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ExportError(f"export directory '{out}' is not empty: give a new directory")
+    out = check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     with edited(loaded, spec) as info:
         save(loaded, out)
@@ -227,23 +225,53 @@ def ppl_windows(loaded: Loaded, eval_describe: dict) -> list[list[int]] | None:
     return [list(x) for x in w.windows]
 
 
-def export_from_store(loaded: Loaded, store, run_id: int, point: str, out: str | Path) -> dict:
-    """Export point ``point`` of run ``run_id`` (refused before anything is written when it cannot be)."""
+def find_point(store, run_id: int, point: str) -> tuple[dict, object, dict]:
+    """(run row, intervention, stored metrics) of point ``point`` of run ``run_id``; kinds that have no
+    checkpoint form are refused here, before any model is loaded."""
     from store.evals import read_point
     from store.runs import get_run
 
     with store.connect(read_only=True) as con:
         run = get_run(con, run_id)
         spec_json, scores = read_point(con, run_id, point)
-    check_model(loaded, run)
     spec = from_json(spec_json)
-    metrics = {f"{t}/{m}": float(v) for t, m, v in scores.itertuples(index=False)}
-    eval_cfg = run["config"].get("eval", {})
+    if spec.kind in REFUSED:
+        raise ExportError(REFUSED[spec.kind])
+    return run, spec, {f"{t}/{m}": float(v) for t, m, v in scores.itertuples(index=False)}
+
+
+def check_out(out: str | Path) -> Path:
+    out = Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"export directory '{out}' is not empty: give a new directory")
+    return out
+
+
+def run_model(run: dict) -> ModelCfg:
+    """How to load the model a run used: its name, dtype and (a hub commit) revision."""
+    from interp.model import embedded, gemma
+    from interp.model.loading import DEFAULT_MODEL
+
+    rev = run["revision"]
+    packaged = {embedded.REVISION: DEFAULT_MODEL, gemma.REVISION: gemma.NAME}
+    if rev in packaged:
+        return ModelCfg(spec=packaged[rev], dtype=run["dtype"])
+    if rev.startswith("gguf:"):
+        raise ExportError(f"run {run['run_id']} used the GGUF file {run['model']}: pass its path with --model")
+    hub_commit = len(rev) == 40 and all(c in "0123456789abcdef" for c in rev)
+    return ModelCfg(spec=run["model"], dtype=run["dtype"], revision=rev if hub_commit else None)
+
+
+def export_from_store(loaded: Loaded, store, run_id: int, point: str, out: str | Path) -> dict:
+    """Export point ``point`` of run ``run_id`` (refused before anything is written when it cannot be)."""
+    run, spec, metrics = find_point(store, run_id, point)
+    check_out(out)
+    check_model(loaded, run)
     manifest = {"store": str(store.path), "run_id": run_id, "model": run["model"], "revision": run["revision"],
                 "dtype": run["dtype"], "metrics": metrics}
     if "ppl/perplexity" in metrics:
-        manifest["ppl"] = {"value": metrics["ppl/perplexity"], "windows": ppl_windows(loaded, eval_cfg)}
+        manifest["ppl"] = {"value": metrics["ppl/perplexity"], "windows": ppl_windows(loaded, run["config"]["eval"])}
     return export_point(loaded, spec, out, manifest)
 
 
-__all__ = ["ExportError", "ModelCfg", "edited", "export_from_store", "export_point", "save"]
+__all__ = ["ExportError", "edited", "export_from_store", "export_point", "find_point", "run_model", "save"]
