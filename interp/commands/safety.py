@@ -12,7 +12,7 @@ from interp.commands.settings import HELP, MODEL_FLAGS, FieldSpec, flag_types, r
 
 SAFETY_FLAGS = ("budget", "per_set", "alphas", "seed", "lm_eval", "probe_hooks", "probe_layers", "positions", "folds",
                 "permutations", "ridge", "test_frac", "candidate_layers", "candidate_positions", "direction_hook",
-                "kl_max", "min_auc", "sel_gen_tokens", "eval_budget", "toxic_ablation", "baselines", "batch_size")
+                "kl_max", "min_auc", "sel_gen_tokens", "eval_budget", "toxic_ablation", "baselines", "batch_size", "harmful", "harmless")
 
 
 CFG = "interp.studies.safety_config:SafetyCfg"
@@ -36,6 +36,9 @@ CFG = "interp.studies.safety_config:SafetyCfg"
     sel_gen_tokens="greedy tokens per reply for selection", eval_budget="evaluation budget: smoke, quick, full or counts",
     toxic_ablation="also ablate the toxic direction: true or false", baselines="random edits per kind (0 or >= 2)",
     batch_size="prompts per forward pass when capturing (never changes results)",
+    harmful="your harmful prompts (.jsonl/.csv with a text or prompt column) in place of the built-in set "
+            "(probes, directions, edits; refusal is scored on its held-out fifth)",
+    harmless="your harmless prompts (.jsonl/.csv) in place of the built-in neutral set",
     seed="seed for splits, folds, label permutations, random baselines and evaluation subsets",
     format="table (default), csv or json for the outcome table",
 ))
@@ -44,7 +47,7 @@ def safety(c, model=None, store=DEFAULT_STORE, config=None, print_config=False, 
            alphas=None, seed=None, lm_eval=None, probe_hooks=None, probe_layers=None, positions=None, folds=None,
            permutations=None, ridge=None, probe_c=None, test_frac=None, candidate_layers=None, candidate_positions=None,
            direction_hook=None, kl_max=None, min_auc=None, sel_gen_tokens=None, eval_budget=None, toxic_ablation=None,
-           baselines=None, batch_size=None, dtype=None, device=None, device_map=None, revision=None, format="table"):
+           baselines=None, batch_size=None, harmful=None, harmless=None, dtype=None, device=None, device_map=None, revision=None, format="table"):
     """Safety study: probes per layer, harmful direction, ablation / orthogonalisation / activation
     addition, and how much toxicity and compliance moved under each edit and what it cost."""
     from interp.model.loading import load_model

@@ -43,7 +43,7 @@ GEN_TOKENS = {"smoke": {"toxicity": 16, "refusal": 24, "gsm8k": 64},
 """Greedy new tokens per generation task and budget."""
 
 CORPORA = ("book", "wikitext2", "c4")
-DATA_PATHS = ("wikitext2_path", "c4_path", "mmlu_path", "boolq_path", "gsm8k_path", "lmeval_data")
+DATA_PATHS = ("wikitext2_path", "c4_path", "mmlu_path", "boolq_path", "gsm8k_path", "lmeval_data", "harmful_path")
 """Fields naming local data; their content digest joins the run identity (``describe``)."""
 
 
@@ -137,6 +137,9 @@ class EvalCfg:
     """Folder of local data for lm-eval tasks, one file per split in the hub's field names
     (DIR/<dataset path>/<config>/<split>.jsonl, see ``interp.evals.lmeval_tasks``); None: the
     environment's ``INTERP_LMEVAL_DATA`` when it is set (so every study's sweep can use it), else the hub."""
+    harmful_path: str | None = field(default=None, metadata={"omit_default": True})
+    """The user's harmful prompt file (JSONL/CSV): refusal is scored on its held-out fifth instead of the
+    built-in harmful set's (the same rule on its ids: ``is_heldout``)."""
     counts: tuple[tuple[str, int | None], ...] = field(default=(), init=False, repr=False, compare=False)
     """Resolved per-task counts (derived from ``budget``)."""
 
@@ -172,7 +175,8 @@ class EvalCfg:
         return GEN_TOKENS[preset][task]
 
     def describe(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.init
+             and not (f.metadata.get("omit_default") and getattr(self, f.name) == f.default)}
         d["tasks"] = list(self.tasks)
         d["budget"] = self.budget if isinstance(self.budget, str) else dict(self.budget)
         d["counts"] = {t: c for t, c in self.counts if t in self.tasks}

@@ -128,3 +128,40 @@ def test_out_of_range_values_are_refused(study, values, match):
 def test_missing_file_names_the_fix():
     with pytest.raises(ConfigError, match="--print-config"):
         load("layers", LayersCfg, "/nonexistent/cfg.toml", {}, {})
+
+
+def test_user_prompt_files_stand_in_for_the_built_in_sets(tmp_path):
+    """--harmful/--harmless: the files' prompts take the built-in sets' names and labels (so probes, directions,
+    edits and the refusal evaluation use them alike), and their content, not their path, is the identity."""
+    from interp.data.prompts import load_prompts
+    from interp.evals.refusal import heldout_harmful
+    from interp.studies.safety import heldout_ids
+
+    harmful, harmless = tmp_path / "mine.jsonl", tmp_path / "calm.csv"
+    harmful.write_text("".join(f'{{"id": "h{i}", "text": "harmful request number {i}"}}\n' for i in range(40)))
+    harmless.write_text("prompt\n" + "".join(f"a kind request number {i}\n" for i in range(40)))
+    cfg = SafetyCfg(budget="smoke", harmful=str(harmful), harmless=str(harmless))
+    prompts = load_prompts(cfg.prompt_sets(), cfg.per_set, cfg.seed)
+    mine = [p for p in prompts if p.source == "mine.jsonl"]
+    calm = [p for p in prompts if p.source == "calm.csv"]
+    assert len(mine) == len(calm) == cfg.per_set
+    assert {(p.dataset, p.label) for p in mine} == {("harmful", "harmful")}
+    assert {(p.dataset, p.label) for p in calm} == {("neutral", "neutral")}
+    assert not any(p.dataset in ("harmful", "neutral") and p.source not in ("mine.jsonl", "calm.csv") for p in prompts)
+    held = heldout_harmful(None, cfg.eval_cfg().harmful_path)
+    assert held and {i for i, _ in held} <= {f"h{i}" for i in range(40)} and {i for i, _ in held} <= heldout_ids(cfg)
+    before = config_hash(cfg.describe())
+    harmful.write_text(harmful.read_text().replace("number 3", "number three"))
+    assert config_hash(SafetyCfg(budget="smoke", harmful=str(harmful), harmless=str(harmless)).describe()) != before
+    assert "harmful" not in SafetyCfg(budget="smoke").describe()  # runs without files keep their identity
+
+
+@pytest.mark.parametrize("text,match", [
+    ('{"text": "ok"}\n[1, 2]\n', "line 2 is a JSON list"),
+    ('{"txt": "no text column"}\n', "no text column"),
+])
+def test_bad_user_prompt_files_are_refused_before_a_model_loads(tmp_path, text, match):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        SafetyCfg(budget="smoke", harmful=str(path))
