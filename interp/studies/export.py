@@ -104,15 +104,20 @@ def _writer(loaded: Loaded, hook: str, layer: int) -> nn.Module:
 def _activation_addition(loaded: Loaded, spec) -> tuple[list, dict]:
     from interp.interventions.directions import unit_direction
 
-    if getattr(spec, "positions", "all") not in ("all", None):
-        raise ExportError("steering limited to chosen token positions has no weight form: export refused")
-    module = _writer(loaded, spec.hook, spec.layer)
-    if getattr(module, "bias", None) is None:
-        raise ExportError(f"{loaded.arch.family} has no bias on the projection that writes {spec.hook} of block "
-                          f"{spec.layer}: the steering vector cannot be set exactly, so it is not exported")
+    if spec.positions != "all":
+        raise ExportError(f"steering limited to {spec.positions} tokens has no weight form: a bias acts on every "
+                          "token, so the export is refused")
     v = unit_direction(spec.direction, loaded).double() * spec.scale * spec.alpha
-    bias = (module.bias.detach().double() + v.to(module.bias.device)).to(module.bias.dtype)
-    return [(module, "bias", bias)], {"steering_bias": f"{spec.hook} of block {spec.layer}"}
+    edits = []
+    for layer in spec.layers:
+        module = _writer(loaded, spec.hook, layer)
+        if getattr(module, "bias", None) is None:
+            raise ExportError(f"{loaded.arch.family} has no bias on the projection that writes {spec.hook} of block "
+                              f"{layer}: the steering vector cannot be set exactly, so it is not exported")
+        base = dict((id(m), b) for m, _, b in edits).get(id(module), module.bias.detach())
+        edits = [e for e in edits if e[0] is not module]
+        edits.append((module, "bias", (base.double() + v.to(base.device)).to(module.bias.dtype)))
+    return edits, {"steering_bias": f"{spec.hook} of blocks {list(spec.layers)}"}
 
 
 @contextlib.contextmanager

@@ -69,7 +69,8 @@ def swept(tmp_path_factory):
                   OrthogonalizedWeights(r), HeadMask(heads=((0, 1), (1, 0), (1, 2))), HealedDrop((2,), heal),
                   ActivationAddition(r, layer=1, alpha=2.0), DirectionalAblation(r)],
         "gpt": [ActivationAddition(r, layer=1, alpha=2.0), ActivationAddition(r, layer=2, alpha=-1.0, hook="attn_out"),
-                LayerDrop((0,)), OrthogonalizedWeights(r)],
+                LayerDrop((0,)), OrthogonalizedWeights(r), ActivationAddition(r, layer=1, alpha=1.5, more_layers=(2,)),
+                ActivationAddition(r, layer=1, alpha=1.0, positions="generated")],
     }
     runs = {}
     for name, loaded in (("llama", llama), ("gpt", gpt)):
@@ -79,7 +80,7 @@ def swept(tmp_path_factory):
 
 
 CASES = [("llama", 0), ("llama", 1), ("llama", 2), ("llama", 3), ("llama", 4), ("llama", 5), ("gpt", 0), ("gpt", 1),
-         ("gpt", 2), ("gpt", 3), ("llama", None)]
+         ("gpt", 2), ("gpt", 3), ("gpt", 4), ("llama", None)]
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +126,7 @@ def test_dropped_layers_make_smaller_files(swept, tmp_path):
 @pytest.mark.parametrize("model,i,match", [
     ("llama", 6, "no bias"),                       # Llama's down_proj has no bias
     ("llama", 7, "orthogonalised-weights point"),  # directional ablation acts on activations
+    ("gpt", 5, "no weight form"),                  # steering only the generated tokens
 ])
 def test_points_without_an_exact_checkpoint_are_refused(swept, tmp_path, model, i, match):
     spec = swept["points"][model][i]
