@@ -25,12 +25,12 @@ such fields default to None), or written as ``"none"`` where its default is some
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from pathlib import Path
 
 import tomli_w
+import tomllib
 
 from interp.model.loading import ModelCfg
 from interp.validate import Boolean, InvalidValue, ListOf, Number, Optional, Text, Whole, closest

@@ -114,9 +114,8 @@ def _activation_addition(loaded: Loaded, spec) -> tuple[list, dict]:
         if getattr(module, "bias", None) is None:
             raise ExportError(f"{loaded.arch.family} has no bias on the projection that writes {spec.hook} of block "
                               f"{layer}: the steering vector cannot be set exactly, so it is not exported")
-        base = dict((id(m), b) for m, _, b in edits).get(id(module), module.bias.detach())
-        edits = [e for e in edits if e[0] is not module]
-        edits.append((module, "bias", (base.double() + v.to(base.device)).to(module.bias.dtype)))
+        bias = module.bias.detach()  # one hook, distinct blocks: each layer has its own writer
+        edits.append((module, "bias", (bias.double() + v.to(bias.device)).to(bias.dtype)))
     return edits, {"steering_bias": f"{spec.hook} of blocks {list(spec.layers)}"}
 
 
@@ -217,8 +216,7 @@ def ppl_windows(loaded: Loaded, eval_describe: dict) -> list[list[int]] | None:
     """The token windows the run's perplexity evaluation scored (None when it had no ppl task)."""
     from dataclasses import fields
 
-    from interp.evals import EvalCfg
-    from interp.evals import ppl
+    from interp.evals import EvalCfg, ppl
 
     if "ppl" not in eval_describe.get("tasks", ()):
         return None
