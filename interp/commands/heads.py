@@ -7,7 +7,7 @@ from invoke import task
 
 from interp.commands import DEFAULT_STORE, helps
 from interp.commands.cli import FORMATS, CliTask, lmeval_tasks, print_table, user_errors
-from interp.commands.settings import HELP, MODEL_FLAGS, flag_types, resolve
+from interp.commands.settings import HELP, flag_types, resolve
 
 
 HEAD_FLAGS = ("budget", "router_steps", "text_seqs", "grad_seqs", "gradient_seq", "seed", "lm_eval", "router_keep",
@@ -57,11 +57,8 @@ def heads(c, model=None, store=DEFAULT_STORE, config=None, print_config=False, q
     from interp.studies.heads_config import HeadsCfg
     from store import Store
 
-    values = locals()
-    flags = {k: values[k] for k in HEAD_FLAGS}
-    if lm_eval is not None:
-        flags["lm_eval"] = lmeval_tasks(",".join(lm_eval))
-    got = resolve("heads", HeadsCfg, config, print_config, flags, {k: values[k] for k in MODEL_FLAGS}, quick=quick)
+    got = resolve("heads", HeadsCfg, locals(), HEAD_FLAGS,
+                  lm_eval=None if lm_eval is None else lmeval_tasks(",".join(lm_eval)))
     if got is None:
         return
     model_cfg, cfg = got

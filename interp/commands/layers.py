@@ -7,7 +7,7 @@ from invoke import task
 
 from interp.commands import DEFAULT_STORE, helps
 from interp.commands.cli import FORMATS, CliTask, print_table, user_errors
-from interp.commands.settings import HELP, MODEL_FLAGS, flag_types, resolve
+from interp.commands.settings import HELP, flag_types, resolve
 
 
 LAYER_FLAGS = ("budget", "heal_steps", "heal_sizes", "heal_strategies", "heal_rank", "heal_alpha", "heal_dropout",
@@ -60,9 +60,7 @@ def layers(c, model=None, store=DEFAULT_STORE, config=None, print_config=False, 
     from interp.studies.layers_config import LayersCfg
     from store import Store
 
-    values = locals()
-    got = resolve("layers", LayersCfg, config, print_config, {k: values[k] for k in LAYER_FLAGS},
-                  {k: values[k] for k in MODEL_FLAGS}, quick=quick)
+    got = resolve("layers", LayersCfg, locals(), LAYER_FLAGS)
     if got is None:
         return
     model_cfg, cfg = got

@@ -7,7 +7,7 @@ from invoke import task
 
 from interp.commands import DEFAULT_STORE, helps
 from interp.commands.cli import FORMATS, CliTask, lmeval_tasks, print_table, user_errors
-from interp.commands.settings import HELP, MODEL_FLAGS, FieldSpec, flag_types, resolve
+from interp.commands.settings import HELP, FieldSpec, flag_types, resolve
 
 
 SAFETY_FLAGS = ("budget", "per_set", "alphas", "seed", "lm_eval", "probe_hooks", "probe_layers", "positions", "folds",
@@ -55,12 +55,8 @@ def safety(c, model=None, store=DEFAULT_STORE, config=None, print_config=False, 
     from store import Store
     from store.safety import outcome, read_table
 
-    values = locals()
-    flags = {**{k: values[k] for k in SAFETY_FLAGS}, "C": probe_c}
-    if lm_eval is not None:
-        flags["lm_eval"] = lmeval_tasks(",".join(lm_eval))
-    got = resolve("safety", SafetyCfg, config, print_config, flags, {k: values[k] for k in MODEL_FLAGS},
-                  quick=quick)
+    got = resolve("safety", SafetyCfg, locals(), SAFETY_FLAGS, C=probe_c,
+                  lm_eval=None if lm_eval is None else lmeval_tasks(",".join(lm_eval)))
     if got is None:
         return
     model_cfg, cfg = got

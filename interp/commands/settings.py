@@ -51,20 +51,20 @@ def flag_types(where: str, *names: str, **extra) -> dict:
     return {**{n: FieldSpec(where, n) for n in names}, **{n: Optional(Text()) for n in MODEL_FLAGS}, **extra}
 
 
-def resolve(study: str, cls, config: str | None, print_config: bool, flags: dict, model_flags: dict,
-            quick: bool = False):
-    """(ModelCfg, study config) from ``config`` with the given flags on top; None after --print-config.
-
-    ``model_flags`` holds the task's model/revision/dtype/device/device_map values (None: not given)."""
+def resolve(study: str, cls, values: dict, names: tuple[str, ...], **renamed):
+    """(ModelCfg, study config) from a task's flag ``values`` (its ``locals()``: config, print_config, quick,
+    the model flags and the study flags ``names``; ``renamed`` maps a field to its value under another flag
+    name); None after --print-config has printed them."""
     from interp.studies.config_file import dumps, load
 
-    if quick:
+    flags = {**{k: values[k] for k in names}, **renamed}
+    if values.get("quick"):
         if flags.get("budget") not in (None, "quick"):
             raise ValueError(f"--quick and --budget {flags['budget']} disagree: pass one of them")
-        flags = {**flags, "budget": "quick"}
-    model_cfg, cfg = load(study, cls, config, flags, {MODEL_FLAGS[k]: v for k, v in model_flags.items()},
+        flags["budget"] = "quick"
+    model_cfg, cfg = load(study, cls, values["config"], flags, {MODEL_FLAGS[k]: values[k] for k in MODEL_FLAGS},
                           defaults={"budget": "full"})  # every study task runs the full study unless told
-    if print_config:
+    if values["print_config"]:
         print(dumps(study, model_cfg, cfg), end="")
         return None
     return model_cfg, cfg

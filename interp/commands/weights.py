@@ -6,7 +6,7 @@ from invoke import task
 
 from interp.commands import DEFAULT_STORE, helps
 from interp.commands.cli import FORMATS, CliTask, print_table, user_errors
-from interp.commands.settings import HELP, MODEL_FLAGS, flag_types, resolve
+from interp.commands.settings import HELP, flag_types, resolve
 
 
 WEIGHT_FLAGS = ("budget", "methods", "calibration", "tasks", "eval_budget", "calib_windows", "seed", "rates", "modules",
@@ -52,9 +52,7 @@ def weights(c, model=None, store=DEFAULT_STORE, config=None, print_config=False,
     from interp.studies.weights import WeightsCfg, run_weights, summary
     from store import Store
 
-    values = locals()
-    got = resolve("weights", WeightsCfg, config, print_config, {k: values[k] for k in WEIGHT_FLAGS},
-                  {k: values[k] for k in MODEL_FLAGS}, quick=quick)
+    got = resolve("weights", WeightsCfg, locals(), WEIGHT_FLAGS)
     if got is None:
         return
     model_cfg, cfg = got

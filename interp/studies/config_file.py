@@ -35,7 +35,6 @@ import tomllib
 from interp.model.loading import ModelCfg
 from interp.validate import Boolean, InvalidValue, ListOf, Number, Optional, Text, Whole, closest
 
-MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ModelCfg))
 
 
 class ConfigError(ValueError):
@@ -112,7 +111,10 @@ def fields_of(cls) -> dict[str, object]:
 
 def parse_values(cls, values: dict, where: str) -> dict:
     """``values`` checked key by key against ``cls``'s fields (unknown keys: the closest valid one)."""
-    specs = fields_of(cls)
+    return _parse(fields_of(cls), values, where)
+
+
+def _parse(specs: dict, values: dict, where: str) -> dict:
     out = {}
     for key, value in values.items():
         if key not in specs:
@@ -149,7 +151,7 @@ def load(study: str, cls, path: str | None, flags: dict, model_flags: dict, defa
     for name in ("model", study):
         if name in data and not isinstance(data[name], dict):
             raise ConfigError(f"{where}: '{name}' must be a table ([{name}]), not a single value")
-    model_vals = _model_values(data.get("model", {}), where + " [model]")
+    model_vals = _parse(MODEL_SPECS, data.get("model", {}), where + " [model]")
     values = {**(defaults or {}), **parse_values(cls, data.get(study, {}), f"{where} [{study}]")}
     values.update({k: v for k, v in flags.items() if v is not None})
     model_vals.update({k: v for k, v in model_flags.items() if v is not None})
@@ -159,17 +161,9 @@ def load(study: str, cls, path: str | None, flags: dict, model_flags: dict, defa
         raise ConfigError(f"{where}: {e}") from None
 
 
-def _model_values(values: dict, where: str) -> dict:
-    specs = {"spec": Text(empty=False), "revision": Optional(Text(), none=("none",)), "dtype": Text(),
-             "device": Text(), "device_map": Optional(Text(), none=("none",))}
-    out = {}
-    for key, value in values.items():
-        if key not in specs:
-            hint = closest(key, specs)
-            raise ConfigError(f"{where}: unknown key '{key}'" + (f" (did you mean {hint}?)" if hint else "")
-                              + f"; valid keys: {', '.join(specs)}")
-        out[key] = specs[key].parse(value, f"{where} {key}")
-    return out
+MODEL_SPECS = {"spec": Text(empty=False), "revision": Optional(Text(), none=("none",)), "dtype": Text(),
+               "device": Text(), "device_map": Optional(Text(), none=("none",))}
+"""The [model] table's keys (ModelCfg's fields; device_map 'auto' stays 'auto')."""
 
 
 def _plain(value):
