@@ -207,7 +207,7 @@ STORE_TASKS = sorted(t for t in TASKS if _has(t, "store"))
 @pytest.mark.parametrize("case", STORE_CASES)
 @pytest.mark.parametrize("task", STORE_TASKS)
 def test_bad_stores(world, capsys, monkeypatch, task, case):
-    reading = task in ("check", "runs", "sql", "export", "report")
+    reading = task in ("check", "runs", "sql", "export", "export-model", "report")
     if case == "read-only" and reading:
         pytest.skip("reading a store on a read-only file system works (tested in tests/unit/test_bad_inputs.py)")
     if case == "missing" and not reading:
