@@ -9,8 +9,9 @@ from interp.commands.cli import CliTask, user_errors
 from interp.validate import Optional, Text, Whole
 
 
-@task(klass=CliTask, types={"run": Optional(Whole(min=1)), "point": Optional(Text(empty=False)), "model": Optional(Text()),
-                            "dtype": Optional(Text())}, help={
+@task(klass=CliTask, name="export-model", types={
+    "run": Optional(Whole(min=1)), "point": Optional(Text(empty=False)), "model": Optional(Text()),
+    "dtype": Optional(Text()), "out": Optional(Text())}, help={
     "store": HELP_COMMON["store"],
     "run": "run id of the study run (invoke runs lists them)",
     "point": "the point's label as stored (evals.point), e.g. 'drop[20-23]' or 'base'",
@@ -19,7 +20,7 @@ from interp.validate import Optional, Text, Whole
     "dtype": "load in this dtype (default: the run's)",
 })
 @user_errors
-def export_model(c, out, run=None, point=None, store=DEFAULT_STORE, model=None, dtype=None):
+def export_model(c, out=None, run=None, point=None, store=DEFAULT_STORE, model=None, dtype=None):
     """Write a plain transformers checkpoint of one evaluated point: dropped layers removed, pruned weights
     zero, orthogonalised weights, zeroed heads, steering as an existing bias, healed LoRA merged.
     AutoModelForCausalLM.from_pretrained(OUT) reproduces the point's stored perplexity."""
@@ -32,8 +33,8 @@ def export_model(c, out, run=None, point=None, store=DEFAULT_STORE, model=None, 
     st = Store(store)
     with st.connect(read_only=True):  # a store that is not ours is refused first
         pass
-    if run is None or point is None:
-        raise ValueError("export-model needs --run and --point: `invoke runs` lists the runs, "
+    if run is None or point is None or out is None:
+        raise ValueError("export-model needs --run, --point and --out DIR: `invoke runs` lists the runs, "
                          "`invoke sql \"SELECT DISTINCT point FROM evals WHERE run_id = R\"` their points")
     found, spec, _ = find_point(st, run, point)  # refused here, before the model loads
     check_out(out)
