@@ -11,16 +11,18 @@ from interp.validate import Optional, Text, Whole
 
 @task(klass=CliTask, name="export-model", types={
     "run": Optional(Whole(min=1)), "point": Optional(Text(empty=False)), "model": Optional(Text()),
-    "dtype": Optional(Text()), "out": Optional(Text())}, help={
+    "dtype": Optional(Text()), "device": Optional(Text()), "out": Optional(Text())}, help={
     "store": HELP_COMMON["store"],
     "run": "run id of the study run (invoke runs lists them)",
     "point": "the point's label as stored (evals.point), e.g. 'drop[20-23]' or 'base'",
     "out": "new directory for the checkpoint (config.json, model.safetensors, tokenizer, interp_export.json)",
     "model": "load the run's model from here instead (default: the model the run names); must be the same model",
     "dtype": "load in this dtype (default: the run's)",
+    "device": "load on this device (default cpu)",
 })
 @user_errors
-def export_model(c, out=None, run=None, point=None, store=DEFAULT_STORE, model=None, dtype=None):
+def export_model(c, out=None, run=None, point=None, store=DEFAULT_STORE, model=None, dtype=None,
+                 device=None):
     """Write a plain transformers checkpoint of one evaluated point: dropped layers removed, pruned weights
     zero, orthogonalised weights, zeroed heads, steering as an existing bias, healed LoRA merged.
     AutoModelForCausalLM.from_pretrained(OUT) reproduces the point's stored perplexity."""
@@ -39,7 +41,7 @@ def export_model(c, out=None, run=None, point=None, store=DEFAULT_STORE, model=N
     found, spec, _ = find_point(st, run, point)  # refused here, before the model loads
     check_out(out)
     cfg = run_model(found)
-    cfg = replace(cfg, **{k: v for k, v in {"spec": model, "dtype": dtype}.items() if v})
+    cfg = replace(cfg, **{k: v for k, v in {"spec": model, "dtype": dtype, "device": device}.items() if v})
     loaded = load_model(cfg)
     done = export_from_store(loaded, st, run, point, out)
     extra = "; ".join(f"{k}: {v}" for k, v in done.items() if k not in ("parameters",))
