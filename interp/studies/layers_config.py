@@ -22,12 +22,14 @@ What each budget does on SmolLM2-135M (30 layers); a point without k of the 30 l
 
 from __future__ import annotations
 
+from typing import ClassVar
 from dataclasses import dataclass, field, fields
 
 from analyses.layer_blocks import STRATEGIES
 from interp.evals import EvalCfg
 from interp.interventions.heal import HealCfg
 from interp.provenance import LATER
+from interp.validate import ListOf, Optional, Whole
 from interp.data.prompts import check_prompt_specs
 
 BUDGETS = ("smoke", "quick", "full")
@@ -44,6 +46,11 @@ class LayersCfgError(ValueError):
 @dataclass(frozen=True)
 class LayersCfg:
     """What the layer study computes and how much of it. Everything but batch_size is the run's identity."""
+
+    CONFIG_SPECS: ClassVar[dict] = {"sizes": Optional(ListOf(Whole(min=1))), "heal_sizes": Optional(ListOf(Whole(min=1))),
+                                      "limit": Optional(Whole(min=1)), "max_tokens": Optional(Whole(min=1)),
+                                      "heal_steps": Whole(min=0)}
+    """Ranges checked on flags and config-file keys alike (interp.studies.config_file.fields_of)."""
 
     budget: str = "full"
     """smoke (CLI tests: seconds of work), quick (minutes on 2 CPU cores) or full; sets the defaults below."""

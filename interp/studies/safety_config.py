@@ -12,6 +12,7 @@ only above about 0.45 with power 0.8; with 48, above about 0.16), 2048 perplexit
 
 from __future__ import annotations
 
+from typing import ClassVar
 from dataclasses import asdict, dataclass
 
 from analyses import directions as dir_analysis
@@ -19,6 +20,7 @@ from analyses import probes as probe_analysis
 from interp.capture.capture import CaptureCfg
 from interp.data.prompts import check_prompt_specs, load_file, prompts_digest
 from interp.evals import EvalCfg
+from interp.validate import Optional, Whole
 
 PROMPT_SETS = "harmful,toxic,neutral,stereotypes"
 EVAL_TASKS = ("toxicity", "refusal", "ppl", "facts", "arith", "kl")
@@ -44,6 +46,9 @@ BUDGETS: dict[str, dict] = {
 @dataclass(frozen=True)
 class SafetyCfg:
     """The safety study's settings. ``budget`` fills every field left as None."""
+
+    CONFIG_SPECS: ClassVar[dict] = {"per_set": Optional(Whole(min=1))}
+    """Ranges checked on flags and config-file keys alike (interp.studies.config_file.fields_of)."""
 
     budget: str = "quick"
     """smoke (CLI tests), quick (under 15 minutes on 2 CPU cores) or full."""

@@ -8,6 +8,7 @@ module_rates=(0.5,), mixed=((("attn", 0.2), ("mlp", 0.6)), (("attn", 0.6), ("mlp
 
 from __future__ import annotations
 
+from typing import ClassVar
 from dataclasses import dataclass, fields
 
 from interp.evals import EvalCfg
@@ -16,6 +17,7 @@ from interp.interventions.prune import METHODS
 from interp.interventions.pruning.calibdata import CalibData
 from interp.interventions.pruning.targets import PROJECTIONS, SELECTORS
 from interp.model.loading import Loaded
+from interp.validate import Optional, Whole
 
 STUDY = "weights"
 BUDGETS = ("smoke", "quick", "full")
@@ -75,6 +77,9 @@ PLANS = {
 @dataclass(frozen=True)
 class WeightsCfg:
     """The weight-pruning study. Fields left at None keep a run's identity as it was before they existed."""
+
+    CONFIG_SPECS: ClassVar[dict] = {"calib_windows": Optional(Whole(min=1))}
+    """Ranges checked on flags and config-file keys alike (interp.studies.config_file.fields_of)."""
 
     budget: str = "full"
     """smoke (CLI tests), quick (minutes) or full (hours on a CPU): which points and how much evaluation."""
