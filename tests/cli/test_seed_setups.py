@@ -50,8 +50,9 @@ def test_single_module_wanda_and_recipes(tmp_path):
     r = invoke("weights", "--config", "examples/wanda-modules.toml", "--budget", "smoke", "--module-rates", "0.5",
                "--store", store)
     assert r.returncode == 0, r.stderr[-3000:]
-    points = sql(store, "SELECT point FROM prune_points ORDER BY point")
-    assert len(points) == 1 + 7 + 2 and all(p == "base" or p.startswith("wanda") for p in points)
+    points = [p.strip('"') for p in sql(store, "SELECT point FROM prune_points ORDER BY point")]
+    assert len(points) == 1 + 7 + 2 and all(p == "base" or p.startswith("wanda ") for p in points)
+    assert {"wanda attn=20%,mlp=60%", "wanda attn=60%,mlp=20%", "wanda q=50%", "wanda down=50%"} <= set(points)
     assert sql(store, "SELECT count(*) FROM prune_curve WHERE metric = 'perplexity'") == ["10"]
 
 
