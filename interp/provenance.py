@@ -27,9 +27,15 @@ def code_version() -> str:
     return f"interp {__version__}" + (f" {sha}{'+dirty' if dirty else ''}" if sha else "")
 
 
+LATER = {"omit_default": True}
+"""``field(metadata=LATER)``: a field added after runs were stored with its dataclass; at its default it
+stays out of the JSON (and so out of the run identity), so those runs keep their identity."""
+
+
 def to_jsonable(obj: object) -> Any:  # noqa: ANN401 (a JSON value: dict, list or scalar)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get("omit_default") and getattr(obj, f.name) == f.default)}
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -60,3 +60,16 @@ def vs_base(con: duckdb.DuckDBPyConnection, run_id: int) -> pd.DataFrame:
     return con.execute("SELECT point, task, metric, value, base_value, delta, lo, hi, p, mde, method, noise "
                        "FROM eval_vs_base WHERE run_id = ? ORDER BY point = 'base' DESC, point, task, metric",
                        [run_id]).df()
+
+
+def read_point(con: duckdb.DuckDBPyConnection, run_id: int, point: str) -> tuple[str, pd.DataFrame]:
+    """(intervention JSON, its (task, metric, value) rows) of one evaluated point of a run."""
+    rows = con.execute("SELECT intervention::VARCHAR AS spec, task, metric, value FROM evals WHERE run_id = ? "
+                       "AND point = ? ORDER BY task, metric", [run_id, point]).df()
+    if rows.empty:
+        known = [r[0] for r in con.execute("SELECT DISTINCT point FROM evals WHERE run_id = ? ORDER BY point",
+                                           [run_id]).fetchall()]
+        raise KeyError(f"run {run_id} has no evaluated point '{point}'"
+                       + (f": its points are {', '.join(known[:12])}{' ...' if len(known) > 12 else ''}" if known
+                          else ": it has no evaluated points"))
+    return rows["spec"].iloc[0], rows[["task", "metric", "value"]]

@@ -5,46 +5,66 @@ from __future__ import annotations
 
 from invoke import task
 
+from interp.commands import DEFAULT_STORE, helps
 from interp.commands.cli import FORMATS, CliTask, lmeval_tasks, print_table, user_errors
-from interp.validate import Boolean, Optional, Whole
-from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
+from interp.commands.settings import HELP, flag_types, resolve
 
 
-@task(klass=CliTask, types={
-    "router_steps": Optional(Whole(min=1)), "text_seqs": Optional(Whole(min=1)), "grad_seqs": Optional(Whole(min=1)),
-    "gradient_seq": Optional(Boolean()), "format": FORMATS,
-}, help=helps(
-    "quick", "dtype", "device", "device_map", "revision", "lm_eval",
+HEAD_FLAGS = ("budget", "router_steps", "text_seqs", "grad_seqs", "gradient_seq", "seed", "lm_eval", "router_keep",
+              "lb_coef", "router_lr", "router_batch", "methods", "prune_fracs", "random_seeds", "eval_tasks",
+              "eval_budget", "seq_len", "train_seqs", "heldout_seqs", "task_items", "ablation_layers", "batch_size")
+
+
+@task(klass=CliTask, types=flag_types("interp.studies.heads_config:HeadsCfg", *HEAD_FLAGS, format=FORMATS),
+      help=helps(
+    "quick", "device_map", "revision", "lm_eval", **HELP,
     budget="smoke (CLI tests, seconds of work), quick (under 10 minutes on 2 CPU cores) or full; "
            "--quick is --budget quick; default full",
     router_steps="optimiser steps per router (one router per kept share of heads); default from the budget",
+    router_keep="share of each layer's heads a router keeps active per token, comma-separated (one router each), "
+                "e.g. 0.5,0.75",
+    lb_coef="weight of the router's load-balancing loss (default 0.01)",
+    router_lr="router learning rate (default 1e-3)",
+    router_batch="text sequences per router step",
     text_seqs="text sequences for ablation importance; default from the budget",
     grad_seqs="text sequences for gradient importance and head means (at least --text-seqs); default from "
               "the budget",
     gradient_seq="also compute gradient importance with one gate per sequence (method gradient_seq) besides "
                  "the per-token one: true or false; default from the budget (full: true)",
+    methods="pruning orders: gradient, zero, mean, mean_zero, random",
+    prune_fracs="shares of all heads pruned, comma-separated (e.g. 0.1,0.25,0.5)",
+    random_seeds="random pruning orders as baselines",
+    eval_tasks="evaluation tasks of every sweep point, comma-separated",
+    eval_budget="evaluation budget: smoke, quick, full or counts like ppl=2048,facts=40",
+    seq_len="tokens per text sequence", train_seqs="router training sequences",
+    heldout_seqs="held-out sequences for router statistics", task_items="capital-city items for ablation",
+    ablation_layers="ablate only the deepest N layers' heads (0: every layer)",
+    batch_size="sequences per forward pass for importance (never changes results)",
     seed="seed for text splits, random pruning orders, task items and evaluation subsets",
     format="table (default), csv or json for the printed tables",
 ))
 @user_errors
-def heads(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None, router_steps=None, text_seqs=None,
-          grad_seqs=None, gradient_seq=None, seed=0, lm_eval=None, dtype="float32", device="cpu", device_map=None,
+def heads(c, model=None, store=DEFAULT_STORE, config=None, print_config=False, quick=False, budget=None,
+          router_steps=None, text_seqs=None, grad_seqs=None, gradient_seq=None, seed=None, lm_eval=None,
+          router_keep=None, lb_coef=None, router_lr=None, router_batch=None, methods=None, prune_fracs=None,
+          random_seeds=None, eval_tasks=None, eval_budget=None, seq_len=None, train_seqs=None, heldout_seqs=None,
+          task_items=None, ablation_layers=None, batch_size=None, dtype=None, device=None, device_map=None,
           revision=None, format="table"):
     """Head study: which attention heads matter (ablation and gradient importance), pruning the
     least important ones, and a trained top-k head router against static pruning."""
-    from interp.studies.heads_config import HeadsCfg
-    from interp.commands.cli import load
+    from interp.model.loading import load_model
     from interp.studies.heads import run_heads
+    from interp.studies.heads_config import HeadsCfg
     from store import Store
 
-    if quick and budget not in (None, "quick"):
-        raise ValueError(f"--quick and --budget {budget} disagree: pass one of them")
-    cfg = HeadsCfg(budget="quick" if quick else (budget or "full"), router_steps=router_steps,
-                   text_seqs=text_seqs, grad_seqs=grad_seqs, gradient_seq=gradient_seq, seed=seed,
-                   lm_eval=lmeval_tasks(lm_eval))
+    got = resolve("heads", HeadsCfg, locals(), HEAD_FLAGS,
+                  lm_eval=None if lm_eval is None else lmeval_tasks(",".join(lm_eval)))
+    if got is None:
+        return
+    model_cfg, cfg = got
     st = Store(store)
     st.preflight()
-    loaded = load(model, revision=revision, dtype=dtype, device=device, device_map=device_map)
+    loaded = load_model(model_cfg)
     run_id = run_heads(loaded, st, cfg)
     show(st, run_id, format)
     print(f"run {run_id}: head study stored in {st.path}")

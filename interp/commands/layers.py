@@ -5,60 +5,68 @@ from __future__ import annotations
 
 from invoke import task
 
+from interp.commands import DEFAULT_STORE, helps
 from interp.commands.cli import FORMATS, CliTask, print_table, user_errors
-from interp.validate import ListOf, Optional, Whole
-from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
+from interp.commands.settings import HELP, flag_types, resolve
 
 
-def _names(value) -> tuple[str, ...] | None:
-    return None if value in (None, "") else tuple(x.strip() for x in str(value).split(",") if x.strip())
+LAYER_FLAGS = ("budget", "heal_steps", "heal_sizes", "heal_strategies", "heal_rank", "heal_alpha", "heal_dropout",
+               "heal_lr", "heal_schedule", "heal_warmup", "heal_batch", "sizes", "strategies", "seeds", "prompts",
+               "limit", "max_tokens", "tasks", "eval_budget", "mmlu_path", "boolq_path", "gsm8k_path", "corpus",
+               "corpus_path", "chat", "seed", "batch_size")
 
 
-@task(klass=CliTask, types={
-    "heal_steps": Whole(min=0), "heal_sizes": Optional(ListOf(Whole(min=1))), "sizes": Optional(ListOf(Whole(min=1))),
-    "seeds": Optional(ListOf(Whole())), "limit": Optional(Whole(min=1)), "format": FORMATS,
-}, help=helps(
-    "quick", "dtype", "device", "device_map", "revision",
+@task(klass=CliTask, types=flag_types("interp.studies.layers_config:LayersCfg", *LAYER_FLAGS, format=FORMATS), help=helps(
+    "quick", "device_map", "revision", **HELP,
     budget="smoke (CLI tests, seconds of work), quick (meant to finish under 10 minutes on 2 CPU cores) or full; "
            "--quick is --budget quick; default full",
-    heal_steps="LoRA-heal the angular-rule blocks for N steps after dropping them (default 0: off)",
+    heal_steps="LoRA-heal the chosen strategies' blocks for N steps after dropping them (default 0: off)",
     heal_sizes="block sizes that get a healed point, comma-separated (default: every swept size)",
+    heal_strategies="strategies whose blocks are also healed (default angular)",
+    heal_rank="LoRA rank (default 8)", heal_alpha="LoRA alpha (default 16)", heal_dropout="LoRA dropout (default 0)",
+    heal_lr="healing learning rate (default 2e-4)",
+    heal_schedule="learning-rate schedule after the warm-up: constant (default), cosine or linear",
+    heal_warmup="warm-up steps (default 0)", heal_batch="training windows per healing step (default 4)",
     sizes="block sizes to sweep, comma-separated (default: quick 1,2,4,8,12,16; full 1..L-1)",
     strategies="block strategies: angular, deepest, shallowest, random, influence (default all)",
     seeds="seeds of the random-block control, comma-separated",
     prompts="prompt sets or files for the similarity statistics (default book: plain prose)",
     limit="prompts per set for the similarity statistics (default 64 quick, 256 full)",
+    max_tokens="truncate similarity prompts to their last N tokens (default 64 smoke, 256 quick, 512 full)",
     tasks="evaluation tasks, comma-separated (default ppl,facts,arith; smoke: ppl)",
     eval_budget="evaluation budget: smoke, quick, full or counts like ppl=2048,facts=60",
     mmlu_path="local MMLU data (adds the mmlu task)",
     boolq_path="local BoolQ data (adds the boolq task)",
+    gsm8k_path="local GSM8K data (adds the gsm8k task)",
+    corpus="perplexity and healing corpus: book (default, offline), wikitext2 or c4",
+    corpus_path="local WikiText-2 / C4 file or folder for --corpus",
     chat="wrap the similarity prompts in the chat template (default false)",
     seed="seed for prompt and evaluation subsets and healing",
+    batch_size="prompts per forward pass when caching (default 8; never changes results)",
     format="table (default), csv or json for the printed tables",
 ))
 @user_errors
-def layers(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None, heal_steps=0, heal_sizes=None,
-           sizes=None,
-           strategies=None, seeds=None, prompts="book", limit=None, tasks=None, eval_budget=None, mmlu_path=None,
-           boolq_path=None, chat=False, seed=0, dtype="float32", device="cpu", device_map=None, revision=None,
-           format="table"):
+def layers(c, model=None, store=DEFAULT_STORE, config=None, print_config=False, quick=False, budget=None,
+           heal_steps=None, heal_sizes=None, heal_strategies=None, heal_rank=None, heal_alpha=None, heal_dropout=None,
+           heal_lr=None, heal_schedule=None, heal_warmup=None, heal_batch=None, sizes=None, strategies=None,
+           seeds=None, prompts=None, limit=None, max_tokens=None, tasks=None, eval_budget=None, mmlu_path=None,
+           boolq_path=None, gsm8k_path=None, corpus=None, corpus_path=None, chat=None, seed=None, batch_size=None,
+           dtype=None, device=None, device_map=None, revision=None, format="table"):
     """Layer study: which layers the residual stream barely changes (cosine, angular distance,
     Block Influence), what dropping single layers and blocks really costs, and whether the
     cheap proxies predict it."""
-    from interp.commands.cli import load
+    from interp.model.loading import load_model
     from interp.studies.layers import run_layers
-    from interp.studies.layers_config import STRATEGIES, LayersCfg
+    from interp.studies.layers_config import LayersCfg
     from store import Store
 
-    if quick and budget not in (None, "quick"):
-        raise ValueError(f"--quick and --budget {budget} disagree: pass one of them")
-    cfg = LayersCfg(budget="quick" if quick else (budget or "full"), prompts=prompts, limit=limit,
-                    chat=bool(chat), sizes=sizes, strategies=_names(strategies) or STRATEGIES,
-                    seeds=seeds, heal_steps=heal_steps, heal_sizes=heal_sizes, tasks=_names(tasks),
-                    eval_budget=eval_budget, mmlu_path=mmlu_path, boolq_path=boolq_path, seed=seed)
+    got = resolve("layers", LayersCfg, locals(), LAYER_FLAGS)
+    if got is None:
+        return
+    model_cfg, cfg = got
     st = Store(store)
     st.preflight()
-    loaded = load(model, revision=revision, dtype=dtype, device=device, device_map=device_map)
+    loaded = load_model(model_cfg)
     result = run_layers(loaded, st, cfg)
     show(st, result.run_id, format)
     print(f"run {result.run_id}: layer study ({result.n_points} points incl. base, vectors from cache run "

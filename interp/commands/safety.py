@@ -5,39 +5,64 @@ from __future__ import annotations
 
 from invoke import task
 
+from interp.commands import DEFAULT_STORE, helps
 from interp.commands.cli import FORMATS, CliTask, lmeval_tasks, print_table, user_errors
-from interp.validate import ListOf, Number, Optional, Whole
-from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
+from interp.commands.settings import HELP, FieldSpec, flag_types, resolve
 
 
-@task(klass=CliTask, types={"per_set": Optional(Whole(min=1)), "alphas": Optional(ListOf(Number())), "format": FORMATS},
+SAFETY_FLAGS = ("budget", "per_set", "alphas", "seed", "lm_eval", "probe_hooks", "probe_layers", "positions", "folds",
+                "permutations", "ridge", "test_frac", "candidate_layers", "candidate_positions", "direction_hook",
+                "kl_max", "min_auc", "sel_gen_tokens", "eval_budget", "toxic_ablation", "baselines", "batch_size", "harmful", "harmless")
+
+
+CFG = "interp.studies.safety_config:SafetyCfg"
+
+
+@task(klass=CliTask, types=flag_types(CFG, *SAFETY_FLAGS, format=FORMATS, probe_c=FieldSpec(CFG, "C")),
       help=helps(
-    "quick", "dtype", "device", "device_map", "revision", "lm_eval",
+    "quick", "device_map", "revision", "lm_eval", **HELP,
     budget="smoke (CLI tests, seconds of work), quick (under 10 minutes on 2 CPU cores) or full; "
            "--quick is --budget quick; default full",
     per_set="prompts captured per prompt set (harmful, toxic, neutral, stereotypes); default from the budget",
     alphas="activation-addition coefficients, comma-separated, in units of the class-mean difference "
            "(e.g. -2,-1,1,2); default from the budget",
+    probe_hooks="residual hooks probed: resid_pre and/or resid_post", probe_layers="all, stride:K or 3,7,11",
+    positions="token reductions probed: last and/or mean", folds="cross-validation folds",
+    permutations="label permutations per probed cell", ridge="ridge probe penalty",
+    probe_c="inverse L2 strength of the logistic probe (default 0.1)", test_frac="held-out share of each stratum",
+    candidate_layers="layers whose direction is a candidate: stride:K or 3,7,11",
+    candidate_positions="positions whose direction is a candidate", direction_hook="resid_pre or resid_post",
+    kl_max="most KL on neutral prompts a chosen direction may cost", min_auc="least probe AUC of a chosen direction",
+    sel_gen_tokens="greedy tokens per reply for selection", eval_budget="evaluation budget: smoke, quick, full or counts",
+    toxic_ablation="also ablate the toxic direction: true or false", baselines="random edits per kind (0 or >= 2)",
+    batch_size="prompts per forward pass when capturing (never changes results)",
+    harmful="your harmful prompts (.jsonl/.csv with a text or prompt column) in place of the built-in set "
+            "(probes, directions, edits; refusal is scored on its held-out fifth)",
+    harmless="your harmless prompts (.jsonl/.csv) in place of the built-in neutral set",
     seed="seed for splits, folds, label permutations, random baselines and evaluation subsets",
     format="table (default), csv or json for the outcome table",
 ))
 @user_errors
-def safety(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None, per_set=None, alphas=None,
-           seed=0, lm_eval=None, dtype="float32", device="cpu", device_map=None, revision=None, format="table"):
+def safety(c, model=None, store=DEFAULT_STORE, config=None, print_config=False, quick=False, budget=None, per_set=None,
+           alphas=None, seed=None, lm_eval=None, probe_hooks=None, probe_layers=None, positions=None, folds=None,
+           permutations=None, ridge=None, probe_c=None, test_frac=None, candidate_layers=None, candidate_positions=None,
+           direction_hook=None, kl_max=None, min_auc=None, sel_gen_tokens=None, eval_budget=None, toxic_ablation=None,
+           baselines=None, batch_size=None, harmful=None, harmless=None, dtype=None, device=None, device_map=None, revision=None, format="table"):
     """Safety study: probes per layer, harmful direction, ablation / orthogonalisation / activation
     addition, and how much toxicity and compliance moved under each edit and what it cost."""
-    from interp.commands.cli import load
+    from interp.model.loading import load_model
     from interp.studies.safety import SafetyCfg, run_safety
     from store import Store
     from store.safety import outcome, read_table
 
-    if quick and budget not in (None, "quick"):
-        raise ValueError(f"--quick and --budget {budget} disagree: pass one of them")
-    name = "quick" if quick else (budget or "full")
-    cfg = SafetyCfg(budget=name, per_set=per_set, alphas=alphas, seed=seed, lm_eval=lmeval_tasks(lm_eval))
+    got = resolve("safety", SafetyCfg, locals(), SAFETY_FLAGS, C=probe_c,
+                  lm_eval=None if lm_eval is None else lmeval_tasks(",".join(lm_eval)))
+    if got is None:
+        return
+    model_cfg, cfg = got
     st = Store(store)
     st.preflight()
-    loaded = load(model, revision=revision, dtype=dtype, device=device, device_map=device_map)
+    loaded = load_model(model_cfg)
     run_id = run_safety(loaded, st, cfg)
     with st.connect(read_only=True) as con:
         best = read_table(con, "safety_best_layers", run_id)

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from invoke import task
 
+from interp.commands import DEFAULT_STORE, helps
 from interp.commands.cli import FORMATS, CliTask, print_table, user_errors
-from interp.validate import Optional, Whole
-from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
+from interp.commands.settings import HELP, flag_types, resolve
 
 
-@task(klass=CliTask, types={"calib_windows": Optional(Whole(min=1)), "format": FORMATS}, help=helps(
-    "quick", "dtype", "device", "device_map", "revision",
+WEIGHT_FLAGS = ("budget", "methods", "calibration", "tasks", "eval_budget", "calib_windows", "seed", "rates", "modules",
+                "module_rates", "group_rates", "nm", "mixed", "mmlu_path", "gsm8k_path", "boolq_path", "corpus",
+                "corpus_path")
+
+
+@task(klass=CliTask, types=flag_types("interp.studies.weights_config:WeightsCfg", *WEIGHT_FLAGS, format=FORMATS),
+      help=helps(
+    "quick", "device_map", "revision", **HELP,
     budget="smoke (CLI tests, seconds of work), quick (under 10 minutes on 2 CPU cores) or full; "
            "--quick is --budget quick; default full",
     methods="pruning scores to sweep, comma-separated: magnitude, wanda (default both)",
@@ -20,26 +26,39 @@ from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
     eval_budget="evaluation budget: smoke, quick, full or counts like ppl=2048,facts=40 (default from the budget)",
     calib_windows="calibration windows for Wanda (default from the budget: quick 16 x 128 tokens, full 64 x 256)",
     seed="seed of the evaluation subsets and the calibration windows",
+    rates="your own sweep: uniform rates for every projection, e.g. 0.05,0.1,0.2,0.3,0.4,0.5 (any of --rates, "
+          "--modules, --group-rates, --nm, --mixed replaces the budget's plan by exactly what you give)",
+    modules="your own sweep: projections pruned alone, e.g. q,k,v,o,gate,up,down (with --module-rates)",
+    module_rates="rates for each projection in --modules, e.g. 0.5",
+    group_rates="your own sweep: rates for the attention-only and MLP-only points",
+    nm="your own sweep: N:M patterns, e.g. 2:4,4:8",
+    mixed="your own sweep: per-module recipes, e.g. attn=0.2:mlp=0.6,attn=0.6:mlp=0.2",
+    mmlu_path="local MMLU data (adds the mmlu task)",
+    gsm8k_path="local GSM8K data (adds the gsm8k task)",
+    boolq_path="local BoolQ data (adds the boolq task)",
+    corpus="perplexity corpus: book (default, offline), wikitext2 or c4",
+    corpus_path="local WikiText-2 / C4 file or folder for --corpus",
     format="table (default), csv or json for the printed table",
 ))
 @user_errors
-def weights(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, quick=False, budget=None, methods="magnitude,wanda",
-            calibration="sequential", tasks=None, eval_budget=None, calib_windows=None, seed=0, dtype="float32",
-            device="cpu", device_map=None, revision=None, format="table"):
+def weights(c, model=None, store=DEFAULT_STORE, config=None, print_config=False, quick=False, budget=None,
+            methods=None, calibration=None, tasks=None, eval_budget=None, calib_windows=None, seed=None, rates=None,
+            modules=None, module_rates=None, group_rates=None, nm=None, mixed=None, mmlu_path=None, gsm8k_path=None,
+            boolq_path=None, corpus=None, corpus_path=None, dtype=None, device=None, device_map=None, revision=None,
+            format="table"):
     """Weight-pruning study: magnitude and Wanda at uniform rates, per module group and per projection,
     N:M; sparsity reached per module and every evaluation into the store (resumes when re-run)."""
-    from interp.commands.cli import load
+    from interp.model.loading import load_model
     from interp.studies.weights import WeightsCfg, run_weights, summary
     from store import Store
 
-    if quick and budget not in (None, "quick"):
-        raise ValueError(f"--quick and --budget {budget} disagree: pass one of them")
-    cfg = WeightsCfg(budget="quick" if quick else (budget or "full"), seed=seed, methods=methods,
-                     calibration=calibration, tasks=tasks or None, eval_budget=eval_budget or None,
-                     calib_windows=calib_windows)
+    got = resolve("weights", WeightsCfg, locals(), WEIGHT_FLAGS)
+    if got is None:
+        return
+    model_cfg, cfg = got
     st = Store(store)
     st.preflight()
-    loaded = load(model, revision=revision, dtype=dtype, device=device, device_map=device_map)
+    loaded = load_model(model_cfg)
     run_id = run_weights(loaded, st, cfg)
     print_table(summary(st, run_id), title=f"pruning sweep (run {run_id}): sparsity reached and headline metric",
                 fmt=format)

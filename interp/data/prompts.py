@@ -253,6 +253,26 @@ def sample(prompts: list[Prompt], limit: int | None, seed: int = 0) -> list[Prom
     return [prompts[i] for i in idx]
 
 
+def role_file(name: str) -> tuple[str, str] | None:
+    """'harmful=my.jsonl' -> ('harmful', 'my.jsonl'): a user file standing in for a built-in set (its prompts
+    get that set's name and label, so studies treat them exactly like the built-in ones); else None."""
+    role, eq, path = name.partition("=")
+    if not eq:
+        return None
+    if role.strip() not in PROMPT_SETS:
+        near = closest(role.strip(), PROMPT_SETS)
+        raise PromptSetError(f"'{name}': a file can stand in for one of {', '.join(PROMPT_SETS)}, not '{role}'"
+                             + (f" (did you mean {near}?)" if near else ""))
+    return role.strip(), path.strip()
+
+
+def load_role_file(role: str, path: str) -> list[Prompt]:
+    """A user prompt file as the ``role`` set: label and dataset ``role``, source the file's name."""
+    from dataclasses import replace
+
+    return [replace(p, label=role, dataset=role) for p in load_file(path)]
+
+
 def check_prompt_specs(spec: str | list[str]) -> list[str]:
     """Validate prompt-set names, and prompt files row by row (fails fast, before a model loads)."""
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
@@ -260,6 +280,9 @@ def check_prompt_specs(spec: str | list[str]) -> list[str]:
         raise PromptSetError("no prompt sets given: pass e.g. --prompts harmful,neutral")
     for name in names:
         if name in PROMPT_SETS:
+            continue
+        if role_file(name):
+            load_file(role_file(name)[1])  # every row checked now
             continue
         if name.endswith((".jsonl", ".csv")) or Path(name).expanduser().exists():
             if not Path(name).expanduser().exists():
@@ -281,6 +304,8 @@ def load_prompts(spec: str | list[str], limit: int | None = None, seed: int = 0)
     for name in names:
         if name in PROMPT_SETS:
             prompts = PROMPT_SETS[name]()
+        elif role_file(name):
+            prompts = load_role_file(*role_file(name))
         elif name.endswith((".jsonl", ".csv")) or Path(name).expanduser().exists():
             prompts = load_file(name)
         else:

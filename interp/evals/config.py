@@ -43,6 +43,8 @@ GEN_TOKENS = {"smoke": {"toxicity": 16, "refusal": 24, "gsm8k": 64},
 """Greedy new tokens per generation task and budget."""
 
 CORPORA = ("book", "wikitext2", "c4")
+DATA_PATHS = ("wikitext2_path", "c4_path", "mmlu_path", "boolq_path", "gsm8k_path", "lmeval_data", "harmful_path")
+"""Fields naming local data; their content digest joins the run identity (``describe``)."""
 
 
 class EvalError(ValueError):
@@ -135,6 +137,9 @@ class EvalCfg:
     """Folder of local data for lm-eval tasks, one file per split in the hub's field names
     (DIR/<dataset path>/<config>/<split>.jsonl, see ``interp.evals.lmeval_tasks``); None: the
     environment's ``INTERP_LMEVAL_DATA`` when it is set (so every study's sweep can use it), else the hub."""
+    harmful_path: str | None = field(default=None, metadata={"omit_default": True})
+    """The user's harmful prompt file (JSONL/CSV): refusal is scored on its held-out fifth instead of the
+    built-in harmful set's (the same rule on its ids: ``is_heldout``)."""
     counts: tuple[tuple[str, int | None], ...] = field(default=(), init=False, repr=False, compare=False)
     """Resolved per-task counts (derived from ``budget``)."""
 
@@ -149,7 +154,7 @@ class EvalCfg:
             raise EvalError("batch_tokens must be >= 2 and gen_batch >= 1")
         if self.lmeval_data is None and any(map(lmeval_spec.is_lmeval, self.tasks)):
             object.__setattr__(self, "lmeval_data", os.environ.get("INTERP_LMEVAL_DATA") or None)
-        for name in ("wikitext2_path", "c4_path", "mmlu_path", "boolq_path", "gsm8k_path", "lmeval_data"):
+        for name in DATA_PATHS:
             value = getattr(self, name)
             if value is not None:
                 path = Path(value).expanduser()
@@ -170,7 +175,8 @@ class EvalCfg:
         return GEN_TOKENS[preset][task]
 
     def describe(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.init
+             and not (f.metadata.get("omit_default") and getattr(self, f.name) == f.default)}
         d["tasks"] = list(self.tasks)
         d["budget"] = self.budget if isinstance(self.budget, str) else dict(self.budget)
         d["counts"] = {t: c for t, c in self.counts if t in self.tasks}
@@ -182,6 +188,11 @@ class EvalCfg:
         gen = {t: n for t, n in GEN_TOKENS[preset].items() if t in self.tasks}
         if gen:  # generation length changes the numbers: part of the identity of any run that generates
             d["gen_tokens"] = gen
+        data = {name: getattr(self, name) for name in DATA_PATHS if d.get(name)}
+        if data:  # a local data file can change under the same name: its content is the identity
+            from interp.model.digest import content_digest
+
+            d["data_sha256"] = {name: content_digest(path) for name, path in data.items()}
         return d
 
 

@@ -77,11 +77,12 @@ def get_judge(name: str) -> RefusalJudge:
     return JUDGES[name]()
 
 
-def heldout_harmful(n: int | None) -> list[tuple[str, str]]:
-    """The first ``n`` held-out harmful prompts, alternating HarmBench and Do-Not-Answer."""
+def heldout_harmful(n: int | None, path: str | None = None) -> list[tuple[str, str]]:
+    """The first ``n`` held-out harmful prompts, alternating HarmBench and Do-Not-Answer (or of the
+    user's harmful file at ``path``: the same held-out rule on its ids)."""
     from interp.data.prompts import load_prompts
 
-    prompts = [(p.id, p.text) for p in load_prompts("harmful") if is_heldout(p.id)]
+    prompts = [(p.id, p.text) for p in load_prompts(f"harmful={path}" if path else "harmful") if is_heldout(p.id)]
     return prompts if n is None else prompts[:n]
 
 

@@ -56,7 +56,7 @@ def _load(loaded, cfg: EvalCfg, task: str):
 
         return [(p.id, p.text) for p in load_prompts("toxic", limit=n, seed=seed)]
     if task == "refusal":
-        return refusal.heldout_harmful(n)
+        return refusal.heldout_harmful(n, cfg.harmful_path)
     raise EvalError(f"unknown evaluation task '{task}'")
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -23,6 +23,7 @@ from interp.model import ops
 from interp.model.hooks import hooked
 from interp.interventions import register
 from interp.model.sites import Site, block
+from interp.provenance import LATER
 
 
 
@@ -226,6 +227,26 @@ def orthogonalize_model(loaded, direction: Sequence[float]) -> None:
 
 
 ADD_HOOKS = ("resid_pre", "resid_post", "attn_out", "mlp_out")
+POSITIONS = ("all", "prompt", "generated")
+"""Where steering acts: every token; only the forward pass that reads the prompt; only the passes that
+generate after it (those that find the KV cache already holding tokens)."""
+
+
+@contextlib.contextmanager
+def _phase(model: nn.Module) -> Iterator[dict]:
+    """Tracks whether the model's current forward pass reads a prompt (an empty or no KV cache) or
+    generates after one (``state['generated']``); the hook is removed on exit."""
+    state = {"generated": False}
+
+    def pre(_module, _args, kwargs):
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))  # transformers 5 names it `cache`
+        state["generated"] = bool(cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0)
+
+    handle = model.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        yield state
+    finally:
+        handle.remove()
 
 
 @register
@@ -249,6 +270,11 @@ class ActivationAddition:
     """resid_pre (input of the block), resid_post, attn_out or mlp_out."""
     name: str = "direction"
     """Readable name used in the point label."""
+    more_layers: tuple[int, ...] = field(default=(), metadata=LATER)
+    """Further blocks steered at the same hook with the same vector (several layers at once)."""
+    positions: str = field(default="all", metadata=LATER)
+    """Which tokens are steered: all, prompt (the pass that reads the prompt) or generated (the passes
+    that generate after it; a plain forward such as perplexity's is then unchanged)."""
     kind: ClassVar[str] = "activation_addition"
 
     def __post_init__(self) -> None:
@@ -263,11 +289,24 @@ class ActivationAddition:
                                  f"scale={self.scale})")
         object.__setattr__(self, "alpha", float(self.alpha))
         object.__setattr__(self, "scale", float(self.scale))
+        more = tuple(sorted({int(l) for l in self.more_layers} - {self.layer}))
+        if any(l < 0 for l in more):
+            raise DirectionError(f"layers must be >= 0, not {min(more)}")
+        object.__setattr__(self, "more_layers", more)
+        if self.positions not in POSITIONS:
+            raise DirectionError(f"steering positions '{self.positions}' is not one of {', '.join(POSITIONS)}")
 
     from_dict = classmethod(_from_dict)
 
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """Every steered block."""
+        return tuple(sorted({self.layer, *self.more_layers}))
+
     def label(self) -> str:
-        return f"actadd[{self.name} {self.alpha:+g}]"
+        where = "" if not self.more_layers else f" @{','.join(map(str, self.layers))}"
+        only = "" if self.positions == "all" else f" {self.positions}"
+        return f"actadd[{self.name} {self.alpha:+g}{where}{only}]"
 
     def first_layer(self, n_layers: int) -> int:
         """Every site of block ``layer`` (its input, its sublayers' outputs, its output) is hooked on
@@ -276,10 +315,15 @@ class ActivationAddition:
 
     @contextlib.contextmanager
     def apply(self, loaded) -> Iterator[None]:
-        if self.layer >= loaded.n_layers:
-            raise DirectionError(f"layer {self.layer} out of range: {loaded.name} has layers 0..{loaded.n_layers - 1}")
+        if max(self.layers) >= loaded.n_layers:
+            raise DirectionError(f"layer {max(self.layers)} out of range: {loaded.name} has layers "
+                                 f"0..{loaded.n_layers - 1}")
         r = unit_direction(self.direction, loaded) * self.scale
-        site = Site(self.hook, self.layer)
-        fn = lambda h: ops.add(h, r.to(h.device), self.alpha)  # noqa: E731
-        with hooked(loaded.model, loaded.arch, {site: fn}, loaded.n_heads):
-            yield
+        with _phase(loaded.model) as phase:
+            def fn(h):
+                if self.positions != "all" and phase["generated"] != (self.positions == "generated"):
+                    return None
+                return ops.add(h, r.to(h.device), self.alpha)
+
+            with hooked(loaded.model, loaded.arch, {Site(self.hook, l): fn for l in self.layers}, loaded.n_heads):
+                yield

@@ -21,10 +21,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from interp.provenance import LATER
 from store.layers import add_heal_log
 
 if TYPE_CHECKING:
     import duckdb
+
+SCHEDULES = ("constant", "cosine", "linear")
 
 
 class HealError(ValueError):
@@ -73,6 +76,12 @@ class HealCfg:
     """The evaluation's seed (which windows it scores)."""
     log_every: int = 10
     """Record the training loss every this many steps (and at the last step)."""
+    dropout: float = field(default=0.0, metadata=LATER)
+    """LoRA dropout on the adapters' input (seeded: healing stays deterministic for a seed)."""
+    schedule: str = field(default="constant", metadata=LATER)
+    """Learning-rate schedule after the warm-up: constant, cosine or linear (decay to 0 at the last step)."""
+    warmup: int = field(default=0, metadata=LATER)
+    """Linear warm-up steps from 0 to ``lr`` (counted within ``steps``)."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "rank", "batch", "log_every", "holdout_tokens"):
@@ -80,6 +89,12 @@ class HealCfg:
                 raise HealError(f"heal {name} must be at least 1, not {getattr(self, name)}")
         if not self.lr > 0 or not self.alpha > 0:
             raise HealError("heal learning rate and alpha must be positive")
+        if not 0 <= self.dropout < 1:
+            raise HealError(f"heal dropout must be in [0, 1), not {self.dropout}")
+        if self.schedule not in SCHEDULES:
+            raise HealError(f"unknown heal schedule '{self.schedule}': use {', '.join(SCHEDULES)}")
+        if not 0 <= self.warmup < self.steps:
+            raise HealError(f"heal warm-up must be 0 or more and below the {self.steps} steps, not {self.warmup}")
         if self.corpus not in ("book", "wikitext2", "c4"):
             raise HealError(f"unknown heal corpus '{self.corpus}': use book, wikitext2 or c4")
 
@@ -133,6 +148,14 @@ def mlp_targets(loaded) -> list[str]:
     return sorted({p for p in loaded.arch.proj.values() if p.startswith(mlp)})
 
 
+def _scheduler(opt, cfg: HealCfg):
+    """transformers' learning-rate schedules (warm-up, then constant, cosine or linear decay)."""
+    from transformers import get_scheduler
+
+    name = "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule
+    return get_scheduler(name, opt, num_warmup_steps=cfg.warmup, num_training_steps=cfg.steps)
+
+
 @contextlib.contextmanager
 def healed(loaded, cfg: HealCfg, progress: bool = False) -> Iterator[HealLog]:
     """Fine-tune LoRA adapters on the MLPs of the model *as it is now*; yields the training log
@@ -146,7 +169,7 @@ def healed(loaded, cfg: HealCfg, progress: bool = False) -> Iterator[HealLog]:
     grad_flags = [(p, p.requires_grad) for p in model.parameters()]
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, bias="none",
+    lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, bias="none",
                       target_modules=mlp_targets(loaded), fan_in_fan_out=loaded.arch.conv1d)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -154,8 +177,12 @@ def healed(loaded, cfg: HealCfg, progress: bool = False) -> Iterator[HealLog]:
     try:
         params = [p for p in peft_model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        sched = _scheduler(opt, cfg)
         rows, t0 = [], time.perf_counter()
-        model.eval()  # no dropout: healing is deterministic for a seed
+        model.eval()  # the model's own dropout off; LoRA dropout (seeded above) on when asked for
+        for name, module in peft_model.named_modules():
+            if name.endswith("lora_dropout"):
+                module.train(cfg.dropout > 0)
         with torch.enable_grad():
             for step in tqdm(range(1, cfg.steps + 1), desc="heal", unit="step", disable=not progress, leave=False):
                 picked = rng.sample(range(len(windows)), min(cfg.batch, len(windows)))
@@ -163,6 +190,7 @@ def healed(loaded, cfg: HealCfg, progress: bool = False) -> Iterator[HealLog]:
                 loss = peft_model(input_ids=ids, labels=ids, use_cache=False).loss
                 loss.backward()
                 opt.step()
+                sched.step()
                 opt.zero_grad(set_to_none=True)
                 if step % cfg.log_every == 0 or step == cfg.steps or step == 1:
                     rows.append((step, float(loss.detach()), time.perf_counter() - t0))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
 from dataclasses import asdict, dataclass
 
 from interp.evals import EvalCfg
+from interp.validate import Optional, Whole
 
 METHODS = ("gradient", "zero", "mean", "mean_zero", "random")
 """Pruning orders: by gradient importance, by zero- or mean-ablation text loss (mean: heads
@@ -38,6 +40,9 @@ BUDGETS: dict[str, dict] = {
 @dataclass(frozen=True)
 class HeadsCfg:
     """The head study's settings. ``budget`` fills every field left as None."""
+
+    CONFIG_SPECS: ClassVar[dict] = {n: Optional(Whole(min=1)) for n in ("router_steps", "text_seqs", "grad_seqs")}
+    """Ranges checked on flags and config-file keys alike (interp.studies.config_file.fields_of)."""
 
     budget: str = "quick"
     """smoke (CLI tests), quick (under 10 minutes on 2 CPU cores) or full."""

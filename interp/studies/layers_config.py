@@ -22,11 +22,14 @@ What each budget does on SmolLM2-135M (30 layers); a point without k of the 30 l
 
 from __future__ import annotations
 
+from typing import ClassVar
 from dataclasses import dataclass, field, fields
 
 from analyses.layer_blocks import STRATEGIES
 from interp.evals import EvalCfg
 from interp.interventions.heal import HealCfg
+from interp.provenance import LATER
+from interp.validate import ListOf, Optional, Whole
 from interp.data.prompts import check_prompt_specs
 
 BUDGETS = ("smoke", "quick", "full")
@@ -43,6 +46,11 @@ class LayersCfgError(ValueError):
 @dataclass(frozen=True)
 class LayersCfg:
     """What the layer study computes and how much of it. Everything but batch_size is the run's identity."""
+
+    CONFIG_SPECS: ClassVar[dict] = {"sizes": Optional(ListOf(Whole(min=1))), "heal_sizes": Optional(ListOf(Whole(min=1))),
+                                      "limit": Optional(Whole(min=1)), "max_tokens": Optional(Whole(min=1)),
+                                      "heal_steps": Whole(min=0)}
+    """Ranges checked on flags and config-file keys alike (interp.studies.config_file.fields_of)."""
 
     budget: str = "full"
     """smoke (CLI tests: seconds of work), quick (minutes on 2 CPU cores) or full; sets the defaults below."""
@@ -83,6 +91,20 @@ class LayersCfg:
     """Local BoolQ data: adds the boolq task."""
     seed: int = 0
     """Seed of the evaluation subsets, prompt sampling and healing."""
+    heal_alpha: float = field(default=16.0, metadata=LATER)
+    """LoRA alpha of the healing adapters (updates scaled by alpha / rank)."""
+    heal_dropout: float = field(default=0.0, metadata=LATER)
+    """LoRA dropout of the healing adapters."""
+    heal_schedule: str = field(default="constant", metadata=LATER)
+    """Healing learning-rate schedule after the warm-up: constant, cosine or linear."""
+    heal_warmup: int = field(default=0, metadata=LATER)
+    """Healing warm-up steps (linear from 0 to heal_lr)."""
+    gsm8k_path: str | None = field(default=None, metadata=LATER)
+    """Local GSM8K data: adds the gsm8k task."""
+    corpus: str = field(default="book", metadata=LATER)
+    """Corpus of the perplexity evaluation and of healing: book (offline), wikitext2 or c4 (corpus_path offline)."""
+    corpus_path: str | None = field(default=None, metadata=LATER)
+    """Local WikiText-2 / C4 file or folder for ``corpus``."""
     batch_size: int = field(default=8, compare=False)
     """Prompts per forward pass when caching (never changes results)."""
 
@@ -153,17 +175,26 @@ class LayersCfg:
     def eval_cfg(self) -> EvalCfg:
         tasks = self.tasks or {"smoke": ("ppl",), "quick": ("ppl", "facts", "arith"),
                                "full": ("ppl", "facts", "arith")}[self.budget]
-        extra = tuple(t for t, p in (("mmlu", self.mmlu_path), ("boolq", self.boolq_path)) if p and t not in tasks)
+        paths = {"mmlu": self.mmlu_path, "boolq": self.boolq_path, "gsm8k": self.gsm8k_path}
+        extra = tuple(t for t, p in paths.items() if p and t not in tasks)
         budget = self.eval_budget or {"smoke": "ppl=256", "quick": QUICK_EVAL,
                                       "full": "quick"}[self.budget]
-        return EvalCfg(tasks=(*tasks, *extra), budget=budget, seed=self.seed, mmlu_path=self.mmlu_path,
-                       boolq_path=self.boolq_path)
+        corpus = {}
+        if self.corpus_path:
+            if self.corpus not in ("wikitext2", "c4"):
+                raise LayersCfgError("corpus-path is for the wikitext2 or c4 corpus: set --corpus too")
+            corpus[f"{self.corpus}_path"] = self.corpus_path
+        return EvalCfg(tasks=(*tasks, *extra), budget=budget, seed=self.seed, corpus=self.corpus,
+                       **{f"{t}_path": p for t, p in paths.items() if p}, **corpus)
 
     def heal_cfg(self) -> HealCfg:
         ecfg = self.eval_cfg()
         return HealCfg(steps=self.heal_steps, rank=self.heal_rank, lr=self.heal_lr, batch=self.heal_batch,
                        seed=self.seed, corpus=ecfg.corpus, window=ecfg.window,
-                       holdout_tokens=ecfg.count("ppl") or 1, holdout_seed=ecfg.seed)
+                       holdout_tokens=ecfg.count("ppl") or 1, holdout_seed=ecfg.seed, alpha=self.heal_alpha,
+                       dropout=self.heal_dropout, schedule=self.heal_schedule, warmup=self.heal_warmup,
+                       corpus_path=self.corpus_path)
 
     def identity(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.compare}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.compare
+                and not (f.metadata.get("omit_default") and getattr(self, f.name) == f.default)}

@@ -45,14 +45,14 @@ def heldout_ids(cfg: SafetyCfg) -> set[str]:
     from interp.evals.kl import neutral_prompts
 
     ev = cfg.eval_cfg()
-    ids = {p.id for p in load_prompts("harmful") if is_heldout(p.id)}
+    ids = {p.id for p in load_prompts(f"harmful={cfg.harmful}" if cfg.harmful else "harmful") if is_heldout(p.id)}
     ids |= {p.id for p in load_prompts("toxic", limit=ev.count("toxicity"), seed=ev.seed)}
     ids |= {i for i, _ in neutral_prompts(ev.count("kl"), ev.seed)[0]}
     return ids
 
 
 def _dataset(store: Store, cache_run: int, cfg: SafetyCfg) -> pd.DataFrame:
-    prompts = load_prompts(PROMPT_SETS, cfg.per_set, cfg.seed)
+    prompts = load_prompts(cfg.prompt_sets(), cfg.per_set, cfg.seed)
     with store.connect() as con:
         stored = set(db.stored_prompts(con, cache_run)["prompt_id"])
     frame = pd.DataFrame([{"prompt_id": p.id, "dataset": p.dataset, "source": p.source, "label": p.label,

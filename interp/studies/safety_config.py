@@ -12,12 +12,15 @@ only above about 0.45 with power 0.8; with 48, above about 0.16), 2048 perplexit
 
 from __future__ import annotations
 
+from typing import ClassVar
 from dataclasses import asdict, dataclass
 
 from analyses import directions as dir_analysis
 from analyses import probes as probe_analysis
 from interp.capture.capture import CaptureCfg
+from interp.data.prompts import check_prompt_specs, load_file, prompts_digest
 from interp.evals import EvalCfg
+from interp.validate import Optional, Whole
 
 PROMPT_SETS = "harmful,toxic,neutral,stereotypes"
 EVAL_TASKS = ("toxicity", "refusal", "ppl", "facts", "arith", "kl")
@@ -43,6 +46,9 @@ BUDGETS: dict[str, dict] = {
 @dataclass(frozen=True)
 class SafetyCfg:
     """The safety study's settings. ``budget`` fills every field left as None."""
+
+    CONFIG_SPECS: ClassVar[dict] = {"per_set": Optional(Whole(min=1))}
+    """Ranges checked on flags and config-file keys alike (interp.studies.config_file.fields_of)."""
 
     budget: str = "quick"
     """smoke (CLI tests), quick (under 15 minutes on 2 CPU cores) or full."""
@@ -92,6 +98,11 @@ class SafetyCfg:
     """lm-evaluation-harness tasks scored at every point too ('lm-eval:arc_easy', ...)."""
     batch_size: int = 8
     """Prompts per forward pass when capturing (never changes results)."""
+    harmful: str | None = None
+    """Your harmful prompts (JSONL/CSV, a 'text' or 'prompt' column) in place of the built-in harmful set:
+    probes, directions, edits and the refusal evaluation (its held-out fifth) use them."""
+    harmless: str | None = None
+    """Your harmless prompts (JSONL/CSV) in place of the built-in neutral set (probes and directions)."""
 
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
@@ -116,6 +127,7 @@ class SafetyCfg:
             raise ValueError(f"random baselines per kind must be 0 or at least 2 (a band needs two), "
                              f"not {self.baselines}")
         object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
+        check_prompt_specs(self.prompt_sets())  # every row of the user's files, before a model loads
         self.probe_cfg()
         self.rule()
         self.eval_cfg()
@@ -128,16 +140,27 @@ class SafetyCfg:
         return dir_analysis.SelectRule(kl_max=self.kl_max, min_auc=self.min_auc)
 
     def eval_cfg(self) -> EvalCfg:
-        return EvalCfg(tasks=(*EVAL_TASKS, *self.lm_eval), budget=self.eval_budget, seed=self.seed)
+        return EvalCfg(tasks=(*EVAL_TASKS, *self.lm_eval), budget=self.eval_budget, seed=self.seed,
+                       harmful_path=self.harmful)
+
+    def prompt_sets(self) -> str:
+        """The capture's prompt sets: the built-in ones, with the user's files standing in where given."""
+        files = {"harmful": self.harmful, "neutral": self.harmless}
+        return ",".join(f"{s}={files[s]}" if files.get(s) else s for s in PROMPT_SETS.split(","))
 
     def capture_cfg(self) -> CaptureCfg:
         hooks = ",".join(dict.fromkeys(("resid_pre", "resid_post", *self.probe_hooks)))
-        return CaptureCfg(prompts=PROMPT_SETS, hooks=hooks, positions=",".join(self.positions), backend="torch",
+        return CaptureCfg(prompts=self.prompt_sets(), hooks=hooks, positions=",".join(self.positions), backend="torch",
                           limit=self.per_set, seed=self.seed, batch_size=self.batch_size)
 
     def describe(self) -> dict:
         # batch_size never changes results; without lm-eval tasks a run keeps the identity it had before them
-        d = {k: v for k, v in asdict(self).items() if k != "batch_size" and (k != "lm_eval" or v)}
+        # the user's files only when given (older runs keep their identity), by content
+        d = {k: v for k, v in asdict(self).items() if k != "batch_size" and (k not in ("lm_eval", "harmful", "harmless")
+                                                                           or v)}
+        for name in ("harmful", "harmless"):
+            if d.get(name):
+                d[f"{name}_sha256"] = prompts_digest(load_file(d[name]))
         d["eval"] = self.eval_cfg().describe()
         d["rule"] = self.rule().describe()
         return d

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from interp.commands.cli import CliTask
-from interp.validate import Boolean, Choice, ListOf, Number, Optional, Whole
+from interp.validate import Boolean, Choice, ListOf, Number, Optional, Text, Whole
 from store import Store
 from store.check import check_store
 
@@ -38,7 +38,18 @@ TASKS = _tasks()
 
 
 def _bad_values(spec) -> list[str]:
-    """Values ``spec`` refuses, as a user would type them."""
+    """Values ``spec`` refuses, as a user would type them (text and budgets: none; their configs check them)."""
+    from interp.commands.settings import FieldSpec
+    from interp.studies.config_file import Counts, Pairs
+
+    if isinstance(spec, FieldSpec):
+        return _bad_values(spec.resolve())
+    if isinstance(spec, (Text, Counts)):
+        return []
+    if isinstance(spec, Pairs):
+        return ["attn", "attn=x"]
+    if isinstance(spec, ListOf) and isinstance(spec.item, Pairs):
+        return ["attn=0.2:mlp=0.6,attn", "attn=0.2,attn=2"]
     if isinstance(spec, Optional):
         return _bad_values(spec.inner)
     if isinstance(spec, Whole):
@@ -196,7 +207,7 @@ STORE_TASKS = sorted(t for t in TASKS if _has(t, "store"))
 @pytest.mark.parametrize("case", STORE_CASES)
 @pytest.mark.parametrize("task", STORE_TASKS)
 def test_bad_stores(world, capsys, monkeypatch, task, case):
-    reading = task in ("check", "runs", "sql", "export", "report")
+    reading = task in ("check", "runs", "sql", "export", "export-model", "report")
     if case == "read-only" and reading:
         pytest.skip("reading a store on a read-only file system works (tested in tests/unit/test_bad_inputs.py)")
     if case == "missing" and not reading:

@@ -1,0 +1,167 @@
+"""Study settings from TOML files and flags: round-trips keep the run identity, flags override the file,
+and every bad key, type and value is refused in one line before any model loads."""
+
+from __future__ import annotations
+
+import pytest
+
+from interp.provenance import config_hash
+from interp.studies.config_file import ConfigError, dumps, load
+from interp.studies.heads_config import HeadsCfg
+from interp.studies.layers_config import LayersCfg
+from interp.studies.safety_config import SafetyCfg
+from interp.studies.weights_config import WeightsCfg
+from interp.validate import InvalidValue
+
+STUDIES = {"layers": LayersCfg, "weights": WeightsCfg, "heads": HeadsCfg, "safety": SafetyCfg}
+FLAGS = {  # what a user types, as the command's flags hand it over (strings)
+    "layers": {"budget": "smoke", "heal_steps": "120", "heal_alpha": "8", "heal_dropout": "0.05",
+               "heal_schedule": "cosine", "heal_warmup": "100", "sizes": "2,4", "heal_sizes": "4", "chat": "yes"},
+    "weights": {"budget": "smoke", "methods": "wanda", "modules": "q,k,v,o,gate,up,down", "module_rates": "0.5",
+                "mixed": "attn=0.2:mlp=0.6,attn=0.6:mlp=0.2", "nm": "2:4"},
+    "heads": {"budget": "smoke", "router_keep": "0.25,0.5", "lb_coef": "0.1", "eval_budget": "ppl=256,facts=4"},
+    "safety": {"budget": "smoke", "probe_hooks": "resid_pre,resid_post", "probe_layers": "1,2", "C": "0.5",
+               "alphas": "-2,2"},
+}
+
+
+def _identity(cfg) -> str:
+    return config_hash(cfg.identity() if hasattr(cfg, "identity") else cfg.describe())
+
+
+def _load_flags(study: str, flags: dict):
+    from interp.commands.settings import flag_types
+
+    types = flag_types(f"{type(STUDIES[study]()).__module__}:{STUDIES[study].__name__}", *flags)
+    parsed = {k: types[k].parse(v, "--" + k) for k, v in flags.items()}
+    return load(study, STUDIES[study], None, parsed, {})
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_printed_config_rebuilds_the_same_run(study, tmp_path):
+    model, cfg = _load_flags(study, FLAGS[study])
+    path = tmp_path / f"{study}.toml"
+    path.write_text(dumps(study, model, cfg))
+    model2, cfg2 = load(study, STUDIES[study], str(path), {}, {})
+    assert (model2, cfg2) == (model, cfg)
+    assert _identity(cfg2) == _identity(cfg)
+    assert dumps(study, model2, cfg2) == path.read_text()
+    # flags override the file, and change the identity
+    _, cfg3 = load(study, STUDIES[study], str(path), {"seed": 7}, {"dtype": "bfloat16"})
+    assert cfg3.seed == 7 and _identity(cfg3) != _identity(cfg)
+
+
+def test_flags_reach_the_study_objects():
+    _, layers = _load_flags("layers", FLAGS["layers"])
+    heal = layers.heal_cfg()
+    assert (heal.alpha, heal.dropout, heal.schedule, heal.warmup, heal.rank) == (8.0, 0.05, "cosine", 100, 8)
+    assert layers.chat is True and layers.sizes == (2, 4)
+    _, weights = _load_flags("weights", FLAGS["weights"])
+    plan = weights.plan
+    assert plan.single_modules == ("q", "k", "v", "o", "gate", "up", "down") and plan.single_rates == (0.5,)
+    assert plan.mixed == ((("attn", 0.2), ("mlp", 0.6)), (("attn", 0.6), ("mlp", 0.2)))
+    assert plan.uniform == () and plan.global_rates == () and plan.nm == ("2:4",)
+    _, safety = _load_flags("safety", FLAGS["safety"])
+    assert safety.probe_cfg().C == 0.5 and safety.alphas == (-2.0, 2.0)
+
+
+def test_new_fields_at_their_defaults_keep_old_identities():
+    """Runs stored before the heal recipe / corpus / user-sweep fields existed keep their identity."""
+    layers = LayersCfg(budget="smoke")
+    assert not {"heal_alpha", "heal_dropout", "heal_schedule", "heal_warmup", "corpus", "gsm8k_path"} & set(
+        layers.identity())
+    assert set(WeightsCfg(budget="smoke").identity()) == {"study", "budget", "seed", "methods", "calibration"}
+    from interp.interventions import describe
+    from interp.interventions.heal import HealCfg
+    from interp.interventions.layers import HealedDrop
+
+    d = describe(HealedDrop((1,), HealCfg(steps=2)))["heal"]
+    assert not {"dropout", "schedule", "warmup"} & set(d)
+    assert describe(HealedDrop((1,), HealCfg(steps=2, schedule="cosine")))["heal"]["schedule"] == "cosine"
+
+
+def test_data_files_join_the_identity_by_content(tmp_path):
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    before = _identity(LayersCfg(budget="smoke", gsm8k_path=str(data)).eval_cfg())
+    data.write_text('{"question": "2+2?", "answer": "#### 4"}\n')
+    after = _identity(LayersCfg(budget="smoke", gsm8k_path=str(data)).eval_cfg())
+    assert before != after
+
+
+@pytest.mark.parametrize("text,match", [
+    ("[layers]\nheal_rnk = 3\n", "unknown key 'heal_rnk' (did you mean heal_rank?)"),
+    ("[layers]\nheal_rank = 'x'\n", "heal_rank takes a whole number, not 'x'"),
+    ("[layers]\nchat = 'ture'\n", "chat takes true or false, not 'ture' (did you mean true?)"),
+    ("[layers]\nsizes = [1, 'a']\n", "sizes (item 2) takes a whole number"),
+    ("[layer]\nheal_rank = 3\n", "unknown table [layer] (did you mean [layers]?)"),
+    ("[model]\nspce = 'x'\n", "unknown key 'spce' (did you mean spec?)"),
+    ("layers = 3\n", "'layers' must be a table"),
+    ("[layers\n", "is not valid TOML"),
+])
+def test_bad_files_are_refused_in_one_line(tmp_path, text, match):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises((ConfigError, InvalidValue)) as e:
+        load("layers", LayersCfg, str(path), {}, {})
+    assert match in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("study,values,match", [
+    ("layers", {"heal_warmup": 300, "heal_steps": 10}, "warm-up"),
+    ("layers", {"heal_schedule": "cosin", "heal_steps": 10}, "unknown heal schedule"),
+    ("layers", {"corpus_path": "x"}, "set --corpus too"),
+    ("layers", {"corpus": "c4", "corpus_path": "/nonexistent"}, "does not exist"),
+    ("weights", {"rates": (0.05, 1.5)}, "between 0 and 1"),
+    ("weights", {"modules": ("qq",), "module_rates": (0.5,)}, "unknown projection 'qq'"),
+    ("weights", {"modules": ("q",)}, "go together"),
+    ("weights", {"nm": ("4:2",)}, "N:M pattern '4:2'"),
+    ("weights", {"mixed": ((("atn", 0.2),),)}, "'atn' must be one of"),
+    ("heads", {"router_keep": (1.5,)}, "router keep"),
+    ("safety", {"probe_hooks": ("mlp_out",)}, "residual stream"),
+])
+def test_out_of_range_values_are_refused(study, values, match):
+    with pytest.raises(ValueError, match=match):
+        load(study, STUDIES[study], None, values, {})
+
+
+def test_missing_file_names_the_fix():
+    with pytest.raises(ConfigError, match="--print-config"):
+        load("layers", LayersCfg, "/nonexistent/cfg.toml", {}, {})
+
+
+def test_user_prompt_files_stand_in_for_the_built_in_sets(tmp_path):
+    """--harmful/--harmless: the files' prompts take the built-in sets' names and labels (so probes, directions,
+    edits and the refusal evaluation use them alike), and their content, not their path, is the identity."""
+    from interp.data.prompts import load_prompts
+    from interp.evals.refusal import heldout_harmful
+    from interp.studies.safety import heldout_ids
+
+    harmful, harmless = tmp_path / "mine.jsonl", tmp_path / "calm.csv"
+    harmful.write_text("".join(f'{{"id": "h{i}", "text": "harmful request number {i}"}}\n' for i in range(40)))
+    harmless.write_text("prompt\n" + "".join(f"a kind request number {i}\n" for i in range(40)))
+    cfg = SafetyCfg(budget="smoke", harmful=str(harmful), harmless=str(harmless))
+    prompts = load_prompts(cfg.prompt_sets(), cfg.per_set, cfg.seed)
+    mine = [p for p in prompts if p.source == "mine.jsonl"]
+    calm = [p for p in prompts if p.source == "calm.csv"]
+    assert len(mine) == len(calm) == cfg.per_set
+    assert {(p.dataset, p.label) for p in mine} == {("harmful", "harmful")}
+    assert {(p.dataset, p.label) for p in calm} == {("neutral", "neutral")}
+    assert not any(p.dataset in ("harmful", "neutral") and p.source not in ("mine.jsonl", "calm.csv") for p in prompts)
+    held = heldout_harmful(None, cfg.eval_cfg().harmful_path)
+    assert held and {i for i, _ in held} <= {f"h{i}" for i in range(40)} and {i for i, _ in held} <= heldout_ids(cfg)
+    before = config_hash(cfg.describe())
+    harmful.write_text(harmful.read_text().replace("number 3", "number three"))
+    assert config_hash(SafetyCfg(budget="smoke", harmful=str(harmful), harmless=str(harmless)).describe()) != before
+    assert "harmful" not in SafetyCfg(budget="smoke").describe()  # runs without files keep their identity
+
+
+@pytest.mark.parametrize("text,match", [
+    ('{"text": "ok"}\n[1, 2]\n', "line 2 is a JSON list"),
+    ('{"txt": "no text column"}\n', "no text column"),
+])
+def test_bad_user_prompt_files_are_refused_before_a_model_loads(tmp_path, text, match):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        SafetyCfg(budget="smoke", harmful=str(path))
