@@ -62,9 +62,10 @@ def test_angular_drop_with_lora_healing_recipe(tmp_path):
                "--heal-warmup", "1", "--store", store)
     assert r.returncode == 0, r.stderr[-3000:]
     config = json.loads(sql(store, "SELECT config FROM runs WHERE kind = 'layers'")[0].strip('"').replace('""', '"'))
+    config = config["layers"]  # the study's own settings, beside the capture and evaluation configs
     assert {k: config[k] for k in ("heal_alpha", "heal_dropout", "heal_schedule", "heal_warmup", "heal_rank")} == \
         {"heal_alpha": 8.0, "heal_dropout": 0.05, "heal_schedule": "cosine", "heal_warmup": 1, "heal_rank": 8}
-    assert sql(store, "SELECT count(*) > 0 FROM layer_drops WHERE heal_steps = 3") == ["true"]
+    assert int(sql(store, "SELECT count(*) FROM layer_drops WHERE heal_steps = 3")[0]) > 0
 
 
 def test_probe_and_steering_on_the_users_prompt_files(tmp_path):
@@ -81,5 +82,5 @@ def test_probe_and_steering_on_the_users_prompt_files(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert sql(store, "SELECT DISTINCT source FROM safety_prompts WHERE dataset IN ('harmful', 'neutral') "
                       "ORDER BY source") == ["my_harmful.jsonl", "my_harmless.jsonl"]
-    assert sql(store, "SELECT count(*) > 0 FROM safety_probes WHERE problem = 'harmful_vs_neutral'") == ["true"]
-    assert sql(store, "SELECT count(*) > 0 FROM evals WHERE point LIKE 'actadd%' AND task = 'refusal'") == ["true"]
+    assert int(sql(store, "SELECT count(*) FROM safety_probes WHERE problem = 'harmful_vs_neutral'")[0]) > 0
+    assert int(sql(store, "SELECT count(*) FROM evals WHERE point LIKE 'actadd%' AND task = 'refusal'")[0]) > 0
