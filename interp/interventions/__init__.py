@@ -28,12 +28,18 @@ class ByProduct(Protocol):
         """Write it into the store (idempotent: replaces what the same point stored before)."""
 
 
+def _has_save(x: object) -> bool:
+    # nnsight (imported by the default capture backend) puts a ``save`` on ``object`` itself, so
+    # getattr would find one on anything: look for a class of x's own, below object, defining it
+    return any(callable(vars(k).get("save")) for k in type(x).__mro__ if k is not object)
+
+
 def byproducts(made: object) -> list[ByProduct]:
     """What an ``apply`` yielded, as a list: nothing (None), one by-product, or a tuple of them."""
     if made is None:
         return []
     items = list(made) if isinstance(made, (list, tuple)) else [made]
-    bad = [type(x).__name__ for x in items if not callable(getattr(x, "save", None))]
+    bad = [type(x).__name__ for x in items if not _has_save(x)]
     if bad:
         raise TypeError(f"apply() yielded a {bad[0]}, which has no save(con, run_id, point): "
                         "yield by-products (interp.interventions.ByProduct) or nothing")
