@@ -196,7 +196,8 @@ def _report_rows(kept_acc: float, swapped_acc: float, n_kept: int = 22, n_swappe
                     "swapped: 74)")),
 ])
 def test_report_shows_the_control_and_states_it(store, kept, swapped, says):
-    from reports.safety import findings, sections
+    from reports.panels import render
+    from reports.safety import findings, parts
     from store import safety as db
     from tests.unit.test_reports_pages import chart_data, new_run
 
@@ -205,7 +206,7 @@ def test_report_shows_the_control_and_states_it(store, kept, swapped, says):
         run = new_run(con, "safety")
         db.replace_rows(con, run, {"safety_probes": df, "safety_best_layers": best_layers(df)})
         found = findings(con, run)
-        page_blocks = {b.title: b for s in sections(con, run) for b in s.blocks if hasattr(b, "title")}
+        page_blocks = {b.title: b for s in render(con, parts(con, run)) for b in s.blocks if hasattr(b, "title")}
     line = [f for f in found if "keeps the social group" in f or "group-mention control" in f]
     assert len(line) == 1 and line[0].startswith("safety: biased vs counterpart at its best layer 1 (resid_pre, "
                                                  "last token): "), found
@@ -220,7 +221,8 @@ def test_report_shows_the_control_and_states_it(store, kept, swapped, says):
 
 
 def test_report_leaves_runs_without_the_control_alone(store):
-    from reports.safety import findings, sections
+    from reports.panels import render
+    from reports.safety import findings, parts
     from store import safety as db
     from tests.unit.test_reports_pages import new_run
 
@@ -230,6 +232,6 @@ def test_report_leaves_runs_without_the_control_alone(store):
         run = new_run(con, "safety")
         db.replace_rows(con, run, {"safety_probes": df, "safety_best_layers": best_layers(df)})
         found = findings(con, run)
-        titles = [getattr(b, "title", "") for s in sections(con, run) for b in s.blocks]
+        titles = [getattr(b, "title", "") for s in render(con, parts(con, run)) for b in s.blocks]
     assert not any("Stereotype probe" in t for t in titles)
     assert not any("group" in f for f in found)
