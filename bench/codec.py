@@ -150,6 +150,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.gb <= 0 or args.d < 1 or args.shard_mb <= 0:
         ap.error("--gb and --shard-mb must be positive and --d at least 1")
+    if args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="interp-codec-", dir=args.dir))  # only this directory is removed
     try:
         out = run(args.gb, args.d, args.shard_mb, root)
