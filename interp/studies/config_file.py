@@ -27,14 +27,21 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import tomli_w
 import tomllib
 
 from interp.model.loading import ModelCfg
-from interp.validate import Boolean, InvalidValue, ListOf, Number, Optional, Text, Whole, closest
+from interp.validate import Boolean, InvalidValue, ListOf, Number, Optional, Spec, Text, Whole, closest
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+C = TypeVar("C", bound="DataclassInstance")
+"""A study's config dataclass."""
 
 
 class ConfigError(ValueError):
@@ -46,7 +53,7 @@ class Counts:
     """An evaluation budget: a preset name (smoke, quick, full, or 'ppl=2048,facts=40'), or a
     table of per-task counts. The evaluation config checks the names and counts themselves."""
 
-    def parse(self, value, name: str):
+    def parse(self, value: object, name: str) -> str | dict[str, int]:
         if isinstance(value, str):
             return value
         if isinstance(value, dict):
@@ -63,7 +70,7 @@ class Pairs:
 
     sep: str = ":"
 
-    def parse(self, value, name: str) -> tuple:
+    def parse(self, value: object, name: str) -> tuple[tuple[str, float], ...]:
         if isinstance(value, str):
             items = [p.partition("=") for p in value.split(self.sep) if p.strip()]
             if any(not eq for _, eq, _ in items):
@@ -73,7 +80,7 @@ class Pairs:
             value = list(value.items())
         if not isinstance(value, (list, tuple)) or not value:
             raise InvalidValue(f"{name} takes name=rate pairs like attn=0.2{self.sep}mlp=0.6, not {value!r}")
-        out = []
+        out: list[tuple[str, float]] = []
         for k, v in value:
             try:
                 out.append((Text(empty=False).parse(k, name), Number(min=0, max=1).parse(v, name)))
@@ -82,7 +89,7 @@ class Pairs:
         return tuple(out)
 
 
-def _spec(hint, where: str):
+def _spec(hint: object, where: str) -> Spec[object]:
     """The validate spec for a field annotation: int, float, bool, str, tuples of them, ``X | None``,
     evaluation budgets (``str | dict``), rate recipes (tuples of (name, number) pairs)."""
     args = typing.get_args(hint)
@@ -95,13 +102,14 @@ def _spec(hint, where: str):
         if typing.get_origin(item) is tuple and typing.get_args(item)[0] is str:
             return Pairs()  # tuple[tuple[str, float], ...]: one recipe of (module, rate) pairs
         return ListOf(_spec(item, where), min_len=0)  # (several recipes: items split on ',', pairs on ':')
-    spec = {int: Whole(), float: Number(), bool: Boolean(), str: Text()}.get(hint)
+    specs: dict[object, Spec[object]] = {int: Whole(), float: Number(), bool: Boolean(), str: Text()}
+    spec = specs.get(hint)
     if spec is None:
         raise TypeError(f"no config spec for the annotation {hint} of {where}")
     return spec
 
 
-def fields_of(cls) -> dict[str, object]:
+def fields_of(cls: type[DataclassInstance]) -> dict[str, Spec[object]]:
     """The settable fields of a config dataclass and their validate specs."""
     hints = typing.get_type_hints(cls)
     extra = getattr(cls, "CONFIG_SPECS", {})
@@ -109,13 +117,13 @@ def fields_of(cls) -> dict[str, object]:
             for f in dataclasses.fields(cls) if f.init}
 
 
-def parse_values(cls, values: dict, where: str) -> dict:
+def parse_values(cls: type[DataclassInstance], values: Mapping[str, object], where: str) -> dict[str, Any]:
     """``values`` checked key by key against ``cls``'s fields (unknown keys: the closest valid one)."""
     return _parse(fields_of(cls), values, where)
 
 
-def _parse(specs: dict, values: dict, where: str) -> dict:
-    out = {}
+def _parse(specs: Mapping[str, Spec[object]], values: Mapping[str, object], where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for key, value in values.items():
         if key not in specs:
             hint = closest(key, specs)
@@ -125,7 +133,7 @@ def _parse(specs: dict, values: dict, where: str) -> dict:
     return out
 
 
-def read(path: str | Path) -> dict:
+def read(path: str | Path) -> dict[str, Any]:
     """A TOML file as a dict; a missing or malformed file is one line."""
     p = Path(path).expanduser()
     if not p.is_file():
@@ -136,7 +144,8 @@ def read(path: str | Path) -> dict:
         raise ConfigError(f"config file '{path}' is not valid TOML: {' '.join(str(e).split())}") from None
 
 
-def load(study: str, cls, path: str | None, flags: dict, model_flags: dict, defaults: dict | None = None):
+def load(study: str, cls: type[C], path: str | None, flags: Mapping[str, object], model_flags: Mapping[str, object],
+         defaults: Mapping[str, object] | None = None) -> tuple[ModelCfg, C]:
     """(ModelCfg, study config) from the file at ``path`` (or none) with ``flags`` on top.
 
     ``flags`` and ``model_flags`` hold the flags (None: not given); ``defaults`` lie under the file
@@ -152,7 +161,7 @@ def load(study: str, cls, path: str | None, flags: dict, model_flags: dict, defa
         if name in data and not isinstance(data[name], dict):
             raise ConfigError(f"{where}: '{name}' must be a table ([{name}]), not a single value")
     model_vals = _parse(MODEL_SPECS, data.get("model", {}), where + " [model]")
-    values = {**(defaults or {}), **parse_values(cls, data.get(study, {}), f"{where} [{study}]")}
+    values: dict[str, Any] = {**(defaults or {}), **parse_values(cls, data.get(study, {}), f"{where} [{study}]")}
     values.update({k: v for k, v in flags.items() if v is not None})
     model_vals.update({k: v for k, v in model_flags.items() if v is not None})
     try:
@@ -161,12 +170,13 @@ def load(study: str, cls, path: str | None, flags: dict, model_flags: dict, defa
         raise ConfigError(f"{where}: {e}") from None
 
 
-MODEL_SPECS = {"spec": Text(empty=False), "revision": Optional(Text(), none=("none",)), "dtype": Text(),
-               "device": Text(), "device_map": Optional(Text(), none=("none",))}
+MODEL_SPECS: dict[str, Spec[object]] = {
+    "spec": Text(empty=False), "revision": Optional(Text(), none=("none",)), "dtype": Text(),
+    "device": Text(), "device_map": Optional(Text(), none=("none",))}
 """The [model] table's keys (ModelCfg's fields; device_map 'auto' stays 'auto')."""
 
 
-def _plain(value):
+def _plain(value: object) -> object:
     if isinstance(value, tuple) and value and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str)
                                                   for p in value) and not isinstance(value[0][1], tuple):
         return {k: _plain(v) for k, v in value}  # (name, number) pairs: a table
@@ -177,9 +187,9 @@ def _plain(value):
     return value
 
 
-def as_table(cfg) -> dict:
+def as_table(cfg: DataclassInstance) -> dict[str, object]:
     """The config's settable fields as TOML-ready values (None left out, or 'none' over a non-None default)."""
-    out = {}
+    out: dict[str, object] = {}
     for f in dataclasses.fields(cfg):
         if not f.init:
             continue
@@ -193,7 +203,7 @@ def as_table(cfg) -> dict:
     return out
 
 
-def dumps(study: str, model: ModelCfg, cfg) -> str:
+def dumps(study: str, model: ModelCfg, cfg: DataclassInstance) -> str:
     """The effective config as TOML: ``--config`` on it rebuilds the same configs (same run identity)."""
     head = (f"# invoke {study} --config FILE reproduces this run (flags given with it override the file)\n"
             "# every key: the docstrings of ModelCfg and of the study's config class\n")

@@ -30,14 +30,24 @@ import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
-from interp.interventions import from_json
+from interp.interventions import Intervention, from_json
 from interp.model.loading import Loaded, ModelCfg
 from interp.model.sites import block
 from interp.provenance import code_version, to_jsonable
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from interp.interventions.directions import ActivationAddition
+    from interp.interventions.heads import HeadMask
+    from interp.interventions.layers import HealedDrop, LayerDrop
+    from interp.interventions.pruning.apply import PruneReport
+    from store import Store
 
 MANIFEST = "interp_export.json"
 REFUSED = {
@@ -51,8 +61,17 @@ class ExportError(ValueError):
     """A point that has no exact plain-checkpoint form, or an export that cannot be written."""
 
 
+Edit = tuple[nn.Module, str, torch.Tensor]
+"""A new value for ``module.<name>`` (a weight or a bias)."""
+
+
+def _tensor(module: nn.Module, name: str = "weight") -> torch.Tensor:
+    """``module.<name>``, a parameter (nn.Module types its attribute lookup as Tensor | Module)."""
+    return cast(torch.Tensor, getattr(module, name))
+
+
 @contextlib.contextmanager
-def _swapped(params: list[tuple[nn.Module, str, torch.Tensor]]) -> Iterator[None]:
+def _swapped(params: list[Edit]) -> Iterator[None]:
     """Set each ``module.<name>`` to a new value, restoring the original Parameter objects on exit."""
     saved = [(m, name, getattr(m, name)) for m, name, _ in params]
     try:
@@ -64,15 +83,15 @@ def _swapped(params: list[tuple[nn.Module, str, torch.Tensor]]) -> Iterator[None
             setattr(m, name, old)
 
 
-def _head_mask(loaded: Loaded, spec) -> tuple[list, dict]:
+def _head_mask(loaded: Loaded, spec: HeadMask) -> tuple[list[Edit], dict[str, object]]:
     if spec.means:
         raise ExportError("mean-replaced heads add a constant the output projection has no bias for here: "
                           "export a zeroed-head point (method zero or gradient) instead")
     d = loaded.d_head
-    edits = []
+    edits: list[Edit] = []
     for layer in sorted({l for l, _ in spec.heads}):
         o = block(loaded.model, loaded.arch, layer).get_submodule(loaded.arch.o_proj)
-        w = o.weight.detach().clone()
+        w = _tensor(o).detach().clone()
         for _, h in (x for x in spec.heads if x[0] == layer):
             if loaded.arch.conv1d:  # Conv1D stores (in, out): the head's inputs are rows
                 w[h * d:(h + 1) * d, :] = 0
@@ -101,26 +120,26 @@ def _writer(loaded: Loaded, hook: str, layer: int) -> nn.Module:
     return block(loaded.model, arch, layer).get_submodule(path)
 
 
-def _activation_addition(loaded: Loaded, spec) -> tuple[list, dict]:
+def _activation_addition(loaded: Loaded, spec: ActivationAddition) -> tuple[list[Edit], dict[str, object]]:
     from interp.interventions.directions import unit_direction
 
     if spec.positions != "all":
         raise ExportError(f"steering limited to {spec.positions} tokens has no weight form: a bias acts on every "
                           "token, so the export is refused")
     v = unit_direction(spec.direction, loaded).double() * spec.scale * spec.alpha
-    edits = []
+    edits: list[Edit] = []
     for layer in spec.layers:
         module = _writer(loaded, spec.hook, layer)
         if getattr(module, "bias", None) is None:
             raise ExportError(f"{loaded.arch.family} has no bias on the projection that writes {spec.hook} of block "
                               f"{layer}: the steering vector cannot be set exactly, so it is not exported")
-        bias = module.bias.detach()  # one hook, distinct blocks: each layer has its own writer
+        bias = _tensor(module, "bias").detach()  # one hook, distinct blocks: each layer has its own writer
         edits.append((module, "bias", (bias.double() + v.to(bias.device)).to(bias.dtype)))
     return edits, {"steering_bias": f"{spec.hook} of blocks {list(spec.layers)}"}
 
 
 @contextlib.contextmanager
-def _healed_merged(loaded: Loaded, spec) -> Iterator[dict]:
+def _healed_merged(loaded: Loaded, spec: HealedDrop) -> Iterator[dict[str, object]]:
     from peft.tuners.lora import LoraLayer
 
     from interp.interventions.heal import healed
@@ -128,31 +147,34 @@ def _healed_merged(loaded: Loaded, spec) -> Iterator[dict]:
 
     with skip_layers(loaded, spec.layers):
         with healed(loaded, spec.heal):
-            merged = [(m.get_base_layer(), m.get_base_layer().weight.detach()
-                       + m.get_delta_weight("default").to(m.get_base_layer().weight.dtype))
+            # ignore: peft's LoraLayer leaves get_delta_weight to the subclasses it wraps modules in (Linear, ...)
+            merged = [(m.get_base_layer(), _tensor(m.get_base_layer()).detach()
+                       + m.get_delta_weight("default")  # type: ignore[attr-defined]
+                       .to(_tensor(m.get_base_layer()).dtype))
                       for _, m in loaded.model.named_modules() if isinstance(m, LoraLayer)]
         with _swapped([(m, "weight", w) for m, w in merged]):
             yield {"dropped_layers": list(spec.layers), "lora_merged": len(merged), "heal": to_jsonable(spec.heal)}
 
 
 @contextlib.contextmanager
-def edited(loaded: Loaded, spec) -> Iterator[dict]:
+def edited(loaded: Loaded, spec: Intervention) -> Iterator[dict[str, object]]:
     """``loaded`` as the checkpoint of ``spec`` should be, inside the block; yields what was done."""
     kind = spec.kind
     if kind in REFUSED:
         raise ExportError(REFUSED[kind])
     if kind in ("head_mask", "activation_addition"):
-        edits, info = (_head_mask if kind == "head_mask" else _activation_addition)(loaded, spec)
+        edits, info = (_head_mask(loaded, cast("HeadMask", spec)) if kind == "head_mask"
+                       else _activation_addition(loaded, cast("ActivationAddition", spec)))
         with _swapped(edits):
             yield info
     elif kind == "layer_drop_healed":
-        with _healed_merged(loaded, spec) as info:
+        with _healed_merged(loaded, cast("HealedDrop", spec)) as info:
             yield info
     elif kind in ("base", "layer_drop", "prune", "direction_orthogonalized"):
         with spec.apply(loaded) as report:
-            info = {"dropped_layers": list(spec.layers)} if kind == "layer_drop" else {}
+            info = {"dropped_layers": list(cast("LayerDrop", spec).layers)} if kind == "layer_drop" else {}
             if kind == "prune":
-                info["pruned"] = report.totals()  # n_params, n_pruned, n_zero, sparsity of the pruned projections
+                info["pruned"] = cast("PruneReport", report).totals()  # n_params, n_pruned, n_zero, sparsity of the pruned projections
             yield info
     else:
         raise ExportError(f"points of kind '{kind}' cannot be exported yet")
@@ -163,14 +185,14 @@ def _untied(loaded: Loaded) -> bool:
     head = loaded.model.get_submodule(loaded.arch.lm_head)
     embed = loaded.model.get_submodule(loaded.arch.embed)
     return bool(getattr(loaded.model.config, "tie_word_embeddings", False)) and \
-        head.weight.data_ptr() != embed.weight.data_ptr()
+        _tensor(head).data_ptr() != _tensor(embed).data_ptr()
 
 
 def save(loaded: Loaded, out: Path) -> None:
     """save_pretrained the model as it is now (and the tokenizer); tied embeddings that differ are saved untied."""
-    model = loaded.model
-    configs = [model.config] + ([model.config.get_text_config()] if hasattr(model.config, "get_text_config") and
-                                model.config.get_text_config() is not model.config else [])
+    model, config = cast("PreTrainedModel", loaded.model), loaded.config  # a Hugging Face causal LM
+    configs = [config] + ([config.get_text_config()] if hasattr(config, "get_text_config") and
+                          config.get_text_config() is not config else [])
     untie = _untied(loaded)
     saved = [(c, c.tie_word_embeddings) for c in configs if hasattr(c, "tie_word_embeddings")]
     try:
@@ -184,7 +206,8 @@ def save(loaded: Loaded, out: Path) -> None:
     loaded.tokenizer.save_pretrained(out)
 
 
-def export_point(loaded: Loaded, spec, out: str | Path, manifest: dict | None = None) -> dict:
+def export_point(loaded: Loaded, spec: Intervention, out: str | Path,
+                 manifest: dict[str, object] | None = None) -> dict[str, object]:
     """Write ``spec``'s checkpoint to ``out`` (a new or empty directory); returns what was done."""
     out = check_out(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,7 +222,7 @@ def export_point(loaded: Loaded, spec, out: str | Path, manifest: dict | None = 
     return done
 
 
-def _spec_json(spec) -> str:
+def _spec_json(spec: Intervention) -> str:
     from interp.interventions import to_json
 
     return to_json(spec)
@@ -228,7 +251,7 @@ def ppl_windows(loaded: Loaded, eval_describe: dict) -> list[list[int]] | None:
     return [list(x) for x in w.windows]
 
 
-def find_point(store, run_id: int, point: str) -> tuple[dict, object, dict]:
+def find_point(store: Store, run_id: int, point: str) -> tuple[dict[str, Any], Intervention, dict[str, float]]:
     """(run row, intervention, stored metrics) of point ``point`` of run ``run_id``; kinds that have no
     checkpoint form are refused here, before any model is loaded."""
     from store.evals import read_point
@@ -265,7 +288,7 @@ def run_model(run: dict) -> ModelCfg:
     return ModelCfg(spec=run["model"], dtype=run["dtype"], revision=rev if hub_commit else None)
 
 
-def export_from_store(loaded: Loaded, store, run_id: int, point: str, out: str | Path) -> dict:
+def export_from_store(loaded: Loaded, store: Store, run_id: int, point: str, out: str | Path) -> dict[str, object]:
     """Export point ``point`` of run ``run_id`` (refused before anything is written when it cannot be)."""
     run, spec, metrics = find_point(store, run_id, point)
     check_out(out)

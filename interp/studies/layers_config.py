@@ -22,7 +22,7 @@ What each budget does on SmolLM2-135M (30 layers); a point without k of the 30 l
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 from dataclasses import dataclass, field, fields
 
 from analyses.layer_blocks import STRATEGIES
@@ -175,11 +175,12 @@ class LayersCfg:
     def eval_cfg(self) -> EvalCfg:
         tasks = self.tasks or {"smoke": ("ppl",), "quick": ("ppl", "facts", "arith"),
                                "full": ("ppl", "facts", "arith")}[self.budget]
-        paths = {"mmlu": self.mmlu_path, "boolq": self.boolq_path, "gsm8k": self.gsm8k_path}
+        # EvalCfg keywords named at run time (its *_path fields): Any, as mypy cannot check them
+        paths: dict[str, Any] = {"mmlu": self.mmlu_path, "boolq": self.boolq_path, "gsm8k": self.gsm8k_path}
         extra = tuple(t for t, p in paths.items() if p and t not in tasks)
         budget = self.eval_budget or {"smoke": "ppl=256", "quick": QUICK_EVAL,
                                       "full": "quick"}[self.budget]
-        corpus = {}
+        corpus: dict[str, Any] = {}
         if self.corpus_path:
             if self.corpus not in ("wikitext2", "c4"):
                 raise LayersCfgError("corpus-path is for the wikitext2 or c4 corpus: set --corpus too")

@@ -28,6 +28,7 @@ from analyses.safety_data import dataset_frame, layer_vectors
 from interp.capture.capture import capture
 from interp.data.prompts import load_prompts
 from interp.evals import is_heldout
+from interp.interventions import Intervention
 from interp.interventions.directions import DirectionalAblation
 from interp.model.loading import Loaded
 from interp.studies import safety_baselines, safety_select
@@ -85,6 +86,7 @@ def run_safety(loaded: Loaded, store: Store, cfg: SafetyCfg, progress: bool = Tr
             db.replace_rows(con, run_id, {"safety_prompts": data})
             db.set_splits(con, cache_run, data)
     on_phase("analyse")
+    assert cfg.probe_layers is not None and cfg.probe_hooks is not None  # the budget filled them (SafetyCfg)
     layers = parse_layers(cfg.probe_layers, loaded.n_layers)
     hooks, positions = list(cfg.probe_hooks), list(cfg.positions)
     if not have["safety_probes"]:
@@ -117,8 +119,10 @@ def store_bands(store: Store, run_id: int) -> None:
         db.replace_rows(con, run_id, {"safety_bands": safety_baselines.bands(values)})
 
 
-def _candidates(cfg: SafetyCfg, n_layers: int, probed: list[int], have: set[tuple]) -> list[tuple[str, int, str]]:
+def _candidates(cfg: SafetyCfg, n_layers: int, probed: list[int],
+                have: set[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
     """Candidate (hook, layer, position) sites that have a stored harmful direction."""
+    assert cfg.candidate_layers is not None and cfg.candidate_positions is not None  # the budget filled them
     layers = [l for l in parse_layers(cfg.candidate_layers, n_layers, cap=0.8) if l in probed]
     cands = [(cfg.direction_hook, l, p) for l in layers for p in cfg.candidate_positions if
              (cfg.direction_hook, l, p) in have]
@@ -129,6 +133,7 @@ def _candidates(cfg: SafetyCfg, n_layers: int, probed: list[int], have: set[tupl
 
 
 def _select(loaded: Loaded, store: Store, run_id: int, data: pd.DataFrame, cfg: SafetyCfg, progress: bool) -> None:
+    assert cfg.probe_layers is not None and cfg.sel_gen_tokens is not None  # the budget filled them (SafetyCfg)
     probed = parse_layers(cfg.probe_layers, loaded.n_layers)
     with store.connect() as con:
         done = db.read_table(con, "safety_candidates", run_id)
@@ -151,7 +156,7 @@ def _select(loaded: Loaded, store: Store, run_id: int, data: pd.DataFrame, cfg: 
         for hook, layer, position in tqdm(todo, desc="select", unit="candidate", disable=not progress):
             with store.connect() as con:
                 vec, _norm = db.load_direction(con, run_id, "harmful", hook, layer, position)
-            spec = DirectionalAblation(vec, name=f"harmful@{hook}{layer}/{position}")
+            spec = DirectionalAblation(tuple(map(float, vec)), name=f"harmful@{hook}{layer}/{position}")
             row = safety_select.measure_candidate(loaded, probe, base, spec)
             row.update(concept="harmful", hook=hook, layer=layer, position=position,
                        separability=float(sep[(hook, layer, position)]),
@@ -177,7 +182,7 @@ def _texts(store: Store, data: pd.DataFrame) -> dict[str, list[str]]:
     return out
 
 
-def plan_points(store: Store, run_id: int, cfg: SafetyCfg) -> list[tuple]:
+def plan_points(store: Store, run_id: int, cfg: SafetyCfg) -> list[safety_baselines.Planned]:
     """(intervention, safety_points row) of every edit and random baseline, built from the chosen direction
     stored in the run and the train-split vectors at its site (for the variance-matched baselines)."""
     with store.connect() as con:
@@ -190,6 +195,7 @@ def plan_points(store: Store, run_id: int, cfg: SafetyCfg) -> list[tuple]:
             toxic = None
         data = db.read_table(con, "safety_prompts", run_id)
         ids, X = layer_vectors(con, store, int(data["cache_run_id"].iloc[0]), hook, layer, position)
+    assert cfg.alphas is not None and cfg.baselines is not None  # the budget filled them (SafetyCfg)
     train = set(data.loc[data["split"] == "train", "prompt_id"])
     site = X[[i for i, p in enumerate(ids) if p in train]]
     return safety_baselines.plan(vec, norm, layer, hook, site, name=f"harmful@{hook}{layer}/{position}",
@@ -197,6 +203,6 @@ def plan_points(store: Store, run_id: int, cfg: SafetyCfg) -> list[tuple]:
                                  toxic=toxic if cfg.toxic_ablation else None)
 
 
-def sweep_points(store: Store, run_id: int, cfg: SafetyCfg) -> list:
+def sweep_points(store: Store, run_id: int, cfg: SafetyCfg) -> list[Intervention]:
     """The edits and random baselines evaluated, in sweep order."""
     return [spec for spec, _ in plan_points(store, run_id, cfg)]

@@ -22,33 +22,38 @@ import pandas as pd
 from analyses import stats
 from analyses.directions import random_unit, second_moment, variance_matched
 from analyses.safety_data import stable_seed
+from interp.interventions import Intervention
 from interp.interventions.directions import ActivationAddition, DirectionalAblation, OrthogonalizedWeights
 
 POINT_COLUMNS = ["point", "role", "family", "band", "alpha", "removed", "removed_ratio"]
+Planned = tuple[Intervention, dict[str, object]]
+"""A sweep point and its safety_points row."""
 BAND_COLUMNS = ["band", "family", "alpha", "task", "metric", "k", "mean", "sd", "lo", "hi", "min", "max"]
 
 
-def _row(spec, role: str, family: str, band: str | None = None, alpha: float | None = None,
-         removed: float | None = None, target: float | None = None) -> tuple:
+def _row(spec: Intervention, role: str, family: str, band: str | None = None, alpha: float | None = None,
+         removed: float | None = None, target: float | None = None) -> Planned:
     ratio = removed / target if removed is not None and target else None
     return spec, {"point": spec.label(), "role": role, "family": family, "band": band, "alpha": alpha,
                   "removed": removed, "removed_ratio": ratio}
 
 
 def plan(vec: np.ndarray, norm: float, layer: int, hook: str, site: np.ndarray, *, name: str, alphas: tuple[float, ...],
-         baselines: int, seed: int, toxic: np.ndarray | None = None) -> list[tuple]:
+         baselines: int, seed: int, toxic: np.ndarray | None = None) -> list[Planned]:
     """(intervention, safety_points row) for every point of the sweep but the base. ``site``: the
     residual-stream vectors (rows) at the direction's site, which the variance matching reads."""
     M = second_moment(site)
     removed = lambda u: float(np.asarray(u) @ M @ np.asarray(u) / float(np.asarray(u) @ np.asarray(u)))  # noqa: E731
     target = removed(vec)
-    out = [_row(DirectionalAblation(vec, name=name), "edit", "ablate", removed=target, target=target),
-           _row(OrthogonalizedWeights(vec, name=name), "edit", "orth", removed=target, target=target)]
-    out += [_row(ActivationAddition(vec, layer=layer, alpha=a, scale=norm, hook=hook, name=name), "edit", "actadd",
+    direction = tuple(map(float, vec))  # the directions' stored form (an array is taken as its floats)
+    out = [_row(DirectionalAblation(direction, name=name), "edit", "ablate", removed=target, target=target),
+           _row(OrthogonalizedWeights(direction, name=name), "edit", "orth", removed=target, target=target)]
+    out += [_row(ActivationAddition(direction, layer=layer, alpha=a, scale=norm, hook=hook, name=name), "edit", "actadd",
                  alpha=a) for a in alphas]
     if toxic is not None:
         tox = f"toxic{name[name.index('@'):]}" if "@" in name else "toxic"
-        out.append(_row(DirectionalAblation(toxic, name=tox), "edit", "ablate", removed=removed(toxic), target=target))
+        out.append(_row(DirectionalAblation(tuple(map(float, toxic)), name=tox), "edit", "ablate",
+                        removed=removed(toxic), target=target))
     if not baselines:
         return out
     units = random_unit(len(vec), baselines, stable_seed(seed, "random-unit"))
@@ -67,7 +72,7 @@ def plan(vec: np.ndarray, norm: float, layer: int, hook: str, site: np.ndarray, 
     return out
 
 
-def points_frame(planned: list[tuple]) -> pd.DataFrame:
+def points_frame(planned: list[Planned]) -> pd.DataFrame:
     return pd.DataFrame([row for _, row in planned], columns=POINT_COLUMNS)
 
 

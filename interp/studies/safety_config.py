@@ -110,6 +110,8 @@ class SafetyCfg:
         for k, v in BUDGETS[self.budget].items():
             if getattr(self, k) is None:
                 object.__setattr__(self, k, v)
+        assert self.probe_hooks is not None and self.candidate_positions is not None  # every budget fills them
+        assert self.baselines is not None and self.alphas is not None
         if self.per_set is not None and self.per_set < 8:
             raise ValueError(f"per-set limit must be at least 8 prompts (got {self.per_set}): probes need both splits")
         for hook in (*self.probe_hooks, self.direction_hook):
@@ -133,6 +135,7 @@ class SafetyCfg:
         self.eval_cfg()
 
     def probe_cfg(self) -> probe_analysis.ProbeCfg:
+        assert self.folds is not None and self.permutations is not None  # the budget filled them (__post_init__)
         return probe_analysis.ProbeCfg(folds=self.folds, ridge=self.ridge, permutations=self.permutations, C=self.C,
                                        seed=self.seed)
 
@@ -140,7 +143,10 @@ class SafetyCfg:
         return dir_analysis.SelectRule(kl_max=self.kl_max, min_auc=self.min_auc)
 
     def eval_cfg(self) -> EvalCfg:
-        return EvalCfg(tasks=(*EVAL_TASKS, *self.lm_eval), budget=self.eval_budget, seed=self.seed,
+        budget = self.eval_budget
+        assert budget is not None  # the budget filled it (__post_init__); counts go as their pairs, as a dict would
+        return EvalCfg(tasks=(*EVAL_TASKS, *self.lm_eval), seed=self.seed,
+                       budget=tuple(budget.items()) if isinstance(budget, dict) else budget,
                        harmful_path=self.harmful)
 
     def prompt_sets(self) -> str:
@@ -149,6 +155,7 @@ class SafetyCfg:
         return ",".join(f"{s}={files[s]}" if files.get(s) else s for s in PROMPT_SETS.split(","))
 
     def capture_cfg(self) -> CaptureCfg:
+        assert self.probe_hooks is not None  # the budget filled it (__post_init__)
         hooks = ",".join(dict.fromkeys(("resid_pre", "resid_post", *self.probe_hooks)))
         return CaptureCfg(prompts=self.prompt_sets(), hooks=hooks, positions=",".join(self.positions), backend="torch",
                           limit=self.per_set, seed=self.seed, batch_size=self.batch_size)

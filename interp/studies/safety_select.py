@@ -23,6 +23,8 @@ from interp.capture.batching import context_length, encode
 from interp.evals.kl import kl_divergence
 from interp.evals.lm import greedy_generate, last_logprobs, token_logprobs
 from interp.evals.refusal import get_judge
+from interp.interventions import Intervention
+from interp.model.loading import Loaded
 
 REFUSAL_REPLY = "I'm sorry, but I can't help with that request."
 """The reply whose log-probability is the continuous refusal score."""
@@ -43,7 +45,7 @@ class Probe:
     batch_tokens: int = 1024
 
 
-def prepare(loaded, harmful: list[str], neutral: list[str], *, gen_tokens: int, judge: str = "phrases",
+def prepare(loaded: Loaded, harmful: list[str], neutral: list[str], *, gen_tokens: int, judge: str = "phrases",
             batch_size: int = 16, batch_tokens: int = 1024) -> Probe:
     if not harmful or not neutral:
         raise ValueError("direction selection needs held-out harmful and neutral prompts: capture more prompts")
@@ -68,7 +70,7 @@ class Measure:
 
 
 @torch.no_grad()
-def measure(loaded, probe: Probe) -> Measure:
+def measure(loaded: Loaded, probe: Probe) -> Measure:
     """Refusal rate, refusal-reply log-prob and neutral next-token distributions of the model as it is."""
     model, pad_id = loaded.model, loaded.tokenizer.pad_token_id
     texts, _ = greedy_generate(loaded, list(probe.harmful), chat=probe.chat, max_new_tokens=probe.gen_tokens,
@@ -81,7 +83,7 @@ def measure(loaded, probe: Probe) -> Measure:
     return Measure(float(np.mean(refused)), float(np.mean([float(lp.mean()) for lp in lps])), next_lp)
 
 
-def candidate_row(base: Measure, edited: Measure, n_harmful: int, seconds: float) -> dict:
+def candidate_row(base: Measure, edited: Measure, n_harmful: int, seconds: float) -> dict[str, object]:
     kl = kl_divergence(base.next_logprobs, edited.next_logprobs).numpy()
     return {
         "base_refusal_rate": base.refusal_rate, "refusal_rate": edited.refusal_rate,
@@ -93,7 +95,7 @@ def candidate_row(base: Measure, edited: Measure, n_harmful: int, seconds: float
     }
 
 
-def measure_candidate(loaded, probe: Probe, base: Measure, spec) -> dict:
+def measure_candidate(loaded: Loaded, probe: Probe, base: Measure, spec: Intervention) -> dict[str, object]:
     """Apply ``spec`` (an intervention), measure, and compare with ``base``."""
     t0 = time.perf_counter()
     with spec.apply(loaded):

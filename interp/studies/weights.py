@@ -14,6 +14,8 @@ Steps (re-running resumes: stored calibrations and evaluated points are never re
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
 from interp.interventions import describe
@@ -34,8 +36,11 @@ def plan_points(loaded: Loaded, cfg: WeightsCfg) -> list[PruneSpec]:
     p, calib = cfg.plan, cfg.calib_data(loaded)
     projections = [m for m in PROJECTIONS if m in loaded.arch.proj and m in (p.single_modules or PROJECTIONS)]
 
-    def spec(method, rate, modules=("all",), **kw):
-        extra = {"calibration": kw.pop("calibration", cfg.calibration), "calib": calib} if method == "wanda" else {}
+    def spec(method: str, rate: float | tuple[tuple[str, float], ...] | None, modules: tuple[str, ...] = ("all",),
+             **kw: Any) -> PruneSpec:
+        extra: dict[str, Any] = {}
+        if method == "wanda":
+            extra = {"calibration": kw.pop("calibration", cfg.calibration), "calib": calib}
         return PruneSpec(method, rate, modules, **kw, **extra)
 
     out: list[PruneSpec] = []
@@ -52,7 +57,7 @@ def plan_points(loaded: Loaded, cfg: WeightsCfg) -> list[PruneSpec]:
     for method in (m for m in p.single_methods if m in cfg.methods):
         out += [spec(method, r, (m,)) for m in projections for r in p.single_rates]
     for method in (m for m in p.mixed_methods if m in cfg.methods):
-        out += [spec(method, dict(recipe)) for recipe in p.mixed]
+        out += [spec(method, tuple(dict(recipe).items())) for recipe in p.mixed]  # a repeated module: its last rate
     return list(dict.fromkeys(out))
 
 

@@ -8,7 +8,7 @@ module_rates=(0.5,), mixed=((("attn", 0.2), ("mlp", 0.6)), (("attn", 0.6), ("mlp
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 from dataclasses import dataclass, fields
 
 from interp.evals import EvalCfg
@@ -173,9 +173,10 @@ class WeightsCfg:
 
     def eval_cfg(self) -> EvalCfg:
         tasks = self.tasks or self.plan.tasks
-        paths = {"mmlu": self.mmlu_path, "gsm8k": self.gsm8k_path, "boolq": self.boolq_path}
+        # EvalCfg keywords named at run time (corpus, its *_path fields): Any, as mypy cannot check them
+        paths: dict[str, Any] = {"mmlu": self.mmlu_path, "gsm8k": self.gsm8k_path, "boolq": self.boolq_path}
         tasks = (*tasks, *(t for t, p in paths.items() if p and t not in tasks))
-        corpus = {"corpus": self.corpus} if self.corpus else {}
+        corpus: dict[str, Any] = {"corpus": self.corpus} if self.corpus else {}
         if self.corpus_path:
             if self.corpus not in ("wikitext2", "c4"):
                 raise ValueError("corpus-path is for the wikitext2 or c4 corpus: set corpus too")
