@@ -11,6 +11,7 @@ import contextlib
 import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import torch
@@ -49,7 +50,7 @@ class TorchBackend:
         self.loaded = loaded
 
     def run(self, batch: Batch, sites: list[Site], sink: Sink) -> None:
-        fns: dict[Site, SiteFn] = {s: (lambda x, s=s: sink(s, x)) for s in sites}
+        fns: dict[Site, SiteFn] = {s: partial(sink, s) for s in sites}
         last = block(self.loaded.model, self.loaded.arch, max(s.layer for s in sites))
         with torch.no_grad(), hooked(self.loaded.model, self.loaded.arch, fns, self.loaded.n_heads):
             handle = _stop_after(last)  # registered after the site hooks, so they run first
