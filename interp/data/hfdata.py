@@ -8,6 +8,7 @@ folder), so the same parsing code is exercised offline.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,4 +139,5 @@ def gsm8k(path: str | Path | None = None, limit: int | None = None) -> list[GenI
             for i, r in enumerate(rows)]
 
 
-LOADERS = {"wikitext2": wikitext2, "c4": c4, "mmlu": mmlu, "boolq": boolq, "gsm8k": gsm8k}
+LOADERS: dict[str, Callable[..., list[str] | list[MCItem] | list[GenItem]]] = {
+    "wikitext2": wikitext2, "c4": c4, "mmlu": mmlu, "boolq": boolq, "gsm8k": gsm8k}
