@@ -40,13 +40,9 @@ from interp.evals.lm import _batches
 
 if TYPE_CHECKING:
     from lm_eval.api.instance import Instance
-    from transformers import GenerationMixin, PreTrainedModel
 
+    from interp.evals.lm import CausalLM
     from interp.model.loading import Loaded
-
-    class CausalLM(PreTrainedModel, GenerationMixin):
-        """A Hugging Face causal LM as the checker sees it (transformers 5's PreTrainedModel has no
-        ``generate``: each causal LM class adds GenerationMixin)."""
 
 Request = tuple[tuple[str, str] | None, list[int], list[int]]
 """A scoring request as lm-eval's ``TemplateLM`` hands it on: ((context, continuation) or None for a
