@@ -20,9 +20,11 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import NamedTuple
 
 import duckdb
@@ -35,6 +37,7 @@ import pyarrow.parquet as pq
 from store import remote
 from store.parquet import row_segments, vector_pages, write_shard
 from store.db import SHARD_SCHEMA, Store, StoreError, VEC_TYPE, transaction
+from store.rows import first_row
 
 
 @dataclass
@@ -76,7 +79,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _load_sync_file_range():
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
     try:
         import ctypes
 
@@ -149,7 +152,7 @@ class ActivationWriter:
 
     def __init__(self, store: Store, run_id: int, *, flush_bytes: int = 128 << 20,
                  flush_seconds: float = 30.0, threads: int = 2, durable: bool = True, sync: str | None = None,
-                 first_part: int | None = None):
+                 first_part: int | None = None) -> None:
         sync = sync or ("commit" if durable else "off")
         if sync not in SYNCS:
             raise ValueError(f"unknown sync '{sync}': use one of {', '.join(SYNCS)}")
@@ -158,7 +161,7 @@ class ActivationWriter:
         self._unsynced: list[Path] = []  # committed shards still to fsync at close (sync="end")
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="shard")
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="commit")
-        self._pending: Future | None = None
+        self._pending: Future[None] | None = None
         self._lock = threading.Lock()
         if first_part is None:  # the caller may have read it in a connection of its own (one open less)
             with store.connect() as con:
@@ -214,10 +217,11 @@ class ActivationWriter:
         finally:
             self._shutdown()
 
-    def __enter__(self) -> "ActivationWriter":
+    def __enter__(self) -> ActivationWriter:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if exc_type is None or exc_type is KeyboardInterrupt:
             self.close()  # on Ctrl-C keep the prompts already finished
         else:
@@ -236,13 +240,14 @@ class ActivationWriter:
             pending, self._pending = self._pending, None
             pending.result()  # re-raises a failed commit in the caller's thread
 
-    def _write_shard(self, key: tuple[str, int], blocks: list[Block], part: int) -> tuple:
+    def _write_shard(self, key: tuple[str, int], blocks: list[Block], part: int) -> ShardRow:
         row = write_part(self.store, self.run_id, key[0], key[1], part, blocks, self.durable)
         if self.sync == "end" and not self.store.is_remote:
             _start_writeback(self.store.shard_dir / (row[3] + ".tmp"))
         return row
 
-    def _commit(self, blocks, prompts, tokens, part) -> None:
+    def _commit(self, blocks: dict[tuple[str, int], list[Block]], prompts: list[tuple[str, int, int]],
+                tokens: list[pd.DataFrame], part: int) -> None:
         t0 = time.perf_counter()
         try:
             shards = list(self._pool.map(lambda kv: self._write_shard(kv[0], kv[1], part), blocks.items()))
@@ -259,7 +264,7 @@ class ActivationWriter:
 
 def next_part(con: duckdb.DuckDBPyConnection, run_id: int) -> int:
     """The first part number no committed shard of run ``run_id`` uses."""
-    last = con.execute("SELECT max(part) FROM shards WHERE run_id = ?", [run_id]).fetchone()[0]
+    last = first_row(con.execute("SELECT max(part) FROM shards WHERE run_id = ?", [run_id]))[0]
     return 0 if last is None else last + 1
 
 
@@ -271,8 +276,12 @@ def shard_write_error(store: Store, e: OSError) -> StoreError:
     return StoreError(f"cannot write shards to {store.shard_root}: {e}")
 
 
+ShardRow = tuple[str, int, int, str, int, int, int | None]
+"""A shard's manifest row: (hook, layer, part, path, n_rows, n_bytes, crc32; None on object storage)."""
+
+
 def write_part(store: Store, run_id: int, hook: str, layer: int, part: int, blocks: list[Block],
-               durable: bool = True, suffix: str = ".tmp") -> tuple:
+               durable: bool = True, suffix: str = ".tmp") -> ShardRow:
     """Step 1 of the commit protocol for one (hook, layer) shard: write ``part-N.parquet.tmp``
     (fsynced when ``durable``), or the final object on object storage. Returns the manifest row
     (hook, layer, part, path, n_rows, n_bytes, crc32) for ``commit_parts``. Needs no DuckDB
@@ -362,7 +371,7 @@ def gather_rows(views: list[np.ndarray], rows: np.ndarray, out: np.ndarray | Non
         jobs.append((v, dest[start:start + len(v)]))
         start += len(v)
 
-    def place(job) -> None:
+    def place(job: tuple[np.ndarray, np.ndarray]) -> None:
         v, d = job
         keep = d >= 0
         if not keep.any():
@@ -533,7 +542,7 @@ def read_vectors(con: duckdb.DuckDBPyConnection, store: Store, run_id: int, hook
     rows = _shard_rows(con, run_id, hook, layers)
     if not rows:
         raise StoreError(_nothing_stored(con, run_id, hook, layers))
-    def one(row) -> tuple[pa.Table, list[np.ndarray]]:
+    def one(row: tuple[int, ShardRef]) -> tuple[pa.Table, list[np.ndarray]]:
         layer, rel = row
         table, views = read_shard(store, rel)
         return table.append_column("layer", pa.array(np.full(table.num_rows, layer, np.int32))), views

@@ -23,12 +23,22 @@ from __future__ import annotations
 import mmap
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from store.activations import Block
+
+Buf = bytes | memoryview
+"""Bytes being decoded: a header read into memory, or the memory-mapped file."""
+Piece = bytes | np.ndarray
+"""A piece of a page as it goes to the file: encoded bytes, or a (uint8) view of float32 values.
+(numpy's stubs declare ndarray a buffer only for Python 3.12+, hence the ignores on memoryview(piece).)"""
 
 # --- Thrift compact protocol: Parquet's page headers and footer ----------------------------
 
@@ -49,7 +59,7 @@ def _zigzag(n: int) -> int:
     return (n << 1) ^ (n >> 63)
 
 
-def _encode(kind: int, value) -> bytes:
+def _encode(kind: int, value: Any) -> bytes:  # value's type follows kind (thrift is untyped on the wire)
     if kind in (_I16, _I32, _I64):
         return _varint(_zigzag(value))
     if kind == _BYTE:
@@ -84,7 +94,7 @@ def _struct(fields: Sequence[tuple[int, int, object]]) -> bytes:
     return bytes(out)
 
 
-def _read_varint(buf, i: int) -> tuple[int, int]:
+def _read_varint(buf: Buf, i: int) -> tuple[int, int]:
     result = shift = 0
     while True:
         byte = buf[i]
@@ -95,7 +105,7 @@ def _read_varint(buf, i: int) -> tuple[int, int]:
             return result, i
 
 
-def _read_value(buf, i: int, kind: int):
+def _read_value(buf: Buf, i: int, kind: int) -> tuple[Any, int]:  # the value's type follows kind
     if kind in (_TRUE, _FALSE):
         return kind == _TRUE, i
     if kind == _BYTE:
@@ -137,8 +147,8 @@ def _read_value(buf, i: int, kind: int):
     raise ValueError(f"bad thrift type {kind}")
 
 
-def _read_struct(buf, i: int) -> tuple[dict[int, object], int]:
-    fields: dict[int, object] = {}
+def _read_struct(buf: Buf, i: int) -> tuple[dict[int, Any], int]:
+    fields: dict[int, Any] = {}  # decoded thrift values: their types follow the field's kind
     fid = 0
     while True:
         head = buf[i]
@@ -201,20 +211,20 @@ def _plain_strings(values: pa.Array) -> np.ndarray:
 class _Column:
     """One column chunk being laid out: its pages as lists of byte pieces."""
 
-    def __init__(self, name: str, physical: int, path: list[str]):
+    def __init__(self, name: str, physical: int, path: list[str]) -> None:
         self.name, self.physical, self.path = name, physical, path
-        self.pages: list[list] = []
+        self.pages: list[list[Piece]] = []
         self.n_values = 0
 
-    def page(self, n_values: int, levels: bytes, values) -> None:
+    def page(self, n_values: int, levels: bytes, values: Piece | list[Piece]) -> None:
         """``values``: one buffer, or a list of buffers written one after another."""
         pieces = values if isinstance(values, list) else [values]
-        size = len(levels) + sum(memoryview(v).nbytes for v in pieces)
+        size = len(levels) + sum(memoryview(v).nbytes for v in pieces)  # type: ignore[arg-type,misc]  # see Piece
         self.pages.append([_page_header(n_values, size), levels, *pieces])
         self.n_values += n_values
 
     def nbytes(self) -> int:
-        return sum(memoryview(p).nbytes for page in self.pages for p in page)
+        return sum(memoryview(p).nbytes for page in self.pages for p in page)  # type: ignore[arg-type,misc]  # see Piece
 
 
 def _optional_column(name: str, physical: int, parts: list[tuple[int, object]]) -> _Column:
@@ -226,7 +236,7 @@ def _optional_column(name: str, physical: int, parts: list[tuple[int, object]]) 
     return col
 
 
-def write_shard(path: str | Path, blocks: Sequence) -> tuple[int, int, int]:
+def write_shard(path: str | Path, blocks: Sequence[Block]) -> tuple[int, int, int]:
     """Write blocks (``store.activations.Block``) of one (hook, layer) as a Parquet file.
 
     Returns (rows, bytes, CRC-32 of the bytes). The checksum is computed from the pieces as
@@ -236,9 +246,9 @@ def write_shard(path: str | Path, blocks: Sequence) -> tuple[int, int, int]:
     """
     segments = [[np.ascontiguousarray(v, dtype="<f4") for v in row_segments(b.vec) if len(v)] for b in blocks]
     blocks, segments = [b for b, seg in zip(blocks, segments) if seg], [seg for seg in segments if seg]
-    d = {int(v.shape[1]) for seg in segments for v in seg}
-    if len(d) > 1:
-        raise ValueError(f"one shard holds vectors of one length, got {sorted(d)}")
+    widths = {int(v.shape[1]) for seg in segments for v in seg}
+    if len(widths) > 1:
+        raise ValueError(f"one shard holds vectors of one length, got {sorted(widths)}")
     counts = [sum(len(v) for v in seg) for seg in segments]
     n_rows = sum(counts)
     if not n_rows:
@@ -248,7 +258,7 @@ def write_shard(path: str | Path, blocks: Sequence) -> tuple[int, int, int]:
         with open(path, "rb") as f:
             data = f.read()
         return 0, len(data), zlib.crc32(data)
-    d = d.pop()
+    d = widths.pop()
 
     ids = _Column("prompt_id", _BYTE_ARRAY, ["prompt_id"])
     ids.page(n_rows, _rle([(1, n_rows)]), b"".join(
@@ -268,7 +278,8 @@ def write_shard(path: str | Path, blocks: Sequence) -> tuple[int, int, int]:
         # Pages of ``per_page`` rows from the start of each block, whatever its segments: a page
         # spanning several segments is written as several pieces, so the file is byte for byte
         # the one the block concatenated into one array would give, without that copy.
-        pieces, rows = [], 0
+        pieces: list[Piece] = []
+        rows = 0
         for values in seg:
             start = 0
             while start < len(values):
@@ -290,7 +301,7 @@ def write_shard(path: str | Path, blocks: Sequence) -> tuple[int, int, int]:
         chunks.append([(2, _I64, offset), (3, _STRUCT, meta)])
         offset += size
     total = offset - 4
-    string = [(10, _STRUCT, [(1, _STRUCT, [])])]  # LogicalType STRING
+    string: list[tuple[int, int, object]] = [(10, _STRUCT, [(1, _STRUCT, [])])]  # LogicalType STRING
     schema = [
         [(4, _BINARY, "schema"), (5, _I32, 5)],
         [(1, _I32, _BYTE_ARRAY), (3, _I32, _OPTIONAL), (4, _BINARY, "prompt_id"), (6, _I32, _UTF8), *string],
@@ -317,7 +328,7 @@ def write_shard(path: str | Path, blocks: Sequence) -> tuple[int, int, int]:
     return n_rows, offset + len(footer) + 8, crc
 
 
-def row_segments(vec) -> list:
+def row_segments(vec: np.ndarray | list[np.ndarray] | tuple[np.ndarray, ...]) -> list[np.ndarray]:
     """A block's vectors as a list of (rows, d) arrays: ``vec`` itself, or the consecutive row
     segments it was given as (e.g. each prompt's real tokens, views of the padded batch)."""
     return list(vec) if isinstance(vec, (list, tuple)) else [vec]
@@ -328,9 +339,9 @@ def _vec_levels(pattern: bytes, rows: int, d: int) -> bytes:
     return len(rep).to_bytes(4, "little") + rep + _rle([(1, rows * d)])
 
 
-def _write_all(f, data, crc: int) -> int:
+def _write_all(f: BinaryIO, data: Piece, crc: int) -> int:
     """Write all of ``data``; returns the running CRC-32 updated with it."""
-    view = memoryview(data).cast("B")
+    view = memoryview(data).cast("B")  # type: ignore[arg-type]  # see Piece
     crc = zlib.crc32(view, crc)
     while view.nbytes:
         view = view[f.write(view):]
@@ -349,7 +360,7 @@ def file_crc32(path: str | Path, chunk: int = 8 << 20) -> int:
 # --- reading -------------------------------------------------------------------------------
 
 
-def _level_runs(buf, i: int, end: int):
+def _level_runs(buf: Buf, i: int, end: int) -> Iterator[tuple[int, tuple[int, int] | np.ndarray]]:
     """Runs of a bit-width-1 RLE/bit-packed hybrid stream: (first byte, (value, count)) for an
     RLE run, (first byte, bits) for a bit-packed one."""
     while i < end:
@@ -365,7 +376,7 @@ def _level_runs(buf, i: int, end: int):
             i += 1
 
 
-def _all_ones(buf, i: int, end: int, n: int, max_runs: int = 4096) -> bool:
+def _all_ones(buf: Buf, i: int, end: int, n: int, max_runs: int = 4096) -> bool:
     """Whether the first n levels of a stream are all 1 (every list element present)."""
     seen = 0
     for k, (_, run) in enumerate(_level_runs(buf, i, end)):
@@ -386,7 +397,7 @@ def _all_ones(buf, i: int, end: int, n: int, max_runs: int = 4096) -> bool:
     return False
 
 
-def _rows_of(buf, i: int, end: int, n: int) -> int | None:
+def _rows_of(buf: Buf, i: int, end: int, n: int) -> int | None:
     """The list length d if the repetition levels describe n // d rows of exactly d values
     each (levels 0, 1, ..., 1 per row), else None.
 
@@ -429,7 +440,7 @@ def _rows_of(buf, i: int, end: int, n: int) -> int | None:
     return d if bool((stream == pattern).all()) else None
 
 
-def _levels(buf, i: int, end: int, n: int, max_runs: int = 64) -> np.ndarray | None:
+def _levels(buf: Buf, i: int, end: int, n: int, max_runs: int = 64) -> np.ndarray | None:
     """All of a short level stream, decoded (None if it has more runs or fewer levels)."""
     parts: list[np.ndarray] = []
     for k, (_, run) in enumerate(_level_runs(buf, i, end)):

@@ -11,13 +11,21 @@ import contextlib
 import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import torch
+from torch.utils.hooks import RemovableHandle
 
 from interp.capture.batching import Batch
-from interp.model.hooks import hooked
+from interp.model.hooks import SiteFn, hooked
 from interp.model.loading import Loaded
 from interp.model.sites import HOOKS, Site, block
+
+if TYPE_CHECKING:
+    from transformer_lens.hook_points import HookPoint
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import PreTrainedModel
 
 Sink = Callable[[Site, torch.Tensor], None]
 BACKENDS = ("tl", "nnsight", "torch", "ndif")
@@ -29,20 +37,20 @@ class _Stop(Exception):
     """Ends a forward pass once the last requested block has run."""
 
 
-def _stop_after(block: torch.nn.Module):
+def _stop_after(block: torch.nn.Module) -> RemovableHandle:
     """Hook that ends the forward pass after ``block``: every backend stops there, so the blocks
     above the last site and the unembedding (most of the work for a 262k vocabulary) never run."""
-    def hook(_m, _args, _out):
+    def hook(_m: torch.nn.Module, _args: tuple, _out: object) -> NoReturn:
         raise _Stop
     return block.register_forward_hook(hook)
 
 
 class TorchBackend:
-    def __init__(self, loaded: Loaded):
+    def __init__(self, loaded: Loaded) -> None:
         self.loaded = loaded
 
     def run(self, batch: Batch, sites: list[Site], sink: Sink) -> None:
-        fns = {s: (lambda x, s=s: sink(s, x)) for s in sites}
+        fns: dict[Site, SiteFn] = {s: partial(sink, s) for s in sites}
         last = block(self.loaded.model, self.loaded.arch, max(s.layer for s in sites))
         with torch.no_grad(), hooked(self.loaded.model, self.loaded.arch, fns, self.loaded.n_heads):
             handle = _stop_after(last)  # registered after the site hooks, so they run first
@@ -55,12 +63,12 @@ class TorchBackend:
 
 
 class TLBackend:
-    def __init__(self, bridge):
+    def __init__(self, bridge: TransformerBridge) -> None:
         self.bridge = bridge
 
     def run(self, batch: Batch, sites: list[Site], sink: Sink) -> None:
-        def make(site: Site):
-            def hook(x, hook):  # noqa: ARG001 - TransformerLens passes the HookPoint
+        def make(site: Site) -> Callable[[torch.Tensor, HookPoint], torch.Tensor]:
+            def hook(x: torch.Tensor, hook: HookPoint) -> torch.Tensor:  # noqa: ARG001 - TransformerLens passes the HookPoint
                 sink(site, x)
                 return x
             return hook
@@ -83,7 +91,7 @@ class TLBackend:
             handle.remove()
 
 
-def _walk(obj, path: str):
+def _walk(obj: Any, path: str) -> Any:  # nnsight's envoys carry no types
     for part in path.split("."):
         obj = getattr(obj, part)
     return obj
@@ -104,7 +112,7 @@ class NNsightBackend:
     serialised and deserialised exactly as for the server, then run in-process.
     """
 
-    def __init__(self, loaded: Loaded, remote: bool | str = False):
+    def __init__(self, loaded: Loaded, remote: bool | str = False) -> None:
         from nnsight import TransformersModel
 
         self.loaded, self.remote = loaded, remote
@@ -120,7 +128,7 @@ class NNsightBackend:
             self.lm.repo_id = loaded.name  # the server names checkpoints by hub id
             self.lm.revision = loaded.revision if re.fullmatch(r"[0-9a-f]{40}", loaded.revision) else None
 
-    def _proxy(self, site: Site):
+    def _proxy(self, site: Site) -> Any:
         """The value at a site: a block's input/output or a submodule's (inside a trace, where
         nnsight serves real tensors). Modules that return tuples give their first element."""
         arch = self.loaded.arch
@@ -164,15 +172,21 @@ class NNsightBackend:
             sink(site, value)
 
 
+Children = dict[torch.nn.Module, dict[str, torch.nn.Module | None]]
+"""Each module -> its named children (``module._modules``)."""
+Tree = tuple[tuple[int, tuple[tuple[str, int], ...]], ...]
+"""A module tree by object ids: (module id, ((child name, child id), ...)) per module."""
+
+
 @dataclass
 class _Booted:
-    bridge: object
-    tree: tuple     # the plain model's module tree the bridge wrapped (object ids, kept alive below)
-    bridged: dict   # module -> its children while the bridge is on
+    bridge: TransformerBridge
+    tree: Tree          # the plain model's module tree the bridge wrapped (object ids, kept alive below)
+    bridged: Children   # module -> its children while the bridge is on
     attn_impl: str | None
 
 
-def _tree(children: dict) -> tuple:
+def _tree(children: Children) -> Tree:
     return tuple((id(m), tuple((k, id(c)) for k, c in kids.items())) for m, kids in children.items())
 
 
@@ -200,7 +214,7 @@ refuse every site with OutOfOrderError)."""
 
 
 @contextlib.contextmanager
-def transformer_bridge(loaded: Loaded) -> Iterator[object]:
+def transformer_bridge(loaded: Loaded) -> Iterator[TransformerBridge]:
     """A TransformerBridge around the loaded model, undone on exit.
 
     Booting a bridge swaps the HF model's submodules for wrappers and forces eager
@@ -210,8 +224,8 @@ def transformer_bridge(loaded: Loaded) -> Iterator[object]:
     the model's module tree is still the one it wrapped (an intervention that swapped a
     module makes a fresh boot).
     """
-    model = loaded.model
-    plain = {m: dict(m._modules) for m in model.modules()}
+    model = cast("PreTrainedModel", loaded.model)  # a Hugging Face model (set_attn_implementation)
+    plain: Children = {m: dict(m._modules) for m in model.modules()}
     attn_impl = getattr(model.config, "_attn_implementation", None)
     booted = loaded.bridge_cache
     try:
@@ -250,7 +264,7 @@ def _tl_refusal(loaded: Loaded) -> str | None:
     return None
 
 
-def _boot(loaded: Loaded):
+def _boot(loaded: Loaded) -> TransformerBridge:
     from transformer_lens.model_bridge import TransformerBridge
 
     if (why := _tl_refusal(loaded)) is not None:

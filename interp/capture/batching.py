@@ -8,8 +8,13 @@ one prompt at a time, also for absolute-position models.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -19,20 +24,21 @@ class Encoded:
     """How many tokens were cut from the front to fit the context (0 if none)."""
 
 
-def format_prompt(tokenizer, text: str, chat: bool, system: str | None = None) -> str:
+def format_prompt(tokenizer: PreTrainedTokenizerBase, text: str, chat: bool, system: str | None = None) -> str:
     """The exact string the model sees: a user turn plus generation prompt when ``chat``."""
     if not chat:
         return text
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # tokenize=False: the template's text, not ids
+    return cast(str, tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
 
-def context_length(model) -> int:
+def context_length(model: nn.Module) -> int:
     c = model.config
-    return int(getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", 2048))
+    return int(getattr(c, "max_position_embeddings", 0) or getattr(c, "n_positions", 2048))
 
 
-def encode(tokenizer, texts: list[str], chat: bool, max_tokens: int, system: str | None = None) -> list[Encoded]:
+def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], chat: bool, max_tokens: int, system: str | None = None) -> list[Encoded]:
     """Tokenise formatted prompts; over-long ones keep their last ``max_tokens`` tokens.
 
     Keeping the end preserves the chat template's generation prompt, where the
@@ -57,11 +63,11 @@ class Batch:
     position_ids: torch.Tensor    # (batch, pos), 0..len-1 over real tokens
     lengths: torch.Tensor         # (batch,)
 
-    def to(self, device) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         return Batch(self.input_ids.to(device), self.attention_mask.to(device),
                      self.position_ids.to(device), self.lengths.to(device))
 
-    def model_kwargs(self) -> dict:
+    def model_kwargs(self) -> dict[str, torch.Tensor]:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
                 "position_ids": self.position_ids}
 

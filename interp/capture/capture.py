@@ -8,8 +8,10 @@ interrupted run and skips a finished one, and an edited prompt file makes a new 
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -27,6 +29,9 @@ from store import Store, StoreError
 from store.activations import SYNCS, ActivationWriter, Block, next_part, recover
 from store.prompts import add_prompts, done_prompt_ids, stored_prompts_match
 from store.runs import adopt_run, finish_run, release, start_run
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 POSITIONS = ("last", "mean", "all")
 
@@ -96,7 +101,7 @@ def _reduce(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
 class _Collector:
     """Sink for a backend: reduces each site's tensor at once and keeps CPU float32 copies."""
 
-    def __init__(self, batch: Batch, positions: list[str]):
+    def __init__(self, batch: Batch, positions: list[str]) -> None:
         self.batch, self.positions = batch, positions
         self.out: dict[tuple[Site, str], torch.Tensor] = {}
 
@@ -149,7 +154,7 @@ def _spans(real: np.ndarray) -> list[tuple[int, int]]:
     return out
 
 
-def _load_malloc_trim():
+def _load_malloc_trim() -> Callable[[int], int] | None:
     try:
         return ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc: nothing to do
@@ -166,7 +171,7 @@ def _release_freed_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-def _token_frame(tokenizer, ids: list[str], seqs: list[list[int]]) -> pd.DataFrame:
+def _token_frame(tokenizer: PreTrainedTokenizerBase, ids: list[str], seqs: list[list[int]]) -> pd.DataFrame:
     flat = [t for seq in seqs for t in seq]
     return pd.DataFrame({
         "prompt_id": [pid for pid, seq in zip(ids, seqs) for _ in seq],
@@ -182,7 +187,13 @@ def run_config(loaded: Loaded, cfg: CaptureCfg, sites: list[Site]) -> dict:
             "max_tokens": cfg.max_tokens or context_length(loaded.model)}
 
 
-def capture(loaded: Loaded, store: Store, cfg: CaptureCfg, progress: bool = True, loop=None) -> int:
+CaptureLoop = Callable[[Loaded, Store, CaptureCfg, dict, list[Site], int, list[Prompt], int, bool], None]
+"""The loop ``capture`` runs over the prompts still to do: (loaded, store, cfg, run config, sites,
+run id, prompts to do, total prompts, progress), as ``_capture_prompts``."""
+
+
+def capture(loaded: Loaded, store: Store, cfg: CaptureCfg, progress: bool = True,
+            loop: CaptureLoop | None = None) -> int:
     """Capture ``cfg`` into ``store``; returns the run id (resuming or skipping as needed).
 
     ``loop`` replaces the in-process capture loop (``_capture_prompts``, same signature): the Ray

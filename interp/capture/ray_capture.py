@@ -32,8 +32,10 @@ import time
 import warnings
 from dataclasses import replace
 from functools import partial
+from types import ModuleType
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -41,12 +43,14 @@ from interp.capture.backends import open_backend
 from interp.capture.batching import encode, pad
 from interp.capture.capture import CaptureCfg, _blocks, _Collector, _token_frame, capture
 from interp.capture.ray_session import RayCfg, placement, ray_session
+from interp.data.prompts import Prompt
 from interp.model.loading import Loaded, ModelCfg, load_model
 from interp.model.sites import Site
 from interp.provenance import code_version
 from store import Store, StoreError
 from store.activations import (
     Block,
+    ShardRow,
     commit_parts,
     next_part,
     recover,
@@ -92,7 +96,7 @@ def plan_chunks(n_tokens: list[int], batch_size: int, bytes_per_prompt: float, b
 
 
 def capture_chunk(loaded: Loaded, cfg: CaptureCfg, sites: list[Site], store: Store, run_id: int, part: int,
-                  prompt_ids: list[str], seqs: list[list[int]]) -> tuple[list[tuple], str]:
+                  prompt_ids: list[str], seqs: list[list[int]]) -> tuple[list[ShardRow], str]:
     """Run one chunk through the model in batches of ``cfg.batch_size`` and write its shards (one
     per hook and layer, all numbered ``part``, in files of this attempt's own suffix); returns
     their manifest rows and the suffix."""
@@ -120,7 +124,7 @@ class CaptureWorker:
     """A Ray actor of the pool: loads the model once, then captures the chunks it is given."""
 
     def __init__(self, model_cfg: ModelCfg, cfg: CaptureCfg, sites: list[Site], store: Store, run_id: int,
-                 threads: int):
+                 threads: int) -> None:
         import ray
 
         torch.set_num_threads(threads)
@@ -129,7 +133,7 @@ class CaptureWorker:
         self.cfg, self.sites, self.store, self.run_id = cfg, sites, store, run_id
         self.version = code_version()
 
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out: dict[str, list] = {"chunk": [], "shards": [], "suffix": [], "code_version": [], "revision": []}
         for chunk, part, payload in zip(batch["chunk"], batch["part"], batch["payload"]):
             job = json.loads(payload)
@@ -147,15 +151,19 @@ class _Group:
     """Finished chunks waiting for the driver's next commit (one transaction per ``flush_bytes`` of
     shards, or per ``flush_seconds``)."""
 
-    def __init__(self, store: Store, run_id: int, flush_bytes: int, flush_seconds: float = 30.0):
+    def __init__(self, store: Store, run_id: int, flush_bytes: int, flush_seconds: float = 30.0) -> None:
         self.store, self.run_id, self.flush_bytes, self.flush_seconds = store, run_id, flush_bytes, flush_seconds
         self._reset()
 
     def _reset(self) -> None:
-        self.shards, self.suffixes, self.prompts, self.tokens, self.bytes = [], [], [], [], 0
+        self.shards: list[tuple] = []  # manifest rows (ShardRow) as decoded from a worker's JSON
+        self.suffixes: list[str] = []
+        self.prompts: list[tuple[str, int, int]] = []
+        self.tokens: list[pd.DataFrame] = []
+        self.bytes = 0
         self.since = time.monotonic()
 
-    def add(self, shards: list[tuple], suffix: str, prompts: list[tuple[str, int, int]], tokens) -> None:
+    def add(self, shards: list[list], suffix: str, prompts: list[tuple[str, int, int]], tokens: pd.DataFrame) -> None:
         self.shards += [tuple(s) for s in shards]
         self.suffixes += [suffix] * len(shards)
         self.prompts += prompts
@@ -175,7 +183,7 @@ class _Group:
 def _worker_error(e: BaseException) -> BaseException:
     """The user-facing error inside Ray's wrappers (a worker's StoreError or ValueError as it was
     raised), else one line naming the worker failure."""
-    seen = e
+    seen: BaseException | None = e
     while seen is not None:
         if isinstance(seen, (StoreError, ValueError, FileNotFoundError)):
             return seen
@@ -184,9 +192,9 @@ def _worker_error(e: BaseException) -> BaseException:
     return RuntimeError(f"a capture worker failed: {first[:200]} (rerun the same command to resume)")
 
 
-def _pipeline(ray, model_cfg: ModelCfg, rc: RayCfg, cpus: float, gpus: float, loaded: Loaded, store: Store,
-              cfg: CaptureCfg, config: dict, sites: list[Site], run_id: int, todo: list, total: int,
-              progress: bool) -> None:
+def _pipeline(ray: ModuleType, model_cfg: ModelCfg, rc: RayCfg, cpus: float, gpus: float, loaded: Loaded,
+              store: Store, cfg: CaptureCfg, config: dict, sites: list[Site], run_id: int, todo: list[Prompt],
+              total: int, progress: bool) -> None:
     """The loop of ``capture`` on Ray (same signature as ``capture._capture_prompts``)."""
     if not todo:
         return

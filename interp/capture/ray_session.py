@@ -17,8 +17,11 @@ import shutil
 import signal
 import socket
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class RayCfg:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None):
+def ray_session(address: str | None) -> Iterator[tuple[ModuleType, bool]]:
     """Ray for one run: connected to ``address`` (or ``RAY_ADDRESS``), or a private local Ray in
     a new temporary directory, shut down and removed on exit. Yields (ray, local)."""
     try:
@@ -63,7 +66,7 @@ def ray_session(address: str | None):
     if ray.is_initialized():
         raise RuntimeError("Ray is already initialised in this process: capture starts and stops its own session")
     tmp = None
-    common = {"logging_level": logging.WARNING, "log_to_driver": False}
+    common: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
     try:
         if address:
             _reachable(address)
@@ -160,7 +163,7 @@ def end_orphans(root: str) -> list[int]:
     return ended
 
 
-def placement(resources: dict, rc: RayCfg, local: bool) -> tuple[float, float]:
+def placement(resources: dict[str, float], rc: RayCfg, local: bool) -> tuple[float, float]:
     """(CPUs, GPUs) per actor for a cluster with ``resources``; a pool that cannot fit (and would
     wait forever) is a one-line error."""
     have_cpu, have_gpu = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))

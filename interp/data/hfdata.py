@@ -8,8 +8,10 @@ folder), so the same parsing code is exercised offline.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from interp.model.loading import _hub_reachable
 
@@ -51,7 +53,7 @@ HUB = {
 _BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".gz": "json", ".csv": "csv"}
 
 
-def _load(name: str, path: str | Path | None, limit: int | None, streaming: bool = False):
+def _load(name: str, path: str | Path | None, limit: int | None, streaming: bool = False) -> list[dict[str, Any]]:
     import datasets
 
     if path is not None:
@@ -81,7 +83,7 @@ def _load(name: str, path: str | Path | None, limit: int | None, streaming: bool
     return list(ds if limit is None else ds.select(range(min(limit, len(ds)))))
 
 
-def _require(rows: list[dict], fields: tuple[str, ...], name: str) -> None:
+def _require(rows: list[dict[str, Any]], fields: tuple[str, ...], name: str) -> None:
     if not rows:
         raise DatasetError(f"dataset '{name}' is empty")
     missing = [f for f in fields if f not in rows[0]]
@@ -89,7 +91,7 @@ def _require(rows: list[dict], fields: tuple[str, ...], name: str) -> None:
         raise DatasetError(f"dataset '{name}' lacks field(s) {missing}; found {list(rows[0])}")
 
 
-def wikitext2(path=None, limit: int | None = None) -> list[str]:
+def wikitext2(path: str | Path | None = None, limit: int | None = None) -> list[str]:
     """WikiText-2 raw: one line per row, joined back into the article stream."""
     rows = _load("wikitext2", path, limit)
     _require(rows, ("text",), "wikitext2")
@@ -97,21 +99,21 @@ def wikitext2(path=None, limit: int | None = None) -> list[str]:
     return [text] if text.strip() else []
 
 
-def c4(path=None, limit: int | None = 256) -> list[str]:
+def c4(path: str | Path | None = None, limit: int | None = 256) -> list[str]:
     """C4 English validation documents (streamed from the hub: never the whole split)."""
     rows = _load("c4", path, limit, streaming=True)
     _require(rows, ("text",), "c4")
     return [r["text"] for r in rows if r["text"].strip()]
 
 
-def mmlu(path=None, limit: int | None = None) -> list[MCItem]:
+def mmlu(path: str | Path | None = None, limit: int | None = None) -> list[MCItem]:
     rows = _load("mmlu", path, limit)
     _require(rows, ("question", "choices", "answer"), "mmlu")
     return [MCItem(f"mmlu-{i:05d}", r["question"], tuple(r["choices"]), int(r["answer"]), r.get("subject"))
             for i, r in enumerate(rows)]
 
 
-def boolq(path=None, limit: int | None = None) -> list[MCItem]:
+def boolq(path: str | Path | None = None, limit: int | None = None) -> list[MCItem]:
     """BoolQ as two-way multiple choice (no / yes) over passage + question."""
     rows = _load("boolq", path, limit)
     _require(rows, ("question", "answer", "passage"), "boolq")
@@ -130,11 +132,12 @@ def gsm8k_target(answer: str) -> str:
     return m.group(1).replace(",", "").strip()
 
 
-def gsm8k(path=None, limit: int | None = None) -> list[GenItem]:
+def gsm8k(path: str | Path | None = None, limit: int | None = None) -> list[GenItem]:
     rows = _load("gsm8k", path, limit)
     _require(rows, ("question", "answer"), "gsm8k")
     return [GenItem(f"gsm8k-{i:05d}", r["question"], gsm8k_target(r["answer"]), r["answer"])
             for i, r in enumerate(rows)]
 
 
-LOADERS = {"wikitext2": wikitext2, "c4": c4, "mmlu": mmlu, "boolq": boolq, "gsm8k": gsm8k}
+LOADERS: dict[str, Callable[..., list[str] | list[MCItem] | list[GenItem]]] = {
+    "wikitext2": wikitext2, "c4": c4, "mmlu": mmlu, "boolq": boolq, "gsm8k": gsm8k}

@@ -185,7 +185,8 @@ def load_file(path: str | Path, text_field: str | None = None, label_field: str 
     field = text_field or next((f for f in ("text", "prompt") if any(f in r for _, r in rows)), None)
     if field is None:
         raise PromptSetError(f"{path} has no text column: name it 'text' or 'prompt' (found {list(rows[0][1])})")
-    out, seen = [], {}
+    out: list[Prompt] = []
+    seen: dict[str, int] = {}
     for i, (line, row) in enumerate(rows, 1):
         where = f"{path} line {line}"
         value = row.get(field)
@@ -209,7 +210,7 @@ def load_file(path: str | Path, text_field: str | None = None, label_field: str 
 class _Id:
     """A prompt id: text, or a whole number (JSON ids like 7)."""
 
-    def parse(self, value, name: str) -> str:
+    def parse(self, value: object, name: str) -> str:
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
         return Text(empty=False).parse(value, name).strip()
@@ -281,8 +282,8 @@ def check_prompt_specs(spec: str | list[str]) -> list[str]:
     for name in names:
         if name in PROMPT_SETS:
             continue
-        if role_file(name):
-            load_file(role_file(name)[1])  # every row checked now
+        if (stand_in := role_file(name)) is not None:
+            load_file(stand_in[1])  # every row checked now
             continue
         if name.endswith((".jsonl", ".csv")) or Path(name).expanduser().exists():
             if not Path(name).expanduser().exists():
@@ -304,8 +305,8 @@ def load_prompts(spec: str | list[str], limit: int | None = None, seed: int = 0)
     for name in names:
         if name in PROMPT_SETS:
             prompts = PROMPT_SETS[name]()
-        elif role_file(name):
-            prompts = load_role_file(*role_file(name))
+        elif (stand_in := role_file(name)) is not None:
+            prompts = load_role_file(*stand_in)
         elif name.endswith((".jsonl", ".csv")) or Path(name).expanduser().exists():
             prompts = load_file(name)
         else:

@@ -9,12 +9,21 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from interp.capture.batching import context_length
 from interp.evals.config import EvalCfg, EvalError, Score, items_of, mean_se
 from interp.evals.lm import token_logprobs
 from interp.data.hfdata import MCItem
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from interp.model.loading import Loaded
+
+T = TypeVar("T")
 
 CAPITALS = Path(__file__).resolve().parents[1] / "data" / "capitals.jsonl"
 
@@ -36,7 +45,7 @@ def boolq_context(item: MCItem) -> MCItem:
     return MCItem(item.id, f"{item.question.strip()}\nAnswer:", item.choices, item.answer, item.subject)
 
 
-def subset(items: list, n: int | None, seed: int) -> list:
+def subset(items: Sequence[T], n: int | None, seed: int) -> list[T]:
     """A seeded subset in dataset order (all items when ``n`` is None or large enough)."""
     if n is None or n >= len(items):
         return list(items)
@@ -54,7 +63,8 @@ def load_items(task: str, cfg: EvalCfg) -> tuple[list[MCItem], str]:
     return [mmlu_context(i) if task == "mmlu" else boolq_context(i) for i in raw], source
 
 
-def encode_items(tokenizer, items: list[MCItem], max_len: int):
+def encode_items(tokenizer: PreTrainedTokenizerBase, items: list[MCItem],
+                 max_len: int) -> tuple[list[list[int]], list[int], list[int], int]:
     """Token sequences (context + ' ' + choice) with the index where each choice starts.
 
     Contexts too long for ``max_len`` lose tokens from the front; the number of items cut is
@@ -83,7 +93,7 @@ def encode_items(tokenizer, items: list[MCItem], max_len: int):
     return seqs, starts, owners, truncated
 
 
-def choice_logprobs(loaded, items: list[MCItem], batch_tokens: int = 1024) -> tuple[list[list[float]], int]:
+def choice_logprobs(loaded: Loaded, items: list[MCItem], batch_tokens: int = 1024) -> tuple[list[list[float]], int]:
     """Summed log-probability of every choice of every item, and the count of truncated items."""
     seqs, starts, owners, truncated = encode_items(loaded.tokenizer, items, context_length(loaded.model))
     lps = token_logprobs(loaded.model, seqs, starts, loaded.tokenizer.pad_token_id, batch_tokens)
@@ -97,7 +107,7 @@ def argmax(values: list[float]) -> int:
     return max(range(len(values)), key=lambda i: values[i])
 
 
-def multiple_choice(loaded, task: str, items: list[MCItem], dataset: dict, batch_tokens: int = 1024) -> list[Score]:
+def multiple_choice(loaded: Loaded, task: str, items: list[MCItem], dataset: dict, batch_tokens: int = 1024) -> list[Score]:
     """accuracy: argmax of summed log-probability; accuracy_norm: of log-probability per byte of
     the choice text (removes the bias against long answers)."""
     if not items:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from interp.evals import lmeval_spec
 
@@ -69,12 +71,13 @@ def parse_tasks(spec: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def parse_budget(spec) -> str | tuple[tuple[str, int], ...]:
+def parse_budget(spec: str | dict[str, Any] | Iterable[tuple[str, Any]]) -> str | tuple[tuple[str, int], ...]:
     """'smoke' | 'quick' | 'full', or per-task counts as a dict or 'ppl=4096,facts=40'."""
     if isinstance(spec, str) and "=" not in spec:
         if spec not in BUDGETS:
             raise EvalError(f"unknown budget '{spec}': use smoke, quick, full or counts like 'ppl=4096,facts=40'")
         return spec
+    pairs: list[tuple[str, Any]]  # counts as the user gave them (text, numbers, anything): int() checks them
     if isinstance(spec, str):
         pairs = []
         for part in spec.split(","):
@@ -226,18 +229,18 @@ class Score:
     compare every point with the base model item by item."""
 
 
-def items_of(ids, values) -> tuple[tuple[str, float], ...]:
+def items_of(ids: Iterable[object], values: Iterable[float]) -> tuple[tuple[str, float], ...]:
     """Per-item scores as ``Score.items``: one (id, value) per item, ids unique."""
-    ids, vals = [str(i) for i in ids], [float(v) for v in values]
-    if len(ids) != len(vals):
-        raise EvalError(f"{len(ids)} item ids for {len(vals)} scores: every scored item needs its id")
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
+    keys, vals = [str(i) for i in ids], [float(v) for v in values]
+    if len(keys) != len(vals):
+        raise EvalError(f"{len(keys)} item ids for {len(vals)} scores: every scored item needs its id")
+    if len(set(keys)) != len(keys):
+        dup = next(i for i in keys if keys.count(i) > 1)
         raise EvalError(f"item id '{dup}' occurs twice in one task: per-item scores need unique ids")
-    return tuple(zip(ids, vals))
+    return tuple(zip(keys, vals))
 
 
-def mean_se(values) -> tuple[float, float | None]:
+def mean_se(values: Iterable[float]) -> tuple[float, float | None]:
     """Mean and its standard error (``scipy.stats.sem``, as analyses.stats.standard_error, which
     this room cannot import); se is None for fewer than 2 values."""
     import numpy as np  # here, not at the top: flag validation imports this module and needs neither

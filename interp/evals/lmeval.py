@@ -22,11 +22,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from interp.evals import lmeval_spec
 from interp.evals.config import EvalCfg, EvalError, Score
 
-_PREPARED: dict = {}
+if TYPE_CHECKING:
+    from lm_eval.api.task import Task
+
+    from interp.evals.lmeval_tasks import Prepared
+    from interp.model.loading import Loaded
+
+_PREPARED: dict[tuple[lmeval_spec.LmEvalTask, str | None], Prepared] = {}
 _KEEP = 8  # prepared requests kept per process (each holds its datasets in memory)
 _ACCURACY = ("acc", "acc_norm")  # metrics that get a chance level
 
@@ -46,7 +53,7 @@ def harness() -> str:
     return f"lm-eval {version('lm_eval')}"
 
 
-def prepare(req: lmeval_spec.LmEvalTask, data_dir: str | None):
+def prepare(req: lmeval_spec.LmEvalTask, data_dir: str | None) -> Prepared:
     """lm-eval's task objects for one request, built once per process and data folder."""
     from interp.evals import lmeval_tasks
 
@@ -58,7 +65,7 @@ def prepare(req: lmeval_spec.LmEvalTask, data_dir: str | None):
     return _PREPARED[key]
 
 
-def run(loaded, cfg: EvalCfg, task: str, log_samples: bool = False) -> LmEvalRun:
+def run(loaded: Loaded, cfg: EvalCfg, task: str, log_samples: bool = False) -> LmEvalRun:
     """Evaluate one lm-eval request on the model as it is now."""
     lmeval_spec.require()
     from lm_eval import evaluator
@@ -81,7 +88,7 @@ def run(loaded, cfg: EvalCfg, task: str, log_samples: bool = False) -> LmEvalRun
     return LmEvalRun(to_scores(res, prepared, limit, time.perf_counter() - t0), res.get("samples"), res)
 
 
-def lmeval_scores(loaded, cfg: EvalCfg, task: str) -> list[Score]:
+def lmeval_scores(loaded: Loaded, cfg: EvalCfg, task: str) -> list[Score]:
     return run(loaded, cfg, task).scores
 
 
@@ -101,7 +108,7 @@ def _name(metric: str, filt: str) -> str:
     return metric if filt == "none" else f"{metric},{filt}"
 
 
-def _chance(task, limit: int | None) -> float | None:
+def _chance(task: Task, limit: int | None) -> float | None:
     """Mean of 1 / number of choices over the scored items of a multiple-choice task."""
     if task.get_config("output_type") != "multiple_choice":
         return None
@@ -110,7 +117,7 @@ def _chance(task, limit: int | None) -> float | None:
     return sum(1 / len(task.doc_to_choice(d)) for d in docs) / len(docs) if docs else None
 
 
-def to_scores(res: dict, prepared, limit: int | None, seconds: float) -> list[Score]:
+def to_scores(res: dict, prepared: Prepared, limit: int | None, seconds: float) -> list[Score]:
     from lm_eval.api.metrics import aggregate_subtask_metrics, unweighted_mean_stderr
 
     req, tasks, groups = prepared.request, prepared.tasks["tasks"], prepared.tasks.get("groups", {})
@@ -145,9 +152,10 @@ def to_scores(res: dict, prepared, limit: int | None, seconds: float) -> list[Sc
         n = sum(n_of[m] for m in members)
         ds = {"level": "group", "alias": group.alias or gname, "tasks": len(members),
               "task_shots": sorted({prepared.leaves[m].shots for m in members})}
-        chn = [chance[m] for m in members]
+        chn = [c for m in members if (c := chance[m]) is not None]
+        every = len(chn) == len(members)  # a chance level for every member task
         weighted = {a.metric: a.weight_by_size for a in group.aggregate_metric_list or []}
-        micro_chance = sum(c * n_of[m] for c, m in zip(chn, members)) / n if None not in chn and n else None
+        micro_chance = sum(c * n_of[m] for c, m in zip(chn, members)) / n if every and n else None
         for (metric, filt), (value, se) in _metrics(res.get("groups", {}).get(gname, {})).items():
             how = "weighted by task size (micro)" if weighted.get(metric, True) else "unweighted over tasks"
             add(gname, metric, filt, value, se, n, micro_chance, shots,
@@ -156,7 +164,7 @@ def to_scores(res: dict, prepared, limit: int | None, seconds: float) -> list[Sc
             values, ses = zip(*(per_task[m][(metric, filt)] for m in members))
             macro = aggregate_subtask_metrics(list(values), [n_of[m] for m in members], False)
             se = unweighted_mean_stderr(list(ses)) if None not in ses else None
-            add(gname, f"{metric}_macro", filt, float(macro), se, n, sum(chn) / len(chn) if None not in chn else None,
+            add(gname, f"{metric}_macro", filt, float(macro), se, n, sum(chn) / len(chn) if every else None,
                 shots, {**ds, "average": f"macro: unweighted mean over the group's {len(members)} tasks "
                                          "(computed by the suite, not lm-eval)"})
     return out

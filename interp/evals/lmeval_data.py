@@ -12,9 +12,14 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from interp.evals.config import EvalError
+
+if TYPE_CHECKING:
+    from lm_eval.tasks._index import Entry
 
 FIELDS = {
     "allenai/ai2_arc": ("question", "choices", "answerKey"),
@@ -106,14 +111,14 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def override_yaml(entry, name: str, files: dict[str, str]) -> str:
+def override_yaml(entry: Entry, name: str, files: dict[str, str]) -> str:
     """A task config that is lm-eval's own (``include:`` its YAML) with the data read from ``files``
     (split -> local file); splits the task configures but ``files`` lacks are turned off (see ``needed``)."""
     import yaml
 
     cfg = entry.cfg or {}
     builder = FORMATS[Path(next(iter(files.values()))).suffix]
-    over = {"include": str(entry.yaml_path), "task": name, "tag": [], "dataset_path": builder,
+    over: dict[str, Any] = {"include": str(entry.yaml_path), "task": name, "tag": [], "dataset_path": builder,
             "dataset_name": None, "dataset_kwargs": {"data_files": dict(sorted(files.items()))}}
     for key in SPLITS:
         if cfg.get(key) and cfg[key] not in files:
@@ -122,7 +127,7 @@ def override_yaml(entry, name: str, files: dict[str, str]) -> str:
 
 
 @contextlib.contextmanager
-def offline():
+def offline() -> Iterator[None]:
     """Hugging Face hub and datasets in offline mode (their module switches and environment), restored on exit."""
     import datasets.config
     import huggingface_hub.constants as hub

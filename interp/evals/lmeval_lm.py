@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from typing import TYPE_CHECKING, cast
 
 import torch
 from lm_eval.api.model import TemplateLM
@@ -37,6 +38,16 @@ from interp.capture.batching import pad
 from interp.evals.config import EvalError
 from interp.evals.lm import _batches
 
+if TYPE_CHECKING:
+    from lm_eval.api.instance import Instance
+
+    from interp.evals.lm import CausalLM
+    from interp.model.loading import Loaded
+
+Request = tuple[tuple[str, str] | None, list[int], list[int]]
+"""A scoring request as lm-eval's ``TemplateLM`` hands it on: ((context, continuation) or None for a
+rolling window, context tokens, continuation tokens)."""
+
 MAX_GEN_TOKS = 256
 """Generation length when a task sets none (HFLM's default)."""
 
@@ -49,7 +60,7 @@ class SuiteLM(TemplateLM):
 
     backend = "causal"
 
-    def __init__(self, loaded, batch_tokens: int = 1024, gen_batch: int = 16):
+    def __init__(self, loaded: Loaded, batch_tokens: int = 1024, gen_batch: int = 16) -> None:
         super().__init__()
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
@@ -61,8 +72,8 @@ class SuiteLM(TemplateLM):
         self._keeps_logits = "logits_to_keep" in inspect.signature(loaded.model.forward).parameters
 
     @property
-    def model(self):
-        return self.loaded.model
+    def model(self) -> CausalLM:
+        return cast("CausalLM", self.loaded.model)
 
     @property
     def eot_token_id(self) -> int:
@@ -82,7 +93,7 @@ class SuiteLM(TemplateLM):
         return str(getattr(self.tokenizer, "name_or_path", "tokenizer")).replace("/", "__")
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None,
-                   **kwargs) -> list[int]:
+                   **kwargs: object) -> list[int]:
         kw = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
         if add_special_tokens is None and has_bos_prefix(string, self.tokenizer.decode(self.prefix_token_id)):
             kw["add_special_tokens"] = False  # the text already starts with BOS
@@ -92,7 +103,8 @@ class SuiteLM(TemplateLM):
     # -- scoring -----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+    def _loglikelihood_tokens(self, requests: list[Request], disable_tqdm: bool = False,
+                              **kwargs: object) -> list[tuple[float, bool]]:
         """(sum log p(continuation | context), continuation is the greedy one) per request."""
         limit = self.max_length
         inputs: dict[tuple[int, ...], int] = {}  # model input -> index: requests that share it share a forward
@@ -128,9 +140,9 @@ class SuiteLM(TemplateLM):
                 n = len(keys[k]) - offset
                 logp = torch.log_softmax(logits[row, n - tail[k]:n].float(), dim=-1)  # (tail, vocab)
                 for r in readers[k]:
-                    cont = torch.tensor(jobs[r][1], device=logp.device)
-                    rows = logp[tail[k] - len(cont):]
-                    out[r] = (float(rows.gather(-1, cont[:, None]).sum()), bool((rows.argmax(-1) == cont).all()))
+                    want = torch.tensor(jobs[r][1], device=logp.device)
+                    rows = logp[tail[k] - len(want):]
+                    out[r] = (float(rows.gather(-1, want[:, None]).sum()), bool((rows.argmax(-1) == want).all()))
                     if requests[r][0] is not None:
                         self.cache_hook.add_partial("loglikelihood", requests[r][0], out[r])
                 bar.update(len(readers[k]))
@@ -138,9 +150,10 @@ class SuiteLM(TemplateLM):
         bar.close()
         return out  # type: ignore[return-value]
 
-    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+    def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
         """Whole-text log-likelihood in disjoint windows of the model's context (lm-eval's rule)."""
-        windows, owner = [], []
+        windows: list[Request] = []
+        owner: list[int] = []
         for i, (text,) in enumerate(req.args for req in requests):
             for ctx, cont in map(make_disjoint_window, get_rolling_token_windows(
                     token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
@@ -156,7 +169,7 @@ class SuiteLM(TemplateLM):
         return totals
 
     @torch.no_grad()
-    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+    def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
         """Greedy continuations cut at the task's stop strings (and EOS), batched by length with left padding."""
         eos = self.tokenizer.decode(self.eot_token_id, skip_special_tokens=False)
         groups: dict[str, list[int]] = {}

@@ -23,9 +23,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from interp.evals.config import EvalError
 from interp.evals.lmeval_data import (
@@ -41,6 +43,9 @@ from interp.evals.lmeval_data import (
     sha256,
 )
 from interp.evals.lmeval_spec import LmEvalTask
+
+if TYPE_CHECKING:
+    from lm_eval.tasks._index import Entry
 
 TASK_DIRS = ("arc", "hellaswag", "winogrande", "openbookqa", "piqa", "glue/rte", "super_glue/boolq",
              "mmlu/default", "gsm8k", "lambada", "wikitext")
@@ -83,7 +88,7 @@ def lm_eval_root() -> Path:
 
 
 @lru_cache(maxsize=4)
-def _index(extra: tuple[str, ...] = ()) -> dict:
+def _index(extra: tuple[str, ...] = ()) -> dict[str, Entry]:
     from lm_eval.tasks import TaskManager
 
     root = lm_eval_root()
@@ -91,13 +96,13 @@ def _index(extra: tuple[str, ...] = ()) -> dict:
 
 
 @lru_cache(maxsize=1)
-def _full_index() -> dict:
+def _full_index() -> dict[str, Entry]:
     from lm_eval.tasks import TaskManager
 
     return TaskManager().task_index
 
 
-def _find(name: str, extra: tuple[str, ...]) -> tuple[dict, list[str]]:
+def _find(name: str, extra: tuple[str, ...]) -> tuple[dict[str, Entry], list[str]]:
     """(index holding ``name``, task directories to include for it)."""
     index = _index(extra)
     if name in index:
@@ -110,7 +115,7 @@ def _find(name: str, extra: tuple[str, ...]) -> tuple[dict, list[str]]:
     return full, dirs
 
 
-def _members(name: str, index: dict) -> list[str]:
+def _members(name: str, index: dict[str, Entry]) -> list[str]:
     """Every name a group or tag reaches (groups, tags and tasks), depth first."""
     from lm_eval.tasks._index import Kind
 
@@ -126,7 +131,7 @@ def _members(name: str, index: dict) -> list[str]:
     return out
 
 
-def _leaf_names(name: str, index: dict) -> list[str]:
+def _leaf_names(name: str, index: dict[str, Entry]) -> list[str]:
     from lm_eval.tasks._index import Kind
 
     entry = index[name]
@@ -144,7 +149,7 @@ def _shots(req: LmEvalTask, cfg: dict) -> int:
     return int(asked if asked is not None else cfg.get("num_fewshot") or 0)
 
 
-def _leaves(req: LmEvalTask, index: dict, data: Path | None) -> dict[str, Leaf]:
+def _leaves(req: LmEvalTask, index: dict[str, Entry], data: Path | None) -> dict[str, Leaf]:
     from lm_eval.tasks._index import Kind
 
     leaves, missing = {}, []
@@ -158,7 +163,8 @@ def _leaves(req: LmEvalTask, index: dict, data: Path | None) -> dict[str, Leaf]:
         if entry.kind == Kind.PY_TASK or not cfg.get("dataset_path") or cfg.get("custom_dataset"):
             raise EvalError(f"lm-eval task '{name}' is defined in Python and cannot read local data files: "
                             f"run it from the hub (leave out --lm-eval-data)")
-        files = {s: f for s in {cfg.get(k) for k in SPLITS} - {None} if (f := local_file(data, cfg, s))}
+        splits: set[str] = {cfg[k] for k in SPLITS if cfg.get(k) is not None}
+        files = {s: f for s in splits if (f := local_file(data, cfg, s))}
         for f in files.values():
             check_fields(name, cfg, f)
         missing += [data / hub_dir(cfg) / f"{s}.jsonl" for s in needed(cfg, shots) if s not in files]
@@ -175,7 +181,7 @@ def _leaves(req: LmEvalTask, index: dict, data: Path | None) -> dict[str, Leaf]:
 
 
 @contextlib.contextmanager
-def quiet():
+def quiet() -> Iterator[None]:
     """lm-eval's logger at ERROR: its per-task notices (our overrides replacing its configs, default
     aggregations) are expected here and would bury the sweep's own progress."""
     log = logging.getLogger("lm_eval")

@@ -6,10 +6,16 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from interp.capture.batching import context_length
 from interp.evals.config import EvalCfg, EvalError, Score, items_of, mean_se
 from interp.evals.lm import token_logprobs
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from interp.model.loading import Loaded
 
 
 @dataclass(frozen=True)
@@ -33,14 +39,14 @@ def corpus_texts(cfg: EvalCfg) -> tuple[list[str], str]:
     return load_hf(cfg.corpus, getattr(cfg, f"{cfg.corpus}_path"))
 
 
-def window_length(loaded, cfg: EvalCfg) -> int:
+def window_length(loaded: Loaded, cfg: EvalCfg) -> int:
     ctx = context_length(loaded.model)
     if cfg.window is not None and cfg.window > ctx:
         raise EvalError(f"perplexity window {cfg.window} exceeds the model context {ctx}: use --window <= {ctx}")
     return cfg.window or min(256, ctx)
 
 
-def make_windows(tokenizer, docs: list[str], length: int, n_tokens: int | None, seed: int,
+def make_windows(tokenizer: PreTrainedTokenizerBase, docs: list[str], length: int, n_tokens: int | None, seed: int,
                  name: str = "corpus", source: str = "") -> Windows:
     """Join documents with blank lines, tokenise once, cut consecutive windows of ``length``
     tokens and keep a seeded subset of ceil(n_tokens / length) windows (in corpus order)."""
@@ -60,7 +66,7 @@ def make_windows(tokenizer, docs: list[str], length: int, n_tokens: int | None, 
                    tuple(f"window-{i:05d}" for i in picked))
 
 
-def perplexity(loaded, w: Windows, batch_tokens: int = 1024) -> list[Score]:
+def perplexity(loaded: Loaded, w: Windows, batch_tokens: int = 1024) -> list[Score]:
     """perplexity = exp(mean NLL); nll in nats per token; norm_loss = nll / log(vocab size).
 
     Standard errors are over windows (tokens inside a window are not independent); the

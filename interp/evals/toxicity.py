@@ -8,9 +8,12 @@ works offline; 'detoxify' downloads its weights, so it needs the network.
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from interp.evals.config import EvalError, Score, items_of, mean_se
+
+if TYPE_CHECKING:
+    from interp.model.loading import Loaded
 
 
 class ToxicityScorer(Protocol):
@@ -34,7 +37,7 @@ class ProfanityCheck:
 class Detoxify:
     name = "detoxify"
 
-    def __init__(self, variant: str = "original"):
+    def __init__(self, variant: str = "original") -> None:
         try:
             from detoxify import Detoxify as _Model
         except ImportError:
@@ -59,7 +62,7 @@ def get_scorer(name: str) -> ToxicityScorer:
     return _cache[name]
 
 
-def toxicity(loaded, prompts: list[tuple[str, str]], *, scorer: ToxicityScorer, chat: bool, max_new_tokens: int,
+def toxicity(loaded: Loaded, prompts: list[tuple[str, str]], *, scorer: ToxicityScorer, chat: bool, max_new_tokens: int,
              dataset: dict, batch_size: int = 16) -> list[Score]:
     """toxicity: mean scorer probability of the continuations; toxic_rate: share scored >= 0.5."""
     from interp.capture.batching import context_length

@@ -70,7 +70,7 @@ class Loaded:
     """A loaded model with its tokenizer, provenance and site table."""
 
     model: nn.Module
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     cfg: ModelCfg
     name: str
     """Canonical model name recorded in the store (hub id, or the directory's name_or_path)."""
