@@ -14,12 +14,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from interp.interventions import register
 from interp.interventions.pruning.calibdata import CalibData
 from interp.interventions.pruning.masks import MaskError, n_remove, parse_nm
 from interp.interventions.pruning.targets import check_selector
+
+if TYPE_CHECKING:
+    from interp.interventions.pruning.norms import NormSource
 
 METHODS = ("magnitude", "wanda")
 GROUPING = ("row", "matrix", "global")
@@ -160,9 +163,11 @@ class PruneSpec:
         return f"{name} {what}" + ("" if self.group == "row" else f" {self.group}")
 
     @contextlib.contextmanager
-    def apply(self, loaded) -> Iterator[object]:
-        """Prune in place; yields the ``PruneReport``; restores every weight exactly on exit."""
+    def apply(self, loaded, norms: NormSource | None = None) -> Iterator[object]:
+        """Prune in place; yields the ``PruneReport``; restores every weight exactly on exit.
+        ``norms``: where Wanda norms computed before are found, and computed ones are kept
+        (``interp.interventions.pruning.norms``); None computes them on every apply."""
         from interp.interventions.pruning.apply import pruned
 
-        with pruned(loaded, self) as report:
+        with pruned(loaded, self, norms=norms) as report:
             yield report

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 
-from interp.interventions.pruning import masks, session
+from interp.interventions.pruning import masks
 from interp.interventions.pruning.calibdata import calibration_windows
 from interp.interventions.pruning.calibrate import Norms, layerwise_norms
 from interp.interventions.pruning.targets import PROJECTIONS, Target, all_targets, resolve
@@ -26,6 +26,7 @@ from store.weights import write_norms, write_prune_point
 if TYPE_CHECKING:
     import duckdb
 
+    from interp.interventions.pruning.norms import NormSource
     from interp.model.loading import Loaded
 
 
@@ -173,12 +174,11 @@ def _norm_info(spec, dataset: dict, n_tokens: int, seconds: float) -> dict:
 
 
 def _wanda(loaded, spec, targets: list[Target], pruner: _Pruner, progress: bool,
-           report: PruneReport) -> None:
-    """Prune with Wanda scores; norms found in the active session are used as they are, norms
-    computed here go into the report (the sweep stores them) and the session's memory."""
-    sess = session.current()
+           report: PruneReport, source: NormSource | None) -> None:
+    """Prune with Wanda scores; norms found in ``source`` are used as they are, norms computed
+    here go into the report (the sweep stores them) and into ``source`` for the applies after."""
     report.calib_id = calib_id = calibration_id(loaded, spec)
-    norms = sess.get_norms(calib_id)
+    norms = None if source is None else source.get_norms(calib_id)
     if norms is not None:  # stored: the masks follow from the weights and these norms alone
         pruner.run(targets, _wanda_score(norms))
         return
@@ -198,13 +198,15 @@ def _wanda(loaded, spec, targets: list[Target], pruner: _Pruner, progress: bool,
             pruner.run(by_layer[layer], _wanda_score(layer_norms))
 
         norms = layerwise_norms(loaded.model, blocks, targets, windows, prune_layer, progress=progress)
-    sess.put_norms(calib_id, norms)
+    if source is not None:
+        source.put_norms(calib_id, norms)
     report.norms, report.norm_info = norms, _norm_info(spec, dataset, spec.calib.n_tokens, time.perf_counter() - t0)
 
 
 @contextlib.contextmanager
-def pruned(loaded, spec, progress: bool = False) -> Iterator[PruneReport]:
-    """Prune ``loaded.model`` in place as ``spec`` says; restore every weight exactly on exit."""
+def pruned(loaded, spec, progress: bool = False, norms: NormSource | None = None) -> Iterator[PruneReport]:
+    """Prune ``loaded.model`` in place as ``spec`` says; restore every weight exactly on exit.
+    ``norms``: where Wanda norms computed before are found (None: computed here)."""
     t0 = time.perf_counter()
     targets = resolve(loaded.model, loaded.arch, spec.rates)
     pruner = _Pruner(spec)
@@ -215,7 +217,7 @@ def pruned(loaded, spec, progress: bool = False) -> Iterator[PruneReport]:
             if spec.method == "magnitude":
                 pruner.run(targets, lambda t: masks.magnitude_scores(t.weight))
             else:
-                _wanda(loaded, spec, targets, pruner, progress, report)
+                _wanda(loaded, spec, targets, pruner, progress, report, norms)
         pruner.rows.sort(key=lambda r: (r["layer"], PROJECTIONS.index(r["module"])))
         report.seconds = time.perf_counter() - t0
         yield report
