@@ -110,7 +110,7 @@ def skip_layers(loaded: Loaded, layers: Iterable[int]) -> Iterator[None]:
         for new, old in enumerate(kept):
             for m in original[old].modules():
                 if isinstance(getattr(m, "layer_idx", None), int):
-                    setattr(m, "layer_idx", new)  # an int attribute (nn.Module types attributes as modules)
+                    m.layer_idx = new  # type: ignore[assignment]  # torch types Module.__setattr__'s value as Tensor | Module
         for c, f, value in saved_cfg:
             if f == "num_hidden_layers":
                 setattr(c, f, len(kept))
