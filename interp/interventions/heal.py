@@ -105,7 +105,8 @@ class HealCfg:
         """The perplexity evaluation whose windows are held out."""
         from interp.evals import EvalCfg
 
-        paths: dict[str, Any] = {f"{self.corpus}_path": self.corpus_path}  # keyword named by the corpus if self.corpus != "book" else {}
+        # the keyword is named by the corpus (wikitext2_path, c4_path)
+        paths: dict[str, Any] = {f"{self.corpus}_path": self.corpus_path} if self.corpus != "book" else {}
         return EvalCfg(tasks=("ppl",), budget=f"ppl={self.holdout_tokens}", seed=self.holdout_seed, corpus=self.corpus,
                        window=self.window, **paths)
 

@@ -123,7 +123,8 @@ def run_sweep(loaded: Loaded, store: Store, *, study: str, config: dict, points:
         cache = None if prefix is None else stack.enter_context(PrefixCache(prefix))
         for spec in todo:
             t0 = time.perf_counter()
-            with (spec.apply(loaded) if apply is None else apply(spec)) as made, reuse(loaded, cache, first_layer(spec, loaded.n_layers)):
+            applying = spec.apply(loaded) if apply is None else apply(spec)
+            with applying as made, reuse(loaded, cache, first_layer(spec, loaded.n_layers)):
                 scores = evaluate(loaded, eval_cfg, reference=reference)
             items = item_frame(scores)
             if isinstance(spec, Base):

@@ -6,10 +6,10 @@ Steps (re-running resumes: stored calibrations and evaluated points are never re
 1. the sweep plan from the budget: uniform rates for each method (magnitude also with one
    global threshold), N:M, attention-only and MLP-only, each projection alone, mixed rates;
 2. the base model's own sparsity -> prune_points ('base');
-3. ``run_sweep`` with a store-backed source of Wanda norms passed to every apply: applying a point yields its report,
-   which the sweep stores (sparsity per module in prune_points, prune_stats; the Wanda input norms
-   it computed in calibrations, input_norms) with the point's evals; the ``prune_curve`` view
-   joins metric and rate / pruned weights.
+3. ``run_sweep`` with one store-backed source of Wanda norms passed to every apply (``StoreNorms``):
+   applying a point yields its report, which the sweep stores (sparsity per module in prune_points,
+   prune_stats; the Wanda input norms it computed in calibrations, input_norms) with the point's
+   evals; the ``prune_curve`` view joins metric and rate / pruned weights.
 """
 
 from __future__ import annotations
