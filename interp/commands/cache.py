@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from invoke import task
+from invoke import Context, task
 
 from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, HELP_COMMON
 from interp.commands.cli import CliTask, user_errors
@@ -34,10 +34,11 @@ from interp.validate import Boolean, Choice, Optional, Whole
             "end (once when the run ends) or off (page cache only; a killed process still loses nothing)",
 })
 @user_errors
-def cache(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, prompts="harmful,neutral", hooks="resid_post",
-          positions="last", backend="nnsight", batch_size=8, limit=None, chat=None, dtype="float32",
-          device="cpu", device_map=None, revision=None, flush_mb=128, workers=None, ray_address=None,
-          sync="commit"):
+def cache(c: Context, model: str = DEFAULT_MODEL, store: str = DEFAULT_STORE, prompts: str = "harmful,neutral",
+          hooks: str = "resid_post", positions: str = "last", backend: str = "nnsight", batch_size: int = 8,
+          limit: int | None = None, chat: bool | None = None, dtype: str = "float32", device: str = "cpu",
+          device_map: str | None = None, revision: str | None = None, flush_mb: int = 128,
+          workers: int | None = None, ray_address: str | None = None, sync: str = "commit") -> None:
     """Run prompts through the model and store activations (resumes an interrupted run)."""
     from interp.capture.capture import CaptureCfg, capture
     from interp.commands.cli import model_cfg as flags_model

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from invoke import task
+from invoke import Context, task
 from invoke.exceptions import Exit
 
 from interp.commands.cli import CliTask, user_errors
@@ -17,7 +17,8 @@ from interp.commands import DEFAULT_STORE, HELP_COMMON
     "quiet": "print only problems",
 })
 @user_errors
-def check(c, store=DEFAULT_STORE, repair=False, deep=False, quiet=False):
+def check(c: Context, store: str = DEFAULT_STORE, repair: bool = False, deep: bool = False,
+          quiet: bool = False) -> None:
     """Check a store: manifest vs shard files, row counts, duplicates, interrupted writes and runs."""
     from store import Store
     from store.check import check_store

@@ -15,23 +15,28 @@ import inspect
 import math
 import os
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 import pandas as pd
 from invoke import Task
 from invoke.parser import Argument
 
-from interp.validate import Choice, InvalidValue, Whole
+from interp.validate import Choice, InvalidValue, Spec, Whole
 
 if TYPE_CHECKING:
+    from invoke.exceptions import Exit
+
     from interp.model.loading import Loaded, ModelCfg
 
 # Errors that carry a message written for the user: printed as one line, exit code 2.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, FileNotFoundError, KeyError)
 FORMATS = Choice(("table", "csv", "json"))
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def _quiet_broken_pipe():
+def _quiet_broken_pipe() -> Exit:
     """stdout's reader went away (``invoke sql ... | head``): end quietly, as Unix tools do."""
     from invoke.exceptions import Exit
 
@@ -43,10 +48,10 @@ def _quiet_broken_pipe():
     return Exit(code=141)  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
 
 
-def user_errors(fn):
+def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn a user-facing error into a one-line message and exit status 2 (no traceback)."""
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         from invoke.exceptions import Exit
 
         try:
@@ -54,9 +59,8 @@ def user_errors(fn):
         except BrokenPipeError:
             raise _quiet_broken_pipe() from None
         except USER_ERRORS as e:
-            if isinstance(e, KeyError):
-                e = str(e).strip("'\"")
-            message = " ".join(str(e).split("\n")[0].split()) or type(e).__name__
+            text = str(e).strip("'\"") if isinstance(e, KeyError) else str(e)  # KeyError's str() quotes it
+            message = " ".join(text.split("\n")[0].split()) or type(e).__name__
             raise Exit(f"error: {message}", code=2) from None
     return wrapper
 
@@ -64,15 +68,16 @@ def user_errors(fn):
 class _RawValue(Argument):
     """A typed flag whose text reaches CliTask unconverted (help still shows INT)."""
 
-    def set_value(self, value, cast: bool = True) -> None:
+    def set_value(self, value: object, cast: bool = True) -> None:
         super().set_value(value, cast=False)
 
 
 class CliTask(Task):
     """An invoke Task whose flags are converted by ``interp.validate`` specs (see the module doc)."""
 
-    def __init__(self, body, types: dict | None = None, **kwargs):
-        self.types = dict(types or {})
+    def __init__(self, body: Callable[..., None], types: dict[str, Spec[object]] | None = None,
+                 **kwargs: Any) -> None:  # invoke's own Task options (help, name, ...)
+        self.types: dict[str, Spec[object]] = dict(types or {})
         super().__init__(body, **kwargs)
         params = inspect.signature(body).parameters
         for name, p in params.items():
@@ -82,7 +87,8 @@ class CliTask(Task):
         if unknown:
             raise TypeError(f"types for unknown flags {sorted(unknown)} of task {body.__name__}")
 
-    def arg_opts(self, name: str, default, taken_names: set[str]) -> dict:
+    def arg_opts(self, name: str, default: Any, taken_names: set[str]) -> dict[str, Any]:
+        # (``default`` is the body's default value, whatever its type; invoke annotates it as str)
         opts = super().arg_opts(name, default, taken_names)
         # invoke takes the first free character of the name as the short flag, a '-' included
         # (shown as `--=STRING`): only letters make short flags
@@ -99,7 +105,7 @@ class CliTask(Task):
                 arg.__class__ = _RawValue
         return args
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> object:  # the body's arguments, converted here
         from invoke.exceptions import Exit
 
         for name, spec in self.types.items():
@@ -111,13 +117,13 @@ class CliTask(Task):
         return super().__call__(*args, **kwargs)
 
 
-def opt_int(value) -> int | None:
+def opt_int(value: object) -> int | None:
     if value in (None, "", "none", "None"):
         return None
     return Whole().parse(value, "value")
 
 
-def lmeval_tasks(value) -> tuple[str, ...]:
+def lmeval_tasks(value: object) -> tuple[str, ...]:
     """--lm-eval arc_easy,mmlu:5shot -> ('lm-eval:arc_easy', 'lm-eval:mmlu:5shot'); () when not given."""
     if value is None:
         return ()
@@ -128,7 +134,7 @@ def lmeval_tasks(value) -> tuple[str, ...]:
     return names
 
 
-def opt_bool(value, name: str = "value") -> bool | None:
+def opt_bool(value: object, name: str = "value") -> bool | None:
     """None for a missing value ('', 'auto'); true/false strictly (a typo is an error, never False)."""
     if value in (None, "", "auto"):
         return None
@@ -162,13 +168,13 @@ def print_table(df: pd.DataFrame, title: str | None = None, max_rows: int = 200,
         console.print(f"... {len(df) - max_rows} more rows (use --format csv for all)")
 
 
-def _cell(v) -> str:
+def _cell(v: object) -> str:
     if v is None or v is pd.NA or v is pd.NaT:
         return "NULL"
     if isinstance(v, float):
         return "NaN" if math.isnan(v) else f"{v:.6g}"
     if hasattr(v, "__len__") and not isinstance(v, (str, bytes, dict)):
-        items = list(v)
+        items = list(cast("Iterable[object]", v))  # sized and not a string: a sequence or an array
         more = f", ... ({len(items)} values)" if len(items) > 6 else ""
         return f"[{', '.join(_cell(x) for x in items[:4 if more else 6])}{more}]"
     return str(v)

@@ -12,12 +12,16 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from invoke import task
+from invoke import Context, task
 
 from interp.commands.cli import CliTask, user_errors
 from interp.validate import Choice, Optional
 from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
+
+if TYPE_CHECKING:
+    from store import Store
 
 BUDGETS = ("smoke", "quick", "full")
 
@@ -36,7 +40,7 @@ class Study:
     """(phase name the runner passes to ``on_phase``, what the demo prints for it as a numbered
     sub-step the first time the runner starts it)."""
 
-    def load(self):
+    def load(self) -> tuple[type[Any], Callable[..., Any]]:
         """(config class, runner); import errors surface, nothing is skipped quietly."""
         cfg_mod, cfg_cls = self.cfg.split(":")
         run_mod, run_fn = self.runner.split(":")
@@ -76,7 +80,7 @@ def pick(names: str | None) -> list[Study]:
     return [s for s in STUDIES if s.name in wanted]
 
 
-def stored_summary(st, run_id: int) -> str:
+def stored_summary(st: Store, run_id: int) -> str:
     """Rows the run (and the cache run it read) holds per table, for the line after each study."""
     from store.queries import cache_run_of, stored_rows
 
@@ -118,16 +122,18 @@ def _done(t0: float, text: str = "done") -> None:
     studies="comma-separated subset of the studies to run (default: all of " + ", ".join(s.name for s in STUDIES) + ")",
 ))
 @user_errors
-def demo(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, full=False, budget=None, out="report", seed=0, studies=None,
-         dtype="float32", device="cpu", device_map=None, revision=None):
+def demo(c: Context, model: str = DEFAULT_MODEL, store: str = DEFAULT_STORE, full: bool = False,
+         budget: str | None = None, out: str = "report", seed: int = 0, studies: str | None = None,
+         dtype: str = "float32", device: str = "cpu", device_map: str | None = None,
+         revision: str | None = None) -> None:
     """Run every study in quick mode (--full: complete sweeps), render the report, print headline findings."""
     budget = budget or ("full" if full else "quick")
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget '{budget}': use smoke, quick or full")
     if full and budget != "full":
         raise ValueError(f"--full and --budget {budget} disagree: pass one of them")
-    studies = [(s, *s.load()) for s in pick(studies)]  # fail on a broken study before loading the model
-    configs = [(s, cls(budget=budget, seed=seed), fn) for s, cls, fn in studies]
+    chosen = [(s, *s.load()) for s in pick(studies)]  # fail on a broken study before loading the model
+    configs = [(s, cls(budget=budget, seed=seed), fn) for s, cls, fn in chosen]
     from interp.commands.cli import load
     from reports.build import build_report, detectable_effects, headline_findings
     from store import Store

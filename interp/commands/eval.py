@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from invoke import task
+from invoke import Context, task
 
 from interp.commands.cli import FORMATS, CliTask, lmeval_tasks, print_table, user_errors
 from interp.validate import Boolean, Optional, Whole
@@ -32,10 +32,13 @@ from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
     format="table (default), csv or json",
 ))
 @user_errors
-def eval_(c, model=DEFAULT_MODEL, store=DEFAULT_STORE, tasks=None, budget="quick", seed=0,
-          corpus="book", window=None, chat=None, wikitext2_path=None, c4_path=None, mmlu_path=None,
-          boolq_path=None, gsm8k_path=None, toxicity_scorer="profanity-check", lm_eval=None, lm_eval_data=None,
-          dtype="float32", device="cpu", device_map=None, revision=None, format="table"):
+def eval_(c: Context, model: str = DEFAULT_MODEL, store: str = DEFAULT_STORE, tasks: str | None = None,
+          budget: str = "quick", seed: int = 0, corpus: str = "book", window: int | None = None,
+          chat: bool | None = None, wikitext2_path: str | None = None, c4_path: str | None = None,
+          mmlu_path: str | None = None, boolq_path: str | None = None, gsm8k_path: str | None = None,
+          toxicity_scorer: str = "profanity-check", lm_eval: str | None = None, lm_eval_data: str | None = None,
+          dtype: str = "float32", device: str = "cpu", device_map: str | None = None, revision: str | None = None,
+          format: str = "table") -> None:
     """Evaluate the model as loaded (the base point of an 'eval' run): perplexity, task accuracy,
     toxicity, refusal, lm-evaluation-harness tasks; prints the scores and stores them (re-running the
     same command reuses them). Default tasks: ppl,facts,arith, or only the --lm-eval ones when given."""

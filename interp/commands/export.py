@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from invoke import task
+from invoke import Context, task
 
 from interp.commands.cli import CliTask, user_errors
 from interp.validate import ListOf, Optional, Whole
@@ -18,7 +18,8 @@ from interp.commands import DEFAULT_STORE, HELP_COMMON
     "link": "hard-link shards instead of copying them (same file system; shards are never modified)",
 })
 @user_errors
-def export(c, out, store=DEFAULT_STORE, run=None, hook=None, tables=True, link=False):
+def export(c: Context, out: str, store: str = DEFAULT_STORE, run: tuple[int, ...] | None = None,
+           hook: str | None = None, tables: bool = True, link: bool = False) -> None:
     """Export activations as Parquet partitioned by run/hook/layer (plus the tables) for DuckDB, Polars, Spark."""
     from store import Store
     from store.export import export_store

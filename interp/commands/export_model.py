@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from invoke import task
+from invoke import Context, task
 
 from interp.commands import DEFAULT_STORE, HELP_COMMON
 from interp.commands.cli import CliTask, user_errors
@@ -21,8 +21,9 @@ from interp.validate import Optional, Text, Whole
     "device": "load on this device (default cpu)",
 })
 @user_errors
-def export_model(c, out=None, run=None, point=None, store=DEFAULT_STORE, model=None, dtype=None,
-                 device=None):
+def export_model(c: Context, out: str | None = None, run: int | None = None, point: str | None = None,
+                 store: str = DEFAULT_STORE, model: str | None = None, dtype: str | None = None,
+                 device: str | None = None) -> None:
     """Write a plain transformers checkpoint of one evaluated point: dropped layers removed, pruned weights
     zero, orthogonalised weights, zeroed heads, steering as an existing bias, healed LoRA merged.
     AutoModelForCausalLM.from_pretrained(OUT) reproduces the point's stored perplexity."""

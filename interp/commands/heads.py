@@ -3,11 +3,16 @@ evaluated in one run (STUDIES.md section 4)."""
 
 from __future__ import annotations
 
-from invoke import task
+from typing import TYPE_CHECKING
+
+from invoke import Context, task
 
 from interp.commands import DEFAULT_STORE, helps
 from interp.commands.cli import FORMATS, CliTask, lmeval_tasks, print_table, user_errors
 from interp.commands.settings import HELP, flag_types, resolve
+
+if TYPE_CHECKING:
+    from store import Store
 
 
 HEAD_FLAGS = ("budget", "router_steps", "text_seqs", "grad_seqs", "gradient_seq", "seed", "lm_eval", "router_keep",
@@ -44,12 +49,18 @@ HEAD_FLAGS = ("budget", "router_steps", "text_seqs", "grad_seqs", "gradient_seq"
     format="table (default), csv or json for the printed tables",
 ))
 @user_errors
-def heads(c, model=None, store=DEFAULT_STORE, config=None, print_config=False, quick=False, budget=None,
-          router_steps=None, text_seqs=None, grad_seqs=None, gradient_seq=None, seed=None, lm_eval=None,
-          router_keep=None, lb_coef=None, router_lr=None, router_batch=None, methods=None, prune_fracs=None,
-          random_seeds=None, eval_tasks=None, eval_budget=None, seq_len=None, train_seqs=None, heldout_seqs=None,
-          task_items=None, ablation_layers=None, batch_size=None, dtype=None, device=None, device_map=None,
-          revision=None, format="table"):
+def heads(c: Context, model: str | None = None, store: str = DEFAULT_STORE, config: str | None = None,
+          print_config: bool = False, quick: bool = False, budget: str | None = None,
+          router_steps: int | None = None, text_seqs: int | None = None, grad_seqs: int | None = None,
+          gradient_seq: bool | None = None, seed: int | None = None, lm_eval: tuple[str, ...] | None = None,
+          router_keep: tuple[float, ...] | None = None, lb_coef: float | None = None,
+          router_lr: float | None = None, router_batch: int | None = None, methods: tuple[str, ...] | None = None,
+          prune_fracs: tuple[float, ...] | None = None, random_seeds: int | None = None,
+          eval_tasks: tuple[str, ...] | None = None, eval_budget: str | dict | None = None,
+          seq_len: int | None = None, train_seqs: int | None = None, heldout_seqs: int | None = None,
+          task_items: int | None = None, ablation_layers: int | None = None, batch_size: int | None = None,
+          dtype: str | None = None, device: str | None = None, device_map: str | None = None,
+          revision: str | None = None, format: str = "table") -> None:
     """Head study: which attention heads matter (ablation and gradient importance), pruning the
     least important ones, and a trained top-k head router against static pruning."""
     from interp.model.loading import load_model
@@ -70,7 +81,7 @@ def heads(c, model=None, store=DEFAULT_STORE, config=None, print_config=False, q
     print(f"run {run_id}: head study stored in {st.path}")
 
 
-def show(st, run_id: int, fmt: str = "table") -> None:
+def show(st: Store, run_id: int, fmt: str = "table") -> None:
     """Print what the run found: top heads, agreement, routers and the pruning sweep."""
     from analyses.head_agreement import top_heads
     from store import heads as db

@@ -3,11 +3,16 @@ evaluation, optional LoRA healing, and proxy agreement, in one run (STUDIES.md s
 
 from __future__ import annotations
 
-from invoke import task
+from typing import TYPE_CHECKING
+
+from invoke import Context, task
 
 from interp.commands import DEFAULT_STORE, helps
 from interp.commands.cli import FORMATS, CliTask, print_table, user_errors
 from interp.commands.settings import HELP, flag_types, resolve
+
+if TYPE_CHECKING:
+    from store import Store
 
 
 LAYER_FLAGS = ("budget", "heal_steps", "heal_sizes", "heal_strategies", "heal_rank", "heal_alpha", "heal_dropout",
@@ -46,12 +51,20 @@ LAYER_FLAGS = ("budget", "heal_steps", "heal_sizes", "heal_strategies", "heal_ra
     format="table (default), csv or json for the printed tables",
 ))
 @user_errors
-def layers(c, model=None, store=DEFAULT_STORE, config=None, print_config=False, quick=False, budget=None,
-           heal_steps=None, heal_sizes=None, heal_strategies=None, heal_rank=None, heal_alpha=None, heal_dropout=None,
-           heal_lr=None, heal_schedule=None, heal_warmup=None, heal_batch=None, sizes=None, strategies=None,
-           seeds=None, prompts=None, limit=None, max_tokens=None, tasks=None, eval_budget=None, mmlu_path=None,
-           boolq_path=None, gsm8k_path=None, corpus=None, corpus_path=None, chat=None, seed=None, batch_size=None,
-           dtype=None, device=None, device_map=None, revision=None, format="table"):
+def layers(c: Context, model: str | None = None, store: str = DEFAULT_STORE, config: str | None = None,
+           print_config: bool = False, quick: bool = False, budget: str | None = None,
+           heal_steps: int | None = None, heal_sizes: tuple[int, ...] | None = None,
+           heal_strategies: tuple[str, ...] | None = None, heal_rank: int | None = None,
+           heal_alpha: float | None = None, heal_dropout: float | None = None, heal_lr: float | None = None,
+           heal_schedule: str | None = None, heal_warmup: int | None = None, heal_batch: int | None = None,
+           sizes: tuple[int, ...] | None = None, strategies: tuple[str, ...] | None = None,
+           seeds: tuple[int, ...] | None = None, prompts: str | None = None, limit: int | None = None,
+           max_tokens: int | None = None, tasks: tuple[str, ...] | None = None, eval_budget: str | None = None,
+           mmlu_path: str | None = None, boolq_path: str | None = None, gsm8k_path: str | None = None,
+           corpus: str | None = None, corpus_path: str | None = None, chat: bool | None = None,
+           seed: int | None = None, batch_size: int | None = None, dtype: str | None = None,
+           device: str | None = None, device_map: str | None = None, revision: str | None = None,
+           format: str = "table") -> None:
     """Layer study: which layers the residual stream barely changes (cosine, angular distance,
     Block Influence), what dropping single layers and blocks really costs, and whether the
     cheap proxies predict it."""
@@ -73,7 +86,7 @@ def layers(c, model=None, store=DEFAULT_STORE, config=None, print_config=False, 
           f"{result.cache_run_id}) stored in {st.path}")
 
 
-def show(st, run_id: int, fmt: str = "table") -> None:
+def show(st: Store, run_id: int, fmt: str = "table") -> None:
     """Print the best blocks by angular distance, the sweep's perplexity by strategy, and the agreement."""
     from store import layers as db
 

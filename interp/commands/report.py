@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from invoke import task
+from pathlib import Path
+
+from invoke import Context, task
 from invoke.exceptions import Exit
 
 from interp.commands.cli import CliTask, user_errors
@@ -16,7 +18,7 @@ DEFAULT_OUT = "report"
             "check": "open every page in headless Chromium: fail on any JS/console error or undrawn chart, "
                      "save screenshots under OUT/screenshots"})
 @user_errors
-def report(c, store=DEFAULT_STORE, out=DEFAULT_OUT, check=False):
+def report(c: Context, store: str = DEFAULT_STORE, out: str = DEFAULT_OUT, check: bool = False) -> None:
     """Render the report (index + one page per study) from the store; works offline, no model."""
     from reports.build import build_report
     from store import Store
@@ -31,7 +33,7 @@ def report(c, store=DEFAULT_STORE, out=DEFAULT_OUT, check=False):
     print(f"report: {rep.index}")
 
 
-def check_in_browser(pages: list, shots) -> None:
+def check_in_browser(pages: list[Path], shots: Path) -> None:
     from reports.browser import check_pages
 
     bad = 0

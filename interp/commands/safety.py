@@ -3,7 +3,7 @@ and activation addition, evaluated in one run (STUDIES.md section 5)."""
 
 from __future__ import annotations
 
-from invoke import task
+from invoke import Context, task
 
 from interp.commands import DEFAULT_STORE, helps
 from interp.commands.cli import FORMATS, CliTask, lmeval_tasks, print_table, user_errors
@@ -43,11 +43,19 @@ CFG = "interp.studies.safety_config:SafetyCfg"
     format="table (default), csv or json for the outcome table",
 ))
 @user_errors
-def safety(c, model=None, store=DEFAULT_STORE, config=None, print_config=False, quick=False, budget=None, per_set=None,
-           alphas=None, seed=None, lm_eval=None, probe_hooks=None, probe_layers=None, positions=None, folds=None,
-           permutations=None, ridge=None, probe_c=None, test_frac=None, candidate_layers=None, candidate_positions=None,
-           direction_hook=None, kl_max=None, min_auc=None, sel_gen_tokens=None, eval_budget=None, toxic_ablation=None,
-           baselines=None, batch_size=None, harmful=None, harmless=None, dtype=None, device=None, device_map=None, revision=None, format="table"):
+def safety(c: Context, model: str | None = None, store: str = DEFAULT_STORE, config: str | None = None,
+           print_config: bool = False, quick: bool = False, budget: str | None = None, per_set: int | None = None,
+           alphas: tuple[float, ...] | None = None, seed: int | None = None, lm_eval: tuple[str, ...] | None = None,
+           probe_hooks: tuple[str, ...] | None = None, probe_layers: str | None = None,
+           positions: tuple[str, ...] | None = None, folds: int | None = None, permutations: int | None = None,
+           ridge: float | None = None, probe_c: float | None = None, test_frac: float | None = None,
+           candidate_layers: str | None = None, candidate_positions: tuple[str, ...] | None = None,
+           direction_hook: str | None = None, kl_max: float | None = None, min_auc: float | None = None,
+           sel_gen_tokens: int | None = None, eval_budget: str | dict | None = None,
+           toxic_ablation: bool | None = None, baselines: int | None = None, batch_size: int | None = None,
+           harmful: str | None = None, harmless: str | None = None, dtype: str | None = None,
+           device: str | None = None, device_map: str | None = None, revision: str | None = None,
+           format: str = "table") -> None:
     """Safety study: probes per layer, harmful direction, ablation / orthogonalisation / activation
     addition, and how much toxicity and compliance moved under each edit and what it cost."""
     from interp.model.loading import load_model

@@ -10,8 +10,16 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from interp.validate import Optional, Text
+from interp.validate import Optional, Spec, Text
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    from interp.model.loading import ModelCfg
+
+C = TypeVar("C", bound="DataclassInstance")
 
 HELP = {
     "config": "TOML file with [model] and [<study>] tables (every setting; write one with --print-config); "
@@ -34,24 +42,25 @@ class FieldSpec:
     where: str
     name: str
 
-    def resolve(self):
+    def resolve(self) -> Spec[object]:
         """The field's own spec (from the config class's annotation)."""
         from interp.studies.config_file import fields_of
 
         module, _, cls = self.where.partition(":")
         return Optional(fields_of(getattr(importlib.import_module(module), cls))[self.name])
 
-    def parse(self, value, flag: str):
+    def parse(self, value: object, flag: str) -> object:
         return self.resolve().parse(value, flag)
 
 
-def flag_types(where: str, *names: str, **extra) -> dict:
+def flag_types(where: str, *names: str, **extra: Spec[object]) -> dict[str, Spec[object]]:
     """CliTask ``types`` for study flags named like the fields of the config class at ``where``
     ('module:Class'; None: not given), the model flags, and ``extra``."""
     return {**{n: FieldSpec(where, n) for n in names}, **{n: Optional(Text()) for n in MODEL_FLAGS}, **extra}
 
 
-def resolve(study: str, cls, values: dict, names: tuple[str, ...], **renamed):
+def resolve(study: str, cls: type[C], values: dict[str, Any], names: tuple[str, ...],
+            **renamed: object) -> tuple[ModelCfg, C] | None:
     """(ModelCfg, study config) from a task's flag ``values`` (its ``locals()``: config, print_config, quick,
     the model flags and the study flags ``names``; ``renamed`` maps a field to its value under another flag
     name); None after --print-config has printed them."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from invoke import task
+from invoke import Context, task
 
 from interp.commands import DEFAULT_STORE, HELP_COMMON
 from interp.commands.cli import FORMATS, CliTask, print_table, user_errors
@@ -14,7 +14,7 @@ from interp.commands.cli import FORMATS, CliTask, print_table, user_errors
                      "store's write lock): tables can be changed or dropped, COPY may write any file",
             "format": "table (default; NULL shown as NULL), csv (NULL empty) or json (NULL null)"})
 @user_errors
-def sql(c, query, store=DEFAULT_STORE, write=False, format="table"):
+def sql(c: Context, query: str, store: str = DEFAULT_STORE, write: bool = False, format: str = "table") -> None:
     """Run SQL on the store (read-only unless --write) and print the result."""
     import pandas as pd
 
@@ -30,7 +30,7 @@ def sql(c, query, store=DEFAULT_STORE, write=False, format="table"):
 
 @task(klass=CliTask, help={"store": HELP_COMMON["store"]})
 @user_errors
-def runs(c, store=DEFAULT_STORE):
+def runs(c: Context, store: str = DEFAULT_STORE) -> None:
     """List the runs in the store with their provenance."""
     from store import Store
     from store.runs import list_runs

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import sys
 
-from invoke import task
+from invoke import Context, task
 
 
 @task(help={"quick": "unit tests only (tiny models, no embedded model)", "k": "pytest -k expression"})
-def test(c, quick=False, k=None):
+def test(c: Context, quick: bool = False, k: str | None = None) -> None:
     """Run the test suite (what CI runs)."""
     args = [sys.executable, "-m", "pytest", "-q"]
     if quick:

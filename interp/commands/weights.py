@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from invoke import task
+from invoke import Context, task
 
 from interp.commands import DEFAULT_STORE, helps
 from interp.commands.cli import FORMATS, CliTask, print_table, user_errors
@@ -41,11 +41,17 @@ WEIGHT_FLAGS = ("budget", "methods", "calibration", "tasks", "eval_budget", "cal
     format="table (default), csv or json for the printed table",
 ))
 @user_errors
-def weights(c, model=None, store=DEFAULT_STORE, config=None, print_config=False, quick=False, budget=None,
-            methods=None, calibration=None, tasks=None, eval_budget=None, calib_windows=None, seed=None, rates=None,
-            modules=None, module_rates=None, group_rates=None, nm=None, mixed=None, mmlu_path=None, gsm8k_path=None,
-            boolq_path=None, corpus=None, corpus_path=None, dtype=None, device=None, device_map=None, revision=None,
-            format="table"):
+def weights(c: Context, model: str | None = None, store: str = DEFAULT_STORE, config: str | None = None,
+            print_config: bool = False, quick: bool = False, budget: str | None = None,
+            methods: tuple[str, ...] | None = None, calibration: str | None = None,
+            tasks: tuple[str, ...] | None = None, eval_budget: str | None = None, calib_windows: int | None = None,
+            seed: int | None = None, rates: tuple[float, ...] | None = None, modules: tuple[str, ...] | None = None,
+            module_rates: tuple[float, ...] | None = None, group_rates: tuple[float, ...] | None = None,
+            nm: tuple[str, ...] | None = None, mixed: tuple[tuple[tuple[str, float], ...], ...] | None = None,
+            mmlu_path: str | None = None, gsm8k_path: str | None = None, boolq_path: str | None = None,
+            corpus: str | None = None, corpus_path: str | None = None, dtype: str | None = None,
+            device: str | None = None, device_map: str | None = None, revision: str | None = None,
+            format: str = "table") -> None:
     """Weight-pruning study: magnitude and Wanda at uniform rates, per module group and per projection,
     N:M; sparsity reached per module and every evaluation into the store (resumes when re-run)."""
     from interp.model.loading import load_model

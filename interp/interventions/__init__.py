@@ -12,12 +12,14 @@ import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, cast
 
 from interp.provenance import canonical_json, to_jsonable
 
 if TYPE_CHECKING:
     import duckdb
+
+    from interp.model.loading import Loaded
 
 
 class ByProduct(Protocol):
@@ -38,19 +40,20 @@ def byproducts(made: object) -> list[ByProduct]:
     """What an ``apply`` yielded, as a list: nothing (None), one by-product, or a tuple of them."""
     if made is None:
         return []
-    items = list(made) if isinstance(made, (list, tuple)) else [made]
+    items: list[object] = list(made) if isinstance(made, (list, tuple)) else [made]
     bad = [type(x).__name__ for x in items if not _has_save(x)]
     if bad:
         raise TypeError(f"apply() yielded a {bad[0]}, which has no save(con, run_id, point): "
                         "yield by-products (interp.interventions.ByProduct) or nothing")
-    return items
+    return cast("list[ByProduct]", items)  # each has a save of its own class (checked above)
 
 
 class Intervention(Protocol):
     kind: ClassVar[str]
 
-    def apply(self, loaded) -> contextlib.AbstractContextManager[None]:
-        """Enter to edit the model; exit restores it exactly."""
+    def apply(self, loaded: Loaded) -> contextlib.AbstractContextManager[object]:
+        """Enter to edit the model; exit restores it exactly. Yields what applying made (by-products,
+        see ``byproducts``) or None."""
 
     def label(self) -> str:
         """Short readable name used as the sweep point, e.g. 'drop[20-27]'."""
@@ -65,10 +68,12 @@ def first_layer(spec: Intervention, n_layers: int) -> int:
     return 0 if fn is None else max(0, min(n_layers, int(fn(n_layers))))
 
 
-REGISTRY: dict[str, type] = {}
+REGISTRY: dict[str, type[Intervention]] = {}
+
+K = TypeVar("K", bound="type[Intervention]")
 
 
-def register(cls: type) -> type:
+def register(cls: K) -> K:
     """Class decorator: make an intervention kind loadable from its stored JSON."""
     REGISTRY[cls.kind] = cls
     return cls
@@ -99,7 +104,8 @@ def from_json(text: str | dict) -> Intervention:
         _import_kinds()
     if kind not in REGISTRY:
         raise ValueError(f"unknown intervention kind '{kind}': known kinds are {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[kind].from_dict(data) if hasattr(REGISTRY[kind], "from_dict") else REGISTRY[kind](**data)
+    cls: Any = REGISTRY[kind]  # a dataclass kind: its fields, or its own from_dict
+    return cls.from_dict(data) if hasattr(cls, "from_dict") else cls(**data)
 
 
 @register
@@ -110,7 +116,7 @@ class Base:
     kind: ClassVar[str] = "base"
 
     @contextlib.contextmanager
-    def apply(self, loaded) -> Iterator[None]:
+    def apply(self, loaded: Loaded) -> Iterator[None]:
         yield
 
     def label(self) -> str:
@@ -121,7 +127,7 @@ class Base:
 
 
 @contextlib.contextmanager
-def applied(loaded, specs: list[Intervention]) -> Iterator[list[ByProduct]]:
+def applied(loaded: Loaded, specs: list[Intervention]) -> Iterator[list[ByProduct]]:
     """Apply several interventions at once (innermost last); yields every by-product they made."""
     with contextlib.ExitStack() as stack:
         made = [b for spec in specs for b in byproducts(stack.enter_context(spec.apply(loaded)))]

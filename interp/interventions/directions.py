@@ -14,7 +14,7 @@ import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ from interp.model.hooks import hooked
 from interp.interventions import register
 from interp.model.sites import Site, block
 from interp.provenance import LATER
+
+if TYPE_CHECKING:
+    from interp.model.loading import Loaded
 
 
 
@@ -44,7 +47,7 @@ def _check_direction(direction: tuple[float, ...]) -> None:
         raise DirectionError("direction has zero norm: the two classes have the same mean here")
 
 
-def unit_direction(direction: Sequence[float], loaded) -> torch.Tensor:
+def unit_direction(direction: Sequence[float], loaded: Loaded) -> torch.Tensor:
     """The direction as a unit float32 vector on the model's device, after a width check."""
     r = torch.tensor(direction, dtype=torch.float64)
     if r.shape[0] != loaded.d_model:
@@ -53,7 +56,7 @@ def unit_direction(direction: Sequence[float], loaded) -> torch.Tensor:
     return ops.unit(r).to(torch.float32).to(loaded.device)
 
 
-def _from_dict(cls, data: dict):
+def _from_dict(cls: type[Any], data: dict) -> Any:  # an instance of cls (shared by three kinds)
     return cls(**{**data, "direction": tuple(data["direction"])})
 
 
@@ -82,14 +85,14 @@ class DirectionalAblation:
         return [Site(h, l) for l in range(n_layers) for h in ("resid_pre", "attn_out", "mlp_out")]
 
     @contextlib.contextmanager
-    def apply(self, loaded) -> Iterator[None]:
+    def apply(self, loaded: Loaded) -> Iterator[None]:
         r = unit_direction(self.direction, loaded)
         fn = lambda h: ops.project_out(h, r.to(h.device))  # noqa: E731
         with hooked(loaded.model, loaded.arch, {s: fn for s in self.sites(loaded.n_layers)}, loaded.n_heads):
             yield
 
 
-def residual_writers(loaded) -> list[tuple[str, nn.Module]]:
+def residual_writers(loaded: Loaded) -> list[tuple[str, nn.Module]]:
     """(path, module) of every module whose weights write to the residual stream: the token and
     position embeddings and every block's attention and MLP output projections (in post-norm
     families these write through the post-sublayer norm, see ``writer_directions``)."""
@@ -100,15 +103,15 @@ def residual_writers(loaded) -> list[tuple[str, nn.Module]]:
     return [(p, model.get_submodule(p)) for p in paths]
 
 
-def _effective_scale(loaded, norm: nn.Module) -> torch.Tensor:
+def _effective_scale(loaded: Loaded, norm: nn.Module) -> torch.Tensor:
     """The elementwise scale an RMSNorm applies after normalising: weight (+1 in the Gemma family)."""
     if getattr(norm, "bias", None) is not None:
         raise DirectionError(f"{type(norm).__name__} after a sublayer has a bias: the weight edit cannot remove "
                              "the direction exactly here; use DirectionalAblation")
-    return norm.weight.detach().to(torch.float64) + loaded.arch.norm_offset
+    return cast(torch.Tensor, norm.weight).detach().to(torch.float64) + loaded.arch.norm_offset
 
 
-def writer_directions(loaded, r: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor]]:
+def writer_directions(loaded: Loaded, r: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor]]:
     """(module, unit direction to remove from its output) for every residual writer.
 
     Where the output passes through a post-sublayer RMSNorm with effective scale g before the
@@ -133,7 +136,7 @@ def _orthogonal_params(module: nn.Module, r: torch.Tensor) -> dict[str, torch.Te
     Embeddings and GPT-2 Conv1D store output vectors as rows: W <- W (I - r r^T).
     Computed in float32 (or wider) and cast back to the parameter's dtype.
     """
-    w = module.weight
+    w = cast(torch.Tensor, module.weight)
     work = w.detach().to(torch.promote_types(w.dtype, torch.float32))
     ru = r.to(work.device, work.dtype)
     if isinstance(module, nn.Linear):
@@ -144,14 +147,14 @@ def _orthogonal_params(module: nn.Module, r: torch.Tensor) -> dict[str, torch.Te
                                  f"its rows are not d_model={ru.shape[0]} vectors")
         new = {"weight": ops.project_out(work, ru)}
     if getattr(module, "bias", None) is not None:
-        new["bias"] = ops.project_out(module.bias.detach().to(work.dtype), ru)
+        new["bias"] = ops.project_out(cast(torch.Tensor, module.bias).detach().to(work.dtype), ru)
     return {k: v.to(getattr(module, k).dtype) for k, v in new.items()}
 
 
-def _tied(loaded) -> bool:
-    head = loaded.model.get_submodule(loaded.arch.lm_head)
-    embed = loaded.model.get_submodule(loaded.arch.embed)
-    return head.weight is embed.weight or head.weight.data_ptr() == embed.weight.data_ptr()
+def _tied(loaded: Loaded) -> bool:
+    head = cast(torch.Tensor, loaded.model.get_submodule(loaded.arch.lm_head).weight)
+    embed = cast(torch.Tensor, loaded.model.get_submodule(loaded.arch.embed).weight)
+    return head is embed or head.data_ptr() == embed.data_ptr()
 
 
 @register
@@ -190,7 +193,7 @@ class OrthogonalizedWeights:
         return f"orth[{self.name}]"
 
     @contextlib.contextmanager
-    def apply(self, loaded) -> Iterator[None]:
+    def apply(self, loaded: Loaded) -> Iterator[None]:
         r = unit_direction(self.direction, loaded)
         saved: list[tuple[nn.Module, str, nn.Parameter]] = []
         try:
@@ -207,7 +210,7 @@ class OrthogonalizedWeights:
                 setattr(module, attr, param)
 
 
-def orthogonalize_model(loaded, direction: Sequence[float]) -> None:
+def orthogonalize_model(loaded: Loaded, direction: Sequence[float]) -> None:
     """Permanently orthogonalise ``loaded``'s residual writers to ``direction`` (for saving an
     edited model). Tied embeddings are untied first: the lm_head gets its own copy of the
     original matrix and ``config.tie_word_embeddings`` is set to False, so the output
@@ -217,10 +220,10 @@ def orthogonalize_model(loaded, direction: Sequence[float]) -> None:
     with torch.no_grad():
         if _tied(loaded):
             head = model.get_submodule(loaded.arch.lm_head)
-            head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=False)
-            model.config.tie_word_embeddings = False
-            if hasattr(model.config, "get_text_config"):
-                model.config.get_text_config().tie_word_embeddings = False
+            head.weight = nn.Parameter(cast(torch.Tensor, head.weight).detach().clone(), requires_grad=False)
+            loaded.config.tie_word_embeddings = False
+            if hasattr(loaded.config, "get_text_config"):
+                loaded.config.get_text_config().tie_word_embeddings = False
         for module, d in writer_directions(loaded, r):
             for attr, value in _orthogonal_params(module, d).items():
                 getattr(module, attr).copy_(value)
@@ -238,7 +241,7 @@ def _phase(model: nn.Module) -> Iterator[dict]:
     generates after one (``state['generated']``); the hook is removed on exit."""
     state = {"generated": False}
 
-    def pre(_module, _args, kwargs):
+    def pre(_module: nn.Module, _args: tuple, kwargs: dict[str, Any]) -> None:
         cache = kwargs.get("past_key_values", kwargs.get("cache"))  # transformers 5 names it `cache`
         state["generated"] = bool(cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0)
 
@@ -314,13 +317,13 @@ class ActivationAddition:
         return self.layer
 
     @contextlib.contextmanager
-    def apply(self, loaded) -> Iterator[None]:
+    def apply(self, loaded: Loaded) -> Iterator[None]:
         if max(self.layers) >= loaded.n_layers:
             raise DirectionError(f"layer {max(self.layers)} out of range: {loaded.name} has layers "
                                  f"0..{loaded.n_layers - 1}")
         r = unit_direction(self.direction, loaded) * self.scale
         with _phase(loaded.model) as phase:
-            def fn(h):
+            def fn(h: torch.Tensor) -> torch.Tensor | None:
                 if self.positions != "all" and phase["generated"] != (self.positions == "generated"):
                     return None
                 return ops.add(h, r.to(h.device), self.alpha)

@@ -18,12 +18,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
 
 import torch
+from torch import nn
 
 from interp.evals.prefix import PrefixCache, PrefixCfg, batch_key, reuse
 from interp.model import ops
-from interp.model.hooks import _Stop, hooked
+from interp.model.hooks import SiteFn, _Stop, hooked
 from interp.model.loading import Loaded
 from interp.model.sites import Site
 
@@ -39,7 +42,7 @@ class LayerGate:
     """What a gate of 0 puts in: None (zero), (head, d_head) for all rows, or (rows, head, d_head)."""
 
 
-def _site_fn(gate: LayerGate):
+def _site_fn(gate: LayerGate) -> SiteFn:
     def fn(z: torch.Tensor) -> torch.Tensor:  # z: (batch, pos, head, d_head)
         g = gate.gates() if callable(gate.gates) else gate.gates
         g = g.to(z.device)
@@ -70,9 +73,9 @@ def head_gates(loaded: Loaded, layers: dict[int, LayerGate]) -> Iterator[None]:
 def final_hidden(loaded: Loaded, kwargs: dict) -> torch.Tensor:
     """Final-norm output (batch, pos, d_model) of a forward pass of ``kwargs`` (whatever hooks are
     active); the pass stops there, so the unembedding runs only where the caller scores a position."""
-    seen = {}
+    seen: dict[str, torch.Tensor] = {}
 
-    def grab(_m, _args, out):
+    def grab(_m: nn.Module, _args: tuple, out: torch.Tensor | tuple) -> None:
         seen["h"] = out[0] if isinstance(out, tuple) else out
         raise _Stop
 
@@ -97,12 +100,15 @@ class Suffix:
     pass that computes only blocks ``layer..L-1``. Edits come from hooks active around it.
     """
 
-    def __init__(self, loaded: Loaded, kwargs: dict, cfg: PrefixCfg | None = None):
+    def __init__(self, loaded: Loaded, kwargs: dict[str, torch.Tensor], cfg: PrefixCfg | None = None) -> None:
         self.loaded = loaded
         self.kwargs = {k: v.to(loaded.device) for k, v in kwargs.items()}  # the clean batch
         self.batch = kwargs["input_ids"].shape[0]
         self.cache = PrefixCache(cfg)
-        self.key = batch_key(self.kwargs)
+        key = batch_key(self.kwargs)
+        if key is None:
+            raise ValueError("a suffix runner needs a batch of token ids (input_ids, no KV cache, no embeddings)")
+        self.key: str = key
         with torch.no_grad(), reuse(loaded, self.cache, loaded.n_layers):  # records every block's output
             self.final = final_hidden(loaded, self.kwargs).detach()
         """Final-norm output of the clean pass (batch, pos, d_model)."""
@@ -111,7 +117,7 @@ class Suffix:
     def run(self, layer: int, repeats: int) -> torch.Tensor:
         """Final-norm output (repeats * batch, pos, d_model) of blocks ``layer..`` onward."""
         rep = {k: v.repeat(repeats, *([1] * (v.dim() - 1))) for k, v in self.kwargs.items()}
-        self.cache.alias(batch_key(rep), self.key, repeats)
+        self.cache.alias(cast(str, batch_key(rep)), self.key, repeats)  # token ids like the clean batch: a key
         with reuse(self.loaded, self.cache, layer):
             return final_hidden(self.loaded, rep)
 
@@ -129,10 +135,8 @@ def means_digest(means: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
-def save_means(means: torch.Tensor, directory) -> str:
+def save_means(means: torch.Tensor, directory: str | Path) -> str:
     """Write head means as ``means-<digest>.safetensors`` (content-addressed); returns the digest."""
-    from pathlib import Path
-
     from safetensors.torch import save_file
 
     means = means.detach().float().contiguous().cpu()
@@ -146,10 +150,8 @@ def save_means(means: torch.Tensor, directory) -> str:
     return digest
 
 
-def load_means(digest: str, directory) -> torch.Tensor:
+def load_means(digest: str, directory: str | Path) -> torch.Tensor:
     """Head means (layer, head, d_head) with this digest, checked against their content."""
-    from pathlib import Path
-
     from safetensors.torch import load_file
 
     path = Path(directory) / f"means-{digest}.safetensors"

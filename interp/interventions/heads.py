@@ -9,22 +9,26 @@ token as scored by a trained router, identified by the digest of its parameters.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, SupportsInt
 
 import torch
 
 from interp.interventions import register
+
+if TYPE_CHECKING:
+    from interp.interventions.gating import LayerGate
+    from interp.model.loading import Loaded
 
 
 class HeadSpecError(ValueError):
     """A head mask or routing spec that does not fit the model."""
 
 
-def _norm_heads(heads) -> tuple[tuple[int, int], ...]:
-    out = set()
+def _norm_heads(heads: Iterable[Iterable[SupportsInt | str]]) -> tuple[tuple[int, int], ...]:
+    out: set[tuple[int, int]] = set()
     for item in heads:
         try:
             layer, head = (int(x) for x in item)
@@ -66,14 +70,14 @@ class HeadMask:
             out.setdefault(layer, []).append(head)
         return out
 
-    def check(self, loaded) -> None:
+    def check(self, loaded: Loaded) -> None:
         for layer, head in self.heads:
             if layer >= loaded.n_layers or head >= loaded.n_heads:
                 raise HeadSpecError(f"head ({layer}, {head}) does not exist: the model has layers "
                                     f"0..{loaded.n_layers - 1} and heads 0..{loaded.n_heads - 1}")
 
     @contextlib.contextmanager
-    def apply(self, loaded) -> Iterator[None]:
+    def apply(self, loaded: Loaded) -> Iterator[None]:
         from interp.interventions.gating import LayerGate, head_gates, load_means
 
         self.check(loaded)
@@ -81,7 +85,7 @@ class HeadMask:
         if means is not None and tuple(means.shape) != (loaded.n_layers, loaded.n_heads, loaded.d_head):
             raise HeadSpecError(f"head means {self.means} have shape {tuple(means.shape)}, the model needs "
                                 f"{(loaded.n_layers, loaded.n_heads, loaded.d_head)}")
-        layers = {}
+        layers: dict[int, LayerGate] = {}
         for layer, heads in self.by_layer().items():
             gates = torch.ones(loaded.n_heads)
             gates[heads] = 0.0
@@ -126,7 +130,7 @@ class HeadRouting:
             raise HeadSpecError("head routing needs a router digest: train one with `invoke heads`")
 
     @contextlib.contextmanager
-    def apply(self, loaded) -> Iterator[None]:
+    def apply(self, loaded: Loaded) -> Iterator[None]:
         from interp.interventions.router import load_router, routed
 
         router = load_router(self.router, router_dir()).to(loaded.device).requires_grad_(False)

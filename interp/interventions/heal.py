@@ -15,7 +15,7 @@ import warnings
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,9 @@ from store.layers import add_heal_log
 
 if TYPE_CHECKING:
     import duckdb
+
+    from interp.evals import EvalCfg
+    from interp.model.loading import Loaded
 
 SCHEDULES = ("constant", "cosine", "linear")
 
@@ -98,11 +101,12 @@ class HealCfg:
         if self.corpus not in ("book", "wikitext2", "c4"):
             raise HealError(f"unknown heal corpus '{self.corpus}': use book, wikitext2 or c4")
 
-    def eval_cfg(self):
+    def eval_cfg(self) -> EvalCfg:
         """The perplexity evaluation whose windows are held out."""
         from interp.evals import EvalCfg
 
-        paths = {f"{self.corpus}_path": self.corpus_path} if self.corpus != "book" else {}
+        # the keyword is named by the corpus (wikitext2_path, c4_path)
+        paths: dict[str, Any] = {f"{self.corpus}_path": self.corpus_path} if self.corpus != "book" else {}
         return EvalCfg(tasks=("ppl",), budget=f"ppl={self.holdout_tokens}", seed=self.holdout_seed, corpus=self.corpus,
                        window=self.window, **paths)
 
@@ -110,7 +114,7 @@ class HealCfg:
 _windows: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
 
 
-def training_windows(loaded, cfg: HealCfg) -> tuple[list[tuple[int, ...]], dict]:
+def training_windows(loaded: Loaded, cfg: HealCfg) -> tuple[list[tuple[int, ...]], dict]:
     """Every corpus window of the evaluation's grid that the evaluation does not score
     (cached per tokenizer, so a sweep with many healed points tokenises the corpus once)."""
     from interp.capture.batching import context_length
@@ -125,7 +129,7 @@ def training_windows(loaded, cfg: HealCfg) -> tuple[list[tuple[int, ...]], dict]
     return per_tok[key]
 
 
-def _training_windows(loaded, cfg: HealCfg) -> tuple[list[tuple[int, ...]], dict]:
+def _training_windows(loaded: Loaded, cfg: HealCfg) -> tuple[list[tuple[int, ...]], dict]:
     from interp.evals import ppl
 
     ecfg = cfg.eval_cfg()
@@ -142,13 +146,13 @@ def _training_windows(loaded, cfg: HealCfg) -> tuple[list[tuple[int, ...]], dict
                    "held_out": len(scored)}
 
 
-def mlp_targets(loaded) -> list[str]:
+def mlp_targets(loaded: Loaded) -> list[str]:
     """peft target names of the MLP's linear layers (e.g. mlp.gate_proj, mlp.up_proj, mlp.down_proj)."""
     mlp = loaded.arch.mlp + "."
     return sorted({p for p in loaded.arch.proj.values() if p.startswith(mlp)})
 
 
-def _scheduler(opt, cfg: HealCfg):
+def _scheduler(opt: torch.optim.Optimizer, cfg: HealCfg) -> torch.optim.lr_scheduler.LRScheduler:
     """transformers' learning-rate schedules (warm-up, then constant, cosine or linear decay)."""
     from transformers import get_scheduler
 
@@ -157,7 +161,7 @@ def _scheduler(opt, cfg: HealCfg):
 
 
 @contextlib.contextmanager
-def healed(loaded, cfg: HealCfg, progress: bool = False) -> Iterator[HealLog]:
+def healed(loaded: Loaded, cfg: HealCfg, progress: bool = False) -> Iterator[HealLog]:
     """Fine-tune LoRA adapters on the MLPs of the model *as it is now*; yields the training log
     (step, loss, seconds) and the trained adapters. They are removed on exit, restoring the model exactly."""
     from peft import LoraConfig, get_peft_model
@@ -169,8 +173,10 @@ def healed(loaded, cfg: HealCfg, progress: bool = False) -> Iterator[HealLog]:
     grad_flags = [(p, p.requires_grad) for p in model.parameters()]
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, bias="none",
-                      target_modules=mlp_targets(loaded), fan_in_fan_out=loaded.arch.conv1d)
+    # peft annotates lora_alpha as int, but any positive number works (it scales updates by alpha / r)
+    lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha,  # type: ignore[arg-type]
+                      lora_dropout=cfg.dropout, bias="none", target_modules=mlp_targets(loaded),
+                      fan_in_fan_out=loaded.arch.conv1d)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         peft_model = get_peft_model(model, lora)

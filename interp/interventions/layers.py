@@ -20,13 +20,17 @@ import contextlib
 import operator
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, cast
 
-import pandas as pd
 from torch import nn
 
 from interp.interventions import register
 from interp.interventions.heal import HealCfg, HealLog, healed
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from interp.model.loading import Loaded
 
 _CONFIG_FIELDS = ("num_hidden_layers", "layer_types")
 """Config attributes that describe the layer stack (per-layer lists are sliced to the kept layers)."""
@@ -73,9 +77,9 @@ def _layer_list(model: nn.Module, path: str) -> tuple[nn.Module, str, nn.ModuleL
     return parent, attr, getattr(parent, attr)
 
 
-def _configs(model: nn.Module) -> list:
+def _configs(model: nn.Module) -> list[PretrainedConfig]:
     """The config objects the forward pass and the cache read (the text config may be separate)."""
-    cfg = model.config
+    cfg = cast("PretrainedConfig", model.config)  # a Hugging Face model's
     out = [cfg]
     text = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
     if text is not cfg:
@@ -84,7 +88,7 @@ def _configs(model: nn.Module) -> list:
 
 
 @contextlib.contextmanager
-def skip_layers(loaded, layers: Iterable[int]) -> Iterator[None]:
+def skip_layers(loaded: Loaded, layers: Iterable[int]) -> Iterator[None]:
     """Run without ``layers`` inside the block (forward passes and generation with the KV cache).
 
     Inside the block the model's layer list holds only the kept blocks, so hooks and
@@ -105,7 +109,7 @@ def skip_layers(loaded, layers: Iterable[int]) -> Iterator[None]:
         for new, old in enumerate(kept):
             for m in original[old].modules():
                 if isinstance(getattr(m, "layer_idx", None), int):
-                    m.layer_idx = new
+                    m.layer_idx = new  # type: ignore[assignment]  # torch types Module.__setattr__'s value as Tensor | Module
         for c, f, value in saved_cfg:
             if f == "num_hidden_layers":
                 setattr(c, f, len(kept))
@@ -147,7 +151,7 @@ class LayerDrop:
         return min(self.layers, default=n_layers)
 
     @contextlib.contextmanager
-    def apply(self, loaded) -> Iterator[None]:
+    def apply(self, loaded: Loaded) -> Iterator[None]:
         with skip_layers(loaded, self.layers):
             yield
 
@@ -178,7 +182,7 @@ class HealedDrop:
         return f"{LayerDrop(self.layers).label()}+heal{self.heal.steps}"
 
     @contextlib.contextmanager
-    def apply(self, loaded) -> Iterator[HealLog]:
+    def apply(self, loaded: Loaded) -> Iterator[HealLog]:
         """Yields the healing's training log and adapters (a by-product the sweep stores)."""
         with skip_layers(loaded, self.layers), healed(loaded, self.heal, progress=True) as made:
             yield made

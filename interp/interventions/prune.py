@@ -14,12 +14,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, cast
 
 from interp.interventions import register
 from interp.interventions.pruning.calibdata import CalibData
 from interp.interventions.pruning.masks import MaskError, n_remove, parse_nm
 from interp.interventions.pruning.targets import check_selector
+
+if TYPE_CHECKING:
+    from interp.interventions.pruning.apply import PruneReport
+    from interp.interventions.pruning.norms import NormSource
+    from interp.model.loading import Loaded
 
 METHODS = ("magnitude", "wanda")
 GROUPING = ("row", "matrix", "global")
@@ -78,7 +83,7 @@ class PruneSpec:
             if modules not in (("all",), tuple(k for k, _ in pairs)):
                 raise PruneSpecError("give either one rate with modules=..., or per-module rates, not both")
             modules = tuple(k for k, _ in pairs)
-            rates = [v for _, v in pairs]
+            rates: list[float | None] = [v for _, v in pairs]
         else:
             pairs, rates = None, [rate]
         if not modules:
@@ -103,7 +108,7 @@ class PruneSpec:
             if pairs is not None:
                 pairs = tuple((k, float(v)) for k, v in pairs)
             else:
-                rate = float(rate)
+                rate = float(cast(float, rate))  # checked above: a number
         if nm is not None and self.group != "row":
             raise PruneSpecError(f"N:M structure {self.structure} compares weights within groups of a row: "
                                  "use group='row'")
@@ -130,7 +135,7 @@ class PruneSpec:
         """(selector, rate) pairs."""
         if isinstance(self.rate, tuple):
             return self.rate
-        return tuple((m, self.rate) for m in self.modules)
+        return tuple((m, cast(float, self.rate)) for m in self.modules)  # one rate: a number after __post_init__
 
     @property
     def nm(self) -> tuple[int, int] | None:
@@ -160,9 +165,11 @@ class PruneSpec:
         return f"{name} {what}" + ("" if self.group == "row" else f" {self.group}")
 
     @contextlib.contextmanager
-    def apply(self, loaded) -> Iterator[object]:
-        """Prune in place; yields the ``PruneReport``; restores every weight exactly on exit."""
+    def apply(self, loaded: Loaded, norms: NormSource | None = None) -> Iterator[PruneReport]:
+        """Prune in place; yields the ``PruneReport``; restores every weight exactly on exit.
+        ``norms``: where Wanda norms computed before are found, and computed ones are kept
+        (``interp.interventions.pruning.norms``); None computes them on every apply."""
         from interp.interventions.pruning.apply import pruned
 
-        with pruned(loaded, self) as report:
+        with pruned(loaded, self, norms=norms) as report:
             yield report

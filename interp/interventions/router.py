@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from interp.interventions.gating import LayerGate, head_gates
+from interp.model.hooks import InputHook
 from interp.model.loading import Loaded
 from interp.model.sites import block
 
@@ -38,7 +40,7 @@ class RouterError(ValueError):
 class HeadRouter(nn.Module):
     """One linear router (d_model -> heads) per layer, zero-initialised (uniform)."""
 
-    def __init__(self, n_layers: int, d_model: int, n_heads: int):
+    def __init__(self, n_layers: int, d_model: int, n_heads: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(n_layers, n_heads, d_model))
         self.bias = nn.Parameter(torch.zeros(n_layers, n_heads))
@@ -86,12 +88,13 @@ def load_balance(probs: torch.Tensor, chosen: torch.Tensor, mask: torch.Tensor |
     return H * (f * P).sum()
 
 
-def _attn_input(args, kwargs) -> torch.Tensor:
+def _attn_input(args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
 
 
 @contextlib.contextmanager
-def routed(loaded: Loaded, router: HeadRouter, k: int, record: dict | None = None) -> Iterator[None]:
+def routed(loaded: Loaded, router: HeadRouter, k: int,
+           record: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None) -> Iterator[None]:
     """Route every layer's heads through ``router`` with top-``k`` during forward passes inside.
 
     ``record`` (a dict) receives layer -> (gates, probs, chosen) of the latest pass, with
@@ -104,8 +107,8 @@ def routed(loaded: Loaded, router: HeadRouter, k: int, record: dict | None = Non
     route(torch.zeros(H), k)  # validates k before anything is hooked
     slots: dict[int, torch.Tensor] = {}
 
-    def reader(layer):
-        def hook(_m, args, kwargs):
+    def reader(layer: int) -> InputHook:
+        def hook(_m: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
             gates, probs, chosen = route(router.scores(layer, _attn_input(args, kwargs)), k)
             slots[layer] = gates
             if record is not None:
@@ -125,7 +128,7 @@ def routed(loaded: Loaded, router: HeadRouter, k: int, record: dict | None = Non
             h.remove()
 
 
-def _slot(slots: dict[int, torch.Tensor], layer: int):
+def _slot(slots: dict[int, torch.Tensor], layer: int) -> Callable[[], torch.Tensor]:
     """The gates the router wrote for ``layer`` in the current forward pass."""
     return lambda: slots[layer]
 

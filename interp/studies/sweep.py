@@ -35,6 +35,11 @@ Phase = Callable[[str], None]
 study starts it; the demo prints them as numbered sub-steps."""
 
 
+Apply = Callable[[Intervention], contextlib.AbstractContextManager[object]]
+"""How a sweep applies a point (default ``spec.apply(loaded)``): a study that owns inputs of a kind
+passes them here, e.g. the weights study's store-backed Wanda norms (``PruneSpec.apply(loaded, norms=)``)."""
+
+
 def no_phase(_name: str) -> None:
     """The default progress callback: nothing."""
 
@@ -82,13 +87,14 @@ def delta_rows(run_id: int, spec: Intervention, base: pd.DataFrame, items: pd.Da
 def run_sweep(loaded: Loaded, store: Store, *, study: str, config: dict, points: Sequence[Intervention],
               eval_cfg: EvalCfg, progress: bool = True, run_id: int | None = None,
               on_point: Callable[[Intervention, list[Score]], None] | None = None,
-              prefix: PrefixCfg | None = DEFAULT_PREFIX) -> int:
+              prefix: PrefixCfg | None = DEFAULT_PREFIX, apply: Apply | None = None) -> int:
     """Evaluate ``Base()`` then every point; returns the run id.
 
     ``config`` is the study's own config (it becomes the run's identity together with
     the points and the evaluation config). Pass ``run_id`` to add points to a run the
     study already started. ``prefix`` bounds the cache of unedited block outputs (None: every
-    point runs its forward passes in full; stored values are the same either way).
+    point runs its forward passes in full; stored values are the same either way). ``apply``: how
+    each point is applied (``Apply``; default ``spec.apply(loaded)``).
     """
     specs: list[Intervention] = [Base(), *[p for p in points if not isinstance(p, Base)]]
     labels = [s.label() for s in specs]
@@ -117,7 +123,8 @@ def run_sweep(loaded: Loaded, store: Store, *, study: str, config: dict, points:
         cache = None if prefix is None else stack.enter_context(PrefixCache(prefix))
         for spec in todo:
             t0 = time.perf_counter()
-            with spec.apply(loaded) as made, reuse(loaded, cache, first_layer(spec, loaded.n_layers)):
+            applying = spec.apply(loaded) if apply is None else apply(spec)
+            with applying as made, reuse(loaded, cache, first_layer(spec, loaded.n_layers)):
                 scores = evaluate(loaded, eval_cfg, reference=reference)
             items = item_frame(scores)
             if isinstance(spec, Base):

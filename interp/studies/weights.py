@@ -6,24 +6,24 @@ Steps (re-running resumes: stored calibrations and evaluated points are never re
 1. the sweep plan from the budget: uniform rates for each method (magnitude also with one
    global threshold), N:M, attention-only and MLP-only, each projection alone, mixed rates;
 2. the base model's own sparsity -> prune_points ('base');
-3. ``run_sweep`` with a store-backed lookup of Wanda norms: applying a point yields its report,
-   which the sweep stores (sparsity per module in prune_points, prune_stats; the Wanda input norms
-   it computed in calibrations, input_norms) with the point's evals; the ``prune_curve`` view
-   joins metric and rate / pruned weights.
+3. ``run_sweep`` with one store-backed source of Wanda norms passed to every apply (``StoreNorms``):
+   applying a point yields its report, which the sweep stores (sparsity per module in prune_points,
+   prune_stats; the Wanda input norms it computed in calibrations, input_norms) with the point's
+   evals; the ``prune_curve`` view joins metric and rate / pruned weights.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pandas as pd
 
-from interp.interventions import describe
+from interp.interventions import Intervention, describe
 from interp.interventions.prune import PruneSpec
 from interp.model.loading import Loaded
 from interp.interventions.pruning.apply import dense_report
-from interp.interventions.pruning.session import using
-from interp.interventions.pruning.stored import StoreSession
+from interp.interventions.pruning.stored import StoreNorms
 from interp.interventions.pruning.targets import PROJECTIONS
 from interp.studies.sweep import Phase, no_phase, run_sweep, start_study_run
 from interp.studies.weights_config import BUDGETS, PLANS, STUDY, Plan, WeightsCfg  # noqa: F401 (the study's API)
@@ -80,14 +80,18 @@ def run_weights(loaded: Loaded, store: Store, cfg: WeightsCfg, progress: bool = 
             on_phase("dense")
             dense_report(loaded).save(con, run_id, "base")
     on_phase("sweep")
-    with using(StoreSession(store)):
-        run_sweep(loaded, store, study=STUDY, config=config, points=points, eval_cfg=cfg.eval_cfg(),
-                  progress=progress, run_id=run_id)
-        with store.connect() as con:
-            missing = [s for s in points if s.label() not in done_prune_points(con, run_id)]
-        for spec in missing:  # evaluated by a run older than the by-product channel: record them again
-            with spec.apply(loaded) as report, store.connect() as con:
-                report.save(con, run_id, spec.label())
+    norms = StoreNorms(store)  # one source for the whole sweep: each calibration is computed at most once
+
+    def apply(spec: Intervention) -> AbstractContextManager[object]:
+        return spec.apply(loaded, norms=norms) if isinstance(spec, PruneSpec) else spec.apply(loaded)
+
+    run_sweep(loaded, store, study=STUDY, config=config, points=points, eval_cfg=cfg.eval_cfg(),
+              progress=progress, run_id=run_id, apply=apply)
+    with store.connect() as con:
+        missing = [s for s in points if s.label() not in done_prune_points(con, run_id)]
+    for spec in missing:  # evaluated by a run older than the by-product channel: record them again
+        with spec.apply(loaded, norms=norms) as report, store.connect() as con:
+            report.save(con, run_id, spec.label())
     return run_id
 
 

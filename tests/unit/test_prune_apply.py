@@ -8,7 +8,7 @@ from interp.interventions.prune import PruneSpec, PruneSpecError
 from interp.interventions.pruning import masks
 from interp.interventions.pruning.calibdata import CalibData, calibration_windows
 from interp.interventions.pruning.calibrate import input_norms, layerwise_norms
-from interp.interventions.pruning.session import MemorySession, using
+from interp.interventions.pruning.norms import MemoryNorms
 from interp.interventions.pruning.targets import ModuleSelectionError, all_targets, resolve
 
 CALIB = CalibData(windows=3, length=32)
@@ -208,7 +208,8 @@ def test_sequential_norms_are_measured_on_the_pruned_prefix(tiny):
     spec = PruneSpec("wanda", 0.6, calib=CALIB)
     dense = {k: v.clone() for k, v in tiny.model.state_dict().items()}
     windows, _ = calibration_windows(tiny.tokenizer, CALIB)
-    with using(MemorySession()) as sess, spec.apply(tiny) as report:
+    sess = MemoryNorms()
+    with spec.apply(tiny, norms=sess) as report:
         norms = sess.get_norms(report.calib_id)
         targets = all_targets(tiny.model, tiny.arch)
         for layer in range(tiny.n_layers):
@@ -222,7 +223,8 @@ def test_sequential_norms_are_measured_on_the_pruned_prefix(tiny):
                 torch.testing.assert_close(norms[(layer, t.name)], acc.norms()[t.name], rtol=1e-5, atol=1e-6)
                 t.module.weight.data.copy_(pruned[t.name])
     oneshot = PruneSpec("wanda", 0.6, calibration="oneshot", calib=CALIB)
-    with using(MemorySession()) as sess2, oneshot.apply(tiny) as rep2:
+    sess2 = MemoryNorms()
+    with oneshot.apply(tiny, norms=sess2) as rep2:
         dense_norms = sess2.get_norms(rep2.calib_id)
     assert torch.equal(dense_norms[(0, "q")], norms[(0, "q")])  # block 0 sees the same input either way
     assert not torch.allclose(dense_norms[(3, "down")], norms[(3, "down")])
@@ -230,15 +232,18 @@ def test_sequential_norms_are_measured_on_the_pruned_prefix(tiny):
 
 def test_stored_norms_are_reused_and_give_the_same_masks(tiny):
     spec = PruneSpec("wanda", 0.5, calib=CALIB)
-    with using(MemorySession()) as sess:
-        with spec.apply(tiny) as computed:
-            first = {k: (v == 0).clone() for k, v in tiny.model.state_dict().items()}
-        with spec.apply(tiny) as found:
-            second = {k: (v == 0).clone() for k, v in tiny.model.state_dict().items()}
-        assert len(sess.computed) == 1
-        assert found.totals()["sparsity"] == 0.5 and found.calib_id == computed.calib_id
-        assert computed.norms is not None and found.norms is None  # only what an apply computed is stored
-    assert all(torch.equal(first[k], second[k]) for k in first)
+    sess = MemoryNorms()
+    with spec.apply(tiny, norms=sess) as computed:
+        first = {k: (v == 0).clone() for k, v in tiny.model.state_dict().items()}
+    with spec.apply(tiny, norms=sess) as found:
+        second = {k: (v == 0).clone() for k, v in tiny.model.state_dict().items()}
+    with spec.apply(tiny) as alone:  # no source: computed again, the same masks
+        third = {k: (v == 0).clone() for k, v in tiny.model.state_dict().items()}
+    assert len(sess.computed) == 1
+    assert found.totals()["sparsity"] == 0.5 and found.calib_id == computed.calib_id
+    assert computed.norms is not None and found.norms is None  # only what an apply computed is stored
+    assert alone.norms is not None and len(sess.computed) == 1  # an apply without the source leaves it alone
+    assert all(torch.equal(first[k], second[k]) and torch.equal(first[k], third[k]) for k in first)
 
 
 def test_calibration_windows_avoid_the_evaluation_windows(tiny):

@@ -7,8 +7,7 @@ import pytest
 
 from interp.interventions.prune import PruneSpec
 from interp.interventions.pruning.calibdata import CalibData
-from interp.interventions.pruning.session import using
-from interp.interventions.pruning.stored import StoreSession
+from interp.interventions.pruning.stored import StoreNorms
 from interp.studies import weights as study
 from interp.studies.weights import Plan, WeightsCfg, plan_points, run_weights
 from store.weights import curve, read_norms, read_prune_stats, write_norms
@@ -109,14 +108,47 @@ def test_norms_round_trip_and_are_written_once(store):
     assert got.keys() == norms.keys() and all(np.array_equal(got[k], norms[k]) for k in norms)
 
 
+def test_a_sweep_calibrates_once_and_shared_norms_change_no_number(tiny, store, monkeypatch):
+    """Two one-shot Wanda points share one calibration: the sweep's norms source computes it once, and
+    the second point's stored masks and perplexity equal that point applied alone (norms computed)."""
+    from interp.evals import evaluate
+    from interp.interventions.pruning import apply as prune_apply
+
+    calls: list[int] = []
+    real = prune_apply.layerwise_norms
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prune_apply, "layerwise_norms", counted)
+    plan = dataclasses.replace(TINY_PLAN, uniform=(), nm=(), single_rates=(), mixed=(), oneshot_rates=(0.3, 0.5))
+    monkeypatch.setitem(study.PLANS, "smoke", plan)
+    cfg = WeightsCfg(budget="smoke", methods=("wanda",))
+    points = plan_points(tiny, cfg)
+    assert [p.label() for p in points] == ["wanda-oneshot all=30%", "wanda-oneshot all=50%"]
+    run_id = run_weights(tiny, store, cfg, progress=False)
+    assert len(calls) == 1  # once per sweep, not once per point
+    with store.connect(read_only=True) as con:
+        stats = read_prune_stats(con, run_id, points[1].label())
+        ppl = con.execute("SELECT value FROM evals WHERE run_id = ? AND point = ? AND metric = 'perplexity'",
+                          [run_id, points[1].label()]).fetchone()[0]
+    with points[1].apply(tiny) as alone:  # no source: its own calibration
+        scores = evaluate(tiny, cfg.eval_cfg())
+    assert len(calls) == 2 and alone.norms is not None
+    key = ["layer", "module", "n_pruned"]
+    assert sorted(map(tuple, stats[key].values.tolist())) == sorted(map(tuple, alone.frame()[key].values.tolist()))
+    assert ppl == pytest.approx(next(s.value for s in scores if s.metric == "perplexity"), rel=1e-5)
+
+
 def test_the_yielded_report_stores_each_applied_spec_once_and_the_norms_it_computed(tiny, store):
     spec = PruneSpec("wanda", 0.5, calibration="oneshot", calib=CalibData(windows=2, length=32))
-    sess = StoreSession(store)
-    with using(sess):
-        for _ in range(2):
-            with spec.apply(tiny) as report, store.connect() as con:
-                report.save(con, 7, spec.label())
-    with using(StoreSession(store)) as again, spec.apply(tiny) as report:
+    sess = StoreNorms(store)
+    for _ in range(2):
+        with spec.apply(tiny, norms=sess) as report, store.connect() as con:
+            report.save(con, 7, spec.label())
+    again = StoreNorms(store)
+    with spec.apply(tiny, norms=again) as report:
         assert report.norms is None and again.loaded_from_store == [report.calib_id]  # found in the store
     with store.connect(read_only=True) as con:
         assert con.execute("SELECT count(*) FROM prune_points").fetchone()[0] == 1

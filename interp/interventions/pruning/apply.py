@@ -11,12 +11,13 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict, cast
 
 import pandas as pd
 import torch
+from torch import nn
 
-from interp.interventions.pruning import masks, session
+from interp.interventions.pruning import masks
 from interp.interventions.pruning.calibdata import calibration_windows
 from interp.interventions.pruning.calibrate import Norms, layerwise_norms
 from interp.interventions.pruning.targets import PROJECTIONS, Target, all_targets, resolve
@@ -26,7 +27,23 @@ from store.weights import write_norms, write_prune_point
 if TYPE_CHECKING:
     import duckdb
 
+    from interp.interventions.prune import PruneSpec
+    from interp.interventions.pruning.norms import NormSource
     from interp.model.loading import Loaded
+
+
+class StatRow(TypedDict):
+    """One pruned (layer, projection): a ``prune_stats`` row without its run and point."""
+
+    layer: int
+    module: str
+    rate: float
+    n_params: int
+    n_pruned: int
+    """Weights the mask removed."""
+    n_zero: int
+    """Zero weights after pruning (the mask's and any that were zero before)."""
+    sparsity: float
 
 
 @dataclass
@@ -34,12 +51,12 @@ class PruneReport:
     """What a spec did: one row per (layer, module) and the totals. A by-product of applying it
     (``save`` writes prune_points / prune_stats, and the Wanda norms when this apply computed them)."""
 
-    rows: list[dict] = field(default_factory=list)
+    rows: list[StatRow] = field(default_factory=list)
     """layer, module, rate, n_params, n_pruned (weights the mask removed), n_zero (zeros after), sparsity."""
     calib_id: str | None = None
     """Identity of the Wanda norms used (stored in input_norms), None for magnitude."""
     seconds: float = 0.0
-    spec: Any = None
+    spec: PruneSpec | None = None
     """The applied ``PruneSpec``; None for the base model (nothing pruned)."""
     total_params: int = 0
     """Weights in every prunable projection of the model (the denominator of 'pruned fraction')."""
@@ -95,7 +112,7 @@ def total_params(loaded: Loaded) -> int:
     return sum(t.n_params for t in all_targets(loaded.model, loaded.arch))
 
 
-def calibration_id(loaded, spec) -> str:
+def calibration_id(loaded: Loaded, spec: PruneSpec) -> str:
     """Content identity of a set of Wanda norms: model, calibration data, mode, and for the
     sequential mode everything that decides which blocks were pruned before each measurement."""
     ident = {**loaded.describe(), "device": None, "calib": spec.calib, "mode": spec.calibration}
@@ -107,10 +124,10 @@ def calibration_id(loaded, spec) -> str:
 class _Pruner:
     """Applies masks to targets, keeping a copy of each weight it changes."""
 
-    def __init__(self, spec):
+    def __init__(self, spec: PruneSpec) -> None:
         self.spec = spec
         self.saved: list[tuple[Target, torch.Tensor]] = []
-        self.rows: list[dict] = []
+        self.rows: list[StatRow] = []
 
     def prune(self, t: Target, mask: torch.Tensor) -> None:
         self.saved.append((t, t.weight.clone()))
@@ -165,26 +182,26 @@ def _wanda_score(norms: Norms) -> Callable[[Target], torch.Tensor]:
     return score
 
 
-def _norm_info(spec, dataset: dict, n_tokens: int, seconds: float) -> dict:
+def _norm_info(spec: PruneSpec, dataset: dict, n_tokens: int, seconds: float) -> dict:
     from interp.interventions import to_json
 
     return {"mode": spec.calibration, "spec": to_json(spec) if spec.calibration == "sequential" else None,
             "dataset": canonical_json(dataset), "n_tokens": n_tokens, "seconds": seconds}
 
 
-def _wanda(loaded, spec, targets: list[Target], pruner: _Pruner, progress: bool,
-           report: PruneReport) -> None:
-    """Prune with Wanda scores; norms found in the active session are used as they are, norms
-    computed here go into the report (the sweep stores them) and the session's memory."""
-    sess = session.current()
+def _wanda(loaded: Loaded, spec: PruneSpec, targets: list[Target], pruner: _Pruner, progress: bool,
+           report: PruneReport, source: NormSource | None) -> None:
+    """Prune with Wanda scores; norms found in ``source`` are used as they are, norms computed
+    here go into the report (the sweep stores them) and into ``source`` for the applies after."""
     report.calib_id = calib_id = calibration_id(loaded, spec)
-    norms = sess.get_norms(calib_id)
+    norms = None if source is None else source.get_norms(calib_id)
     if norms is not None:  # stored: the masks follow from the weights and these norms alone
         pruner.run(targets, _wanda_score(norms))
         return
     t0 = time.perf_counter()
+    assert spec.calib is not None  # a Wanda spec always has one (PruneSpec.__post_init__)
     windows, dataset = calibration_windows(loaded.tokenizer, spec.calib)
-    blocks = loaded.model.get_submodule(loaded.arch.layers)
+    blocks = cast(nn.ModuleList, loaded.model.get_submodule(loaded.arch.layers))
     if spec.calibration == "oneshot":  # every projection, so one calibration serves every spec
         norms = layerwise_norms(loaded.model, blocks, all_targets(loaded.model, loaded.arch), windows,
                                 progress=progress)
@@ -198,13 +215,15 @@ def _wanda(loaded, spec, targets: list[Target], pruner: _Pruner, progress: bool,
             pruner.run(by_layer[layer], _wanda_score(layer_norms))
 
         norms = layerwise_norms(loaded.model, blocks, targets, windows, prune_layer, progress=progress)
-    sess.put_norms(calib_id, norms)
+    if source is not None:
+        source.put_norms(calib_id, norms)
     report.norms, report.norm_info = norms, _norm_info(spec, dataset, spec.calib.n_tokens, time.perf_counter() - t0)
 
 
 @contextlib.contextmanager
-def pruned(loaded, spec, progress: bool = False) -> Iterator[PruneReport]:
-    """Prune ``loaded.model`` in place as ``spec`` says; restore every weight exactly on exit."""
+def pruned(loaded: Loaded, spec: PruneSpec, progress: bool = False, norms: NormSource | None = None) -> Iterator[PruneReport]:
+    """Prune ``loaded.model`` in place as ``spec`` says; restore every weight exactly on exit.
+    ``norms``: where Wanda norms computed before are found (None: computed here)."""
     t0 = time.perf_counter()
     targets = resolve(loaded.model, loaded.arch, spec.rates)
     pruner = _Pruner(spec)
@@ -215,7 +234,7 @@ def pruned(loaded, spec, progress: bool = False) -> Iterator[PruneReport]:
             if spec.method == "magnitude":
                 pruner.run(targets, lambda t: masks.magnitude_scores(t.weight))
             else:
-                _wanda(loaded, spec, targets, pruner, progress, report)
+                _wanda(loaded, spec, targets, pruner, progress, report, norms)
         pruner.rows.sort(key=lambda r: (r["layer"], PROJECTIONS.index(r["module"])))
         report.seconds = time.perf_counter() - t0
         yield report
@@ -223,9 +242,9 @@ def pruned(loaded, spec, progress: bool = False) -> Iterator[PruneReport]:
         pruner.restore()
 
 
-def dense_report(loaded) -> PruneReport:
+def dense_report(loaded: Loaded) -> PruneReport:
     """The report of pruning nothing: the base model's own zeros in every prunable projection."""
-    rows = []
+    rows: list[StatRow] = []
     for t in all_targets(loaded.model, loaded.arch):
         n_zero = t.n_params - int(torch.count_nonzero(t.weight))
         rows.append({"layer": t.layer, "module": t.name, "rate": 0.0, "n_params": t.n_params, "n_pruned": 0,

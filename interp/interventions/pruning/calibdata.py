@@ -6,8 +6,12 @@ from __future__ import annotations
 import random
 import weakref
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 class CalibrationError(ValueError):
@@ -54,7 +58,7 @@ class CalibData:
 _corpus_ids: dict[str, tuple[list[str], list[int]]] = {}
 
 
-def _fingerprint(tokenizer) -> str | None:
+def _fingerprint(tokenizer: PreTrainedTokenizerBase) -> str | None:
     """Content identity of a fast tokenizer (equal tokenizers tokenise equally), else None."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
@@ -64,7 +68,7 @@ def _fingerprint(tokenizer) -> str | None:
     return hashlib.sha256(backend.to_str().encode()).hexdigest()
 
 
-def _book_ids(tokenizer) -> tuple[list[str], list[int]]:
+def _book_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[list[str], list[int]]:
     """The book corpus and its token ids, joined as the perplexity evaluation joins them.
 
     Tokenising it takes seconds, so the result is kept per tokenizer content (a few at most).
@@ -83,7 +87,7 @@ def _book_ids(tokenizer) -> tuple[list[str], list[int]]:
     return out
 
 
-def _eval_spans(tokenizer, docs: list[str], ids: list[int], exclude: tuple[int, int, int]) -> np.ndarray:
+def _eval_spans(tokenizer: PreTrainedTokenizerBase, docs: list[str], ids: list[int], exclude: tuple[int, int, int]) -> np.ndarray:
     """Bool per corpus token: True where the perplexity eval reads it."""
     from interp.evals.ppl import make_windows
 
@@ -102,7 +106,7 @@ def _eval_spans(tokenizer, docs: list[str], ids: list[int], exclude: tuple[int, 
 _cache: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
 
 
-def calibration_windows(tokenizer, data: CalibData) -> tuple[list[list[int]], dict]:
+def calibration_windows(tokenizer: PreTrainedTokenizerBase, data: CalibData) -> tuple[list[list[int]], dict]:
     """(windows of token ids, dataset description stored with the norms), cached per tokenizer."""
     try:
         per_tok = _cache.setdefault(tokenizer, {})
@@ -114,7 +118,7 @@ def calibration_windows(tokenizer, data: CalibData) -> tuple[list[list[int]], di
     return [list(w) for w in windows], dict(dataset)
 
 
-def _build(tokenizer, data: CalibData) -> tuple[list[list[int]], dict]:
+def _build(tokenizer: PreTrainedTokenizerBase, data: CalibData) -> tuple[list[list[int]], dict]:
     docs, ids = _book_ids(tokenizer)
     n_all = len(ids) // data.length
     starts = np.arange(n_all) * data.length

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from interp.interventions.pruning.targets import Target
-from interp.model.hooks import BlockCall, block_calls
+from interp.model.hooks import BlockCall, InputHook, block_calls
 
 BATCH = 8
 """Calibration windows per forward pass."""
@@ -34,8 +35,8 @@ class NormAccumulator:
         self.sumsq: dict[str, torch.Tensor] = {}
         self.tokens: dict[str, int] = {}
 
-    def hook(self, key: str):
-        def pre_hook(_module, args, kwargs):
+    def hook(self, key: str) -> InputHook:
+        def pre_hook(_module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
             x = args[0] if args else next(iter(kwargs.values()))
             flat = x.detach().reshape(-1, x.shape[-1]).double()  # (tokens, in)
             acc = flat.pow(2).sum(0)
@@ -62,7 +63,8 @@ def input_norms(modules: dict[str, nn.Module]) -> Iterator[NormAccumulator]:
 
 
 @torch.no_grad()
-def _block_calls(model: nn.Module, blocks: nn.ModuleList, windows: list[list[int]], device) -> list[list[BlockCall]]:
+def _block_calls(model: nn.Module, blocks: nn.ModuleList, windows: list[list[int]],
+                 device: torch.device) -> list[list[BlockCall]]:
     """Per calibration batch, how the model calls each block (inputs of block 0 included)."""
     out = []
     for b in range(0, len(windows), BATCH):

@@ -7,18 +7,22 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from interp.interventions.pruning.session import MemorySession
+from interp.interventions.pruning.calibrate import Norms
+from interp.interventions.pruning.norms import MemoryNorms
 from store import Store
 from store.weights import read_norms
 
 
-class StoreSession(MemorySession):
-    def __init__(self, store: Store):
+class StoreNorms(MemoryNorms):
+    """A norms source (``NormSource``) that looks in memory, then in ``store``."""
+
+    def __init__(self, store: Store) -> None:
         super().__init__()
         self.store = store
         self.loaded_from_store: list[str] = []
+        """calib ids found in the store (not in memory), in order."""
 
-    def get_norms(self, calib_id):
+    def get_norms(self, calib_id: str) -> Norms | None:
         if calib_id in self.norms:
             return self.norms[calib_id]
         with self.store.connect() as con:

@@ -10,6 +10,7 @@ qkv_proj and gate_up_proj) each projection is a set of rows (``ArchSites.slices`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -77,16 +78,21 @@ class Target:
     rows: Rows | None = None
     """Rows of the (out, in) weight that are this projection, when the module is fused."""
 
+    @property
+    def param(self) -> torch.Tensor:
+        """The module's weight parameter (nn.Module types its attributes as Tensor | Module)."""
+        return cast(torch.Tensor, self.module.weight)
+
     def full(self) -> torch.Tensor:
         """The module's whole weight in (out, in) orientation; a view of the parameter."""
-        w = self.module.weight.data
+        w = self.param.data
         return w.t() if self.conv1d else w
 
     @property
     def index(self) -> torch.Tensor | None:
         if self.rows is None:
             return None
-        return torch.cat([torch.arange(a, b) for a, b in self.rows]).to(self.module.weight.device)
+        return torch.cat([torch.arange(a, b) for a, b in self.rows]).to(self.param.device)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -113,13 +119,13 @@ class Target:
     @property
     def n_params(self) -> int:
         n_in = self.full().shape[1]
-        return n_in * sum(b - a for a, b in self.rows) if self.rows is not None else self.module.weight.numel()
+        return n_in * sum(b - a for a, b in self.rows) if self.rows is not None else self.param.numel()
 
 
 def resolve(model: nn.Module, arch: ArchSites, rates: tuple[tuple[str, float], ...]) -> list[Target]:
     """Every (layer, projection) a spec prunes, layer by layer."""
     per_proj = module_rates(arch, rates)
-    blocks = model.get_submodule(arch.layers)
+    blocks = cast(nn.ModuleList, model.get_submodule(arch.layers))
     return [Target(layer, proj, blk.get_submodule(arch.proj[proj]), rate, arch.conv1d, arch.slices.get(proj))
             for layer, blk in enumerate(blocks) for proj, rate in per_proj.items()]
 
