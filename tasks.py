@@ -10,7 +10,9 @@ from interp.commands.check import check  # integrity check (and repair) of a sto
 from interp.commands.demo import demo  # every study in quick mode, then the report and findings
 from interp.commands.eval import eval_  # evaluate a model: perplexity, tasks, toxicity, refusal, KL
 from interp.commands.export import export  # the store as plain partitioned Parquet
-from interp.commands.export_model import export_model  # an evaluated point as a transformers checkpoint
+from interp.commands.export_model import (
+           export_model,  # an evaluated point as a transformers checkpoint
+)
 from interp.commands.heads import heads  # head importance, head pruning, head routing
 from interp.commands.layers import layers  # layer similarity, layer dropping, healing
 from interp.commands.report import report  # the HTML reports, from the store alone

@@ -25,8 +25,8 @@ import torch
 
 from interp.capture.batching import context_length, encode, pad
 from interp.capture.capture import CaptureCfg, capture
-from interp.model.loading import load_model
 from interp.data.prompts import load_prompts
+from interp.model.loading import load_model
 from store import Store
 from store.activations import ActivationWriter, Block, layer_stack
 from store.runs import start_run

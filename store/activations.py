@@ -35,8 +35,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from store import remote
+from store.db import SHARD_SCHEMA, VEC_TYPE, Store, StoreError, transaction
 from store.parquet import row_segments, vector_pages, write_shard
-from store.db import SHARD_SCHEMA, Store, StoreError, VEC_TYPE, transaction
 from store.rows import first_row
 
 

@@ -21,10 +21,10 @@ from tqdm.auto import tqdm
 
 from interp.capture.backends import BACKENDS, open_backend
 from interp.capture.batching import Batch, context_length, encode, last_index, pad
-from interp.model.loading import Loaded
 from interp.data.prompts import Prompt, check_prompt_specs, load_prompts, prompts_digest
-from interp.provenance import canonical_json, code_version, config_hash
+from interp.model.loading import Loaded
 from interp.model.sites import Site, check_hook_names, parse_sites
+from interp.provenance import canonical_json, code_version, config_hash
 from store import Store, StoreError
 from store.activations import SYNCS, ActivationWriter, Block, next_part, recover
 from store.prompts import add_prompts, done_prompt_ids, stored_prompts_match

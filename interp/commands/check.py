@@ -5,8 +5,8 @@ from __future__ import annotations
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from interp.commands.cli import CliTask, user_errors
 from interp.commands import DEFAULT_STORE, HELP_COMMON
+from interp.commands.cli import CliTask, user_errors
 
 
 @task(klass=CliTask, help={

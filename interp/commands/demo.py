@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from invoke import Context, task
 
+from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
 from interp.commands.cli import CliTask, user_errors
 from interp.validate import Choice, Optional
-from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
 
 if TYPE_CHECKING:
     from store import Store

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from invoke import Context, task
 
+from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
 from interp.commands.cli import FORMATS, CliTask, lmeval_tasks, print_table, user_errors
 from interp.validate import Boolean, Optional, Whole
-from interp.commands import DEFAULT_MODEL, DEFAULT_STORE, helps
 
 
 @task(name="eval", klass=CliTask, types={
@@ -42,8 +42,8 @@ def eval_(c: Context, model: str = DEFAULT_MODEL, store: str = DEFAULT_STORE, ta
     """Evaluate the model as loaded (the base point of an 'eval' run): perplexity, task accuracy,
     toxicity, refusal, lm-evaluation-harness tasks; prints the scores and stores them (re-running the
     same command reuses them). Default tasks: ppl,facts,arith, or only the --lm-eval ones when given."""
-    from interp.evals import EvalCfg
     from interp.commands.cli import load
+    from interp.evals import EvalCfg
     from interp.studies.sweep import run_sweep
     from store import Store
     from store.evals import read_evals

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from invoke import Context, task
 
+from interp.commands import DEFAULT_STORE, HELP_COMMON
 from interp.commands.cli import CliTask, user_errors
 from interp.validate import ListOf, Optional, Whole
-from interp.commands import DEFAULT_STORE, HELP_COMMON
 
 
 @task(klass=CliTask, types={"run": Optional(ListOf(Whole(min=1)))}, help={

@@ -7,8 +7,8 @@ from pathlib import Path
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from interp.commands.cli import CliTask, user_errors
 from interp.commands import DEFAULT_STORE, HELP_COMMON
+from interp.commands.cli import CliTask, user_errors
 
 DEFAULT_OUT = "report"
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from interp.capture.batching import context_length
+from interp.data.hfdata import MCItem
 from interp.evals.config import EvalCfg, EvalError, Score, items_of, mean_se
 from interp.evals.lm import token_logprobs
-from interp.data.hfdata import MCItem
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

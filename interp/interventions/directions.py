@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 import torch
 from torch import nn
 
+from interp.interventions import register
 from interp.model import ops
 from interp.model.hooks import hooked
-from interp.interventions import register
 from interp.model.sites import Site, block
 from interp.provenance import LATER
 

@@ -35,7 +35,17 @@ import tomli_w
 import tomllib
 
 from interp.model.loading import ModelCfg
-from interp.validate import Boolean, InvalidValue, ListOf, Number, Optional, Spec, Text, Whole, closest
+from interp.validate import (
+    Boolean,
+    InvalidValue,
+    ListOf,
+    Number,
+    Optional,
+    Spec,
+    Text,
+    Whole,
+    closest,
+)
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance

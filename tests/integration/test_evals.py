@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from interp.evals import EvalCfg, choice, evaluate, make_reference, ppl
 from interp.data.hfdata import MCItem
+from interp.evals import EvalCfg, choice, evaluate, make_reference, ppl
 
 pytestmark = pytest.mark.integration
 

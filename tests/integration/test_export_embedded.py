@@ -44,5 +44,8 @@ def test_exports_reproduce_the_stored_perplexity(embedded, tmp_path):
         stored = json.loads((out / "interp_export.json").read_text())["ppl"]["value"]
         assert abs(got[str(out)]["ppl"] - stored) / stored < 1e-4, (label, got[str(out)], stored)
     assert got[str(outs[drop.label()])]["layers"] == embedded.n_layers - 3
-    size = lambda d: sum(f.stat().st_size for f in d.glob("*.safetensors"))
+
+    def size(d: Path) -> int:
+        return sum(f.stat().st_size for f in d.glob("*.safetensors"))
+
     assert size(outs[drop.label()]) < size(outs[prune.label()])

@@ -4,10 +4,15 @@ import pytest
 import torch
 
 from interp.interventions.gating import LayerGate, Suffix, head_gates
-from interp.studies.heads_importance import final_hidden, gradient_importance, row_metrics, token_gradients
-from interp.interventions.router import HeadRouter, routed
-from interp.studies.heads_text import lm_batch
 from interp.interventions.heads import HeadMask
+from interp.interventions.router import HeadRouter, routed
+from interp.studies.heads_importance import (
+    final_hidden,
+    gradient_importance,
+    row_metrics,
+    token_gradients,
+)
+from interp.studies.heads_text import lm_batch
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,12 @@ import torch
 
 from analyses.directions import diff_of_means
 from interp.capture.batching import encode, pad
+from interp.interventions.directions import (
+    ActivationAddition,
+    DirectionalAblation,
+    OrthogonalizedWeights,
+)
 from interp.model.hooks import hooked
-from interp.interventions.directions import ActivationAddition, DirectionalAblation, OrthogonalizedWeights
 from interp.model.sites import Site
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,17 @@ import torch
 from interp.capture.capture import CaptureCfg, capture
 from interp.data.prompts import PromptSetError, load_file
 from interp.model.loading import load_model
-from interp.validate import Boolean, Choice, InvalidValue, ListOf, Number, Optional, Text, Whole, parse
+from interp.validate import (
+    Boolean,
+    Choice,
+    InvalidValue,
+    ListOf,
+    Number,
+    Optional,
+    Text,
+    Whole,
+    parse,
+)
 from store import Store, StoreError
 from store.check import check_store
 from store.sql import run_sql

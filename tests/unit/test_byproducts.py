@@ -1,11 +1,10 @@
 """The by-product channel: what apply() yields is a list of things the sweep can save."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from interp.interventions import byproducts
-import numpy as np
-
 from interp.interventions.heal import HealLog
 from store import Store
 from store.layers import heal_adapters

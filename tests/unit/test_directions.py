@@ -6,8 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analyses.directions import (CANDIDATE_COLUMNS, MeanFitter, SelectRule, diff_of_means, directions_layer,
-                                 probe_direction, projection_separation, select)
+from analyses.directions import (
+    CANDIDATE_COLUMNS,
+    MeanFitter,
+    SelectRule,
+    diff_of_means,
+    directions_layer,
+    probe_direction,
+    projection_separation,
+    select,
+)
 from analyses.probes import ProbeCfg
 from analyses.safety_data import dataset_frame
 

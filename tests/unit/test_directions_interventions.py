@@ -5,11 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from interp.interventions import from_json, to_json
+from interp.interventions.directions import (
+    ActivationAddition,
+    DirectionalAblation,
+    DirectionError,
+    OrthogonalizedWeights,
+    orthogonalize_model,
+    residual_writers,
+)
 from interp.model import ops
 from interp.model.hooks import hooked
-from interp.interventions import from_json, to_json
-from interp.interventions.directions import (ActivationAddition, DirectionalAblation, DirectionError,
-                                             OrthogonalizedWeights, orthogonalize_model, residual_writers)
 from interp.model.sites import Site
 
 

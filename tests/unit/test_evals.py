@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-from interp.evals import EvalCfg, EvalError, Score, choice, evaluate, kl, make_reference, ppl
 from interp.data.hfdata import MCItem
+from interp.evals import EvalCfg, EvalError, Score, choice, evaluate, kl, make_reference, ppl
 
 
 @pytest.fixture(autouse=True)

@@ -116,8 +116,9 @@ def test_gemma_chunks_are_concatenated_in_order(tmp_path, monkeypatch):
 
 
 def test_gguf_families_are_supported_families():
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
     from interp.model.families import FAMILIES
     from interp.model.gguf import GGUF_FAMILIES
-    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
     assert set(GGUF_FAMILIES.values()) <= set(FAMILIES) and set(GGUF_FAMILIES) <= set(GGUF_SUPPORTED_ARCHITECTURES)

@@ -8,6 +8,9 @@ import torch
 
 from interp.capture.batching import pad
 from interp.interventions.gating import LayerGate, Suffix, head_gates
+from interp.model.hooks import hooked
+from interp.model.loading import wrap
+from interp.model.sites import Site
 from interp.studies.heads_importance import (
     MODES,
     ablation_importance,
@@ -21,9 +24,6 @@ from interp.studies.heads_importance import (
     token_gradients,
 )
 from interp.studies.heads_text import IGNORE, Scored, answer_batch, held_out_chunks, lm_batch, split
-from interp.model.hooks import hooked
-from interp.model.loading import wrap
-from interp.model.sites import Site
 
 
 def _seqs(lengths, seed=0):

@@ -5,10 +5,10 @@ import copy
 import pytest
 import torch
 
-from interp.model import ops
-from interp.interventions.gating import LayerGate, head_gates
 from interp.interventions import from_json, to_json
+from interp.interventions.gating import LayerGate, head_gates
 from interp.interventions.heads import HeadMask, HeadSpecError
+from interp.model import ops
 
 
 def _batch():

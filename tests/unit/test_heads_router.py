@@ -4,6 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
+from interp.interventions import from_json, to_json
+from interp.interventions.heads import HeadMask, HeadRouting
 from interp.interventions.router import (
     HeadRouter,
     RouterError,
@@ -15,8 +17,6 @@ from interp.interventions.router import (
 )
 from interp.studies.heads_text import lm_batch
 from interp.studies.heads_train import RouterCfg, schedule, train_router, usage
-from interp.interventions import from_json, to_json
-from interp.interventions.heads import HeadMask, HeadRouting
 
 
 def _batch(seed=0, lengths=(12, 12, 9)):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from interp.evals import ppl
-from interp.interventions.heal import HealCfg, HealError, healed, mlp_targets, training_windows
 from interp.interventions import from_json, to_json
+from interp.interventions.heal import HealCfg, HealError, healed, mlp_targets, training_windows
 from interp.interventions.layers import HealedDrop, HealLog, LayerDrop, skip_layers
 
 

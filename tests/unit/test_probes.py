@@ -8,7 +8,14 @@ import pytest
 
 from analyses import probes
 from analyses.probes import ProbeCfg, best_layers, cross_validate, fold_indices, probe_layer
-from analyses.safety_data import SafetyDataError, assign_splits, balanced, dataset_frame, prompt_class, xy
+from analyses.safety_data import (
+    SafetyDataError,
+    assign_splits,
+    balanced,
+    dataset_frame,
+    prompt_class,
+    xy,
+)
 
 
 def _blobs(n: int, d: int, shift: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

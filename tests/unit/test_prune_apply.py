@@ -247,8 +247,8 @@ def test_stored_norms_are_reused_and_give_the_same_masks(tiny):
 
 
 def test_calibration_windows_avoid_the_evaluation_windows(tiny):
-    from interp.evals.ppl import make_windows
     from interp.data.prompts import book_corpus
+    from interp.evals.ppl import make_windows
 
     exclude = (64, 4096, 0)
     data = CalibData(windows=40, length=48, seed=1, exclude=exclude)

@@ -24,13 +24,14 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'interp[ray]'")
 psutil = pytest.importorskip("psutil")
 
-from interp.capture.capture import CaptureCfg, _capture_prompts, capture
-from interp.capture.ray_capture import capture_ray, plan_chunks
-from interp.capture.ray_session import RayCfg, _reachable, end_orphans, placement
-from interp.model.loading import ModelCfg, load_model
-from store import Store, StoreError
-from store.activations import read_vectors
-from store.check import check_store
+# after the importorskip above on purpose: these modules need Ray
+from interp.capture.capture import CaptureCfg, _capture_prompts, capture  # noqa: E402
+from interp.capture.ray_capture import capture_ray, plan_chunks  # noqa: E402
+from interp.capture.ray_session import RayCfg, _reachable, end_orphans, placement  # noqa: E402
+from interp.model.loading import ModelCfg, load_model  # noqa: E402
+from store import Store, StoreError  # noqa: E402
+from store.activations import read_vectors  # noqa: E402
+from store.check import check_store  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 N_PROMPTS = 64

@@ -27,7 +27,9 @@ def doc_queries() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from tests.unit.test_reports_readme import make_store  # one run of every study, plus a small cache run
+    from tests.unit.test_reports_readme import (
+        make_store,  # one run of every study, plus a small cache run
+    )
 
     return make_store(tmp_path_factory.mktemp("docs") / "docs.duckdb", older_run=False)
 

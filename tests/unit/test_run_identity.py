@@ -12,8 +12,8 @@ from interp.model.loading import load_model
 from interp.model.sites import parse_sites
 from interp.provenance import canonical_json, config_hash
 from store import Store, StoreError
-from store.runs import finish_run, start_run
 from store.prompts import add_prompts
+from store.runs import finish_run, start_run
 from store.sql import run_sql
 
 
