@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import duckdb
 import numpy as np
 import pandas as pd
 import torch
@@ -75,10 +76,10 @@ def prepare(loaded: Loaded, cfg: HeadsCfg) -> Data:
     answers = [tok(" " + it.choices[it.answer], add_special_tokens=False)["input_ids"] for it in items]
     pairs = list(zip(contexts, answers))
 
-    def lm(seqs):
+    def lm(seqs: list[list[int]]) -> Scored:
         return lm_batch(seqs, pad_id)
 
-    def task(chunk):
+    def task(chunk: list[tuple[list[int], list[int]]]) -> Scored:
         return answer_batch([c for c, _ in chunk], [a for _, a in chunk], pad_id)
 
     return Data(batches(lm, parts["text"], cfg.batch_size), batches(lm, parts["text"] + parts["grad"], cfg.batch_size),
@@ -142,7 +143,7 @@ def compute_importance(loaded: Loaded, store: Store, run_id: int, cfg: HeadsCfg,
         db.write_agreement(con, run_id, head_agreement.agreement(db.read_importance(con, run_id)))
 
 
-def _restore_file(con, run_id: int, k: int, digest: str) -> None:
+def _restore_file(con: duckdb.DuckDBPyConnection, run_id: int, k: int, digest: str) -> None:
     """Write a finished router's file from the store when the router directory lacks it."""
     if (router_dir() / f"{digest}.safetensors").exists():
         return
@@ -171,7 +172,7 @@ def train_routers(loaded: Loaded, store: Store, run_id: int, cfg: HeadsCfg, data
         rcfg = RouterCfg(top_k=k, steps=cfg.router_steps, batch_size=cfg.router_batch, lr=cfg.router_lr,
                          lb_coef=cfg.lb_coef, ckpt_every=max(1, min(25, cfg.router_steps)), seed=cfg.seed)
 
-        def save(step, state, rows, k=k):
+        def save(step: int, state: bytes, rows: pd.DataFrame, k: int = k) -> None:
             with store.connect() as con:
                 db.save_checkpoint(con, run_id, k, step, state, rows)
 
@@ -213,7 +214,7 @@ def build_points(cfg: HeadsCfg, n_layers: int, n_heads: int, importance: pd.Data
             orders[m] = head_pruning.order(importance, "mean" if m == "mean_zero" else m)
     points, rows = [], []
 
-    def add(spec, kind, method, scope, off):
+    def add(spec: HeadMask | HeadRouting, kind: str, method: str, scope: str, off: int) -> None:
         points.append(spec)
         rows.append({"point": spec.label(), "kind": kind, "method": method, "scope": scope,
                      "heads_off": off, "frac_off": off / total})

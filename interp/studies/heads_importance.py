@@ -33,6 +33,7 @@ starts at that layer (``Suffix``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,8 +51,12 @@ from interp.model.sites import Site
 
 MODES = ("zero", "mean")
 
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+"""Final-norm hidden states (..., d_model) -> logits (..., vocab)."""
 
-def _scored(logits_fn, hidden: torch.Tensor, targets: torch.Tensor):
+
+def _scored(logits_fn: LogitsFn, hidden: torch.Tensor,
+            targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits (scored, vocab), targets (scored,) and row index (scored,) of the scored positions."""
     r, p = (targets != IGNORE).nonzero(as_tuple=True)
     logits = logits_fn(hidden[r, p])  # (scored, vocab)
@@ -64,13 +69,13 @@ LOGIT_BYTES = 256 << 20
 """Most float32 logits ``row_metrics`` holds at once."""
 
 
-def _vocab(logits_fn, hidden: torch.Tensor) -> int:
+def _vocab(logits_fn: LogitsFn, hidden: torch.Tensor) -> int:
     """Output size of ``logits_fn`` (one position run through it)."""
     with torch.no_grad():
         return int(logits_fn(hidden.reshape(-1, hidden.shape[-1])[:1].detach()).shape[-1])
 
 
-def row_metrics(logits_fn, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def row_metrics(logits_fn: LogitsFn, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per row: mean NLL over scored positions, token accuracy, and exact match (all correct).
 
     ``hidden`` (rows, pos, d) is the final-norm output; ``logits_fn`` maps selected
@@ -103,7 +108,7 @@ def row_metrics(logits_fn, hidden: torch.Tensor, targets: torch.Tensor) -> tuple
     return nll_row.cpu(), acc_row.cpu(), (miss == 0).to(nll.dtype).cpu()
 
 
-def _head(loaded: Loaded):
+def _head(loaded: Loaded) -> LogitsFn:
     """Final hidden states -> logits, with the family's softcap / logit scale."""
     return loaded.logits
 
@@ -121,8 +126,8 @@ def head_means(loaded: Loaded, batches: list[Scored]) -> torch.Tensor:
     total = torch.zeros(L, H, D, dtype=torch.float64)
     state = {"mask": None}
 
-    def reader(layer):
-        def fn(z):  # (batch, pos, head, d_head)
+    def reader(layer: int) -> Callable[[torch.Tensor], None]:
+        def fn(z: torch.Tensor) -> None:  # (batch, pos, head, d_head)
             m = state["mask"].to(z.dtype)[:, :, None, None]
             total[layer] += (z * m).sum((0, 1)).double().cpu()
         return fn
