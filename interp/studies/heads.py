@@ -17,8 +17,8 @@ Steps (each resumes: a stage whose rows are stored is not recomputed):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
-import duckdb
 import numpy as np
 import pandas as pd
 import torch
@@ -47,6 +47,10 @@ from interp.studies.sweep import Phase, no_phase, run_sweep, start_study_run
 from store import Store
 from store import heads as db
 
+if TYPE_CHECKING:
+    import duckdb
+    from transformers import PreTrainedTokenizerBase
+
 
 @dataclass
 class Data:
@@ -61,9 +65,13 @@ class Data:
 
 
 def prepare(loaded: Loaded, cfg: HeadsCfg) -> Data:
-    tok, pad_id = loaded.tokenizer, loaded.tokenizer.pad_token_id
+    tok = cast("PreTrainedTokenizerBase", loaded.tokenizer)
+    pad_id = tok.pad_token_id
+    assert cfg.seq_len is not None and cfg.text_seqs is not None and cfg.grad_seqs is not None  # the budget
+    assert cfg.train_seqs is not None and cfg.heldout_seqs is not None  # filled them (HeadsCfg)
     ecfg = cfg.eval_cfg()
-    exclude, window = set(), cfg.seq_len
+    exclude: set[tuple[int, ...]] = set()
+    window = cfg.seq_len
     if ecfg.corpus == "book" and "ppl" in ecfg.tasks:  # never train or select on the evaluation's windows
         window = ppl.window_length(loaded, ecfg)
         docs, source = ppl.corpus_texts(ecfg)
@@ -126,7 +134,7 @@ def compute_importance(loaded: Loaded, store: Store, run_id: int, cfg: HeadsCfg,
                 db.write_importance(con, run_id, method, df)
     if not {"zero", "mean"} <= done:
         layers = cfg.ablated_layers(L)
-        parts = {m: [] for m in imp.MODES}
+        parts: dict[str, list[pd.DataFrame]] = {m: [] for m in imp.MODES}
         for name, sample, metrics in (("text", data.text, (("nll", "delta_loss"), ("acc", "delta_token_acc"))),
                                       ("task", data.task, (("nll", "delta_task_nll"),
                                                            ("exact", "delta_task_exact")))):
@@ -169,6 +177,7 @@ def train_routers(loaded: Loaded, store: Store, run_id: int, cfg: HeadsCfg, data
                 out[k] = digest
                 continue
             ckpt = db.load_checkpoint(con, run_id, k)
+        assert cfg.router_steps is not None and cfg.router_batch is not None  # the budget filled them (HeadsCfg)
         rcfg = RouterCfg(top_k=k, steps=cfg.router_steps, batch_size=cfg.router_batch, lr=cfg.router_lr,
                          lb_coef=cfg.lb_coef, ckpt_every=max(1, min(25, cfg.router_steps)), seed=cfg.seed)
 
@@ -203,6 +212,7 @@ def build_points(cfg: HeadsCfg, n_layers: int, n_heads: int, importance: pd.Data
     Heads chosen by mean ablation are pruned the way they were scored: replaced by their mean
     (digest ``means``); 'mean_zero' zeroes the same heads, the control showing why that matters.
     """
+    assert cfg.prune_fracs is not None and cfg.methods is not None and cfg.random_seeds is not None  # the budget
     total = n_layers * n_heads
     budgets = sorted({round(f * total) for f in cfg.prune_fracs} | {n_layers * (n_heads - k) for k in routers} - {0})
     orders = {}
@@ -246,6 +256,7 @@ def run_heads(loaded: Loaded, store: Store, cfg: HeadsCfg, progress: bool = True
     with store.connect() as con:
         importance = db.read_importance(con, run_id)
         means = save_means(torch.from_numpy(db.read_means(con, run_id)), router_dir())  # (re)writes the file
+    assert cfg.router_keep is not None  # the budget filled it (HeadsCfg)
     ks = sorted({head_pruning.keep_count(f, loaded.n_heads) for f in cfg.router_keep})
     on_phase("routers")
     routers = train_routers(loaded, store, run_id, cfg, data, ks, importance, progress)

@@ -85,7 +85,8 @@ def row_metrics(logits_fn: LogitsFn, hidden: torch.Tensor, targets: torch.Tensor
     r, p = (targets != IGNORE).nonzero(as_tuple=True)
     if not len(r):
         raise ValueError("a row has no scored position: every sequence needs at least one target")
-    nll, hit = [], []
+    nll_parts: list[torch.Tensor] = []
+    hit_parts: list[torch.Tensor] = []
     # The unembedding in chunks of positions: a batch of many ablations at once would otherwise hold
     # (positions, vocab) logits at a time (2 GB for 2048 positions of Gemma 3's 262k vocabulary).
     step = max(1, LOGIT_BYTES // (4 * _vocab(logits_fn, hidden)))
@@ -94,9 +95,9 @@ def row_metrics(logits_fn: LogitsFn, hidden: torch.Tensor, targets: torch.Tensor
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
         tgt = targets[r[i:i + step], p[i:i + step]].to(logits.device)
-        nll.append(F.cross_entropy(logits, tgt, reduction="none"))
-        hit.append((logits.argmax(-1) == tgt).to(nll[-1].dtype))
-    nll, hit = torch.cat(nll), torch.cat(hit)
+        nll_parts.append(F.cross_entropy(logits, tgt, reduction="none"))
+        hit_parts.append((logits.argmax(-1) == tgt).to(nll_parts[-1].dtype))
+    nll, hit = torch.cat(nll_parts), torch.cat(hit_parts)
     r = r.to(nll.device)
     zeros = torch.zeros(rows, dtype=nll.dtype, device=nll.device)
     count = zeros.index_add(0, r, torch.ones_like(nll))
@@ -124,7 +125,7 @@ def head_means(loaded: Loaded, batches: list[Scored]) -> torch.Tensor:
     """Mean of each head's ``z`` over every real token of the sample: (layer, head, d_head)."""
     L, H, D = loaded.n_layers, loaded.n_heads, loaded.d_head
     total = torch.zeros(L, H, D, dtype=torch.float64)
-    state = {"mask": None}
+    state: dict[str, torch.Tensor] = {}
 
     def reader(layer: int) -> Callable[[torch.Tensor], None]:
         def fn(z: torch.Tensor) -> None:  # (batch, pos, head, d_head)
@@ -254,7 +255,7 @@ def ablation_importance(loaded: Loaded, batches: list[Scored], means: torch.Tens
     L, H, D = loaded.n_layers, loaded.n_heads, loaded.d_head
     units = [(m, h) for m in modes for h in range(H)]
     metrics = ("nll", "acc", "exact")
-    clean = {k: [] for k in metrics}
+    clean: dict[str, list[np.ndarray]] = {k: [] for k in metrics}
     edited = {k: np.full((len(modes), L, H, sum(b.rows for b in batches)), np.nan) for k in metrics}
     layers = range(L) if layers is None else layers
     bar = tqdm(total=len(batches) * len(layers), desc="ablation importance", unit="layer", disable=not progress)
@@ -263,8 +264,8 @@ def ablation_importance(loaded: Loaded, batches: list[Scored], means: torch.Tens
         width = b.kwargs["input_ids"].shape[1]
         per_pass = max(1, min(len(units), max_tokens // (b.rows * width)))
         suffix = Suffix(loaded, b.kwargs)
-        for k, v in zip(metrics, row_metrics(_head(loaded), suffix.final, b.targets)):
-            clean[k].append(v.numpy())
+        for k, c in zip(metrics, row_metrics(_head(loaded), suffix.final, b.targets)):
+            clean[k].append(c.numpy())
         for layer in layers:
             for start in range(0, len(units), per_pass):
                 chunk = units[start:start + per_pass]
@@ -273,13 +274,14 @@ def ablation_importance(loaded: Loaded, batches: list[Scored], means: torch.Tens
                 for g, (mode, head) in enumerate(chunk):
                     gates[g, head] = 0.0
                     if mode == "mean":
+                        assert means is not None  # checked above
                         fill[g] = means[layer]
                 rows = gates.repeat_interleave(b.rows, 0), fill.repeat_interleave(b.rows, 0)
                 with head_gates(loaded, {layer: LayerGate(*rows)}):
                     hidden = suffix.run(layer, len(chunk))
                 out = row_metrics(_head(loaded), hidden, b.targets.repeat(len(chunk), 1))
-                for k, v in zip(metrics, out):
-                    v = v.view(len(chunk), b.rows).numpy()
+                for k, t in zip(metrics, out):
+                    v = t.view(len(chunk), b.rows).numpy()
                     for g, (mode, head) in enumerate(chunk):
                         edited[k][modes.index(mode), layer, head, row0:row0 + b.rows] = v[g]
             bar.update(1)

@@ -87,7 +87,8 @@ def held_out_chunks(ids: list[int], seq_len: int, exclude: set[tuple[int, ...]],
     """
     if seq_len < 2:
         raise HeadDataError(f"sequence length must be at least 2 tokens, not {seq_len}")
-    runs, current = [], []
+    runs: list[list[int]] = []
+    current: list[int] = []
     for start in range(0, len(ids) - window + 1, window):
         w = tuple(ids[start:start + window])
         if w in exclude:
