@@ -134,9 +134,9 @@ class EvalCfg:
     """Refusal classifier: 'phrases' (transparent refusal-phrase list)."""
     batch_tokens: int = 1024
     """Most tokens per forward pass (bounds memory: logits are batch_tokens x vocab floats)."""
-    gen_batch: int | None = None
+    gen_batch: int | None = field(default=None, metadata={"omit_default": True})
     """Prompts per batched greedy generation; None: as many as fit ``interp.evals.lm.GEN_MEMORY`` (the
-    texts are the same either way)."""
+    texts are the same either way, so None is left out of the run identity)."""
     lmeval_data: str | None = None
     """Folder of local data for lm-eval tasks, one file per split in the hub's field names
     (DIR/<dataset path>/<config>/<split>.jsonl, see ``interp.evals.lmeval_tasks``); None: the

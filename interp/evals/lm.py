@@ -50,11 +50,14 @@ def _batches(lengths: list[int], max_tokens: int | Callable[[list[int]], bool],
     return out
 
 
-def _vocab(model: nn.Module) -> int:
-    """Rows of the model's unembedding."""
-    head = cast("PreTrainedModel", model).get_output_embeddings()
-    weight = getattr(head, "weight", None)
-    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) else int(getattr(model, "config").vocab_size)
+def _vocab(model: nn.Module) -> int | None:
+    """Rows of the model's unembedding (None: a model that says neither)."""
+    get = getattr(model, "get_output_embeddings", None)
+    weight = getattr(get() if callable(get) else None, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return int(weight.shape[0])
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    return int(vocab) if vocab else None
 
 
 def _kept_logits(model: nn.Module, kwargs: dict, keep: torch.Tensor) -> torch.Tensor:
@@ -76,7 +79,8 @@ def token_logprobs(model: nn.Module, seqs: list[list[int]], starts: list[int], p
         raise ValueError("token_logprobs needs one start per sequence")
     out: list[torch.Tensor | None] = [None] * len(seqs)
     device = next(model.parameters()).device
-    kept_max = max(1, LOGIT_BYTES // (4 * _vocab(model)))  # positions unembedded per pass
+    vocab = _vocab(model)
+    kept_max = max(1, LOGIT_BYTES // (4 * vocab)) if vocab else sum(map(len, seqs))  # positions unembedded per pass
 
     def fits(idx: list[int]) -> bool:
         return (len(idx) * len(seqs[idx[0]]) <= max_tokens
