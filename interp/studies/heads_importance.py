@@ -42,6 +42,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from analyses.stats import standard_error
+from interp.evals import lm
 from interp.interventions import gating
 from interp.interventions.gating import LayerGate, Suffix, head_gates
 from interp.studies.heads_text import IGNORE, Scored
@@ -65,10 +66,6 @@ def _scored(logits_fn: LogitsFn, hidden: torch.Tensor,
     return logits, targets[r, p].to(logits.device), r.to(logits.device)
 
 
-LOGIT_BYTES = 256 << 20
-"""Most float32 logits ``row_metrics`` holds at once."""
-
-
 def _vocab(logits_fn: LogitsFn, hidden: torch.Tensor) -> int:
     """Output size of ``logits_fn`` (one position run through it)."""
     with torch.no_grad():
@@ -89,7 +86,7 @@ def row_metrics(logits_fn: LogitsFn, hidden: torch.Tensor, targets: torch.Tensor
     hit_parts: list[torch.Tensor] = []
     # The unembedding in chunks of positions: a batch of many ablations at once would otherwise hold
     # (positions, vocab) logits at a time (2 GB for 2048 positions of Gemma 3's 262k vocabulary).
-    step = max(1, LOGIT_BYTES // (4 * _vocab(logits_fn, hidden)))
+    step = max(1, lm.LOGIT_BYTES // (4 * _vocab(logits_fn, hidden)))  # the evaluations' bound
     for i in range(0, len(r), step):
         logits = logits_fn(hidden[r[i:i + step], p[i:i + step]])  # (chunk, vocab)
         if logits.dtype in (torch.float16, torch.bfloat16):

@@ -1,6 +1,6 @@
 """Batching by memory budgets never changes results: greedy generation batched by ``GEN_MEMORY``
 against one prompt at a time, token for token, and log-probabilities unembedded in passes bounded by
-``LOGIT_BYTES`` against one unbounded pass."""
+``LOGIT_BYTES`` (evaluations and the head study's row metrics) against one unbounded pass."""
 
 from __future__ import annotations
 
@@ -83,3 +83,19 @@ def test_logprobs_in_bounded_passes_equal_one_pass(model, monkeypatch):
     assert max(calls) <= 50 and len(calls) >= 3 and sum(calls) == sum(len(s) - b for s, b in zip(seqs, starts))
     for a, b in zip(whole, parts):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_row_metrics_in_bounded_chunks_equal_one_chunk(model, monkeypatch):
+    from interp.studies.heads_importance import row_metrics
+    from interp.studies.heads_text import IGNORE
+
+    loaded, _ = model
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(6, 9, loaded.d_model, generator=g)
+    targets = torch.randint(0, loaded.vocab_size, (6, 9), generator=g)
+    targets[:, -1] = IGNORE
+    targets[2, :5] = IGNORE
+    whole = row_metrics(loaded.logits, hidden, targets)
+    monkeypatch.setattr(lm, "LOGIT_BYTES", 7 * 4 * loaded.vocab_size)  # 7 positions a chunk
+    for a, b in zip(whole, row_metrics(loaded.logits, hidden, targets)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
