@@ -9,9 +9,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from interp.capture.batching import context_length
+from interp.data.hfdata import GenItem
 from interp.evals.config import EvalError, Score, items_of, mean_se
 from interp.evals.lm import greedy_generate
-from interp.data.hfdata import GenItem
 
 if TYPE_CHECKING:
     from interp.model.loading import Loaded

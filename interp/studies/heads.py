@@ -24,12 +24,15 @@ import pandas as pd
 import torch
 
 from analyses import head_agreement, head_pruning
+from interp.data.prompts import book_corpus
 from interp.evals import ppl
 from interp.evals.choice import capitals, subset
+from interp.interventions.gating import save_means
+from interp.interventions.heads import HeadMask, HeadRouting, router_dir
+from interp.interventions.router import HeadRouter, RouterError, routed, save_router
+from interp.model.loading import Loaded
 from interp.studies import heads_importance as imp
 from interp.studies.heads_config import HeadsCfg
-from interp.interventions.gating import save_means
-from interp.interventions.router import HeadRouter, RouterError, routed, save_router
 from interp.studies.heads_text import (
     Scored,
     answer_batch,
@@ -40,9 +43,6 @@ from interp.studies.heads_text import (
     split,
 )
 from interp.studies.heads_train import RouterCfg, mean_nll, train_router, usage
-from interp.interventions.heads import HeadMask, HeadRouting, router_dir
-from interp.model.loading import Loaded
-from interp.data.prompts import book_corpus
 from interp.studies.sweep import Phase, no_phase, run_sweep, start_study_run
 from store import Store
 from store import heads as db

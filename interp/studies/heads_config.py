@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 from interp.evals import EvalCfg
 from interp.validate import Optional, Whole

@@ -45,10 +45,10 @@ from analyses.stats import standard_error
 from interp.evals import lm
 from interp.interventions import gating
 from interp.interventions.gating import LayerGate, Suffix, head_gates
-from interp.studies.heads_text import IGNORE, Scored
 from interp.model.hooks import hooked
 from interp.model.loading import Loaded
 from interp.model.sites import Site
+from interp.studies.heads_text import IGNORE, Scored
 
 MODES = ("zero", "mean")
 

@@ -19,10 +19,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from interp.studies.heads_importance import final_hidden, row_metrics
 from interp.interventions.router import HeadRouter, load_balance, routed
-from interp.studies.heads_text import Scored, lm_batch
 from interp.model.loading import Loaded
+from interp.studies.heads_importance import final_hidden, row_metrics
+from interp.studies.heads_text import Scored, lm_batch
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
