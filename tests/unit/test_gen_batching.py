@@ -20,10 +20,13 @@ PROMPTS = ["Hello", "The quick brown fox jumps over", "A", "Tell me about the se
 def model(request):
     from interp.model.loading import wrap
 
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # several times faster than two on a shared, loaded 2-core machine
     if request.param == "llama":
-        return wrap(tiny_llama(), byte_tokenizer(), name="tiny-llama", revision="seed0"), True
-    return wrap(tiny_gpt2(), byte_tokenizer(chat=False), name="tiny-gpt2", revision="seed0"), False
+        yield wrap(tiny_llama(), byte_tokenizer(), name="tiny-llama", revision="seed0"), True
+    else:
+        yield wrap(tiny_gpt2(), byte_tokenizer(chat=False), name="tiny-gpt2", revision="seed0"), False
+    torch.set_num_threads(threads)
 
 
 def _generate_calls(monkeypatch, loaded) -> list[int]:
