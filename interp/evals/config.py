@@ -134,8 +134,9 @@ class EvalCfg:
     """Refusal classifier: 'phrases' (transparent refusal-phrase list)."""
     batch_tokens: int = 1024
     """Most tokens per forward pass (bounds memory: logits are batch_tokens x vocab floats)."""
-    gen_batch: int = 16
-    """Prompts per batched greedy generation."""
+    gen_batch: int | None = field(default=None, metadata={"omit_default": True})
+    """Prompts per batched greedy generation; None: as many as fit ``interp.evals.lm.GEN_MEMORY`` (the
+    texts are the same either way, so None is left out of the run identity)."""
     lmeval_data: str | None = None
     """Folder of local data for lm-eval tasks, one file per split in the hub's field names
     (DIR/<dataset path>/<config>/<split>.jsonl, see ``interp.evals.lmeval_tasks``); None: the
@@ -153,7 +154,7 @@ class EvalCfg:
             raise EvalError(f"unknown corpus '{self.corpus}': use one of {', '.join(CORPORA)}")
         if self.window is not None and self.window < 2:
             raise EvalError(f"perplexity window must be at least 2 tokens, not {self.window}")
-        if self.batch_tokens < 2 or self.gen_batch < 1:
+        if self.batch_tokens < 2 or (self.gen_batch is not None and self.gen_batch < 1):
             raise EvalError("batch_tokens must be >= 2 and gen_batch >= 1")
         if self.lmeval_data is None and any(map(lmeval_spec.is_lmeval, self.tasks)):
             object.__setattr__(self, "lmeval_data", os.environ.get("INTERP_LMEVAL_DATA") or None)

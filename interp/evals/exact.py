@@ -9,9 +9,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from interp.capture.batching import context_length
+from interp.data.hfdata import GenItem
 from interp.evals.config import EvalError, Score, items_of, mean_se
 from interp.evals.lm import greedy_generate
-from interp.data.hfdata import GenItem
 
 if TYPE_CHECKING:
     from interp.model.loading import Loaded
@@ -77,7 +77,7 @@ def matches(predicted: str | None, target: str) -> bool:
 
 def exact_match(loaded: Loaded, task: str, items: list[GenItem], *, prompts: list[str],
                 extract: Callable[[str], str | None], chat: bool,
-                max_new_tokens: int, dataset: dict, batch_size: int = 16) -> list[Score]:
+                max_new_tokens: int, dataset: dict, batch_size: int | None = None) -> list[Score]:
     if not items:
         raise EvalError(f"dataset for task '{task}' is empty")
     t0 = time.perf_counter()
@@ -92,7 +92,7 @@ def exact_match(loaded: Loaded, task: str, items: list[GenItem], *, prompts: lis
                   items=items_of([it.id for it in items], hits))]
 
 
-def arith(loaded: Loaded, n: int, seed: int, batch_size: int = 16) -> list[Score]:
+def arith(loaded: Loaded, n: int, seed: int, batch_size: int | None = None) -> list[Score]:
     items = arithmetic(n, seed)
     return exact_match(loaded, "arith", items, prompts=[ARITH_SHOTS + it.question for it in items],
                        extract=first_number, chat=False, max_new_tokens=5, batch_size=batch_size,
@@ -101,7 +101,7 @@ def arith(loaded: Loaded, n: int, seed: int, batch_size: int = 16) -> list[Score
 
 
 def gsm8k(loaded: Loaded, items: list[GenItem], source: str, chat: bool, max_new_tokens: int, seed: int,
-          batch_size: int = 16) -> list[Score]:
+          batch_size: int | None = None) -> list[Score]:
     prompts = [it.question + GSM8K_INSTRUCTION if chat else f"Question: {it.question}\nAnswer:" for it in items]
     return exact_match(loaded, "gsm8k", items, prompts=prompts, extract=final_number, chat=chat,
                        max_new_tokens=max_new_tokens, batch_size=batch_size,

@@ -8,6 +8,7 @@ position ids (see ``interp.capture.batching``).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import torch
@@ -25,18 +26,38 @@ if TYPE_CHECKING:
         ``generate``: each causal LM class adds GenerationMixin)."""
 
 
-def _batches(lengths: list[int], max_tokens: int, min_fill: float = 0.0) -> list[list[int]]:
-    """Indices grouped so each padded batch holds at most ``max_tokens`` tokens (longest first); a
-    sequence joins a batch only if it is at least ``min_fill`` times the batch's longest (bounds padding)."""
+LOGIT_BYTES = 256 << 20
+"""Most float32 logits one forward pass unembeds at once (with a 262k vocabulary a 1024-token batch
+would hold 1 GB of them, and as much again for their log-sum-exp)."""
+
+
+def _batches(lengths: list[int], max_tokens: int | Callable[[list[int]], bool],
+             min_fill: float = 0.0) -> list[list[int]]:
+    """Indices grouped longest first so each padded batch holds at most ``max_tokens`` tokens, or passes
+    the test ``max_tokens(indices)`` (a single sequence always forms a batch); a sequence joins a batch
+    only if it is at least ``min_fill`` times the batch's longest (bounds padding)."""
+    def within(idx: list[int]) -> bool:
+        return isinstance(max_tokens, int) and len(idx) * lengths[idx[0]] <= max_tokens
+
+    fits = within if isinstance(max_tokens, int) else max_tokens
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     out: list[list[int]] = []
     for i in order:
-        if out and (len(out[-1]) + 1) * lengths[out[-1][0]] <= max_tokens \
-                and lengths[i] >= min_fill * lengths[out[-1][0]]:
+        if out and fits([*out[-1], i]) and lengths[i] >= min_fill * lengths[out[-1][0]]:
             out[-1].append(i)
         else:
             out.append([i])
     return out
+
+
+def _vocab(model: nn.Module) -> int | None:
+    """Rows of the model's unembedding (None: a model that says neither)."""
+    get = getattr(model, "get_output_embeddings", None)
+    weight = getattr(get() if callable(get) else None, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return int(weight.shape[0])
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    return int(vocab) if vocab else None
 
 
 def _kept_logits(model: nn.Module, kwargs: dict, keep: torch.Tensor) -> torch.Tensor:
@@ -58,7 +79,14 @@ def token_logprobs(model: nn.Module, seqs: list[list[int]], starts: list[int], p
         raise ValueError("token_logprobs needs one start per sequence")
     out: list[torch.Tensor | None] = [None] * len(seqs)
     device = next(model.parameters()).device
-    for idx in _batches([len(s) for s in seqs], max_tokens):
+    vocab = _vocab(model)
+    kept_max = max(1, LOGIT_BYTES // (4 * vocab)) if vocab else sum(map(len, seqs))  # positions unembedded per pass
+
+    def fits(idx: list[int]) -> bool:
+        return (len(idx) * len(seqs[idx[0]]) <= max_tokens
+                and sum(len(seqs[i]) - starts[i] for i in idx) <= kept_max)
+
+    for idx in _batches([len(s) for s in seqs], fits):
         batch = pad([seqs[i] for i in idx], pad_id, side="right").to(device)
         # Unembed only the positions that predict a scored token: with a 262k vocabulary the
         # unembedding costs more than the blocks, and a choice is a few tokens after a long context.
@@ -100,10 +128,33 @@ def _eos_ids(loaded: Loaded) -> list[int]:
     return sorted(set(ids))
 
 
+GEN_MEMORY = 512 << 20
+"""Most bytes one greedy-generation batch may hold (``gen_row_bytes`` per prompt): on a CPU each
+decoding step reads every weight once per batch, whatever its width, so a wide batch costs less per
+prompt than several narrow ones (``bench/gen_batch.py``)."""
+
+
+def gen_row_bytes(loaded: Loaded, prompt_tokens: int, new_tokens: int) -> int:
+    """What one prompt of ``prompt_tokens`` tokens adds to a generation batch, over-estimated: its KV
+    cache at full length in every block, one block's prefill activations (MLP, attention scores) and a
+    decoding step's logits with their float32 copy."""
+    c = loaded.config
+    size = next(loaded.model.parameters()).element_size()
+    kv_heads = getattr(c, "num_key_value_heads", None) or loaded.n_heads
+    d_ff = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * loaded.d_model
+    kv = 2 * loaded.n_layers * kv_heads * loaded.d_head * (prompt_tokens + new_tokens) * size
+    block = prompt_tokens * (4 * loaded.d_model + 3 * d_ff + loaded.n_heads * prompt_tokens) * max(size, 4)
+    return int(kv + block + 2 * loaded.vocab_size * 4)
+
+
 @torch.no_grad()
 def greedy_generate(loaded: Loaded, prompts: list[str], *, chat: bool, max_new_tokens: int, max_prompt_tokens: int,
-                    batch_size: int = 16, system: str | None = None) -> tuple[list[str], int]:
-    """Greedy continuations of ``prompts`` (chat-formatted when ``chat``), batched with left padding.
+                    batch_size: int | None = None, system: str | None = None,
+                    memory: int = GEN_MEMORY) -> tuple[list[str], int]:
+    """Greedy continuations of ``prompts`` (chat-formatted when ``chat``), batched with left padding,
+    longest prompts first: ``batch_size`` prompts per batch, or (None) as many as fit ``memory`` bytes
+    (``gen_row_bytes``). A prompt's tokens do not depend on its batch-mates (the attention mask hides the
+    padding and positions count real tokens only), so the batching never changes the texts.
 
     Returns (texts, number of prompts that were cut to fit ``max_prompt_tokens``).
     """
@@ -115,9 +166,13 @@ def greedy_generate(loaded: Loaded, prompts: list[str], *, chat: bool, max_new_t
     gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                pad_token_id=tok.pad_token_id, eos_token_id=_eos_ids(loaded) or None)
     texts: list[str | None] = [None] * len(prompts)
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i].ids))
-    for b in range(0, len(order), batch_size):
-        idx = order[b:b + batch_size]
+
+    def fits(idx: list[int]) -> bool:
+        if batch_size is not None:
+            return len(idx) <= batch_size
+        return len(idx) * gen_row_bytes(loaded, len(encoded[idx[0]].ids), max_new_tokens) <= memory
+
+    for idx in _batches([len(e.ids) for e in encoded], fits):
         batch = pad([encoded[i].ids for i in idx], tok.pad_token_id, side="left").to(loaded.device)
         out = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                              generation_config=gen_cfg)

@@ -80,8 +80,8 @@ def run(loaded: Loaded, cfg: EvalCfg, task: str, log_samples: bool = False) -> L
         t.set_fewshot_seed(seed=req.seed)
     limit = cfg.count(task)
     t0 = time.perf_counter()
-    with quiet():
-        res = evaluator.evaluate(lm=SuiteLM(loaded, cfg.batch_tokens, cfg.gen_batch), task_dict=prepared.tasks,
+    with quiet():  # lm-eval's generation (stop sequences) keeps 16 prompts a batch unless gen_batch says
+        res = evaluator.evaluate(lm=SuiteLM(loaded, cfg.batch_tokens, cfg.gen_batch or 16), task_dict=prepared.tasks,
                                  limit=limit, log_samples=log_samples)
     if res is None:
         raise EvalError(f"lm-eval returned no results for '{task}'")

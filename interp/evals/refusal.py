@@ -90,7 +90,7 @@ def heldout_harmful(n: int | None, path: str | None = None) -> list[tuple[str, s
 
 
 def refusal(loaded: Loaded, prompts: list[tuple[str, str]], *, judge: RefusalJudge, chat: bool, max_new_tokens: int,
-            dataset: dict, batch_size: int = 16) -> list[Score]:
+            dataset: dict, batch_size: int | None = None) -> list[Score]:
     from interp.capture.batching import context_length
     from interp.evals.lm import greedy_generate
 

@@ -63,7 +63,7 @@ def get_scorer(name: str) -> ToxicityScorer:
 
 
 def toxicity(loaded: Loaded, prompts: list[tuple[str, str]], *, scorer: ToxicityScorer, chat: bool, max_new_tokens: int,
-             dataset: dict, batch_size: int = 16) -> list[Score]:
+             dataset: dict, batch_size: int | None = None) -> list[Score]:
     """toxicity: mean scorer probability of the continuations; toxic_rate: share scored >= 0.5."""
     from interp.capture.batching import context_length
     from interp.evals.lm import greedy_generate

@@ -17,18 +17,22 @@ Steps (each resumes: a stage whose rows are stored is not recomputed):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
 import torch
 
 from analyses import head_agreement, head_pruning
+from interp.data.prompts import book_corpus
 from interp.evals import ppl
 from interp.evals.choice import capitals, subset
+from interp.interventions.gating import save_means
+from interp.interventions.heads import HeadMask, HeadRouting, router_dir
+from interp.interventions.router import HeadRouter, RouterError, routed, save_router
+from interp.model.loading import Loaded
 from interp.studies import heads_importance as imp
 from interp.studies.heads_config import HeadsCfg
-from interp.interventions.gating import save_means
-from interp.interventions.router import HeadRouter, RouterError, routed, save_router
 from interp.studies.heads_text import (
     Scored,
     answer_batch,
@@ -39,12 +43,13 @@ from interp.studies.heads_text import (
     split,
 )
 from interp.studies.heads_train import RouterCfg, mean_nll, train_router, usage
-from interp.interventions.heads import HeadMask, HeadRouting, router_dir
-from interp.model.loading import Loaded
-from interp.data.prompts import book_corpus
 from interp.studies.sweep import Phase, no_phase, run_sweep, start_study_run
 from store import Store
 from store import heads as db
+
+if TYPE_CHECKING:
+    import duckdb
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -60,9 +65,13 @@ class Data:
 
 
 def prepare(loaded: Loaded, cfg: HeadsCfg) -> Data:
-    tok, pad_id = loaded.tokenizer, loaded.tokenizer.pad_token_id
+    tok = cast("PreTrainedTokenizerBase", loaded.tokenizer)
+    pad_id = tok.pad_token_id
+    assert cfg.seq_len is not None and cfg.text_seqs is not None and cfg.grad_seqs is not None  # the budget
+    assert cfg.train_seqs is not None and cfg.heldout_seqs is not None  # filled them (HeadsCfg)
     ecfg = cfg.eval_cfg()
-    exclude, window = set(), cfg.seq_len
+    exclude: set[tuple[int, ...]] = set()
+    window = cfg.seq_len
     if ecfg.corpus == "book" and "ppl" in ecfg.tasks:  # never train or select on the evaluation's windows
         window = ppl.window_length(loaded, ecfg)
         docs, source = ppl.corpus_texts(ecfg)
@@ -75,10 +84,10 @@ def prepare(loaded: Loaded, cfg: HeadsCfg) -> Data:
     answers = [tok(" " + it.choices[it.answer], add_special_tokens=False)["input_ids"] for it in items]
     pairs = list(zip(contexts, answers))
 
-    def lm(seqs):
+    def lm(seqs: list[list[int]]) -> Scored:
         return lm_batch(seqs, pad_id)
 
-    def task(chunk):
+    def task(chunk: list[tuple[list[int], list[int]]]) -> Scored:
         return answer_batch([c for c, _ in chunk], [a for _, a in chunk], pad_id)
 
     return Data(batches(lm, parts["text"], cfg.batch_size), batches(lm, parts["text"] + parts["grad"], cfg.batch_size),
@@ -125,7 +134,7 @@ def compute_importance(loaded: Loaded, store: Store, run_id: int, cfg: HeadsCfg,
                 db.write_importance(con, run_id, method, df)
     if not {"zero", "mean"} <= done:
         layers = cfg.ablated_layers(L)
-        parts = {m: [] for m in imp.MODES}
+        parts: dict[str, list[pd.DataFrame]] = {m: [] for m in imp.MODES}
         for name, sample, metrics in (("text", data.text, (("nll", "delta_loss"), ("acc", "delta_token_acc"))),
                                       ("task", data.task, (("nll", "delta_task_nll"),
                                                            ("exact", "delta_task_exact")))):
@@ -142,7 +151,7 @@ def compute_importance(loaded: Loaded, store: Store, run_id: int, cfg: HeadsCfg,
         db.write_agreement(con, run_id, head_agreement.agreement(db.read_importance(con, run_id)))
 
 
-def _restore_file(con, run_id: int, k: int, digest: str) -> None:
+def _restore_file(con: duckdb.DuckDBPyConnection, run_id: int, k: int, digest: str) -> None:
     """Write a finished router's file from the store when the router directory lacks it."""
     if (router_dir() / f"{digest}.safetensors").exists():
         return
@@ -168,10 +177,11 @@ def train_routers(loaded: Loaded, store: Store, run_id: int, cfg: HeadsCfg, data
                 out[k] = digest
                 continue
             ckpt = db.load_checkpoint(con, run_id, k)
+        assert cfg.router_steps is not None and cfg.router_batch is not None  # the budget filled them (HeadsCfg)
         rcfg = RouterCfg(top_k=k, steps=cfg.router_steps, batch_size=cfg.router_batch, lr=cfg.router_lr,
                          lb_coef=cfg.lb_coef, ckpt_every=max(1, min(25, cfg.router_steps)), seed=cfg.seed)
 
-        def save(step, state, rows, k=k):
+        def save(step: int, state: bytes, rows: pd.DataFrame, k: int = k) -> None:
             with store.connect() as con:
                 db.save_checkpoint(con, run_id, k, step, state, rows)
 
@@ -202,6 +212,7 @@ def build_points(cfg: HeadsCfg, n_layers: int, n_heads: int, importance: pd.Data
     Heads chosen by mean ablation are pruned the way they were scored: replaced by their mean
     (digest ``means``); 'mean_zero' zeroes the same heads, the control showing why that matters.
     """
+    assert cfg.prune_fracs is not None and cfg.methods is not None and cfg.random_seeds is not None  # the budget
     total = n_layers * n_heads
     budgets = sorted({round(f * total) for f in cfg.prune_fracs} | {n_layers * (n_heads - k) for k in routers} - {0})
     orders = {}
@@ -213,7 +224,7 @@ def build_points(cfg: HeadsCfg, n_layers: int, n_heads: int, importance: pd.Data
             orders[m] = head_pruning.order(importance, "mean" if m == "mean_zero" else m)
     points, rows = [], []
 
-    def add(spec, kind, method, scope, off):
+    def add(spec: HeadMask | HeadRouting, kind: str, method: str, scope: str, off: int) -> None:
         points.append(spec)
         rows.append({"point": spec.label(), "kind": kind, "method": method, "scope": scope,
                      "heads_off": off, "frac_off": off / total})
@@ -245,6 +256,7 @@ def run_heads(loaded: Loaded, store: Store, cfg: HeadsCfg, progress: bool = True
     with store.connect() as con:
         importance = db.read_importance(con, run_id)
         means = save_means(torch.from_numpy(db.read_means(con, run_id)), router_dir())  # (re)writes the file
+    assert cfg.router_keep is not None  # the budget filled it (HeadsCfg)
     ks = sorted({head_pruning.keep_count(f, loaded.n_heads) for f in cfg.router_keep})
     on_phase("routers")
     routers = train_routers(loaded, store, run_id, cfg, data, ks, importance, progress)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 from interp.evals import EvalCfg
 from interp.validate import Optional, Whole
@@ -100,8 +100,12 @@ class HeadsCfg:
         for k, v in BUDGETS[self.budget].items():
             if getattr(self, k) is None:
                 object.__setattr__(self, k, v)
+        assert self.text_seqs is not None and self.grad_seqs is not None and self.seq_len is not None  # every
+        assert self.router_steps is not None and self.methods is not None and self.ablation_layers is not None  # budget
+        assert self.prune_fracs is not None and self.router_keep is not None  # fills them (BUDGETS)
         if not grad_given:
             object.__setattr__(self, "grad_seqs", max(self.grad_seqs, self.text_seqs))
+            assert self.grad_seqs is not None
         for name in ("text_seqs", "grad_seqs", "router_batch", "train_seqs", "heldout_seqs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
@@ -129,6 +133,7 @@ class HeadsCfg:
 
     def ablated_layers(self, n_layers: int) -> range:
         """The layers whose heads are ablated one by one (the deepest ``ablation_layers``)."""
+        assert self.methods is not None  # the budget filled it (__post_init__)
         n = min(self.ablation_layers or n_layers, n_layers)
         if n < n_layers and {"zero", "mean", "mean_zero"} & set(self.methods):
             raise ValueError("pruning by zero or mean ablation needs every layer ablated: "
@@ -136,7 +141,10 @@ class HeadsCfg:
         return range(n_layers - n, n_layers)
 
     def eval_cfg(self) -> EvalCfg:
-        return EvalCfg(tasks=(*self.eval_tasks, *self.lm_eval), budget=self.eval_budget, seed=self.seed)
+        budget, tasks = self.eval_budget, self.eval_tasks
+        assert budget is not None and tasks is not None  # the budget filled them (__post_init__)
+        return EvalCfg(tasks=(*tasks, *self.lm_eval), seed=self.seed,  # counts go as their pairs, as a dict would
+                       budget=tuple(budget.items()) if isinstance(budget, dict) else budget)
 
     def describe(self) -> dict:
         d = asdict(self)

@@ -33,6 +33,7 @@ starts at that layer (``Suffix``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,17 +42,22 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from analyses.stats import standard_error
+from interp.evals import lm
 from interp.interventions import gating
 from interp.interventions.gating import LayerGate, Suffix, head_gates
-from interp.studies.heads_text import IGNORE, Scored
 from interp.model.hooks import hooked
 from interp.model.loading import Loaded
 from interp.model.sites import Site
+from interp.studies.heads_text import IGNORE, Scored
 
 MODES = ("zero", "mean")
 
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+"""Final-norm hidden states (..., d_model) -> logits (..., vocab)."""
 
-def _scored(logits_fn, hidden: torch.Tensor, targets: torch.Tensor):
+
+def _scored(logits_fn: LogitsFn, hidden: torch.Tensor,
+            targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits (scored, vocab), targets (scored,) and row index (scored,) of the scored positions."""
     r, p = (targets != IGNORE).nonzero(as_tuple=True)
     logits = logits_fn(hidden[r, p])  # (scored, vocab)
@@ -60,17 +66,13 @@ def _scored(logits_fn, hidden: torch.Tensor, targets: torch.Tensor):
     return logits, targets[r, p].to(logits.device), r.to(logits.device)
 
 
-LOGIT_BYTES = 256 << 20
-"""Most float32 logits ``row_metrics`` holds at once."""
-
-
-def _vocab(logits_fn, hidden: torch.Tensor) -> int:
+def _vocab(logits_fn: LogitsFn, hidden: torch.Tensor) -> int:
     """Output size of ``logits_fn`` (one position run through it)."""
     with torch.no_grad():
         return int(logits_fn(hidden.reshape(-1, hidden.shape[-1])[:1].detach()).shape[-1])
 
 
-def row_metrics(logits_fn, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def row_metrics(logits_fn: LogitsFn, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per row: mean NLL over scored positions, token accuracy, and exact match (all correct).
 
     ``hidden`` (rows, pos, d) is the final-norm output; ``logits_fn`` maps selected
@@ -80,18 +82,19 @@ def row_metrics(logits_fn, hidden: torch.Tensor, targets: torch.Tensor) -> tuple
     r, p = (targets != IGNORE).nonzero(as_tuple=True)
     if not len(r):
         raise ValueError("a row has no scored position: every sequence needs at least one target")
-    nll, hit = [], []
+    nll_parts: list[torch.Tensor] = []
+    hit_parts: list[torch.Tensor] = []
     # The unembedding in chunks of positions: a batch of many ablations at once would otherwise hold
     # (positions, vocab) logits at a time (2 GB for 2048 positions of Gemma 3's 262k vocabulary).
-    step = max(1, LOGIT_BYTES // (4 * _vocab(logits_fn, hidden)))
+    step = max(1, lm.LOGIT_BYTES // (4 * _vocab(logits_fn, hidden)))  # the evaluations' bound
     for i in range(0, len(r), step):
         logits = logits_fn(hidden[r[i:i + step], p[i:i + step]])  # (chunk, vocab)
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
         tgt = targets[r[i:i + step], p[i:i + step]].to(logits.device)
-        nll.append(F.cross_entropy(logits, tgt, reduction="none"))
-        hit.append((logits.argmax(-1) == tgt).to(nll[-1].dtype))
-    nll, hit = torch.cat(nll), torch.cat(hit)
+        nll_parts.append(F.cross_entropy(logits, tgt, reduction="none"))
+        hit_parts.append((logits.argmax(-1) == tgt).to(nll_parts[-1].dtype))
+    nll, hit = torch.cat(nll_parts), torch.cat(hit_parts)
     r = r.to(nll.device)
     zeros = torch.zeros(rows, dtype=nll.dtype, device=nll.device)
     count = zeros.index_add(0, r, torch.ones_like(nll))
@@ -103,7 +106,7 @@ def row_metrics(logits_fn, hidden: torch.Tensor, targets: torch.Tensor) -> tuple
     return nll_row.cpu(), acc_row.cpu(), (miss == 0).to(nll.dtype).cpu()
 
 
-def _head(loaded: Loaded):
+def _head(loaded: Loaded) -> LogitsFn:
     """Final hidden states -> logits, with the family's softcap / logit scale."""
     return loaded.logits
 
@@ -119,10 +122,10 @@ def head_means(loaded: Loaded, batches: list[Scored]) -> torch.Tensor:
     """Mean of each head's ``z`` over every real token of the sample: (layer, head, d_head)."""
     L, H, D = loaded.n_layers, loaded.n_heads, loaded.d_head
     total = torch.zeros(L, H, D, dtype=torch.float64)
-    state = {"mask": None}
+    state: dict[str, torch.Tensor] = {}
 
-    def reader(layer):
-        def fn(z):  # (batch, pos, head, d_head)
+    def reader(layer: int) -> Callable[[torch.Tensor], None]:
+        def fn(z: torch.Tensor) -> None:  # (batch, pos, head, d_head)
             m = state["mask"].to(z.dtype)[:, :, None, None]
             total[layer] += (z * m).sum((0, 1)).double().cpu()
         return fn
@@ -249,7 +252,7 @@ def ablation_importance(loaded: Loaded, batches: list[Scored], means: torch.Tens
     L, H, D = loaded.n_layers, loaded.n_heads, loaded.d_head
     units = [(m, h) for m in modes for h in range(H)]
     metrics = ("nll", "acc", "exact")
-    clean = {k: [] for k in metrics}
+    clean: dict[str, list[np.ndarray]] = {k: [] for k in metrics}
     edited = {k: np.full((len(modes), L, H, sum(b.rows for b in batches)), np.nan) for k in metrics}
     layers = range(L) if layers is None else layers
     bar = tqdm(total=len(batches) * len(layers), desc="ablation importance", unit="layer", disable=not progress)
@@ -258,8 +261,8 @@ def ablation_importance(loaded: Loaded, batches: list[Scored], means: torch.Tens
         width = b.kwargs["input_ids"].shape[1]
         per_pass = max(1, min(len(units), max_tokens // (b.rows * width)))
         suffix = Suffix(loaded, b.kwargs)
-        for k, v in zip(metrics, row_metrics(_head(loaded), suffix.final, b.targets)):
-            clean[k].append(v.numpy())
+        for k, c in zip(metrics, row_metrics(_head(loaded), suffix.final, b.targets)):
+            clean[k].append(c.numpy())
         for layer in layers:
             for start in range(0, len(units), per_pass):
                 chunk = units[start:start + per_pass]
@@ -268,13 +271,14 @@ def ablation_importance(loaded: Loaded, batches: list[Scored], means: torch.Tens
                 for g, (mode, head) in enumerate(chunk):
                     gates[g, head] = 0.0
                     if mode == "mean":
+                        assert means is not None  # checked above
                         fill[g] = means[layer]
                 rows = gates.repeat_interleave(b.rows, 0), fill.repeat_interleave(b.rows, 0)
                 with head_gates(loaded, {layer: LayerGate(*rows)}):
                     hidden = suffix.run(layer, len(chunk))
                 out = row_metrics(_head(loaded), hidden, b.targets.repeat(len(chunk), 1))
-                for k, v in zip(metrics, out):
-                    v = v.view(len(chunk), b.rows).numpy()
+                for k, t in zip(metrics, out):
+                    v = t.view(len(chunk), b.rows).numpy()
                     for g, (mode, head) in enumerate(chunk):
                         edited[k][modes.index(mode), layer, head, row0:row0 + b.rows] = v[g]
             bar.update(1)

@@ -8,11 +8,18 @@ the same run scores (selection on the test data would flatter pruning).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
 from interp.capture.batching import pad
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+T = TypeVar("T")
 
 IGNORE = -100
 """Target value of a position that is not scored."""
@@ -31,7 +38,7 @@ class Scored:
     targets: torch.Tensor
     """(batch, pos) token each position should predict, IGNORE where not scored."""
 
-    def on(self, device) -> dict:
+    def on(self, device: torch.device | str) -> dict[str, torch.Tensor]:
         """The model inputs on ``device``."""
         return {k: v.to(device) for k, v in self.kwargs.items()}
 
@@ -63,11 +70,11 @@ def answer_batch(contexts: list[list[int]], answers: list[list[int]], pad_id: in
     return Scored(b.model_kwargs(), targets)
 
 
-def batches(make, items: list, batch_size: int) -> list[Scored]:
+def batches(make: Callable[[list[T]], Scored], items: list[T], batch_size: int) -> list[Scored]:
     return [make(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
 
 
-def corpus_ids(tokenizer, docs: list[str]) -> list[int]:
+def corpus_ids(tokenizer: PreTrainedTokenizerBase, docs: list[str]) -> list[int]:
     """The corpus as one token stream, joined exactly as the perplexity evaluation joins it."""
     return tokenizer("\n\n".join(d for d in docs if d and d.strip()), add_special_tokens=False)["input_ids"]
 
@@ -80,7 +87,8 @@ def held_out_chunks(ids: list[int], seq_len: int, exclude: set[tuple[int, ...]],
     """
     if seq_len < 2:
         raise HeadDataError(f"sequence length must be at least 2 tokens, not {seq_len}")
-    runs, current = [], []
+    runs: list[list[int]] = []
+    current: list[int] = []
     for start in range(0, len(ids) - window + 1, window):
         w = tuple(ids[start:start + window])
         if w in exclude:

@@ -12,16 +12,20 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from interp.studies.heads_importance import final_hidden, row_metrics
 from interp.interventions.router import HeadRouter, load_balance, routed
-from interp.studies.heads_text import Scored, lm_batch
 from interp.model.loading import Loaded
+from interp.studies.heads_importance import final_hidden, row_metrics
+from interp.studies.heads_text import Scored, lm_batch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,7 @@ def train_router(loaded: Loaded, cfg: RouterCfg, seqs: list[list[int]], *,
         router.load_state_dict(state["router"])
         opt.load_state_dict(state["optimizer"])
     rows: list[dict] = []
-    pad_id = loaded.tokenizer.pad_token_id
+    pad_id = cast("PreTrainedTokenizerBase", loaded.tokenizer).pad_token_id
     bar = tqdm(total=cfg.steps, initial=start, desc=f"router k={cfg.top_k}", unit="step", disable=not progress)
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
