@@ -4,6 +4,8 @@ against one prompt at a time, token for token, and log-probabilities unembedded 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -102,3 +104,31 @@ def test_row_metrics_in_bounded_chunks_equal_one_chunk(model, monkeypatch):
     monkeypatch.setattr(lm, "LOGIT_BYTES", 7 * 4 * loaded.vocab_size)  # 7 positions a chunk
     for a, b in zip(whole, row_metrics(loaded.logits, hidden, targets)):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_a_study_run_stored_with_gen_batch_16_is_resumed_not_repeated(model, tmp_path):
+    """Runs made before generation batched by memory held ``gen_batch: 16`` in their identity; the same
+    command now finds and adopts them (the texts do not depend on the batching, as tested above)."""
+    from interp.evals import EvalCfg
+    from interp.interventions.layers import LayerDrop
+    from interp.provenance import canonical_json, config_hash
+    from interp.studies.sweep import legacy_config, run_sweep
+    from store import Store
+
+    loaded, _ = model
+    store = Store(tmp_path / "s.duckdb")
+    cfg = EvalCfg(tasks=("ppl",), budget={"ppl": 64}, window=32)
+    kw = dict(study="layers", config={"test": "legacy"}, points=[LayerDrop((1,))], eval_cfg=cfg, progress=False)
+    run = run_sweep(loaded, store, **kw)
+    with store.connect() as con:  # make it the run an older version stored
+        config = json.loads(con.execute("SELECT config FROM runs WHERE run_id = ?", [run]).fetchone()[0])
+        old = legacy_config(config)
+        assert old != config and old["eval"]["gen_batch"] == 16
+        con.execute("UPDATE runs SET config = ?, config_hash = ? WHERE run_id = ?",
+                    [canonical_json(old), config_hash(old), run])
+        before = con.execute("SELECT count(*) FROM evals").fetchone()[0]
+    assert run_sweep(loaded, store, **kw) == run
+    with store.connect() as con:
+        assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 1
+        assert con.execute("SELECT config_hash FROM runs").fetchone()[0] == config_hash(config)  # adopted
+        assert con.execute("SELECT count(*) FROM evals").fetchone()[0] == before
