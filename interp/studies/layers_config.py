@@ -102,9 +102,10 @@ class LayersCfg:
     gsm8k_path: str | None = field(default=None, metadata=LATER)
     """Local GSM8K data: adds the gsm8k task."""
     corpus: str = field(default="book", metadata=LATER)
-    """Corpus of the perplexity evaluation and of healing: book (offline), wikitext2 or c4 (corpus_path offline)."""
+    """Corpus of the perplexity evaluation and of healing: book (offline), wikitext2 or c4 (corpus_path offline),
+    or text (your own file in corpus_path: one document per line, or JSONL with a 'text' field)."""
     corpus_path: str | None = field(default=None, metadata=LATER)
-    """Local WikiText-2 / C4 file or folder for ``corpus``."""
+    """Local WikiText-2 / C4 file or folder for ``corpus``, or your own text file."""
     batch_size: int = field(default=8, compare=False)
     """Prompts per forward pass when caching (never changes results)."""
 
@@ -182,8 +183,8 @@ class LayersCfg:
                                       "full": "quick"}[self.budget]
         corpus: dict[str, Any] = {}
         if self.corpus_path:
-            if self.corpus not in ("wikitext2", "c4"):
-                raise LayersCfgError("corpus-path is for the wikitext2 or c4 corpus: set --corpus too")
+            if self.corpus not in ("wikitext2", "c4", "text"):
+                raise LayersCfgError("corpus-path is for the wikitext2, c4 or text corpus: set --corpus too")
             corpus[f"{self.corpus}_path"] = self.corpus_path
         return EvalCfg(tasks=(*tasks, *extra), budget=budget, seed=self.seed, corpus=self.corpus,
                        **{f"{t}_path": p for t, p in paths.items() if p}, **corpus)

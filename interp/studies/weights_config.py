@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 from interp.evals import EvalCfg
+from interp.evals.config import CORPORA
 from interp.evals.ppl import window_length
 from interp.interventions.prune import METHODS
-from interp.interventions.pruning.calibdata import CalibData
+from interp.interventions.pruning.calibdata import CalibData, CalibrationError
 from interp.interventions.pruning.targets import PROJECTIONS, SELECTORS
 from interp.model.loading import Loaded
-from interp.validate import Optional, Whole
+from interp.validate import Choice, Optional, Whole
 
 STUDY = "weights"
 BUDGETS = ("smoke", "quick", "full")
@@ -78,7 +80,7 @@ PLANS = {
 class WeightsCfg:
     """The weight-pruning study. Fields left at None keep a run's identity as it was before they existed."""
 
-    CONFIG_SPECS: ClassVar[dict] = {"calib_windows": Optional(Whole(min=1))}
+    CONFIG_SPECS: ClassVar[dict] = {"calib_windows": Optional(Whole(min=1)), "calib_corpus": Optional(Choice(CORPORA))}
     """Ranges checked on flags and config-file keys alike (interp.studies.config_file.fields_of)."""
 
     budget: str = "full"
@@ -116,9 +118,14 @@ class WeightsCfg:
     boolq_path: str | None = None
     """Local BoolQ data: adds the boolq task."""
     corpus: str | None = None
-    """Perplexity corpus: book, wikitext2 or c4 (with corpus_path offline); None: book."""
+    """Perplexity corpus: book, wikitext2, c4 (with corpus_path offline) or text (your own file); None: book."""
     corpus_path: str | None = None
-    """Local WikiText-2 / C4 file or folder for ``corpus``."""
+    """Local WikiText-2 / C4 file or folder for ``corpus`` (for 'text': your own .txt or JSONL file)."""
+    calib_corpus: str | None = None
+    """Wanda calibration corpus: book, wikitext2, c4 or text (your own file, calib_path); None: book."""
+    calib_path: str | None = None
+    """Local file or folder of ``calib_corpus``: WikiText-2 / C4 in the hub's formats, or for 'text' a .txt file
+    (one document per line) or JSONL/CSV/parquet with a 'text' column. Its content digest joins the identity."""
 
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
@@ -153,6 +160,12 @@ class WeightsCfg:
                 raise ValueError(f"mixed recipe {dict(recipe)}: '{bad[0]}' must be one of {', '.join(SELECTORS)} "
                                  "with a rate between 0 and 1")
         self.eval_cfg()  # fail on bad tasks / budget / data paths before a model is loaded
+        if self.calib_path is not None and self.calib_corpus in (None, "book"):
+            raise ValueError("calib-path is for the wikitext2, c4 or text calibration corpus: set calib-corpus too")
+        try:
+            self._calib(None)  # the calibration corpus and file (exists, readable type) before a model is loaded
+        except CalibrationError as e:
+            raise ValueError(str(e)) from None
 
     @property
     def custom(self) -> bool:
@@ -178,20 +191,25 @@ class WeightsCfg:
         tasks = (*tasks, *(t for t, p in paths.items() if p and t not in tasks))
         corpus: dict[str, Any] = {"corpus": self.corpus} if self.corpus else {}
         if self.corpus_path:
-            if self.corpus not in ("wikitext2", "c4"):
-                raise ValueError("corpus-path is for the wikitext2 or c4 corpus: set corpus too")
+            if self.corpus not in ("wikitext2", "c4", "text"):
+                raise ValueError("corpus-path is for the wikitext2, c4 or text corpus: set corpus too")
             corpus[f"{self.corpus}_path"] = self.corpus_path
         return EvalCfg(tasks=tasks, budget=self.eval_budget or self.plan.eval_budget, seed=self.seed,
                        **{f"{t}_path": p for t, p in paths.items() if p}, **corpus)
 
+    def _calib(self, exclude: tuple[int, int, int] | None) -> CalibData:
+        return CalibData(source=self.calib_corpus or "book", windows=self.calib_windows or self.plan.calib_windows,
+                         length=self.plan.calib_length, seed=self.seed, exclude=exclude, path=self.calib_path)
+
     def calib_data(self, loaded: Loaded) -> CalibData:
-        """The calibration set, kept off the perplexity windows the evaluation scores."""
-        ev = self.eval_cfg()
-        exclude = None
-        if "ppl" in ev.tasks and ev.corpus == "book":
-            exclude = (window_length(loaded, ev), ev.count("ppl") or 10**9, ev.seed)
-        return CalibData(windows=self.calib_windows or self.plan.calib_windows, length=self.plan.calib_length,
-                         seed=self.seed, exclude=exclude)
+        """The calibration set, kept off the perplexity windows the evaluation scores when both read one corpus."""
+        ev, calib = self.eval_cfg(), self._calib(None)
+        eval_path = getattr(ev, f"{ev.corpus}_path", None)
+        same_file = (eval_path is None) == (calib.path is None) and (
+            eval_path is None or Path(eval_path).resolve() == Path(calib.path or "").resolve())
+        if "ppl" in ev.tasks and ev.corpus == calib.source and same_file:
+            return self._calib((window_length(loaded, ev), ev.count("ppl") or 10**9, ev.seed))
+        return calib
 
     def identity(self) -> dict:
         """The study fields of the run identity (the points and the evaluation config join them); the

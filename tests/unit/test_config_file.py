@@ -18,7 +18,7 @@ FLAGS = {  # what a user types, as the command's flags hand it over (strings)
     "layers": {"budget": "smoke", "heal_steps": "120", "heal_alpha": "8", "heal_dropout": "0.05",
                "heal_schedule": "cosine", "heal_warmup": "100", "sizes": "2,4", "heal_sizes": "4", "chat": "yes"},
     "weights": {"budget": "smoke", "methods": "wanda", "modules": "q,k,v,o,gate,up,down", "module_rates": "0.5",
-                "mixed": "attn=0.2:mlp=0.6,attn=0.6:mlp=0.2", "nm": "2:4"},
+                "mixed": "attn=0.2:mlp=0.6,attn=0.6:mlp=0.2", "nm": "2:4", "calib_corpus": "c4"},
     "heads": {"budget": "smoke", "router_keep": "0.25,0.5", "lb_coef": "0.1", "eval_budget": "ppl=256,facts=4"},
     "safety": {"budget": "smoke", "probe_hooks": "resid_pre,resid_post", "probe_layers": "1,2", "C": "0.5",
                "alphas": "-2,2"},
