@@ -55,6 +55,17 @@ class EvalError(ValueError):
     """Unknown task, bad budget, empty dataset or a reference that does not fit."""
 
 
+def corpus_args(corpus: str | None, path: str | None) -> dict[str, Any]:
+    """``EvalCfg`` keywords for a study's ``corpus`` / ``corpus_path`` settings (None: not set), checked alike
+    for every study."""
+    if path and corpus not in CORPORA[1:]:
+        raise EvalError(f"corpus_path (--corpus-path) is for the {', '.join(CORPORA[1:])} corpus: set corpus "
+                        "(--corpus) too")
+    if corpus is not None and corpus not in CORPORA:
+        raise EvalError(f"corpus (--corpus) takes one of {', '.join(CORPORA)}, not '{corpus}'")
+    return {**({"corpus": corpus} if corpus else {}), **({f"{corpus}_path": path} if path else {})}
+
+
 def parse_tasks(spec: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     names = [t.strip() for t in (spec.split(",") if isinstance(spec, str) else spec) if t and t.strip()]
     if not names:

@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 from interp.evals import EvalCfg
-from interp.validate import Optional, Whole
+from interp.evals.config import CORPORA, corpus_args
+from interp.validate import Choice, Optional, Whole
 
 METHODS = ("gradient", "zero", "mean", "mean_zero", "random")
 """Pruning orders: by gradient importance, by zero- or mean-ablation text loss (mean: heads
@@ -41,7 +42,8 @@ BUDGETS: dict[str, dict] = {
 class HeadsCfg:
     """The head study's settings. ``budget`` fills every field left as None."""
 
-    CONFIG_SPECS: ClassVar[dict] = {n: Optional(Whole(min=1)) for n in ("router_steps", "text_seqs", "grad_seqs")}
+    CONFIG_SPECS: ClassVar[dict] = {**{n: Optional(Whole(min=1)) for n in ("router_steps", "text_seqs", "grad_seqs")},
+                                    "corpus": Optional(Choice(CORPORA))}
     """Ranges checked on flags and config-file keys alike (interp.studies.config_file.fields_of)."""
 
     budget: str = "quick"
@@ -92,6 +94,12 @@ class HeadsCfg:
     """Sequences per forward pass for importance (never changes results)."""
     seed: int = 0
     """Seed of the text split, random orders, task items and evaluation subsets."""
+    corpus: str | None = None
+    """Perplexity corpus of the evaluation: book, wikitext2, c4 (corpus_path offline) or text (your own file in
+    corpus_path); None: book. The importance and router text stays the book corpus (held out from the
+    evaluation's windows when both are book)."""
+    corpus_path: str | None = None
+    """Local WikiText-2 / C4 file or folder for ``corpus``, or your own .txt / JSONL text file."""
 
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
@@ -144,12 +152,16 @@ class HeadsCfg:
         budget, tasks = self.eval_budget, self.eval_tasks
         assert budget is not None and tasks is not None  # the budget filled them (__post_init__)
         return EvalCfg(tasks=(*tasks, *self.lm_eval), seed=self.seed,  # counts go as their pairs, as a dict would
-                       budget=tuple(budget.items()) if isinstance(budget, dict) else budget)
+                       budget=tuple(budget.items()) if isinstance(budget, dict) else budget,
+                       **corpus_args(self.corpus, self.corpus_path))
 
     def describe(self) -> dict:
         d = asdict(self)
         d.pop("batch_size")  # never changes results
         if not d["lm_eval"]:  # runs without lm-eval tasks keep the identity they had before it existed
             d.pop("lm_eval")
+        for name in ("corpus", "corpus_path"):  # unset: the identity runs had before they existed (the evaluation
+            if d[name] is None:                 # config holds the corpus and the file's digest)
+                d.pop(name)
         d["eval"] = self.eval_cfg().describe()
         return d

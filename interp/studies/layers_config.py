@@ -27,9 +27,10 @@ from dataclasses import dataclass, field, fields
 
 from analyses.layer_blocks import STRATEGIES
 from interp.evals import EvalCfg
+from interp.evals.config import CORPORA, corpus_args
 from interp.interventions.heal import HealCfg
 from interp.provenance import LATER
-from interp.validate import ListOf, Optional, Whole
+from interp.validate import Choice, ListOf, Optional, Whole
 from interp.data.prompts import check_prompt_specs
 
 BUDGETS = ("smoke", "quick", "full")
@@ -49,7 +50,7 @@ class LayersCfg:
 
     CONFIG_SPECS: ClassVar[dict] = {"sizes": Optional(ListOf(Whole(min=1))), "heal_sizes": Optional(ListOf(Whole(min=1))),
                                       "limit": Optional(Whole(min=1)), "max_tokens": Optional(Whole(min=1)),
-                                      "heal_steps": Whole(min=0)}
+                                      "heal_steps": Whole(min=0), "corpus": Choice(CORPORA)}
     """Ranges checked on flags and config-file keys alike (interp.studies.config_file.fields_of)."""
 
     budget: str = "full"
@@ -181,13 +182,8 @@ class LayersCfg:
         extra = tuple(t for t, p in paths.items() if p and t not in tasks)
         budget = self.eval_budget or {"smoke": "ppl=256", "quick": QUICK_EVAL,
                                       "full": "quick"}[self.budget]
-        corpus: dict[str, Any] = {}
-        if self.corpus_path:
-            if self.corpus not in ("wikitext2", "c4", "text"):
-                raise LayersCfgError("corpus-path is for the wikitext2, c4 or text corpus: set --corpus too")
-            corpus[f"{self.corpus}_path"] = self.corpus_path
-        return EvalCfg(tasks=(*tasks, *extra), budget=budget, seed=self.seed, corpus=self.corpus,
-                       **{f"{t}_path": p for t, p in paths.items() if p}, **corpus)
+        return EvalCfg(tasks=(*tasks, *extra), budget=budget, seed=self.seed,
+                       **{f"{t}_path": p for t, p in paths.items() if p}, **corpus_args(self.corpus, self.corpus_path))
 
     def heal_cfg(self) -> HealCfg:
         ecfg = self.eval_cfg()

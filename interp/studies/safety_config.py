@@ -20,7 +20,8 @@ from analyses import probes as probe_analysis
 from interp.capture.capture import CaptureCfg
 from interp.data.prompts import check_prompt_specs, load_file, prompts_digest
 from interp.evals import EvalCfg
-from interp.validate import Optional, Whole
+from interp.evals.config import CORPORA, corpus_args
+from interp.validate import Choice, Optional, Whole
 
 PROMPT_SETS = "harmful,toxic,neutral,stereotypes"
 EVAL_TASKS = ("toxicity", "refusal", "ppl", "facts", "arith", "kl")
@@ -47,7 +48,7 @@ BUDGETS: dict[str, dict] = {
 class SafetyCfg:
     """The safety study's settings. ``budget`` fills every field left as None."""
 
-    CONFIG_SPECS: ClassVar[dict] = {"per_set": Optional(Whole(min=1))}
+    CONFIG_SPECS: ClassVar[dict] = {"per_set": Optional(Whole(min=1)), "corpus": Optional(Choice(CORPORA))}
     """Ranges checked on flags and config-file keys alike (interp.studies.config_file.fields_of)."""
 
     budget: str = "quick"
@@ -103,6 +104,11 @@ class SafetyCfg:
     probes, directions, edits and the refusal evaluation (its held-out fifth) use them."""
     harmless: str | None = None
     """Your harmless prompts (JSONL/CSV) in place of the built-in neutral set (probes and directions)."""
+    corpus: str | None = None
+    """Perplexity corpus of the evaluation: book, wikitext2, c4 (corpus_path offline) or text (your own file in
+    corpus_path); None: book."""
+    corpus_path: str | None = None
+    """Local WikiText-2 / C4 file or folder for ``corpus``, or your own .txt / JSONL text file."""
 
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
@@ -147,7 +153,7 @@ class SafetyCfg:
         assert budget is not None  # the budget filled it (__post_init__); counts go as their pairs, as a dict would
         return EvalCfg(tasks=(*EVAL_TASKS, *self.lm_eval), seed=self.seed,
                        budget=tuple(budget.items()) if isinstance(budget, dict) else budget,
-                       harmful_path=self.harmful)
+                       harmful_path=self.harmful, **corpus_args(self.corpus, self.corpus_path))
 
     def prompt_sets(self) -> str:
         """The capture's prompt sets: the built-in ones, with the user's files standing in where given."""
@@ -163,7 +169,7 @@ class SafetyCfg:
     def describe(self) -> dict:
         # batch_size never changes results; without lm-eval tasks a run keeps the identity it had before them
         # the user's files only when given (older runs keep their identity), by content
-        d = {k: v for k, v in asdict(self).items() if k != "batch_size" and (k not in ("lm_eval", "harmful", "harmless")
+        d = {k: v for k, v in asdict(self).items() if k != "batch_size" and (k not in ("lm_eval", "harmful", "harmless", "corpus", "corpus_path")
                                                                            or v)}
         for name in ("harmful", "harmless"):
             if d.get(name):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from interp.evals import EvalCfg
-from interp.evals.config import CORPORA
+from interp.evals.config import CORPORA, corpus_args
 from interp.evals.ppl import window_length
 from interp.interventions.prune import METHODS
 from interp.interventions.pruning.calibdata import CalibData, CalibrationError
@@ -80,7 +80,8 @@ PLANS = {
 class WeightsCfg:
     """The weight-pruning study. Fields left at None keep a run's identity as it was before they existed."""
 
-    CONFIG_SPECS: ClassVar[dict] = {"calib_windows": Optional(Whole(min=1)), "calib_corpus": Optional(Choice(CORPORA))}
+    CONFIG_SPECS: ClassVar[dict] = {"calib_windows": Optional(Whole(min=1)), "calib_corpus": Optional(Choice(CORPORA)),
+                                    "corpus": Optional(Choice(CORPORA))}
     """Ranges checked on flags and config-file keys alike (interp.studies.config_file.fields_of)."""
 
     budget: str = "full"
@@ -189,13 +190,8 @@ class WeightsCfg:
         # EvalCfg keywords named at run time (corpus, its *_path fields): Any, as mypy cannot check them
         paths: dict[str, Any] = {"mmlu": self.mmlu_path, "gsm8k": self.gsm8k_path, "boolq": self.boolq_path}
         tasks = (*tasks, *(t for t, p in paths.items() if p and t not in tasks))
-        corpus: dict[str, Any] = {"corpus": self.corpus} if self.corpus else {}
-        if self.corpus_path:
-            if self.corpus not in ("wikitext2", "c4", "text"):
-                raise ValueError("corpus-path is for the wikitext2, c4 or text corpus: set corpus too")
-            corpus[f"{self.corpus}_path"] = self.corpus_path
         return EvalCfg(tasks=tasks, budget=self.eval_budget or self.plan.eval_budget, seed=self.seed,
-                       **{f"{t}_path": p for t, p in paths.items() if p}, **corpus)
+                       **{f"{t}_path": p for t, p in paths.items() if p}, **corpus_args(self.corpus, self.corpus_path))
 
     def _calib(self, exclude: tuple[int, int, int] | None) -> CalibData:
         return CalibData(source=self.calib_corpus or "book", windows=self.calib_windows or self.plan.calib_windows,
@@ -220,4 +216,8 @@ class WeightsCfg:
             if f.name not in ("budget", "seed", "methods", "calibration", "tasks", "eval_budget", "calib_windows") \
                     and getattr(self, f.name) is not None:
                 d[f.name] = getattr(self, f.name)
+        if self.calib_path is not None:  # a local file can change under the same name: its content is the identity
+            from interp.model.digest import content_digest
+
+            d["calib_sha256"] = content_digest(self.calib_path)
         return d

@@ -19,14 +19,17 @@ FLAGS = {  # what a user types, as the command's flags hand it over (strings)
                "heal_schedule": "cosine", "heal_warmup": "100", "sizes": "2,4", "heal_sizes": "4", "chat": "yes"},
     "weights": {"budget": "smoke", "methods": "wanda", "modules": "q,k,v,o,gate,up,down", "module_rates": "0.5",
                 "mixed": "attn=0.2:mlp=0.6,attn=0.6:mlp=0.2", "nm": "2:4", "calib_corpus": "c4"},
-    "heads": {"budget": "smoke", "router_keep": "0.25,0.5", "lb_coef": "0.1", "eval_budget": "ppl=256,facts=4"},
+    "heads": {"budget": "smoke", "router_keep": "0.25,0.5", "lb_coef": "0.1", "eval_budget": "ppl=256,facts=4",
+              "corpus": "c4"},
     "safety": {"budget": "smoke", "probe_hooks": "resid_pre,resid_post", "probe_layers": "1,2", "C": "0.5",
-               "alphas": "-2,2"},
+               "alphas": "-2,2", "corpus": "wikitext2"},
 }
 
 
 def _identity(cfg) -> str:
-    return config_hash(cfg.identity() if hasattr(cfg, "identity") else cfg.describe())
+    if hasattr(cfg, "identity"):  # layers and weights: the evaluation config joins the study's fields in the run
+        return config_hash({**cfg.identity(), "eval": cfg.eval_cfg().describe()})
+    return config_hash(cfg.describe())
 
 
 def _load_flags(study: str, flags: dict):
@@ -110,7 +113,7 @@ def test_bad_files_are_refused_in_one_line(tmp_path, text, match):
 @pytest.mark.parametrize("study,values,match", [
     ("layers", {"heal_warmup": 300, "heal_steps": 10}, "warm-up"),
     ("layers", {"heal_schedule": "cosin", "heal_steps": 10}, "unknown heal schedule"),
-    ("layers", {"corpus_path": "x"}, "set --corpus too"),
+    ("layers", {"corpus_path": "x"}, r"set corpus \(--corpus\) too"),
     ("layers", {"corpus": "c4", "corpus_path": "/nonexistent"}, "does not exist"),
     ("weights", {"rates": (0.05, 1.5)}, "between 0 and 1"),
     ("weights", {"modules": ("qq",), "module_rates": (0.5,)}, "unknown projection 'qq'"),
@@ -165,3 +168,29 @@ def test_bad_user_prompt_files_are_refused_before_a_model_loads(tmp_path, text, 
     path.write_text(text)
     with pytest.raises(ValueError, match=match):
         SafetyCfg(budget="smoke", harmful=str(path))
+
+
+@pytest.mark.parametrize("study", ["heads", "safety", "weights", "layers"])
+def test_every_study_evaluates_perplexity_on_the_chosen_corpus(study, tmp_path):
+    """corpus / corpus_path: the evaluation reads the user's file (its content in the identity); unset, a
+    study keeps the identity it had before the setting existed."""
+    from interp.evals.ppl import corpus_texts
+
+    cls = STUDIES[study]
+    plain = cls(budget="smoke")
+    assert "corpus" not in _describe(plain) and "corpus_path" not in _describe(plain)
+    path = tmp_path / "mine.txt"
+    path.write_text("first document of mine\nsecond one\n")
+    cfg = cls(budget="smoke", corpus="text", corpus_path=str(path))
+    ev = cfg.eval_cfg()
+    assert corpus_texts(ev) == (["first document of mine", "second one"], str(path))
+    assert ev.describe()["data_sha256"]["text_path"]
+    before = _identity(cfg)
+    path.write_text("another text\n")
+    assert _identity(cls(budget="smoke", corpus="text", corpus_path=str(path))) != before
+    with pytest.raises(ValueError, match=r"corpus_path \(--corpus-path\) is for the wikitext2, c4, text corpus"):
+        cls(budget="smoke", corpus_path=str(path))
+
+
+def _describe(cfg) -> dict:
+    return cfg.identity() if hasattr(cfg, "identity") else cfg.describe()
