@@ -179,11 +179,11 @@ class EvalCfg:
         for name in DATA_PATHS:
             value = getattr(self, name)
             if value is not None:
-                path = Path(value).expanduser()
+                path = Path(_file_of(value)).expanduser()
                 if not path.exists():
                     raise EvalError(f"{name.replace('_', ' ')} '{value}' does not exist: give a local file or "
                                     f"folder in the Hugging Face format, or leave it out to use the hub")
-                object.__setattr__(self, name, str(path))
+                object.__setattr__(self, name, str(Path(value).expanduser()))
         base = BUDGETS[self.budget] if isinstance(self.budget, str) else {**BUDGETS["quick"], **dict(self.budget)}
         object.__setattr__(self, "counts", tuple((t, base[t]) for t in UNITS))
 
@@ -214,8 +214,17 @@ class EvalCfg:
         if data:  # a local data file can change under the same name: its content is the identity
             from interp.model.digest import content_digest
 
-            d["data_sha256"] = {name: content_digest(path) for name, path in data.items()}
+            d["data_sha256"] = {name: content_digest(_file_of(path)) for name, path in data.items()}
         return d
+
+
+def _file_of(path: str) -> str:
+    """The file of a data path; a harmful path may name one side of a pairs file ('pairs.jsonl[positive]')."""
+    if path.endswith("]"):
+        from interp.data.prompts import pair_side
+
+        return pair_side(path)[0]
+    return path
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,8 @@ def heldout_ids(cfg: SafetyCfg) -> set[str]:
     from interp.evals.kl import neutral_prompts
 
     ev = cfg.eval_cfg()
-    ids = {p.id for p in load_prompts(f"harmful={cfg.harmful}" if cfg.harmful else "harmful") if is_heldout(p.id)}
+    ids = {p.id for p in load_prompts(f"harmful={ev.harmful_path}" if ev.harmful_path else "harmful")
+           if is_heldout(p.id)}  # a pair's negative side joins it in dataset_frame (a group is held out whole)
     ids |= {p.id for p in load_prompts("toxic", limit=ev.count("toxicity"), seed=ev.seed)}
     ids |= {i for i, _ in neutral_prompts(ev.count("kl"), ev.seed)[0]}
     return ids

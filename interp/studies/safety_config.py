@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from analyses import directions as dir_analysis
 from analyses import probes as probe_analysis
 from interp.capture.capture import CaptureCfg
-from interp.data.prompts import check_prompt_specs, load_file, prompts_digest
+from interp.data.prompts import PAIR_SIDES, check_prompt_specs, load_file, load_pair_side, prompts_digest
 from interp.evals import EvalCfg
 from interp.evals.config import CORPORA, corpus_args
 from interp.validate import Choice, Optional, Whole
@@ -104,6 +104,11 @@ class SafetyCfg:
     probes, directions, edits and the refusal evaluation (its held-out fifth) use them."""
     harmless: str | None = None
     """Your harmless prompts (JSONL/CSV) in place of the built-in neutral set (probes and directions)."""
+    pairs: str | None = None
+    """Your contrastive pairs (JSONL with 'positive' and 'negative' fields, or CSV with two columns; as in
+    contrastive activation addition) in place of both the harmful (positive side) and the neutral (negative side)
+    sets, with matched rows: a pair is sampled, split and cross-validated as one unit, so the harmful direction
+    (class-mean difference on the train split) is the mean of the pairs' differences."""
     corpus: str | None = None
     """Perplexity corpus of the evaluation: book, wikitext2, c4 (corpus_path offline) or text (your own file in
     corpus_path); None: book."""
@@ -134,6 +139,9 @@ class SafetyCfg:
         if self.baselines == 1 or self.baselines < 0:
             raise ValueError(f"random baselines per kind must be 0 or at least 2 (a band needs two), "
                              f"not {self.baselines}")
+        if self.pairs and (self.harmful or self.harmless):
+            raise ValueError("pairs (--pairs) gives both the harmful and the harmless prompts: leave out harmful "
+                             "and harmless (--harmful/--harmless), or give those files instead of pairs")
         object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
         check_prompt_specs(self.prompt_sets())  # every row of the user's files, before a model loads
         self.probe_cfg()
@@ -153,11 +161,17 @@ class SafetyCfg:
         assert budget is not None  # the budget filled it (__post_init__); counts go as their pairs, as a dict would
         return EvalCfg(tasks=(*EVAL_TASKS, *self.lm_eval), seed=self.seed,
                        budget=tuple(budget.items()) if isinstance(budget, dict) else budget,
-                       harmful_path=self.harmful, **corpus_args(self.corpus, self.corpus_path))
+                       harmful_path=self.harmful_files()["harmful"], **corpus_args(self.corpus, self.corpus_path))
+
+    def harmful_files(self) -> dict[str, str | None]:
+        """The prompt file (or side of the pairs file) standing in for the built-in harmful and neutral sets."""
+        if self.pairs:
+            return {"harmful": f"{self.pairs}[positive]", "neutral": f"{self.pairs}[negative]"}
+        return {"harmful": self.harmful, "neutral": self.harmless}
 
     def prompt_sets(self) -> str:
         """The capture's prompt sets: the built-in ones, with the user's files standing in where given."""
-        files = {"harmful": self.harmful, "neutral": self.harmless}
+        files = self.harmful_files()
         return ",".join(f"{s}={files[s]}" if files.get(s) else s for s in PROMPT_SETS.split(","))
 
     def capture_cfg(self) -> CaptureCfg:
@@ -169,11 +183,13 @@ class SafetyCfg:
     def describe(self) -> dict:
         # batch_size never changes results; without lm-eval tasks a run keeps the identity it had before them
         # the user's files only when given (older runs keep their identity), by content
-        d = {k: v for k, v in asdict(self).items() if k != "batch_size" and (k not in ("lm_eval", "harmful", "harmless", "corpus", "corpus_path")
+        d = {k: v for k, v in asdict(self).items() if k != "batch_size" and (k not in ("lm_eval", "harmful", "harmless", "pairs", "corpus", "corpus_path")
                                                                            or v)}
         for name in ("harmful", "harmless"):
             if d.get(name):
                 d[f"{name}_sha256"] = prompts_digest(load_file(d[name]))
+        if d.get("pairs"):  # both sides, as the studies read them
+            d["pairs_sha256"] = prompts_digest([p for side in PAIR_SIDES for p in load_pair_side(d["pairs"], side)])
         d["eval"] = self.eval_cfg().describe()
         d["rule"] = self.rule().describe()
         return d
