@@ -32,6 +32,7 @@ from interp.interventions import Intervention
 from interp.interventions.directions import DirectionalAblation
 from interp.model.loading import Loaded
 from interp.studies import safety_baselines, safety_select
+from interp.studies.safety_steer import stored_steering
 from interp.studies.safety_config import BUDGETS, EVAL_TASKS, PROMPT_SETS, SafetyCfg, parse_layers
 from interp.studies.sweep import Phase, no_phase, run_sweep, start_study_run
 from store import Store, StoreError
@@ -66,9 +67,10 @@ def _dataset(store: Store, cache_run: int, cfg: SafetyCfg) -> pd.DataFrame:
 def run_safety(loaded: Loaded, store: Store, cfg: SafetyCfg, progress: bool = True,
                on_phase: Phase = no_phase) -> int:
     """Run (or resume) the whole study; returns the safety run id."""
+    steer = stored_steering(store, cfg.steer_from)[1] if cfg.steer_from else None  # refused before any work
     on_phase("capture")
     cache_run = capture(loaded, store, cfg.capture_cfg(), progress=progress)
-    config = {**cfg.describe(), "cache_run_id": cache_run}
+    config = {**cfg.describe(), "cache_run_id": cache_run, **({"steer": steer} if steer else {})}
     run_id, status = start_study_run(loaded, store, "safety", config)
     if status == "complete":
         with store.connect() as con:
@@ -201,7 +203,8 @@ def plan_points(store: Store, run_id: int, cfg: SafetyCfg) -> list[safety_baseli
     site = X[[i for i, p in enumerate(ids) if p in train]]
     return safety_baselines.plan(vec, norm, layer, hook, site, name=f"harmful@{hook}{layer}/{position}",
                                  alphas=cfg.alphas, baselines=cfg.baselines, seed=cfg.seed,
-                                 toxic=toxic if cfg.toxic_ablation else None)
+                                 toxic=toxic if cfg.toxic_ablation else None,
+                                 steer=stored_steering(store, cfg.steer_from)[0] if cfg.steer_from else None)
 
 
 def sweep_points(store: Store, run_id: int, cfg: SafetyCfg) -> list[Intervention]:

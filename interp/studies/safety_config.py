@@ -112,6 +112,10 @@ class SafetyCfg:
     corpus: str | None = None
     """Perplexity corpus of the evaluation: book, wikitext2, c4 (corpus_path offline) or text (your own file in
     corpus_path); None: book."""
+    steer_from: str | None = None
+    """RUN:POINT of a stored activation-addition point in the same store (e.g. '3:actadd[harmful@resid_pre8/last
+    +1]'): the addition edits use its vector, scale, layers, hook and positions at each of ``alphas`` instead of
+    the chosen direction; the run's config records the source run, point and the vector's digest."""
     corpus_path: str | None = None
     """Local WikiText-2 / C4 file or folder for ``corpus``, or your own .txt / JSONL text file."""
 
@@ -139,6 +143,11 @@ class SafetyCfg:
         if self.baselines == 1 or self.baselines < 0:
             raise ValueError(f"random baselines per kind must be 0 or at least 2 (a band needs two), "
                              f"not {self.baselines}")
+        if self.steer_from is not None:
+            run, sep, point = self.steer_from.partition(":")
+            if not (sep and run.strip().isdigit() and int(run) >= 1 and point.strip()):
+                raise ValueError(f"steer_from (--steer-from) takes RUN:POINT, a run id and an activation-addition "
+                                 f"point of it (e.g. 3:actadd[harmful@resid_pre8/last +1]), not '{self.steer_from}'")
         if self.pairs and (self.harmful or self.harmless):
             raise ValueError("pairs (--pairs) gives both the harmful and the harmless prompts: leave out harmful "
                              "and harmless (--harmful/--harmless), or give those files instead of pairs")
@@ -183,7 +192,8 @@ class SafetyCfg:
     def describe(self) -> dict:
         # batch_size never changes results; without lm-eval tasks a run keeps the identity it had before them
         # the user's files only when given (older runs keep their identity), by content
-        d = {k: v for k, v in asdict(self).items() if k != "batch_size" and (k not in ("lm_eval", "harmful", "harmless", "pairs", "corpus", "corpus_path")
+        d = {k: v for k, v in asdict(self).items() if k != "batch_size" and (k not in ("lm_eval", "harmful", "harmless", "pairs", "corpus", "corpus_path",
+                                                                             "steer_from")
                                                                            or v)}
         for name in ("harmful", "harmless"):
             if d.get(name):

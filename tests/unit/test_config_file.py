@@ -22,7 +22,7 @@ FLAGS = {  # what a user types, as the command's flags hand it over (strings)
     "heads": {"budget": "smoke", "router_keep": "0.25,0.5", "lb_coef": "0.1", "eval_budget": "ppl=256,facts=4",
               "corpus": "c4"},
     "safety": {"budget": "smoke", "probe_hooks": "resid_pre,resid_post", "probe_layers": "1,2", "C": "0.5",
-               "alphas": "-2,2", "corpus": "wikitext2"},
+               "alphas": "-2,2", "corpus": "wikitext2", "steer_from": "3:actadd[harmful@resid_pre8/last +1]"},
 }
 
 

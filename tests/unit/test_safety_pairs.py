@@ -112,3 +112,22 @@ def test_csv_pairs_take_their_two_columns_in_order(tmp_path):
     assert [p.text for p in harmful] == [f"kind thing {i}" for i in range(8)]
     assert [p.text for p in neutral] == [f"cruel thing {i}" for i in range(8)]
     assert [p.group for p in harmful] == [p.group for p in neutral]
+
+
+@pytest.mark.slow  # reads the study run above
+def test_a_stored_addition_point_steers_a_later_runs_edits(done):
+    """--steer-from RUN:POINT: the plan of a run takes the stored point's vector for its addition edits."""
+    import dataclasses
+
+    from interp.studies.safety import plan_points
+
+    tiny, store, cfg, run_id = done
+    with store.connect(read_only=True) as con:
+        label, spec = con.execute("SELECT point, intervention::VARCHAR FROM evals WHERE run_id = ? AND "
+                                  "(intervention->>'kind') = 'activation_addition' AND point NOT LIKE '%baseline%' "
+                                  "LIMIT 1", [run_id]).fetchone()
+    stored = json.loads(spec)
+    again = dataclasses.replace(cfg, steer_from=f"{run_id}:{label}", alphas=(-2.0,))
+    edits = [s for s, row in plan_points(store, run_id, again) if row["family"] == "actadd" and row["role"] == "edit"]
+    assert len(edits) == 1 and edits[0].alpha == -2.0 and edits[0].name.startswith(f"run{run_id}:")
+    assert list(edits[0].direction) == stored["direction"] and edits[0].scale == stored["scale"]
