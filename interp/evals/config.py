@@ -58,11 +58,13 @@ class EvalError(ValueError):
 def corpus_args(corpus: str | None, path: str | None) -> dict[str, Any]:
     """``EvalCfg`` keywords for a study's ``corpus`` / ``corpus_path`` settings (None: not set), checked alike
     for every study."""
-    if path and corpus not in CORPORA[1:]:
-        raise EvalError(f"corpus_path (--corpus-path) is for the {', '.join(CORPORA[1:])} corpus: set corpus "
-                        "(--corpus) too")
+    from interp.validate import InvalidValue, refuse
+
     if corpus is not None and corpus not in CORPORA:
-        raise EvalError(f"corpus (--corpus) takes one of {', '.join(CORPORA)}, not '{corpus}'")
+        raise refuse("corpus", f"one of {', '.join(CORPORA)}", corpus, CORPORA)
+    if path and corpus not in CORPORA[1:]:
+        raise InvalidValue(f"corpus_path (--corpus-path) is for the {', '.join(CORPORA[1:])} corpus: set corpus "
+                           "(--corpus) too")
     return {**({"corpus": corpus} if corpus else {}), **({f"{corpus}_path": path} if path else {})}
 
 

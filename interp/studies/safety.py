@@ -126,7 +126,7 @@ def _candidates(cfg: SafetyCfg, n_layers: int, probed: list[int],
                 have: set[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
     """Candidate (hook, layer, position) sites that have a stored harmful direction."""
     assert cfg.candidate_layers is not None and cfg.candidate_positions is not None  # the budget filled them
-    layers = [l for l in parse_layers(cfg.candidate_layers, n_layers, cap=0.8) if l in probed]
+    layers = [l for l in parse_layers(cfg.candidate_layers, n_layers, cap=0.8, key="candidate_layers") if l in probed]
     cands = [(cfg.direction_hook, l, p) for l in layers for p in cfg.candidate_positions if
              (cfg.direction_hook, l, p) in have]
     if not cands:

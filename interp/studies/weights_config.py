@@ -19,7 +19,7 @@ from interp.interventions.prune import METHODS
 from interp.interventions.pruning.calibdata import CalibData, CalibrationError
 from interp.interventions.pruning.targets import PROJECTIONS, SELECTORS
 from interp.model.loading import Loaded
-from interp.validate import Choice, Optional, Whole
+from interp.validate import Choice, InvalidValue, Optional, Whole, key_name, refuse
 
 STUDY = "weights"
 BUDGETS = ("smoke", "quick", "full")
@@ -130,43 +130,46 @@ class WeightsCfg:
 
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
-            raise ValueError(f"unknown budget '{self.budget}': use smoke, quick or full")
+            raise refuse("budget", "one of smoke, quick, full", self.budget, BUDGETS)
         methods = tuple(m.strip() for m in (self.methods.split(",") if isinstance(self.methods, str)
                                               else self.methods) if m.strip())
         bad = [m for m in methods if m not in METHODS]
         if bad or not methods:
-            raise ValueError(f"unknown pruning method '{','.join(bad) or self.methods}': use magnitude and/or wanda")
+            raise refuse("methods", "magnitude and/or wanda", ",".join(bad) or self.methods, METHODS)
         object.__setattr__(self, "methods", methods)
         if self.calibration not in ("sequential", "oneshot"):
-            raise ValueError(f"unknown calibration '{self.calibration}': use sequential or oneshot")
+            raise refuse("calibration", "sequential or oneshot", self.calibration, ("sequential", "oneshot"))
         if self.calib_windows is not None and self.calib_windows < 1:
-            raise ValueError("calibration needs at least 1 window")
+            raise refuse("calib_windows", "a whole number of at least 1", self.calib_windows)
         for name in ("rates", "module_rates", "group_rates"):
             bad = [r for r in getattr(self, name) or () if not 0 < r < 1]
             if bad:
-                raise ValueError(f"{name.replace('_', '-')} must be fractions between 0 and 1 (0.05 is 5%), not {bad[0]}")
+                raise refuse(name, "fractions between 0 and 1 (0.05 is 5%)", bad[0])
         bad = [m for m in self.modules or () if m not in PROJECTIONS]
         if bad:
-            raise ValueError(f"unknown projection '{bad[0]}' in modules: use some of {', '.join(PROJECTIONS)}")
+            raise refuse("modules", f"some of {', '.join(PROJECTIONS)}", bad[0], PROJECTIONS)
         if bool(self.modules) != bool(self.module_rates):
-            raise ValueError("modules and module-rates go together: give the projections to prune alone and "
-                             "the rates to prune them at")
+            raise InvalidValue(f"{key_name('modules')} and {key_name('module_rates')} go together: give the "
+                               "projections to prune alone and the rates to prune them at")
         for pattern in self.nm or ():
             n, _, m = pattern.partition(":")
             if not (n.isdigit() and m.isdigit() and 0 < int(n) < int(m)):
-                raise ValueError(f"N:M pattern '{pattern}' is not N:M with 0 < N < M (e.g. 2:4)")
+                raise refuse("nm", "N:M patterns with 0 < N < M (e.g. 2:4)", pattern)
         for recipe in self.mixed or ():
             bad = [k for k, r in recipe if k not in SELECTORS or not 0 < r < 1]
             if bad:
-                raise ValueError(f"mixed recipe {dict(recipe)}: '{bad[0]}' must be one of {', '.join(SELECTORS)} "
-                                 "with a rate between 0 and 1")
+                raise refuse("mixed", f"recipes of {', '.join(SELECTORS)} with rates between 0 and 1",
+                             f"{bad[0]}={dict(recipe)[bad[0]]}", [f"{k}={dict(recipe)[bad[0]]}" for k in SELECTORS])
         self.eval_cfg()  # fail on bad tasks / budget / data paths before a model is loaded
+        if self.calib_corpus is not None and self.calib_corpus not in CORPORA:
+            raise refuse("calib_corpus", f"one of {', '.join(CORPORA)}", self.calib_corpus, CORPORA)
         if self.calib_path is not None and self.calib_corpus in (None, "book"):
-            raise ValueError("calib-path is for the wikitext2, c4 or text calibration corpus: set calib-corpus too")
+            raise InvalidValue(f"{key_name('calib_path')} is for the wikitext2, c4 or text calibration corpus: set "
+                               f"{key_name('calib_corpus')} too")
         try:
             self._calib(None)  # the calibration corpus and file (exists, readable type) before a model is loaded
         except CalibrationError as e:
-            raise ValueError(str(e)) from None
+            raise InvalidValue(str(e)) from None
 
     @property
     def custom(self) -> bool:
