@@ -92,7 +92,7 @@ def stored_adapters(con: duckdb.DuckDBPyConnection, run_id: int,
     stored = {d for *_, d in rows} - {None}
     if stored and stored != {digest}:
         raise StoreError(f"the LoRA adapters of run {run_id} point '{point}' do not match their stored digest "
-                         f"{sorted(stored)[0][:16]}: the store was altered; heal the point again")
+                         f"{min(stored)[:16]}: the store was altered; heal the point again")
     return mats, digest
 
 

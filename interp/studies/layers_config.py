@@ -144,9 +144,9 @@ class LayersCfg:
         for key, value in (("heal_rank", self.heal_rank), ("heal_batch", self.heal_batch)):
             if value < 1:
                 raise LayersCfgError(str(refuse(key, "a whole number of at least 1", value)))
-        for key, value in (("heal_lr", self.heal_lr), ("heal_alpha", self.heal_alpha)):
-            if not value > 0:
-                raise LayersCfgError(str(refuse(key, "a number above 0", value)))
+        for key, number in (("heal_lr", self.heal_lr), ("heal_alpha", self.heal_alpha)):
+            if not number > 0:
+                raise LayersCfgError(str(refuse(key, "a number above 0", number)))
         if not 0 <= self.heal_dropout < 1:
             raise LayersCfgError(str(refuse("heal_dropout", "a number from 0 up to (not including) 1", self.heal_dropout)))
         if self.heal_schedule not in SCHEDULES:

@@ -30,9 +30,10 @@ def stored_steering(store: Store, ref: str) -> tuple[ActivationAddition, dict]:
     with store.connect(read_only=True) as con:
         spec_json, _ = read_point(con, int(run), point.strip())
     spec = from_json(spec_json)
-    if not isinstance(spec, ActivationAddition):
+    if spec.kind != ActivationAddition.kind:
         raise ValueError(f"steer_from (--steer-from) {ref}: point '{point}' of run {run} is a {spec.kind} point, not "
                          "an activation addition: give an actadd[...] point")
+    assert isinstance(spec, ActivationAddition)
     source = {"run": int(run), "point": point.strip(), "sha256": vector_digest(spec)}
     return ActivationAddition(spec.direction, layer=spec.layer, alpha=1.0, scale=spec.scale, hook=spec.hook,
                               name=f"run{run}:{spec.name}", more_layers=spec.more_layers,

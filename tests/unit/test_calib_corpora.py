@@ -97,7 +97,7 @@ def test_same_corpus_as_the_evaluation_keeps_its_windows_out(tiny, files):
     ids = _ids(tiny.tokenizer, "\n\n".join(files["docs"]))
     spans = [i * length for i in range(len(ids) // length) if tuple(ids[i * length:(i + 1) * length]) in scored]
     assert len(spans) == len(scored) > 0
-    windows, ds = calibration_windows(tiny.tokenizer, calib)
+    _, ds = calibration_windows(tiny.tokenizer, calib)
     for start in ds["starts"]:
         assert all(start + calib.length <= s or s + length <= start for s in spans)
     # another corpus (or another file) for the evaluation: nothing to keep out

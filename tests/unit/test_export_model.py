@@ -199,7 +199,7 @@ def test_altered_adapters_are_refused(swept, tmp_path):
     store, run, spec = swept["store"], swept["runs"]["llama"], swept["points"]["llama"][5]
     with store.connect() as con:
         before, digest = stored_adapters(con, run, spec.label())
-        name = sorted(before)[0]
+        name = min(before)
         con.execute("UPDATE layer_heal_adapters SET weights = list_transform(weights, x -> x * 2) "
                     "WHERE run_id = ? AND point = ? AND name = ?", [run, spec.label(), name])
     try:

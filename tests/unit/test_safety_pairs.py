@@ -11,9 +11,9 @@ import pytest
 
 from interp.studies.safety_config import SafetyCfg
 
-TINY = dict(budget="smoke", per_set=12, probe_layers="2", candidate_layers="2", folds=2, alphas=(1.0,),
-            sel_gen_tokens=4, min_auc=0.0, toxic_ablation=False, baselines=0, permutations=10,
-            eval_budget="ppl=256,facts=2,arith=2,toxicity=2,refusal=2,kl=2")
+TINY = {"budget": "smoke", "per_set": 12, "probe_layers": "2", "candidate_layers": "2", "folds": 2, "alphas": (1.0,),
+        "sel_gen_tokens": 4, "min_auc": 0.0, "toxic_ablation": False, "baselines": 0, "permutations": 10,
+        "eval_budget": "ppl=256,facts=2,arith=2,toxicity=2,refusal=2,kl=2"}
 
 
 def _pairs(path, n: int = 24) -> None:
@@ -42,7 +42,7 @@ def test_pairs_flow_as_matched_harmful_and_neutral_sets(done):
     from analyses.safety_data import layer_vectors
     from store import safety as db
 
-    tiny, store, cfg, run_id = done
+    _, store, cfg, run_id = done
     with store.connect(read_only=True) as con:
         prompts = db.read_table(con, "safety_prompts", run_id)
         config = json.loads(con.execute("SELECT config FROM runs WHERE run_id = ?", [run_id]).fetchone()[0])
@@ -121,7 +121,7 @@ def test_a_stored_addition_point_steers_a_later_runs_edits(done):
 
     from interp.studies.safety import plan_points
 
-    tiny, store, cfg, run_id = done
+    _, store, cfg, run_id = done
     with store.connect(read_only=True) as con:
         label, spec = con.execute("SELECT point, intervention::VARCHAR FROM evals WHERE run_id = ? AND "
                                   "(intervention->>'kind') = 'activation_addition' AND point NOT LIKE '%baseline%' "
