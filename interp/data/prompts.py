@@ -171,17 +171,23 @@ def _file_rows(path: Path, lines: list[str]) -> list[tuple[int, dict]]:
     raise PromptSetError(f"prompt file '{path}' must end in .jsonl or .csv")
 
 
+def _rows_of(path: str | Path, kind: str, need: str) -> tuple[Path, list[tuple[int, dict]]]:
+    """(path, its non-blank rows) of a prompt or pairs file that exists and has rows; else one line saying so."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise PromptSetError(f"{kind} file '{path}' does not exist")
+    rows = _file_rows(path, _read_lines(path))
+    if not rows:
+        raise PromptSetError(f"{kind} file '{path}' is empty: it needs {need}")
+    return path, rows
+
+
 def load_file(path: str | Path, text_field: str | None = None, label_field: str = "label") -> list[Prompt]:
     """User prompts from JSONL or CSV with a text column (``text`` or ``prompt``) and a label column.
 
     Every row is checked before anything is used: an object per line, text fields that are text
     (a list is refused, never stored as its repr), unique ids; errors cite the file's line number."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise PromptSetError(f"prompt file '{path}' does not exist")
-    rows = _file_rows(path, _read_lines(path))
-    if not rows:
-        raise PromptSetError(f"prompt file '{path}' is empty: it needs one prompt per row")
+    path, rows = _rows_of(path, "prompt", "one prompt per row")
     field = text_field or next((f for f in ("text", "prompt") if any(f in r for _, r in rows)), None)
     if field is None:
         raise PromptSetError(f"{path} has no text column: name it 'text' or 'prompt' (found {list(rows[0][1])})")
@@ -292,12 +298,7 @@ def pair_side(path: str) -> tuple[str, str | None]:
 def pair_columns(path: str | Path) -> tuple[str, str]:
     """The (positive, negative) columns of a pairs file: 'positive' and 'negative', or else its two text
     columns in file order (besides id, label and category)."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise PromptSetError(f"pairs file '{path}' does not exist")
-    rows = _file_rows(path, _read_lines(path))
-    if not rows:
-        raise PromptSetError(f"pairs file '{path}' is empty: it needs a positive and a negative text per row")
+    path, rows = _rows_of(path, "pairs", "a positive and a negative text per row")
     line, first = rows[0]
     if "positive" in first and "negative" in first:
         return "positive", "negative"
