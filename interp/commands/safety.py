@@ -9,7 +9,6 @@ from interp.commands import DEFAULT_STORE, helps
 from interp.commands.cli import FORMATS, CliTask, lmeval_tasks, print_table, user_errors
 from interp.commands.settings import HELP, FieldSpec, flag_types, resolve
 
-
 SAFETY_FLAGS = ("budget", "per_set", "alphas", "seed", "lm_eval", "probe_hooks", "probe_layers", "positions", "folds",
                 "permutations", "ridge", "test_frac", "candidate_layers", "candidate_positions", "direction_hook",
                 "kl_max", "min_auc", "sel_gen_tokens", "eval_budget", "toxic_ablation", "baselines", "batch_size", "harmful", "harmless",

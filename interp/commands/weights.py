@@ -8,7 +8,6 @@ from interp.commands import DEFAULT_STORE, helps
 from interp.commands.cli import FORMATS, CliTask, print_table, user_errors
 from interp.commands.settings import HELP, flag_types, resolve
 
-
 WEIGHT_FLAGS = ("budget", "methods", "calibration", "tasks", "eval_budget", "calib_windows", "seed", "rates", "modules",
                 "module_rates", "group_rates", "nm", "mixed", "mmlu_path", "gsm8k_path", "boolq_path", "corpus",
                 "corpus_path", "calib_corpus", "calib_path")

@@ -22,16 +22,16 @@ What each budget does on SmolLM2-135M (30 layers); a point without k of the 30 l
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
 from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 from analyses.layer_blocks import STRATEGIES
+from interp.data.prompts import check_prompt_specs
 from interp.evals import EvalCfg
 from interp.evals.config import CORPORA, corpus_args
 from interp.interventions.heal import SCHEDULES, HealCfg
 from interp.provenance import LATER
 from interp.validate import Choice, InvalidValue, ListOf, Optional, Whole, key_name, refuse
-from interp.data.prompts import check_prompt_specs
 
 BUDGETS = ("smoke", "quick", "full")
 QUICK_SIZES = (1, 2, 4, 8, 12, 16)

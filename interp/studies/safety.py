@@ -32,8 +32,8 @@ from interp.interventions import Intervention
 from interp.interventions.directions import DirectionalAblation
 from interp.model.loading import Loaded
 from interp.studies import safety_baselines, safety_select
-from interp.studies.safety_steer import stored_steering
 from interp.studies.safety_config import BUDGETS, EVAL_TASKS, PROMPT_SETS, SafetyCfg, parse_layers
+from interp.studies.safety_steer import stored_steering
 from interp.studies.sweep import Phase, no_phase, run_sweep, start_study_run
 from store import Store, StoreError
 from store import safety as db

@@ -25,7 +25,11 @@ from analyses import stats
 from analyses.directions import random_unit, second_moment, variance_matched
 from analyses.safety_data import stable_seed
 from interp.interventions import Intervention
-from interp.interventions.directions import ActivationAddition, DirectionalAblation, OrthogonalizedWeights
+from interp.interventions.directions import (
+    ActivationAddition,
+    DirectionalAblation,
+    OrthogonalizedWeights,
+)
 
 POINT_COLUMNS = ["point", "role", "family", "band", "alpha", "removed", "removed_ratio"]
 Planned = tuple[Intervention, dict[str, object]]

@@ -12,13 +12,19 @@ only above about 0.45 with power 0.8; with 48, above about 0.16), 2048 perplexit
 
 from __future__ import annotations
 
-from typing import ClassVar
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 from analyses import directions as dir_analysis
 from analyses import probes as probe_analysis
 from interp.capture.capture import CaptureCfg
-from interp.data.prompts import PAIR_SIDES, check_prompt_specs, load_file, load_pair_side, prompts_digest
+from interp.data.prompts import (
+    PAIR_SIDES,
+    check_prompt_specs,
+    load_file,
+    load_pair_side,
+    prompts_digest,
+)
 from interp.evals import EvalCfg
 from interp.evals.config import CORPORA, corpus_args
 from interp.validate import Choice, InvalidValue, Optional, Whole, key_name, refuse

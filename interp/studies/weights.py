@@ -21,11 +21,11 @@ import pandas as pd
 
 from interp.interventions import Intervention, describe
 from interp.interventions.prune import PruneSpec
-from interp.model.loading import Loaded
 from interp.interventions.pruning.apply import dense_report
 from interp.interventions.pruning.calibdata import calibration_windows
 from interp.interventions.pruning.stored import StoreNorms
 from interp.interventions.pruning.targets import PROJECTIONS
+from interp.model.loading import Loaded
 from interp.studies.sweep import Phase, no_phase, run_sweep, start_study_run
 from interp.studies.weights_config import BUDGETS, PLANS, STUDY, Plan, WeightsCfg  # noqa: F401 (the study's API)
 from store import Store

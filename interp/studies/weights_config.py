@@ -8,9 +8,9 @@ module_rates=(0.5,), mixed=((("attn", 0.2), ("mlp", 0.6)), (("attn", 0.6), ("mlp
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, ClassVar
 
 from interp.evals import EvalCfg
 from interp.evals.config import CORPORA, corpus_args

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,7 +141,9 @@ def test_dropped_layers_make_smaller_files(swept, tmp_path):
     base, drop = tmp_path / "base", tmp_path / "drop"
     export_from_store(loaded, swept["store"], run, "base", base)
     export_from_store(loaded, swept["store"], run, LayerDrop((1, 2)).label(), drop)
-    size = lambda d: sum(f.stat().st_size for f in d.glob("*.safetensors"))
+    def size(d: Path) -> int:
+        return sum(f.stat().st_size for f in d.glob("*.safetensors"))
+
     assert size(drop) < size(base)
 
 

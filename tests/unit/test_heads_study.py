@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from analyses import head_agreement, head_pruning
-from interp.studies.heads_config import HeadsCfg
 from interp.interventions import from_json
+from interp.studies.heads_config import HeadsCfg
 from store import heads as db
 
 

@@ -18,9 +18,9 @@ TINY = dict(budget="smoke", per_set=12, probe_layers="0,1,2", candidate_layers="
 def done(tmp_path_factory):
     """One study run on the tiny Llama, shared by the tests of this module (they only read it,
     except the resume test, which runs last and leaves it as it found it)."""
-    from tests.conftest import byte_tokenizer, tiny_llama
     from interp.model.loading import wrap
     from store import Store
+    from tests.conftest import byte_tokenizer, tiny_llama
 
     tiny = wrap(tiny_llama(), byte_tokenizer(), name="tiny-llama", revision="seed0")
     store = Store(tmp_path_factory.mktemp("safety") / "s.duckdb")
