@@ -131,3 +131,16 @@ def test_a_stored_addition_point_steers_a_later_runs_edits(done):
     edits = [s for s, row in plan_points(store, run_id, again) if row["family"] == "actadd" and row["role"] == "edit"]
     assert len(edits) == 1 and edits[0].alpha == -2.0 and edits[0].name.startswith(f"run{run_id}:")
     assert list(edits[0].direction) == stored["direction"] and edits[0].scale == stored["scale"]
+
+
+def test_pairs_round_trip_through_print_config(tmp_path):
+    from interp.provenance import config_hash
+    from interp.studies.config_file import dumps, load
+
+    _pairs(tmp_path / "p.jsonl")
+    model, cfg = load("safety", SafetyCfg, None, {"budget": "smoke", "pairs": str(tmp_path / "p.jsonl")}, {})
+    path = tmp_path / "s.toml"
+    path.write_text(dumps("safety", model, cfg))
+    assert f'pairs = "{tmp_path / "p.jsonl"}"' in path.read_text()
+    _, again = load("safety", SafetyCfg, str(path), {}, {})
+    assert again == cfg and config_hash(again.describe()) == config_hash(cfg.describe())
