@@ -108,7 +108,9 @@ def c4(path: str | Path | None = None, limit: int | None = 256) -> list[str]:
     return [r["text"] for r in rows if r["text"].strip()]
 
 
-TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".gz", ".csv", ".parquet")
+TABLE_SUFFIXES = tuple(_BUILDERS)
+"""File types the hub-format loaders read (or a ``save_to_disk`` folder)."""
+TEXT_SUFFIXES = (".txt", *TABLE_SUFFIXES)
 """File types of a local ``text`` corpus (or a ``save_to_disk`` folder)."""
 
 

@@ -123,7 +123,7 @@ def test_the_file_content_is_the_identity(tiny, tmp_path, files):
 
 
 @pytest.mark.parametrize("values,match", [
-    ({"calib_corpus": "text"}, "calib_path / --calib-path"),
+    ({"calib_corpus": "text"}, r"give its path in calib_path \(--calib-path\)"),
     ({"calib_corpus": "text", "calib_path": "/nonexistent/x.txt"}, "'/nonexistent/x.txt' does not exist"),
     ({"calib_path": "{txt}"}, r"set calib_corpus \(--calib-corpus\) too"),
     ({"calib_corpus": "text", "calib_path": "{pdf}"}, "cannot read calibration file"),

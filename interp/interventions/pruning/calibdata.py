@@ -51,20 +51,20 @@ class CalibData:
         if self.source not in CORPORA:
             raise CalibrationError(f"unknown calibration corpus '{self.source}': use one of {', '.join(CORPORA)}")
         if self.path is None and self.source == "text":
-            raise CalibrationError("calibration corpus 'text' is your own file: give its path (calib_path / "
-                                   "--calib-path)")
+            raise CalibrationError("calibration corpus 'text' is your own file: give its path in calib_path "
+                                   "(--calib-path)")
         if self.path is not None:
             if self.source == "book":
-                raise CalibrationError("a calibration path is for the wikitext2, c4 or text corpus: set the "
-                                       "calibration corpus too (calib_corpus / --calib-corpus)")
+                raise CalibrationError("a calibration path is for the wikitext2, c4 or text corpus: set calib_corpus "
+                                       "(--calib-corpus) too")
             path = Path(self.path).expanduser()
             if not path.exists():
                 raise CalibrationError(f"calibration file '{self.path}' does not exist: give a local file or "
-                                       "folder (calib_path / --calib-path)")
-            suffixes = hfdata.TEXT_SUFFIXES if self.source == "text" else tuple(hfdata._BUILDERS)
+                                       "folder in calib_path (--calib-path)")
+            suffixes = hfdata.TEXT_SUFFIXES if self.source == "text" else hfdata.TABLE_SUFFIXES
             if path.is_file() and path.suffix not in suffixes:
                 raise CalibrationError(f"cannot read calibration file '{self.path}' as {self.source}: use "
-                                       f"{', '.join(suffixes)} or a saved dataset folder (calib_path / --calib-path)")
+                                       f"{', '.join(suffixes)} or a saved dataset folder in calib_path (--calib-path)")
             object.__setattr__(self, "path", str(path))
             if self.sha256 is None:
                 from interp.model.digest import content_digest
