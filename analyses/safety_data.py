@@ -68,7 +68,8 @@ def _kept_key(frame: pd.DataFrame) -> pd.Series:
 def assign_splits(frame: pd.DataFrame, test_frac: float, seed: int, heldout: Iterable[str] = ()) -> pd.Series:
     """train / test / heldout per prompt; deterministic for the same prompts, seed and fraction.
 
-    Groups (``grp``, e.g. a stereotype pair) are split as units; strata are (dataset, source)
+    Groups (``grp``, e.g. a stereotype pair, or a contrastive pair whose sides lie in two strata: the first
+    stratum decides) are split as units, held out whole; strata are (dataset, source)
     so every class and both harmful sources keep the same test fraction, and stereotype pairs are
     further stratified by ``group_kept`` (prompts without the flag keep the plain stratum's seed).
     """
@@ -77,14 +78,16 @@ def assign_splits(frame: pd.DataFrame, test_frac: float, seed: int, heldout: Ite
     held = set(heldout)
     split = pd.Series("train", index=frame.index, dtype=object)
     grp = frame["grp"].where(frame["grp"].notna(), frame["prompt_id"])
-    usable = ~frame["prompt_id"].isin(held)
+    usable = ~grp.isin(set(grp[frame["prompt_id"].isin(held)]))  # a group with a held-out member: held out whole
     strata = frame[["dataset", "source"]].assign(_kept=_kept_key(frame))
+    decided: dict[str, str] = {}  # a group spanning strata (a contrastive pair's two sides) takes its first split
     for (dataset, source, kept), idx in strata[usable].groupby(["dataset", "source", "_kept"]).groups.items():
-        groups = sorted(set(grp[idx]))
+        groups = sorted(set(grp[idx]) - set(decided))
         rng = np.random.default_rng(stable_seed(seed, dataset, source, *((kept,) if kept else ())))
         order = [groups[i] for i in rng.permutation(len(groups))]
         test_groups = set(order[: int(round(test_frac * len(groups)))])
-        split[idx] = np.where(grp[idx].isin(test_groups), "test", "train")
+        decided.update({g: "test" if g in test_groups else "train" for g in groups})
+        split[idx] = [decided[g] for g in grp[idx]]
     split[~usable] = "heldout"
     return split
 

@@ -25,7 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Generic, Protocol, SupportsFloat, TypeVar, cast
 
-__all__ = ["Boolean", "Choice", "InvalidValue", "ListOf", "Number", "Optional", "Text", "Whole", "closest", "parse"]
+__all__ = ["Boolean", "Choice", "InvalidValue", "ListOf", "Number", "Optional", "Text", "Whole", "closest", "key_name",
+           "parse", "refuse"]
 
 TRUE = ("true", "yes", "on", "1")
 FALSE = ("false", "no", "off", "0")
@@ -198,6 +199,17 @@ class Optional(Generic[T]):
         if value is None or (isinstance(value, str) and value.strip().lower() in self.none):
             return None
         return self.inner.parse(value, name)
+
+
+def key_name(key: str, flag: str | None = None) -> str:
+    """A config key as a file writes it and as its flag: 'heal_steps (--heal-steps)'."""
+    return f"{key} ({flag or '--' + key.replace('_', '-')})"
+
+
+def refuse(key: str, accepts: str, value: object, choices: Iterable[object] = (), flag: str | None = None) -> InvalidValue:
+    """The error for a config value out of range, raised by the configs' own checks so that a file key and a flag
+    read alike: the key (TOML name and flag), what it accepts and, for an unknown name, the closest valid one."""
+    return _fail(key_name(key, flag), accepts, value, closest(value, choices) if choices else None)
 
 
 def parse(value: object, spec: Spec[T], name: str) -> T:

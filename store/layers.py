@@ -8,6 +8,7 @@ capture's flush size (128 MB by default), not by the run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 
@@ -51,21 +52,48 @@ def replace_rows(con: duckdb.DuckDBPyConnection, run_id: int, frames: dict[str, 
     tables.replace_rows(con, frames, run_id=run_id)
 
 
+def adapters_digest(adapters: dict[str, np.ndarray]) -> str:
+    """Content digest of a set of LoRA adapters: sha256 of each name, shape and float32 bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(adapters):
+        m = np.ascontiguousarray(adapters[name], dtype=np.float32)
+        h.update(json.dumps([name, list(m.shape)]).encode())
+        h.update(m.tobytes())
+    return h.hexdigest()
+
+
 def add_heal_log(con: duckdb.DuckDBPyConnection, run_id: int, point: str, log: pd.DataFrame,
                  adapters: dict[str, np.ndarray] | None = None) -> None:
     """Replace one healed point's training log (step, loss, seconds) and trained LoRA adapters (name ->
-    matrix), in one transaction."""
+    matrix) with their content digest, in one transaction."""
     mats = adapters or {}
     frame = pd.DataFrame({"name": list(mats), "shape": [list(np.shape(m)) for m in mats.values()],
-                          "weights": [np.asarray(m, np.float32).reshape(-1) for m in mats.values()]})
+                          "weights": [np.asarray(m, np.float32).reshape(-1) for m in mats.values()],
+                          "digest": adapters_digest(mats) if mats else None})
     tables.replace_rows(con, {"layer_heal": log, "layer_heal_adapters": frame}, run_id=run_id, point=point)
 
 
 def heal_adapters(con: duckdb.DuckDBPyConnection, run_id: int, point: str) -> dict[str, np.ndarray]:
-    """The LoRA adapters a healed point trained (name -> float32 matrix)."""
-    rows = con.execute("SELECT name, shape, weights FROM layer_heal_adapters WHERE run_id = ? AND point = ? "
+    """The LoRA adapters a healed point trained (name -> float32 matrix; empty when none are stored), checked
+    against the digest stored with them."""
+    return stored_adapters(con, run_id, point)[0]
+
+
+def stored_adapters(con: duckdb.DuckDBPyConnection, run_id: int,
+                    point: str) -> tuple[dict[str, np.ndarray], str | None]:
+    """(adapters, content digest) of a healed point; a digest the weights no longer hash to is a StoreError.
+    Rows stored before digests existed get theirs computed here."""
+    rows = con.execute("SELECT name, shape, weights, digest FROM layer_heal_adapters WHERE run_id = ? AND point = ? "
                        "ORDER BY name", [run_id, point]).fetchall()
-    return {name: np.asarray(w, np.float32).reshape(shape) for name, shape, w in rows}
+    mats = {name: np.asarray(w, np.float32).reshape(shape) for name, shape, w, _ in rows}
+    if not mats:
+        return {}, None
+    digest = adapters_digest(mats)
+    stored = {d for *_, d in rows} - {None}
+    if stored and stored != {digest}:
+        raise StoreError(f"the LoRA adapters of run {run_id} point '{point}' do not match their stored digest "
+                         f"{min(stored)[:16]}: the store was altered; heal the point again")
+    return mats, digest
 
 
 def read_table(con: duckdb.DuckDBPyConnection, table: str, run_id: int) -> pd.DataFrame:

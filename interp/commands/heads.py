@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 HEAD_FLAGS = ("budget", "router_steps", "text_seqs", "grad_seqs", "gradient_seq", "seed", "lm_eval", "router_keep",
               "lb_coef", "router_lr", "router_batch", "methods", "prune_fracs", "random_seeds", "eval_tasks",
-              "eval_budget", "seq_len", "train_seqs", "heldout_seqs", "task_items", "ablation_layers", "batch_size")
+              "eval_budget", "seq_len", "train_seqs", "heldout_seqs", "task_items", "ablation_layers", "batch_size",
+              "corpus", "corpus_path")
 
 
 @task(klass=CliTask, types=flag_types("interp.studies.heads_config:HeadsCfg", *HEAD_FLAGS, format=FORMATS),
@@ -46,6 +47,9 @@ HEAD_FLAGS = ("budget", "router_steps", "text_seqs", "grad_seqs", "gradient_seq"
     ablation_layers="ablate only the deepest N layers' heads (0: every layer)",
     batch_size="sequences per forward pass for importance (never changes results)",
     seed="seed for text splits, random pruning orders, task items and evaluation subsets",
+    corpus="perplexity corpus of the evaluation: book (default, offline), wikitext2, c4 or text (your own file "
+           "in --corpus-path)",
+    corpus_path="local WikiText-2 / C4 file or folder for --corpus, or your own .txt / JSONL text file",
     format="table (default), csv or json for the printed tables",
 ))
 @user_errors
@@ -59,6 +63,7 @@ def heads(c: Context, model: str | None = None, store: str = DEFAULT_STORE, conf
           eval_tasks: tuple[str, ...] | None = None, eval_budget: str | dict | None = None,
           seq_len: int | None = None, train_seqs: int | None = None, heldout_seqs: int | None = None,
           task_items: int | None = None, ablation_layers: int | None = None, batch_size: int | None = None,
+          corpus: str | None = None, corpus_path: str | None = None,
           dtype: str | None = None, device: str | None = None, device_map: str | None = None,
           revision: str | None = None, format: str = "table") -> None:
     """Head study: which attention heads matter (ablation and gradient importance), pruning the

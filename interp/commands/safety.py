@@ -9,10 +9,10 @@ from interp.commands import DEFAULT_STORE, helps
 from interp.commands.cli import FORMATS, CliTask, lmeval_tasks, print_table, user_errors
 from interp.commands.settings import HELP, FieldSpec, flag_types, resolve
 
-
 SAFETY_FLAGS = ("budget", "per_set", "alphas", "seed", "lm_eval", "probe_hooks", "probe_layers", "positions", "folds",
                 "permutations", "ridge", "test_frac", "candidate_layers", "candidate_positions", "direction_hook",
-                "kl_max", "min_auc", "sel_gen_tokens", "eval_budget", "toxic_ablation", "baselines", "batch_size", "harmful", "harmless")
+                "kl_max", "min_auc", "sel_gen_tokens", "eval_budget", "toxic_ablation", "baselines", "batch_size", "harmful", "harmless",
+                "pairs", "corpus", "corpus_path", "steer_from")
 
 
 CFG = "interp.studies.safety_config:SafetyCfg"
@@ -39,6 +39,13 @@ CFG = "interp.studies.safety_config:SafetyCfg"
     harmful="your harmful prompts (.jsonl/.csv with a text or prompt column) in place of the built-in set "
             "(probes, directions, edits; refusal is scored on its held-out fifth)",
     harmless="your harmless prompts (.jsonl/.csv) in place of the built-in neutral set",
+    pairs="your contrastive pairs in place of both sets: JSONL with positive and negative fields (or CSV with "
+          "two columns), one pair per line; the harmful direction is the mean of the pairs' differences",
+    steer_from="RUN:POINT of a stored activation-addition point (same store): the addition edits steer with its "
+               "vector, scale, layers and positions at each --alphas, recorded with its run, point and digest",
+    corpus="perplexity corpus of the evaluation: book (default, offline), wikitext2, c4 or text (your own file "
+           "in --corpus-path)",
+    corpus_path="local WikiText-2 / C4 file or folder for --corpus, or your own .txt / JSONL text file",
     seed="seed for splits, folds, label permutations, random baselines and evaluation subsets",
     format="table (default), csv or json for the outcome table",
 ))
@@ -53,7 +60,9 @@ def safety(c: Context, model: str | None = None, store: str = DEFAULT_STORE, con
            direction_hook: str | None = None, kl_max: float | None = None, min_auc: float | None = None,
            sel_gen_tokens: int | None = None, eval_budget: str | dict | None = None,
            toxic_ablation: bool | None = None, baselines: int | None = None, batch_size: int | None = None,
-           harmful: str | None = None, harmless: str | None = None, dtype: str | None = None,
+           harmful: str | None = None, harmless: str | None = None, pairs: str | None = None,
+           corpus: str | None = None, corpus_path: str | None = None,
+           steer_from: str | None = None, dtype: str | None = None,
            device: str | None = None, device_map: str | None = None, revision: str | None = None,
            format: str = "table") -> None:
     """Safety study: probes per layer, harmful direction, ablation / orthogonalisation / activation

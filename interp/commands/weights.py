@@ -8,10 +8,9 @@ from interp.commands import DEFAULT_STORE, helps
 from interp.commands.cli import FORMATS, CliTask, print_table, user_errors
 from interp.commands.settings import HELP, flag_types, resolve
 
-
 WEIGHT_FLAGS = ("budget", "methods", "calibration", "tasks", "eval_budget", "calib_windows", "seed", "rates", "modules",
                 "module_rates", "group_rates", "nm", "mixed", "mmlu_path", "gsm8k_path", "boolq_path", "corpus",
-                "corpus_path")
+                "corpus_path", "calib_corpus", "calib_path")
 
 
 @task(klass=CliTask, types=flag_types("interp.studies.weights_config:WeightsCfg", *WEIGHT_FLAGS, format=FORMATS),
@@ -36,8 +35,12 @@ WEIGHT_FLAGS = ("budget", "methods", "calibration", "tasks", "eval_budget", "cal
     mmlu_path="local MMLU data (adds the mmlu task)",
     gsm8k_path="local GSM8K data (adds the gsm8k task)",
     boolq_path="local BoolQ data (adds the boolq task)",
-    corpus="perplexity corpus: book (default, offline), wikitext2 or c4",
-    corpus_path="local WikiText-2 / C4 file or folder for --corpus",
+    corpus="perplexity corpus: book (default, offline), wikitext2, c4 or text (your own file in --corpus-path)",
+    corpus_path="local WikiText-2 / C4 file or folder for --corpus, or your own .txt / JSONL text file",
+    calib_corpus="Wanda calibration corpus: book (default, offline), wikitext2, c4 or text (your own file in "
+                 "--calib-path); windows the perplexity evaluation scores are left out when both read one corpus",
+    calib_path="local file or folder for --calib-corpus: WikiText-2 / C4 in the hub's formats, or a .txt file "
+               "(one document per line) or JSONL/CSV with a 'text' column",
     format="table (default), csv or json for the printed table",
 ))
 @user_errors
@@ -49,7 +52,8 @@ def weights(c: Context, model: str | None = None, store: str = DEFAULT_STORE, co
             module_rates: tuple[float, ...] | None = None, group_rates: tuple[float, ...] | None = None,
             nm: tuple[str, ...] | None = None, mixed: tuple[tuple[tuple[str, float], ...], ...] | None = None,
             mmlu_path: str | None = None, gsm8k_path: str | None = None, boolq_path: str | None = None,
-            corpus: str | None = None, corpus_path: str | None = None, dtype: str | None = None,
+            corpus: str | None = None, corpus_path: str | None = None, calib_corpus: str | None = None,
+            calib_path: str | None = None, dtype: str | None = None,
             device: str | None = None, device_map: str | None = None, revision: str | None = None,
             format: str = "table") -> None:
     """Weight-pruning study: magnitude and Wanda at uniform rates, per module group and per projection,

@@ -1,4 +1,5 @@
-"""Hugging Face datasets in their real formats: WikiText-2, C4, MMLU, GSM8K, BoolQ.
+"""Hugging Face datasets in their real formats: WikiText-2, C4, MMLU, GSM8K, BoolQ; and the user's own
+text corpus (``text``: a .txt file, one document per line, or a table with a ``text`` column).
 
 Each loader takes ``path=None`` (the hub, through ``datasets.load_dataset``) or a local
 file/directory in the same format (parquet, json/jsonl[.gz], csv, or a ``save_to_disk``
@@ -63,7 +64,8 @@ def _load(name: str, path: str | Path | None, limit: int | None, streaming: bool
         if path.is_dir():
             ds = datasets.load_from_disk(str(path))
             if isinstance(ds, datasets.DatasetDict):
-                ds = ds[HUB[name][2]] if HUB[name][2] in ds else next(iter(ds.values()))
+                split = HUB[name][2] if name in HUB else "train"
+                ds = ds[split] if split in ds else next(iter(ds.values()))
         else:
             builder = _BUILDERS.get(path.suffix)
             if builder is None:
@@ -106,6 +108,32 @@ def c4(path: str | Path | None = None, limit: int | None = 256) -> list[str]:
     return [r["text"] for r in rows if r["text"].strip()]
 
 
+TABLE_SUFFIXES = tuple(_BUILDERS)
+"""File types the hub-format loaders read (or a ``save_to_disk`` folder)."""
+TEXT_SUFFIXES = (".txt", *TABLE_SUFFIXES)
+"""File types of a local ``text`` corpus (or a ``save_to_disk`` folder)."""
+
+
+def text(path: str | Path | None = None, limit: int | None = None) -> list[str]:
+    """The user's own corpus: a .txt file (one document per non-blank line) or a JSONL/CSV/parquet file
+    or saved folder with a ``text`` column (one document per row)."""
+    if path is None:
+        raise DatasetError("the 'text' corpus is a local file: give its path (one document per line, "
+                           "or JSONL with a 'text' field)")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DatasetError(f"dataset file '{p}' does not exist")
+    if p.is_file() and p.suffix not in TEXT_SUFFIXES:
+        raise DatasetError(f"cannot read text corpus '{p}': use .txt (one document per line), .jsonl/.json/.csv/"
+                           ".parquet with a 'text' column")
+    if p.suffix == ".txt":
+        docs = [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return docs if limit is None else docs[:limit]
+    rows = _load("text", p, limit)
+    _require(rows, ("text",), "text")
+    return [str(r["text"]) for r in rows if r["text"] and str(r["text"]).strip()]
+
+
 def mmlu(path: str | Path | None = None, limit: int | None = None) -> list[MCItem]:
     rows = _load("mmlu", path, limit)
     _require(rows, ("question", "choices", "answer"), "mmlu")
@@ -140,4 +168,4 @@ def gsm8k(path: str | Path | None = None, limit: int | None = None) -> list[GenI
 
 
 LOADERS: dict[str, Callable[..., list[str] | list[MCItem] | list[GenItem]]] = {
-    "wikitext2": wikitext2, "c4": c4, "mmlu": mmlu, "boolq": boolq, "gsm8k": gsm8k}
+    "wikitext2": wikitext2, "c4": c4, "text": text, "mmlu": mmlu, "boolq": boolq, "gsm8k": gsm8k}

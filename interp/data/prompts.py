@@ -171,17 +171,23 @@ def _file_rows(path: Path, lines: list[str]) -> list[tuple[int, dict]]:
     raise PromptSetError(f"prompt file '{path}' must end in .jsonl or .csv")
 
 
+def _rows_of(path: str | Path, kind: str, need: str) -> tuple[Path, list[tuple[int, dict]]]:
+    """(path, its non-blank rows) of a prompt or pairs file that exists and has rows; else one line saying so."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise PromptSetError(f"{kind} file '{path}' does not exist")
+    rows = _file_rows(path, _read_lines(path))
+    if not rows:
+        raise PromptSetError(f"{kind} file '{path}' is empty: it needs {need}")
+    return path, rows
+
+
 def load_file(path: str | Path, text_field: str | None = None, label_field: str = "label") -> list[Prompt]:
     """User prompts from JSONL or CSV with a text column (``text`` or ``prompt``) and a label column.
 
     Every row is checked before anything is used: an object per line, text fields that are text
     (a list is refused, never stored as its repr), unique ids; errors cite the file's line number."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise PromptSetError(f"prompt file '{path}' does not exist")
-    rows = _file_rows(path, _read_lines(path))
-    if not rows:
-        raise PromptSetError(f"prompt file '{path}' is empty: it needs one prompt per row")
+    path, rows = _rows_of(path, "prompt", "one prompt per row")
     field = text_field or next((f for f in ("text", "prompt") if any(f in r for _, r in rows)), None)
     if field is None:
         raise PromptSetError(f"{path} has no text column: name it 'text' or 'prompt' (found {list(rows[0][1])})")
@@ -234,8 +240,8 @@ def sample(prompts: list[Prompt], limit: int | None, seed: int = 0) -> list[Prom
     prompts that share a ``group`` are taken or left together."""
     if limit is None or limit >= len(prompts):
         return list(prompts)
-    if any(p.dataset == "harmful" for p in prompts):
-        return prompts[:limit]  # already interleaved across sources
+    if any(p.dataset == "harmful" for p in prompts) or all((p.group or "").startswith("pair:") for p in prompts):
+        return prompts[:limit]  # already interleaved across sources; a pairs file's sides: the same first pairs
     groups: dict[str, list[int]] = {}
     for i, p in enumerate(prompts):
         groups.setdefault(p.group if p.group is not None else "\0" + p.id, []).append(i)
@@ -268,10 +274,48 @@ def role_file(name: str) -> tuple[str, str] | None:
 
 
 def load_role_file(role: str, path: str) -> list[Prompt]:
-    """A user prompt file as the ``role`` set: label and dataset ``role``, source the file's name."""
+    """A user prompt file as the ``role`` set: label and dataset ``role``, source the file's name. ``path`` may
+    name one side of a pairs file (``pairs.jsonl[positive]``, see ``load_pair_side``)."""
     from dataclasses import replace
 
-    return [replace(p, label=role, dataset=role) for p in load_file(path)]
+    file, side = pair_side(path)
+    prompts = load_file(file) if side is None else load_pair_side(file, side)
+    return [replace(p, label=role, dataset=role) for p in prompts]
+
+
+PAIR_SIDES = ("positive", "negative")
+"""The two sides of a contrastive pair (as in contrastive activation addition)."""
+
+
+def pair_side(path: str) -> tuple[str, str | None]:
+    """'pairs.jsonl[positive]' -> ('pairs.jsonl', 'positive'); a plain path -> (path, None)."""
+    for side in PAIR_SIDES:
+        if path.endswith(f"[{side}]"):
+            return path[:-len(side) - 2], side
+    return path, None
+
+
+def pair_columns(path: str | Path) -> tuple[str, str]:
+    """The (positive, negative) columns of a pairs file: 'positive' and 'negative', or else its two text
+    columns in file order (besides id, label and category)."""
+    path, rows = _rows_of(path, "pairs", "a positive and a negative text per row")
+    line, first = rows[0]
+    if "positive" in first and "negative" in first:
+        return "positive", "negative"
+    cols = [k for k in first if k not in ("id", "label", "category")]
+    if len(cols) != 2:
+        raise PromptSetError(f"{path} line {line} has {len(cols)} text columns {cols}: a pairs file needs two, "
+                             "'positive' and 'negative' (e.g. {\"positive\": \"...\", \"negative\": \"...\"})")
+    return cols[0], cols[1]
+
+
+def load_pair_side(path: str | Path, side: str) -> list[Prompt]:
+    """One side of a pairs file, every row checked (``load_file``): ids '<pair id>/<side>', and the pair id as
+    the ``group`` of both sides, so a pair is sampled, split and cross-validated as one unit."""
+    from dataclasses import replace
+
+    column = pair_columns(path)[PAIR_SIDES.index(side)]
+    return [replace(p, id=f"{p.id}/{side}", group=f"pair:{p.id}") for p in load_file(path, text_field=column)]
 
 
 def check_prompt_specs(spec: str | list[str]) -> list[str]:
@@ -283,7 +327,7 @@ def check_prompt_specs(spec: str | list[str]) -> list[str]:
         if name in PROMPT_SETS:
             continue
         if (stand_in := role_file(name)) is not None:
-            load_file(stand_in[1])  # every row checked now
+            load_role_file(*stand_in)  # every row checked now
             continue
         if name.endswith((".jsonl", ".csv")) or Path(name).expanduser().exists():
             if not Path(name).expanduser().exists():

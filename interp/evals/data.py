@@ -14,7 +14,7 @@ def load_hf(name: str, path: str | None, limit: int | None = None) -> tuple[list
 
     if name not in hfdata.LOADERS:
         raise EvalError(f"unknown dataset '{name}': use one of {', '.join(hfdata.LOADERS)}")
-    source = path or f"hub {hfdata.HUB[name][0]}"
+    source = path or (f"hub {hfdata.HUB[name][0]}" if name in hfdata.HUB else "no file given")
     if path is not None and Path(path).is_file() and Path(path).stat().st_size == 0:
         raise EvalError(f"dataset '{name}' file '{path}' is empty")
     kwargs = {} if limit is None and name == "c4" else {"limit": limit}

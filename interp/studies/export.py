@@ -15,7 +15,9 @@ intervention ``spec`` and leaves ``loaded`` exactly as it was. How each kind bec
   (resid_pre of block l: block l-1's MLP output projection; resid_post / mlp_out of block l: its MLP
   output projection; attn_out: its attention output projection) where that projection has a bias and
   adds straight to the residual stream; refused otherwise (no exact weight form);
-- layer_drop_healed: the drop, healed again (deterministic for its seed) and the LoRA update merged.
+- layer_drop_healed: the drop with the LoRA update merged: the point's adapters read from the store
+  (``layer_heal_adapters``, checked against their content digest; no training), or, for a store that has
+  none for the point, healed again (deterministic for its seed); ``interp_export.json`` says which.
 Directional ablation and head routing act on activations only: refused, naming the weight-edit kind.
 
 ``export_from_store(store, run_id, point, out, model_cfg)`` finds the point's spec and its stored
@@ -138,27 +140,64 @@ def _activation_addition(loaded: Loaded, spec: ActivationAddition) -> tuple[list
     return edits, {"steering_bias": f"{spec.hook} of blocks {list(spec.layers)}"}
 
 
-@contextlib.contextmanager
-def _healed_merged(loaded: Loaded, spec: HealedDrop) -> Iterator[dict[str, object]]:
-    from peft.tuners.lora import LoraLayer
+def _stored_lora(loaded: Loaded, spec: HealedDrop, adapters: dict[str, Any]) -> list[tuple[nn.Module, torch.Tensor]]:
+    """(module, merged weight) from stored adapters (peft names '...<module>.lora_A.default.weight'): W + B A
+    alpha / rank, transposed for Conv1D, as peft merges them; the blocks are those of the dropped stack."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for name, m in adapters.items():
+        path, sep, rest = name.partition(".lora_")
+        if not sep or rest[:1] not in ("A", "B"):
+            raise ExportError(f"stored adapter '{name}' is not a LoRA matrix: the store holds something else here")
+        parts.setdefault(path.removeprefix("base_model.model."), {})[rest[0]] = torch.as_tensor(m)
+    merged = []
+    for path, ab in sorted(parts.items()):
+        try:
+            module = loaded.model.get_submodule(path)
+        except AttributeError:
+            raise ExportError(f"stored adapter for '{path}' does not fit this model: export with the run's model") from None
+        w = _tensor(module).detach()
+        delta = (ab["B"].float() @ ab["A"].float()) * (spec.heal.alpha / spec.heal.rank)  # (out, in)
+        merged.append((module, w + (delta.T if loaded.arch.conv1d else delta).to(w.device, w.dtype)))
+    return merged
 
-    from interp.interventions.heal import healed
+
+@contextlib.contextmanager
+def _healed_merged(loaded: Loaded, spec: HealedDrop, adapters: dict[str, Any] | None = None,
+                   digest: str | None = None) -> Iterator[dict[str, object]]:
+    """The dropped model with its healing merged: the stored adapters when given (no training), else healed
+    again (deterministic for its seed; stores from before adapters were kept)."""
     from interp.interventions.layers import skip_layers
 
     with skip_layers(loaded, spec.layers):
-        with healed(loaded, spec.heal):
-            # ignore: peft's LoraLayer leaves get_delta_weight to the subclasses it wraps modules in (Linear, ...)
-            merged = [(m.get_base_layer(), _tensor(m.get_base_layer()).detach()
-                       + m.get_delta_weight("default")  # type: ignore[attr-defined]
-                       .to(_tensor(m.get_base_layer()).dtype))
-                      for _, m in loaded.model.named_modules() if isinstance(m, LoraLayer)]
+        source: dict[str, object]
+        if adapters:
+            merged, source = _stored_lora(loaded, spec, adapters), {"lora_source": "store", "lora_digest": digest}
+        else:
+            merged = _healed_again(loaded, spec)
+            source = {"lora_source": "healed again: the store has no adapters for this point"}
         with _swapped([(m, "weight", w) for m, w in merged]):
-            yield {"dropped_layers": list(spec.layers), "lora_merged": len(merged), "heal": to_jsonable(spec.heal)}
+            yield {"dropped_layers": list(spec.layers), "lora_merged": len(merged), "heal": to_jsonable(spec.heal),
+                   **source}
+
+
+def _healed_again(loaded: Loaded, spec: HealedDrop) -> list[tuple[nn.Module, torch.Tensor]]:
+    from peft.tuners.lora import LoraLayer
+
+    from interp.interventions.heal import healed
+
+    with healed(loaded, spec.heal):
+        # ignore: peft's LoraLayer leaves get_delta_weight to the subclasses it wraps modules in (Linear, ...)
+        return [(m.get_base_layer(), _tensor(m.get_base_layer()).detach()
+                 + m.get_delta_weight("default")  # type: ignore[attr-defined]
+                 .to(_tensor(m.get_base_layer()).dtype))
+                for _, m in loaded.model.named_modules() if isinstance(m, LoraLayer)]
 
 
 @contextlib.contextmanager
-def edited(loaded: Loaded, spec: Intervention) -> Iterator[dict[str, object]]:
-    """``loaded`` as the checkpoint of ``spec`` should be, inside the block; yields what was done."""
+def edited(loaded: Loaded, spec: Intervention, adapters: dict[str, Any] | None = None,
+           digest: str | None = None) -> Iterator[dict[str, object]]:
+    """``loaded`` as the checkpoint of ``spec`` should be, inside the block; yields what was done. A healed
+    point merges ``adapters`` (stored LoRA matrices by peft name, with their content ``digest``) when given."""
     kind = spec.kind
     if kind in REFUSED:
         raise ExportError(REFUSED[kind])
@@ -168,7 +207,7 @@ def edited(loaded: Loaded, spec: Intervention) -> Iterator[dict[str, object]]:
         with _swapped(edits):
             yield info
     elif kind == "layer_drop_healed":
-        with _healed_merged(loaded, cast("HealedDrop", spec)) as info:
+        with _healed_merged(loaded, cast("HealedDrop", spec), adapters, digest) as info:
             yield info
     elif kind in ("base", "layer_drop", "prune", "direction_orthogonalized"):
         with spec.apply(loaded) as report:
@@ -206,12 +245,13 @@ def save(loaded: Loaded, out: Path) -> None:
     loaded.tokenizer.save_pretrained(out)
 
 
-def export_point(loaded: Loaded, spec: Intervention, out: str | Path,
-                 manifest: dict[str, object] | None = None) -> dict[str, object]:
-    """Write ``spec``'s checkpoint to ``out`` (a new or empty directory); returns what was done."""
+def export_point(loaded: Loaded, spec: Intervention, out: str | Path, manifest: dict[str, object] | None = None,
+                 adapters: dict[str, Any] | None = None, digest: str | None = None) -> dict[str, object]:
+    """Write ``spec``'s checkpoint to ``out`` (a new or empty directory); returns what was done. A healed point
+    merges ``adapters`` when given (``export_from_store`` reads them from the store), else it is healed again."""
     out = check_out(out)
     out.mkdir(parents=True, exist_ok=True)
-    with edited(loaded, spec) as info:
+    with edited(loaded, spec, adapters, digest) as info:
         save(loaded, out)
         n = sum(p.numel() for p in loaded.model.parameters())
         zeros = sum(int((p == 0).sum()) for p in loaded.model.parameters())
@@ -297,7 +337,14 @@ def export_from_store(loaded: Loaded, store: Store, run_id: int, point: str, out
                 "dtype": run["dtype"], "metrics": metrics}
     if "ppl/perplexity" in metrics:
         manifest["ppl"] = {"value": metrics["ppl/perplexity"], "windows": ppl_windows(loaded, run["config"]["eval"])}
-    return export_point(loaded, spec, out, manifest)
+    adapters: dict[str, Any] | None = None
+    digest: str | None = None
+    if spec.kind == "layer_drop_healed":
+        from store.layers import stored_adapters
+
+        with store.connect(read_only=True) as con:
+            adapters, digest = stored_adapters(con, run_id, point)
+    return export_point(loaded, spec, out, manifest, adapters, digest)
 
 
 __all__ = ["ExportError", "edited", "export_from_store", "export_point", "find_point", "run_model", "save"]

@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 from interp.evals import EvalCfg
-from interp.validate import Optional, Whole
+from interp.evals.config import CORPORA, corpus_args
+from interp.validate import Choice, InvalidValue, Optional, Whole, key_name, refuse
 
 METHODS = ("gradient", "zero", "mean", "mean_zero", "random")
 """Pruning orders: by gradient importance, by zero- or mean-ablation text loss (mean: heads
@@ -41,7 +42,8 @@ BUDGETS: dict[str, dict] = {
 class HeadsCfg:
     """The head study's settings. ``budget`` fills every field left as None."""
 
-    CONFIG_SPECS: ClassVar[dict] = {n: Optional(Whole(min=1)) for n in ("router_steps", "text_seqs", "grad_seqs")}
+    CONFIG_SPECS: ClassVar[dict] = {**{n: Optional(Whole(min=1)) for n in ("router_steps", "text_seqs", "grad_seqs")},
+                                    "corpus": Optional(Choice(CORPORA))}
     """Ranges checked on flags and config-file keys alike (interp.studies.config_file.fields_of)."""
 
     budget: str = "quick"
@@ -92,10 +94,16 @@ class HeadsCfg:
     """Sequences per forward pass for importance (never changes results)."""
     seed: int = 0
     """Seed of the text split, random orders, task items and evaluation subsets."""
+    corpus: str | None = None
+    """Perplexity corpus of the evaluation: book, wikitext2, c4 (corpus_path offline) or text (your own file in
+    corpus_path); None: book. The importance and router text stays the book corpus (held out from the
+    evaluation's windows when both are book)."""
+    corpus_path: str | None = None
+    """Local WikiText-2 / C4 file or folder for ``corpus``, or your own .txt / JSONL text file."""
 
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
-            raise ValueError(f"unknown heads budget '{self.budget}': use smoke, quick or full")
+            raise refuse("budget", "one of smoke, quick, full", self.budget, BUDGETS)
         grad_given = self.grad_seqs is not None
         for k, v in BUDGETS[self.budget].items():
             if getattr(self, k) is None:
@@ -108,23 +116,23 @@ class HeadsCfg:
             assert self.grad_seqs is not None
         for name in ("text_seqs", "grad_seqs", "router_batch", "train_seqs", "heldout_seqs", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+                raise refuse(name, "a whole number of at least 1", getattr(self, name))
         if self.grad_seqs < self.text_seqs:
-            raise ValueError(f"grad-seqs ({self.grad_seqs}) must be at least text-seqs ({self.text_seqs}): "
-                             "the gradient sample includes the ablation sample")
+            raise InvalidValue(f"{key_name('grad_seqs')} ({self.grad_seqs}) must be at least {key_name('text_seqs')} "
+                               f"({self.text_seqs}): the gradient sample includes the ablation sample")
         if self.seq_len < 4:
-            raise ValueError(f"seq-len must be at least 4 tokens, not {self.seq_len}")
+            raise refuse("seq_len", "a whole number of at least 4 tokens", self.seq_len)
         if self.router_steps < 0:
-            raise ValueError(f"router-steps must be >= 0, not {self.router_steps}")
+            raise refuse("router_steps", "a whole number of at least 0", self.router_steps)
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
-            raise ValueError(f"unknown pruning method '{','.join(bad)}': use some of {', '.join(METHODS)}")
+            raise refuse("methods", f"some of {', '.join(METHODS)}", ",".join(bad) or "nothing", METHODS)
         if self.ablation_layers < 0:
-            raise ValueError(f"ablation-layers must be >= 0 (0: every layer), not {self.ablation_layers}")
+            raise refuse("ablation_layers", "a whole number of at least 0 (0: every layer)", self.ablation_layers)
         if any(not 0 < f < 1 for f in self.prune_fracs):
-            raise ValueError(f"pruning fractions must be between 0 and 1, got {self.prune_fracs}")
+            raise refuse("prune_fracs", "fractions between 0 and 1 (exclusive)", self.prune_fracs)
         if any(not 0 < f <= 1 for f in self.router_keep):
-            raise ValueError(f"router keep fractions must be in (0, 1], got {self.router_keep}")
+            raise refuse("router_keep", "fractions above 0 and at most 1", self.router_keep)
         object.__setattr__(self, "gradient_seq", bool(self.gradient_seq))
         object.__setattr__(self, "methods", tuple(self.methods))
         object.__setattr__(self, "prune_fracs", tuple(float(f) for f in self.prune_fracs))
@@ -136,20 +144,24 @@ class HeadsCfg:
         assert self.methods is not None  # the budget filled it (__post_init__)
         n = min(self.ablation_layers or n_layers, n_layers)
         if n < n_layers and {"zero", "mean", "mean_zero"} & set(self.methods):
-            raise ValueError("pruning by zero or mean ablation needs every layer ablated: "
-                             "set ablation_layers to 0 or drop zero/mean from the methods")
+            raise InvalidValue(f"pruning by zero or mean ablation needs every layer ablated: set "
+                               f"{key_name('ablation_layers')} to 0 or drop zero/mean from {key_name('methods')}")
         return range(n_layers - n, n_layers)
 
     def eval_cfg(self) -> EvalCfg:
         budget, tasks = self.eval_budget, self.eval_tasks
         assert budget is not None and tasks is not None  # the budget filled them (__post_init__)
         return EvalCfg(tasks=(*tasks, *self.lm_eval), seed=self.seed,  # counts go as their pairs, as a dict would
-                       budget=tuple(budget.items()) if isinstance(budget, dict) else budget)
+                       budget=tuple(budget.items()) if isinstance(budget, dict) else budget,
+                       **corpus_args(self.corpus, self.corpus_path))
 
     def describe(self) -> dict:
         d = asdict(self)
         d.pop("batch_size")  # never changes results
         if not d["lm_eval"]:  # runs without lm-eval tasks keep the identity they had before it existed
             d.pop("lm_eval")
+        for name in ("corpus", "corpus_path"):  # unset: the identity runs had before they existed (the evaluation
+            if d[name] is None:                 # config holds the corpus and the file's digest)
+                d.pop(name)
         d["eval"] = self.eval_cfg().describe()
         return d

@@ -22,15 +22,16 @@ What each budget does on SmolLM2-135M (30 layers); a point without k of the 30 l
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
 from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 from analyses.layer_blocks import STRATEGIES
-from interp.evals import EvalCfg
-from interp.interventions.heal import HealCfg
-from interp.provenance import LATER
-from interp.validate import ListOf, Optional, Whole
 from interp.data.prompts import check_prompt_specs
+from interp.evals import EvalCfg
+from interp.evals.config import CORPORA, corpus_args
+from interp.interventions.heal import SCHEDULES, HealCfg
+from interp.provenance import LATER
+from interp.validate import Choice, InvalidValue, ListOf, Optional, Whole, key_name, refuse
 
 BUDGETS = ("smoke", "quick", "full")
 QUICK_SIZES = (1, 2, 4, 8, 12, 16)
@@ -39,7 +40,7 @@ QUICK_EVAL = "ppl=1024,facts=24,arith=16"
 """Evaluation counts of a quick sweep: arithmetic at 16 items is one batch of greedy generation."""
 
 
-class LayersCfgError(ValueError):
+class LayersCfgError(InvalidValue):
     """A layer-study setting that cannot work; the message names the fix."""
 
 
@@ -49,7 +50,7 @@ class LayersCfg:
 
     CONFIG_SPECS: ClassVar[dict] = {"sizes": Optional(ListOf(Whole(min=1))), "heal_sizes": Optional(ListOf(Whole(min=1))),
                                       "limit": Optional(Whole(min=1)), "max_tokens": Optional(Whole(min=1)),
-                                      "heal_steps": Whole(min=0)}
+                                      "heal_steps": Whole(min=0), "corpus": Choice(CORPORA)}
     """Ranges checked on flags and config-file keys alike (interp.studies.config_file.fields_of)."""
 
     budget: str = "full"
@@ -102,38 +103,58 @@ class LayersCfg:
     gsm8k_path: str | None = field(default=None, metadata=LATER)
     """Local GSM8K data: adds the gsm8k task."""
     corpus: str = field(default="book", metadata=LATER)
-    """Corpus of the perplexity evaluation and of healing: book (offline), wikitext2 or c4 (corpus_path offline)."""
+    """Corpus of the perplexity evaluation and of healing: book (offline), wikitext2 or c4 (corpus_path offline),
+    or text (your own file in corpus_path: one document per line, or JSONL with a 'text' field)."""
     corpus_path: str | None = field(default=None, metadata=LATER)
-    """Local WikiText-2 / C4 file or folder for ``corpus``."""
+    """Local WikiText-2 / C4 file or folder for ``corpus``, or your own text file."""
     batch_size: int = field(default=8, compare=False)
     """Prompts per forward pass when caching (never changes results)."""
 
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
-            raise LayersCfgError(f"unknown budget '{self.budget}': use smoke, quick or full")
+            raise LayersCfgError(str(refuse("budget", "one of smoke, quick, full", self.budget, BUDGETS)))
         bad = [s for s in self.strategies if s not in STRATEGIES]
         if bad:
-            raise LayersCfgError(f"unknown strategy '{bad[0]}': use some of {', '.join(STRATEGIES)}")
+            raise LayersCfgError(str(refuse("strategies", f"some of {', '.join(STRATEGIES)}", bad[0], STRATEGIES)))
         bad = [s for s in self.heal_strategies if s not in (*STRATEGIES, "single")]
         if bad:
-            raise LayersCfgError(f"unknown heal strategy '{bad[0]}': use some of single, {', '.join(STRATEGIES)}")
+            raise LayersCfgError(str(refuse("heal_strategies", f"some of single, {', '.join(STRATEGIES)}", bad[0],
+                                            ("single", *STRATEGIES))))
         if self.heal_steps < 0:
-            raise LayersCfgError(f"--heal-steps must be 0 (off) or more, not {self.heal_steps}")
+            raise LayersCfgError(str(refuse("heal_steps", "a whole number of at least 0 (0: off)", self.heal_steps)))
         if self.sizes is not None and (not self.sizes or min(self.sizes) < 1):
-            raise LayersCfgError("block sizes must be whole numbers >= 1")
+            raise LayersCfgError(str(refuse("sizes", "whole numbers of at least 1", self.sizes)))
         if self.limit is not None and self.limit < 1:
-            raise LayersCfgError("limit must be at least 1 prompt")
+            raise LayersCfgError(str(refuse("limit", "a whole number of at least 1 prompt", self.limit)))
         if self.max_tokens is not None and self.max_tokens < 1:
-            raise LayersCfgError("max_tokens must be at least 1")
+            raise LayersCfgError(str(refuse("max_tokens", "a whole number of at least 1", self.max_tokens)))
         if self.batch_size < 1:
-            raise LayersCfgError("batch size must be at least 1")
+            raise LayersCfgError(str(refuse("batch_size", "a whole number of at least 1", self.batch_size)))
+        self._check_heal()
         check_prompt_specs(self.prompts)
         self.eval_cfg()  # fail fast on bad tasks or evaluation budgets
         if self.heal_steps:
             self.heal_cfg()
         if self.heal_sizes is not None and self.sizes is not None and not set(self.heal_sizes) <= set(self.sizes):
-            raise LayersCfgError(f"heal sizes {sorted(set(self.heal_sizes) - set(self.sizes))} are not among the "
-                                 "swept sizes: add them to --sizes")
+            raise LayersCfgError(f"{key_name('heal_sizes')} {sorted(set(self.heal_sizes) - set(self.sizes))} are not "
+                                 f"among the swept sizes: add them to {key_name('sizes')}")
+
+    def _check_heal(self) -> None:
+        """The heal recipe's ranges, named by their keys (HealCfg checks them again for direct users)."""
+        for key, value in (("heal_rank", self.heal_rank), ("heal_batch", self.heal_batch)):
+            if value < 1:
+                raise LayersCfgError(str(refuse(key, "a whole number of at least 1", value)))
+        for key, number in (("heal_lr", self.heal_lr), ("heal_alpha", self.heal_alpha)):
+            if not number > 0:
+                raise LayersCfgError(str(refuse(key, "a number above 0", number)))
+        if not 0 <= self.heal_dropout < 1:
+            raise LayersCfgError(str(refuse("heal_dropout", "a number from 0 up to (not including) 1", self.heal_dropout)))
+        if self.heal_schedule not in SCHEDULES:
+            raise LayersCfgError(str(refuse("heal_schedule", f"one of {', '.join(SCHEDULES)}", self.heal_schedule,
+                                            SCHEDULES)))
+        if self.heal_warmup < 0 or (self.heal_steps and self.heal_warmup >= self.heal_steps):
+            raise LayersCfgError(str(refuse("heal_warmup", f"a whole number of at least 0 and below heal_steps "
+                                            f"({self.heal_steps})", self.heal_warmup)))
 
     @property
     def n_prompts(self) -> int:
@@ -153,8 +174,8 @@ class LayersCfg:
         if self.sizes is not None:
             bad = [n for n in self.sizes if n > n_layers - 1]
             if bad:
-                raise LayersCfgError(f"block size {bad[0]} is too big: this model has {n_layers} layers, "
-                                     f"so sizes go up to {n_layers - 1}")
+                raise LayersCfgError(f"{key_name('sizes')}: block size {bad[0]} is too big: this model has {n_layers} "
+                                     f"layers, so sizes go up to {n_layers - 1}")
             return sorted(set(self.sizes))
         if self.budget == "smoke":
             return [max(1, min(n_layers - 1, n_layers // 3))]
@@ -180,13 +201,8 @@ class LayersCfg:
         extra = tuple(t for t, p in paths.items() if p and t not in tasks)
         budget = self.eval_budget or {"smoke": "ppl=256", "quick": QUICK_EVAL,
                                       "full": "quick"}[self.budget]
-        corpus: dict[str, Any] = {}
-        if self.corpus_path:
-            if self.corpus not in ("wikitext2", "c4"):
-                raise LayersCfgError("corpus-path is for the wikitext2 or c4 corpus: set --corpus too")
-            corpus[f"{self.corpus}_path"] = self.corpus_path
-        return EvalCfg(tasks=(*tasks, *extra), budget=budget, seed=self.seed, corpus=self.corpus,
-                       **{f"{t}_path": p for t, p in paths.items() if p}, **corpus)
+        return EvalCfg(tasks=(*tasks, *extra), budget=budget, seed=self.seed,
+                       **{f"{t}_path": p for t, p in paths.items() if p}, **corpus_args(self.corpus, self.corpus_path))
 
     def heal_cfg(self) -> HealCfg:
         ecfg = self.eval_cfg()

@@ -33,6 +33,7 @@ from interp.interventions.directions import DirectionalAblation
 from interp.model.loading import Loaded
 from interp.studies import safety_baselines, safety_select
 from interp.studies.safety_config import BUDGETS, EVAL_TASKS, PROMPT_SETS, SafetyCfg, parse_layers
+from interp.studies.safety_steer import stored_steering
 from interp.studies.sweep import Phase, no_phase, run_sweep, start_study_run
 from store import Store, StoreError
 from store import safety as db
@@ -46,7 +47,8 @@ def heldout_ids(cfg: SafetyCfg) -> set[str]:
     from interp.evals.kl import neutral_prompts
 
     ev = cfg.eval_cfg()
-    ids = {p.id for p in load_prompts(f"harmful={cfg.harmful}" if cfg.harmful else "harmful") if is_heldout(p.id)}
+    ids = {p.id for p in load_prompts(f"harmful={ev.harmful_path}" if ev.harmful_path else "harmful")
+           if is_heldout(p.id)}  # a pair's negative side joins it in dataset_frame (a group is held out whole)
     ids |= {p.id for p in load_prompts("toxic", limit=ev.count("toxicity"), seed=ev.seed)}
     ids |= {i for i, _ in neutral_prompts(ev.count("kl"), ev.seed)[0]}
     return ids
@@ -65,9 +67,10 @@ def _dataset(store: Store, cache_run: int, cfg: SafetyCfg) -> pd.DataFrame:
 def run_safety(loaded: Loaded, store: Store, cfg: SafetyCfg, progress: bool = True,
                on_phase: Phase = no_phase) -> int:
     """Run (or resume) the whole study; returns the safety run id."""
+    steer = stored_steering(store, cfg.steer_from)[1] if cfg.steer_from else None  # refused before any work
     on_phase("capture")
     cache_run = capture(loaded, store, cfg.capture_cfg(), progress=progress)
-    config = {**cfg.describe(), "cache_run_id": cache_run}
+    config = {**cfg.describe(), "cache_run_id": cache_run, **({"steer": steer} if steer else {})}
     run_id, status = start_study_run(loaded, store, "safety", config)
     if status == "complete":
         with store.connect() as con:
@@ -123,7 +126,7 @@ def _candidates(cfg: SafetyCfg, n_layers: int, probed: list[int],
                 have: set[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
     """Candidate (hook, layer, position) sites that have a stored harmful direction."""
     assert cfg.candidate_layers is not None and cfg.candidate_positions is not None  # the budget filled them
-    layers = [l for l in parse_layers(cfg.candidate_layers, n_layers, cap=0.8) if l in probed]
+    layers = [l for l in parse_layers(cfg.candidate_layers, n_layers, cap=0.8, key="candidate_layers") if l in probed]
     cands = [(cfg.direction_hook, l, p) for l in layers for p in cfg.candidate_positions if
              (cfg.direction_hook, l, p) in have]
     if not cands:
@@ -200,7 +203,8 @@ def plan_points(store: Store, run_id: int, cfg: SafetyCfg) -> list[safety_baseli
     site = X[[i for i, p in enumerate(ids) if p in train]]
     return safety_baselines.plan(vec, norm, layer, hook, site, name=f"harmful@{hook}{layer}/{position}",
                                  alphas=cfg.alphas, baselines=cfg.baselines, seed=cfg.seed,
-                                 toxic=toxic if cfg.toxic_ablation else None)
+                                 toxic=toxic if cfg.toxic_ablation else None,
+                                 steer=stored_steering(store, cfg.steer_from)[0] if cfg.steer_from else None)
 
 
 def sweep_points(store: Store, run_id: int, cfg: SafetyCfg) -> list[Intervention]:

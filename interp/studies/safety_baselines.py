@@ -16,6 +16,8 @@ Every point's role (edit or baseline), family and band are rows of ``safety_poin
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 
@@ -23,7 +25,11 @@ from analyses import stats
 from analyses.directions import random_unit, second_moment, variance_matched
 from analyses.safety_data import stable_seed
 from interp.interventions import Intervention
-from interp.interventions.directions import ActivationAddition, DirectionalAblation, OrthogonalizedWeights
+from interp.interventions.directions import (
+    ActivationAddition,
+    DirectionalAblation,
+    OrthogonalizedWeights,
+)
 
 POINT_COLUMNS = ["point", "role", "family", "band", "alpha", "removed", "removed_ratio"]
 Planned = tuple[Intervention, dict[str, object]]
@@ -39,17 +45,27 @@ def _row(spec: Intervention, role: str, family: str, band: str | None = None, al
 
 
 def plan(vec: np.ndarray, norm: float, layer: int, hook: str, site: np.ndarray, *, name: str, alphas: tuple[float, ...],
-         baselines: int, seed: int, toxic: np.ndarray | None = None) -> list[Planned]:
+         baselines: int, seed: int, toxic: np.ndarray | None = None,
+         steer: ActivationAddition | None = None) -> list[Planned]:
     """(intervention, safety_points row) for every point of the sweep but the base. ``site``: the
-    residual-stream vectors (rows) at the direction's site, which the variance matching reads."""
+    residual-stream vectors (rows) at the direction's site, which the variance matching reads. ``steer``: a
+    stored activation-addition point whose vector, scale, layers, hook and positions the addition edits (and
+    their random baselines) use instead of the chosen direction's, at each of ``alphas``."""
+    def addition(u: tuple[float, ...] | np.ndarray, a: float, label: str) -> ActivationAddition:
+        """Vector ``u`` added at ``a`` times the scale, where the chosen direction (or the stored ``steer``) acts."""
+        direction = tuple(map(float, u))
+        if steer is None:
+            return ActivationAddition(direction, layer=layer, alpha=a, scale=norm, hook=hook, name=label)
+        return dataclasses.replace(steer, direction=direction, alpha=a, name=label)
+
     M = second_moment(site)
     removed = lambda u: float(np.asarray(u) @ M @ np.asarray(u) / float(np.asarray(u) @ np.asarray(u)))  # noqa: E731
     target = removed(vec)
     direction = tuple(map(float, vec))  # the directions' stored form (an array is taken as its floats)
     out = [_row(DirectionalAblation(direction, name=name), "edit", "ablate", removed=target, target=target),
            _row(OrthogonalizedWeights(direction, name=name), "edit", "orth", removed=target, target=target)]
-    out += [_row(ActivationAddition(direction, layer=layer, alpha=a, scale=norm, hook=hook, name=name), "edit", "actadd",
-                 alpha=a) for a in alphas]
+    out += [_row(addition(direction, a, name) if steer is None else addition(steer.direction, a, steer.name), "edit",
+                 "actadd", alpha=a) for a in alphas]
     if toxic is not None:
         tox = f"toxic{name[name.index('@'):]}" if "@" in name else "toxic"
         out.append(_row(DirectionalAblation(tuple(map(float, toxic)), name=tox), "edit", "ablate",
@@ -66,8 +82,7 @@ def plan(vec: np.ndarray, norm: float, layer: int, hook: str, site: np.ndarray, 
                         "ablate:random-matched", removed=float(r), target=target))
     for a in sorted({abs(a) for a in alphas if a != 0}):
         for i, u in enumerate(units):
-            out.append(_row(ActivationAddition(u, layer=layer, alpha=a, scale=norm, hook=hook,
-                                               name=f"baseline:random#{i}"), "baseline", "actadd",
+            out.append(_row(addition(u, a, f"baseline:random#{i}"), "baseline", "actadd",
                             f"actadd:random@{a:g}", alpha=a))
     return out
 

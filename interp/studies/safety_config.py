@@ -12,17 +12,25 @@ only above about 0.45 with power 0.8; with 48, above about 0.16), 2048 perplexit
 
 from __future__ import annotations
 
-from typing import ClassVar
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 from analyses import directions as dir_analysis
 from analyses import probes as probe_analysis
 from interp.capture.capture import CaptureCfg
-from interp.data.prompts import check_prompt_specs, load_file, prompts_digest
+from interp.data.prompts import (
+    PAIR_SIDES,
+    check_prompt_specs,
+    load_file,
+    load_pair_side,
+    prompts_digest,
+)
 from interp.evals import EvalCfg
-from interp.validate import Optional, Whole
+from interp.evals.config import CORPORA, corpus_args
+from interp.validate import Choice, InvalidValue, Optional, Whole, key_name, refuse
 
 PROMPT_SETS = "harmful,toxic,neutral,stereotypes"
+RESID_HOOKS = ("resid_pre", "resid_post")
 EVAL_TASKS = ("toxicity", "refusal", "ppl", "facts", "arith", "kl")
 BUDGETS: dict[str, dict] = {
     # CLI tests: seconds of work, numbers meaningless.
@@ -47,7 +55,7 @@ BUDGETS: dict[str, dict] = {
 class SafetyCfg:
     """The safety study's settings. ``budget`` fills every field left as None."""
 
-    CONFIG_SPECS: ClassVar[dict] = {"per_set": Optional(Whole(min=1))}
+    CONFIG_SPECS: ClassVar[dict] = {"per_set": Optional(Whole(min=1)), "corpus": Optional(Choice(CORPORA))}
     """Ranges checked on flags and config-file keys alike (interp.studies.config_file.fields_of)."""
 
     budget: str = "quick"
@@ -103,31 +111,59 @@ class SafetyCfg:
     probes, directions, edits and the refusal evaluation (its held-out fifth) use them."""
     harmless: str | None = None
     """Your harmless prompts (JSONL/CSV) in place of the built-in neutral set (probes and directions)."""
+    pairs: str | None = None
+    """Your contrastive pairs (JSONL with 'positive' and 'negative' fields, or CSV with two columns; as in
+    contrastive activation addition) in place of both the harmful (positive side) and the neutral (negative side)
+    sets, with matched rows: a pair is sampled, split and cross-validated as one unit, so the harmful direction
+    (class-mean difference on the train split) is the mean of the pairs' differences."""
+    corpus: str | None = None
+    """Perplexity corpus of the evaluation: book, wikitext2, c4 (corpus_path offline) or text (your own file in
+    corpus_path); None: book."""
+    steer_from: str | None = None
+    """RUN:POINT of a stored activation-addition point in the same store (e.g. '3:actadd[harmful@resid_pre8/last
+    +1]'): the addition edits use its vector, scale, layers, hook and positions at each of ``alphas`` instead of
+    the chosen direction; the run's config records the source run, point and the vector's digest."""
+    corpus_path: str | None = None
+    """Local WikiText-2 / C4 file or folder for ``corpus``, or your own .txt / JSONL text file."""
 
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
-            raise ValueError(f"unknown safety budget '{self.budget}': use smoke, quick or full")
+            raise refuse("budget", "one of smoke, quick, full", self.budget, BUDGETS)
         for k, v in BUDGETS[self.budget].items():
             if getattr(self, k) is None:
                 object.__setattr__(self, k, v)
         assert self.probe_hooks is not None and self.candidate_positions is not None  # every budget fills them
         assert self.baselines is not None and self.alphas is not None
         if self.per_set is not None and self.per_set < 8:
-            raise ValueError(f"per-set limit must be at least 8 prompts (got {self.per_set}): probes need both splits")
-        for hook in (*self.probe_hooks, self.direction_hook):
-            if hook not in ("resid_pre", "resid_post"):
-                raise ValueError(f"safety probes read the residual stream: hook '{hook}' must be resid_pre or resid_post")
+            raise refuse("per_set", "a whole number of at least 8 prompts (probes need both splits)", self.per_set)
+        for key, hooks in (("probe_hooks", self.probe_hooks), ("direction_hook", (self.direction_hook,))):
+            bad = [h for h in hooks if h not in RESID_HOOKS]
+            if bad:
+                raise refuse(key, "resid_pre or resid_post (safety probes read the residual stream)", bad[0], RESID_HOOKS)
         if self.direction_hook not in self.probe_hooks:
-            raise ValueError(f"direction hook '{self.direction_hook}' must be one of the probed hooks {self.probe_hooks}")
-        if any(p not in ("last", "mean") for p in (*self.positions, *self.candidate_positions)):
-            raise ValueError("positions must be last and/or mean")
+            raise InvalidValue(f"{key_name('direction_hook')} '{self.direction_hook}' must be one of the probed hooks "
+                               f"{key_name('probe_hooks')} {list(self.probe_hooks)}")
+        for key, positions in (("positions", self.positions), ("candidate_positions", self.candidate_positions)):
+            bad = [p for p in positions if p not in ("last", "mean")]
+            if bad:
+                raise refuse(key, "last and/or mean", bad[0], ("last", "mean"))
         if not set(self.candidate_positions) <= set(self.positions):
-            raise ValueError("candidate positions must be among the probed positions")
+            raise InvalidValue(f"{key_name('candidate_positions')} must be among the probed {key_name('positions')} "
+                               f"{list(self.positions)}")
         if not 0 < self.test_frac < 1:
-            raise ValueError(f"test fraction must be between 0 and 1, not {self.test_frac}")
+            raise refuse("test_frac", "a number between 0 and 1 (exclusive)", self.test_frac)
         if self.baselines == 1 or self.baselines < 0:
-            raise ValueError(f"random baselines per kind must be 0 or at least 2 (a band needs two), "
-                             f"not {self.baselines}")
+            raise refuse("baselines", "0 or a whole number of at least 2 (a band needs two)", self.baselines)
+        if self.steer_from is not None:
+            run, sep, point = self.steer_from.partition(":")
+            if not (sep and run.strip().isdigit() and int(run) >= 1 and point.strip()):
+                raise refuse("steer_from", "RUN:POINT, a run id and an activation-addition point of it (e.g. "
+                             "3:actadd[harmful@resid_pre8/last +1])", self.steer_from)
+        if self.pairs and (self.harmful or self.harmless):
+            raise InvalidValue(f"{key_name('pairs')} gives both the harmful and the harmless prompts: leave out "
+                               f"{key_name('harmful')} and {key_name('harmless')}, or give those files instead")
+        for key in ("probe_layers", "candidate_layers"):  # the form now; the range once the model is known
+            check_layers(getattr(self, key), key)
         object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
         check_prompt_specs(self.prompt_sets())  # every row of the user's files, before a model loads
         self.probe_cfg()
@@ -147,11 +183,17 @@ class SafetyCfg:
         assert budget is not None  # the budget filled it (__post_init__); counts go as their pairs, as a dict would
         return EvalCfg(tasks=(*EVAL_TASKS, *self.lm_eval), seed=self.seed,
                        budget=tuple(budget.items()) if isinstance(budget, dict) else budget,
-                       harmful_path=self.harmful)
+                       harmful_path=self.harmful_files()["harmful"], **corpus_args(self.corpus, self.corpus_path))
+
+    def harmful_files(self) -> dict[str, str | None]:
+        """The prompt file (or side of the pairs file) standing in for the built-in harmful and neutral sets."""
+        if self.pairs:
+            return {"harmful": f"{self.pairs}[positive]", "neutral": f"{self.pairs}[negative]"}
+        return {"harmful": self.harmful, "neutral": self.harmless}
 
     def prompt_sets(self) -> str:
         """The capture's prompt sets: the built-in ones, with the user's files standing in where given."""
-        files = {"harmful": self.harmful, "neutral": self.harmless}
+        files = self.harmful_files()
         return ",".join(f"{s}={files[s]}" if files.get(s) else s for s in PROMPT_SETS.split(","))
 
     def capture_cfg(self) -> CaptureCfg:
@@ -163,28 +205,40 @@ class SafetyCfg:
     def describe(self) -> dict:
         # batch_size never changes results; without lm-eval tasks a run keeps the identity it had before them
         # the user's files only when given (older runs keep their identity), by content
-        d = {k: v for k, v in asdict(self).items() if k != "batch_size" and (k not in ("lm_eval", "harmful", "harmless")
+        d = {k: v for k, v in asdict(self).items() if k != "batch_size" and (k not in ("lm_eval", "harmful", "harmless", "pairs", "corpus", "corpus_path",
+                                                                             "steer_from")
                                                                            or v)}
         for name in ("harmful", "harmless"):
             if d.get(name):
                 d[f"{name}_sha256"] = prompts_digest(load_file(d[name]))
+        if d.get("pairs"):  # both sides, as the studies read them
+            d["pairs_sha256"] = prompts_digest([p for side in PAIR_SIDES for p in load_pair_side(d["pairs"], side)])
         d["eval"] = self.eval_cfg().describe()
         d["rule"] = self.rule().describe()
         return d
 
 
-def parse_layers(spec: str, n_layers: int, cap: float = 1.0) -> list[int]:
-    """'all', 'stride:k' (layers 0, k, 2k, ... below cap * n_layers) or '3,7,11'."""
+def check_layers(spec: str, key: str = "probe_layers") -> None:
+    """The form of a layer setting ('all', 'stride:k', '3,7,11'), before the model's layer count is known."""
+    k = spec[len("stride:"):].strip() if spec.startswith("stride:") else None
+    parts = [x.strip() for x in spec.split(",") if x.strip()]
+    ok = spec == "all" or (k.isdigit() and int(k) >= 1 if k is not None else bool(parts) and all(x.isdigit() for x in parts))
+    if not ok:
+        raise refuse(key, "all, stride:K (K at least 1) or layers like 3,7,11", spec)
+
+
+def parse_layers(spec: str, n_layers: int, cap: float = 1.0, key: str = "probe_layers") -> list[int]:
+    """'all', 'stride:k' (layers 0, k, 2k, ... below cap * n_layers) or '3,7,11'; ``key`` names the setting in
+    errors."""
+    check_layers(spec, key)
     top = max(1, int(n_layers * cap))
     if spec == "all":
         return list(range(top))
     if spec.startswith("stride:"):
         k = int(spec.split(":", 1)[1])
-        if k < 1:
-            raise ValueError(f"layer stride must be at least 1 in '{spec}'")
         return list(range(min(k, top - 1) if cap < 1 else 0, top, k))
     layers = sorted({int(x) for x in spec.split(",") if x.strip()})
-    bad = [l for l in layers if not 0 <= l < n_layers]
-    if bad or not layers:
-        raise ValueError(f"layer {bad[0] if bad else spec!r} out of range: this model has layers 0..{n_layers - 1}")
+    bad = [l for l in layers if l >= n_layers]
+    if bad:
+        raise InvalidValue(f"{key_name(key)}: layer {bad[0]} out of range: this model has layers 0..{n_layers - 1}")
     return layers

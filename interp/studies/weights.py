@@ -21,10 +21,11 @@ import pandas as pd
 
 from interp.interventions import Intervention, describe
 from interp.interventions.prune import PruneSpec
-from interp.model.loading import Loaded
 from interp.interventions.pruning.apply import dense_report
+from interp.interventions.pruning.calibdata import calibration_windows
 from interp.interventions.pruning.stored import StoreNorms
 from interp.interventions.pruning.targets import PROJECTIONS
+from interp.model.loading import Loaded
 from interp.studies.sweep import Phase, no_phase, run_sweep, start_study_run
 from interp.studies.weights_config import BUDGETS, PLANS, STUDY, Plan, WeightsCfg  # noqa: F401 (the study's API)
 from store import Store
@@ -75,6 +76,9 @@ def run_weights(loaded: Loaded, store: Store, cfg: WeightsCfg, progress: bool = 
     run_id, status = start_study_run(loaded, store, STUDY, config)
     if status == "complete":
         return run_id
+    calib = next((s.calib for s in points if s.calib is not None), None)
+    if calib is not None:  # a calibration file that cannot be read fails here, before any point is evaluated
+        calibration_windows(loaded.tokenizer, calib)
     with store.connect() as con:
         if "base" not in done_prune_points(con, run_id):
             on_phase("dense")

@@ -8,16 +8,18 @@ module_rates=(0.5,), mixed=((("attn", 0.2), ("mlp", 0.6)), (("attn", 0.6), ("mlp
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
 from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
 
 from interp.evals import EvalCfg
+from interp.evals.config import CORPORA, corpus_args
 from interp.evals.ppl import window_length
 from interp.interventions.prune import METHODS
-from interp.interventions.pruning.calibdata import CalibData
+from interp.interventions.pruning.calibdata import CalibData, CalibrationError
 from interp.interventions.pruning.targets import PROJECTIONS, SELECTORS
 from interp.model.loading import Loaded
-from interp.validate import Optional, Whole
+from interp.validate import Choice, InvalidValue, Optional, Whole, key_name, refuse
 
 STUDY = "weights"
 BUDGETS = ("smoke", "quick", "full")
@@ -78,7 +80,8 @@ PLANS = {
 class WeightsCfg:
     """The weight-pruning study. Fields left at None keep a run's identity as it was before they existed."""
 
-    CONFIG_SPECS: ClassVar[dict] = {"calib_windows": Optional(Whole(min=1))}
+    CONFIG_SPECS: ClassVar[dict] = {"calib_windows": Optional(Whole(min=1)), "calib_corpus": Optional(Choice(CORPORA)),
+                                    "corpus": Optional(Choice(CORPORA))}
     """Ranges checked on flags and config-file keys alike (interp.studies.config_file.fields_of)."""
 
     budget: str = "full"
@@ -116,43 +119,57 @@ class WeightsCfg:
     boolq_path: str | None = None
     """Local BoolQ data: adds the boolq task."""
     corpus: str | None = None
-    """Perplexity corpus: book, wikitext2 or c4 (with corpus_path offline); None: book."""
+    """Perplexity corpus: book, wikitext2, c4 (with corpus_path offline) or text (your own file); None: book."""
     corpus_path: str | None = None
-    """Local WikiText-2 / C4 file or folder for ``corpus``."""
+    """Local WikiText-2 / C4 file or folder for ``corpus`` (for 'text': your own .txt or JSONL file)."""
+    calib_corpus: str | None = None
+    """Wanda calibration corpus: book, wikitext2, c4 or text (your own file, calib_path); None: book."""
+    calib_path: str | None = None
+    """Local file or folder of ``calib_corpus``: WikiText-2 / C4 in the hub's formats, or for 'text' a .txt file
+    (one document per line) or JSONL/CSV/parquet with a 'text' column. Its content digest joins the identity."""
 
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
-            raise ValueError(f"unknown budget '{self.budget}': use smoke, quick or full")
+            raise refuse("budget", "one of smoke, quick, full", self.budget, BUDGETS)
         methods = tuple(m.strip() for m in (self.methods.split(",") if isinstance(self.methods, str)
                                               else self.methods) if m.strip())
         bad = [m for m in methods if m not in METHODS]
         if bad or not methods:
-            raise ValueError(f"unknown pruning method '{','.join(bad) or self.methods}': use magnitude and/or wanda")
+            raise refuse("methods", "magnitude and/or wanda", ",".join(bad) or self.methods, METHODS)
         object.__setattr__(self, "methods", methods)
         if self.calibration not in ("sequential", "oneshot"):
-            raise ValueError(f"unknown calibration '{self.calibration}': use sequential or oneshot")
+            raise refuse("calibration", "sequential or oneshot", self.calibration, ("sequential", "oneshot"))
         if self.calib_windows is not None and self.calib_windows < 1:
-            raise ValueError("calibration needs at least 1 window")
+            raise refuse("calib_windows", "a whole number of at least 1", self.calib_windows)
         for name in ("rates", "module_rates", "group_rates"):
             bad = [r for r in getattr(self, name) or () if not 0 < r < 1]
             if bad:
-                raise ValueError(f"{name.replace('_', '-')} must be fractions between 0 and 1 (0.05 is 5%), not {bad[0]}")
+                raise refuse(name, "fractions between 0 and 1 (0.05 is 5%)", bad[0])
         bad = [m for m in self.modules or () if m not in PROJECTIONS]
         if bad:
-            raise ValueError(f"unknown projection '{bad[0]}' in modules: use some of {', '.join(PROJECTIONS)}")
+            raise refuse("modules", f"some of {', '.join(PROJECTIONS)}", bad[0], PROJECTIONS)
         if bool(self.modules) != bool(self.module_rates):
-            raise ValueError("modules and module-rates go together: give the projections to prune alone and "
-                             "the rates to prune them at")
+            raise InvalidValue(f"{key_name('modules')} and {key_name('module_rates')} go together: give the "
+                               "projections to prune alone and the rates to prune them at")
         for pattern in self.nm or ():
             n, _, m = pattern.partition(":")
             if not (n.isdigit() and m.isdigit() and 0 < int(n) < int(m)):
-                raise ValueError(f"N:M pattern '{pattern}' is not N:M with 0 < N < M (e.g. 2:4)")
+                raise refuse("nm", "N:M patterns with 0 < N < M (e.g. 2:4)", pattern)
         for recipe in self.mixed or ():
             bad = [k for k, r in recipe if k not in SELECTORS or not 0 < r < 1]
             if bad:
-                raise ValueError(f"mixed recipe {dict(recipe)}: '{bad[0]}' must be one of {', '.join(SELECTORS)} "
-                                 "with a rate between 0 and 1")
+                raise refuse("mixed", f"recipes of {', '.join(SELECTORS)} with rates between 0 and 1",
+                             f"{bad[0]}={dict(recipe)[bad[0]]}", [f"{k}={dict(recipe)[bad[0]]}" for k in SELECTORS])
         self.eval_cfg()  # fail on bad tasks / budget / data paths before a model is loaded
+        if self.calib_corpus is not None and self.calib_corpus not in CORPORA:
+            raise refuse("calib_corpus", f"one of {', '.join(CORPORA)}", self.calib_corpus, CORPORA)
+        if self.calib_path is not None and self.calib_corpus in (None, "book"):
+            raise InvalidValue(f"{key_name('calib_path')} is for the wikitext2, c4 or text calibration corpus: set "
+                               f"{key_name('calib_corpus')} too")
+        try:
+            self._calib(None)  # the calibration corpus and file (exists, readable type) before a model is loaded
+        except CalibrationError as e:
+            raise InvalidValue(str(e)) from None
 
     @property
     def custom(self) -> bool:
@@ -176,22 +193,22 @@ class WeightsCfg:
         # EvalCfg keywords named at run time (corpus, its *_path fields): Any, as mypy cannot check them
         paths: dict[str, Any] = {"mmlu": self.mmlu_path, "gsm8k": self.gsm8k_path, "boolq": self.boolq_path}
         tasks = (*tasks, *(t for t, p in paths.items() if p and t not in tasks))
-        corpus: dict[str, Any] = {"corpus": self.corpus} if self.corpus else {}
-        if self.corpus_path:
-            if self.corpus not in ("wikitext2", "c4"):
-                raise ValueError("corpus-path is for the wikitext2 or c4 corpus: set corpus too")
-            corpus[f"{self.corpus}_path"] = self.corpus_path
         return EvalCfg(tasks=tasks, budget=self.eval_budget or self.plan.eval_budget, seed=self.seed,
-                       **{f"{t}_path": p for t, p in paths.items() if p}, **corpus)
+                       **{f"{t}_path": p for t, p in paths.items() if p}, **corpus_args(self.corpus, self.corpus_path))
+
+    def _calib(self, exclude: tuple[int, int, int] | None) -> CalibData:
+        return CalibData(source=self.calib_corpus or "book", windows=self.calib_windows or self.plan.calib_windows,
+                         length=self.plan.calib_length, seed=self.seed, exclude=exclude, path=self.calib_path)
 
     def calib_data(self, loaded: Loaded) -> CalibData:
-        """The calibration set, kept off the perplexity windows the evaluation scores."""
-        ev = self.eval_cfg()
-        exclude = None
-        if "ppl" in ev.tasks and ev.corpus == "book":
-            exclude = (window_length(loaded, ev), ev.count("ppl") or 10**9, ev.seed)
-        return CalibData(windows=self.calib_windows or self.plan.calib_windows, length=self.plan.calib_length,
-                         seed=self.seed, exclude=exclude)
+        """The calibration set, kept off the perplexity windows the evaluation scores when both read one corpus."""
+        ev, calib = self.eval_cfg(), self._calib(None)
+        eval_path = getattr(ev, f"{ev.corpus}_path", None)
+        same_file = (eval_path is None) == (calib.path is None) and (
+            eval_path is None or Path(eval_path).resolve() == Path(calib.path or "").resolve())
+        if "ppl" in ev.tasks and ev.corpus == calib.source and same_file:
+            return self._calib((window_length(loaded, ev), ev.count("ppl") or 10**9, ev.seed))
+        return calib
 
     def identity(self) -> dict:
         """The study fields of the run identity (the points and the evaluation config join them); the
@@ -202,4 +219,8 @@ class WeightsCfg:
             if f.name not in ("budget", "seed", "methods", "calibration", "tasks", "eval_budget", "calib_windows") \
                     and getattr(self, f.name) is not None:
                 d[f.name] = getattr(self, f.name)
+        if self.calib_path is not None:  # a local file can change under the same name: its content is the identity
+            from interp.model.digest import content_digest
+
+            d["calib_sha256"] = content_digest(self.calib_path)
         return d

@@ -118,3 +118,7 @@ CREATE TABLE IF NOT EXISTS layer_heal_adapters (
     weights  FLOAT[] NOT NULL,
     PRIMARY KEY (run_id, point, name)
 );
+-- Content digest of the point's whole adapter set (store.layers.adapters_digest: names, shapes and float32
+-- bytes), the same on each of its rows: export-model merges the adapters it finds under it instead of healing
+-- again, after checking the weights still hash to it. NULL on rows stored before it existed.
+ALTER TABLE layer_heal_adapters ADD COLUMN IF NOT EXISTS digest VARCHAR;

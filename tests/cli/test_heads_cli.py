@@ -48,7 +48,7 @@ def test_heads_smoke_run(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--budget", "huge"], "unknown heads budget 'huge'"),
+    (["--budget", "huge"], "budget (--budget) takes one of smoke, quick, full, not 'huge'"),
     (["--quick", "--budget", "full"], "--quick and --budget full disagree"),
     (["--router-steps", "many"], "--router-steps takes a whole number of at least 1, not 'many'"),
     (["--gradient-seq", "maybe"], "--gradient-seq takes true or false, not 'maybe'"),

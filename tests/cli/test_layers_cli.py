@@ -46,7 +46,7 @@ def test_layers_smoke_then_sql(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--budget", "huge"], "unknown budget 'huge'"),
+    (["--budget", "huge"], "budget (--budget) takes one of smoke, quick, full, not 'huge'"),
     (["--sizes", "2,x"], "--sizes (item 2) takes a whole number of at least 1, not 'x'"),
     (["--prompts", "nothing-here"], "unknown prompt set 'nothing-here'"),
     (["--quick", "--budget", "full"], "--quick and --budget full disagree"),

@@ -53,10 +53,11 @@ def test_safety_smoke_then_rerun(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--budget", "huge"], "unknown safety budget 'huge'"),
+    (["--budget", "huge"], "budget (--budget) takes one of smoke, quick, full, not 'huge'"),
     (["--quick", "--budget", "full"], "--quick and --budget full disagree"),
     (["--alphas", "one,two"], "--alphas (item 1) takes a number, not 'one'"),
-    (["--per-set", "3"], "per-set limit must be at least 8"),
+    (["--per-set", "3"], "per_set (--per-set) takes a whole number of at least 8"),
+    (["--pairs", "pairs.jsonl", "--harmful", "pairs.jsonl"], "pairs (--pairs) gives both the harmful and the harmless"),
 ])
 def test_bad_flags_fail_before_loading(tmp_path, args, message):
     r = invoke("safety", *args, "--store", str(tmp_path / "s.duckdb"))

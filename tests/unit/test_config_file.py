@@ -18,15 +18,18 @@ FLAGS = {  # what a user types, as the command's flags hand it over (strings)
     "layers": {"budget": "smoke", "heal_steps": "120", "heal_alpha": "8", "heal_dropout": "0.05",
                "heal_schedule": "cosine", "heal_warmup": "100", "sizes": "2,4", "heal_sizes": "4", "chat": "yes"},
     "weights": {"budget": "smoke", "methods": "wanda", "modules": "q,k,v,o,gate,up,down", "module_rates": "0.5",
-                "mixed": "attn=0.2:mlp=0.6,attn=0.6:mlp=0.2", "nm": "2:4"},
-    "heads": {"budget": "smoke", "router_keep": "0.25,0.5", "lb_coef": "0.1", "eval_budget": "ppl=256,facts=4"},
+                "mixed": "attn=0.2:mlp=0.6,attn=0.6:mlp=0.2", "nm": "2:4", "calib_corpus": "c4"},
+    "heads": {"budget": "smoke", "router_keep": "0.25,0.5", "lb_coef": "0.1", "eval_budget": "ppl=256,facts=4",
+              "corpus": "c4"},
     "safety": {"budget": "smoke", "probe_hooks": "resid_pre,resid_post", "probe_layers": "1,2", "C": "0.5",
-               "alphas": "-2,2"},
+               "alphas": "-2,2", "corpus": "wikitext2", "steer_from": "3:actadd[harmful@resid_pre8/last +1]"},
 }
 
 
 def _identity(cfg) -> str:
-    return config_hash(cfg.identity() if hasattr(cfg, "identity") else cfg.describe())
+    if hasattr(cfg, "identity"):  # layers and weights: the evaluation config joins the study's fields in the run
+        return config_hash({**cfg.identity(), "eval": cfg.eval_cfg().describe()})
+    return config_hash(cfg.describe())
 
 
 def _load_flags(study: str, flags: dict):
@@ -108,16 +111,16 @@ def test_bad_files_are_refused_in_one_line(tmp_path, text, match):
 
 
 @pytest.mark.parametrize("study,values,match", [
-    ("layers", {"heal_warmup": 300, "heal_steps": 10}, "warm-up"),
-    ("layers", {"heal_schedule": "cosin", "heal_steps": 10}, "unknown heal schedule"),
-    ("layers", {"corpus_path": "x"}, "set --corpus too"),
+    ("layers", {"heal_warmup": 300, "heal_steps": 10}, "below heal_steps"),
+    ("layers", {"heal_schedule": "cosin", "heal_steps": 10}, "did you mean cosine"),
+    ("layers", {"corpus_path": "x"}, r"set corpus \(--corpus\) too"),
     ("layers", {"corpus": "c4", "corpus_path": "/nonexistent"}, "does not exist"),
     ("weights", {"rates": (0.05, 1.5)}, "between 0 and 1"),
-    ("weights", {"modules": ("qq",), "module_rates": (0.5,)}, "unknown projection 'qq'"),
+    ("weights", {"modules": ("qq",), "module_rates": (0.5,)}, "not 'qq' \\(did you mean q\\?\\)"),
     ("weights", {"modules": ("q",)}, "go together"),
-    ("weights", {"nm": ("4:2",)}, "N:M pattern '4:2'"),
-    ("weights", {"mixed": ((("atn", 0.2),),)}, "'atn' must be one of"),
-    ("heads", {"router_keep": (1.5,)}, "router keep"),
+    ("weights", {"nm": ("4:2",)}, "not '4:2'"),
+    ("weights", {"mixed": ((("atn", 0.2),),)}, "not 'atn=0.2' \\(did you mean attn=0.2\\?\\)"),
+    ("heads", {"router_keep": (1.5,)}, "router_keep"),
     ("safety", {"probe_hooks": ("mlp_out",)}, "residual stream"),
 ])
 def test_out_of_range_values_are_refused(study, values, match):
@@ -165,3 +168,70 @@ def test_bad_user_prompt_files_are_refused_before_a_model_loads(tmp_path, text, 
     path.write_text(text)
     with pytest.raises(ValueError, match=match):
         SafetyCfg(budget="smoke", harmful=str(path))
+
+
+@pytest.mark.parametrize("study", ["heads", "safety", "weights", "layers"])
+def test_every_study_evaluates_perplexity_on_the_chosen_corpus(study, tmp_path):
+    """corpus / corpus_path: the evaluation reads the user's file (its content in the identity); unset, a
+    study keeps the identity it had before the setting existed."""
+    from interp.evals.ppl import corpus_texts
+
+    cls = STUDIES[study]
+    plain = cls(budget="smoke")
+    assert "corpus" not in _describe(plain) and "corpus_path" not in _describe(plain)
+    path = tmp_path / "mine.txt"
+    path.write_text("first document of mine\nsecond one\n")
+    cfg = cls(budget="smoke", corpus="text", corpus_path=str(path))
+    ev = cfg.eval_cfg()
+    assert corpus_texts(ev) == (["first document of mine", "second one"], str(path))
+    assert ev.describe()["data_sha256"]["text_path"]
+    before = _identity(cfg)
+    path.write_text("another text\n")
+    assert _identity(cls(budget="smoke", corpus="text", corpus_path=str(path))) != before
+    with pytest.raises(ValueError, match=r"corpus_path \(--corpus-path\) is for the wikitext2, c4, text corpus"):
+        cls(budget="smoke", corpus_path=str(path))
+
+
+def _describe(cfg) -> dict:
+    return cfg.identity() if hasattr(cfg, "identity") else cfg.describe()
+
+
+OUT_OF_RANGE = [  # (study, key, value): every study's range checks name the key as the file and the flag write it
+    ("layers", "budget", "quik"), ("layers", "strategies", ("angulr",)), ("layers", "heal_strategies", ("x",)),
+    ("layers", "heal_steps", -1), ("layers", "sizes", (0,)), ("layers", "limit", 0), ("layers", "max_tokens", 0),
+    ("layers", "batch_size", 0), ("layers", "heal_rank", 0), ("layers", "heal_batch", 0), ("layers", "heal_lr", 0.0),
+    ("layers", "heal_alpha", -1.0), ("layers", "heal_dropout", 1.0), ("layers", "heal_schedule", "cosin"),
+    ("layers", "heal_warmup", -1), ("layers", "corpus", "wiki"),
+    ("weights", "budget", "ful"), ("weights", "methods", ("wand",)), ("weights", "calibration", "one-shot"),
+    ("weights", "calib_windows", 0), ("weights", "rates", (1.5,)), ("weights", "module_rates", (0.0,)),
+    ("weights", "group_rates", (2.0,)), ("weights", "modules", ("qq",)), ("weights", "nm", ("4:2",)),
+    ("weights", "mixed", ((("atn", 0.2),),)), ("weights", "calib_corpus", "books"),
+    ("heads", "budget", "huge"), ("heads", "text_seqs", 0), ("heads", "heldout_seqs", 0), ("heads", "seq_len", 2),
+    ("heads", "router_steps", -1), ("heads", "methods", ("gradiant",)), ("heads", "ablation_layers", -1),
+    ("heads", "prune_fracs", (1.0,)), ("heads", "router_keep", (0.0,)), ("heads", "batch_size", 0),
+    ("safety", "budget", "huge"), ("safety", "per_set", 3), ("safety", "probe_hooks", ("mlp_out",)),
+    ("safety", "direction_hook", "resid_mid"), ("safety", "positions", ("first",)),
+    ("safety", "candidate_positions", ("first",)), ("safety", "test_frac", 1.0), ("safety", "baselines", 1),
+    ("safety", "probe_layers", "stride:0"), ("safety", "candidate_layers", "a,b"), ("safety", "steer_from", "x"),
+]
+SUGGESTS = {("layers", "budget"): "quick", ("layers", "strategies"): "angular", ("layers", "heal_schedule"): "cosine",
+            ("weights", "budget"): "full", ("weights", "methods"): "wanda", ("weights", "calibration"): "oneshot",
+            ("weights", "modules"): "q", ("heads", "methods"): "gradient", ("safety", "direction_hook"): "resid_pre",
+            ("weights", "calib_corpus"): "book", ("layers", "corpus"): "wikitext2"}
+
+
+@pytest.mark.parametrize("study,key,value", OUT_OF_RANGE, ids=lambda v: str(v))
+def test_range_checks_name_the_key_and_the_closest_name(study, key, value):
+    """Built in Python (the __post_init__ checks) or read from a file or flags (the validator's specs), the
+    refusal is one InvalidValue line naming the key as TOML writes it and as its flag."""
+    cls = STUDIES[study]
+    extra = {"heal_steps": 10} if key.startswith("heal_") and key not in ("heal_steps", "heal_strategies") else {}
+    for make in (lambda: cls(budget="smoke", **extra, **{key: value}) if key != "budget" else cls(budget=value),
+                 lambda: load(study, cls, None, {**extra, key: value}, {})):
+        with pytest.raises(InvalidValue) as e:
+            make()
+        message = str(e.value)
+        assert f"{key} (--{key.replace('_', '-')})" in message or f"{key} takes" in message, message
+        assert "\n" not in message
+        if (study, key) in SUGGESTS:
+            assert f"did you mean {SUGGESTS[study, key]}" in message, message

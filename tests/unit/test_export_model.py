@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,8 +90,22 @@ CASES = [("llama", 0), ("llama", 1), ("llama", 2), ("llama", 3), ("llama", 4), (
 
 @pytest.fixture(scope="module")
 def exported(swept):
-    """Every case exported (the model checked unchanged after each), then one plain process reads them all."""
+    """Every case exported (the model checked unchanged after each), then one plain process reads them all.
+    Healing is never run again: a healed point's export merges the adapters the sweep stored."""
+    from unittest import mock
+
     found = {}
+    never = mock.patch("interp.interventions.heal.healed", side_effect=AssertionError("export healed again"))
+    with never:
+        _export_all(swept, found)
+    res = subprocess.run([sys.executable, "-c", PLAIN, *(str(v[1]) for v in found.values())], capture_output=True,
+                         text=True, check=False, timeout=600, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    plain = json.loads(res.stdout.strip().splitlines()[-1])
+    return {k: (*v, plain[str(v[1])]) for k, v in found.items()}
+
+
+def _export_all(swept, found: dict) -> None:
     for model, i in CASES:
         loaded = swept["loaded"][model]
         spec = Base() if i is None else swept["points"][model][i]
@@ -100,11 +115,6 @@ def exported(swept):
         after = loaded.model.state_dict()
         unchanged = before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
         found[(model, i)] = (spec, out, done, unchanged)
-    res = subprocess.run([sys.executable, "-c", PLAIN, *(str(v[1]) for v in found.values())], capture_output=True,
-                         text=True, check=False, timeout=600, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
-    assert res.returncode == 0, res.stderr[-3000:]
-    plain = json.loads(res.stdout.strip().splitlines()[-1])
-    return {k: (*v, plain[str(v[1])]) for k, v in found.items()}
 
 
 @pytest.mark.parametrize("model,i", CASES, ids=lambda v: str(v))
@@ -117,6 +127,13 @@ def test_export_reproduces_the_stored_perplexity(swept, exported, model, i):
     assert got["layers"] == swept["loaded"][model].n_layers - len(dropped)
     if spec.kind == "prune":
         assert done["pruned"]["n_zero"] > 0 and got["zeros"] >= done["pruned"]["n_zero"]
+    if spec.kind == "layer_drop_healed":
+        from store.layers import stored_adapters
+
+        with swept["store"].connect(read_only=True) as con:
+            adapters, digest = stored_adapters(con, swept["runs"][model], spec.label())
+        assert done["lora_source"] == "store" and done["lora_digest"] == digest and adapters
+        assert done["lora_merged"] == len(adapters) // 2  # one A and one B per adapted projection
 
 
 def test_dropped_layers_make_smaller_files(swept, tmp_path):
@@ -124,7 +141,9 @@ def test_dropped_layers_make_smaller_files(swept, tmp_path):
     base, drop = tmp_path / "base", tmp_path / "drop"
     export_from_store(loaded, swept["store"], run, "base", base)
     export_from_store(loaded, swept["store"], run, LayerDrop((1, 2)).label(), drop)
-    size = lambda d: sum(f.stat().st_size for f in d.glob("*.safetensors"))
+    def size(d: Path) -> int:
+        return sum(f.stat().st_size for f in d.glob("*.safetensors"))
+
     assert size(drop) < size(base)
 
 
@@ -147,3 +166,50 @@ def test_unknown_point_and_wrong_model_are_refused(swept, tmp_path):
         export_from_store(swept["loaded"]["llama"], store, run, "drop[9]", tmp_path / "a")
     with pytest.raises(ExportError, match="pass the run's model"):
         export_from_store(swept["loaded"]["gpt"], store, run, "base", tmp_path / "b")
+
+
+def test_a_store_without_adapters_heals_again_and_says_so(swept, tmp_path):
+    """Stores from before adapters were kept: the healed point is healed again (deterministic for its seed),
+    reproducing the merge from the stored adapters, and interp_export.json says which happened."""
+    from store.layers import add_heal_log, stored_adapters
+
+    loaded, store, run = swept["loaded"]["llama"], swept["store"], swept["runs"]["llama"]
+    spec = swept["points"]["llama"][5]
+    with store.connect() as con:
+        adapters, _ = stored_adapters(con, run, spec.label())
+        log = con.execute("SELECT step, loss, seconds FROM layer_heal WHERE run_id = ? AND point = ?",
+                          [run, spec.label()]).df()
+        con.execute("DELETE FROM layer_heal_adapters WHERE run_id = ? AND point = ?", [run, spec.label()])
+    try:
+        done = export_from_store(loaded, store, run, spec.label(), tmp_path / "again")
+    finally:
+        with store.connect() as con:
+            add_heal_log(con, run, spec.label(), log, adapters)
+    assert done["lora_source"].startswith("healed again")
+    meta = json.loads((tmp_path / "again" / "interp_export.json").read_text())
+    assert meta["export"]["lora_source"] == done["lora_source"]
+    from safetensors.torch import load_file
+
+    again = load_file(tmp_path / "again" / "model.safetensors")
+    stored = load_file(next(p for p in swept["root"].glob("ckpt-llama-5") if p.is_dir()) / "model.safetensors")
+    assert again.keys() == stored.keys()
+    assert max(float((again[k] - stored[k]).abs().max()) for k in again) < 1e-6
+
+
+def test_altered_adapters_are_refused(swept, tmp_path):
+    from store.layers import StoreError, stored_adapters
+
+    store, run, spec = swept["store"], swept["runs"]["llama"], swept["points"]["llama"][5]
+    with store.connect() as con:
+        before, digest = stored_adapters(con, run, spec.label())
+        name = min(before)
+        con.execute("UPDATE layer_heal_adapters SET weights = list_transform(weights, x -> x * 2) "
+                    "WHERE run_id = ? AND point = ? AND name = ?", [run, spec.label(), name])
+    try:
+        with pytest.raises(StoreError, match="do not match their stored digest"):
+            export_from_store(swept["loaded"]["llama"], store, run, spec.label(), tmp_path / "x")
+    finally:
+        with store.connect() as con:
+            con.execute("UPDATE layer_heal_adapters SET weights = ? WHERE run_id = ? AND point = ? AND name = ?",
+                        [before[name].reshape(-1).tolist(), run, spec.label(), name])
+            assert stored_adapters(con, run, spec.label())[1] == digest

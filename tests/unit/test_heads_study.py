@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from analyses import head_agreement, head_pruning
-from interp.studies.heads_config import HeadsCfg
 from interp.interventions import from_json
+from interp.studies.heads_config import HeadsCfg
 from store import heads as db
 
 
@@ -117,11 +117,11 @@ def test_config_validation():
     assert HeadsCfg(budget="smoke", gradient_seq=True).gradient_seq
     assert HeadsCfg(budget="quick").grad_seqs == 32 and HeadsCfg(budget="quick", text_seqs=40).grad_seqs == 40
     assert HeadsCfg(budget="quick", text_seqs=2, grad_seqs=3).grad_seqs == 3
-    with pytest.raises(ValueError, match="grad-seqs \\(3\\) must be at least text-seqs \\(5\\)"):
+    with pytest.raises(ValueError, match=r"grad_seqs \(--grad-seqs\) \(3\) must be at least text_seqs \(--text-seqs\) \(5\)"):
         HeadsCfg(budget="quick", text_seqs=5, grad_seqs=3)
-    with pytest.raises(ValueError, match="unknown heads budget"):
+    with pytest.raises(ValueError, match=r"budget \(--budget\) takes one of smoke, quick, full, not 'huge'"):
         HeadsCfg(budget="huge")
-    with pytest.raises(ValueError, match="unknown pruning method"):
+    with pytest.raises(ValueError, match=r"methods \(--methods\) takes some of .*, not 'magic'"):
         HeadsCfg(methods=("gradient", "magic"))
     with pytest.raises(ValueError, match="every layer"):
         HeadsCfg(budget="smoke", methods=("zero",)).ablated_layers(30)
@@ -129,7 +129,7 @@ def test_config_validation():
     assert HeadsCfg(budget="quick").ablated_layers(30) == range(30)
     with pytest.raises(ValueError, match="router-steps"):
         HeadsCfg(router_steps=-1)
-    with pytest.raises(ValueError, match="keep fractions"):
+    with pytest.raises(ValueError, match=r"router_keep \(--router-keep\) takes fractions above 0 and at most 1"):
         HeadsCfg(router_keep=(0.0,))
     d = HeadsCfg(budget="smoke").describe()
     assert "batch_size" not in d and d["eval"]["tasks"] == ["ppl", "facts"]

@@ -18,9 +18,9 @@ TINY = dict(budget="smoke", per_set=12, probe_layers="0,1,2", candidate_layers="
 def done(tmp_path_factory):
     """One study run on the tiny Llama, shared by the tests of this module (they only read it,
     except the resume test, which runs last and leaves it as it found it)."""
-    from tests.conftest import byte_tokenizer, tiny_llama
     from interp.model.loading import wrap
     from store import Store
+    from tests.conftest import byte_tokenizer, tiny_llama
 
     tiny = wrap(tiny_llama(), byte_tokenizer(), name="tiny-llama", revision="seed0")
     store = Store(tmp_path_factory.mktemp("safety") / "s.duckdb")
@@ -108,17 +108,17 @@ def test_sweep_points_rebuild_from_the_store(done):
 
 
 def test_config_errors_are_clear():
-    with pytest.raises(ValueError, match="unknown safety budget 'huge'"):
+    with pytest.raises(ValueError, match=r"budget \(--budget\) takes one of smoke, quick, full, not 'huge'"):
         SafetyCfg(budget="huge")
-    with pytest.raises(ValueError, match="hook 'mlp_out' must be resid_pre or resid_post"):
+    with pytest.raises(ValueError, match=r"probe_hooks \(--probe-hooks\) takes resid_pre or resid_post .*, not 'mlp_out'"):
         SafetyCfg(probe_hooks=("mlp_out",))
-    with pytest.raises(ValueError, match="per-set limit must be at least 8"):
+    with pytest.raises(ValueError, match=r"per_set \(--per-set\) takes a whole number of at least 8"):
         SafetyCfg(per_set=3)
     with pytest.raises(ValueError, match="unknown evaluation task|budget"):
         SafetyCfg(eval_budget="enormous")
     assert parse_layers("stride:4", 30, cap=0.8) == [4, 8, 12, 16, 20]
     assert parse_layers("all", 4) == [0, 1, 2, 3] and parse_layers("2,1", 4) == [1, 2]
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match=r"probe_layers \(--probe-layers\): layer 40 out of range"):
         parse_layers("1,40", 30)
 
 
