@@ -248,6 +248,17 @@ def test_config_validation_and_budgets(tmp_path):
             EvalCfg(**kwargs)
 
 
+def test_a_count_budget_sets_a_generation_tasks_new_tokens():
+    cfg = EvalCfg(tasks="gsm8k,refusal", budget="gsm8k=2,gsm8k_tokens=16")
+    assert (cfg.gen_tokens("gsm8k"), cfg.gen_tokens("refusal"), cfg.count("gsm8k")) == (16, 32, 2)  # refusal: quick's
+    assert cfg.describe()["gen_tokens"] == {"gsm8k": 16, "refusal": 32}
+    assert EvalCfg(tasks="gsm8k", budget="smoke").describe()["gen_tokens"] == {"gsm8k": 64}  # presets as before
+    for budget, msg in [("gsm8k_tokens=0", "'gsm8k_tokens' must be at least 1 new token"),
+                        ("ppl_tokens=8", r"unknown task 'ppl_tokens'.*toxicity_tokens, refusal_tokens, gsm8k_tokens")]:
+        with pytest.raises(EvalError, match=msg):
+            EvalCfg(budget=budget)
+
+
 def test_score_fields_match_the_evals_table(tmp_path):
     from store import Store
     from store.tables import columns
