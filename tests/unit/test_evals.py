@@ -223,6 +223,20 @@ def test_kl_divergence_properties():
     assert (kl.kl_divergence(a, b) > 0).all()
 
 
+def test_kl_refuses_logits_of_another_vocabulary_in_one_line(tiny):
+    ref = kl.make_reference(tiny, 2, 0, chat=False)
+    base = kl.kl(tiny, ref)[0].value
+    assert base == pytest.approx(0.0, abs=1e-9)
+    lm_head = tiny.model.lm_head  # the edited model's unembedding has 300 rows, its config still says 259
+    tiny.model.lm_head = torch.nn.Linear(lm_head.in_features, 300, bias=False)
+    try:
+        with pytest.raises(EvalError, match="reference has vocabulary 259 but the model's logits now have 300") as e:
+            kl.kl(tiny, ref)
+    finally:
+        tiny.model.lm_head = lm_head
+    assert "\n" not in str(e.value) and tiny.vocab_size == 259
+
+
 # ---------- config ----------
 
 def test_config_validation_and_budgets(tmp_path):
