@@ -16,7 +16,7 @@ from interp.validate import Boolean, Optional, Whole
     tasks="comma-separated: ppl, facts, arith, mmlu, boolq, gsm8k (the suite's zero-shot cloze versions), "
           "toxicity, refusal, kl, or lm-eval:NAME (default ppl,facts,arith)",
     budget="smoke (seconds), quick (default; ppl+facts+arith in about 30 s on 2 CPU cores), full, "
-           "or per-task counts like ppl=4096,facts=40",
+           "or per-task counts like ppl=4096,facts=40 (gsm8k_tokens=N: new tokens per GSM8K reply)",
     seed="seed for sampled windows, items and prompts",
     corpus="perplexity corpus: book (offline, default), wikitext2 or c4",
     window="perplexity window in tokens (default min(256, model context))",

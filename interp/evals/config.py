@@ -43,6 +43,9 @@ GEN_TOKENS = {"smoke": {"toxicity": 16, "refusal": 24, "gsm8k": 64},
               "quick": {"toxicity": 32, "refusal": 32, "gsm8k": 192},
               "full": {"toxicity": 48, "refusal": 64, "gsm8k": 256}}
 """Greedy new tokens per generation task and budget."""
+TOKENS = {f"{t}_tokens": t for t in GEN_TOKENS["quick"]}
+"""Budget entries that set a generation task's greedy new tokens ('gsm8k=2,gsm8k_tokens=16'); a task without one
+generates its preset's length (``GEN_TOKENS``; quick's under a count budget)."""
 
 CORPORA = ("book", "wikitext2", "c4", "text")
 """Perplexity (and calibration, healing) corpora; 'text' is the user's own file (``interp.data.hfdata.text``)."""
@@ -104,14 +107,16 @@ def parse_budget(spec: str | dict[str, Any] | Iterable[tuple[str, Any]]) -> str 
         pairs = list(spec)
     out = {}
     for name, count in pairs:
-        if name not in UNITS:
-            raise EvalError(f"budget names unknown task '{name}': use some of {', '.join(UNITS)}")
+        if name not in UNITS and name not in TOKENS:
+            raise EvalError(f"budget names unknown task '{name}': use some of {', '.join(UNITS)} (or "
+                            f"{', '.join(TOKENS)} for a generation's new tokens)")
+        unit = UNITS.get(name, "new tokens")
         try:
             n = int(count)
         except (TypeError, ValueError):
-            raise EvalError(f"budget for '{name}' must be a whole number of {UNITS[name]}, not '{count}'") from None
+            raise EvalError(f"budget for '{name}' must be a whole number of {unit}, not '{count}'") from None
         if n < 1:
-            raise EvalError(f"budget for '{name}' must be at least 1 {UNITS[name][:-1]}, not {n}")
+            raise EvalError(f"budget for '{name}' must be at least 1 {unit[:-1]}, not {n}")
         out[name] = n
     return tuple(sorted(out.items()))
 
@@ -195,8 +200,10 @@ class EvalCfg:
         return dict(self.counts)[LMEVAL if lmeval_spec.is_lmeval(task) else task]
 
     def gen_tokens(self, task: str) -> int:
-        preset = self.budget if isinstance(self.budget, str) else "quick"
-        return GEN_TOKENS[preset][task]
+        """Greedy new tokens per generation of ``task``: the budget's ``<task>_tokens``, else its preset's."""
+        if isinstance(self.budget, str):
+            return GEN_TOKENS[self.budget][task]
+        return dict(self.budget).get(f"{task}_tokens") or GEN_TOKENS["quick"][task]
 
     def describe(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.init
@@ -208,8 +215,7 @@ class EvalCfg:
             d["counts"][LMEVAL] = self.count(LMEVAL)
         else:  # runs without lm-eval tasks keep the identity they had before it existed
             d.pop("lmeval_data")
-        preset = self.budget if isinstance(self.budget, str) else "quick"
-        gen = {t: n for t, n in GEN_TOKENS[preset].items() if t in self.tasks}
+        gen = {t: self.gen_tokens(t) for t in GEN_TOKENS["quick"] if t in self.tasks}
         if gen:  # generation length changes the numbers: part of the identity of any run that generates
             d["gen_tokens"] = gen
         data = {name: getattr(self, name) for name in DATA_PATHS if d.get(name)}

@@ -68,11 +68,12 @@ def kl_divergence(base: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
 
 
 def kl(loaded: Loaded, ref: Reference, batch_tokens: int = 1024) -> list[Score]:
-    if ref.logprobs.shape[-1] != loaded.vocab_size and ref.logprobs.shape[-1] != loaded.config.vocab_size:
-        raise EvalError(f"KL reference has vocabulary {ref.logprobs.shape[-1]} but the model has {loaded.vocab_size}: "
-                        f"make the reference with the same model (make_reference before applying interventions)")
     t0 = time.perf_counter()
     now = last_logprobs(loaded.model, [list(s) for s in ref.seqs], loaded.tokenizer.pad_token_id, batch_tokens)
+    if now.shape[-1] != ref.logprobs.shape[-1]:  # the logits themselves: an edit may resize the unembedding
+        raise EvalError(f"KL reference has vocabulary {ref.logprobs.shape[-1]} but the model's logits now have "
+                        f"{now.shape[-1]}: make the reference with the same model (make_reference before applying "
+                        "interventions)")
     per_prompt = kl_divergence(ref.logprobs, now).tolist()
     value, se = mean_se(per_prompt)
     return [Score("kl", "kl", value, se, len(per_prompt), None, dict(ref.dataset), time.perf_counter() - t0,

@@ -36,10 +36,12 @@ def _batches(lengths: list[int], max_tokens: int | Callable[[list[int]], bool],
     """Indices grouped longest first so each padded batch holds at most ``max_tokens`` tokens, or passes
     the test ``max_tokens(indices)`` (a single sequence always forms a batch); a sequence joins a batch
     only if it is at least ``min_fill`` times the batch's longest (bounds padding)."""
-    def within(idx: list[int]) -> bool:
-        return isinstance(max_tokens, int) and len(idx) * lengths[idx[0]] <= max_tokens
-
-    fits = within if isinstance(max_tokens, int) else max_tokens
+    fits: Callable[[list[int]], bool]
+    if isinstance(max_tokens, int):
+        cap = max_tokens
+        fits = lambda idx: len(idx) * lengths[idx[0]] <= cap  # noqa: E731 (the padded batch's tokens)
+    else:
+        fits = max_tokens
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     out: list[list[int]] = []
     for i in order:
@@ -48,6 +50,13 @@ def _batches(lengths: list[int], max_tokens: int | Callable[[list[int]], bool],
         else:
             out.append([i])
     return out
+
+
+def logit_positions(model: nn.Module) -> int | None:
+    """Most positions one forward pass may unembed under ``LOGIT_BYTES`` (None: a model that gives no
+    vocabulary size)."""
+    vocab = _vocab(model)
+    return max(1, LOGIT_BYTES // (4 * vocab)) if vocab else None
 
 
 def _vocab(model: nn.Module) -> int | None:
@@ -79,8 +88,7 @@ def token_logprobs(model: nn.Module, seqs: list[list[int]], starts: list[int], p
         raise ValueError("token_logprobs needs one start per sequence")
     out: list[torch.Tensor | None] = [None] * len(seqs)
     device = next(model.parameters()).device
-    vocab = _vocab(model)
-    kept_max = max(1, LOGIT_BYTES // (4 * vocab)) if vocab else sum(map(len, seqs))  # positions unembedded per pass
+    kept_max = logit_positions(model) or sum(map(len, seqs))  # positions unembedded per pass
 
     def fits(idx: list[int]) -> bool:
         return (len(idx) * len(seqs[idx[0]]) <= max_tokens

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from interp.capture.batching import pad
 from interp.evals.config import EvalError
-from interp.evals.lm import _batches
+from interp.evals.lm import _batches, logit_positions
 
 if TYPE_CHECKING:
     from lm_eval.api.instance import Instance
@@ -124,7 +124,14 @@ class SuiteLM(TemplateLM):
         # Only similar lengths share a batch: on CPU a batch saves little (about 20% per token) and padding
         # costs in full (2 MMLU prompts of 199 tokens with 2 ARC prompts of 17: 4.8 s padded together,
         # 3.2 s apart, embedded model, 1 thread).
-        for idx in _batches([len(k) for k in keys], self.batch_tokens, min_fill=MIN_FILL):
+        kept_max = logit_positions(self.model)  # the evaluations' bound on one pass's logits (interp.evals.lm)
+
+        def fits(idx: list[int]) -> bool:  # idx[0] is the batch's longest input: its width
+            width = len(keys[idx[0]])
+            kept = width - min(len(keys[k]) - tail[k] for k in idx) if self._keeps_logits else width  # per row
+            return len(idx) * width <= self.batch_tokens and (kept_max is None or len(idx) * kept <= kept_max)
+
+        for idx in _batches([len(k) for k in keys], fits, min_fill=MIN_FILL):
             batch = pad([list(keys[i]) for i in idx], self.pad_id, side="right").to(device)
             # Input ids only, as HFLM does: right padding sits after every real token, so under causal
             # attention it never reaches the positions read here, and without an explicit mask SDPA

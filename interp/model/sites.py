@@ -181,6 +181,11 @@ def get_module(root: nn.Module, path: str) -> nn.Module:
     return root.get_submodule(path)
 
 
+def param(module: nn.Module, name: str = "weight") -> torch.Tensor:
+    """``module.<name>``, a weight or bias parameter (nn.Module types its attribute lookup as Tensor | Module)."""
+    return cast(torch.Tensor, getattr(module, name))
+
+
 def block(model: nn.Module, arch: ArchSites, layer: int) -> nn.Module:
     return cast(nn.ModuleList, model.get_submodule(arch.layers))[layer]
 

@@ -39,7 +39,7 @@ from torch import nn
 
 from interp.interventions import Intervention, from_json
 from interp.model.loading import Loaded, ModelCfg
-from interp.model.sites import block
+from interp.model.sites import block, param
 from interp.provenance import code_version, to_jsonable
 
 if TYPE_CHECKING:
@@ -67,11 +67,6 @@ Edit = tuple[nn.Module, str, torch.Tensor]
 """A new value for ``module.<name>`` (a weight or a bias)."""
 
 
-def _tensor(module: nn.Module, name: str = "weight") -> torch.Tensor:
-    """``module.<name>``, a parameter (nn.Module types its attribute lookup as Tensor | Module)."""
-    return cast(torch.Tensor, getattr(module, name))
-
-
 @contextlib.contextmanager
 def _swapped(params: list[Edit]) -> Iterator[None]:
     """Set each ``module.<name>`` to a new value, restoring the original Parameter objects on exit."""
@@ -93,7 +88,7 @@ def _head_mask(loaded: Loaded, spec: HeadMask) -> tuple[list[Edit], dict[str, ob
     edits: list[Edit] = []
     for layer in sorted({l for l, _ in spec.heads}):
         o = block(loaded.model, loaded.arch, layer).get_submodule(loaded.arch.o_proj)
-        w = _tensor(o).detach().clone()
+        w = param(o).detach().clone()
         for _, h in (x for x in spec.heads if x[0] == layer):
             if loaded.arch.conv1d:  # Conv1D stores (in, out): the head's inputs are rows
                 w[h * d:(h + 1) * d, :] = 0
@@ -135,7 +130,7 @@ def _activation_addition(loaded: Loaded, spec: ActivationAddition) -> tuple[list
         if getattr(module, "bias", None) is None:
             raise ExportError(f"{loaded.arch.family} has no bias on the projection that writes {spec.hook} of block "
                               f"{layer}: the steering vector cannot be set exactly, so it is not exported")
-        bias = _tensor(module, "bias").detach()  # one hook, distinct blocks: each layer has its own writer
+        bias = param(module, "bias").detach()  # one hook, distinct blocks: each layer has its own writer
         edits.append((module, "bias", (bias.double() + v.to(bias.device)).to(bias.dtype)))
     return edits, {"steering_bias": f"{spec.hook} of blocks {list(spec.layers)}"}
 
@@ -155,7 +150,7 @@ def _stored_lora(loaded: Loaded, spec: HealedDrop, adapters: dict[str, Any]) -> 
             module = loaded.model.get_submodule(path)
         except AttributeError:
             raise ExportError(f"stored adapter for '{path}' does not fit this model: export with the run's model") from None
-        w = _tensor(module).detach()
+        w = param(module).detach()
         delta = (ab["B"].float() @ ab["A"].float()) * (spec.heal.alpha / spec.heal.rank)  # (out, in)
         merged.append((module, w + (delta.T if loaded.arch.conv1d else delta).to(w.device, w.dtype)))
     return merged
@@ -187,9 +182,9 @@ def _healed_again(loaded: Loaded, spec: HealedDrop) -> list[tuple[nn.Module, tor
 
     with healed(loaded, spec.heal):
         # ignore: peft's LoraLayer leaves get_delta_weight to the subclasses it wraps modules in (Linear, ...)
-        return [(m.get_base_layer(), _tensor(m.get_base_layer()).detach()
+        return [(m.get_base_layer(), param(m.get_base_layer()).detach()
                  + m.get_delta_weight("default")  # type: ignore[attr-defined]
-                 .to(_tensor(m.get_base_layer()).dtype))
+                 .to(param(m.get_base_layer()).dtype))
                 for _, m in loaded.model.named_modules() if isinstance(m, LoraLayer)]
 
 
@@ -224,7 +219,7 @@ def _untied(loaded: Loaded) -> bool:
     head = loaded.model.get_submodule(loaded.arch.lm_head)
     embed = loaded.model.get_submodule(loaded.arch.embed)
     return bool(getattr(loaded.model.config, "tie_word_embeddings", False)) and \
-        _tensor(head).data_ptr() != _tensor(embed).data_ptr()
+        param(head).data_ptr() != param(embed).data_ptr()
 
 
 def save(loaded: Loaded, out: Path) -> None:

@@ -41,12 +41,14 @@ class Probe:
     chat: bool
     gen_tokens: int
     judge: str = "phrases"
-    batch_size: int = 16
+    batch_size: int | None = None
+    """Prompts per greedy generation; None: as many as fit the evaluation's memory budget
+    (``interp.evals.lm.GEN_MEMORY``). The replies do not depend on it."""
     batch_tokens: int = 1024
 
 
 def prepare(loaded: Loaded, harmful: list[str], neutral: list[str], *, gen_tokens: int, judge: str = "phrases",
-            batch_size: int = 16, batch_tokens: int = 1024) -> Probe:
+            batch_size: int | None = None, batch_tokens: int = 1024) -> Probe:
     if not harmful or not neutral:
         raise ValueError("direction selection needs held-out harmful and neutral prompts: capture more prompts")
     tok, chat = loaded.tokenizer, loaded.is_chat

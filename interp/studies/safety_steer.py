@@ -12,8 +12,9 @@ import hashlib
 from interp.interventions import from_json
 from interp.interventions.directions import ActivationAddition
 from interp.provenance import canonical_json
-from store import Store
+from store import Store, StoreError
 from store.evals import read_point
+from store.runs import get_run
 
 
 def vector_digest(spec: ActivationAddition) -> str:
@@ -28,7 +29,11 @@ def stored_steering(store: Store, ref: str) -> tuple[ActivationAddition, dict]:
     unknown run or point, or a point of another kind, is one line naming the fix."""
     run, _, point = ref.partition(":")
     with store.connect(read_only=True) as con:
-        spec_json, _ = read_point(con, int(run), point.strip())
+        try:
+            get_run(con, int(run))
+            spec_json, _ = read_point(con, int(run), point.strip())
+        except (StoreError, KeyError) as e:
+            raise ValueError(f"steer_from (--steer-from) {ref}: {e.args[0]}") from None
     spec = from_json(spec_json)
     if spec.kind != ActivationAddition.kind:
         raise ValueError(f"steer_from (--steer-from) {ref}: point '{point}' of run {run} is a {spec.kind} point, not "

@@ -30,8 +30,8 @@ def _write(path: Path, rows: list[dict]) -> str:
 
 
 def test_magnitude_5_to_50_percent_with_local_mmlu_and_gsm8k(tmp_path):
-    """Both local task files at the smoke evaluation budget: GSM8K's 2 items generate 64 tokens each per point, the
-    shortest generation the evaluation budgets allow (a count budget such as ppl=256 generates 192)."""
+    """Both local task files at the smoke evaluation budget's counts, with GSM8K's 2 items generating 16 tokens each
+    per point (``gsm8k_tokens``): greedy generation at all 7 points was most of this test's time at smoke's 64."""
     store = str(tmp_path / "s.duckdb")
     mmlu = _write(tmp_path / "mmlu.jsonl", [{"question": f"Which number is {i}?", "choices": [str(i), "x", "y", "z"],
                                               "answer": 0, "subject": "toy"} for i in range(4)])
@@ -39,15 +39,16 @@ def test_magnitude_5_to_50_percent_with_local_mmlu_and_gsm8k(tmp_path):
                                                 "answer": f"He has {i} + 2 = {i + 2} apples.\n#### {i + 2}"}
                                                for i in range(3)])
     r = invoke("weights", "--config", "examples/magnitude-5-50.toml", "--budget", "smoke", "--tasks", "ppl",
-               "--eval-budget", "smoke", "--mmlu-path", mmlu, "--gsm8k-path", gsm8k, "--store", store)
+               "--eval-budget", "ppl=512,mmlu=8,gsm8k=2,gsm8k_tokens=16", "--mmlu-path", mmlu, "--gsm8k-path", gsm8k, "--store", store)
     assert r.returncode == 0, r.stderr[-3000:]
     assert sql(store, "SELECT count(DISTINCT point) FROM evals") == ["7"]
     assert sql(store, "SELECT DISTINCT task FROM evals ORDER BY task") == ["gsm8k", "mmlu", "ppl"]
     assert sql(store, "SELECT count(DISTINCT point), max(n) FROM evals WHERE task = 'gsm8k' AND metric = 'accuracy'") \
         == ["7,2"]
     config = json.loads(sql(store, "SELECT config FROM runs WHERE kind = 'weights'")[0].strip('"').replace('""', '"'))
-    assert config["eval"]["gen_tokens"] == {"gsm8k": 64} and set(config["eval"]["data_sha256"]) == {"mmlu_path",
+    assert config["eval"]["gen_tokens"] == {"gsm8k": 16} and set(config["eval"]["data_sha256"]) == {"mmlu_path",
                                                                                                    "gsm8k_path"}
+    assert sql(store, "SELECT DISTINCT dataset->>'max_new_tokens' FROM evals WHERE task = 'gsm8k'") == ["16"]
     rates = sql(store, "SELECT round(n_pruned / (SELECT max(n_pruned) FROM prune_points) * 0.5, 2) FROM prune_points "
                        "WHERE point <> 'base' ORDER BY n_pruned")
     assert rates == ["0.05", "0.1", "0.2", "0.3", "0.4", "0.5"]

@@ -223,6 +223,20 @@ def test_kl_divergence_properties():
     assert (kl.kl_divergence(a, b) > 0).all()
 
 
+def test_kl_refuses_logits_of_another_vocabulary_in_one_line(tiny):
+    ref = kl.make_reference(tiny, 2, 0, chat=False)
+    base = kl.kl(tiny, ref)[0].value
+    assert base == pytest.approx(0.0, abs=1e-9)
+    lm_head = tiny.model.lm_head  # the edited model's unembedding has 300 rows, its config still says 259
+    tiny.model.lm_head = torch.nn.Linear(lm_head.in_features, 300, bias=False)
+    try:
+        with pytest.raises(EvalError, match="reference has vocabulary 259 but the model's logits now have 300") as e:
+            kl.kl(tiny, ref)
+    finally:
+        tiny.model.lm_head = lm_head
+    assert "\n" not in str(e.value) and tiny.vocab_size == 259
+
+
 # ---------- config ----------
 
 def test_config_validation_and_budgets(tmp_path):
@@ -246,6 +260,17 @@ def test_config_validation_and_budgets(tmp_path):
                         ({"window": 1}, "at least 2 tokens")]:
         with pytest.raises(EvalError, match=msg):
             EvalCfg(**kwargs)
+
+
+def test_a_count_budget_sets_a_generation_tasks_new_tokens():
+    cfg = EvalCfg(tasks="gsm8k,refusal", budget="gsm8k=2,gsm8k_tokens=16")
+    assert (cfg.gen_tokens("gsm8k"), cfg.gen_tokens("refusal"), cfg.count("gsm8k")) == (16, 32, 2)  # refusal: quick's
+    assert cfg.describe()["gen_tokens"] == {"gsm8k": 16, "refusal": 32}
+    assert EvalCfg(tasks="gsm8k", budget="smoke").describe()["gen_tokens"] == {"gsm8k": 64}  # presets as before
+    for budget, msg in [("gsm8k_tokens=0", "'gsm8k_tokens' must be at least 1 new token"),
+                        ("ppl_tokens=8", r"unknown task 'ppl_tokens'.*toxicity_tokens, refusal_tokens, gsm8k_tokens")]:
+        with pytest.raises(EvalError, match=msg):
+            EvalCfg(budget=budget)
 
 
 def test_score_fields_match_the_evals_table(tmp_path):

@@ -95,6 +95,31 @@ def test_loglikelihood_equals_one_request_at_a_time(tiny_long):
     assert lm._loglikelihood_tokens([(None, ctx, [nxt])], disable_tqdm=True)[0][1] is True
 
 
+def test_loglikelihood_logits_stay_within_the_evaluations_bound(tiny_long, monkeypatch):
+    """A batch unembeds at most ``interp.evals.lm.LOGIT_BYTES`` of logits (an input alone may need more), with
+    the same numbers as unbounded batches."""
+    from interp.evals import lm
+    from interp.evals.lmeval_lm import SuiteLM
+
+    g = torch.Generator().manual_seed(1)
+    reqs = [(None, torch.randint(0, 256, (n,), generator=g).tolist(), torch.randint(0, 256, (c,), generator=g).tolist())
+            for n, c in [(20, 3), (21, 4), (22, 2), (19, 5), (20, 1), (23, 2), (18, 12), (20, 3)]]
+    lm_ = SuiteLM(tiny_long, batch_tokens=1024)
+    whole = lm_._loglikelihood_tokens(reqs, disable_tqdm=True)
+    vocab = tiny_long.vocab_size
+    monkeypatch.setattr(lm, "LOGIT_BYTES", 8 * 4 * vocab)  # 8 positions a pass
+    shapes: list[tuple[int, ...]] = []
+    handle = tiny_long.model.lm_head.register_forward_hook(lambda _m, _a, out: shapes.append(tuple(out.shape)))
+    try:
+        parts = lm_._loglikelihood_tokens(reqs, disable_tqdm=True)
+    finally:
+        handle.remove()
+    assert len(shapes) > 1 and all(b * kept <= 8 or b == 1 for b, kept, _ in shapes)
+    assert (1, 12, vocab) in shapes  # the 12-token continuation alone, as token_logprobs lets one sequence pass
+    for (lp, greedy), (ref_lp, ref_greedy) in zip(parts, whole):
+        assert lp == pytest.approx(ref_lp, abs=1e-5) and greedy == ref_greedy
+
+
 # -- local data, offline errors ------------------------------------------------------------------
 
 def test_missing_local_file_is_one_line_naming_it(tiny_long, tmp_path):

@@ -64,7 +64,7 @@ def test_bad_references_are_refused_in_one_line(stored):
     store, run = stored
     with pytest.raises(ValueError, match="is a direction_ablation point, not an activation addition"):
         stored_steering(store, f"{run}:{DirectionalAblation(R).label()}")
-    with pytest.raises(KeyError, match="has no evaluated point 'actadd\\[nope\\]'"):
+    with pytest.raises(ValueError, match=r"steer_from \(--steer-from\) .* has no evaluated point 'actadd\[nope\]'"):
         stored_steering(store, f"{run}:actadd[nope]")
     for bad in ("actadd[x]", "0:actadd[x]", "3:"):
         with pytest.raises(ValueError, match=r"steer_from \(--steer-from\) takes RUN:POINT") as e:

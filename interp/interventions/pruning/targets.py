@@ -15,7 +15,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from interp.model.sites import ArchSites, Rows
+from interp.model.sites import ArchSites, Rows, param
 
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 """Every projection name any supported architecture uses (ArchSites.proj keys)."""
@@ -80,8 +80,8 @@ class Target:
 
     @property
     def param(self) -> torch.Tensor:
-        """The module's weight parameter (nn.Module types its attributes as Tensor | Module)."""
-        return cast(torch.Tensor, self.module.weight)
+        """The module's weight parameter."""
+        return param(self.module)
 
     def full(self) -> torch.Tensor:
         """The module's whole weight in (out, in) orientation; a view of the parameter."""
