@@ -39,11 +39,18 @@ def wanda_scores(W: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
 def row_mask(scores: torch.Tensor, rate: float) -> torch.Tensor:
     """Remove the round(rate * in) lowest scores of every row (Wanda's per-output comparison group)."""
     k = n_remove(rate, scores.shape[1])
-    mask = torch.zeros_like(scores, dtype=torch.bool)
-    if k:
-        order = torch.sort(scores, dim=1, stable=True).indices[:, :k]  # (out, k)
-        mask.scatter_(1, order, True)
-    return mask
+    if k <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    if k >= scores.shape[1]:
+        return torch.ones_like(scores, dtype=torch.bool)
+    # One kthvalue per row instead of a stable sort of every row (the sort was 26 of 60 s of the CI's magnitude
+    # sweep); the same mask: entries below the row's k-th value go, and of those equal to it the first ones by
+    # position until the row has exactly k, as the stable sort's order would take them.
+    t = torch.kthvalue(scores, k, dim=1, keepdim=True).values  # (out, 1)
+    mask = scores < t
+    need = k - mask.sum(dim=1, keepdim=True)  # (out, 1), >= 1 where the k-th value is tied or is the last taken
+    tied = scores == t
+    return mask | (tied & (torch.cumsum(tied, dim=1) <= need))
 
 
 def lowest_k_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
