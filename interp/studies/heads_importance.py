@@ -77,16 +77,18 @@ def _nll_hits(logits: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, to
 
     Differentiated (router training, gradient importance): ``cross_entropy`` and ``argmax``. Without
     autograd (every ablation) one ``max`` gives the hits and the shift, and the log-sum-exp is taken in
-    place on ``logits``, which the caller hands over (a fresh unembedding): measured 0.09 s against 0.17 s
-    of CPU per 1,365 x 49,152 chunk (SmolLM2), NLL within 3e-7 relative of ``cross_entropy``, hits equal
-    (``max`` and ``argmax`` both return the first maximal index)."""
+    place on ``logits``, which the caller hands over (a fresh unembedding). Measured on SmolLM2 (one
+    thread): 0.09 s against 0.17 s of CPU per 1,365 x 49,152 chunk, 2.4% of the text sample's ablation;
+    hits equal (``max`` and ``argmax`` both return the first maximal index); and closer to the float64
+    value than ``cross_entropy`` on the clean text sample: largest token error 1.1e-6 against 1.5e-5,
+    row means within 6e-9 relative against 2.1e-6 (so stored numbers move by up to ~3e-6 relative)."""
     if torch.is_grad_enabled() and logits.requires_grad:
         nll = F.cross_entropy(logits, tgt, reduction="none")
         return nll, (logits.argmax(-1) == tgt).to(nll.dtype)
     top, best = logits.max(-1)  # (n,)
     picked = logits.gather(-1, tgt[:, None])[:, 0]
-    lse = logits.sub_(top[:, None]).exp_().sum(-1).log_().add_(top)
-    return lse - picked, (best == tgt).to(lse.dtype)
+    nll = logits.sub_(top[:, None]).exp_().sum(-1).log_() - (picked - top)  # as log_softmax orders it
+    return nll, (best == tgt).to(nll.dtype)
 
 
 def row_metrics(logits_fn: LogitsFn, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
