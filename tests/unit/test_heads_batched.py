@@ -115,7 +115,7 @@ def _one_at_a_time(loaded: Loaded, batches: list[Scored], means: torch.Tensor | 
             for head in range(H):
                 gates = torch.ones(H)
                 gates[head] = 0
-                fill = None if mode == "zero" else means[layer]  # type: ignore[index]
+                fill = None if means is None or mode == "zero" else means[layer]
                 with head_gates(loaded, {layer: LayerGate(gates, fill)}):
                     out = scored()
                 for i, k in enumerate(metrics):
