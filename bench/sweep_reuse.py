@@ -16,7 +16,9 @@ for ablations the blocks at and above the edited layer) cannot be skipped. For h
 is reuse's alone; batching adds what wider matrix products gain on the cores.
 
     python bench/sweep_reuse.py [--model smollm2-135m-instruct] [--threads 2]
-        [--eval ppl=1024,facts=24] [--layers all] [--text-seqs 4 --seq-len 48]
+        [--eval ppl=1024,facts=24] [--layers all] [--text-seqs 4 --seq-len 48] [--skip drop|heads]
+
+``--skip drop`` times the head-ablation sweep alone.
 
 Figures come from an idle machine; on a busy one, or on a tiny model (``--model <dir>``), it only
 checks that it runs.

@@ -72,11 +72,31 @@ def _vocab(logits_fn: LogitsFn, hidden: torch.Tensor) -> int:
         return int(logits_fn(hidden.reshape(-1, hidden.shape[-1])[:1].detach()).shape[-1])
 
 
+def _nll_hits(logits: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token NLL and hit (1.0 where the argmax is the target) of logits (n, vocab) and targets (n,).
+
+    Differentiated (router training, gradient importance): ``cross_entropy`` and ``argmax``. Without
+    autograd (every ablation) one ``max`` gives the hits and the shift, and the log-sum-exp is taken in
+    place on ``logits``, which the caller hands over (a fresh unembedding). Measured on SmolLM2 (one
+    thread): 0.09 s against 0.17 s of CPU per 1,365 x 49,152 chunk, 2.4% of the text sample's ablation;
+    hits equal (``max`` and ``argmax`` both return the first maximal index); and closer to the float64
+    value than ``cross_entropy`` on the clean text sample: largest token error 1.1e-6 against 1.5e-5,
+    row means within 6e-9 relative against 2.1e-6 (so stored numbers move by up to ~3e-6 relative)."""
+    if torch.is_grad_enabled() and logits.requires_grad:
+        nll = F.cross_entropy(logits, tgt, reduction="none")
+        return nll, (logits.argmax(-1) == tgt).to(nll.dtype)
+    top, best = logits.max(-1)  # (n,)
+    picked = logits.gather(-1, tgt[:, None])[:, 0]
+    nll = logits.sub_(top[:, None]).exp_().sum(-1).log_() - (picked - top)  # as log_softmax orders it
+    return nll, (best == tgt).to(nll.dtype)
+
+
 def row_metrics(logits_fn: LogitsFn, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per row: mean NLL over scored positions, token accuracy, and exact match (all correct).
 
     ``hidden`` (rows, pos, d) is the final-norm output; ``logits_fn`` maps selected
-    positions to logits, so the unembedding only runs where a target is scored.
+    positions to logits, so the unembedding only runs where a target is scored. It must return a new
+    tensor (without autograd its logits are overwritten in place, ``_nll_hits``).
     """
     rows = hidden.shape[0]
     r, p = (targets != IGNORE).nonzero(as_tuple=True)
@@ -92,8 +112,9 @@ def row_metrics(logits_fn: LogitsFn, hidden: torch.Tensor, targets: torch.Tensor
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
         tgt = targets[r[i:i + step], p[i:i + step]].to(logits.device)
-        nll_parts.append(F.cross_entropy(logits, tgt, reduction="none"))
-        hit_parts.append((logits.argmax(-1) == tgt).to(nll_parts[-1].dtype))
+        nll, hit = _nll_hits(logits, tgt)
+        nll_parts.append(nll)
+        hit_parts.append(hit)
     nll, hit = torch.cat(nll_parts), torch.cat(hit_parts)
     r = r.to(nll.device)
     zeros = torch.zeros(rows, dtype=nll.dtype, device=nll.device)
