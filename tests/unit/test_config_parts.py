@@ -10,7 +10,6 @@ stores written before the parts existed resume and find their runs.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
