@@ -164,7 +164,8 @@ def _parse(specs: Mapping[str, Spec[object]], values: Mapping[str, object], wher
     out: dict[str, Any] = {}
     for key, value in values.items():
         if key not in specs:
-            hint = closest(key, (*specs, *tables))
+            names = {**{k: k for k in specs}, **{t.strip("[]").rpartition(".")[2]: t for t in tables}}
+            hint = names.get(closest(key, names) or "")
             raise ConfigError(f"{where}: unknown key '{key}'" + (f" (did you mean {hint}?)" if hint else "")
                               + f"; valid keys: {', '.join(specs)}"
                               + (f"; tables: {', '.join(tables)}" if tables else ""))
