@@ -6,7 +6,8 @@ from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from interp.evals import EvalCfg
-from interp.studies.parts import EvalPart, RouterPart, check_parts, fill_parts, flat_values, where
+from interp.studies.part_names import check_parts, fill_parts, flat_values, where
+from interp.studies.parts import EvalPart, RouterPart
 from interp.validate import InvalidValue, Optional, Whole, key_name, refuse
 
 METHODS = ("gradient", "zero", "mean", "mean_zero", "random")

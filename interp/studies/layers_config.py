@@ -29,7 +29,8 @@ from analyses.layer_blocks import STRATEGIES
 from interp.data.prompts import check_prompt_specs
 from interp.evals import EvalCfg
 from interp.interventions.heal import HealCfg
-from interp.studies.parts import EvalPart, HealPart, check_parts, flat_defaults, flat_values, where
+from interp.studies.part_names import check_parts, flat_defaults, flat_values, where
+from interp.studies.parts import EvalPart, HealPart
 from interp.validate import InvalidValue, ListOf, Optional, Whole, key_name, refuse
 
 BUDGETS = ("smoke", "quick", "full")

@@ -26,16 +26,8 @@ from interp.data.prompts import (
     prompts_digest,
 )
 from interp.evals import EvalCfg
-from interp.studies.parts import (
-    RESID_HOOKS,
-    EvalPart,
-    ProbePart,
-    check_layers,
-    check_parts,
-    fill_parts,
-    flat_values,
-    where,
-)
+from interp.studies.part_names import check_layers, check_parts, fill_parts, flat_values, where
+from interp.studies.parts import RESID_HOOKS, EvalPart, ProbePart
 from interp.validate import InvalidValue, Optional, Whole, key_name, refuse
 
 PROMPT_SETS = "harmful,toxic,neutral,stereotypes"

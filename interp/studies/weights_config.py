@@ -18,7 +18,8 @@ from interp.interventions.prune import METHODS
 from interp.interventions.pruning.calibdata import CalibData, CalibrationError
 from interp.interventions.pruning.targets import PROJECTIONS, SELECTORS
 from interp.model.loading import Loaded
-from interp.studies.parts import CalibPart, EvalPart, check_parts, flat_values, where
+from interp.studies.part_names import check_parts, flat_values, where
+from interp.studies.parts import CalibPart, EvalPart
 from interp.validate import InvalidValue, key_name, refuse
 
 STUDY = "weights"

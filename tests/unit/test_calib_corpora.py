@@ -171,6 +171,6 @@ def test_calibration_flags_round_trip_through_print_config(files, tmp_path):
     model, cfg = load("weights", WeightsCfg, None, flags, {})
     path = tmp_path / "w.toml"
     path.write_text(dumps("weights", model, cfg))
-    assert 'calib_corpus = "text"' in path.read_text() and "calib_path" in path.read_text()
+    assert '[weights.calib]\ncorpus = "text"\npath = ' in path.read_text()
     _, again = load("weights", WeightsCfg, str(path), {}, {})
     assert again == cfg and config_hash(again.identity()) == config_hash(cfg.identity())

@@ -3,6 +3,8 @@ and every bad key, type and value is refused in one line before any model loads.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from interp.provenance import config_hash
@@ -305,3 +307,16 @@ def test_flat_names_in_the_study_table_and_flags_over_the_parts(tmp_path):
     assert over.heal.rank == 2 and over.heal.steps == 20
     with pytest.raises(InvalidValue, match=r"\[heads.eval\] mmlu_path is not a setting of the heads"):
         HeadsCfg(budget="smoke", eval=EvalPart(mmlu_path="x"))
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[2].glob("examples/*.toml")), ids=lambda p: p.name)
+def test_example_files_load(path, tmp_path, monkeypatch):
+    """The README's seed-setup files are valid: every key known, the parts as nested tables."""
+    import tomllib
+
+    study = next(k for k in tomllib.loads(path.read_text()) if k != "model")
+    for name in ("my_harmful.jsonl", "my_harmless.jsonl"):  # the safety example's own prompt files
+        (tmp_path / name).write_text("".join(f'{{"text": "request number {i}"}}\n' for i in range(40)))
+    monkeypatch.chdir(tmp_path)
+    load(study, STUDIES[study], str(path), {}, {})
+    assert any(f"[{study}.{part}]" in path.read_text() for part in parts_of(STUDIES[study]))

@@ -10,6 +10,7 @@ from interp.interventions.pruning.calibdata import CalibData
 from interp.interventions.pruning.stored import StoreNorms
 from interp.studies import weights as study
 from interp.studies.config_file import build
+from interp.studies.parts import EvalPart
 from interp.studies.weights import Plan, WeightsCfg, plan_points, run_weights
 from store.weights import curve, read_norms, read_prune_stats, write_norms
 
@@ -84,7 +85,7 @@ def test_rerun_skips_everything_and_resume_fills_only_the_gap(tiny, store, tiny_
 
 def test_a_new_run_reuses_stored_norms(tiny, store, tiny_plan):
     run_a = run_weights(tiny, store, tiny_plan, progress=False)
-    other = dataclasses.replace(tiny_plan, eval_budget="ppl=256,facts=4")  # a different run identity
+    other = dataclasses.replace(tiny_plan, eval=EvalPart(budget="ppl=256,facts=4"))  # a different run identity
     run_b = run_weights(tiny, store, other, progress=False)
     assert run_b != run_a
     with store.connect(read_only=True) as con:
