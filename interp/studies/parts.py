@@ -277,7 +277,7 @@ class ProbePart:
 class RouterPart:
     """The Mixture-of-Head routers of the head study (interp.studies.heads_train): one per kept share."""
 
-    CONFIG_SPECS: ClassVar[dict] = {"steps": Optional(Whole(min=0))}
+    CONFIG_SPECS: ClassVar[dict] = {"steps": Optional(Whole(min=1))}
     """Ranges checked on flags and config-file keys alike (interp.studies.config_file.fields_of)."""
 
     keep: tuple[float, ...] | None = None
