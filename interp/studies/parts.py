@@ -22,6 +22,7 @@ from interp.evals.config import BUDGETS as EVAL_BUDGETS
 from interp.evals.config import (
     CORPORA,
     TASKS,
+    TOKENS,
     UNITS,
     EvalCfg,
     EvalError,
@@ -92,8 +93,8 @@ class EvalPart:
                 spec = self.budget
                 given: list[str] = [spec] if isinstance(spec, str) and "=" not in spec else (
                     [p.partition("=")[0].strip() for p in spec.split(",")] if isinstance(spec, str) else [str(k) for k in spec])
-                bad = [n for n in given if n not in EVAL_BUDGETS and n not in UNITS]
-                hint = closest(bad[0], (*EVAL_BUDGETS, *UNITS)) if bad else None
+                bad = [n for n in given if n not in EVAL_BUDGETS and n not in UNITS and n not in TOKENS]
+                hint = closest(bad[0], (*EVAL_BUDGETS, *UNITS, *TOKENS)) if bad else None
                 raise InvalidValue(f"{at.key('budget')}: {e}" + (f" (did you mean {hint}?)" if hint else "")) from None
         if self.corpus is not None and self.corpus not in CORPORA:
             raise at.refuse("corpus", f"one of {', '.join(CORPORA)}", self.corpus, CORPORA)
