@@ -108,25 +108,21 @@ def cases() -> list[tuple[str, str, dict]]:
     return out
 
 
-def record(study: str, cfg: object) -> dict:
+def record(study: str, cfg) -> dict:
     """What the run identity is made of, for one config: the study's own dict, the evaluation config and the
-    heal / probe / calibration configs it builds, and the hash of each."""
-    own = cfg.identity() if hasattr(cfg, "identity") else cfg.describe()  # type: ignore[attr-defined]
-    out = {"study": own, "eval": cfg.eval_cfg().describe()}  # type: ignore[attr-defined]
-    if study == "layers" and _heal_steps(cfg):
-        out["heal"] = to_jsonable(cfg.heal_cfg())  # type: ignore[attr-defined]
+    heal / probe / calibration configs it builds (the healed points' and Wanda specs' identities), and the hash of
+    each. (The fixture was written with the flat configs, whose settings were read as cfg.heal_steps.)"""
+    own = cfg.identity() if hasattr(cfg, "identity") else cfg.describe()
+    out = {"study": own, "eval": cfg.eval_cfg().describe()}
+    if study == "layers" and cfg.heal.steps:
+        out["heal"] = to_jsonable(cfg.heal_cfg())
     if study == "safety":
-        out["probe"] = to_jsonable(cfg.probe_cfg())  # type: ignore[attr-defined]
+        out["probe"] = to_jsonable(cfg.probe_cfg())
     if study == "weights":
-        out["calib"] = to_jsonable(cfg._calib(None))  # type: ignore[attr-defined]
+        out["calib"] = to_jsonable(cfg._calib(None))
     out = json.loads(json.dumps(to_jsonable(out), sort_keys=True))
     out["hashes"] = {k: config_hash(v) for k, v in out.items()}
     return out
-
-
-def _heal_steps(cfg: object) -> int:
-    heal = getattr(cfg, "heal", None)
-    return heal.steps if heal is not None else cfg.heal_steps  # type: ignore[attr-defined]
 
 
 def build(study: str, flags: dict) -> object:
@@ -156,7 +152,7 @@ def test_every_case_is_in_the_fixture(golden):
     assert sorted(golden) == sorted(_key(s, n) for s, n, _ in cases())
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
+if __name__ == "__main__" and sys.argv[1:] == ["--write"]:  # only to add cases: never to paper over a change
     os.environ.pop("INTERP_LMEVAL_DATA", None)
     table = {_key(s, n): record(s, build(s, flags)) for s, n, flags in cases()}
     assert len(table) == len(cases()), "case names must be unique"
