@@ -201,15 +201,19 @@ class Optional(Generic[T]):
         return self.inner.parse(value, name)
 
 
-def key_name(key: str, flag: str | None = None) -> str:
-    """A config key as a file writes it and as its flag: 'heal_steps (--heal-steps)'."""
+def key_name(key: str, flag: str | None = None, table: str | None = None) -> str:
+    """A config key as a file writes it and as its flag: 'heal_steps (--heal-steps)'; a key of a nested table
+    (a study config's part) names the table and the flag, if it has one: '[layers.heal] rank (--heal-rank)'."""
+    if table is not None:
+        return f"[{table}] {key}" + (f" ({flag})" if flag else "")
     return f"{key} ({flag or '--' + key.replace('_', '-')})"
 
 
-def refuse(key: str, accepts: str, value: object, choices: Iterable[object] = (), flag: str | None = None) -> InvalidValue:
+def refuse(key: str, accepts: str, value: object, choices: Iterable[object] = (), flag: str | None = None,
+           table: str | None = None) -> InvalidValue:
     """The error for a config value out of range, raised by the configs' own checks so that a file key and a flag
     read alike: the key (TOML name and flag), what it accepts and, for an unknown name, the closest valid one."""
-    return _fail(key_name(key, flag), accepts, value, closest(value, choices) if choices else None)
+    return _fail(key_name(key, flag, table), accepts, value, closest(value, choices) if choices else None)
 
 
 def parse(value: object, spec: Spec[T], name: str) -> T:

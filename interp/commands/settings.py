@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 C = TypeVar("C", bound="DataclassInstance")
 
 HELP = {
-    "config": "TOML file with [model] and [<study>] tables (every setting; write one with --print-config); "
-              "flags given with it override the file",
+    "config": "TOML file with [model] and [<study>] tables, shared parts nested ([layers.heal], [weights.calib], ...; "
+              "every setting; write one with --print-config); flags given with it override the file",
     "print_config": "print the effective settings as TOML and stop (running with that file is the same run)",
     "model": "smollm2-135m-instruct (embedded default), gemma-3-270m, a local model directory, a .gguf file or a hub id",
     "dtype": "float32 (default), bfloat16 or float16",

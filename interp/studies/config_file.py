@@ -8,7 +8,15 @@ device, device_map) and one table named after the study (``[layers]``, ``[weight
     spec = "smollm2-135m-instruct"
     [layers]
     budget = "smoke"
-    heal_steps = 20
+    [layers.heal]
+    steps = 20
+    rank = 8
+
+A study's shared parts (``interp.studies.parts``: evaluation, healing, calibration, probes, router) are
+nested tables (``[layers.eval]``, ``[layers.heal]``, ``[weights.calib]``, ``[heads.router]``,
+``[safety.probe]``). The study table also takes each part's settings under their flag names
+(``heal_rank = 8``, ``tasks = [...]``: the study's ``FLAT`` map), so one vocabulary serves flags, older files
+and the run identity; giving one setting both ways is refused.
 
 ``load(study, path, flags)`` reads the file, lays the flags the user gave on top (flags win)
 and builds the configs; ``dumps(study, model_cfg, cfg)`` writes the effective config so that
@@ -119,28 +127,71 @@ def _spec(hint: object, where: str) -> Spec[object]:
     return spec
 
 
+def parts_of(cls: type[DataclassInstance]) -> dict[str, type[DataclassInstance]]:
+    """The config's part fields (``interp.studies.parts``) and their types."""
+    from interp.studies.parts import PARTS
+
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init and hints[f.name] in PARTS}
+
+
+def default_part(cls: type[DataclassInstance], name: str) -> Any:  # noqa: ANN401 (one of the part types)
+    """The study's default value of its part ``name`` (its ``default_factory``: defaults differ per study)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default_factory() if callable(f.default_factory) else f.default
+
+
 def fields_of(cls: type[DataclassInstance]) -> dict[str, Spec[object]]:
-    """The settable fields of a config dataclass and their validate specs."""
+    """The settable fields of a config dataclass and their validate specs: its own fields, and each part's fields
+    under the study's flat (flag) names (``cls.FLAT``)."""
     hints = typing.get_type_hints(cls)
     extra = getattr(cls, "CONFIG_SPECS", {})
-    return {f.name: extra.get(f.name) or _spec(hints[f.name], f"{cls.__name__}.{f.name}")
-            for f in dataclasses.fields(cls) if f.init}
+    parts = parts_of(cls)
+    own = {f.name: extra.get(f.name) or _spec(hints[f.name], f"{cls.__name__}.{f.name}")
+           for f in dataclasses.fields(cls) if f.init and f.name not in parts}
+    flat = getattr(cls, "FLAT", {})
+    return {**own, **{n: fields_of(parts[p])[k] for n, (p, k) in flat.items()}}
 
 
-def parse_values(cls: type[DataclassInstance], values: Mapping[str, object], where: str) -> dict[str, Any]:
-    """``values`` checked key by key against ``cls``'s fields (unknown keys: the closest valid one)."""
-    return _parse(fields_of(cls), values, where)
+def part_keys(cls: type[DataclassInstance], part: str) -> dict[str, Spec[object]]:
+    """The keys of the study's nested table ``part``: the part fields the study has a setting for."""
+    specs = fields_of(parts_of(cls)[part])
+    return {k: specs[k] for p, k in getattr(cls, "FLAT", {}).values() if p == part}
 
 
-def _parse(specs: Mapping[str, Spec[object]], values: Mapping[str, object], where: str) -> dict[str, Any]:
+def _parse(specs: Mapping[str, Spec[object]], values: Mapping[str, object], where: str,
+           tables: tuple[str, ...] = ()) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in values.items():
         if key not in specs:
-            hint = closest(key, specs)
+            names = {**{k: k for k in specs}, **{t.strip("[]").rpartition(".")[2]: t for t in tables}}
+            hint = names.get(closest(key, names) or "")
             raise ConfigError(f"{where}: unknown key '{key}'" + (f" (did you mean {hint}?)" if hint else "")
-                              + f"; valid keys: {', '.join(specs)}")
+                              + f"; valid keys: {', '.join(specs)}"
+                              + (f"; tables: {', '.join(tables)}" if tables else ""))
         out[key] = specs[key].parse(value, f"{where} {key}")
     return out
+
+
+def _split(cls: type[DataclassInstance], values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Flat settings -> (the config's own fields, {part: {field: value}}) through ``cls.FLAT``."""
+    flat = getattr(cls, "FLAT", {})
+    own: dict[str, Any] = {}
+    parts: dict[str, dict[str, Any]] = {p: {} for p in parts_of(cls)}
+    for name, value in values.items():
+        if name in flat:
+            parts[flat[name][0]][flat[name][1]] = value
+        else:
+            own[name] = value
+    return own, parts
+
+
+def build(cls: type[C], values: Mapping[str, Any], nested: Mapping[str, Mapping[str, Any]] | None = None) -> C:
+    """The study config from flat settings (own fields and FLAT names) over the parts' ``nested`` values."""
+    own, flat_parts = _split(cls, values)
+    parts = {p: dataclasses.replace(default_part(cls, p), **{**(nested or {}).get(p, {}), **flat_parts[p]})
+             for p in flat_parts}
+    return cls(**own, **parts)
 
 
 def read(path: str | Path) -> dict[str, Any]:
@@ -171,11 +222,24 @@ def load(study: str, cls: type[C], path: str | None, flags: Mapping[str, object]
         if name in data and not isinstance(data[name], dict):
             raise ConfigError(f"{where}: '{name}' must be a table ([{name}]), not a single value")
     model_vals = _parse(MODEL_SPECS, data.get("model", {}), where + " [model]")
-    values: dict[str, Any] = {**(defaults or {}), **parse_values(cls, data.get(study, {}), f"{where} [{study}]")}
-    values.update({k: v for k, v in flags.items() if v is not None})
+    table: dict[str, Any] = data.get(study, {})
+    parts = parts_of(cls)
+    nested: dict[str, dict[str, Any]] = {}
+    for name in parts:
+        if name in table and not isinstance(table[name], dict):
+            raise ConfigError(f"{where}: '{study}.{name}' must be a table ([{study}.{name}]), not a single value")
+        nested[name] = _parse(part_keys(cls, name), table.get(name, {}), f"{where} [{study}.{name}]")
+    flat = _parse(fields_of(cls), {k: v for k, v in table.items() if k not in parts}, f"{where} [{study}]",
+                  tables=tuple(f"[{study}.{p}]" for p in parts))
+    for name, (part, key) in getattr(cls, "FLAT", {}).items():
+        if name in flat and key in nested[part]:
+            raise ConfigError(f"{where}: [{study}] {name} and [{study}.{part}] {key} are the same setting: keep one")
+    given = {k: v for k, v in flags.items() if v is not None}
+    d_own, d_parts = _split(cls, defaults or {})
     model_vals.update({k: v for k, v in model_flags.items() if v is not None})
     try:
-        return ModelCfg(**model_vals), cls(**values)
+        return ModelCfg(**model_vals), build(cls, {**d_own, **flat, **given},
+                                             {p: {**d_parts[p], **nested[p]} for p in parts})
     except TypeError as e:  # a required field left out of the file
         raise ConfigError(f"{where}: {e}") from None
 
@@ -197,15 +261,24 @@ def _plain(value: object) -> object:
     return value
 
 
-def as_table(cfg: DataclassInstance) -> dict[str, object]:
-    """The config's settable fields as TOML-ready values (None left out, or 'none' over a non-None default)."""
+def as_table(cfg: DataclassInstance, keys: tuple[str, ...] | None = None,
+             defaults: DataclassInstance | None = None) -> dict[str, object]:
+    """The config's settable fields (or ``keys``) as TOML-ready values (None left out, or 'none' over a non-None
+    default; ``defaults``: an instance holding them); each part as a nested table of the keys the study sets."""
     out: dict[str, object] = {}
+    parts = parts_of(type(cfg))
+    flat = getattr(cfg, "FLAT", {})
     for f in dataclasses.fields(cfg):
-        if not f.init:
+        if not f.init or (keys is not None and f.name not in keys):
             continue
         value = getattr(cfg, f.name)
+        if f.name in parts:
+            out[f.name] = as_table(value, tuple(k for p, k in flat.values() if p == f.name),
+                                   default_part(type(cfg), f.name))
+            continue
         if value is None:
-            default = f.default if f.default is not dataclasses.MISSING else None
+            default = getattr(defaults, f.name) if defaults is not None else (
+                f.default if f.default is not dataclasses.MISSING else None)
             if default is not None:
                 out[f.name] = "none"
             continue

@@ -68,7 +68,7 @@ def prepare(loaded: Loaded, cfg: HeadsCfg) -> Data:
     tok = cast("PreTrainedTokenizerBase", loaded.tokenizer)
     pad_id = tok.pad_token_id
     assert cfg.seq_len is not None and cfg.text_seqs is not None and cfg.grad_seqs is not None  # the budget
-    assert cfg.train_seqs is not None and cfg.heldout_seqs is not None  # filled them (HeadsCfg)
+    assert cfg.router.train_seqs is not None and cfg.router.heldout_seqs is not None  # filled them (HeadsCfg)
     ecfg = cfg.eval_cfg()
     exclude: set[tuple[int, ...]] = set()
     window = cfg.seq_len
@@ -77,8 +77,8 @@ def prepare(loaded: Loaded, cfg: HeadsCfg) -> Data:
         docs, source = ppl.corpus_texts(ecfg)
         exclude = set(ppl.make_windows(tok, docs, window, ecfg.count("ppl"), ecfg.seed, "book", source).windows)
     chunks = held_out_chunks(corpus_ids(tok, book_corpus()), cfg.seq_len, exclude, window)
-    parts = split(chunks, {"text": cfg.text_seqs, "grad": cfg.grad_seqs - cfg.text_seqs, "train": cfg.train_seqs,
-                           "heldout": cfg.heldout_seqs}, cfg.seed)
+    parts = split(chunks, {"text": cfg.text_seqs, "grad": cfg.grad_seqs - cfg.text_seqs, "train": cfg.router.train_seqs,
+                           "heldout": cfg.router.heldout_seqs}, cfg.seed)
     items = subset(capitals(), cfg.task_items, cfg.seed)
     contexts = [tok(it.question)["input_ids"] for it in items]
     answers = [tok(" " + it.choices[it.answer], add_special_tokens=False)["input_ids"] for it in items]
@@ -177,9 +177,9 @@ def train_routers(loaded: Loaded, store: Store, run_id: int, cfg: HeadsCfg, data
                 out[k] = digest
                 continue
             ckpt = db.load_checkpoint(con, run_id, k)
-        assert cfg.router_steps is not None and cfg.router_batch is not None  # the budget filled them (HeadsCfg)
-        rcfg = RouterCfg(top_k=k, steps=cfg.router_steps, batch_size=cfg.router_batch, lr=cfg.router_lr,
-                         lb_coef=cfg.lb_coef, ckpt_every=max(1, min(25, cfg.router_steps)), seed=cfg.seed)
+        assert cfg.router.steps is not None and cfg.router.batch is not None  # the budget filled them (HeadsCfg)
+        rcfg = RouterCfg(top_k=k, steps=cfg.router.steps, batch_size=cfg.router.batch, lr=cfg.router.lr,
+                         lb_coef=cfg.router.lb_coef, ckpt_every=max(1, min(25, cfg.router.steps)), seed=cfg.seed)
 
         def save(step: int, state: bytes, rows: pd.DataFrame, k: int = k) -> None:
             with store.connect() as con:
@@ -195,7 +195,7 @@ def train_routers(loaded: Loaded, store: Store, run_id: int, cfg: HeadsCfg, data
         with static.apply(loaded):
             static_nll = mean_nll(loaded, data.heldout)
         digest, _ = save_router(router, router_dir())
-        summary = {"steps": cfg.router_steps, "heldout_tokens": sum(b.tokens for b in data.heldout),
+        summary = {"steps": cfg.router.steps, "heldout_tokens": sum(b.tokens for b in data.heldout),
                    "base_nll": base_nll, "router_nll": router_nll, "uniform_nll": uniform_nll,
                    "static_nll": static_nll, "router_lb": router_lb}
         with store.connect() as con:
@@ -256,8 +256,8 @@ def run_heads(loaded: Loaded, store: Store, cfg: HeadsCfg, progress: bool = True
     with store.connect() as con:
         importance = db.read_importance(con, run_id)
         means = save_means(torch.from_numpy(db.read_means(con, run_id)), router_dir())  # (re)writes the file
-    assert cfg.router_keep is not None  # the budget filled it (HeadsCfg)
-    ks = sorted({head_pruning.keep_count(f, loaded.n_heads) for f in cfg.router_keep})
+    assert cfg.router.keep is not None  # the budget filled it (HeadsCfg)
+    ks = sorted({head_pruning.keep_count(f, loaded.n_heads) for f in cfg.router.keep})
     on_phase("routers")
     routers = train_routers(loaded, store, run_id, cfg, data, ks, importance, progress)
     points, rows = build_points(cfg, loaded.n_layers, loaded.n_heads, importance, routers, means)

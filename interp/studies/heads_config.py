@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from interp.evals import EvalCfg
-from interp.evals.config import CORPORA, corpus_args
-from interp.validate import Choice, InvalidValue, Optional, Whole, key_name, refuse
+from interp.studies.part_names import check_parts, fill_parts, flat_values, where
+from interp.studies.parts import EvalPart, RouterPart
+from interp.validate import InvalidValue, Optional, Whole, key_name, refuse
 
 METHODS = ("gradient", "zero", "mean", "mean_zero", "random")
 """Pruning orders: by gradient importance, by zero- or mean-ablation text loss (mean: heads
@@ -42,8 +43,15 @@ BUDGETS: dict[str, dict] = {
 class HeadsCfg:
     """The head study's settings. ``budget`` fills every field left as None."""
 
-    CONFIG_SPECS: ClassVar[dict] = {**{n: Optional(Whole(min=1)) for n in ("router_steps", "text_seqs", "grad_seqs")},
-                                    "corpus": Optional(Choice(CORPORA))}
+    STUDY: ClassVar[str] = "heads"
+    FLAT: ClassVar[dict[str, tuple[str, str]]] = {
+        "eval_tasks": ("eval", "tasks"), "eval_budget": ("eval", "budget"), "lm_eval": ("eval", "lm_eval"),
+        "corpus": ("eval", "corpus"), "corpus_path": ("eval", "corpus_path"),
+        "router_keep": ("router", "keep"), "router_steps": ("router", "steps"), "router_batch": ("router", "batch"),
+        "router_lr": ("router", "lr"), "lb_coef": ("router", "lb_coef"), "train_seqs": ("router", "train_seqs"),
+        "heldout_seqs": ("router", "heldout_seqs")}
+    """Flag (and flat file key, and run-identity key) -> (part, field): interp.studies.parts."""
+    CONFIG_SPECS: ClassVar[dict] = {n: Optional(Whole(min=1)) for n in ("text_seqs", "grad_seqs")}
     """Ranges checked on flags and config-file keys alike (interp.studies.config_file.fields_of)."""
 
     budget: str = "quick"
@@ -70,60 +78,39 @@ class HeadsCfg:
     """Random pruning orders (seeds 0..n-1) as baselines."""
     prune_fracs: tuple[float, ...] | None = None
     """Shares of all heads pruned, besides the budgets matched to each router."""
-    router_keep: tuple[float, ...] | None = None
-    """Share of each layer's heads a router keeps per token (one router is trained per value)."""
-    router_steps: int | None = None
-    """Optimiser steps per router."""
-    router_batch: int | None = None
-    """Text sequences per router step."""
-    router_lr: float = 1e-3
-    """AdamW learning rate of the router."""
-    lb_coef: float = 0.01
-    """Weight of the load-balancing loss."""
-    train_seqs: int | None = None
-    """Text sequences the routers train on (disjoint from the importance and held-out text)."""
-    heldout_seqs: int | None = None
-    """Text sequences for router usage statistics and held-out loss."""
-    eval_tasks: tuple[str, ...] | None = None
-    """Evaluation tasks of every sweep point (interp.evals)."""
-    eval_budget: str | dict | None = None
-    """Evaluation budget: smoke, quick, full or per-task counts."""
-    lm_eval: tuple[str, ...] = ()
-    """lm-evaluation-harness tasks scored at every point besides ``eval_tasks`` ('lm-eval:arc_easy', ...)."""
+    router: RouterPart = field(default_factory=RouterPart)
+    """The routers: kept shares, steps, batch, learning rate, load-balancing weight, training and held-out text
+    (None: the budget's)."""
+    eval: EvalPart = field(default_factory=EvalPart)
+    """Evaluation of every sweep point: tasks and budget (None: the budget's), lm-eval tasks on top, and the
+    perplexity corpus (None: book; the importance and router text stays the book corpus, held out from the
+    evaluation's windows when both are book)."""
     batch_size: int = 4
     """Sequences per forward pass for importance (never changes results)."""
     seed: int = 0
     """Seed of the text split, random orders, task items and evaluation subsets."""
-    corpus: str | None = None
-    """Perplexity corpus of the evaluation: book, wikitext2, c4 (corpus_path offline) or text (your own file in
-    corpus_path); None: book. The importance and router text stays the book corpus (held out from the
-    evaluation's windows when both are book)."""
-    corpus_path: str | None = None
-    """Local WikiText-2 / C4 file or folder for ``corpus``, or your own .txt / JSONL text file."""
 
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
             raise refuse("budget", "one of smoke, quick, full", self.budget, BUDGETS)
+        check_parts(self)
         grad_given = self.grad_seqs is not None
-        for k, v in BUDGETS[self.budget].items():
-            if getattr(self, k) is None:
-                object.__setattr__(self, k, v)
+        fill_parts(self, BUDGETS[self.budget])
         assert self.text_seqs is not None and self.grad_seqs is not None and self.seq_len is not None  # every
-        assert self.router_steps is not None and self.methods is not None and self.ablation_layers is not None  # budget
-        assert self.prune_fracs is not None and self.router_keep is not None  # fills them (BUDGETS)
+        assert self.methods is not None and self.ablation_layers is not None  # budget
+        assert self.prune_fracs is not None  # fills them (BUDGETS)
         if not grad_given:
             object.__setattr__(self, "grad_seqs", max(self.grad_seqs, self.text_seqs))
             assert self.grad_seqs is not None
-        for name in ("text_seqs", "grad_seqs", "router_batch", "train_seqs", "heldout_seqs", "batch_size"):
+        for name in ("text_seqs", "grad_seqs", "batch_size"):
             if getattr(self, name) < 1:
                 raise refuse(name, "a whole number of at least 1", getattr(self, name))
+        self.router.check(where(self, "router"))
         if self.grad_seqs < self.text_seqs:
             raise InvalidValue(f"{key_name('grad_seqs')} ({self.grad_seqs}) must be at least {key_name('text_seqs')} "
                                f"({self.text_seqs}): the gradient sample includes the ablation sample")
         if self.seq_len < 4:
             raise refuse("seq_len", "a whole number of at least 4 tokens", self.seq_len)
-        if self.router_steps < 0:
-            raise refuse("router_steps", "a whole number of at least 0", self.router_steps)
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise refuse("methods", f"some of {', '.join(METHODS)}", ",".join(bad) or "nothing", METHODS)
@@ -131,12 +118,12 @@ class HeadsCfg:
             raise refuse("ablation_layers", "a whole number of at least 0 (0: every layer)", self.ablation_layers)
         if any(not 0 < f < 1 for f in self.prune_fracs):
             raise refuse("prune_fracs", "fractions between 0 and 1 (exclusive)", self.prune_fracs)
-        if any(not 0 < f <= 1 for f in self.router_keep):
-            raise refuse("router_keep", "fractions above 0 and at most 1", self.router_keep)
         object.__setattr__(self, "gradient_seq", bool(self.gradient_seq))
         object.__setattr__(self, "methods", tuple(self.methods))
         object.__setattr__(self, "prune_fracs", tuple(float(f) for f in self.prune_fracs))
-        object.__setattr__(self, "router_keep", tuple(float(f) for f in self.router_keep))
+        assert self.router.keep is not None  # the budget filled it
+        object.__setattr__(self, "router", replace(self.router, keep=tuple(float(f) for f in self.router.keep)))
+        self.eval.check(where(self, "eval"))
         self.eval_cfg()
 
     def ablated_layers(self, n_layers: int) -> range:
@@ -149,14 +136,11 @@ class HeadsCfg:
         return range(n_layers - n, n_layers)
 
     def eval_cfg(self) -> EvalCfg:
-        budget, tasks = self.eval_budget, self.eval_tasks
-        assert budget is not None and tasks is not None  # the budget filled them (__post_init__)
-        return EvalCfg(tasks=(*tasks, *self.lm_eval), seed=self.seed,  # counts go as their pairs, as a dict would
-                       budget=tuple(budget.items()) if isinstance(budget, dict) else budget,
-                       **corpus_args(self.corpus, self.corpus_path))
+        return self.eval.build((), "quick", self.seed)  # the budget filled tasks and budget (__post_init__)
 
     def describe(self) -> dict:
-        d = asdict(self)
+        """The study's part of the run identity, in the flat names it had before the parts existed."""
+        d = flat_values(self)
         d.pop("batch_size")  # never changes results
         if not d["lm_eval"]:  # runs without lm-eval tasks keep the identity they had before it existed
             d.pop("lm_eval")

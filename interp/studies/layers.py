@@ -62,11 +62,11 @@ def plan_points(loaded: Loaded, cfg: LayersCfg, tables: dict[str, pd.DataFrame])
                              tables["angular"], tables["influence"], singles=cfg.single_layers(L))
     plan["heal_steps"] = 0
     plan["spec"] = [LayerDrop(ls) for ls in plan["layers"]]
-    if cfg.heal_steps:
+    if cfg.heal.steps:
         heal = cfg.heal_cfg()
-        healed = plan[plan["strategy"].isin(cfg.heal_strategies)
-                      & (plan["n"].isin(cfg.heal_sizes) if cfg.heal_sizes is not None else True)].copy()
-        healed["heal_steps"] = cfg.heal_steps
+        healed = plan[plan["strategy"].isin(cfg.heal.strategies)
+                      & (plan["n"].isin(cfg.heal.sizes) if cfg.heal.sizes is not None else True)].copy()
+        healed["heal_steps"] = cfg.heal.steps
         healed["spec"] = [HealedDrop(ls, heal) for ls in healed["layers"]]
         plan = pd.concat([plan, healed], ignore_index=True)
     plan["point"] = [s.label() for s in plan["spec"]]

@@ -22,16 +22,16 @@ What each budget does on SmolLM2-135M (30 layers); a point without k of the 30 l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 from analyses.layer_blocks import STRATEGIES
 from interp.data.prompts import check_prompt_specs
 from interp.evals import EvalCfg
-from interp.evals.config import CORPORA, corpus_args
-from interp.interventions.heal import SCHEDULES, HealCfg
-from interp.provenance import LATER
-from interp.validate import Choice, InvalidValue, ListOf, Optional, Whole, key_name, refuse
+from interp.interventions.heal import HealCfg
+from interp.studies.part_names import check_parts, flat_defaults, flat_values, where
+from interp.studies.parts import EvalPart, HealPart
+from interp.validate import InvalidValue, ListOf, Optional, Whole, key_name, refuse
 
 BUDGETS = ("smoke", "quick", "full")
 QUICK_SIZES = (1, 2, 4, 8, 12, 16)
@@ -48,9 +48,19 @@ class LayersCfgError(InvalidValue):
 class LayersCfg:
     """What the layer study computes and how much of it. Everything but batch_size is the run's identity."""
 
-    CONFIG_SPECS: ClassVar[dict] = {"sizes": Optional(ListOf(Whole(min=1))), "heal_sizes": Optional(ListOf(Whole(min=1))),
-                                      "limit": Optional(Whole(min=1)), "max_tokens": Optional(Whole(min=1)),
-                                      "heal_steps": Whole(min=0), "corpus": Choice(CORPORA)}
+    STUDY: ClassVar[str] = "layers"
+    FLAT: ClassVar[dict[str, tuple[str, str]]] = {
+        "tasks": ("eval", "tasks"), "eval_budget": ("eval", "budget"), "mmlu_path": ("eval", "mmlu_path"),
+        "boolq_path": ("eval", "boolq_path"), "gsm8k_path": ("eval", "gsm8k_path"), "corpus": ("eval", "corpus"),
+        "corpus_path": ("eval", "corpus_path"),
+        **{f"heal_{k}": ("heal", k) for k in ("steps", "strategies", "sizes", "rank", "lr", "batch", "alpha", "dropout",
+                                              "schedule", "warmup")}}
+    """Flag (and flat file key, and run-identity key) -> (part, field): interp.studies.parts."""
+    LATER_KEYS: ClassVar[tuple[str, ...]] = ("heal_alpha", "heal_dropout", "heal_schedule", "heal_warmup", "gsm8k_path",
+                                             "corpus", "corpus_path")
+    """Settings added after runs were stored: at their defaults they stay out of the identity (as LATER fields)."""
+    CONFIG_SPECS: ClassVar[dict] = {"sizes": Optional(ListOf(Whole(min=1))), "limit": Optional(Whole(min=1)),
+                                    "max_tokens": Optional(Whole(min=1))}
     """Ranges checked on flags and config-file keys alike (interp.studies.config_file.fields_of)."""
 
     budget: str = "full"
@@ -69,44 +79,14 @@ class LayersCfg:
     """Block strategies (see analyses.layer_blocks); single-layer removal always runs."""
     seeds: tuple[int, ...] | None = None
     """Seeds of the random-block control; None: from the budget (2 / 3 / 5 seeds)."""
-    heal_steps: int = 0
-    """LoRA healing steps for each healed point; 0: no healing."""
-    heal_strategies: tuple[str, ...] = ("angular",)
-    """Strategies whose blocks are also evaluated healed."""
-    heal_sizes: tuple[int, ...] | None = None
-    """Block sizes that get a healed point; None: every swept size (healing costs minutes per point)."""
-    heal_rank: int = 8
-    """LoRA rank of the healing adapters."""
-    heal_lr: float = 2e-4
-    """Healing learning rate."""
-    heal_batch: int = 4
-    """Training windows per healing step."""
-    tasks: tuple[str, ...] | None = None
-    """Evaluation tasks; None: from the budget (smoke: ppl; quick and full: ppl,facts,arith)."""
-    eval_budget: str | None = None
-    """Evaluation budget (smoke/quick/full or counts like 'ppl=1024,facts=40'); None: from the budget
-    (smoke: ppl=256; quick: ppl=1024,facts=24,arith=16; full: the evaluation's quick budget)."""
-    mmlu_path: str | None = None
-    """Local MMLU data: adds the mmlu task."""
-    boolq_path: str | None = None
-    """Local BoolQ data: adds the boolq task."""
     seed: int = 0
     """Seed of the evaluation subsets, prompt sampling and healing."""
-    heal_alpha: float = field(default=16.0, metadata=LATER)
-    """LoRA alpha of the healing adapters (updates scaled by alpha / rank)."""
-    heal_dropout: float = field(default=0.0, metadata=LATER)
-    """LoRA dropout of the healing adapters."""
-    heal_schedule: str = field(default="constant", metadata=LATER)
-    """Healing learning-rate schedule after the warm-up: constant, cosine or linear."""
-    heal_warmup: int = field(default=0, metadata=LATER)
-    """Healing warm-up steps (linear from 0 to heal_lr)."""
-    gsm8k_path: str | None = field(default=None, metadata=LATER)
-    """Local GSM8K data: adds the gsm8k task."""
-    corpus: str = field(default="book", metadata=LATER)
-    """Corpus of the perplexity evaluation and of healing: book (offline), wikitext2 or c4 (corpus_path offline),
-    or text (your own file in corpus_path: one document per line, or JSONL with a 'text' field)."""
-    corpus_path: str | None = field(default=None, metadata=LATER)
-    """Local WikiText-2 / C4 file or folder for ``corpus``, or your own text file."""
+    eval: EvalPart = field(default_factory=lambda: EvalPart(corpus="book"))
+    """Evaluation: tasks (None: smoke ppl; quick and full ppl,facts,arith), budget (None: smoke ppl=256; quick
+    ppl=1024,facts=24,arith=16; full the evaluation's quick budget), local data, and the corpus of the perplexity
+    evaluation and of healing (book by default)."""
+    heal: HealPart = field(default_factory=HealPart)
+    """LoRA healing of the dropped blocks (steps 0: off)."""
     batch_size: int = field(default=8, compare=False)
     """Prompts per forward pass when caching (never changes results)."""
 
@@ -116,12 +96,13 @@ class LayersCfg:
         bad = [s for s in self.strategies if s not in STRATEGIES]
         if bad:
             raise LayersCfgError(str(refuse("strategies", f"some of {', '.join(STRATEGIES)}", bad[0], STRATEGIES)))
-        bad = [s for s in self.heal_strategies if s not in (*STRATEGIES, "single")]
-        if bad:
-            raise LayersCfgError(str(refuse("heal_strategies", f"some of single, {', '.join(STRATEGIES)}", bad[0],
-                                            ("single", *STRATEGIES))))
-        if self.heal_steps < 0:
-            raise LayersCfgError(str(refuse("heal_steps", "a whole number of at least 0 (0: off)", self.heal_steps)))
+        check_parts(self)
+        if self.eval.corpus is None:  # unset means the book corpus, as the field's default says
+            object.__setattr__(self, "eval", replace(self.eval, corpus="book"))
+        try:
+            self.heal.check(where(self, "heal"), ("single", *STRATEGIES))
+        except InvalidValue as e:
+            raise LayersCfgError(str(e)) from None
         if self.sizes is not None and (not self.sizes or min(self.sizes) < 1):
             raise LayersCfgError(str(refuse("sizes", "whole numbers of at least 1", self.sizes)))
         if self.limit is not None and self.limit < 1:
@@ -130,31 +111,18 @@ class LayersCfg:
             raise LayersCfgError(str(refuse("max_tokens", "a whole number of at least 1", self.max_tokens)))
         if self.batch_size < 1:
             raise LayersCfgError(str(refuse("batch_size", "a whole number of at least 1", self.batch_size)))
-        self._check_heal()
         check_prompt_specs(self.prompts)
-        self.eval_cfg()  # fail fast on bad tasks or evaluation budgets
-        if self.heal_steps:
+        try:
+            self.eval.check(where(self, "eval"))
+        except InvalidValue as e:
+            raise LayersCfgError(str(e)) from None
+        self.eval_cfg()  # fail fast on anything else the evaluation refuses
+        if self.heal.steps:
             self.heal_cfg()
-        if self.heal_sizes is not None and self.sizes is not None and not set(self.heal_sizes) <= set(self.sizes):
-            raise LayersCfgError(f"{key_name('heal_sizes')} {sorted(set(self.heal_sizes) - set(self.sizes))} are not "
+        sizes = self.heal.sizes
+        if sizes is not None and self.sizes is not None and not set(sizes) <= set(self.sizes):
+            raise LayersCfgError(f"{where(self, 'heal').key('sizes')} {sorted(set(sizes) - set(self.sizes))} are not "
                                  f"among the swept sizes: add them to {key_name('sizes')}")
-
-    def _check_heal(self) -> None:
-        """The heal recipe's ranges, named by their keys (HealCfg checks them again for direct users)."""
-        for key, value in (("heal_rank", self.heal_rank), ("heal_batch", self.heal_batch)):
-            if value < 1:
-                raise LayersCfgError(str(refuse(key, "a whole number of at least 1", value)))
-        for key, number in (("heal_lr", self.heal_lr), ("heal_alpha", self.heal_alpha)):
-            if not number > 0:
-                raise LayersCfgError(str(refuse(key, "a number above 0", number)))
-        if not 0 <= self.heal_dropout < 1:
-            raise LayersCfgError(str(refuse("heal_dropout", "a number from 0 up to (not including) 1", self.heal_dropout)))
-        if self.heal_schedule not in SCHEDULES:
-            raise LayersCfgError(str(refuse("heal_schedule", f"one of {', '.join(SCHEDULES)}", self.heal_schedule,
-                                            SCHEDULES)))
-        if self.heal_warmup < 0 or (self.heal_steps and self.heal_warmup >= self.heal_steps):
-            raise LayersCfgError(str(refuse("heal_warmup", f"a whole number of at least 0 and below heal_steps "
-                                            f"({self.heal_steps})", self.heal_warmup)))
 
     @property
     def n_prompts(self) -> int:
@@ -194,24 +162,16 @@ class LayersCfg:
         return tuple(self.strategies)
 
     def eval_cfg(self) -> EvalCfg:
-        tasks = self.tasks or {"smoke": ("ppl",), "quick": ("ppl", "facts", "arith"),
-                               "full": ("ppl", "facts", "arith")}[self.budget]
-        # EvalCfg keywords named at run time (its *_path fields): Any, as mypy cannot check them
-        paths: dict[str, Any] = {"mmlu": self.mmlu_path, "boolq": self.boolq_path, "gsm8k": self.gsm8k_path}
-        extra = tuple(t for t, p in paths.items() if p and t not in tasks)
-        budget = self.eval_budget or {"smoke": "ppl=256", "quick": QUICK_EVAL,
-                                      "full": "quick"}[self.budget]
-        return EvalCfg(tasks=(*tasks, *extra), budget=budget, seed=self.seed,
-                       **{f"{t}_path": p for t, p in paths.items() if p}, **corpus_args(self.corpus, self.corpus_path))
+        tasks = {"smoke": ("ppl",), "quick": ("ppl", "facts", "arith"), "full": ("ppl", "facts", "arith")}[self.budget]
+        budget = {"smoke": "ppl=256", "quick": QUICK_EVAL, "full": "quick"}[self.budget]
+        return self.eval.build(tasks, budget, self.seed)
 
     def heal_cfg(self) -> HealCfg:
-        ecfg = self.eval_cfg()
-        return HealCfg(steps=self.heal_steps, rank=self.heal_rank, lr=self.heal_lr, batch=self.heal_batch,
-                       seed=self.seed, corpus=ecfg.corpus, window=ecfg.window,
-                       holdout_tokens=ecfg.count("ppl") or 1, holdout_seed=ecfg.seed, alpha=self.heal_alpha,
-                       dropout=self.heal_dropout, schedule=self.heal_schedule, warmup=self.heal_warmup,
-                       corpus_path=self.corpus_path)
+        return self.heal.build(self.eval_cfg(), self.seed, self.eval.corpus_path)
 
     def identity(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.compare
-                and not (f.metadata.get("omit_default") and getattr(self, f.name) == f.default)}
+        """The study's part of the run identity, in the flat names it had before the parts existed."""
+        default = flat_defaults(LayersCfg)
+        return {k: v for k, v in flat_values(self).items()
+                if k != "batch_size" and not (k in self.LATER_KEYS and v == default[k])}
+

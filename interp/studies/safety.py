@@ -60,7 +60,7 @@ def _dataset(store: Store, cache_run: int, cfg: SafetyCfg) -> pd.DataFrame:
         stored = set(db.stored_prompts(con, cache_run)["prompt_id"])
     frame = pd.DataFrame([{"prompt_id": p.id, "dataset": p.dataset, "source": p.source, "label": p.label,
                            "grp": p.group, "group_kept": p.group_kept} for p in prompts if p.id in stored])
-    data = dataset_frame(frame, cfg.test_frac, cfg.seed, heldout_ids(cfg))
+    data = dataset_frame(frame, cfg.probe.test_frac, cfg.seed, heldout_ids(cfg))
     return data.assign(cache_run_id=cache_run)
 
 
@@ -89,9 +89,9 @@ def run_safety(loaded: Loaded, store: Store, cfg: SafetyCfg, progress: bool = Tr
             db.replace_rows(con, run_id, {"safety_prompts": data})
             db.set_splits(con, cache_run, data)
     on_phase("analyse")
-    assert cfg.probe_layers is not None and cfg.probe_hooks is not None  # the budget filled them (SafetyCfg)
-    layers = parse_layers(cfg.probe_layers, loaded.n_layers)
-    hooks, positions = list(cfg.probe_hooks), list(cfg.positions)
+    assert cfg.probe.layers is not None and cfg.probe.hooks is not None  # the budget filled them (SafetyCfg)
+    layers = parse_layers(cfg.probe.layers, loaded.n_layers)
+    hooks, positions = list(cfg.probe.hooks), list(cfg.probe.positions)
     if not have["safety_probes"]:
         with store.connect(read_only=False) as con:
             lengths = db.prompt_lengths(con, cache_run)
@@ -136,8 +136,8 @@ def _candidates(cfg: SafetyCfg, n_layers: int, probed: list[int],
 
 
 def _select(loaded: Loaded, store: Store, run_id: int, data: pd.DataFrame, cfg: SafetyCfg, progress: bool) -> None:
-    assert cfg.probe_layers is not None and cfg.sel_gen_tokens is not None  # the budget filled them (SafetyCfg)
-    probed = parse_layers(cfg.probe_layers, loaded.n_layers)
+    assert cfg.probe.layers is not None and cfg.sel_gen_tokens is not None  # the budget filled them (SafetyCfg)
+    probed = parse_layers(cfg.probe.layers, loaded.n_layers)
     with store.connect() as con:
         done = db.read_table(con, "safety_candidates", run_id)
         probes = db.read_table(con, "safety_probes", run_id)

@@ -41,7 +41,7 @@ def plan_points(loaded: Loaded, cfg: WeightsCfg) -> list[PruneSpec]:
              **kw: Any) -> PruneSpec:
         extra: dict[str, Any] = {}
         if method == "wanda":
-            extra = {"calibration": kw.pop("calibration", cfg.calibration), "calib": calib}
+            extra = {"calibration": kw.pop("calibration", cfg.calib.order), "calib": calib}
         return PruneSpec(method, rate, modules, **kw, **extra)
 
     out: list[PruneSpec] = []
@@ -49,7 +49,7 @@ def plan_points(loaded: Loaded, cfg: WeightsCfg) -> list[PruneSpec]:
         out += [spec(method, r) for r in p.uniform]
     if "magnitude" in cfg.methods:
         out += [spec("magnitude", r, group="global") for r in p.global_rates]
-    if "wanda" in cfg.methods and cfg.calibration == "sequential":
+    if "wanda" in cfg.methods and cfg.calib.order == "sequential":
         out += [spec("wanda", r, calibration="oneshot") for r in p.oneshot_rates]
     for method in (m for m in p.nm_methods if m in cfg.methods):
         out += [spec(method, None, structure=s) for s in p.nm]

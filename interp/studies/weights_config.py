@@ -8,18 +8,19 @@ module_rates=(0.5,), mixed=((("attn", 0.2), ("mlp", 0.6)), (("attn", 0.6), ("mlp
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from interp.evals import EvalCfg
-from interp.evals.config import CORPORA, corpus_args
 from interp.evals.ppl import window_length
 from interp.interventions.prune import METHODS
 from interp.interventions.pruning.calibdata import CalibData, CalibrationError
 from interp.interventions.pruning.targets import PROJECTIONS, SELECTORS
 from interp.model.loading import Loaded
-from interp.validate import Choice, InvalidValue, Optional, Whole, key_name, refuse
+from interp.studies.part_names import check_parts, flat_values, where
+from interp.studies.parts import CalibPart, EvalPart
+from interp.validate import InvalidValue, key_name, refuse
 
 STUDY = "weights"
 BUDGETS = ("smoke", "quick", "full")
@@ -80,9 +81,13 @@ PLANS = {
 class WeightsCfg:
     """The weight-pruning study. Fields left at None keep a run's identity as it was before they existed."""
 
-    CONFIG_SPECS: ClassVar[dict] = {"calib_windows": Optional(Whole(min=1)), "calib_corpus": Optional(Choice(CORPORA)),
-                                    "corpus": Optional(Choice(CORPORA))}
-    """Ranges checked on flags and config-file keys alike (interp.studies.config_file.fields_of)."""
+    STUDY: ClassVar[str] = STUDY
+    FLAT: ClassVar[dict[str, tuple[str, str]]] = {
+        "tasks": ("eval", "tasks"), "eval_budget": ("eval", "budget"), "mmlu_path": ("eval", "mmlu_path"),
+        "gsm8k_path": ("eval", "gsm8k_path"), "boolq_path": ("eval", "boolq_path"), "corpus": ("eval", "corpus"),
+        "corpus_path": ("eval", "corpus_path"), "calibration": ("calib", "order"), "calib_windows": ("calib", "windows"),
+        "calib_corpus": ("calib", "corpus"), "calib_path": ("calib", "path")}
+    """Flag (and flat file key, and run-identity key) -> (part, field): interp.studies.parts."""
 
     budget: str = "full"
     """smoke (CLI tests), quick (minutes) or full (hours on a CPU): which points and how much evaluation."""
@@ -90,15 +95,6 @@ class WeightsCfg:
     """Seed of the evaluation subsets and of the calibration windows."""
     methods: tuple[str, ...] = METHODS
     """Which scores to sweep: magnitude and/or wanda."""
-    calibration: str = "sequential"
-    """Wanda norms taken block by block on the progressively pruned model (sequential), or from the
-    dense model once (oneshot)."""
-    tasks: tuple[str, ...] | None = None
-    """Evaluation tasks; None: the budget's (quick: ppl, facts; full: ppl, facts, arith)."""
-    eval_budget: str | None = None
-    """Evaluation budget (smoke, quick, full or counts like 'ppl=2048'); None: the budget's."""
-    calib_windows: int | None = None
-    """Calibration windows; None: the budget's (quick 16 x 128 tokens, full 64 x 256)."""
     rates: tuple[float, ...] | None = None
     """Your own sweep: rates applied to every projection, for each method. Giving any of rates, modules,
     nm, mixed or group_rates replaces the budget's whole plan by exactly what you give."""
@@ -112,21 +108,10 @@ class WeightsCfg:
     """Your own sweep: semi-structured N:M patterns such as 2:4, 4:8."""
     mixed: tuple[tuple[tuple[str, float], ...], ...] | None = None
     """Your own sweep: per-module rate recipes, e.g. attn=0.2:mlp=0.6 (selectors: q..down, qkv, attn, mlp, all)."""
-    mmlu_path: str | None = None
-    """Local MMLU data: adds the mmlu task."""
-    gsm8k_path: str | None = None
-    """Local GSM8K data: adds the gsm8k task."""
-    boolq_path: str | None = None
-    """Local BoolQ data: adds the boolq task."""
-    corpus: str | None = None
-    """Perplexity corpus: book, wikitext2, c4 (with corpus_path offline) or text (your own file); None: book."""
-    corpus_path: str | None = None
-    """Local WikiText-2 / C4 file or folder for ``corpus`` (for 'text': your own .txt or JSONL file)."""
-    calib_corpus: str | None = None
-    """Wanda calibration corpus: book, wikitext2, c4 or text (your own file, calib_path); None: book."""
-    calib_path: str | None = None
-    """Local file or folder of ``calib_corpus``: WikiText-2 / C4 in the hub's formats, or for 'text' a .txt file
-    (one document per line) or JSONL/CSV/parquet with a 'text' column. Its content digest joins the identity."""
+    eval: EvalPart = field(default_factory=EvalPart)
+    """Evaluation: tasks and budget (None: the budget's; quick ppl, full ppl,facts,arith), local data, corpus."""
+    calib: CalibPart = field(default_factory=CalibPart)
+    """Wanda calibration: corpus and file, windows, and sequential or oneshot norms."""
 
     def __post_init__(self) -> None:
         if self.budget not in BUDGETS:
@@ -137,10 +122,8 @@ class WeightsCfg:
         if bad or not methods:
             raise refuse("methods", "magnitude and/or wanda", ",".join(bad) or self.methods, METHODS)
         object.__setattr__(self, "methods", methods)
-        if self.calibration not in ("sequential", "oneshot"):
-            raise refuse("calibration", "sequential or oneshot", self.calibration, ("sequential", "oneshot"))
-        if self.calib_windows is not None and self.calib_windows < 1:
-            raise refuse("calib_windows", "a whole number of at least 1", self.calib_windows)
+        check_parts(self)
+        self.calib.check(where(self, "calib"))
         for name in ("rates", "module_rates", "group_rates"):
             bad = [r for r in getattr(self, name) or () if not 0 < r < 1]
             if bad:
@@ -160,16 +143,12 @@ class WeightsCfg:
             if bad:
                 raise refuse("mixed", f"recipes of {', '.join(SELECTORS)} with rates between 0 and 1",
                              f"{bad[0]}={dict(recipe)[bad[0]]}", [f"{k}={dict(recipe)[bad[0]]}" for k in SELECTORS])
-        self.eval_cfg()  # fail on bad tasks / budget / data paths before a model is loaded
-        if self.calib_corpus is not None and self.calib_corpus not in CORPORA:
-            raise refuse("calib_corpus", f"one of {', '.join(CORPORA)}", self.calib_corpus, CORPORA)
-        if self.calib_path is not None and self.calib_corpus in (None, "book"):
-            raise InvalidValue(f"{key_name('calib_path')} is for the wikitext2, c4 or text calibration corpus: set "
-                               f"{key_name('calib_corpus')} too")
+        self.eval.check(where(self, "eval"))
+        self.eval_cfg()  # fail on anything else the evaluation refuses before a model is loaded
         try:
             self._calib(None)  # the calibration corpus and file (exists, readable type) before a model is loaded
         except CalibrationError as e:
-            raise InvalidValue(str(e)) from None
+            raise InvalidValue(f"[{STUDY}.calib] {e}") from None
 
     @property
     def custom(self) -> bool:
@@ -189,16 +168,10 @@ class WeightsCfg:
                     mixed_methods=m, nm_methods=m)
 
     def eval_cfg(self) -> EvalCfg:
-        tasks = self.tasks or self.plan.tasks
-        # EvalCfg keywords named at run time (corpus, its *_path fields): Any, as mypy cannot check them
-        paths: dict[str, Any] = {"mmlu": self.mmlu_path, "gsm8k": self.gsm8k_path, "boolq": self.boolq_path}
-        tasks = (*tasks, *(t for t, p in paths.items() if p and t not in tasks))
-        return EvalCfg(tasks=tasks, budget=self.eval_budget or self.plan.eval_budget, seed=self.seed,
-                       **{f"{t}_path": p for t, p in paths.items() if p}, **corpus_args(self.corpus, self.corpus_path))
+        return self.eval.build(self.plan.tasks, self.plan.eval_budget, self.seed, order=("mmlu", "gsm8k", "boolq"))
 
     def _calib(self, exclude: tuple[int, int, int] | None) -> CalibData:
-        return CalibData(source=self.calib_corpus or "book", windows=self.calib_windows or self.plan.calib_windows,
-                         length=self.plan.calib_length, seed=self.seed, exclude=exclude, path=self.calib_path)
+        return self.calib.build(self.plan.calib_windows, self.plan.calib_length, self.seed, exclude)
 
     def calib_data(self, loaded: Loaded) -> CalibData:
         """The calibration set, kept off the perplexity windows the evaluation scores when both read one corpus."""
@@ -211,16 +184,18 @@ class WeightsCfg:
         return calib
 
     def identity(self) -> dict:
-        """The study fields of the run identity (the points and the evaluation config join them); the
-        user-sweep and data fields only when set, so older runs keep their identity."""
-        d = {"study": STUDY, "budget": self.budget, "seed": self.seed, "methods": list(self.methods),
-             "calibration": self.calibration}
-        for f in fields(self):
-            if f.name not in ("budget", "seed", "methods", "calibration", "tasks", "eval_budget", "calib_windows") \
-                    and getattr(self, f.name) is not None:
-                d[f.name] = getattr(self, f.name)
-        if self.calib_path is not None:  # a local file can change under the same name: its content is the identity
+        """The study fields of the run identity (the points and the evaluation config join them), in the flat
+        names they had before the parts existed; the user-sweep and data fields only when set, so older runs keep
+        their identity."""
+        flat = flat_values(self)
+        d = {"study": STUDY, **{k: flat[k] for k in ("budget", "seed")}, "methods": list(self.methods),
+             "calibration": self.calib.order}
+        for name, value in flat.items():
+            if name not in ("budget", "seed", "methods", "calibration", "tasks", "eval_budget", "calib_windows") \
+                    and value is not None:
+                d[name] = value
+        if self.calib.path is not None:  # a local file can change under the same name: its content is the identity
             from interp.model.digest import content_digest
 
-            d["calib_sha256"] = content_digest(self.calib_path)
+            d["calib_sha256"] = content_digest(self.calib.path)
         return d

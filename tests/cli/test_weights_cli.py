@@ -39,13 +39,13 @@ def test_weights_smoke_run_fills_the_tables(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--methods", "magnitude,obs"], "methods (--methods) takes magnitude and/or wanda, not 'obs'"),
-    (["--calibration", "twice"], "calibration (--calibration) takes sequential or oneshot, not 'twice'"),
+    (["--calibration", "twice"], "[weights.calib] order (--calibration) takes sequential or oneshot, not 'twice'"),
     (["--calib-corpus", "wikitext"], ("--calib-corpus takes one of book, wikitext2, c4, text, not 'wikitext' "
                                       "(did you mean wikitext2?)")),
     (["--calib-corpus", "text", "--calib-path", "/no/such.txt"], "calibration file '/no/such.txt' does not exist"),
     (["--quick", "--budget", "full"], "--quick and --budget full disagree"),
     (["--budget", "tiny"], "budget (--budget) takes one of smoke, quick, full, not 'tiny'"),
-    (["--tasks", "ppl,vibes"], "unknown evaluation task 'vibes'"),
+    (["--tasks", "ppl,vibes"], "[weights.eval] tasks (--tasks): unknown task 'vibes'"),
 ])
 def test_bad_flags_give_one_clear_line_before_loading(tmp_path, args, message):
     r = invoke("weights", *args, "--store", str(tmp_path / "s.duckdb"))

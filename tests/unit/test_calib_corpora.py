@@ -11,6 +11,8 @@ import pytest
 
 from interp.interventions.prune import PruneSpec
 from interp.interventions.pruning.calibdata import CalibData, CalibrationError, calibration_windows
+from interp.studies.config_file import build
+from interp.studies.parts import CalibPart, EvalPart
 from interp.studies.weights_config import WeightsCfg
 from tests.conftest import byte_tokenizer, tiny_llama
 
@@ -88,8 +90,8 @@ def test_same_corpus_as_the_evaluation_keeps_its_windows_out(tiny, files):
     from interp.evals.ppl import make_windows
 
     path = str(files["txt"])
-    cfg = WeightsCfg(budget="smoke", methods=("wanda",), corpus="text", corpus_path=path, calib_corpus="text",
-                     calib_path=path, eval_budget="ppl=512", calib_windows=6)
+    cfg = WeightsCfg(budget="smoke", methods=("wanda",), eval=EvalPart(corpus="text", corpus_path=path, budget="ppl=512"),
+                     calib=CalibPart(corpus="text", path=path, windows=6))
     calib = cfg.calib_data(tiny)
     assert calib.exclude is not None
     length, n_tokens, seed = calib.exclude
@@ -101,14 +103,14 @@ def test_same_corpus_as_the_evaluation_keeps_its_windows_out(tiny, files):
     for start in ds["starts"]:
         assert all(start + calib.length <= s or s + length <= start for s in spans)
     # another corpus (or another file) for the evaluation: nothing to keep out
-    other = WeightsCfg(budget="smoke", methods=("wanda",), calib_corpus="text", calib_path=path)
+    other = WeightsCfg(budget="smoke", methods=("wanda",), calib=CalibPart(corpus="text", path=path))
     assert other.calib_data(tiny).exclude is None
 
 
 def test_the_file_content_is_the_identity(tiny, tmp_path, files):
     path = tmp_path / "c.txt"
     path.write_text("\n".join(files["docs"]))
-    cfg = WeightsCfg(budget="smoke", methods=("wanda",), calib_corpus="text", calib_path=str(path))
+    cfg = WeightsCfg(budget="smoke", methods=("wanda",), calib=CalibPart(corpus="text", path=str(path)))
     spec = PruneSpec("wanda", 0.5, calib=cfg.calib_data(tiny))
     book = PruneSpec("wanda", 0.5, calib=WeightsCfg(budget="smoke").calib_data(tiny))
     from interp.interventions import describe, from_json, to_json
@@ -116,7 +118,7 @@ def test_the_file_content_is_the_identity(tiny, tmp_path, files):
     assert not {"path", "sha256"} & set(describe(book)["calib"])  # book runs keep their identity
     assert describe(spec)["calib"]["sha256"] == spec.calib.sha256
     path.write_text("\n".join(reversed(files["docs"])))
-    again = WeightsCfg(budget="smoke", methods=("wanda",), calib_corpus="text", calib_path=str(path))
+    again = WeightsCfg(budget="smoke", methods=("wanda",), calib=CalibPart(corpus="text", path=str(path)))
     assert again.calib_data(tiny) != spec.calib  # a rewritten file is another calibration set
     with pytest.raises(CalibrationError, match="changed since this spec was made"):
         calibration_windows(tiny.tokenizer, from_json(to_json(spec)).calib)
@@ -125,7 +127,7 @@ def test_the_file_content_is_the_identity(tiny, tmp_path, files):
 @pytest.mark.parametrize("values,match", [
     ({"calib_corpus": "text"}, r"give its path in calib_path \(--calib-path\)"),
     ({"calib_corpus": "text", "calib_path": "/nonexistent/x.txt"}, "'/nonexistent/x.txt' does not exist"),
-    ({"calib_path": "{txt}"}, r"set calib_corpus \(--calib-corpus\) too"),
+    ({"calib_path": "{txt}"}, r"set \[weights.calib\] corpus \(--calib-corpus\) too"),
     ({"calib_corpus": "text", "calib_path": "{pdf}"}, "cannot read calibration file"),
     ({"calib_corpus": "wikitext2", "calib_path": "{txt}"}, "cannot read calibration file"),
 ])
@@ -134,7 +136,7 @@ def test_bad_calibration_settings_are_refused_in_one_line(files, tmp_path, value
     pdf.write_bytes(b"%PDF")
     values = {k: v.format(txt=files["txt"], pdf=pdf) for k, v in values.items()}
     with pytest.raises(ValueError, match=match) as e:
-        WeightsCfg(budget="smoke", **values)
+        build(WeightsCfg, {"budget": "smoke", **values})  # the flag names, as invoke weights passes them
     assert "\n" not in str(e.value)
 
 
@@ -153,7 +155,7 @@ def test_a_file_without_a_text_column_is_refused_before_any_point(tiny, store, t
     bad.write_text('{"content": "no text column here"}\n')
     from interp.studies.weights import run_weights
 
-    cfg = WeightsCfg(budget="smoke", methods=("wanda",), calib_corpus="text", calib_path=str(bad))
+    cfg = WeightsCfg(budget="smoke", methods=("wanda",), calib=CalibPart(corpus="text", path=str(bad)))
     with pytest.raises(ValueError, match="lacks field") as e:
         run_weights(tiny, store, cfg, progress=False)
     assert "\n" not in str(e.value)
@@ -169,6 +171,6 @@ def test_calibration_flags_round_trip_through_print_config(files, tmp_path):
     model, cfg = load("weights", WeightsCfg, None, flags, {})
     path = tmp_path / "w.toml"
     path.write_text(dumps("weights", model, cfg))
-    assert 'calib_corpus = "text"' in path.read_text() and "calib_path" in path.read_text()
+    assert '[weights.calib]\ncorpus = "text"\npath = ' in path.read_text()
     _, again = load("weights", WeightsCfg, str(path), {}, {})
     assert again == cfg and config_hash(again.identity()) == config_hash(cfg.identity())

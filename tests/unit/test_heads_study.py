@@ -9,6 +9,7 @@ import pytest
 from analyses import head_agreement, head_pruning
 from interp.interventions import from_json
 from interp.studies.heads_config import HeadsCfg
+from interp.studies.parts import EvalPart, RouterPart
 from store import heads as db
 
 
@@ -111,8 +112,8 @@ def test_store_round_trips_and_replaces(store):
 
 
 def test_config_validation():
-    assert HeadsCfg(budget="smoke").router_keep == (0.5,)
-    assert HeadsCfg(budget="quick", router_steps=3).router_steps == 3
+    assert HeadsCfg(budget="smoke").router.keep == (0.5,)
+    assert HeadsCfg(budget="quick", router=RouterPart(steps=3)).router.steps == 3
     assert HeadsCfg(budget="full").gradient_seq and not HeadsCfg(budget="smoke").gradient_seq
     assert HeadsCfg(budget="smoke", gradient_seq=True).gradient_seq
     assert HeadsCfg(budget="quick").grad_seqs == 32 and HeadsCfg(budget="quick", text_seqs=40).grad_seqs == 40
@@ -127,10 +128,11 @@ def test_config_validation():
         HeadsCfg(budget="smoke", methods=("zero",)).ablated_layers(30)
     assert HeadsCfg(budget="smoke").ablated_layers(30) == range(28, 30)
     assert HeadsCfg(budget="quick").ablated_layers(30) == range(30)
-    with pytest.raises(ValueError, match="router-steps"):
-        HeadsCfg(router_steps=-1)
-    with pytest.raises(ValueError, match=r"router_keep \(--router-keep\) takes fractions above 0 and at most 1"):
-        HeadsCfg(router_keep=(0.0,))
+    with pytest.raises(ValueError, match=r"\[heads.router\] steps \(--router-steps\)"):
+        HeadsCfg(router=RouterPart(steps=-1))
+    with pytest.raises(ValueError, match=r"\[heads.router\] keep \(--router-keep\) takes fractions above 0 and at "
+                                         r"most 1"):
+        HeadsCfg(router=RouterPart(keep=(0.0,)))
     d = HeadsCfg(budget="smoke").describe()
     assert "batch_size" not in d and d["eval"]["tasks"] == ["ppl", "facts"]
 
@@ -140,7 +142,8 @@ def test_study_on_tiny_model_resumes(tiny, store, tmp_path, monkeypatch):
 
     monkeypatch.setenv("INTERP_ROUTER_DIR", str(tmp_path / "routers"))
     cfg = HeadsCfg(budget="smoke", ablation_layers=0, methods=("gradient", "zero", "mean", "mean_zero", "random"),
-                   gradient_seq=True, grad_seqs=3, router_keep=(0.5, 1.0), router_steps=3, prune_fracs=(0.25,), eval_tasks=("ppl",))
+                   gradient_seq=True, grad_seqs=3, router=RouterPart(keep=(0.5, 1.0), steps=3), prune_fracs=(0.25,),
+                   eval=EvalPart(tasks=("ppl",)))
     run = run_heads(tiny, store, cfg, progress=False)
     L, H = tiny.n_layers, tiny.n_heads
 

@@ -10,12 +10,13 @@ from interp.evals import evaluate
 from interp.interventions.layers import LayerDrop
 from interp.studies.layers import run_layers
 from interp.studies.layers_config import LayersCfg, LayersCfgError
+from interp.studies.parts import EvalPart, HealPart
 
 
 @pytest.fixture
 def cfg():
-    return LayersCfg(budget="quick", limit=4, max_tokens=32, sizes=(1, 2), seeds=(0, 1), heal_steps=1,
-                     heal_sizes=(2,), heal_batch=1, eval_budget="ppl=128,facts=3,arith=2")
+    return LayersCfg(budget="quick", limit=4, max_tokens=32, sizes=(1, 2), seeds=(0, 1),
+                     heal=HealPart(steps=1, sizes=(2,), batch=1), eval=EvalPart(budget="ppl=128,facts=3,arith=2"))
 
 
 def _count(con, table, run_id):
@@ -91,17 +92,17 @@ def test_budgets_and_bad_settings(tmp_path):
     assert quick.eval_cfg().tasks == ("ppl", "facts", "arith") and full.eval_cfg().tasks == ("ppl", "facts", "arith")
     assert [quick.eval_cfg().count(t) for t in ("ppl", "facts", "arith")] == [1024, 24, 16]
     (tmp_path / "mmlu.jsonl").write_text("")
-    assert "mmlu" in LayersCfg(mmlu_path=str(tmp_path / "mmlu.jsonl")).eval_cfg().tasks
+    assert "mmlu" in LayersCfg(eval=EvalPart(mmlu_path=str(tmp_path / "mmlu.jsonl"))).eval_cfg().tasks
     assert quick.heal_cfg  # healing off by default, still constructible on demand
-    with pytest.raises(LayersCfgError, match=r"heal_sizes \(--heal-sizes\) \[4\] are not among the swept sizes"):
-        LayersCfg(sizes=(1, 2), heal_sizes=(2, 4), heal_steps=5)
+    with pytest.raises(LayersCfgError, match=r"\[layers.heal\] sizes \(--heal-sizes\) \[4\] are not among the swept sizes"):
+        LayersCfg(sizes=(1, 2), heal=HealPart(sizes=(2, 4), steps=5))
     with pytest.raises(LayersCfgError, match=r"budget \(--budget\) takes one of smoke, quick, full, not 'huge'"):
         LayersCfg(budget="huge")
     with pytest.raises(LayersCfgError, match=r"strategies \(--strategies\) takes some of .*, not 'best'"):
         LayersCfg(strategies=("best",))
-    with pytest.raises(LayersCfgError, match=r"heal_steps \(--heal-steps\)"):
-        LayersCfg(heal_steps=-1)
+    with pytest.raises(LayersCfgError, match=r"\[layers.heal\] steps \(--heal-steps\)"):
+        LayersCfg(heal=HealPart(steps=-1))
     with pytest.raises(LayersCfgError, match="too big: this model has 30 layers"):
         LayersCfg(sizes=(30,)).block_sizes(30)
-    with pytest.raises(ValueError, match="unknown evaluation task"):
-        LayersCfg(tasks=("vibes",))
+    with pytest.raises(LayersCfgError, match=r"\[layers.eval\] tasks \(--tasks\): unknown task 'vibes'"):
+        LayersCfg(eval=EvalPart(tasks=("vibes",)))

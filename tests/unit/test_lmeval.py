@@ -371,14 +371,15 @@ def test_every_study_config_takes_lm_eval_tasks():
     lm-eval tasks describes itself (its run identity) as before."""
     from interp.studies.heads_config import HeadsCfg
     from interp.studies.layers_config import LayersCfg
+    from interp.studies.parts import EvalPart
     from interp.studies.safety import SafetyCfg
     from interp.studies.weights import WeightsCfg
 
     task = "lm-eval:arc_easy"
-    pairs = [(LayersCfg(budget="smoke"), LayersCfg(budget="smoke", tasks=("ppl", task))),
-             (WeightsCfg(budget="smoke"), WeightsCfg(budget="smoke", tasks=("ppl", task))),
-             (HeadsCfg(budget="smoke"), HeadsCfg(budget="smoke", lm_eval=(task,))),
-             (SafetyCfg(budget="smoke"), SafetyCfg(budget="smoke", lm_eval=(task,)))]
+    pairs = [(LayersCfg(budget="smoke"), LayersCfg(budget="smoke", eval=EvalPart(tasks=("ppl", task)))),
+             (WeightsCfg(budget="smoke"), WeightsCfg(budget="smoke", eval=EvalPart(tasks=("ppl", task)))),
+             (HeadsCfg(budget="smoke"), HeadsCfg(budget="smoke", eval=EvalPart(lm_eval=(task,)))),
+             (SafetyCfg(budget="smoke"), SafetyCfg(budget="smoke", eval=EvalPart(lm_eval=(task,))))]
     for plain, with_lmeval in pairs:
         assert task in with_lmeval.eval_cfg().tasks and task not in plain.eval_cfg().tasks
         assert "lmeval_data" not in plain.eval_cfg().describe()

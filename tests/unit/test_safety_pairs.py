@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from interp.studies.config_file import build
 from interp.studies.safety_config import SafetyCfg
 
 TINY = {"budget": "smoke", "per_set": 12, "probe_layers": "2", "candidate_layers": "2", "folds": 2, "alphas": (1.0,),
@@ -33,7 +34,7 @@ def done(tmp_path_factory):
     _pairs(root / "pairs.jsonl")
     tiny = wrap(tiny_llama(), byte_tokenizer(), name="tiny-llama", revision="seed0")
     store = Store(root / "s.duckdb")
-    cfg = SafetyCfg(pairs=str(root / "pairs.jsonl"), **TINY)
+    cfg = build(SafetyCfg, {**TINY, "pairs": str(root / "pairs.jsonl")})
     return tiny, store, cfg, run_safety(tiny, store, cfg, progress=False)
 
 

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from interp.interventions import from_json
+from interp.studies.config_file import build
+from interp.studies.parts import EvalPart, ProbePart
 from interp.studies.safety import SafetyCfg, heldout_ids, parse_layers, run_safety, sweep_points
 
 pytestmark = pytest.mark.slow  # one whole study run on the tiny model: 12 evaluated points (random baselines included)
@@ -24,7 +26,7 @@ def done(tmp_path_factory):
 
     tiny = wrap(tiny_llama(), byte_tokenizer(), name="tiny-llama", revision="seed0")
     store = Store(tmp_path_factory.mktemp("safety") / "s.duckdb")
-    cfg = SafetyCfg(**TINY)
+    cfg = build(SafetyCfg, TINY)  # the flag names, as invoke safety passes them
     return tiny, store, cfg, run_safety(tiny, store, cfg, progress=False)
 
 
@@ -51,7 +53,8 @@ def test_study_writes_every_table_and_evaluates_every_edit(done):
     assert set(probes["problem"]) == {"harmful_vs_neutral", "toxic_vs_neutral", "biased_vs_counterpart", "multiclass"}
     assert {"cv", "cv_logistic", "length", "held_out"} <= set(probes["setting"]) and set(probes["layer"]) == {0, 1, 2}
     cv = probes[probes.setting == "cv"]
-    assert (cv["permutations"] == cfg.permutations).all() and cv["p"].between(1 / (1 + cfg.permutations), 1).all()
+    assert (cv["permutations"] == cfg.probe.permutations).all() and cv["p"].between(1 / (1 + cfg.probe.permutations),
+                                                                             1).all()
     assert (cv["null_mean"] <= cv["null_p95"]).all()
     assert len(best) == 4 * 2 and set(best["layer"]) <= {0, 1, 2}  # problems x positions
     assert (best["margin_accuracy"] == best["cv_accuracy"] - best["shuffled_accuracy"]).all()
@@ -110,12 +113,13 @@ def test_sweep_points_rebuild_from_the_store(done):
 def test_config_errors_are_clear():
     with pytest.raises(ValueError, match=r"budget \(--budget\) takes one of smoke, quick, full, not 'huge'"):
         SafetyCfg(budget="huge")
-    with pytest.raises(ValueError, match=r"probe_hooks \(--probe-hooks\) takes resid_pre or resid_post .*, not 'mlp_out'"):
-        SafetyCfg(probe_hooks=("mlp_out",))
+    with pytest.raises(ValueError, match=r"\[safety.probe\] hooks \(--probe-hooks\) takes resid_pre or resid_post .*, "
+                                         r"not 'mlp_out'"):
+        SafetyCfg(probe=ProbePart(hooks=("mlp_out",)))
     with pytest.raises(ValueError, match=r"per_set \(--per-set\) takes a whole number of at least 8"):
         SafetyCfg(per_set=3)
-    with pytest.raises(ValueError, match="unknown evaluation task|budget"):
-        SafetyCfg(eval_budget="enormous")
+    with pytest.raises(ValueError, match=r"\[safety.eval\] budget \(--eval-budget\): unknown budget 'enormous'"):
+        SafetyCfg(eval=EvalPart(budget="enormous"))
     assert parse_layers("stride:4", 30, cap=0.8) == [4, 8, 12, 16, 20]
     assert parse_layers("all", 4) == [0, 1, 2, 3] and parse_layers("2,1", 4) == [1, 2]
     with pytest.raises(ValueError, match=r"probe_layers \(--probe-layers\): layer 40 out of range"):

@@ -9,6 +9,8 @@ from interp.interventions.prune import PruneSpec
 from interp.interventions.pruning.calibdata import CalibData
 from interp.interventions.pruning.stored import StoreNorms
 from interp.studies import weights as study
+from interp.studies.config_file import build
+from interp.studies.parts import EvalPart
 from interp.studies.weights import Plan, WeightsCfg, plan_points, run_weights
 from store.weights import curve, read_norms, read_prune_stats, write_norms
 
@@ -83,7 +85,7 @@ def test_rerun_skips_everything_and_resume_fills_only_the_gap(tiny, store, tiny_
 
 def test_a_new_run_reuses_stored_norms(tiny, store, tiny_plan):
     run_a = run_weights(tiny, store, tiny_plan, progress=False)
-    other = dataclasses.replace(tiny_plan, eval_budget="ppl=256,facts=4")  # a different run identity
+    other = dataclasses.replace(tiny_plan, eval=EvalPart(budget="ppl=256,facts=4"))  # a different run identity
     run_b = run_weights(tiny, store, other, progress=False)
     assert run_b != run_a
     with store.connect(read_only=True) as con:
@@ -160,11 +162,11 @@ def test_the_yielded_report_stores_each_applied_spec_once_and_the_norms_it_compu
 
 @pytest.mark.parametrize("kwargs,msg", [({"budget": "huge"}, r"budget \(--budget\) takes one of"),
                                         ({"methods": "magnitude,sparsegpt"}, r"methods \(--methods\) takes"),
-                                        ({"calibration": "twice"}, r"calibration \(--calibration\) takes"),
-                                        ({"tasks": ("ppl", "vibes")}, "unknown evaluation task")])
+                                        ({"calibration": "twice"}, r"\[weights.calib\] order \(--calibration\) takes"),
+                                        ({"tasks": ("ppl", "vibes")}, r"\[weights.eval\] tasks \(--tasks\): unknown task 'vibes'")])
 def test_bad_study_config_fails_before_any_model(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
-        WeightsCfg(**kwargs)
+        build(WeightsCfg, kwargs)
 
 
 def test_plans_cover_the_issue(tiny, tiny_gpt):
