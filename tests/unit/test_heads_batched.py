@@ -126,10 +126,11 @@ def _one_at_a_time(loaded: Loaded, batches: list[Scored], means: torch.Tensor | 
 def test_head_study_stores_the_same_importance_as_one_forward_per_head(gqa, tmp_path, monkeypatch, one_thread):
     from interp.studies import heads
     from interp.studies.heads_config import HeadsCfg
+    from interp.studies.parts import EvalPart
     from interp.studies.sweep import start_study_run
     from store import Store
 
-    cfg = HeadsCfg(budget="smoke", ablation_layers=0, methods=("zero", "mean"), eval_tasks=("ppl",))
+    cfg = HeadsCfg(budget="smoke", ablation_layers=0, methods=("zero", "mean"), eval=EvalPart(tasks=("ppl",)))
     tables = {}
     for name in ("batched", "loop"):
         if name == "loop":
