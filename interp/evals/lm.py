@@ -52,11 +52,16 @@ def _batches(lengths: list[int], max_tokens: int | Callable[[list[int]], bool],
     return out
 
 
+def positions_within(vocab: int) -> int:
+    """Most positions of float32 logits over ``vocab`` that one pass may hold under ``LOGIT_BYTES``."""
+    return max(1, LOGIT_BYTES // (4 * vocab))
+
+
 def logit_positions(model: nn.Module) -> int | None:
     """Most positions one forward pass may unembed under ``LOGIT_BYTES`` (None: a model that gives no
     vocabulary size)."""
     vocab = _vocab(model)
-    return max(1, LOGIT_BYTES // (4 * vocab)) if vocab else None
+    return positions_within(vocab) if vocab else None
 
 
 def _vocab(model: nn.Module) -> int | None:

@@ -43,6 +43,7 @@ import tomli_w
 import tomllib
 
 from interp.model.loading import ModelCfg
+from interp.studies.part_names import default_part
 from interp.validate import (
     Boolean,
     InvalidValue,
@@ -133,12 +134,6 @@ def parts_of(cls: type[DataclassInstance]) -> dict[str, type[DataclassInstance]]
 
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init and hints[f.name] in PARTS}
-
-
-def default_part(cls: type[DataclassInstance], name: str) -> Any:  # noqa: ANN401 (one of the part types)
-    """The study's default value of its part ``name`` (its ``default_factory``: defaults differ per study)."""
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return f.default_factory() if callable(f.default_factory) else f.default
 
 
 def fields_of(cls: type[DataclassInstance]) -> dict[str, Spec[object]]:

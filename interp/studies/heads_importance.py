@@ -106,7 +106,7 @@ def row_metrics(logits_fn: LogitsFn, hidden: torch.Tensor, targets: torch.Tensor
     hit_parts: list[torch.Tensor] = []
     # The unembedding in chunks of positions: a batch of many ablations at once would otherwise hold
     # (positions, vocab) logits at a time (2 GB for 2048 positions of Gemma 3's 262k vocabulary).
-    step = max(1, lm.LOGIT_BYTES // (4 * _vocab(logits_fn, hidden)))  # the evaluations' bound
+    step = lm.positions_within(_vocab(logits_fn, hidden))  # the evaluations' bound
     for i in range(0, len(r), step):
         logits = logits_fn(hidden[r[i:i + step], p[i:i + step]])  # (chunk, vocab)
         if logits.dtype in (torch.float16, torch.bfloat16):

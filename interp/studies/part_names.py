@@ -58,10 +58,17 @@ def flat_values(cfg: object) -> dict[str, Any]:
     return out
 
 
+def default_part(cls: type, name: str) -> Any:  # noqa: ANN401 (one of the part types)
+    """The study's default value of its part ``name`` (its ``default_factory``: defaults differ per study)."""
+    f = next(f for f in fields(cls) if f.name == name)
+    return f.default_factory() if callable(f.default_factory) else f.default
+
+
 def flat_defaults(cls: type) -> dict[str, Any]:
     """The defaults of a study's flat part settings (its parts' ``default_factory`` values)."""
-    parts = {f.name: f.default_factory() for f in fields(cls) if callable(f.default_factory)}
-    return {n: getattr(parts[p], k) for n, (p, k) in cls.FLAT.items()}  # type: ignore[attr-defined]
+    flat: Flat = cls.FLAT  # type: ignore[attr-defined]
+    parts = {p: default_part(cls, p) for p, _ in flat.values()}
+    return {n: getattr(parts[p], k) for n, (p, k) in flat.items()}
 
 
 def fill_parts(cfg: object, budget: Mapping[str, object]) -> None:
