@@ -232,10 +232,10 @@ def test_sweep_caches_only_the_blocks_its_points_can_use(llama, tmp_path, one_th
     cfg = EvalCfg(tasks=("ppl",), budget="ppl=48", window=24, chat=False)
     d = tuple(float(x) for x in torch.linspace(-1, 1, llama.d_model))
 
-    def sweep_of(name, points, prefix=PrefixCfg()):
+    def sweep_of(name, points, cached=True):
         store = Store(tmp_path / f"{name}.duckdb")
         run = run_sweep(llama, store, study="layers", config={}, points=points, eval_cfg=cfg, progress=False,
-                        prefix=prefix)
+                        prefix=PrefixCfg() if cached else None)
         with store.connect(read_only=True) as con:
             return con.execute("SELECT point, value FROM evals WHERE run_id = ? AND metric = 'nll' ORDER BY point",
                                [run]).fetchall()
@@ -243,7 +243,7 @@ def test_sweep_caches_only_the_blocks_its_points_can_use(llama, tmp_path, one_th
     shallow = [LayerDrop((1,)), HeadMask(((1, 0),))]
     rows = sweep_of("shallow", shallow)
     assert len(caches) == 1 and caches[0].layers == {0} and caches[0].skipped > 0
-    full = sweep_of("shallow-full", shallow, prefix=None)
+    full = sweep_of("shallow-full", shallow, cached=False)
     assert [p for p, _ in rows] == [p for p, _ in full] and len(rows) == 3
     torch.testing.assert_close(torch.tensor([v for _, v in rows]), torch.tensor([v for _, v in full]),
                                rtol=1e-5, atol=0)
