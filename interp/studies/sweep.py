@@ -134,12 +134,18 @@ def run_sweep(loaded: Loaded, store: Store, *, study: str, config: dict, points:
         base_items = point_items(con, run_id, Base().label())  # empty until the base is evaluated
     bar = tqdm(total=len(specs), initial=len(specs) - len(todo), unit="point",
                desc=f"{study} run {run_id}", disable=not progress)
+    # The cache keeps only the blocks that some point still to run can take from it: those below the
+    # deepest first layer among them (the base point would record every block). Measured on the full
+    # safety study, whose edits start at block 4 at most: a resumed segment that filled no cache peaked
+    # at 1.91 GB, the run whose base point filled all 30 blocks at 3.96 GB (BENCHMARKS.md section 10).
+    # A sweep whose edits all start at block 0 (the weight study's) keeps no cache at all.
+    need = max((first_layer(p, loaded.n_layers) for p in todo if not isinstance(p, Base)), default=0)
     with contextlib.ExitStack() as stack:
-        cache = None if prefix is None else stack.enter_context(PrefixCache(prefix))
+        cache = None if prefix is None or need == 0 else stack.enter_context(PrefixCache(prefix))
         for spec in todo:
             t0 = time.perf_counter()
             applying = spec.apply(loaded) if apply is None else apply(spec)
-            with applying as made, reuse(loaded, cache, first_layer(spec, loaded.n_layers)):
+            with applying as made, reuse(loaded, cache, min(need, first_layer(spec, loaded.n_layers))):
                 scores = evaluate(loaded, eval_cfg, reference=reference)
             items = item_frame(scores)
             if isinstance(spec, Base):

@@ -205,3 +205,49 @@ def test_sweep_with_reuse_stores_the_same_numbers(llama, tmp_path, one_thread, m
                                rtol=1e-5, atol=0)
     torch.testing.assert_close(torch.tensor(it_r["value"].values), torch.tensor(it_f["value"].values),
                                rtol=1e-5, atol=1e-9)
+
+
+def test_sweep_caches_only_the_blocks_its_points_can_use(llama, tmp_path, one_thread, monkeypatch):
+    """The base point records blocks below the deepest first layer among the points, not every block;
+    a sweep whose points all start at block 0 (or that has only its base left) keeps no cache."""
+    from interp.evals import EvalCfg
+    from interp.studies import sweep
+    from interp.studies.sweep import run_sweep
+    from store import Store
+
+    caches = []
+
+    class Counted(PrefixCache):
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            self.layers: set[int] = set()
+            caches.append(self)
+
+        def put(self, key, layer, out, writes=None):
+            self.layers.add(layer)
+            super().put(key, layer, out, writes)
+
+    monkeypatch.setattr(sweep, "PrefixCache", Counted)
+    assert llama.n_layers > 2  # else every block would be wanted anyway
+    cfg = EvalCfg(tasks=("ppl",), budget="ppl=48", window=24, chat=False)
+    d = tuple(float(x) for x in torch.linspace(-1, 1, llama.d_model))
+
+    def sweep_of(name, points, cached=True):
+        store = Store(tmp_path / f"{name}.duckdb")
+        run = run_sweep(llama, store, study="layers", config={}, points=points, eval_cfg=cfg, progress=False,
+                        prefix=PrefixCfg() if cached else None)
+        with store.connect(read_only=True) as con:
+            return con.execute("SELECT point, value FROM evals WHERE run_id = ? AND metric = 'nll' ORDER BY point",
+                               [run]).fetchall()
+
+    shallow = [LayerDrop((1,)), HeadMask(((1, 0),))]
+    rows = sweep_of("shallow", shallow)
+    assert len(caches) == 1 and caches[0].layers == {0} and caches[0].skipped > 0
+    full = sweep_of("shallow-full", shallow, cached=False)
+    assert [p for p, _ in rows] == [p for p, _ in full] and len(rows) == 3
+    torch.testing.assert_close(torch.tensor([v for _, v in rows]), torch.tensor([v for _, v in full]),
+                               rtol=1e-5, atol=0)
+    caches.clear()
+    sweep_of("block0", [DirectionalAblation(d)])
+    sweep_of("base", [])
+    assert caches == []
