@@ -170,20 +170,37 @@ def test_generation_with_kv_cache_equals_full(family, one_thread):
             assert cache.skipped > skipped
 
 
-def test_sweep_with_reuse_stores_the_same_numbers(llama, tmp_path, one_thread, monkeypatch):
-    from interp.evals import EvalCfg
+class Recording(PrefixCache):
+    """A prefix cache that remembers which blocks it was given, for the sweep tests below."""
+
+    def __init__(self, cfg: PrefixCfg | None = None) -> None:
+        super().__init__(cfg)
+        self.layers: set[int] = set()
+
+    def put(self, key, layer, out, writes=None):
+        self.layers.add(layer)
+        super().put(key, layer, out, writes)
+
+
+@pytest.fixture
+def caches(monkeypatch):
+    """Every prefix cache a sweep makes while the test runs, in order."""
     from interp.studies import sweep
+
+    made: list[Recording] = []
+
+    def make(cfg):
+        made.append(Recording(cfg))
+        return made[-1]
+
+    monkeypatch.setattr(sweep, "PrefixCache", make)
+    return made
+
+
+def test_sweep_with_reuse_stores_the_same_numbers(llama, tmp_path, one_thread, caches):
+    from interp.evals import EvalCfg
     from interp.studies.sweep import run_sweep
     from store import Store
-
-    caches = []
-
-    class Counted(PrefixCache):
-        def __init__(self, cfg):
-            super().__init__(cfg)
-            caches.append(self)
-
-    monkeypatch.setattr(sweep, "PrefixCache", Counted)
 
     cfg = EvalCfg(tasks=("ppl", "facts", "kl"), budget="ppl=96,facts=4,kl=3", window=24, chat=False)
     d = tuple(float(x) for x in torch.linspace(-1, 1, llama.d_model))
@@ -207,27 +224,13 @@ def test_sweep_with_reuse_stores_the_same_numbers(llama, tmp_path, one_thread, m
                                rtol=1e-5, atol=1e-9)
 
 
-def test_sweep_caches_only_the_blocks_its_points_can_use(llama, tmp_path, one_thread, monkeypatch):
+def test_sweep_caches_only_the_blocks_its_points_can_use(llama, tmp_path, one_thread, caches):
     """The base point records blocks below the deepest first layer among the points, not every block;
     a sweep whose points all start at block 0 (or that has only its base left) keeps no cache."""
     from interp.evals import EvalCfg
-    from interp.studies import sweep
     from interp.studies.sweep import run_sweep
     from store import Store
 
-    caches = []
-
-    class Counted(PrefixCache):
-        def __init__(self, cfg):
-            super().__init__(cfg)
-            self.layers: set[int] = set()
-            caches.append(self)
-
-        def put(self, key, layer, out, writes=None):
-            self.layers.add(layer)
-            super().put(key, layer, out, writes)
-
-    monkeypatch.setattr(sweep, "PrefixCache", Counted)
     assert llama.n_layers > 2  # else every block would be wanted anyway
     cfg = EvalCfg(tasks=("ppl",), budget="ppl=48", window=24, chat=False)
     d = tuple(float(x) for x in torch.linspace(-1, 1, llama.d_model))
