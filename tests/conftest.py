@@ -8,7 +8,32 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The README's test command runs the suite on pytest-xdist workers (``-n auto --dist loadfile``): the
+# cores share out among them, in this process and in the CLI subprocesses the tests start (OMP_NUM_THREADS).
+# Measured on the 2-core CI machine: one process kept one core busy, about half the time (vmstat, BENCHMARKS.md).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+torch.set_num_threads(_THREADS)
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) << 10 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker per core, at most 4, and at most one per 4 GB of available memory (a worker that
+    runs the real models' studies peaks near 3 GB)."""
+    n = min(os.cpu_count() or 1, 4)
+    if (available := _available_memory()) is not None:
+        n = min(n, available // (4 << 30))
+    return max(1, n)
+
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
