@@ -26,6 +26,7 @@ def _available_memory() -> int | None:
         return None
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: absent under -p no:xdist
 def pytest_xdist_auto_num_workers(config) -> int:
     """``-n auto``: one worker per core, at most 4, and at most one per 4 GB of available memory (a worker that
     runs the real models' studies peaks near 3 GB)."""
