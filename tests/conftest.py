@@ -4,15 +4,32 @@ embedded model (integration tests, loaded once per session)."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 # The README's test command runs the suite on pytest-xdist workers (``-n auto --dist loadfile``): the
 # cores share out among them, in this process and in the CLI subprocesses the tests start (OMP_NUM_THREADS).
-# Measured on the 2-core CI machine: one process kept one core busy, about half the time (vmstat, BENCHMARKS.md).
+# Measured on the 2-core CI machine (BENCHMARKS.md §14): one process kept about one core busy (56% of two, vmstat);
+# two workers finish in 0.56x its time.
+
+
+def _cores() -> int:
+    """The cores this process may use: its CPU affinity, and a cgroup v2 CPU quota (a container's ``--cpus``)
+    where one is set; ``os.cpu_count()`` counts the host's."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+_THREADS = max(1, min(2, _cores() // _WORKERS))
 if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 torch.set_num_threads(_THREADS)
@@ -30,7 +47,7 @@ def _available_memory() -> int | None:
 def pytest_xdist_auto_num_workers(config) -> int:
     """``-n auto``: one worker per core, at most 4, and at most one per 4 GB of available memory (a worker that
     runs the real models' studies peaks near 3 GB)."""
-    n = min(os.cpu_count() or 1, 4)
+    n = min(_cores(), 4)
     if (available := _available_memory()) is not None:
         n = min(n, available // (4 << 30))
     return max(1, n)
@@ -139,7 +156,6 @@ def read_only_fs(monkeypatch, root) -> None:
     writing flag, and mkdir/replace/rename/unlink/rmdir."""
     import builtins
     import errno
-    from pathlib import Path
 
     root = Path(root).resolve()
 

@@ -35,10 +35,17 @@ def test_ci_runs_exactly_the_readme_test_command_on_workers() -> None:
 ])
 def test_auto_worker_count_follows_cores_and_memory(monkeypatch: pytest.MonkeyPatch, cpus: int,
                                                      available_gb: float | None, workers: int) -> None:
-    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    monkeypatch.setattr(conftest, "_cores", lambda: cpus)
     monkeypatch.setattr(conftest, "_available_memory",
                         lambda: None if available_gb is None else int(available_gb * (1 << 30)))
     assert conftest.pytest_xdist_auto_num_workers(None) == workers
+
+
+def test_cores_are_this_process_s() -> None:
+    cores = conftest._cores()
+    assert 1 <= cores <= (os.cpu_count() or 1)
+    if hasattr(os, "sched_getaffinity"):
+        assert cores <= len(os.sched_getaffinity(0))
 
 
 def test_available_memory_reads_meminfo() -> None:
