@@ -31,6 +31,10 @@ class Reference:
     logprobs: torch.Tensor  # (prompt, vocab) float32, log-softmax of the base model
     model: str
     dataset: dict
+    """What the KL scores were computed on; stored with each score, so it holds no timing: two
+    references of the same prompts, model and settings have equal ``dataset`` values."""
+    seconds: float = 0.0
+    """Time taken to make the reference (not stored: it is the sweep's, not a point's)."""
 
 
 def neutral_prompts(n: int | None, seed: int) -> tuple[list[tuple[str, str]], str]:
@@ -56,9 +60,8 @@ def make_reference(loaded: Loaded, n: int | None, seed: int, chat: bool, batch_t
     seqs = tuple(tuple(e.ids) for e in enc)
     lp = last_logprobs(loaded.model, [list(s) for s in seqs], loaded.tokenizer.pad_token_id, batch_tokens)
     ds = {"name": "neutral", "source": source, "seed": seed, "prompts": len(seqs), "chat": chat,
-          "position": "last", "truncated": sum(e.truncated > 0 for e in enc),
-          "reference_seconds": round(time.perf_counter() - t0, 3)}
-    return Reference(tuple(i for i, _ in prompts), seqs, lp, loaded.name, ds)
+          "position": "last", "truncated": sum(e.truncated > 0 for e in enc)}
+    return Reference(tuple(i for i, _ in prompts), seqs, lp, loaded.name, ds, time.perf_counter() - t0)
 
 
 def kl_divergence(base: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:

@@ -213,6 +213,18 @@ def test_kl_is_zero_for_the_base_model_and_matches_a_slow_loop_under_an_edit(tin
     assert make_reference(tiny, EvalCfg(tasks=("ppl",))) is None
 
 
+def test_kl_dataset_is_the_same_for_two_references_of_the_same_prompts(tiny):
+    """The stored ``dataset`` identifies the data: no timing in it (it held the reference's seconds)."""
+    cfg = EvalCfg(tasks=("kl",), budget={"kl": 3})
+    one, two = make_reference(tiny, cfg), make_reference(tiny, cfg)
+    [a], [b] = evaluate(tiny, cfg, reference=one), evaluate(tiny, cfg, reference=two)
+    assert a.dataset == b.dataset == one.dataset == two.dataset
+    assert a.dataset["prompts"] == 3 and one.seconds > 0
+    assert set(a.dataset) == {"name", "source", "seed", "prompts", "chat", "position", "truncated"}
+    other = make_reference(tiny, EvalCfg(tasks=("kl",), budget={"kl": 2}))
+    assert other.dataset != one.dataset
+
+
 def test_kl_divergence_properties():
     torch.manual_seed(0)
     a = torch.log_softmax(torch.randn(6, 11), -1)
