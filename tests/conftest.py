@@ -9,12 +9,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from store.cores import usable_cores as _cores  # affinity and cgroup quota, not the host's count
-
 # The README's test command runs the suite on pytest-xdist workers (``-n auto --dist loadfile``): the
 # cores share out among them, in this process and in the CLI subprocesses the tests start (OMP_NUM_THREADS).
 # Measured on the 2-core CI machine (BENCHMARKS.md §14): one process kept about one core busy (56% of two, vmstat);
 # two workers finish in 0.56x its time.
+
+
+def _cores() -> int:
+    """The cores this process may use: its CPU affinity, and a cgroup v2 CPU quota (a container's ``--cpus``)
+    where one is set; ``os.cpu_count()`` counts the host's."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
 
 
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
