@@ -155,8 +155,10 @@ class EvalCfg:
     batch_tokens: int = 1024
     """Most tokens per forward pass (bounds memory: logits are batch_tokens x vocab floats)."""
     gen_batch: int | None = field(default=None, metadata={"omit_default": True})
-    """Prompts per batched greedy generation; None: as many as fit ``interp.evals.lm.GEN_MEMORY`` (the
-    texts are the same either way, so None is left out of the run identity)."""
+    """Prompts per batched greedy generation; None: as many as fit ``interp.evals.lm.GEN_MEMORY``.
+    Part of the run identity (None, the default, by its absence): a greedy near-tie can break another
+    way in another batch (measured: one of 7,200 toxicity texts of the full safety study,
+    16 prompts a batch against by memory), so two batchings are two runs."""
     lmeval_data: str | None = None
     """Folder of local data for lm-eval tasks, one file per split in the hub's field names
     (DIR/<dataset path>/<config>/<split>.jsonl, see ``interp.evals.lmeval_tasks``); None: the

@@ -28,7 +28,7 @@ from interp.model.loading import Loaded
 from interp.provenance import canonical_json, code_version, config_hash
 from store import Store
 from store.evals import done_points, point_items, write_evals
-from store.runs import adopt_run, finish_run, start_run
+from store.runs import finish_run, start_run
 
 Phase = Callable[[str], None]
 """A study's progress callback: called with a phase's name (capture, analyse, sweep, ...) as the
@@ -48,27 +48,18 @@ DEFAULT_PREFIX = PrefixCfg()
 """Prefix reuse of every sweep unless told otherwise (1 GiB in memory, then a scratch directory)."""
 
 
-def legacy_config(config: dict) -> dict:
-    """``config`` as study runs stored it before generation was batched by memory (2026-11-29): the
-    evaluation config held ``gen_batch: 16``; now None (by the memory budget) is left out. Only the
-    batching changed, never a generated token (tests/unit/test_gen_batching.py), so such a run is the
-    same run and is adopted (docs/DESIGN.md, changing an identity)."""
-    ev = config.get("eval")
-    if isinstance(ev, dict) and "gen_batch" not in ev:
-        return {**config, "eval": {**ev, "gen_batch": 16}}
-    return config
-
-
 def start_study_run(loaded: Loaded, store: Store, study: str, config: dict) -> tuple[int, str]:
-    """Create (or find, for resume) the run of a study with this model and config; a run stored under
-    the identity of ``legacy_config`` is adopted."""
-    legacy = legacy_config(config)
+    """Create (or find, for resume) the run of a study with this model and config.
+
+    Runs stored before generation was batched by memory (2026-11-29) held ``gen_batch: 16`` in their
+    evaluation config and are not adopted: a greedy near-tie can break another way in another batch
+    (one of the full safety study's 7,200 toxicity texts did, ``BENCHMARKS.md`` section 10), so their
+    points and today's would mix two batchings under one config. The same command makes a new run;
+    the old one stays as it was stored (a sweep with ``EvalCfg(gen_batch=16)`` resumes it)."""
     with store.connect() as con:
         run = start_run(con, kind=study, model=loaded.describe(), backend=None,
                         config=canonical_json(config), config_hash=config_hash(config),
-                        code_version=code_version(), legacy_hash=config_hash(legacy))
-        if run.legacy:
-            adopt_run(con, run.run_id, canonical_json(config), config_hash(config))
+                        code_version=code_version())
     return run.run_id, run.status
 
 
