@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from store import remote
+from store.cores import usable_cores
 from store.db import SHARD_SCHEMA, VEC_TYPE, Store, StoreError, transaction
 from store.parquet import row_segments, vector_pages, write_shard
 from store.rows import first_row
@@ -386,7 +387,7 @@ def gather_rows(views: list[np.ndarray], rows: np.ndarray, out: np.ndarray | Non
     return out
 
 
-_READ_THREADS = min(4, os.cpu_count() or 1)
+_READ_THREADS = min(4, usable_cores())
 
 
 class ShardRef(NamedTuple):

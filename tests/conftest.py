@@ -3,7 +3,9 @@ embedded model (integration tests, loaded once per session)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,19 +17,21 @@ import torch
 # two workers finish in 0.56x its time.
 
 
-def _cores() -> int:
-    """The cores this process may use: its CPU affinity, and a cgroup v2 CPU quota (a container's ``--cpus``)
-    where one is set; ``os.cpu_count()`` counts the host's."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, int(quota) // int(period)))
-    except (OSError, ValueError):
-        pass
-    return max(1, n)
+def _usable_cores() -> Callable[[], int]:
+    """``store.cores.usable_cores`` (affinity and cgroup quota, not the host's count), loaded from its file.
+
+    Not ``import store``: that would import duckdb and pyarrow here, before the threads are set below and
+    before any test. Both fresh-clone CI runs of a version that did (8d246ef) lost a worker to a segmentation
+    fault in DuckDB's ``Connection.close()``; the link is not proven, so the import order stays as it was in
+    every passing run."""
+    spec = importlib.util.spec_from_file_location("_store_cores", Path(__file__).resolve().parents[1] / "store" / "cores.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.usable_cores
 
 
+_cores = _usable_cores()
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 _THREADS = max(1, min(2, _cores() // _WORKERS))
 if _WORKERS > 1:

@@ -23,6 +23,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from store.cores import usable_cores
+
 
 @dataclass(frozen=True)
 class RayCfg:
@@ -74,7 +76,7 @@ def ray_session(address: str | None) -> Iterator[tuple[ModuleType, bool]]:
         else:
             end_orphans(tempfile.gettempdir())
             tmp = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths must fit in 107 bytes
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, _temp_dir=tmp,
+            ray.init(num_cpus=usable_cores(), include_dashboard=False, _temp_dir=tmp,
                      object_store_memory=256 << 20, **common)
             _write_pids(tmp)
     except ConnectionError as e:
