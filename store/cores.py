@@ -4,7 +4,8 @@
 scheduler's CPU set) or in a container with a CPU quota (``docker --cpus``: a cgroup v2
 ``cpu.max``) may use fewer. Thread pools and worker counts sized by the host's count oversubscribe
 those cores. It lives in ``store`` (the lowest layer: ``interp`` imports ``store``, never the other
-way) so the store's reader threads and the package's Ray session count cores the same way.
+way) so the store's reader threads, the package's Ray session and the tasks' torch threads
+(``interp.commands.cli.fit_threads``) count cores the same way.
 """
 
 from __future__ import annotations

@@ -65,6 +65,26 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def fit_threads() -> None:
+    """Size torch's CPU threads by the cores this process may use (``store.cores.usable_cores``).
+
+    torch sizes its pool by the CPU affinity, which in a container with a CPU quota (``docker --cpus 4``
+    on a 64-core host) is every host core: 64 threads time-sliced on four cores' worth of quota. Unless
+    the user chose (``OMP_NUM_THREADS``), the pool is capped at the quota: through the environment while
+    torch is not imported yet (it reads it on import; the tasks import it lazily), directly once it is."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    from store.cores import usable_cores
+
+    cores = usable_cores()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        if torch.get_num_threads() > cores:
+            torch.set_num_threads(cores)
+    elif hasattr(os, "sched_getaffinity") and cores < len(os.sched_getaffinity(0)):
+        os.environ["OMP_NUM_THREADS"] = str(cores)
+
+
 class _RawValue(Argument):
     """A typed flag whose text reaches CliTask unconverted (help still shows INT)."""
 
@@ -114,6 +134,7 @@ class CliTask(Task):
                     kwargs[name] = spec.parse(kwargs[name], "--" + name.replace("_", "-"))
                 except InvalidValue as e:
                     raise Exit(f"error: {e}", code=2) from None
+        fit_threads()
         return super().__call__(*args, **kwargs)
 
 
