@@ -68,8 +68,8 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
 def fit_threads() -> None:
     """Size torch's CPU threads by the cores this process may use (``store.cores.usable_cores``).
 
-    torch sizes its pool by the CPU affinity, which in a container with a CPU quota (``docker --cpus 4``
-    on a 64-core host) is every host core: 64 threads time-sliced on four cores' worth of quota. Unless
+    torch sizes its pool by the cores the process may run on (its affinity), not by a container's CPU
+    quota: with ``docker --cpus 4`` on a 64-core host, dozens of threads share four cores' worth. Unless
     the user chose (``OMP_NUM_THREADS``), the pool is capped at the quota: through the environment while
     torch is not imported yet (it reads it on import; the tasks import it lazily), directly once it is."""
     if "OMP_NUM_THREADS" in os.environ:
